@@ -1,0 +1,107 @@
+"""One configuration model, read from CLI flags, then the environment, then a file.
+
+Precedence: a CLI flag beats ``DTLIVE_<NAME>`` in the environment, which beats the
+TOML file (``--config FILE`` or ``DTLIVE_CONFIG``), which beats the defaults.
+librdkafka settings pass through from ``KAFKA_*`` variables, as in gcn-kafka:
+``KAFKA_SASL_MECHANISM=PLAIN`` becomes ``sasl.mechanism=PLAIN``.
+
+>>> cfg = load_config({"window_s": 3}, env={"DTLIVE_WINDOW_S": "4", "KAFKA_LINGER_MS": "5"})
+>>> cfg.window_s, cfg.kafka
+(3.0, {'linger.ms': '5'})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Settings that change the numbers a processor publishes: they make up the config hash.
+PROCESSING_KEYS = ("window_s", "lateness_s", "default_format", "drift_bin_ns", "drift_min_ns", "drift_max_ns")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a dtlive service can be told."""
+
+    bootstrap: str | None = None  # Kafka bootstrap; None: the embedded broker recorded by `dtlive broker`
+    hits_topic: str = "dt.hits"
+    monitor_topic: str = "dt.monitor"
+    rejected_topic: str = "dt.hits.rejected"
+    window_s: float = 2.0  # event-time window length
+    lateness_s: float = 0.5  # watermark lateness allowance
+    idle_s: float = 3.0  # wall-clock seconds without input before open windows are flushed
+    default_format: str = "csv"  # payload format assumed when a message has no format header
+    drift_bin_ns: float = 5.0
+    drift_min_ns: float = -100.0
+    drift_max_ns: float = 500.0
+    group_id: str = "dtlive-processor"  # consumer group and transactional-id stem of the processor
+    kafka: dict[str, str] = field(default_factory=dict)  # librdkafka settings from KAFKA_* variables
+
+    def processing(self) -> dict:
+        """The settings that determine published numbers."""
+        return {k: getattr(self, k) for k in PROCESSING_KEYS}
+
+    @property
+    def config_hash(self) -> str:
+        """Short, stable hash of :meth:`processing`."""
+        return hashlib.sha256(json.dumps(self.processing(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def kafka_settings_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``KAFKA_FOO_BAR=x`` -> ``{"foo.bar": "x"}`` (the gcn-kafka convention)."""
+    return {k[6:].lower().replace("_", "."): v for k, v in env.items() if k.startswith("KAFKA_") and len(k) > 6}
+
+
+def _coerce(name: str, value):
+    kind = {f.name: f.type for f in dataclasses.fields(Config)}[name]
+    if value is None:
+        return None
+    if "float" in kind:
+        return float(value)
+    if "dict" in kind:
+        return dict(value)
+    return str(value)
+
+
+def load_config(
+    cli: Mapping | None = None, env: Mapping[str, str] | None = None, file: str | Path | None = None
+) -> Config:
+    """Build the :class:`Config` from CLI values (None = not given), environment and file."""
+    env = os.environ if env is None else env
+    names = [f.name for f in dataclasses.fields(Config) if f.name != "kafka"]
+    values: dict = {}
+    path = file or env.get("DTLIVE_CONFIG")
+    kafka: dict[str, str] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"configuration file {p} does not exist")
+        data = tomllib.loads(p.read_text())
+        data = data.get("dtlive", data)
+        unknown = set(data) - set(names) - {"kafka"}
+        if unknown:
+            raise ValueError(f"unknown settings in {p}: {', '.join(sorted(unknown))} (known: {', '.join(names)})")
+        kafka.update({str(k): str(v) for k, v in data.pop("kafka", {}).items()})
+        values.update(data)
+    for name in names:
+        if f"DTLIVE_{name.upper()}" in env:
+            values[name] = env[f"DTLIVE_{name.upper()}"]
+    kafka.update(kafka_settings_from_env(env))
+    for name, value in (cli or {}).items():
+        if value is not None and name in names:
+            values[name] = value
+    cfg = Config(**{k: _coerce(k, v) for k, v in values.items()}, kafka=kafka)
+    if not 0 < cfg.window_s <= 60:
+        raise ValueError(f"window_s must be in (0, 60] seconds, got {cfg.window_s}")
+    if cfg.lateness_s < 0:
+        raise ValueError(f"lateness_s must be >= 0, got {cfg.lateness_s}")
+    return cfg

@@ -1,0 +1,293 @@
+"""Raw DAQ payloads <-> numpy columns, vectorised, with a reason for every reject.
+
+Three payload formats travel on the raw topic (the format is named in the
+``format`` message header):
+
+``csv``        one ``HEAD,FPGA,TDC_CHANNEL,ORBIT_CNT,BX_COUNTER,TDC_MEAS`` row per message;
+``csv-batch``  many newline-separated rows per message;
+``daq64``      packed little-endian 64-bit DAQ words (layout in :mod:`dtlive.detector`).
+
+Decoding never raises on bad input: unparseable pieces come back as
+:class:`Reject` objects (raw bytes plus a short reason code) and the rest is decoded.
+
+>>> out = decode([b"2,0,5,100,7,3", b"2,0,oops,1,1,1", b"4,1,0,99,0,-0.57"], "csv")
+>>> len(out.rows), [r.reason for r in out.rejects]
+(2, ['non_numeric'])
+>>> decode(encode_daq64(out.rows), "daq64").rows.channel.tolist()
+[5, 0]
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from dtlive import detector as det
+from dtlive.rows import COLUMNS, Rows
+
+FORMATS = ("csv", "csv-batch", "daq64")
+FORMAT_HEADER = "format"
+MAX_CSV_ROW_BYTES = 256
+MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+
+# Reason codes of rejected input (stable: they are counted by name in result messages).
+REASONS = {
+    "empty": "empty payload or row",
+    "oversized": "payload or row larger than the allowed size",
+    "field_count": "a CSV row without exactly 6 fields",
+    "non_numeric": "a CSV field that is not a finite number",
+    "unknown_head": "HEAD is not one of 0-5",
+    "out_of_range": "a hit (HEAD 2) field is not an integer inside its valid range",
+    "truncated_word": "trailing bytes that do not make a whole 64-bit word",
+    "unknown_format": "the format header names no known payload format",
+    "late": "a hit whose event-time window was already closed",
+    "error": "the batch made a processing step fail (see the detail header)",
+}
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A piece of input that could not be used, kept whole for the dead-letter topic."""
+
+    reason: str
+    payload: bytes
+    partition: int = 0
+    offset: int = -1
+    detail: str = ""
+
+
+@dataclass
+class Decoded:
+    """The decoded rows of some payloads, and what was rejected."""
+
+    rows: Rows
+    rejects: list[Reject] = field(default_factory=list)
+
+
+def decode(
+    payloads: Sequence[bytes],
+    fmt: str,
+    partitions: Sequence[int] | np.ndarray | None = None,
+    offsets: Sequence[int] | np.ndarray | None = None,
+) -> Decoded:
+    """Decode payloads all of one format into :class:`Rows`; never raises on bad input.
+
+    ``partitions``/``offsets`` (one per payload) are copied onto every row the
+    payload yields, and onto its rejects.
+    """
+    n = len(payloads)
+    parts = np.zeros(n, np.int32) if partitions is None else np.asarray(partitions, np.int32)
+    offs = np.arange(n, dtype=np.int64) if offsets is None else np.asarray(offsets, np.int64)
+    if fmt in ("csv", "csv-batch"):
+        return _decode_csv(payloads, parts, offs)
+    if fmt == "daq64":
+        return _decode_daq64(payloads, parts, offs)
+    shown = fmt if len(fmt) <= 40 else fmt[:40] + "..."
+    return Decoded(
+        Rows.empty(),
+        [Reject("unknown_format", bytes(p), int(a), int(b), f"format {shown!r}") for p, a, b in zip(payloads, parts, offs)],
+    )
+
+
+# --- CSV ------------------------------------------------------------------------------------------------------
+
+
+def _decode_csv(payloads: Sequence[bytes], parts: np.ndarray, offs: np.ndarray) -> Decoded:
+    rejects: list[Reject] = []
+    sizes = np.fromiter((len(p) for p in payloads), np.int64, len(payloads))
+    too_big = sizes > MAX_PAYLOAD_BYTES
+    if too_big.any():
+        rejects += [Reject("oversized", bytes(payloads[i]), int(parts[i]), int(offs[i])) for i in np.flatnonzero(too_big)]
+        keep = np.flatnonzero(~too_big)
+        payloads, parts, offs = [payloads[i] for i in keep], parts[keep], offs[keep]
+
+    lines, line_msg = _split_lines(payloads)
+    lengths = np.fromiter((len(line) for line in lines), np.int64, len(lines))
+    commas = np.fromiter((line.count(b",") for line in lines), np.int64, len(lines))
+    empty = lengths == 0
+    # A message made only of empty lines is an empty payload; blank lines inside a batch are skipped.
+    msg_has_content = np.bincount(line_msg[~empty], minlength=len(payloads)) > 0
+    for i in np.flatnonzero(~msg_has_content):
+        rejects.append(Reject("empty", bytes(payloads[i]), int(parts[i]), int(offs[i])))
+    is_header = (lengths > 0) & np.fromiter((line[:4] == b"HEAD" for line in lines), bool, len(lines))
+    bad_size = lengths > MAX_CSV_ROW_BYTES
+    bad_count = (commas != len(det.FIELDS) - 1) & ~empty & ~is_header & ~bad_size
+    for reason, mask in (("oversized", bad_size), ("field_count", bad_count)):
+        rejects += [Reject(reason, lines[i], int(parts[line_msg[i]]), int(offs[line_msg[i]])) for i in np.flatnonzero(mask)]
+    good = np.flatnonzero(~(empty | is_header | bad_size | bad_count))
+    values, bad_numeric = _parse_numbers([lines[i] for i in good])
+    if bad_numeric.any():
+        rejects += [
+            Reject("non_numeric", lines[good[i]], int(parts[line_msg[good[i]]]), int(offs[line_msg[good[i]]]))
+            for i in np.flatnonzero(bad_numeric)
+        ]
+        good, values = good[~bad_numeric], values[~bad_numeric]
+    msg = line_msg[good]
+    head = values[:, 0]
+    ok, reason = _validate(head, values[:, 1:])
+    for i in np.flatnonzero(~ok):
+        rejects.append(Reject(str(reason[i]), lines[good[i]], int(parts[msg[i]]), int(offs[msg[i]])))
+    values, msg = values[ok], msg[ok]
+    cols = {}
+    for j, name in enumerate(COLUMNS):
+        col = values[:, j]
+        cols[name] = col.astype(np.int64) if np.array_equal(col, np.round(col)) else col
+    rows = Rows(**cols, partition=parts[msg], offset=offs[msg])
+    rejects.sort(key=lambda r: (r.partition, r.offset))
+    return Decoded(rows, rejects)
+
+
+def _split_lines(payloads: Sequence[bytes]) -> tuple[list[bytes], np.ndarray]:
+    """All lines of all payloads, and the index of the payload each came from."""
+    n = len(payloads)
+    if n == 0:
+        return [], np.zeros(0, np.int64)
+    blob = b"\n".join(payloads)
+    if blob.count(b"\n") == n - 1 and b"\r" not in blob:  # fast path: one row per message
+        return list(payloads), np.arange(n, dtype=np.int64)
+    per_msg = [p.replace(b"\r\n", b"\n").rstrip(b"\n").split(b"\n") for p in payloads]
+    counts = np.fromiter((len(x) for x in per_msg), np.int64, n)
+    return [line for x in per_msg for line in x], np.repeat(np.arange(n, dtype=np.int64), counts)
+
+
+def _parse_numbers(lines: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Parse 6-field rows to float64 (n, 6); also return a mask of rows that are not all finite numbers."""
+    if not lines:
+        return np.zeros((0, 6)), np.zeros(0, bool)
+    try:
+        values = pd.read_csv(
+            io.BytesIO(b"\n".join(lines)), header=None, dtype=np.float64, engine="c", na_filter=True,
+            skip_blank_lines=False,
+        ).to_numpy()
+        if values.shape == (len(lines), 6):
+            return values, ~np.isfinite(values).all(axis=1)
+    except (ValueError, pd.errors.ParserError):
+        pass
+    values = np.full((len(lines), 6), np.nan)  # slow path, only for batches holding a bad row
+    for i, line in enumerate(lines):
+        try:
+            values[i] = [float(x) for x in line.split(b",")]
+        except ValueError:
+            pass
+    return values, ~np.isfinite(values).all(axis=1)
+
+
+_LIMITS = np.array([det.N_FPGA - 1, det.MAX_CHANNEL, det.MAX_ORBIT, det.MAX_BX, det.MAX_TDC])
+
+
+def _validate(head: np.ndarray, fields: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows are usable, and the reason code for those that are not."""
+    known = np.isin(head, (det.HIT_HEAD, *det.ANCILLARY_HEADS))
+    is_hit = head == det.HIT_HEAD
+    in_range = ((fields >= 0) & (fields <= _LIMITS) & (fields == np.round(fields))).all(axis=1)
+    ok = known & (~is_hit | in_range)
+    reason = np.where(~known, "unknown_head", "out_of_range")
+    return ok, reason
+
+
+def encode_csv(rows: Rows) -> list[bytes]:
+    """One CSV row (bytes, no newline) per row; ancillary floats keep 6 decimals.
+
+    >>> encode_csv(Rows.from_columns(head=[2], fpga=[1], channel=[3], orbit=[4], bx=[5], tdc=[6]))
+    [b'2,1,3,4,5,6']
+    """
+    if len(rows) == 0:
+        return []
+    text = [getattr(rows, c).astype(np.int64).astype(str) for c in COLUMNS]
+    tdc = rows.tdc
+    if tdc.dtype.kind == "f":
+        frac = np.flatnonzero(tdc != np.round(tdc))
+        if len(frac):
+            text[5] = text[5].astype(object)
+            text[5][frac] = [f"{v:.6f}" for v in tdc[frac]]
+    joined = text[0].astype(object)
+    for col in text[1:]:
+        joined = joined + "," + col.astype(object)
+    return [s.encode() for s in joined]
+
+
+def encode_csv_batches(rows: Rows, rows_per_message: int) -> list[bytes]:
+    """Newline-separated CSV rows, ``rows_per_message`` per payload."""
+    lines = encode_csv(rows)
+    return [b"\n".join(lines[i : i + rows_per_message]) for i in range(0, len(lines), rows_per_message)]
+
+
+# --- daq64 ----------------------------------------------------------------------------------------------------
+
+
+def _decode_daq64(payloads: Sequence[bytes], parts: np.ndarray, offs: np.ndarray) -> Decoded:
+    rejects: list[Reject] = []
+    sizes = np.fromiter((len(p) for p in payloads), np.int64, len(payloads))
+    bad = (sizes == 0) | (sizes > MAX_PAYLOAD_BYTES) | (sizes % 8 != 0)
+    if bad.any():
+        kept = []
+        for i in range(len(payloads)):
+            p, a, b = payloads[i], int(parts[i]), int(offs[i])
+            if sizes[i] == 0:
+                rejects.append(Reject("empty", b"", a, b))
+            elif sizes[i] > MAX_PAYLOAD_BYTES:
+                rejects.append(Reject("oversized", bytes(p), a, b))
+            else:
+                whole = len(p) - len(p) % 8
+                if whole < len(p):
+                    rejects.append(Reject("truncated_word", bytes(p[whole:]), a, b, f"{len(p) % 8} trailing bytes"))
+                kept.append((i, p[:whole]))
+        keep = np.array([i for i, _ in kept], np.int64)
+        payloads, parts, offs = [p for _, p in kept], parts[keep], offs[keep]
+        sizes = np.fromiter((len(p) for p in payloads), np.int64, len(payloads))
+    words = np.frombuffer(b"".join(payloads), dtype="<u8")
+    msg = np.repeat(np.arange(len(payloads)), sizes // 8)
+    cols = unpack_words(words)
+    fields = np.stack([cols[c] for c in COLUMNS[1:]], axis=1)
+    ok, reason = _validate(cols["head"], fields)
+    if not ok.all():
+        for i in np.flatnonzero(~ok):
+            rejects.append(Reject(str(reason[i]), words[i : i + 1].tobytes(), int(parts[msg[i]]), int(offs[msg[i]])))
+        cols = {k: v[ok] for k, v in cols.items()}
+        msg = msg[ok]
+    return Decoded(Rows(**cols, partition=parts[msg], offset=offs[msg]), rejects)
+
+
+_WORD_FIELDS = dict(zip(COLUMNS, ("HEAD", "FPGA", "TDC_CHANNEL", "ORBIT_CNT", "BX_COUNTER", "TDC_MEAS")))
+
+
+def unpack_words(words: np.ndarray) -> dict[str, np.ndarray]:
+    """Split 64-bit DAQ words into int64 columns (``head``, ``fpga``, ...)."""
+    out = {}
+    for col, name in _WORD_FIELDS.items():
+        shift, bits = det.WORD_LAYOUT[name]
+        out[col] = ((words >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).astype(np.int64)
+    return out
+
+
+def pack_words(rows: Rows) -> np.ndarray:
+    """Pack rows into 64-bit DAQ words (ancillary floats are truncated to the field's bits)."""
+    words = np.zeros(len(rows), np.uint64)
+    for col, name in _WORD_FIELDS.items():
+        shift, bits = det.WORD_LAYOUT[name]
+        value = getattr(rows, col).astype(np.int64).astype(np.uint64) & np.uint64((1 << bits) - 1)
+        words |= value << np.uint64(shift)
+    return words
+
+
+def encode_daq64(rows: Rows, words_per_message: int | None = None) -> list[bytes]:
+    """Little-endian packed words, all in one payload or ``words_per_message`` per payload."""
+    raw = pack_words(rows).astype("<u8").tobytes()
+    step = 8 * (words_per_message or max(len(rows), 1))
+    return [raw[i : i + step] for i in range(0, len(raw), step)] or []
+
+
+def read_csv(path_or_url: str, **storage_options) -> Rows:
+    """Read a DAQ CSV file (local path or any fsspec URL, e.g. ``s3://...``) into :class:`Rows`.
+
+    Rows that do not decode are dropped here; use :func:`decode` to see why.
+    """
+    import fsspec
+
+    with fsspec.open(path_or_url, "rb", **storage_options) as f:
+        data = f.read()
+    return decode([data], "csv-batch").rows

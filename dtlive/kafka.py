@@ -1,0 +1,58 @@
+"""Kafka client settings and topic set-up shared by every dtlive service.
+
+The bootstrap comes from ``--bootstrap`` / ``DTLIVE_BOOTSTRAP`` (any real Kafka) or,
+when neither is given, from the embedded broker that ``dtlive broker`` recorded.
+Extra librdkafka settings pass through from ``KAFKA_*`` variables (see :mod:`dtlive.config`).
+
+>>> from dtlive.config import load_config
+>>> cfg = load_config({}, env={"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"})
+>>> client_config(cfg, "127.0.0.1:9092", **{"group.id": "g"})["security.protocol"]
+'SASL_SSL'
+"""
+
+from __future__ import annotations
+
+from dtlive.config import Config
+
+# Tansu: a group join waits about half of session.timeout.ms, so keep it short.
+_CONSUMER_DEFAULTS = {"session.timeout.ms": 6000, "enable.auto.commit": False, "isolation.level": "read_committed",
+                      "fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 16 * 1024 * 1024}
+
+
+class NoBrokerError(RuntimeError):
+    """Neither a bootstrap was given nor an embedded broker is running."""
+
+
+def resolve_bootstrap(cfg: Config, start_embedded: bool = False):
+    """The bootstrap to use and, if one was started here, the :class:`EmbeddedBroker` owned by the caller."""
+    if cfg.bootstrap:
+        return cfg.bootstrap, None
+    from dtlive.broker import ensure_broker, find_running
+
+    if start_embedded:
+        return ensure_broker()
+    found = find_running()
+    if found is None:
+        raise NoBrokerError(
+            "no Kafka broker: start the embedded one with `dtlive broker` (or `dtlive demo`), "
+            "or point at a real Kafka with --bootstrap HOST:PORT / DTLIVE_BOOTSTRAP")
+    return found, None
+
+
+def client_config(cfg: Config, bootstrap: str, **extra) -> dict:
+    """librdkafka settings: the bootstrap, the KAFKA_* pass-through, then ``extra``."""
+    return {"bootstrap.servers": bootstrap, **cfg.kafka, **extra}
+
+
+def consumer_config(cfg: Config, bootstrap: str, group_id: str, from_beginning: bool = False) -> dict:
+    """Settings of a processing consumer (manual commits, read_committed, short session)."""
+    return client_config(cfg, bootstrap, **_CONSUMER_DEFAULTS, **{
+        "group.id": group_id, "auto.offset.reset": "earliest" if from_beginning else "latest"})
+
+
+def ensure_topics(cfg: Config, bootstrap: str, topics, partitions: int = 1) -> None:
+    """Create missing topics (names or a name -> partitions mapping)."""
+    from dtlive.broker import create_topics
+
+    spec = dict(topics) if isinstance(topics, dict) else {t: partitions for t in topics}
+    create_topics(bootstrap, spec, config=cfg.kafka)

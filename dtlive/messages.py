@@ -1,0 +1,166 @@
+"""The ``dtlive.monitor/1`` result message <-> xarray, both ways (DESIGN.md §3).
+
+>>> from dtlive.rows import Rows
+>>> from dtlive.products import compute_products
+>>> ds = compute_products(Rows.from_columns(head=[2], fpga=[0], channel=[3], orbit=[7], bx=[0], tdc=[0]))
+>>> ds.attrs.update(window_id=0, first_orbit=0, last_orbit=99)
+>>> back = to_dataset([encode_message(ds)])
+>>> int(back.channel_occupancy.sel(chamber=0, channel=3)), back.attrs["window_id"]
+(1, 0)
+>>> to_dataset([encode_message(ds)] * 2).sizes["time"]
+2
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+import numpy as np
+import xarray as xr
+
+from dtlive import detector as det
+from dtlive.products import _ATTRS, NCH, PRODUCTS, arrays_to_dataset
+
+SCHEMA = "dtlive.monitor/1"
+COUNTS = ("rows", "ancillary", "special_channel_hits", "late_hits")
+_PER_CHAMBER = ("channel_occupancy", "active_channels_per_orbit", "scint_channel_occupancy", "drift_time_ns")
+
+
+def iso_utc(seconds: float | None) -> str | None:
+    """UNIX seconds -> ISO 8601 UTC string with milliseconds (None passes through)."""
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def encode_message(ds: xr.Dataset) -> bytes:
+    """Encode one window's Dataset (as made by :mod:`dtlive.products` plus window attrs) as JSON bytes."""
+    return json.dumps(message_dict(ds), separators=(",", ":")).encode()
+
+
+def message_dict(ds: xr.Dataset) -> dict:
+    """The ``dtlive.monitor/1`` message of one window as a JSON-ready dict."""
+    a = ds.attrs
+    occ_edges = {c: list(range((c % 2) * NCH, (c % 2) * NCH + NCH + 1)) for c in range(det.N_CHAMBERS)}
+    mult_edges = list(range(1, NCH + 2))
+    drift_edges = ds["drift_time_edges"].values.tolist()
+
+    def per_chamber(name: str, edges) -> dict:
+        out = {}
+        for c in range(det.N_CHAMBERS):
+            entry = {"bin_edges": edges[c] if isinstance(edges, dict) else edges,
+                     "bin_counts": ds[name].values[c].tolist()}
+            if name == "drift_time_ns":
+                entry["underflow"] = int(ds["drift_time_ns_underflow"].values[c])
+                entry["overflow"] = int(ds["drift_time_ns_overflow"].values[c])
+            out[f"chamber_{c}"] = entry
+        return out
+
+    counts = {k: int(ds[k].values) if k in ds else 0 for k in COUNTS}
+    counts["rejected"] = dict(json.loads(a.get("rejected_by_reason", "{}")))
+    return {
+        "schema": SCHEMA,
+        "window": {
+            "id": int(a.get("window_id", -1)),
+            "first_orbit": int(a.get("first_orbit", -1)),
+            "last_orbit": int(a.get("last_orbit", -1)),
+            "start": a.get("window_start"),
+            "end": a.get("window_end"),
+        },
+        "provenance": json.loads(a.get("provenance", "{}")),
+        "total_hits": int(ds["total_hits"].values),
+        "hits_per_chamber": ds["hits_per_chamber"].values.tolist(),
+        "counts": counts,
+        "histograms": {
+            "channel_occupancy": per_chamber("channel_occupancy", occ_edges),
+            "active_channels_per_orbit": per_chamber("active_channels_per_orbit", mult_edges),
+            "scint_channel_occupancy": per_chamber("scint_channel_occupancy", occ_edges),
+            "drift_time_ns": per_chamber("drift_time_ns", drift_edges),
+        },
+    }
+
+
+def decode_message(value: bytes | str | dict) -> dict:
+    """Parse and check one result message; raises ValueError with the reason when it is not one."""
+    msg = value if isinstance(value, dict) else json.loads(value)
+    if not isinstance(msg, dict) or msg.get("schema") != SCHEMA:
+        raise ValueError(f"not a {SCHEMA} message (schema={msg.get('schema') if isinstance(msg, dict) else None!r})")
+    return msg
+
+
+def _arrays(msg: dict) -> dict[str, np.ndarray]:
+    h = msg["histograms"]
+    arrays = {
+        name: np.array([h[name][f"chamber_{c}"]["bin_counts"] for c in range(det.N_CHAMBERS)], np.int64)
+        for name in _PER_CHAMBER
+    }
+    drift = h["drift_time_ns"]
+    arrays["drift_time_ns_underflow"] = np.array([drift[f"chamber_{c}"].get("underflow", 0) for c in range(4)])
+    arrays["drift_time_ns_overflow"] = np.array([drift[f"chamber_{c}"].get("overflow", 0) for c in range(4)])
+    arrays["total_hits"] = np.int64(msg["total_hits"])
+    arrays["hits_per_chamber"] = np.array(msg["hits_per_chamber"], np.int64)
+    counts = msg.get("counts", {})
+    for k in COUNTS:
+        arrays[k] = np.int64(counts.get(k, 0))
+    arrays["rejected"] = np.int64(sum(counts.get("rejected", {}).values()))
+    return arrays
+
+
+def to_dataset(messages: Iterable[bytes | str | dict], stack: bool | None = None) -> xr.Dataset:
+    """Turn ``dt.monitor`` messages into one xarray Dataset.
+
+    Several messages are stacked along a ``time`` dimension (the window start, with
+    ``window_id``, ``first_orbit``, ``last_orbit`` and ``window_end`` as coordinates).
+    One message gives a Dataset without the time dimension unless ``stack=True``.
+    Accepts raw values (bytes/str), parsed dicts, or confluent-kafka messages.
+    """
+    msgs = [decode_message(m.value() if hasattr(m, "value") and callable(m.value) else m) for m in messages]
+    if not msgs:
+        raise ValueError("no result messages to turn into a Dataset")
+    msgs.sort(key=lambda m: m["window"]["id"])
+    edges = np.array(msgs[0]["histograms"]["drift_time_ns"]["chamber_0"]["bin_edges"], float)
+    per = [_arrays(m) for m in msgs]
+    names = (*PRODUCTS, *COUNTS, "rejected")
+    if stack is False or (stack is None and len(msgs) == 1):
+        ds = arrays_to_dataset(per[0], edges)
+        for k in (*COUNTS, "rejected"):
+            ds[k] = ((), per[0][k])
+        ds.attrs.update(_window_attrs(msgs[0]))
+        return ds
+    stacked = {k: np.stack([p[k] for p in per]) for k in names}
+    base = arrays_to_dataset({k: stacked[k][0] for k in PRODUCTS}, edges)
+    data_vars = {
+        k: (("time", *base[k].dims), stacked[k], _ATTRS.get(k, {})) for k in PRODUCTS
+    }
+    data_vars.update({k: ("time", stacked[k], {"units": "1"}) for k in (*COUNTS, "rejected")})
+    ws = [m["window"] for m in msgs]
+    coords = dict(base.coords)
+    coords.update(
+        time=("time", _times([w.get("start") for w in ws]), {"long_name": "window start (UTC)"}),
+        window_end=("time", _times([w.get("end") for w in ws])),
+        window_id=("time", np.array([w["id"] for w in ws], np.int64)),
+        first_orbit=("time", np.array([w["first_orbit"] for w in ws], np.int64)),
+        last_orbit=("time", np.array([w["last_orbit"] for w in ws], np.int64)),
+    )
+    return xr.Dataset(data_vars, coords=coords, attrs={"schema": SCHEMA})
+
+
+def _times(values: list[str | None]) -> np.ndarray:
+    return np.array([np.datetime64(v.rstrip("Z"), "ms") if v else np.datetime64("NaT", "ms") for v in values],
+                    dtype="datetime64[ms]")
+
+
+def _window_attrs(msg: dict) -> dict:
+    w = msg["window"]
+    return {
+        "schema": SCHEMA,
+        "window_id": w["id"],
+        "first_orbit": w["first_orbit"],
+        "last_orbit": w["last_orbit"],
+        "window_start": w.get("start"),
+        "window_end": w.get("end"),
+        "provenance": json.dumps(msg.get("provenance", {})),
+        "rejected_by_reason": json.dumps(msg.get("counts", {}).get("rejected", {})),
+    }

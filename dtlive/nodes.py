@@ -1,0 +1,394 @@
+"""Importable streamz nodes: Kafka source, decode, clean, event-time windows, histogram.
+
+Each node is small and does one thing; services and notebooks wire them together.
+A user's own graph in a notebook looks like this (``bootstrap`` from ``dtlive broker``)::
+
+    from dtlive import nodes
+    src = nodes.from_kafka_batched_consumer("dt.hits", {"bootstrap.servers": bootstrap})
+    windows = src.decode_hits().clean_hits().event_windows(window_s=2)
+    products = windows.histogram()            # one xarray.Dataset per closed window
+    products.sink(lambda ds: print(ds.attrs["window_id"], int(ds.total_hits)))
+    src.start()                                # polls on the notebook's event loop
+
+The same graph without Kafka, from in-memory payloads:
+
+>>> from streamz import Stream
+>>> src = Stream()
+>>> out = src.decode_hits().clean_hits().event_windows(window_s=2, lateness_s=0).histogram().sink_to_list()
+>>> src.emit(Batch.from_payloads([b"2,0,5,100,7,3", b"2,0,6,900000,0,0"], "csv"))
+>>> [int(ds.total_hits) for ds in out]
+[1]
+
+Exceptions while handling one batch never stop the graph: the node logs them,
+counts them in ``node.errors`` and turns the batch into rejects with reason ``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from streamz import Source, Stream
+
+from dtlive import __version__
+from dtlive import detector as det
+from dtlive.decode import FORMAT_HEADER, Reject, decode, encode_csv
+from dtlive.messages import COUNTS, iso_utc
+from dtlive.products import DRIFT_EDGES_NS, compute_products
+from dtlive.rows import Rows, clean
+from dtlive.windows import EventTimeWindows, Window
+
+log = logging.getLogger(__name__)
+EPOCH_HEADER = "orbit_epoch"  # UNIX seconds of ORBIT_CNT == 0, set by the emulator / DAQ
+
+
+@dataclass
+class Batch:
+    """Raw messages of one consume call, as plain arrays (no Kafka objects)."""
+
+    payloads: list[bytes]
+    formats: list[str | None]
+    partitions: np.ndarray
+    offsets: np.ndarray
+    timestamps_ms: np.ndarray
+    topic: str = ""
+    orbit_epoch: float | None = None
+    positions: dict[int, int] = field(default_factory=dict)  # next offset per partition after this batch
+
+    @classmethod
+    def from_payloads(cls, payloads: list[bytes], fmt: str | None = None, topic: str = "", partition: int = 0,
+                      first_offset: int = 0, orbit_epoch: float | None = None) -> Batch:
+        """A batch built by hand (tests, notebooks, file replays)."""
+        n = len(payloads)
+        offsets = np.arange(first_offset, first_offset + n, dtype=np.int64)
+        return cls(list(payloads), [fmt] * n, np.full(n, partition, np.int32), offsets,
+                   np.full(n, int(time.time() * 1000), np.int64), topic, orbit_epoch,
+                   {partition: first_offset + n})
+
+    @classmethod
+    def from_messages(cls, messages: list, topic: str) -> Batch:
+        """From confluent-kafka messages (errors must be filtered out already)."""
+        payloads, formats, parts, offs, stamps = [], [], [], [], []
+        epoch = None
+        for m in messages:
+            payloads.append(m.value() or b"")
+            parts.append(m.partition())
+            offs.append(m.offset())
+            stamps.append(m.timestamp()[1])
+            fmt = None
+            headers = m.headers()
+            if headers:
+                for k, v in headers:
+                    if k == FORMAT_HEADER:
+                        fmt = v.decode(errors="replace") if v is not None else ""
+                    elif k == EPOCH_HEADER and epoch is None and v:
+                        try:
+                            epoch = float(v)
+                        except ValueError:
+                            pass
+            formats.append(fmt)
+        b = cls(payloads, formats, np.array(parts, np.int32), np.array(offs, np.int64), np.array(stamps, np.int64),
+                topic, epoch)
+        for p in np.unique(b.partitions):
+            b.positions[int(p)] = int(b.offsets[b.partitions == p].max()) + 1
+        return b
+
+
+@dataclass
+class Decoded:
+    """Decoded rows of a batch plus bookkeeping for the rows not already accounted for."""
+
+    rows: Rows
+    rejects: list[Reject]
+    counts: Counter
+    batch: Batch
+    resume: dict[int, int] = field(default_factory=dict)
+
+    def fresh(self, rows: Rows) -> np.ndarray:
+        """Mask of rows not already counted by an earlier run (offset >= resume position)."""
+        if not self.resume:
+            return np.ones(len(rows), bool)
+        limit = np.array([self.resume.get(int(p), -1) for p in range(int(rows.partition.max(initial=0)) + 1)])
+        return rows.offset >= limit[rows.partition]
+
+
+def _guarded(method):
+    """Run a node's update; on an exception log it, count it and hand the batch on as rejects."""
+
+    def update(self, x, who=None, metadata=None):
+        try:
+            return method(self, x, who=who, metadata=metadata)
+        except Exception as exc:  # noqa: BLE001 - one bad batch must never stop the graph
+            self.errors += 1
+            log.exception("%s failed on one batch; its input is dead-lettered", type(self).__name__)
+            batch = x.batch if isinstance(x, Decoded) else x
+            if isinstance(batch, Batch) and type(self) is not event_windows:
+                rejects = [Reject("error", p, int(a), int(b), repr(exc)[:200])
+                           for p, a, b in zip(batch.payloads, batch.partitions, batch.offsets)]
+                return self._emit(Decoded(Rows.empty(), rejects, Counter(rejected=len(rejects)), batch))
+            return None
+
+    return update
+
+
+@Stream.register_api()
+class decode_hits(Stream):
+    """Batch -> Decoded: payloads to numpy columns, grouped by their ``format`` header.
+
+    Messages without a header are read as ``default_format``; rejects carry a reason.
+    """
+
+    def __init__(self, upstream, default_format: str = "csv", resume: dict[int, int] | None = None, **kwargs):
+        self.default_format = default_format
+        self.resume = dict(resume or {})
+        self.errors = 0
+        super().__init__(upstream, **kwargs)
+
+    @_guarded
+    def update(self, batch: Batch, who=None, metadata=None):
+        formats = [f or self.default_format for f in batch.formats]
+        parts, rejects = [], []
+        for fmt in dict.fromkeys(formats):
+            idx = np.array([i for i, f in enumerate(formats) if f == fmt]) if len(set(formats)) > 1 else None
+            if idx is None:
+                out = decode(batch.payloads, fmt, batch.partitions, batch.offsets)
+            else:
+                out = decode([batch.payloads[i] for i in idx], fmt, batch.partitions[idx], batch.offsets[idx])
+            parts.append(out.rows)
+            rejects += out.rejects
+        rows = Rows.concat(parts)
+        d = Decoded(rows, [], Counter(), batch, self.resume)
+        if self.resume:
+            rejects = [r for r in rejects if r.offset >= self.resume.get(r.partition, -1)]
+        d.rejects = rejects
+        d.counts["rows"] = int(d.fresh(rows).sum()) + len(rejects)
+        if rejects:
+            d.counts.update({f"rejected.{r.reason}": 1 for r in rejects} if len(rejects) == 1 else
+                            Counter(f"rejected.{r.reason}" for r in rejects))
+        return self._emit(d)
+
+
+@Stream.register_api()
+class clean_hits(Stream):
+    """Decoded -> Decoded with only hit rows (HEAD == 2); ancillary rows are counted and dropped."""
+
+    def __init__(self, upstream, **kwargs):
+        self.errors = 0
+        super().__init__(upstream, **kwargs)
+
+    @_guarded
+    def update(self, d: Decoded, who=None, metadata=None):
+        hits, _ = clean(d.rows)
+        fresh_all, fresh_hits = d.fresh(d.rows), d.fresh(hits)
+        d.counts["ancillary"] += int(fresh_all.sum() - fresh_hits.sum())
+        d.rows = hits
+        return self._emit(d)
+
+
+@Stream.register_api()
+class event_windows(Stream):
+    """Decoded hits -> closed :class:`~dtlive.windows.Window` objects, in window order.
+
+    Windows are ``window_s`` long on ORBIT_CNT, aligned to orbit multiples, closed by
+    the watermark (``lateness_s`` allowance) or by :meth:`flush_if_idle` after ``idle_s``
+    seconds without input. Counts and rejects seen since the previous window travel in
+    ``window.meta``; late hits become rejects with reason ``late``.
+    """
+
+    def __init__(self, upstream, window_s: float = 2.0, lateness_s: float = 0.5, idle_s: float = 3.0,
+                 last_closed: int = -1, orbit_epoch: float | None = None, pending: dict | None = None, **kwargs):
+        self.state = EventTimeWindows.from_seconds(window_s, lateness_s, last_closed)
+        self.idle_s = idle_s
+        self.orbit_epoch = orbit_epoch
+        self.counts: Counter = Counter(pending or {})
+        self.rejects: list[Reject] = []
+        self.positions: dict[int, int] = {}
+        self.last_input = time.monotonic()
+        self.errors = 0
+        super().__init__(upstream, **kwargs)
+
+    @_guarded
+    def update(self, d: Decoded, who=None, metadata=None):
+        self.last_input = time.monotonic()
+        self.positions.update(d.batch.positions)
+        self.counts.update(d.counts)
+        self.rejects += d.rejects
+        if self.orbit_epoch is None and len(d.rows):
+            if d.batch.orbit_epoch is not None:
+                self.orbit_epoch = d.batch.orbit_epoch
+            else:  # anchor event time on the first message's broker timestamp
+                self.orbit_epoch = float(d.batch.timestamps_ms[0]) / 1000 - float(d.rows.orbit[0]) * det.ORBIT_S
+        closed, late = self.state.add(d.rows, already_published=~d.fresh(d.rows))
+        if len(late):
+            self.counts["late_hits"] += len(late)
+            self.counts["rejected.late"] += len(late)
+            self.rejects += [Reject("late", line, int(p), int(o)) for line, p, o in
+                             zip(encode_csv(late), late.partition, late.offset)]
+        return self._emit_windows(closed)
+
+    def flush(self) -> list:
+        """Close and emit every open window now."""
+        return self._emit_windows(self.state.flush())
+
+    def flush_if_idle(self, now: float | None = None) -> bool:
+        """Flush when no input arrived for ``idle_s`` seconds; True if something was flushed."""
+        if self.state.open_ids and (now or time.monotonic()) - self.last_input >= self.idle_s:
+            self.flush()
+            return True
+        return False
+
+    def _emit_windows(self, closed: list[Window]):
+        results = []
+        for w in closed:
+            w.meta = {"counts": self._drain_counts(), "rejects": self.rejects, "orbit_epoch": self.orbit_epoch,
+                      "positions": dict(self.positions)}
+            self.rejects = []
+            results += self._emit(w) or []
+        return results
+
+    def _drain_counts(self) -> Counter:
+        counts, self.counts = self.counts, Counter()
+        return counts
+
+    def checkpoint(self) -> tuple[dict, list[Reject]]:
+        """State to persist (JSON-ready) and the rejects not yet handed on (drained)."""
+        rejects, self.rejects = self.rejects, []
+        state = {
+            "last_window": self.state.last_closed,
+            "window_orbits": self.state.window_orbits,
+            "positions": {str(k): v for k, v in self.positions.items()},
+            "pending_counts": dict(self.counts),
+            "orbit_epoch": self.orbit_epoch,
+        }
+        return state, rejects
+
+    def commit_offsets(self) -> dict[int, int]:
+        """Per partition, the offset from which a restart must re-read to lose nothing."""
+        low = self.state.pending_offsets()
+        return {p: min(low.get(p, pos), pos) for p, pos in self.positions.items()}
+
+
+def window_dataset(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, provenance: dict | None = None):
+    """The products of a closed window as an ``xarray.Dataset`` with window, count and provenance attrs."""
+    ds = compute_products(window.hits, drift_edges)
+    counts = Counter(window.meta.get("counts", {}))
+    ds["special_channel_hits"] = ((), np.int64(int(ds.total_hits) - int(ds.hits_per_chamber.sum())))
+    for k in COUNTS:
+        if k != "special_channel_hits":
+            ds[k] = ((), np.int64(counts.get(k, 0)))
+    rejected = {k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith("rejected.") and v}
+    epoch = window.meta.get("orbit_epoch")
+    prov = dict(provenance or {})
+    topic = prov.pop("topic", "")
+    prov["inputs"] = [{"topic": topic, "partition": p, "first_offset": a, "last_offset": b}
+                      for p, (a, b) in sorted(window.inputs.items())]
+    prov.setdefault("dtlive_version", __version__)
+    prov["orbit_epoch"] = epoch
+    prov["input_position"] = [{"topic": topic, "partition": p, "offset": o}
+                              for p, o in sorted(window.meta.get("positions", {}).items())]
+    ds.attrs.update(
+        schema="dtlive.monitor/1",
+        window_id=window.id,
+        first_orbit=window.first_orbit,
+        last_orbit=window.last_orbit,
+        window_start=iso_utc(None if epoch is None else epoch + window.first_orbit * det.ORBIT_S),
+        window_end=iso_utc(None if epoch is None else epoch + (window.last_orbit + 1) * det.ORBIT_S),
+        provenance=json.dumps(prov),
+        rejected_by_reason=json.dumps(rejected),
+    )
+    return ds
+
+
+@Stream.register_api()
+class histogram(Stream):
+    """Window -> ``xarray.Dataset`` of the six products (see :func:`window_dataset`)."""
+
+    def __init__(self, upstream, drift_edges: np.ndarray = DRIFT_EDGES_NS, provenance: dict | None = None, **kwargs):
+        self.drift_edges = np.asarray(drift_edges, float)
+        self.provenance = provenance or {}
+        self.errors = 0
+        super().__init__(upstream, **kwargs)
+
+    def update(self, w: Window, who=None, metadata=None):
+        try:
+            ds = window_dataset(w, self.drift_edges, self.provenance)
+        except Exception:  # noqa: BLE001
+            self.errors += 1
+            log.exception("histogram failed for window %s", getattr(w, "id", "?"))
+            return None
+        return self._emit(ds)
+
+
+@Stream.register_api(staticmethod)
+class from_kafka_batched_consumer(Source):
+    """Source: one long-lived confluent-kafka consumer, ``assign()``-ed, batched ``consume()``.
+
+    Emits one :class:`Batch` per consume call. ``start_offsets`` maps partition ->
+    offset (default: the group's committed offsets, else ``auto.offset.reset``).
+    Use :meth:`poll` to drive it synchronously, or ``start()`` on an event loop.
+    """
+
+    def __init__(self, topic: str, consumer_config: dict, batch_size: int = 10_000, poll_timeout: float = 0.2,
+                 start_offsets: dict[int, int] | None = None, **kwargs):
+        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+
+        self.topic = topic
+        self.batch_size = batch_size
+        self.poll_timeout = poll_timeout
+        conf = {"group.id": "dtlive-viewer", "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                "enable.partition.eof": False, **consumer_config}
+        self.consumer = Consumer(conf)
+        meta = self.consumer.list_topics(topic, timeout=15)
+        tmeta = meta.topics.get(topic)
+        if tmeta is None or tmeta.error is not None or not tmeta.partitions:
+            raise RuntimeError(f"topic {topic!r} is not available on {conf.get('bootstrap.servers')}")
+        self.partitions = sorted(tmeta.partitions)
+        reset = OFFSET_BEGINNING if conf["auto.offset.reset"] in ("earliest", "beginning", "smallest") else OFFSET_END
+        committed = {}
+        if start_offsets is None:
+            got = self.consumer.committed([TopicPartition(topic, p) for p in self.partitions], timeout=15)
+            committed = {tp.partition: tp.offset for tp in got if tp.offset >= 0}
+        offsets = {p: (start_offsets or committed).get(p, reset) for p in self.partitions}
+        self.consumer.assign([TopicPartition(topic, p, o) for p, o in offsets.items()])
+        self.positions = {p: o for p, o in offsets.items() if o >= 0}
+        self.messages = 0
+        self.errors = 0
+        super().__init__(**kwargs)
+
+    def high_watermarks(self) -> dict[int, int]:
+        """Current end offset of every partition."""
+        from confluent_kafka import TopicPartition
+
+        return {p: self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1]
+                for p in self.partitions}
+
+    def poll(self, timeout: float | None = None) -> int:
+        """Consume one batch and emit it downstream; return the number of messages."""
+        msgs = self.consumer.consume(self.batch_size, self.poll_timeout if timeout is None else timeout)
+        good = []
+        for m in msgs:
+            if m.error():
+                self.errors += 1
+                log.warning("consume error: %s", m.error())
+            else:
+                good.append(m)
+        if not good:
+            return 0
+        batch = Batch.from_messages(good, self.topic)
+        self.positions.update(batch.positions)
+        self.messages += len(good)
+        self.emit(batch)
+        return len(good)
+
+    async def _run(self):
+        if self.poll(timeout=0) == 0:
+            await asyncio.sleep(self.poll_timeout)
+
+    def close(self) -> None:
+        self.stop()
+        self.consumer.close()

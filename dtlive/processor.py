@@ -1,0 +1,256 @@
+"""``dtlive process``: thin wiring of :mod:`dtlive.nodes` into an exactly-once service.
+
+Graph: Kafka source -> decode_hits -> clean_hits -> event_windows -> :class:`TransactionalPublisher`.
+
+Exactly once. Every publication is one Kafka transaction holding the window result(s),
+the dead letters seen so far, a checkpoint record on ``<output>.checkpoints`` and the
+consumer offsets from which a restart must re-read. After a crash the processor reads its
+last checkpoint: messages before the checkpointed position were already counted, so from
+them only hits of windows not yet published are taken; nothing is lost and nothing is
+counted twice.
+
+>>> cfg = load_config({"bootstrap": "127.0.0.1:9"})
+>>> checkpoint_topic(cfg)
+'dt.monitor.checkpoints'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dtlive import __version__
+from dtlive import nodes as _nodes  # noqa: F401  (registers the node methods on Stream)
+from dtlive.config import Config, load_config
+from dtlive.decode import Reject
+from dtlive.kafka import client_config, ensure_topics
+from dtlive.messages import encode_message
+from dtlive.nodes import event_windows, from_kafka_batched_consumer, window_dataset
+from dtlive.windows import Window
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_topic(cfg: Config) -> str:
+    return f"{cfg.monitor_topic}.checkpoints"
+
+
+def drift_edges(cfg: Config) -> np.ndarray:
+    n = int(round((cfg.drift_max_ns - cfg.drift_min_ns) / cfg.drift_bin_ns))
+    return np.linspace(cfg.drift_min_ns, cfg.drift_min_ns + n * cfg.drift_bin_ns, n + 1)
+
+
+def read_checkpoint(cfg: Config, bootstrap: str, timeout: float = 10.0) -> dict | None:
+    """The newest committed checkpoint of this processor (``cfg.group_id``), or None."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = checkpoint_topic(cfg)
+    c = Consumer(client_config(cfg, bootstrap, **{"group.id": f"{cfg.group_id}-ckpt-reader",
+                                                   "isolation.level": "read_committed",
+                                                   "enable.auto.commit": False}))
+    try:
+        meta = c.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return None
+        best = None
+        for p in meta.partitions:
+            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            step = 500
+            end = high
+            while end > low and best is None:  # read backwards, one chunk at a time
+                start = max(low, end - step)
+                c.assign([TopicPartition(topic, p, start)])
+                deadline = time.monotonic() + timeout
+                found = None
+                seen_to = start
+                while seen_to < end and time.monotonic() < deadline:
+                    for m in c.consume(1000, 1.0):
+                        if m.error():
+                            continue
+                        seen_to = m.offset() + 1
+                        if m.offset() < end and m.key() == cfg.group_id.encode():
+                            found = json.loads(m.value())
+                    if c.position([TopicPartition(topic, p)])[0].offset >= end:
+                        break
+                best = found
+                end = start
+                step *= 4
+        return best
+    finally:
+        c.close()
+
+
+@dataclass
+class TransactionalPublisher:
+    """Publishes closed windows, dead letters and checkpoints in Kafka transactions."""
+
+    cfg: Config
+    bootstrap: str
+    source: from_kafka_batched_consumer
+    windows: event_windows
+    provenance: dict
+    commit_interval_s: float = 0.25
+    published: int = 0
+    dead_lettered: int = 0
+    _in_txn: bool = False
+    _txn_started: float = 0.0
+    _on_publish: list[Callable[[dict], None]] = field(default_factory=list)
+
+    def __post_init__(self):
+        from confluent_kafka import Producer
+
+        self.edges = drift_edges(self.cfg)
+        self.producer = Producer(client_config(self.cfg, self.bootstrap, **{
+            "transactional.id": f"{self.cfg.group_id}:{self.cfg.hits_topic}",
+            "linger.ms": 5,
+            "transaction.timeout.ms": 60000,
+        }))
+        self.producer.init_transactions(30)
+
+    def _begin(self):
+        if not self._in_txn:
+            self.producer.begin_transaction()
+            self._in_txn = True
+            self._txn_started = time.monotonic()
+
+    def publish(self, window: Window) -> None:
+        """Produce one window's result (and the dead letters it carries) in the open transaction."""
+        self._begin()
+        self._dead_letter(window.meta.get("rejects", []))
+        ds = window_dataset(window, self.edges, self.provenance)
+        self.producer.produce(self.cfg.monitor_topic, encode_message(ds), key=str(window.id).encode(),
+                              headers=[("schema", b"dtlive.monitor/1")])
+        self.published += 1
+        self.producer.poll(0)
+        for callback in self._on_publish:
+            callback({"window": window, "dataset": ds})
+
+    def _dead_letter(self, rejects: list[Reject]) -> None:
+        for r in rejects:
+            self.producer.produce(self.cfg.rejected_topic, r.payload, headers=[
+                ("reason", r.reason.encode()), ("detail", r.detail.encode()),
+                ("source_topic", self.cfg.hits_topic.encode()), ("source_partition", str(r.partition).encode()),
+                ("source_offset", str(r.offset).encode())])
+            self.dead_lettered += 1
+            if self.dead_lettered % 10000 == 0:
+                self.producer.poll(0)
+
+    def due(self) -> bool:
+        return self._in_txn and time.monotonic() - self._txn_started >= self.commit_interval_s
+
+    def commit(self) -> None:
+        """Write the checkpoint and the safe input offsets, then commit the transaction."""
+        from confluent_kafka import TopicPartition
+
+        state, rejects = self.windows.checkpoint()
+        offsets = self.windows.commit_offsets()
+        if not (self._in_txn or rejects or offsets):
+            return
+        self._begin()
+        self._dead_letter(rejects)
+        state.update(processor=self.cfg.group_id, config_hash=self.cfg.config_hash, input_topic=self.cfg.hits_topic,
+                     run_id=self.provenance.get("run_id"), time=time.time())
+        self.producer.produce(checkpoint_topic(self.cfg), json.dumps(state).encode(), key=self.cfg.group_id.encode())
+        if offsets:
+            self.producer.send_offsets_to_transaction(
+                [TopicPartition(self.cfg.hits_topic, p, o) for p, o in offsets.items()],
+                self.source.consumer.consumer_group_metadata(), 30)
+        self.producer.commit_transaction(60)
+        self._in_txn = False
+
+
+class Processor:
+    """The running service: source, nodes and publisher, driven by :meth:`run`."""
+
+    def __init__(self, cfg: Config, bootstrap: str, from_beginning: bool = False, batch_size: int = 20_000,
+                 run_id: str | None = None):
+        from dtlive.kafka import consumer_config
+
+        self.cfg = cfg
+        ensure_topics(cfg, bootstrap, [cfg.hits_topic, cfg.monitor_topic, cfg.rejected_topic, checkpoint_topic(cfg)])
+        ckpt = read_checkpoint(cfg, bootstrap)
+        if ckpt and ckpt.get("config_hash") != cfg.config_hash:
+            raise SystemExit(
+                f"processor {cfg.group_id!r} last ran with other processing settings (config hash "
+                f"{ckpt.get('config_hash')} != {cfg.config_hash}); give a new --group-id to start a new series")
+        resume = {int(k): v for k, v in (ckpt or {}).get("positions", {}).items()}
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.resumed = ckpt is not None
+        self.source = from_kafka_batched_consumer(
+            cfg.hits_topic,
+            consumer_config(cfg, bootstrap, group_id=cfg.group_id, from_beginning=from_beginning),
+            batch_size=batch_size,
+        )
+        self.windows = (
+            self.source.decode_hits(default_format=cfg.default_format, resume=resume)
+            .clean_hits()
+            .event_windows(window_s=cfg.window_s, lateness_s=cfg.lateness_s, idle_s=cfg.idle_s,
+                           last_closed=(ckpt or {}).get("last_window", -1),
+                           orbit_epoch=(ckpt or {}).get("orbit_epoch"), pending=(ckpt or {}).get("pending_counts"))
+        )
+        self.windows.positions.update(resume)
+        provenance = {"topic": cfg.hits_topic, "dtlive_version": __version__, "config_hash": cfg.config_hash,
+                      "run_id": self.run_id, "processor": cfg.group_id, "host": socket.gethostname()}
+        self.publisher = TransactionalPublisher(cfg, bootstrap, self.source, self.windows, provenance)
+        self.windows.sink(self.publisher.publish)
+        self._stop = False
+
+    def stop(self, *_):
+        self._stop = True
+
+    def run(self, until_end: bool = False, max_seconds: float | None = None,
+            on_tick: Callable[[Processor], None] | None = None) -> Processor:
+        """Process until stopped (or, with ``until_end``, until the input's end at start is reached)."""
+        targets = self.source.high_watermarks() if until_end else None
+        started = time.monotonic()
+        last_tick = 0.0
+        while not self._stop:
+            n = self.source.poll()
+            now = time.monotonic()
+            if targets is not None and all(self.source.positions.get(p, 0) >= t for p, t in targets.items()):
+                self.windows.flush()
+                break
+            if n == 0:
+                self.windows.flush_if_idle(now)
+            if self.publisher.due() or (n == 0 and self.publisher._in_txn):
+                self.publisher.commit()
+            if on_tick and now - last_tick >= 1.0:
+                on_tick(self)
+                last_tick = now
+            if max_seconds is not None and now - started > max_seconds:
+                break
+        self.publisher.commit()
+        return self
+
+    def close(self):
+        self.source.close()
+        self.publisher.producer.flush(10)
+
+
+def run_processor(cli: dict, bootstrap: str, from_beginning=False, until_end=False, on_tick=None,
+                  max_seconds=None) -> Processor:
+    """Build the :class:`Config`, run a :class:`Processor` with SIGINT/SIGTERM handled, and return it."""
+    cfg = load_config(cli)
+    proc = Processor(cfg, bootstrap, from_beginning=from_beginning)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, proc.stop)
+    try:
+        proc.run(until_end=until_end, on_tick=on_tick, max_seconds=max_seconds)
+    finally:
+        proc.close()
+    return proc
+
+
+def summary_counts(proc: Processor) -> Counter:
+    """Running totals for a terminal summary."""
+    return Counter(messages=proc.source.messages, windows=proc.publisher.published,
+                   dead_letters=proc.publisher.dead_lettered)

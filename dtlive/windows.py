@@ -1,0 +1,131 @@
+"""Event-time windows on ORBIT_CNT, closed by a watermark (DESIGN.md §3). Pure: no I/O.
+
+Windows are aligned to absolute orbit multiples: window ``k`` holds orbits
+``[k * W, (k + 1) * W - 1]``. The watermark of a partition is the highest orbit
+seen on it minus the lateness allowance; the stream's watermark is the minimum over
+partitions. A window closes once its last orbit is below the watermark. Hits for an
+already closed window are *late*: they are returned so the caller can count and
+dead-letter them, never silently dropped.
+
+>>> from dtlive.rows import Rows
+>>> w = EventTimeWindows(window_orbits=100, lateness_orbits=10)
+>>> closed, late = w.add(Rows.from_columns(head=[2, 2], fpga=[0, 0], channel=[1, 1], orbit=[5, 150], bx=[0, 0],
+...                                        tdc=[0, 0]))
+>>> [c.id for c in closed], len(late)
+([0], 0)
+>>> [c.id for c in w.flush()]
+[1]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dtlive import detector as det
+from dtlive.rows import Rows
+
+
+@dataclass
+class Window:
+    """The hits of one closed event-time window and where they came from."""
+
+    id: int
+    first_orbit: int
+    last_orbit: int
+    hits: Rows
+    inputs: dict[int, tuple[int, int]] = field(default_factory=dict)  # partition -> (first, last) offset
+    meta: dict = field(default_factory=dict)  # bookkeeping added by the stream node (counts, rejects, ...)
+
+
+class EventTimeWindows:
+    """Assigns hits to aligned orbit windows and closes them by watermark."""
+
+    def __init__(self, window_orbits: int, lateness_orbits: int, last_closed: int = -1):
+        if window_orbits < 1 or lateness_orbits < 0:
+            raise ValueError("window_orbits must be >= 1 and lateness_orbits >= 0")
+        self.window_orbits = int(window_orbits)
+        self.lateness_orbits = int(lateness_orbits)
+        self.last_closed = int(last_closed)
+        self._open: dict[int, list[Rows]] = {}
+        self._max_orbit: dict[int, int] = {}
+
+    @classmethod
+    def from_seconds(cls, window_s: float, lateness_s: float, last_closed: int = -1) -> EventTimeWindows:
+        """Windows of ``window_s`` seconds with ``lateness_s`` seconds of lateness allowance."""
+        return cls(det.orbits_for_seconds(window_s), int(round(lateness_s / det.ORBIT_S)), last_closed)
+
+    @property
+    def watermark(self) -> int | None:
+        """Lowest orbit that may still arrive without being late (None before any hit)."""
+        if not self._max_orbit:
+            return None
+        return min(self._max_orbit.values()) - self.lateness_orbits
+
+    @property
+    def open_ids(self) -> list[int]:
+        return sorted(self._open)
+
+    def add(self, hits: Rows, already_published: np.ndarray | None = None) -> tuple[list[Window], Rows]:
+        """Add cleansed hits; return the windows this closes and the late hits.
+
+        ``already_published`` marks rows that a previous run already counted in a
+        published window (a replay after restart): those are dropped silently when
+        their window is closed, instead of being reported late.
+        """
+        if len(hits) == 0:
+            return [], Rows.empty()
+        ids = hits.orbit // self.window_orbits
+        late = ids <= self.last_closed
+        if late.any():
+            if already_published is not None:
+                keep = ~(late & already_published)
+                hits, ids, late = hits.select(keep), ids[keep], late[keep]
+            late_rows = hits.select(late)
+            hits, ids = hits.select(~late), ids[~late]
+        else:
+            late_rows = Rows.empty()
+        if len(hits):
+            lo, hi = ids.min(), ids.max()
+            if lo == hi:
+                self._open.setdefault(int(lo), []).append(hits)
+            else:
+                order = np.argsort(ids, kind="stable")
+                sorted_ids = ids[order]
+                bounds = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1], True])
+                for a, b in zip(bounds[:-1], bounds[1:]):
+                    self._open.setdefault(int(sorted_ids[a]), []).append(hits.select(order[a:b]))
+            for part in np.unique(hits.partition):
+                peak = int(hits.orbit[hits.partition == part].max())
+                self._max_orbit[int(part)] = max(peak, self._max_orbit.get(int(part), peak))
+        return self._close_until(self.watermark), late_rows
+
+    def flush(self) -> list[Window]:
+        """Close every open window (the stream went idle or ended)."""
+        return self._close_until(None)
+
+    def pending_offsets(self) -> dict[int, int]:
+        """Per partition, the lowest input offset that still feeds an open window."""
+        low: dict[int, int] = {}
+        for parts in self._open.values():
+            for rows in parts:
+                for p in np.unique(rows.partition):
+                    off = int(rows.offset[rows.partition == p].min())
+                    low[int(p)] = min(off, low.get(int(p), off))
+        return low
+
+    def _close_until(self, watermark: int | None) -> list[Window]:
+        closed = []
+        for wid in sorted(self._open):
+            last_orbit = (wid + 1) * self.window_orbits - 1
+            if watermark is not None and last_orbit >= watermark:
+                break
+            hits = Rows.concat(self._open.pop(wid))
+            inputs = {}
+            for p in np.unique(hits.partition):
+                offs = hits.offset[hits.partition == p]
+                inputs[int(p)] = (int(offs.min()), int(offs.max()))
+            closed.append(Window(wid, wid * self.window_orbits, last_orbit, hits, inputs))
+            self.last_closed = wid
+        return closed

@@ -1,0 +1,42 @@
+"""Shared fixtures: the real embedded Kafka-protocol broker, the shared real data, unique topics."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    """A real Tansu broker on a free loopback port for the whole test session."""
+    from dtlive.broker import EmbeddedBroker
+
+    state = tmp_path_factory.mktemp("broker-state")
+    b = EmbeddedBroker(port=free_port(), state_dir=state)  # never 9092: a developer's own broker may want it
+    b.start()
+    os.environ["DTLIVE_STATE_DIR"] = str(state)
+    yield b.bootstrap
+    b.stop()
+
+
+@pytest.fixture
+def topics():
+    """Unique topic names for one test."""
+    tag = uuid.uuid4().hex[:8]
+    return {"hits_topic": f"hits-{tag}", "monitor_topic": f"monitor-{tag}", "rejected_topic": f"rejected-{tag}",
+            "group_id": f"proc-{tag}"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.kafka)
