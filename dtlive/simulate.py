@@ -49,7 +49,11 @@ class SimConfig:
     """Knobs of the generator; the defaults reproduce the real telescope (run 591, 2023 stream).
 
     ``hit_rate_hz`` is the total HEAD-2 rate (chamber, scintillator and trigger-word hits); the noise
-    rate per channel is derived from it unless ``noise_rate_hz_per_channel`` is given.
+    rate per channel is derived from it unless ``noise_rate_hz_per_channel`` is given. With the default
+    140 Hz of muons (~10.8 rows each) and 5 kHz in total, ~27 % of orbits hold a hit, as in run 591, which
+    also shows ~140 Hz of orbits with a >= 3-layer segment. Tracks are generated uniformly over
+    ``generation_halfwidth_mm`` at the mid-height of the telescope; chambers are taken square (wires as
+    long as a layer is wide) unless ``chamber_halfwidth_mm`` says otherwise.
 
     >>> cfg = SimConfig(muon_rate_hz=50.0, ancillary_rate_hz=0.0)
     >>> round(channel_noise_rates(seed=3, config=cfg).sum() + cfg.muon_rate_hz * cfg.hits_per_muon())
@@ -77,6 +81,12 @@ class SimConfig:
     trigger_latency_ns: tuple[float, float] = (250.0, 400.0)  # after the muon crossing
     block_rows: int = 4  # DAQ block size per FPGA
     block_gap_ns: float = 16 * det.BX_NS  # a block only holds rows this close to each other
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.efficiency <= 1 or not 0 <= self.afterpulse_prob < 1:
+            raise ValueError("efficiency must be in [0, 1] and afterpulse_prob in [0, 1)")
+        if self.block_rows < 1 or min(self.hit_rate_hz, self.muon_rate_hz, self.ancillary_rate_hz) < 0:
+            raise ValueError("block_rows must be >= 1 and rates >= 0")
 
     def hits_per_muon(self) -> float:
         """Mean HEAD-2 rows per muon (chamber hits + scintillator + trigger words), by a fixed-seed Monte Carlo.
@@ -120,12 +130,16 @@ def stream(
         raise ValueError(f"chunk_s must be positive, got {chunk_s}")
     cfg = config or SimConfig()
     layout_seq, event_seq = np.random.SeedSequence(seed).spawn(2)
-    noise_rates = _channel_noise_rates(cfg, np.random.default_rng(layout_seq))
-    rng = np.random.default_rng(event_seq)
-    base_orbit, frac_ns = int(start_orbit), 0.0  # chunk start = base_orbit * ORBIT_NS + frac_ns
+    noise_rates = _channel_noise_rates(cfg, np.random.default_rng(layout_seq))  # raises on impossible rates
+    return _chunks(cfg, noise_rates, np.random.default_rng(event_seq), int(start_orbit), chunk_s * 1e9)
+
+
+def _chunks(
+    cfg: SimConfig, noise_rates: np.ndarray, rng: np.random.Generator, base_orbit: int, chunk_ns: float
+) -> Iterator[Rows]:
+    frac_ns = 0.0  # chunk start = base_orbit * ORBIT_NS + frac_ns
     pending: dict[str, np.ndarray] | None = None  # rows timed past the previous chunk's end
     next_offset = 0
-    chunk_ns = chunk_s * 1e9
     while True:
         t_end = frac_ns + chunk_ns
         parts = [

@@ -48,6 +48,7 @@ class EventTimeWindows:
         self.window_orbits = int(window_orbits)
         self.lateness_orbits = int(lateness_orbits)
         self.last_closed = int(last_closed)
+        self.published_before = int(last_closed)  # windows up to here were published by an earlier run
         self._open: dict[int, list[Rows]] = {}
         self._max_orbit: dict[int, int] = {}
 
@@ -70,9 +71,9 @@ class EventTimeWindows:
     def add(self, hits: Rows, already_published: np.ndarray | None = None) -> tuple[list[Window], Rows]:
         """Add cleansed hits; return the windows this closes and the late hits.
 
-        ``already_published`` marks rows that a previous run already counted in a
-        published window (a replay after restart): those are dropped silently when
-        their window is closed, instead of being reported late.
+        ``already_published`` marks rows that a previous run already consumed (a replay
+        after restart): those whose window that run published are dropped silently
+        instead of being reported late.
         """
         if len(hits) == 0:
             return [], Rows.empty()
@@ -80,7 +81,7 @@ class EventTimeWindows:
         late = ids <= self.last_closed
         if late.any():
             if already_published is not None:
-                keep = ~(late & already_published)
+                keep = ~(late & already_published & (ids <= self.published_before))
                 hits, ids, late = hits.select(keep), ids[keep], late[keep]
             late_rows = hits.select(late)
             hits, ids = hits.select(~late), ids[~late]

@@ -108,9 +108,11 @@ def test_fraction_of_orbits_with_a_hit_is_about_27_percent(hits):
     assert 0.24 < fraction < 0.30, fraction
 
 
-def test_impossible_rate_is_refused():
+def test_impossible_configuration_is_refused():
     with pytest.raises(ValueError, match="hit_rate_hz"):
-        simulate(0.1, config=SimConfig(hit_rate_hz=100.0, muon_rate_hz=140.0))
+        stream(config=SimConfig(hit_rate_hz=100.0, muon_rate_hz=140.0))
+    with pytest.raises(ValueError, match="efficiency"):
+        SimConfig(efficiency=1.5)
 
 
 # --- muon physics ---------------------------------------------------------------------------------------------------
@@ -197,7 +199,9 @@ def test_trigger_word_marks_muon_orbits_on_both_fpgas(hits):
     trig = hits[hits.TDC_CHANNEL == det.TRIGGER_CHANNEL]
     scint_orbits = set(hits.ORBIT_CNT[hits.TDC_CHANNEL == det.SCINT_CHANNEL])
     assert set(trig.FPGA) == {0, 1}
-    assert trig.ORBIT_CNT.isin(scint_orbits).all()
+    same_orbit = trig.ORBIT_CNT.isin(scint_orbits)
+    assert same_orbit.mean() > 0.95
+    assert (same_orbit | (trig.ORBIT_CNT - 1).isin(scint_orbits)).all()  # or just after an orbit boundary
     assert (trig.TDC_MEAS == 1).all()
     share = len(trig) / len(hits)
     assert 0.005 < share < 0.03, share  # run 591: 1.45 % of the rows
@@ -279,8 +283,34 @@ def test_stream_chunks_are_contiguous_and_deterministic():
         assert t.min() - lo < 5e6 and hi - t.max() < 5e6  # chunk filled from edge to edge
     total = sum(int((c.head == det.HIT_HEAD).sum()) for c in chunks)
     assert abs(total / (6 * chunk_s) / CFG.hit_rate_hz - 1) < 0.1
-    with pytest.raises(ValueError):
-        next(stream(chunk_s=0))
+    with pytest.raises(ValueError, match="chunk_s"):
+        stream(chunk_s=0)  # refused at once, not at the first chunk
+
+
+def test_events_cut_by_a_chunk_edge_continue_in_the_next_chunk():
+    # 1 us chunks and only muons: many muons straddle a chunk edge
+    cfg = SimConfig(
+        muon_rate_hz=1e4, noise_rate_hz_per_channel=0.0, n_noisy_channels=0, trigger_word=False, ancillary_rate_hz=0.0
+    )
+    chunk_ns, n_chunks = 1000.0, 3000
+    chunks = list(itertools.islice(stream(chunk_s=chunk_ns * 1e-9, seed=2, config=cfg), n_chunks))
+    t_rel = []
+    for k, c in enumerate(chunks):
+        t = (c.orbit - DEFAULT_START_ORBIT) * det.ORBIT_NS + c.bx * det.BX_NS + c.tdc * (det.BX_NS / det.TDC_PER_BX)
+        assert np.all(t >= k * chunk_ns - 1e-3) and np.all(t < (k + 1) * chunk_ns + 1e-3), k
+        t_rel.append(t)
+    rows = Rows.concat(chunks)
+    t = np.concatenate(t_rel)
+    order = np.argsort(t)
+    t, is_scint = t[order], (rows.channel == det.SCINT_CHANNEL)[order]
+    first = np.flatnonzero(np.r_[True, np.diff(t) > 2000.0])  # one muon per cluster of rows
+    n_scint = np.add.reduceat(is_scint.astype(int), first)
+    n_rows = np.diff(np.r_[first, len(t)])
+    assert len(first) > 15
+    assert np.all(n_scint >= 1)  # no muon lost its scintillator hit at a chunk edge
+    spans = np.maximum.reduceat(t, first) - t[first]
+    assert spans.max() < 500 and np.median(n_rows) > 5
+    assert abs((n_rows.sum() - n_scint.sum()) / n_scint.sum() / (cfg.hits_per_muon() - 1) - 1) < 0.2
 
 
 def test_daq_order_is_per_fpga_blocks_roughly_in_time(rows, hits):
@@ -306,6 +336,6 @@ def test_daq_order_is_per_fpga_blocks_roughly_in_time(rows, hits):
         fg = g.FPGA.to_numpy()
         run_lengths.append(np.diff(np.flatnonzero(np.diff(np.r_[-1, fg, -1]) != 0)))
     rl = np.concatenate(run_lengths)
-    assert np.mean([len(r) >= 4 for r in run_lengths]) > 0.9  # interleaved, not one FPGA after the other
-    assert (rl % CFG.block_rows == 0).mean() > 0.5  # full blocks dominate
-    assert np.median(rl) >= CFG.block_rows
+    assert np.mean([len(r) >= 3 for r in run_lengths]) > 0.95  # interleaved, not one FPGA after the other
+    assert np.bincount(rl).argmax() == CFG.block_rows  # full blocks dominate
+    assert (rl % CFG.block_rows == 0).mean() > 0.5
