@@ -61,6 +61,18 @@ def kafka_settings_from_env(env: Mapping[str, str]) -> dict[str, str]:
     return {k[6:].lower().replace("_", "."): v for k, v in env.items() if k.startswith("KAFKA_") and len(k) > 6}
 
 
+def _flatten(table: Mapping, prefix: str = "") -> dict[str, str]:
+    """TOML ``linger.ms = 5`` parses as ``{"linger": {"ms": 5}}``: join the keys back with dots."""
+    out: dict[str, str] = {}
+    for k, v in table.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = str(v).lower() if isinstance(v, bool) else str(v)
+    return out
+
+
 def _coerce(name: str, value):
     kind = {f.name: f.type for f in dataclasses.fields(Config)}[name]
     if value is None:
@@ -90,7 +102,7 @@ def load_config(
         unknown = set(data) - set(names) - {"kafka"}
         if unknown:
             raise ValueError(f"unknown settings in {p}: {', '.join(sorted(unknown))} (known: {', '.join(names)})")
-        kafka.update({str(k): str(v) for k, v in data.pop("kafka", {}).items()})
+        kafka.update(_flatten(data.pop("kafka", {})))
         values.update(data)
     for name in names:
         if f"DTLIVE_{name.upper()}" in env:
