@@ -152,7 +152,11 @@ def _guarded(method):
                     Reject("error", p, int(a), int(b), repr(exc)[:200])
                     for p, a, b in zip(batch.payloads, batch.partitions, batch.offsets)
                 ]
-                return self._emit(Decoded(Rows.empty(), rejects, Counter(rejected=len(rejects)), batch))
+                return self._emit(
+                    Decoded(
+                        Rows.empty(), rejects, Counter({"rows": len(rejects), "rejected.error": len(rejects)}), batch
+                    )
+                )
             return None
 
     return update
@@ -189,12 +193,7 @@ class decode_hits(Stream):
             rejects = [r for r in rejects if r.offset >= self.resume.get(r.partition, -1)]
         d.rejects = rejects
         d.counts["rows"] = int(d.fresh(rows).sum()) + len(rejects)
-        if rejects:
-            d.counts.update(
-                {f"rejected.{r.reason}": 1 for r in rejects}
-                if len(rejects) == 1
-                else Counter(f"rejected.{r.reason}" for r in rejects)
-            )
+        d.counts.update(f"rejected.{r.reason}" for r in rejects)
         return self._emit(d)
 
 

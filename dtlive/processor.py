@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import socket
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,7 +28,7 @@ import numpy as np
 
 from dtlive import __version__
 from dtlive import nodes as _nodes  # noqa: F401  (registers the node methods on Stream)
-from dtlive.config import Config, load_config
+from dtlive.config import Config, load_config  # noqa: F401  (load_config: doctest)
 from dtlive.decode import Reject
 from dtlive.kafka import client_config, ensure_topics, partition_ends
 from dtlive.messages import encode_message
@@ -58,8 +56,17 @@ def read_checkpoint(cfg: Config, bootstrap: str, timeout: float = 10.0) -> dict 
 
     topic = checkpoint_topic(cfg)
     key = cfg.group_id.encode()
-    c = Consumer(client_config(cfg, bootstrap, **{"group.id": f"{cfg.group_id}-ckpt-reader",
-                                                   "isolation.level": "read_committed", "enable.auto.commit": False}))
+    c = Consumer(
+        client_config(
+            cfg,
+            bootstrap,
+            **{
+                "group.id": f"{cfg.group_id}-ckpt-reader",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+            },
+        )
+    )
     try:
         newest: tuple[float, dict] | None = None
         for p, (low, high) in partition_ends(cfg, bootstrap, topic, timeout).items():
@@ -92,16 +99,23 @@ def resume_state(cfg: Config, bootstrap: str) -> dict | None:
     from dtlive.results import read_messages
 
     ckpt = read_checkpoint(cfg, bootstrap)
-    mine = [m for m in read_messages(bootstrap, cfg.monitor_topic, last=50, cfg=cfg, timeout=5)
-            if m["provenance"].get("processor") == cfg.group_id]
+    mine = [
+        m
+        for m in read_messages(bootstrap, cfg.monitor_topic, last=50, cfg=cfg, timeout=5)
+        if m["provenance"].get("processor") == cfg.group_id
+    ]
     if not mine or (ckpt and ckpt.get("last_window", -1) >= mine[-1]["window"]["id"]):
         return ckpt
     last = mine[-1]
     prov = last["provenance"]
-    return {"last_window": last["window"]["id"], "config_hash": prov.get("config_hash"),
-            "positions": {str(x["partition"]): x["offset"] for x in prov.get("input_position", [])},
-            "restart_offsets": {str(x["partition"]): x["offset"] for x in prov.get("restart_offsets", [])},
-            "pending_counts": {}, "orbit_epoch": prov.get("orbit_epoch")}
+    return {
+        "last_window": last["window"]["id"],
+        "config_hash": prov.get("config_hash"),
+        "positions": {str(x["partition"]): x["offset"] for x in prov.get("input_position", [])},
+        "restart_offsets": {str(x["partition"]): x["offset"] for x in prov.get("restart_offsets", [])},
+        "pending_counts": {},
+        "orbit_epoch": prov.get("orbit_epoch"),
+    }
 
 
 @dataclass
@@ -124,11 +138,17 @@ class TransactionalPublisher:
         from confluent_kafka import Producer
 
         self.edges = drift_edges(self.cfg)
-        self.producer = Producer(client_config(self.cfg, self.bootstrap, **{
-            "transactional.id": f"{self.cfg.group_id}:{self.cfg.hits_topic}",
-            "linger.ms": 5,
-            "transaction.timeout.ms": 60000,
-        }))
+        self.producer = Producer(
+            client_config(
+                self.cfg,
+                self.bootstrap,
+                **{
+                    "transactional.id": f"{self.cfg.group_id}:{self.cfg.hits_topic}",
+                    "linger.ms": 5,
+                    "transaction.timeout.ms": 60000,
+                },
+            )
+        )
         self.producer.init_transactions(30)
 
     def fence(self) -> None:
@@ -153,8 +173,12 @@ class TransactionalPublisher:
         self._begin()
         self._dead_letter(window.meta.get("rejects", []))
         ds = window_dataset(window, self.edges, self.provenance)
-        self.producer.produce(self.cfg.monitor_topic, encode_message(ds), key=str(window.id).encode(),
-                              headers=[("schema", b"dtlive.monitor/1")])
+        self.producer.produce(
+            self.cfg.monitor_topic,
+            encode_message(ds),
+            key=str(window.id).encode(),
+            headers=[("schema", b"dtlive.monitor/1")],
+        )
         self.published += 1
         self.producer.poll(0)
         for callback in self._on_publish:
@@ -162,10 +186,17 @@ class TransactionalPublisher:
 
     def _dead_letter(self, rejects: list[Reject]) -> None:
         for r in rejects:
-            self.producer.produce(self.cfg.rejected_topic, r.payload, headers=[
-                ("reason", r.reason.encode()), ("detail", r.detail.encode()),
-                ("source_topic", self.cfg.hits_topic.encode()), ("source_partition", str(r.partition).encode()),
-                ("source_offset", str(r.offset).encode())])
+            self.producer.produce(
+                self.cfg.rejected_topic,
+                r.payload,
+                headers=[
+                    ("reason", r.reason.encode()),
+                    ("detail", r.detail.encode()),
+                    ("source_topic", self.cfg.hits_topic.encode()),
+                    ("source_partition", str(r.partition).encode()),
+                    ("source_offset", str(r.offset).encode()),
+                ],
+            )
             self.dead_lettered += 1
             if self.dead_lettered % 10000 == 0:
                 self.producer.poll(0)
@@ -183,13 +214,20 @@ class TransactionalPublisher:
             return
         self._begin()
         self._dead_letter(rejects)
-        state.update(processor=self.cfg.group_id, config_hash=self.cfg.config_hash, input_topic=self.cfg.hits_topic,
-                     run_id=self.provenance.get("run_id"), time=time.time())
+        state.update(
+            processor=self.cfg.group_id,
+            config_hash=self.cfg.config_hash,
+            input_topic=self.cfg.hits_topic,
+            run_id=self.provenance.get("run_id"),
+            time=time.time(),
+        )
         self.producer.produce(checkpoint_topic(self.cfg), json.dumps(state).encode(), key=self.cfg.group_id.encode())
         if offsets:
             self.producer.send_offsets_to_transaction(
                 [TopicPartition(self.cfg.hits_topic, p, o) for p, o in offsets.items()],
-                self.source.consumer.consumer_group_metadata(), 30)
+                self.source.consumer.consumer_group_metadata(),
+                30,
+            )
         self.producer.commit_transaction(60)
         self._in_txn = False
 
@@ -197,23 +235,36 @@ class TransactionalPublisher:
 class Processor:
     """The running service: source, nodes and publisher, driven by :meth:`run`."""
 
-    def __init__(self, cfg: Config, bootstrap: str, from_beginning: bool = False, batch_size: int = 20_000,
-                 run_id: str | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        bootstrap: str,
+        from_beginning: bool = False,
+        batch_size: int = 20_000,
+        run_id: str | None = None,
+    ):
         from dtlive.kafka import consumer_config
 
         self.cfg = cfg
         self.bootstrap = bootstrap
         ensure_topics(cfg, bootstrap, [cfg.hits_topic, cfg.monitor_topic, cfg.rejected_topic, checkpoint_topic(cfg)])
         self.run_id = run_id or uuid.uuid4().hex[:12]
-        provenance = {"topic": cfg.hits_topic, "dtlive_version": __version__, "config_hash": cfg.config_hash,
-                      "run_id": self.run_id, "processor": cfg.group_id, "host": socket.gethostname()}
+        provenance = {
+            "topic": cfg.hits_topic,
+            "dtlive_version": __version__,
+            "config_hash": cfg.config_hash,
+            "run_id": self.run_id,
+            "processor": cfg.group_id,
+            "host": socket.gethostname(),
+        }
         self.publisher = TransactionalPublisher(cfg, bootstrap, provenance)
         self.publisher.fence()
         ckpt = resume_state(cfg, bootstrap)
         if ckpt and ckpt.get("config_hash") != cfg.config_hash:
             raise SystemExit(
                 f"processor {cfg.group_id!r} last ran with other processing settings (config hash "
-                f"{ckpt.get('config_hash')} != {cfg.config_hash}); give a new --group-id to start a new series")
+                f"{ckpt.get('config_hash')} != {cfg.config_hash}); give a new --group-id to start a new series"
+            )
         resume = {int(k): v for k, v in (ckpt or {}).get("positions", {}).items()}
         self.resumed = ckpt is not None
         self.source = from_kafka_batched_consumer(
@@ -227,9 +278,14 @@ class Processor:
         self.windows = (
             self.source.decode_hits(default_format=cfg.default_format, resume=resume)
             .clean_hits()
-            .event_windows(window_s=cfg.window_s, lateness_s=cfg.lateness_s, idle_s=cfg.idle_s,
-                           last_closed=(ckpt or {}).get("last_window", -1),
-                           orbit_epoch=(ckpt or {}).get("orbit_epoch"), pending=(ckpt or {}).get("pending_counts"))
+            .event_windows(
+                window_s=cfg.window_s,
+                lateness_s=cfg.lateness_s,
+                idle_s=cfg.idle_s,
+                last_closed=(ckpt or {}).get("last_window", -1),
+                orbit_epoch=(ckpt or {}).get("orbit_epoch"),
+                pending=(ckpt or {}).get("pending_counts"),
+            )
         )
         self.windows.positions.update(resume)
         self.publisher.source, self.publisher.windows = self.source, self.windows
@@ -239,11 +295,18 @@ class Processor:
     def stop(self, *_):
         self._stop = True
 
-    def run(self, until_end: bool = False, max_seconds: float | None = None,
-            on_tick: Callable[[Processor], None] | None = None) -> Processor:
+    def run(
+        self,
+        until_end: bool = False,
+        max_seconds: float | None = None,
+        on_tick: Callable[[Processor], None] | None = None,
+    ) -> Processor:
         """Process until stopped (or, with ``until_end``, until the input's end at start is reached)."""
-        targets = ({p: high for p, (_, high) in partition_ends(self.cfg, self.bootstrap, self.cfg.hits_topic).items()}
-                   if until_end else None)
+        targets = (
+            {p: high for p, (_, high) in partition_ends(self.cfg, self.bootstrap, self.cfg.hits_topic).items()}
+            if until_end
+            else None
+        )
         started = time.monotonic()
         last_tick = 0.0
         while not self._stop:
@@ -267,23 +330,3 @@ class Processor:
     def close(self):
         self.source.close()
         self.publisher.producer.flush(10)
-
-
-def run_processor(cli: dict, bootstrap: str, from_beginning=False, until_end=False, on_tick=None,
-                  max_seconds=None) -> Processor:
-    """Build the :class:`Config`, run a :class:`Processor` with SIGINT/SIGTERM handled, and return it."""
-    cfg = load_config(cli)
-    proc = Processor(cfg, bootstrap, from_beginning=from_beginning)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, proc.stop)
-    try:
-        proc.run(until_end=until_end, on_tick=on_tick, max_seconds=max_seconds)
-    finally:
-        proc.close()
-    return proc
-
-
-def summary_counts(proc: Processor) -> Counter:
-    """Running totals for a terminal summary."""
-    return Counter(messages=proc.source.messages, windows=proc.publisher.published,
-                   dead_letters=proc.publisher.dead_lettered)
