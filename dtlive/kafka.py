@@ -12,6 +12,8 @@ Extra librdkafka settings pass through from ``KAFKA_*`` variables (see :mod:`dtl
 
 from __future__ import annotations
 
+import time
+
 from dtlive.config import Config
 
 # Tansu: a group join waits about half of session.timeout.ms, so keep it short.
@@ -63,15 +65,30 @@ def partition_ends(cfg: Config, bootstrap: str, topic: str, timeout: float = 10.
 
     Asked with read_uncommitted on purpose: a read_committed query returns the last
     stable offset, which some brokers (Tansu) hold back while any transaction is open.
+    The high offset is confirmed by one fetch at the listed end, because a broker's
+    ListOffsets answer can lag its log (Tansu omits the last multi-record batch until
+    the next write); the fetch response carries the true high watermark.
     """
     from confluent_kafka import Consumer, TopicPartition
 
     c = Consumer(client_config(cfg, bootstrap, **{"group.id": "dtlive-offsets", "isolation.level": "read_uncommitted",
-                                                  "enable.auto.commit": False}))
+                                                  "enable.auto.commit": False, "fetch.wait.max.ms": 10}))
     try:
         meta = c.list_topics(topic, timeout=timeout).topics.get(topic)
         if meta is None or meta.error is not None:
             return {}
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout) for p in sorted(meta.partitions)}
+        listed = {
+            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout) for p in sorted(meta.partitions)
+        }
+        c.assign([TopicPartition(topic, p, high) for p, (_, high) in listed.items()])
+        fetched: dict[int, int] = {}
+        deadline = time.monotonic() + min(timeout, 2.0)
+        while len(fetched) < len(listed) and time.monotonic() < deadline:
+            c.consume(1, 0.05)
+            for p in listed:
+                high = c.get_watermark_offsets(TopicPartition(topic, p), cached=True)[1]
+                if high >= 0:
+                    fetched[p] = high
+        return {p: (low, max(high, fetched.get(p, high))) for p, (low, high) in listed.items()}
     finally:
         c.close()

@@ -27,9 +27,6 @@ def start_processor(broker, topics, *extra):
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "CI": "true"})
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "KNOWN BUG (open): after a kill -9 the restart publishes no duplicate window, but the last window "
-    "can miss 1-3k hits of its tail; see issue #2 closing note"))
 @pytest.mark.parametrize("kill_after_windows", [2, 9])
 def test_kill_9_mid_replay_then_restart_counts_every_hit_once(broker, topics, kill_after_windows):
     ensure_topics(load_config({}, env={}), broker, [topics["hits_topic"]])

@@ -166,3 +166,17 @@ def test_results_read_back_one_window_and_stacked(broker, topics):
     assert prov["inputs"][0]["topic"] == topics["hits_topic"] and prov["config_hash"] and prov["run_id"]
     one = read_results(broker, topics["monitor_topic"], last=1)
     assert one.sizes["time"] == 1 and one.window_id.values[0] == msgs[-1]["window"]["id"]
+
+
+def test_partition_ends_is_the_true_end_after_batched_writes(broker, topics):
+    """Tansu's ListOffsets omits the last multi-record batch; partition_ends must not (it ended replays early)."""
+    from dtlive.kafka import partition_ends
+
+    cfg = load_config({}, env={})
+    ensure_topics(cfg, broker, [topics["hits_topic"]])
+    producer = Producer({"bootstrap.servers": broker, "linger.ms": 50})
+    for i in range(5_000):
+        producer.produce(topics["hits_topic"], b"2,0,1,%d,1,1" % i)
+    producer.flush(30)
+    assert partition_ends(cfg, broker, topics["hits_topic"]) == {0: (0, 5_000)}
+    assert partition_ends(cfg, broker, "no-such-topic-" + topics["group_id"]) == {}
