@@ -108,12 +108,15 @@ def load_config(
         if f"DTLIVE_{name.upper()}" in env:
             values[name] = env[f"DTLIVE_{name.upper()}"]
     kafka.update(kafka_settings_from_env(env))
+    unknown = set(cli or {}) - set(names)
+    if unknown:
+        raise ValueError(f"unknown settings: {', '.join(sorted(unknown))} (known: {', '.join(names)})")
     for name, value in (cli or {}).items():
-        if value is not None and name in names:
+        if value is not None:
             values[name] = value
     cfg = Config(**{k: _coerce(k, v) for k, v in values.items()}, kafka=kafka)
-    if not 0 < cfg.window_s <= 60:
-        raise ValueError(f"window_s must be in (0, 60] seconds, got {cfg.window_s}")
+    if not 1 <= cfg.window_s <= 5:
+        raise ValueError(f"window_s must be 1 to 5 seconds (DESIGN.md §3), got {cfg.window_s}")
     if cfg.lateness_s < 0:
         raise ValueError(f"lateness_s must be >= 0, got {cfg.lateness_s}")
     return cfg

@@ -143,7 +143,17 @@ def to_dataset(messages: Iterable[bytes | str | dict], stack: bool | None = None
         window_id=("time", np.array([w["id"] for w in ws], np.int64)),
         first_orbit=("time", np.array([w["first_orbit"] for w in ws], np.int64)),
         last_orbit=("time", np.array([w["last_orbit"] for w in ws], np.int64)),
+        provenance=("time", np.array([json.dumps(m.get("provenance", {})) for m in msgs], object),
+                    {"long_name": "provenance block of each window (JSON)"}),
     )
+    by_reason = [m.get("counts", {}).get("rejected", {}) for m in msgs]
+    reasons = sorted({r for rej in by_reason for r in rej})
+    data_vars["rejected_by_reason"] = (
+        ("time", "reason"),
+        np.array([[rej.get(r, 0) for r in reasons] for rej in by_reason], np.int64).reshape(len(msgs), len(reasons)),
+        {"units": "1", "long_name": "rejected input rows by reason"},
+    )
+    coords["reason"] = ("reason", np.array(reasons, dtype=object))
     return xr.Dataset(data_vars, coords=coords, attrs={"schema": SCHEMA})
 
 

@@ -154,7 +154,7 @@ def test_environment_is_read_from_os_environ_by_default(monkeypatch):
     assert cfg.window_s == 4.0 and cfg.kafka.get("client.id") == "from-os"
 
 
-@pytest.mark.parametrize("value", [0, -1, -0.5, 61, 1e9, float("nan"), float("inf"), "abc", ""])
+@pytest.mark.parametrize("value", [0, -1, -0.5, 0.5, 5.5, 61, 1e9, float("nan"), float("inf"), "abc", ""])
 def test_invalid_window_s_is_an_error(value, toml):
     with pytest.raises(ValueError):
         load_config({"window_s": value}, env={})
@@ -199,3 +199,8 @@ def test_nan_never_sneaks_in_through_the_file(toml):
     with pytest.raises(ValueError):
         load_config({}, env={}, file=toml("[dtlive]\nwindow_s = nan\n"))
     assert not math.isnan(load_config({}, env={}, file=toml("[dtlive]\nwindow_s = 1\n")).window_s)
+
+
+def test_unknown_cli_setting_is_an_error():
+    with pytest.raises(ValueError, match="window_seconds"):
+        load_config({"window_seconds": 2}, env={})

@@ -173,6 +173,9 @@ def test_stacking_windows_sorts_by_window_id():
             np.testing.assert_array_equal(ds[k].isel(time=i).values, single[k].values, err_msg=f"{k} window {w}")
         assert int(ds.rows.isel(time=i)) == 10 * w
         assert int(ds.rejected.isel(time=i)) == w + 1 + 2
+        assert ds.rejected_by_reason.isel(time=i).sel(reason="non_numeric").item() == w + 1
+        assert json.loads(ds.provenance.values[i])["inputs"][0]["first_offset"] == w
+    assert ds.reason.values.tolist() == ["late", "non_numeric"]
     assert ds.channel_occupancy.dims == ("time", "chamber", "channel")
     # sum over the windows == the products of all hits at once (additivity through the messages)
     whole = compute_products(Rows.concat(list(all_hits.values())))
@@ -187,6 +190,8 @@ def test_one_message_stacked_on_request_and_windows_without_times():
     assert np.isnat(ds.time.values[0])
     two = to_dataset([raw, json.loads(raw)])
     assert two.sizes["time"] == 2
+    clean = to_dataset([encode_message(window_ds(random_hits(2, 5, 0, 10), w, rejected={})) for w in (0, 1)])
+    assert clean.rejected_by_reason.shape == (2, 0)  # no rejects: an empty reason dimension, not an error
 
 
 def test_to_dataset_takes_kafka_like_messages():

@@ -115,6 +115,9 @@ def test_bad_input_is_dead_lettered_with_reasons_and_stream_continues(broker, to
     assert got[b"\x00" * 3] == "truncated_word" and got[b"whatever"] == "unknown_format"
     total_rejects = sum(ds.rejected.values)
     assert total_rejects == len(got) == 7
+    by_reason = ds.rejected_by_reason.sum("time")
+    assert {str(r): int(n) for r, n in zip(by_reason.reason.values, by_reason.values)} == {
+        **{reason: 1 for reason in bad.values()}, "truncated_word": 1, "unknown_format": 1}
 
 
 def test_simulated_drift_time_box_through_the_pipeline(broker, topics):
@@ -166,6 +169,26 @@ def test_results_read_back_one_window_and_stacked(broker, topics):
     assert prov["inputs"][0]["topic"] == topics["hits_topic"] and prov["config_hash"] and prov["run_id"]
     one = read_results(broker, topics["monitor_topic"], last=1)
     assert one.sizes["time"] == 1 and one.window_id.values[0] == msgs[-1]["window"]["id"]
+
+
+def test_results_command_writes_netcdf(broker, topics, tmp_path, capsys):
+    import json
+
+    import xarray as xr
+
+    from dtlive.cli import main
+
+    ensure_topics(load_config({}, env={}), broker, [topics["hits_topic"]])
+    produce_file(broker, topics["hits_topic"], SAMPLE_CSV, "csv")
+    process_all(broker, topics)
+    out = tmp_path / "windows.nc"
+    argv = ["--bootstrap", broker, "results", "--topic", topics["monitor_topic"], "--last", "0", "--netcdf", str(out)]
+    assert main(argv) == 0
+    written = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    back = xr.load_dataset(out)
+    assert written["windows"] == back.sizes["time"] >= 1
+    assert int(back.total_hits.sum()) == expected_products(SAMPLE_CSV)["total"]
+    assert json.loads(str(back.provenance.values[0]))["run_id"]
 
 
 def test_partition_ends_is_the_true_end_after_batched_writes(broker, topics):
