@@ -1,4 +1,4 @@
-"""The ``dtlive`` command line: ``dtlive demo | broker | emulate | process | results``.
+"""The ``dtlive`` command line: ``dtlive demo | broker | emulate | process | dashboard | results``.
 
 Run ``dtlive --help`` or ``dtlive COMMAND --help``.
 """
@@ -123,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--format", choices=("csv", "csv-batch", "daq64"), default="csv")
     d.add_argument("--files", nargs="*", default=[], help="replay these files (looping) instead of simulating")
     d.add_argument("--duration", type=duration_s, help="stop after this long (default: run until Ctrl-C)")
+    d.add_argument("--dashboard-port", type=int, default=8866, help="Voila dashboard port (default 8866)")
+    d.add_argument("--no-dashboard", action="store_true", help="only the terminal summary, no Voila dashboard")
+
+    db = sub.add_parser(
+        "dashboard",
+        help="serve the live dashboard with Voila on a local port",
+        description="Serve the live dashboard (dtlive.widgets.Dashboard) as a Voila web app on loopback "
+        "and print its URL. The dashboard reads the monitor topic of the configured or embedded broker.",
+    )
+    db.add_argument("--port", type=int, default=8866, help="port (default 8866; a free one if taken)")
+    db.add_argument("--topic", help="monitor topic (default dt.monitor)")
 
     r = sub.add_parser(
         "results",
@@ -180,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             "emulate": cmd_emulate,
             "process": cmd_process,
             "demo": cmd_demo,
+            "dashboard": cmd_dashboard,
             "results": cmd_results,
         }[args.command](args)
     except KeyboardInterrupt:
@@ -319,6 +331,7 @@ def cmd_demo(args) -> int:
         f"dtlive demo: Kafka at {bootstrap}" + (" (embedded Tansu broker, started here)" if owned else ""),
         file=sys.stderr,
     )
+    voila = None
     try:
         ensure_topics(cfg, bootstrap, [cfg.hits_topic])
         proc = Processor(cfg, bootstrap)  # starts at the end of the topic: live data only
@@ -334,19 +347,90 @@ def cmd_demo(args) -> int:
         emu.start()
         summary = Summary()
         proc.publisher._on_publish.append(summary.on_publish)
+        if not args.no_dashboard:
+            voila, url = start_dashboard(bootstrap, cfg.monitor_topic, args.dashboard_port)
         print(
             f"dtlive demo: emulator at {args.rate or 'max'} rows/s -> {cfg.hits_topic}; processor -> "
             f"{cfg.monitor_topic} ({cfg.window_s:g} s windows). Ctrl-C stops.",
             file=sys.stderr,
         )
+        if voila is not None:
+            print(f"dtlive demo: dashboard at {url}", file=sys.stderr)
         _run_with_signals(proc, on_tick=summary, max_seconds=args.duration)
         stop.set()
         emu.join(10)
         print(f"\ndtlive demo: published {proc.publisher.published} windows", file=sys.stderr)
     finally:
+        if voila is not None:
+            voila.terminate()
+            voila.wait(10)
         if owned is not None:
             owned.stop()
     return 0
+
+
+def _free_port(preferred: int) -> int:
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free port")
+
+
+def voila_command(port: int) -> list[str]:
+    """The Voila command line serving the packaged dashboard notebook on loopback."""
+    from importlib.resources import files
+
+    notebook = str(files("dtlive") / "dashboard.ipynb")
+    return [sys.executable, "-m", "voila", notebook, f"--port={port}", "--no-browser", "--Voila.ip=127.0.0.1",
+            "--theme=light", "--VoilaConfiguration.show_tracebacks=True"]
+
+
+def start_dashboard(bootstrap: str, topic: str, port: int = 8866, timeout: float = 60.0):
+    """Start Voila in the background (log in the state directory); return ``(process, url)`` once it answers."""
+    import os
+    import subprocess
+    import urllib.error
+    import urllib.request
+
+    from dtlive.broker import default_state_dir
+
+    port = _free_port(port)
+    env = {**os.environ, "DTLIVE_BOOTSTRAP": bootstrap, "DTLIVE_MONITOR_TOPIC": topic}
+    log = default_state_dir() / f"voila-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(voila_command(port), env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()  # noqa: S310 (loopback)
+            return proc, url
+        except urllib.error.HTTPError:
+            return proc, url  # it answers
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"Voila did not start on {url}; see {log}")
+
+
+def cmd_dashboard(args) -> int:
+    import os
+    import subprocess
+
+    from dtlive.kafka import resolve_bootstrap
+
+    cfg = _config(args)
+    bootstrap, _ = resolve_bootstrap(cfg)
+    port = _free_port(args.port)
+    env = {**os.environ, "DTLIVE_BOOTSTRAP": bootstrap, "DTLIVE_MONITOR_TOPIC": args.topic or cfg.monitor_topic}
+    print(f"dtlive dashboard: http://127.0.0.1:{port}/  (Kafka {bootstrap}; Ctrl-C stops)", file=sys.stderr)
+    return subprocess.call(voila_command(port), env=env)
 
 
 def cmd_results(args) -> int:

@@ -1,0 +1,422 @@
+"""Live dashboard widgets (bqplot + ipywidgets) for notebooks and Voilà.
+
+The pieces are small and reusable; each is bound to an xarray DataArray and has
+``update(da)``:
+
+- :class:`HistogramView`: bars of any 1-D DataArray (its one dim on x);
+- :class:`OccupancyView`: one chamber's channel occupancy as bars and as the
+  4-layer x 16-cell map laid out like the chamber (staggered wires);
+- :class:`TimeSeriesView`: lines against window time;
+- :class:`Dashboard`: all of them, a status header and controls, fed live by
+  :class:`dtlive.live.ResultsFeed` from a background thread that only sets trait values.
+
+>>> from dtlive.products import compute_products
+>>> from dtlive.rows import Rows
+>>> ds = compute_products(Rows.from_columns(head=[2], fpga=[0], channel=[3], orbit=[7], bx=[0], tdc=[0]))
+>>> view = HistogramView(ds.drift_time_ns.sel(chamber=0), title="drift time")
+>>> occ = OccupancyView(ds.channel_occupancy.sel(chamber=0))
+>>> int(occ.bars.y.sum()), len(occ.cells.x)
+(1, 64)
+
+In a notebook::
+
+    from dtlive.widgets import Dashboard
+    Dashboard()          # finds the embedded broker (or DTLIVE_BOOTSTRAP) and updates live
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+
+import bqplot as bq
+import ipywidgets as W
+import numpy as np
+import xarray as xr
+
+from dtlive import detector as det
+from dtlive.live import VIEWS, LiveWindows, ResultsFeed
+
+CHAMBER_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
+_MARGIN = {"top": 30, "bottom": 35, "left": 50, "right": 10}
+
+
+def _figure(marks, axes, title: str, width: str = "320px", height: str = "220px", css: str | None = None):
+    fig = bq.Figure(marks=marks, axes=axes, title=title, fig_margin=dict(_MARGIN),
+                    layout=W.Layout(width=width, height=height), title_style={"font-size": "12px"})
+    if css:
+        fig.add_class(css)
+    return fig
+
+
+class _LogToggle:
+    """Swap a mark's y scale between linear and log (zero bins drawn at 0.5 under log)."""
+
+    def _init_scales(self, log: bool):
+        self.lin, self.log_scale = bq.LinearScale(min=0), bq.LogScale(min=0.5)
+        self._log = log
+        return self.log_scale if log else self.lin
+
+    def _y(self, values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, float)
+        return np.where(values > 0, values, 0.5) if self._log else values
+
+    def set_log(self, log: bool) -> None:
+        if log == self._log:
+            return
+        self._log = log
+        scale = self.log_scale if log else self.lin
+        for mark in self._log_marks:
+            mark.scales = {**mark.scales, "y": scale}
+        self.y_axis.scale = scale
+        self.update(self.data)
+
+
+class HistogramView(_LogToggle):
+    """Bars of a 1-D DataArray against its coordinate; ``update(da)`` redraws.
+
+    >>> import xarray as xr
+    >>> v = HistogramView(xr.DataArray([1, 4, 2], dims="x", coords={"x": [0, 1, 2]}), title="demo")
+    >>> v.update(v.data * 2); v.bars.y.tolist()
+    [2.0, 8.0, 4.0]
+    """
+
+    def __init__(self, da: xr.DataArray, title: str = "", log: bool = False, color: str = "#1f77b4",
+                 css: str | None = None, **size):
+        if da.ndim != 1:
+            raise ValueError(f"HistogramView wants a 1-D DataArray, got dims {da.dims}")
+        self.data = da
+        y_scale = self._init_scales(log)
+        x_scale = bq.LinearScale()
+        dim = da.dims[0]
+        self.bars = bq.Bars(x=np.asarray(da[dim].values, float), y=self._y(da.values),
+                            scales={"x": x_scale, "y": y_scale}, colors=[color], padding=0.05)
+        self._log_marks = [self.bars]
+        label = da[dim].attrs.get("long_name", dim)
+        units = da[dim].attrs.get("units")
+        self.y_axis = bq.Axis(scale=y_scale, side="left", tick_format=".2s", num_ticks=4)
+        axes = [bq.Axis(scale=x_scale, label=f"{label} [{units}]" if units else label, num_ticks=5), self.y_axis]
+        self.figure = _figure([self.bars], axes, title or str(da.name), css=css, **size)
+
+    def update(self, da: xr.DataArray) -> None:
+        self.data = da
+        with self.bars.hold_sync():
+            self.bars.y = self._y(da.values)
+
+    def _ipython_display_(self):  # pragma: no cover - notebook display
+        from IPython.display import display
+
+        display(self.figure)
+
+
+class OccupancyView(_LogToggle):
+    """One chamber's channel occupancy: bars per TDC channel and the chamber map (layers x cells).
+
+    The map puts each wire where it is: 16 cells per layer, layers 1 (bottom) to 4 (top),
+    alternate layers shifted by half a cell, as in the chamber.
+    """
+
+    def __init__(self, da: xr.DataArray, title: str = "", log: bool = False, color: str = "#1f77b4",
+                 css: str | None = None, **size):
+        if da.dims != ("channel",):
+            raise ValueError(f"OccupancyView wants a DataArray over 'channel', got dims {da.dims}")
+        self.data = da
+        y_scale = self._init_scales(log)
+        x_scale = bq.LinearScale()
+        channels = np.asarray(da.tdc_channel.values if "tdc_channel" in da.coords else da.channel.values, float)
+        self.bars = bq.Bars(x=channels, y=self._y(da.values), scales={"x": x_scale, "y": y_scale}, colors=[color],
+                            padding=0.05)
+        self._log_marks = [self.bars]
+        self.y_axis = bq.Axis(scale=y_scale, side="left", tick_format=".2s", num_ticks=4)
+        self.bars_figure = _figure(
+            [self.bars], [bq.Axis(scale=x_scale, label="TDC channel", num_ticks=5), self.y_axis],
+            f"{title} occupancy".strip(), css=f"{css}-bars" if css else None, **size)
+        x_mm, z_mm = det.wire_position_mm(da.channel.values)
+        self.color_scale = bq.ColorScale(scheme="viridis", min=0)
+        self.cells = bq.Scatter(
+            x=x_mm, y=z_mm, color=np.asarray(da.values, float), marker="square", default_size=150,
+            scales={"x": bq.LinearScale(), "y": bq.LinearScale(min=-30, max=30), "color": self.color_scale},
+            tooltip=bq.Tooltip(fields=["x", "y", "color"], labels=["x [mm]", "z [mm]", "hits"]),
+        )
+        self.map_figure = _figure(
+            [self.cells],
+            [bq.Axis(scale=self.cells.scales["x"], label="x [mm]", num_ticks=4),
+             bq.Axis(scale=self.cells.scales["y"], side="left", label="layer z [mm]", num_ticks=4),
+             bq.ColorAxis(scale=self.color_scale, side="right", num_ticks=3, tick_format=".2s")],
+            f"{title} map (4 layers x 16 cells)".strip(), css=f"{css}-map" if css else None, **size)
+        self.map_figure.fig_margin = {**_MARGIN, "right": 60}
+        self.widget = W.HBox([self.bars_figure, self.map_figure])
+
+    def update(self, da: xr.DataArray) -> None:
+        self.data = da
+        values = np.asarray(da.values, float)
+        with self.bars.hold_sync():
+            self.bars.y = self._y(values)
+        with self.cells.hold_sync():
+            self.cells.color = values
+
+    def _ipython_display_(self):  # pragma: no cover - notebook display
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class TimeSeriesView:
+    """Lines against time; ``update(time, {label: values})`` redraws.
+
+    >>> t = np.array(["2024-01-01T00:00:00", "2024-01-01T00:00:02"], "datetime64[ms]")
+    >>> v = TimeSeriesView({"total": [3, 4]}, t, title="hits")
+    >>> v.update(t, {"total": [5, 6]}); v.lines.y.tolist()
+    [5.0, 6.0]
+    """
+
+    def __init__(self, series: dict[str, np.ndarray], time: np.ndarray, title: str = "", colors=None,
+                 y_label: str = "hits per window", css: str | None = None, **size):
+        self.labels = list(series)
+        self.x_scale, self.y_scale = bq.DateScale(), bq.LinearScale(min=0)
+        self.lines = bq.Lines(
+            x=np.asarray(time, "datetime64[ms]"), y=self._stack(series),
+            scales={"x": self.x_scale, "y": self.y_scale}, labels=self.labels, display_legend=True,
+            colors=list(colors or ["black", *CHAMBER_COLORS])[: len(self.labels)],
+        )
+        axes = [bq.Axis(scale=self.x_scale, label="window start (UTC)", num_ticks=5),
+                bq.Axis(scale=self.y_scale, side="left", label=y_label, tick_format=".2s")]
+        size = {"width": "100%", "height": "260px", **size}
+        self.figure = _figure([self.lines], axes, title, css=css, **size)
+        self.figure.legend_location = "top-left"
+
+    def _stack(self, series: dict) -> np.ndarray:
+        return np.array([np.asarray(series[k], float) for k in self.labels]).reshape(len(self.labels), -1)
+
+    def update(self, time: np.ndarray, series: dict[str, np.ndarray]) -> None:
+        with self.lines.hold_sync():
+            self.lines.x = np.asarray(time, "datetime64[ms]")
+            self.lines.y = self._stack(series)
+
+    def _ipython_display_(self):  # pragma: no cover - notebook display
+        from IPython.display import display
+
+        display(self.figure)
+
+
+def status_html(status: dict, broker: str, broker_ok: bool | None, error: str | None, paused: bool,
+                view: str, now: float | None = None) -> str:
+    """The status header as HTML (pure, so tests can check its wording).
+
+    >>> "BROKER UNREACHABLE" in status_html({"state": "waiting", "windows": 0}, "h:1", False, "down", False, "last")
+    True
+    """
+    now = time.time() if now is None else now
+    if broker_ok is False:
+        badge, color = "BROKER UNREACHABLE", "#c62828"
+    elif status["state"] == "waiting":
+        badge, color = "WAITING FOR DATA", "#ef6c00"
+    elif status["state"] == "stale":
+        badge, color = f"NO NEW DATA for {status['since_last_s']:.0f} s (processor or DAQ stopped?)", "#ef6c00"
+    else:
+        badge, color = "LIVE", "#2e7d32"
+    if paused:
+        badge += " · PAUSED"
+    parts = [f"<b>broker</b> {html.escape(broker)}"]
+    if status.get("windows"):
+        end = time.strftime("%H:%M:%S", time.gmtime(status["window_end"])) if np.isfinite(status["window_end"]) else "?"
+        parts += [
+            f"<b>window</b> <span class='dtlive-window-id'>{status['window_id']}</span> (ends {end} UTC)",
+            f"<b>data age</b> {status['data_age_s']:.1f} s",
+            f"<b>input</b> {status['input_rows_per_s']:,.0f} rows/s",
+            f"<b>windows/s</b> {status['windows_per_s']:.2f}",
+            f"<b>rejects</b> {status['rejected_last']} last / {status['rejected_total']} total",
+        ]
+    parts.append(f"<b>view</b> <span class='dtlive-view'>{view}</span>")
+    detail = f"<div style='color:#c62828'>{html.escape(error)}</div>" if error and broker_ok is False else ""
+    return (
+        f"<div class='dtlive-status-line' style='font-family:sans-serif;font-size:13px'>"
+        f"<span class='dtlive-state' style='background:{color};color:white;padding:2px 8px;border-radius:3px'>"
+        f"{badge}</span>&nbsp; " + " &nbsp;|&nbsp; ".join(parts) + detail + "</div>"
+    )
+
+
+class ChamberPanel:
+    """All per-chamber plots of one chamber in a row."""
+
+    def __init__(self, ds: xr.Dataset, chamber: int, log: bool = False):
+        sel = ds.sel(chamber=chamber)
+        color = CHAMBER_COLORS[chamber]
+        css = f"dtlive-c{chamber}"
+        self.occupancy = OccupancyView(sel.channel_occupancy, title=f"chamber {chamber}", log=log, color=color,
+                                       css=f"{css}-occupancy")
+        self.multiplicity = HistogramView(sel.active_channels_per_orbit, "active channels per orbit", log=log,
+                                          color=color, css=f"{css}-multiplicity")
+        self.scint = HistogramView(sel.scint_channel_occupancy.assign_coords(channel=sel.tdc_channel.values),
+                                   "scintillator-selected occupancy", log=log, color=color, css=f"{css}-scint")
+        self.drift = HistogramView(sel.drift_time_ns, "drift time", log=log, color=color, css=f"{css}-drift")
+        self.views = [self.occupancy, self.multiplicity, self.scint, self.drift]
+        self.widget = W.VBox([
+            W.HTML(f"<b style='color:{color}'>Chamber {chamber}</b>"),
+            W.HBox([self.occupancy.bars_figure, self.occupancy.map_figure, self.multiplicity.figure]),
+            W.HBox([self.scint.figure, self.drift.figure]),
+        ])
+
+    def update(self, ds: xr.Dataset, chamber: int) -> None:
+        sel = ds.sel(chamber=chamber)
+        self.occupancy.update(sel.channel_occupancy)
+        self.multiplicity.update(sel.active_channels_per_orbit)
+        self.scint.update(sel.scint_channel_occupancy.assign_coords(channel=sel.tdc_channel.values))
+        self.drift.update(sel.drift_time_ns)
+
+    def set_log(self, log: bool) -> None:
+        for v in self.views:
+            v.set_log(log)
+
+
+class Dashboard(W.VBox):
+    """The live detector: status, time series, per-chamber plots and controls, in one widget.
+
+    ``Dashboard()`` finds the broker like every dtlive command (``DTLIVE_BOOTSTRAP`` or the
+    embedded broker); it shows the newest ``backfill`` windows at once, then updates live.
+    ``start=False`` builds it without a feed (feed it with :meth:`add_messages`).
+    """
+
+    def __init__(self, bootstrap: str | None = None, topic: str | None = None, backfill: int = 30,
+                 rolling: int = 10, chambers=(0, 1, 2, 3), start: bool = True, status_every_s: float = 1.0):
+        from dtlive.config import load_config
+
+        cfg = load_config({})
+        if bootstrap is None:
+            from dtlive.kafka import NoBrokerError, resolve_bootstrap
+
+            try:
+                bootstrap, _ = resolve_bootstrap(cfg)
+            except NoBrokerError:
+                bootstrap = "127.0.0.1:9092"
+        self.bootstrap = bootstrap
+        self.topic = topic or cfg.monitor_topic
+        self.live = LiveWindows(rolling=rolling)
+        self._lock = threading.RLock()
+        self.updates = 0
+        self.update_ms: list[float] = []
+        empty = self.live.view("last")
+
+        self.header = W.HTML(layout=W.Layout(width="100%"))
+        self.header.add_class("dtlive-status")
+        self.pause_button = W.ToggleButton(description="Pause", icon="pause",
+                                           tooltip="freeze the plots; data keeps coming")
+        self.pause_button.add_class("dtlive-pause")
+        self.view_mode = W.ToggleButtons(options=list(VIEWS), value="last", description="view",
+                                    tooltips=["the newest window", "sum since the last reset", "sum of the last N"])
+        self.view_mode.style.button_width = "90px"
+        self.view_mode.add_class("dtlive-mode")
+        self.rolling_n = W.BoundedIntText(value=rolling, min=1, max=self.live.history, description="N",
+                                        layout=W.Layout(width="110px"), style={"description_width": "20px"})
+        self.reset_button = W.Button(description="Reset", icon="undo", tooltip="restart the cumulative view")
+        self.reset_button.add_class("dtlive-reset")
+        self.log_box = W.Checkbox(value=False, description="log scale", indent=False, layout=W.Layout(width="100px"))
+        self.log_box.add_class("dtlive-log")
+        self.chamber_boxes = [W.Checkbox(value=c in chambers, description=f"chamber {c}", indent=False,
+                                         layout=W.Layout(width="95px")) for c in range(det.N_CHAMBERS)]
+        controls = W.HBox([self.pause_button, self.view_mode, self.rolling_n, self.reset_button, self.log_box,
+                           *self.chamber_boxes],
+                          layout=W.Layout(flex_flow="row wrap", align_items="center"))
+
+        series = self.live.series()
+        self.timeseries = TimeSeriesView(self._series_dict(series), series["time"],
+                                         title="hits per window: total and per chamber", css="dtlive-timeseries")
+        self.panels = [ChamberPanel(empty, c) for c in range(det.N_CHAMBERS)]
+        for c, panel in enumerate(self.panels):
+            panel.widget.layout.display = None if c in chambers else "none"
+
+        self.pause_button.observe(self._on_pause, "value")
+        self.view_mode.observe(lambda _: self.refresh(), "value")
+        self.rolling_n.observe(self._on_rolling, "value")
+        self.reset_button.on_click(lambda _: self.reset())
+        self.log_box.observe(lambda ch: [p.set_log(ch["new"]) for p in self.panels], "value")
+        for c, box in enumerate(self.chamber_boxes):
+            box.observe(lambda ch, c=c: self._show_chamber(c, ch["new"]), "value")
+
+        super().__init__([self.header, controls, self.timeseries.figure, *[p.widget for p in self.panels]])
+        self.add_class("dtlive-dashboard")
+        self.feed = ResultsFeed(self.bootstrap, self.add_messages, topic=self.topic, backfill=backfill,
+                                kafka=cfg.kafka)
+        self._status_stop = threading.Event()
+        self._status_every_s = status_every_s
+        self._refresh_status()
+        if start:
+            self.start()
+
+    # --- data in -------------------------------------------------------------------------------------------
+    def add_messages(self, messages: list[dict]) -> None:
+        """Take parsed result messages (the feed calls this from its thread) and redraw unless paused."""
+        with self._lock:
+            new = self.live.add(messages)
+            if new and not self.pause_button.value:
+                self.refresh()
+            else:
+                self._refresh_status()
+
+    # --- drawing --------------------------------------------------------------------------------------------
+    @staticmethod
+    def _series_dict(series: dict) -> dict:
+        out = {"total": series["total_hits"]}
+        out.update({f"chamber {c}": series["hits_per_chamber"][:, c] for c in range(det.N_CHAMBERS)})
+        return out
+
+    def refresh(self) -> None:
+        """Redraw every plot from the current view (only trait values change)."""
+        with self._lock:
+            t0 = time.perf_counter()
+            ds = self.live.view(self.view_mode.value)
+            for c, panel in enumerate(self.panels):
+                panel.update(ds, c)
+            series = self.live.series()
+            self.timeseries.update(series["time"], self._series_dict(series))
+            self._refresh_status()
+            self.updates += 1
+            self.update_ms.append((time.perf_counter() - t0) * 1000)
+            del self.update_ms[:-1000]
+
+    def _refresh_status(self) -> None:
+        self.header.value = status_html(self.live.status(), self.bootstrap, self.feed.broker_ok if hasattr(
+            self, "feed") else None, getattr(getattr(self, "feed", None), "error", None), self.pause_button.value,
+            self.view_mode.value if self.view_mode.value != "rolling" else f"rolling {self.live.rolling}")
+
+    # --- controls -------------------------------------------------------------------------------------------
+    def _on_pause(self, change) -> None:
+        paused = change["new"]
+        self.pause_button.description, self.pause_button.icon = ("Resume", "play") if paused else ("Pause", "pause")
+        if not change["new"]:
+            self.refresh()
+        else:
+            self._refresh_status()
+
+    def _on_rolling(self, change) -> None:
+        with self._lock:
+            self.live.set_rolling(change["new"])
+        self.refresh()
+
+    def _show_chamber(self, chamber: int, show: bool) -> None:
+        self.panels[chamber].widget.layout.display = None if show else "none"
+
+    def reset(self) -> None:
+        """Restart the cumulative view from zero."""
+        with self._lock:
+            self.live.reset()
+        self.refresh()
+
+    # --- life cycle -----------------------------------------------------------------------------------------
+    def start(self) -> Dashboard:
+        """Start the background feed and the status clock."""
+        self.feed.start()
+        self._status_stop.clear()
+        threading.Thread(target=self._status_loop, name="dtlive-dashboard-status", daemon=True).start()
+        return self
+
+    def _status_loop(self) -> None:
+        while not self._status_stop.wait(self._status_every_s):
+            with self._lock:
+                self._refresh_status()
+
+    def stop(self) -> None:
+        """Stop the feed and the status clock (the widget stays as it is)."""
+        self._status_stop.set()
+        self.feed.stop()
