@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         "simulator onto Kafka at a steady rate, with a progress bar.",
     )
     e.add_argument("files", nargs="*", help="CSV files or URLs with the HEAD,FPGA,... header")
-    e.add_argument("--simulate", action="store_true", help="send simulated cosmic-muon data (endless)")
+    e.add_argument("--simulate", action="store_true",
+                   help="send simulated cosmic-muon data (endless), its rates scaled so event time keeps wall time")
     e.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
     e.add_argument("--rate", type=rate_arg, default=1000.0, help="rows per second, or 'max' (default 1000)")
     e.add_argument(
@@ -235,7 +236,10 @@ def cmd_emulate(args) -> int:
     bootstrap, _ = resolve_bootstrap(cfg)
     topic = args.topic or cfg.hits_topic
     ensure_topics(cfg, bootstrap, [topic])
-    chunks = simulated_chunks(args.seed) if args.simulate else file_chunks(args.files, loop=args.loop)
+    if args.simulate:
+        chunks = simulated_chunks(args.seed, rows_per_s=args.rate)
+    else:
+        chunks = file_chunks(args.files, loop=args.loop)
     stats = emulate(
         _producer(cfg, bootstrap),
         topic,
@@ -336,7 +340,7 @@ def cmd_demo(args) -> int:
         ensure_topics(cfg, bootstrap, [cfg.hits_topic])
         proc = Processor(cfg, bootstrap)  # starts at the end of the topic: live data only
         stop = threading.Event()
-        chunks = file_chunks(args.files, loop=True) if args.files else simulated_chunks()
+        chunks = file_chunks(args.files, loop=True) if args.files else simulated_chunks(rows_per_s=args.rate)
         emu = threading.Thread(
             target=emulate,
             daemon=True,

@@ -68,11 +68,24 @@ def file_chunks(paths: list[str], loop: bool = False, chunk_rows: int = 50_000) 
         shift += span
 
 
-def simulated_chunks(seed: int = 0, chunk_s: float = 1.0) -> Iterator[Chunk]:
-    """Endless chunks from the cosmic-muon simulator."""
-    from dtlive.simulate import stream
+def simulated_chunks(seed: int = 0, chunk_s: float = 1.0, rows_per_s: float | None = None) -> Iterator[Chunk]:
+    """Endless chunks from the cosmic-muon simulator.
 
-    for rows in stream(chunk_s=chunk_s, seed=seed):
+    With ``rows_per_s`` the simulated rates (muons, noise, ancillary words) are scaled together so
+    the detector produces that many rows per second of event time: replayed at the same rate, event
+    time then keeps pace with the wall clock (a quieter or busier telescope, same shapes).
+    """
+    from dataclasses import replace
+
+    from dtlive.simulate import SimConfig, stream
+
+    config = SimConfig()
+    if rows_per_s is not None:
+        natural = config.hit_rate_hz + det.N_FPGA * config.ancillary_rate_hz * len(det.ANCILLARY_HEADS)
+        f = rows_per_s / natural
+        config = replace(config, hit_rate_hz=config.hit_rate_hz * f, muon_rate_hz=config.muon_rate_hz * f,
+                         ancillary_rate_hz=config.ancillary_rate_hz * f)
+    for rows in stream(chunk_s=chunk_s, seed=seed, config=config):
         yield Chunk(rows)
 
 

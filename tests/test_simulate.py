@@ -339,3 +339,12 @@ def test_daq_order_is_per_fpga_blocks_roughly_in_time(rows, hits):
     assert np.mean([len(r) >= 3 for r in run_lengths]) > 0.95  # interleaved, not one FPGA after the other
     assert np.bincount(rl).argmax() == CFG.block_rows  # full blocks dominate
     assert (rl % CFG.block_rows == 0).mean() > 0.5
+
+
+@pytest.mark.parametrize("rows_per_s", [1000, 20_000])
+def test_simulated_chunks_scaled_to_a_replay_rate_keep_event_time_with_wall_time(rows_per_s):
+    from dtlive.emulator import simulated_chunks
+
+    chunks = simulated_chunks(seed=1, chunk_s=1.0, rows_per_s=rows_per_s)
+    rows = sum(len(next(chunks)) for _ in range(5))
+    assert abs(rows / 5 - rows_per_s) < 0.05 * rows_per_s  # ~rows_per_s rows per second of event time
