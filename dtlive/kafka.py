@@ -65,30 +65,39 @@ def partition_ends(cfg: Config, bootstrap: str, topic: str, timeout: float = 10.
 
     Asked with read_uncommitted on purpose: a read_committed query returns the last
     stable offset, which some brokers (Tansu) hold back while any transaction is open.
-    The high offset is confirmed by one fetch at the listed end, because a broker's
-    ListOffsets answer can lag its log (Tansu omits the last multi-record batch until
-    the next write); the fetch response carries the true high watermark.
     """
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer
 
     c = Consumer(client_config(cfg, bootstrap, **{"group.id": "dtlive-offsets", "isolation.level": "read_uncommitted",
                                                   "enable.auto.commit": False, "fetch.wait.max.ms": 10}))
     try:
-        meta = c.list_topics(topic, timeout=timeout).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return {}
-        listed = {
-            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout) for p in sorted(meta.partitions)
-        }
-        c.assign([TopicPartition(topic, p, high) for p, (_, high) in listed.items()])
-        fetched: dict[int, int] = {}
-        deadline = time.monotonic() + min(timeout, 2.0)
-        while len(fetched) < len(listed) and time.monotonic() < deadline:
-            c.consume(1, 0.05)
-            for p in listed:
-                high = c.get_watermark_offsets(TopicPartition(topic, p), cached=True)[1]
-                if high >= 0:
-                    fetched[p] = high
-        return {p: (low, max(high, fetched.get(p, high))) for p, (low, high) in listed.items()}
+        return end_offsets(c, topic, timeout)
     finally:
         c.close()
+
+
+def end_offsets(consumer, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
+    """``{partition: (low, high)}`` of a topic as seen by ``consumer`` (which this re-assigns).
+
+    The high offset is confirmed by one fetch at the listed end, because a broker's
+    ListOffsets answer can lag its log (Tansu omits the last multi-record batch until
+    the next write); the fetch response carries the true high watermark.
+    """
+    from confluent_kafka import TopicPartition
+
+    meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+    if meta is None or meta.error is not None:
+        return {}
+    listed = {
+        p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout) for p in sorted(meta.partitions)
+    }
+    consumer.assign([TopicPartition(topic, p, high) for p, (_, high) in listed.items()])
+    fetched: dict[int, int] = {}
+    deadline = time.monotonic() + min(timeout, 2.0)
+    while len(fetched) < len(listed) and time.monotonic() < deadline:
+        consumer.consume(1, 0.05)
+        for p in listed:
+            high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)[1]
+            if high >= 0:
+                fetched[p] = high
+    return {p: (low, max(high, fetched.get(p, high))) for p, (low, high) in listed.items()}

@@ -246,7 +246,7 @@ class ResultsFeed:
             "group.id": "dtlive-dashboard",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
-            "fetch.wait.max.ms": 100,
+            "fetch.wait.max.ms": 100,  # also makes the end-offset check quick
             "reconnect.backoff.max.ms": 1000,
             "error_cb": on_error,
             **self.kafka,
@@ -256,15 +256,14 @@ class ResultsFeed:
         """Assign every partition of the topic at its end minus the backfill; False if not there yet."""
         from confluent_kafka import TopicPartition
 
-        meta = consumer.list_topics(self.topic, timeout=2).topics.get(self.topic)
+        from dtlive.kafka import end_offsets
+
+        ends = end_offsets(consumer, self.topic, timeout=2)
         self.broker_ok = True
-        if meta is None or meta.error is not None or not meta.partitions:
+        if not ends:
             return False
-        tps = []
-        for p in sorted(meta.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=2)
-            tps.append(TopicPartition(self.topic, p, max(low, high - self.backfill)))
-        consumer.assign(tps)
+        starts = {p: max(low, high - self.backfill) for p, (low, high) in ends.items()}
+        consumer.assign([TopicPartition(self.topic, p, start) for p, start in starts.items()])
         return True
 
     def _run(self) -> None:

@@ -1,0 +1,163 @@
+"""The dashboard's pure state (LiveWindows), its widgets without a browser, and the feed on the real broker."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from confluent_kafka import Producer
+
+from dtlive.live import LiveWindows, ResultsFeed
+from dtlive.messages import decode_message, encode_message, iso_utc
+from dtlive.products import compute_products
+from dtlive.rows import Rows
+from dtlive.widgets import Dashboard, OccupancyView, status_html
+
+T0 = 1_700_000_000.0
+
+
+def message(wid: int, n_hits: int, chamber_channel: int = 3, rejected: dict | None = None, processor="p") -> dict:
+    """A real dtlive.monitor/1 message of one 2 s window with ``n_hits`` hits on one channel."""
+    rng = np.random.default_rng(wid)
+    zeros = np.zeros(n_hits, int)
+    hits = Rows.from_columns(head=np.full(n_hits, 2), fpga=zeros, channel=np.full(n_hits, chamber_channel),
+                             orbit=wid * 22447 + rng.integers(0, 22447, n_hits), bx=zeros, tdc=zeros)
+    ds = compute_products(hits)
+    ds["rows"] = ((), np.int64(n_hits))
+    ds.attrs.update(window_id=wid, first_orbit=wid * 22447, last_orbit=(wid + 1) * 22447 - 1,
+                    window_start=iso_utc(T0 + 2 * wid), window_end=iso_utc(T0 + 2 * wid + 2),
+                    provenance=json.dumps({"processor": processor}), rejected_by_reason=json.dumps(rejected or {}))
+    return decode_message(encode_message(ds))
+
+
+def test_three_views_sum_the_right_windows():
+    live = LiveWindows(rolling=3)
+    assert live.arrays("last") is None and int(live.view("cumulative").total_hits) == 0
+    live.add([message(w, n) for w, n in [(1, 10), (2, 20), (3, 30), (4, 40)]])
+    assert int(live.view("last").total_hits) == 40
+    assert int(live.view("rolling").total_hits) == 90
+    assert int(live.view("cumulative").total_hits) == 100
+    assert int(live.view("cumulative").channel_occupancy.sel(chamber=0, channel=3)) == 100
+    live.set_rolling(2)
+    assert int(live.view("rolling").total_hits) == 70
+    live.reset()
+    live.add([message(5, 7)])
+    assert int(live.view("cumulative").total_hits) == 7 and live.windows_since_reset == 1
+    with pytest.raises(ValueError, match="unknown view"):
+        live.view("median")
+
+
+def test_repeats_and_out_of_order_windows():
+    live = LiveWindows()
+    assert live.add([message(3, 3), message(1, 1), message(2, 2)]) == 3
+    assert live.add([message(2, 2)]) == 0  # a re-read (backfill after reconnect) is not counted twice
+    assert live.series()["window_id"].tolist() == [1, 2, 3]
+    assert int(live.view("cumulative").total_hits) == 6
+    assert live.add([message(2, 2, processor="other")]) == 1  # another processor's window is another window
+
+
+def test_series_and_status():
+    live = LiveWindows()
+    assert live.status(now=T0)["state"] == "waiting"
+    live.add([message(w, 100 * w, rejected={"late": w}) for w in (1, 2, 3)], received=T0 + 10)
+    s = live.series()
+    assert s["time"][0] == np.datetime64(int((T0 + 2) * 1000), "ms")
+    assert s["hits_per_chamber"][:, 0].tolist() == [100, 200, 300]
+    st = live.status(now=T0 + 11)
+    assert st["state"] == "live" and st["window_id"] == 3
+    assert st["input_rows_per_s"] == pytest.approx(300 / 2)
+    assert st["rejected_last"] == 3 and st["rejected_total"] == 6
+    assert st["data_age_s"] == pytest.approx(11 - 8)
+    assert live.status(now=T0 + 25)["state"] == "stale"
+
+
+@pytest.mark.parametrize(("kwargs", "badge"), [
+    ({"broker_ok": False, "error": "gone"}, "BROKER UNREACHABLE"),
+    ({"broker_ok": True, "error": None}, "WAITING FOR DATA"),
+])
+def test_status_badges_without_windows(kwargs, badge):
+    html = status_html({"state": "waiting", "windows": 0}, "h:1", paused=False, view="last", **kwargs)
+    assert badge in html
+
+
+def test_status_badge_stale_and_paused():
+    live = LiveWindows()
+    live.add([message(1, 5)], received=T0)
+    html = status_html(live.status(now=T0 + 30), "h:1", True, None, paused=True, view="cumulative")
+    assert "NO NEW DATA for 30 s" in html and "PAUSED" in html and ">1<" in html and "cumulative" in html
+
+
+def test_occupancy_map_puts_each_channel_at_its_wire():
+    occ = compute_products(Rows.from_columns(head=[2, 2], fpga=[0, 0], channel=[0, 4], orbit=[1, 1], bx=[0, 0],
+                                             tdc=[0, 0])).channel_occupancy.sel(chamber=0)
+    view = OccupancyView(occ)
+    # channel 0 is layer 4 (top, z=+19.5 mm) cell 0; channel 4 the next cell of the same layer, 42 mm along
+    assert view.cells.y[0] == 19.5 and view.cells.x[4] - view.cells.x[0] == 42.0
+    assert view.cells.color[[0, 4]].tolist() == [1.0, 1.0] and view.cells.color.sum() == 2
+
+
+def test_dashboard_without_browser_updates_pauses_resets_and_switches_log():
+    d = Dashboard("127.0.0.1:1", start=False)
+    d.add_messages([message(1, 10), message(2, 20)])
+    bars = d.panels[0].occupancy.bars
+    assert bars.y[3] == 20 and d.updates == 1  # last window, one redraw for the batch
+    assert d.timeseries.lines.y.shape == (5, 2)
+    d.pause_button.value = True
+    d.add_messages([message(3, 30)])
+    assert bars.y[3] == 20 and "PAUSED" in d.header.value  # frozen while paused, data kept
+    d.pause_button.value = False
+    assert bars.y[3] == 30
+    d.view_mode.value = "cumulative"
+    assert bars.y[3] == 60
+    d.reset_button.click()
+    assert bars.y[3] == 0
+    d.log_box.value = True
+    assert type(bars.scales["y"]).__name__ == "LogScale" and bars.y.min() == 0.5
+    d.chamber_boxes[2].value = False
+    assert d.panels[2].widget.layout.display == "none"
+    assert max(d.update_ms) < 1000  # recorded (the 50 ms target is measured in benchmarks/dashboard.py)
+
+
+@pytest.mark.kafka
+def test_feed_backfills_then_follows_live_and_reports_a_dead_broker(tmp_path):
+    from conftest import free_port
+
+    from dtlive.broker import EmbeddedBroker
+    from dtlive.config import load_config
+    from dtlive.kafka import ensure_topics
+
+    broker = EmbeddedBroker(port=free_port(), state_dir=tmp_path).start()
+    try:
+        ensure_topics(load_config({}, env={}), broker.bootstrap, ["mon"])
+        p = Producer({"bootstrap.servers": broker.bootstrap})
+        for w in range(10):
+            p.produce("mon", encode_message_dict(message(w, w + 1)))
+        p.flush(10)
+        got: list[int] = []
+        feed = ResultsFeed(broker.bootstrap, lambda msgs: got.extend(m["window"]["id"] for m in msgs), topic="mon",
+                           backfill=4).start()
+        deadline = time.monotonic() + 15
+        while len(got) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert got == [6, 7, 8, 9]  # the newest windows only
+        p.produce("mon", encode_message_dict(message(10, 1)))
+        p.produce("mon", b"not json")
+        p.flush(10)
+        while len(got) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert got[-1] == 10 and feed.broker_ok is True
+        broker.stop()
+        deadline = time.monotonic() + 15
+        while feed.broker_ok is not False and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert feed.broker_ok is False and feed.running  # reported plainly, still trying
+        feed.stop()
+        assert not feed.running
+    finally:
+        broker.stop()
+
+
+def encode_message_dict(msg: dict) -> bytes:
+    return json.dumps(msg).encode()
