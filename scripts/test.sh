@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up and run the whole test suite (unit, property-based, real-broker integration).
+# Set up and run the whole test suite (unit, property-based, real-broker, notebook and browser tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/install_browser.sh   # Debian chromium for the Playwright browser tests
 .venv/bin/ruff check dtlive tests
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
