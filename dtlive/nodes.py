@@ -56,7 +56,7 @@ class Batch:
     formats: list[str | None]
     partitions: np.ndarray
     offsets: np.ndarray
-    timestamps_ms: np.ndarray
+    timestamps_ms: np.ndarray  # broker timestamps (from_messages keeps only the first one)
     topic: str = ""
     orbit_epoch: float | None = None
     positions: dict[int, int] = field(default_factory=dict)  # next offset per partition after this batch
@@ -88,15 +88,14 @@ class Batch:
     @classmethod
     def from_messages(cls, messages: list, topic: str) -> Batch:
         """From confluent-kafka messages (errors must be filtered out already)."""
-        payloads, formats, parts, offs, stamps = [], [], [], [], []
+        payloads = [m.value() or b"" for m in messages]
+        parts = [m.partition() for m in messages]
+        offs = [m.offset() for m in messages]
+        stamps = [messages[0].timestamp()[1]] if messages else []  # only the first is used (epoch fallback)
+        formats: list[str | None] = []
         epoch = None
-        for m in messages:
-            payloads.append(m.value() or b"")
-            parts.append(m.partition())
-            offs.append(m.offset())
-            stamps.append(m.timestamp()[1])
+        for headers in [m.headers() for m in messages]:
             fmt = None
-            headers = m.headers()
             if headers:
                 for k, v in headers:
                     if k == FORMAT_HEADER:
@@ -238,6 +237,7 @@ class event_windows(Stream):
         self.state = EventTimeWindows.from_seconds(window_s, lateness_s, last_closed)
         self.idle_s = idle_s
         self.orbit_epoch = orbit_epoch
+        self._epoch_fixed = orbit_epoch is not None  # a header epoch replaces a provisional one until a window closes
         self.counts: Counter = Counter(pending or {})
         self.rejects: list[Reject] = []
         self.positions: dict[int, int] = {}
@@ -251,11 +251,10 @@ class event_windows(Stream):
         self.positions.update(d.batch.positions)
         self.counts.update(d.counts)
         self.rejects += d.rejects
-        if self.orbit_epoch is None and len(d.rows):
-            if d.batch.orbit_epoch is not None:
-                self.orbit_epoch = d.batch.orbit_epoch
-            else:  # anchor event time on the first message's broker timestamp
-                self.orbit_epoch = float(d.batch.timestamps_ms[0]) / 1000 - float(d.rows.orbit[0]) * det.ORBIT_S
+        if d.batch.orbit_epoch is not None and not self._epoch_fixed:
+            self.orbit_epoch, self._epoch_fixed = d.batch.orbit_epoch, True
+        elif self.orbit_epoch is None and len(d.rows):  # provisional: the first message's broker timestamp
+            self.orbit_epoch = float(d.batch.timestamps_ms[0]) / 1000 - float(d.rows.orbit[0]) * det.ORBIT_S
         closed, late = self.state.add(d.rows, already_published=~d.fresh(d.rows))
         if len(late):
             self.counts["late_hits"] += len(late)
@@ -279,6 +278,8 @@ class event_windows(Stream):
 
     def _emit_windows(self, closed: list[Window]):
         results = []
+        if closed:
+            self._epoch_fixed = self._epoch_fixed or self.orbit_epoch is not None
         for w in closed:
             w.meta = {
                 "counts": self._drain_counts(),

@@ -9,7 +9,7 @@ directory, so a second notebook finds the same stack instead of starting another
 >>> stack = ensure_stack(rate=1000)        # doctest: +SKIP
 >>> stack.bootstrap                        # doctest: +SKIP
 '127.0.0.1:9092'
->>> stack.stop()                           # doctest: +SKIP  (stops only what this call started)
+>>> stack.stop()    # stops only what this call started  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -26,3 +26,19 @@ def test_a_batch_that_breaks_decoding_is_counted_and_dead_lettered_and_the_graph
     out = windows.histogram().sink_to_list()
     src.emit(Batch.from_payloads([b"2,0,5,100,7,3", b"2,0,6,900000,0,0"], "csv", first_offset=2))
     assert [int(ds.total_hits) for ds in out] == [1]
+
+
+def test_orbit_epoch_from_a_header_replaces_the_provisional_one_until_a_window_closes():
+    src = Stream()
+    windows = src.decode_hits().clean_hits().event_windows(window_s=2, lateness_s=0)
+    out = windows.histogram().sink_to_list()
+    first = Batch.from_payloads([b"2,0,5,100,7,3"], "csv")  # no epoch header: broker time anchors for now
+    src.emit(first)
+    provisional = windows.orbit_epoch
+    assert abs(provisional - first.timestamps_ms[0] / 1000) < 1
+    src.emit(Batch.from_payloads([b"2,0,5,101,7,3"], "csv", first_offset=1, orbit_epoch=1.7e9))
+    assert windows.orbit_epoch == 1.7e9  # the DAQ's epoch wins
+    src.emit(Batch.from_payloads([b"2,0,5,900000,7,3"], "csv", first_offset=2))  # closes window 0
+    assert out[0].attrs["window_start"] == "2023-11-14T22:13:20.000Z"  # 1.7e9 s + orbit 0
+    src.emit(Batch.from_payloads([b"2,0,5,900001,7,3"], "csv", first_offset=3, orbit_epoch=1.8e9))
+    assert windows.orbit_epoch == 1.7e9  # once windows are out, the time axis no longer moves
