@@ -33,6 +33,7 @@ class Config:
     hits_topic: str = "dt.hits"
     monitor_topic: str = "dt.monitor"
     rejected_topic: str = "dt.hits.rejected"
+    quality_topic: str = "dt.quality"  # automatic data-quality periods (dtlive.quality/1)
     window_s: float = 2.0  # event-time window length
     lateness_s: float = 0.5  # watermark lateness allowance
     idle_s: float = 3.0  # wall-clock seconds without input before open windows are flushed

@@ -187,6 +187,9 @@ class LiveWindows:
 class ResultsFeed:
     """Background consumer of a results topic: newest windows first, then live.
 
+    ``parse`` turns a message value into a dict (default: a ``dtlive.monitor/1`` result;
+    it raises ValueError for values to skip), so the same feed follows ``dt.quality``.
+
     ``on_messages`` gets lists of parsed messages from the feed's thread; ``broker_ok``
     and ``error`` tell whether the broker answers. The feed never stops on its own:
     when the broker goes away it keeps retrying and resumes when it returns.
@@ -203,7 +206,9 @@ class ResultsFeed:
         backfill: int = 30,
         kafka: dict | None = None,
         check_every_s: float = 2.0,
+        parse: Callable[[bytes], dict] = decode_message,
     ):
+        self.parse = parse
         self.bootstrap = bootstrap
         self.topic = topic
         self.backfill = backfill
@@ -285,7 +290,7 @@ class ResultsFeed:
                     if m.error():
                         continue
                     try:
-                        parsed.append(decode_message(m.value()))
+                        parsed.append(self.parse(m.value()))
                     except ValueError:
                         self.skipped += 1
                 if parsed:

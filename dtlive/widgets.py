@@ -186,6 +186,21 @@ class TimeSeriesView:
         self.figure = _figure([self.lines], axes, title, css=css, **size)
         self.figure.legend_location = "top-left"
 
+    def shade(self, spans: list[tuple[float, float]], color: str = "#ef6c00") -> None:
+        """Shade time spans (UNIX seconds, e.g. bad data-quality periods) behind the lines."""
+        if not hasattr(self, "spans"):
+            self.spans = bq.Lines(x=[], y=[], scales={"x": self.x_scale, "y": self.y_scale}, fill="inside",
+                                  colors=[color], fill_colors=[color], fill_opacities=[0.25], opacities=[0.0])
+            self.figure.marks = [self.spans, *self.figure.marks]
+        top = max(float(np.nanmax(self.lines.y)) if np.size(self.lines.y) else 1.0, 1.0) * 1.05
+        xs = [np.array([a, a, b, b], "float64") * 1000 for a, b in spans]
+        with self.spans.hold_sync():
+            self.spans.x = np.array(xs).astype("datetime64[ms]") if xs else np.array([], "datetime64[ms]")
+            self.spans.y = np.array([[0, top, top, 0]] * len(xs), float) if xs else np.array([], float)
+            self.spans.fill_colors = [color] * max(len(xs), 1)
+            self.spans.fill_opacities = [0.25] * max(len(xs), 1)
+            self.spans.colors = [color] * max(len(xs), 1)
+
     def _stack(self, series: dict) -> np.ndarray:
         return np.array([np.asarray(series[k], float) for k in self.labels]).reshape(len(self.labels), -1)
 
@@ -198,6 +213,20 @@ class TimeSeriesView:
         from IPython.display import display
 
         display(self.figure)
+
+
+def parse_quality(value: bytes) -> dict:
+    """A ``dtlive.quality/1`` message as a dict (ValueError for anything else).
+
+    >>> parse_quality(b'{"schema": "dtlive.quality/1", "start": "2024-01-01T00:00:00Z", "end": null}')["start"]
+    '2024-01-01T00:00:00Z'
+    """
+    import json
+
+    msg = json.loads(value)
+    if not isinstance(msg, dict) or msg.get("schema") != "dtlive.quality/1":
+        raise ValueError("not a dtlive.quality/1 message")
+    return msg
 
 
 def status_html(status: dict, broker: str, broker_ok: bool | None, error: str | None, paused: bool,
@@ -279,7 +308,8 @@ class Dashboard(W.VBox):
     """
 
     def __init__(self, bootstrap: str | None = None, topic: str | None = None, backfill: int = 30,
-                 rolling: int = 10, chambers=(0, 1, 2, 3), start: bool = True, status_every_s: float = 1.0):
+                 rolling: int = 10, chambers=(0, 1, 2, 3), start: bool = True, status_every_s: float = 1.0,
+                 quality_topic: str | None = None):
         from dtlive.config import load_config
 
         cfg = load_config({})
@@ -338,6 +368,9 @@ class Dashboard(W.VBox):
         self.add_class("dtlive-dashboard")
         self.feed = ResultsFeed(self.bootstrap, self.add_messages, topic=self.topic, backfill=backfill,
                                 kafka=cfg.kafka)
+        self.periods: list[dict] = []  # data-quality periods from dt.quality, shaded on the time series
+        self.quality_feed = ResultsFeed(self.bootstrap, self.add_periods, topic=quality_topic or cfg.quality_topic,
+                                        backfill=500, kafka=cfg.kafka, parse=parse_quality)
         self._status_stop = threading.Event()
         self._status_every_s = status_every_s
         self._refresh_status()
@@ -353,6 +386,19 @@ class Dashboard(W.VBox):
                 self.refresh()
             else:
                 self._refresh_status()
+
+    def add_periods(self, messages: list[dict]) -> None:
+        """Take ``dtlive.quality/1`` periods (from the quality feed's thread) and shade them."""
+        with self._lock:
+            self.periods += messages
+            del self.periods[:-500]
+            self._shade()
+
+    def _shade(self) -> None:
+        from dtlive.live import _seconds
+
+        self.timeseries.shade([(_seconds(p["start"]), _seconds(p["end"])) for p in self.periods
+                               if p.get("kind", "bad") == "bad"])
 
     # --- drawing --------------------------------------------------------------------------------------------
     @staticmethod
@@ -370,6 +416,8 @@ class Dashboard(W.VBox):
                 panel.update(ds, c)
             series = self.live.series()
             self.timeseries.update(series["time"], self._series_dict(series))
+            if self.periods:
+                self._shade()
             self._refresh_status()
             self.updates += 1
             self.update_ms.append((time.perf_counter() - t0) * 1000)
@@ -405,8 +453,9 @@ class Dashboard(W.VBox):
 
     # --- life cycle -----------------------------------------------------------------------------------------
     def start(self) -> Dashboard:
-        """Start the background feed and the status clock."""
+        """Start the background feeds and the status clock."""
         self.feed.start()
+        self.quality_feed.start()
         self._status_stop.clear()
         threading.Thread(target=self._status_loop, name="dtlive-dashboard-status", daemon=True).start()
         return self
@@ -420,3 +469,4 @@ class Dashboard(W.VBox):
         """Stop the feed and the status clock (the widget stays as it is)."""
         self._status_stop.set()
         self.feed.stop()
+        self.quality_feed.stop()
