@@ -1,0 +1,159 @@
+"""Every notebook in notebooks/ runs top to bottom in a real kernel, against the real embedded broker.
+
+Each notebook gets its own topics and state directory (so the stack its ``ensure_stack()`` starts is
+its own and is stopped afterwards), and its printed figures are checked against independent numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+from datafiles import RUN_CSV
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+ALL = sorted(NOTEBOOKS.glob("[0-9][0-9]-*.ipynb"))
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)  # reaps it if it is our child
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie that is not our child still answers kill(0)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_stack(state_dir: Path, timeout: float = 10.0) -> dict[str, int]:
+    """Stop what the notebook's ensure_stack() recorded in stack.json: emulator and processor first."""
+    try:
+        pids = json.loads((state_dir / "stack.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    order = sorted(pids, key=lambda n: {"emulator": 0, "processor": 1}.get(n, 2))
+    for name in order:
+        pid = pids[name]
+        if not isinstance(pid, int) or not _alive(pid):
+            continue
+        os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def outputs(nb) -> str:
+    """All text a notebook printed or displayed as text/plain, in order."""
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream":
+                parts.append(out.text)
+            elif out.output_type in ("execute_result", "display_data"):
+                parts.append(str(out.get("data", {}).get("text/plain", "")))
+    return "\n".join(parts)
+
+
+def expected_run591() -> tuple[int, list[int]]:
+    """Whole-file totals with pandas only."""
+    df = pd.read_csv(RUN_CSV)
+    hits = df[df.HEAD == 2]
+    cham = hits[hits.TDC_CHANNEL < 128]
+    chamber = 2 * cham.FPGA.astype(int) + cham.TDC_CHANNEL.astype(int) // 64
+    return len(hits), [int((chamber == c).sum()) for c in range(4)]
+
+
+@pytest.fixture
+def notebook_env(broker, tmp_path, monkeypatch):
+    """The kernel inherits this environment: the session broker, own topics, own state directory."""
+    tag = uuid.uuid4().hex[:8]
+    state = tmp_path / "state"
+    state.mkdir()
+    env = {"DTLIVE_BOOTSTRAP": broker, "DTLIVE_STATE_DIR": str(state), "DTLIVE_HITS_TOPIC": f"nb-hits-{tag}",
+           "DTLIVE_MONITOR_TOPIC": f"nb-monitor-{tag}", "DTLIVE_REJECTED_TOPIC": f"nb-rejected-{tag}",
+           "DTLIVE_GROUP_ID": f"nb-proc-{tag}"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    yield env
+    stop_stack(state)
+
+
+def check_quickstart(text: str, env: dict) -> None:
+    assert f"Kafka at {env['DTLIVE_BOOTSTRAP']}" in text
+    assert "started: ['emulator', 'processor']" in text  # its own topics: nothing to reuse
+    windows = re.search(r"windows so far: (\d+)", text)
+    assert windows and int(windows.group(1)) > 0, text
+
+
+def check_static_batch(text: str, env: dict) -> None:
+    total, per_chamber = expected_run591()
+    assert total == 159_616  # the published figure of the shared file
+    assert f"total hits: {total:,}" in text
+    assert "hits per chamber: " + " / ".join(f"{n:,}" for n in per_chamber) in text
+    assert f"special-channel hits (ch >= 128): {total - sum(per_chamber):,}" in text
+    assert "scintillator hits: 0 | drift-time entries: 0" in text
+
+
+def check_own_graph(text: str, env: dict) -> None:
+    assert f"Kafka at {env['DTLIVE_BOOTSTRAP']} | hits topic: {env['DTLIVE_HITS_TOPIC']}" in text
+    windows = re.search(r"windows analysed: (\d+) \| messages read: ([\d,]+)", text)
+    assert windows and int(windows.group(1)) == 3 and int(windows.group(2).replace(",", "")) > 0, text
+    # the simulated DAQ has noisy channels (20-50x their normal rate): the finder must see some
+    flagged = re.search(r"channels flagged in any window: \[([\d, ]*)\]", text)
+    assert flagged and flagged.group(1).strip(), text
+
+
+def check_data_vs_simulation(text: str, env: dict) -> None:
+    total, per_chamber = expected_run591()
+    assert f"run 591: {total:,} hits, per chamber {per_chamber}" in text
+    sim = re.search(r"simulation \(30 s, seed 591\): ([\d,]+) hits", text)
+    assert sim and 100_000 < int(sim.group(1).replace(",", "")) < 200_000, text
+    assert "run 591: no drift times (no scintillator hits)" in text
+    box = re.search(r"drift-time box from (-?\d+) ns to (\d+) ns", text)
+    assert box and -20 <= int(box.group(1)) <= 30 and 350 <= int(box.group(2)) <= 400, text  # DESIGN: ~0..390 ns
+
+
+CHECKS = {
+    "01-quickstart": check_quickstart,
+    "02-static-batch": check_static_batch,
+    "03-own-streamz-graph": check_own_graph,
+    "04-data-vs-simulation": check_data_vs_simulation,
+}
+
+
+def test_every_notebook_is_checked():
+    assert ALL and {p.stem for p in ALL} == set(CHECKS)
+
+
+@pytest.mark.parametrize("path", ALL, ids=[p.stem for p in ALL])
+def test_notebook_runs(path, notebook_env):
+    nb = nbformat.read(path, as_version=4)
+    assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
+    started = time.monotonic()
+    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    elapsed = time.monotonic() - started
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors, errors
+    CHECKS[path.stem](outputs(nb), notebook_env)
+    assert elapsed < 60, f"{path.name} took {elapsed:.0f} s; keep notebooks short"
