@@ -137,26 +137,32 @@ class Decoded:
 
 
 def _guarded(method):
-    """Run a node's update; on an exception log it, count it and hand the batch on as rejects."""
+    """Run a node's own step; on an exception log it, count it and hand the batch on as rejects.
+
+    Only the node's own work is guarded (``method`` returns what to emit, or None);
+    what nodes downstream raise propagates to the caller of ``emit``/``poll``, so a
+    failing sink is reported as itself and never mistaken for bad input.
+    """
 
     def update(self, x, who=None, metadata=None):
         try:
-            return method(self, x, who=who, metadata=metadata)
+            out = method(self, x)
         except Exception as exc:  # noqa: BLE001 - one bad batch must never stop the graph
             self.errors += 1
             log.exception("%s failed on one batch; its input is dead-lettered", type(self).__name__)
             batch = x.batch if isinstance(x, Decoded) else x
-            if isinstance(batch, Batch) and type(self) is not event_windows:
-                rejects = [
-                    Reject("error", p, int(a), int(b), repr(exc)[:200])
-                    for p, a, b in zip(batch.payloads, batch.partitions, batch.offsets)
-                ]
-                return self._emit(
-                    Decoded(
-                        Rows.empty(), rejects, Counter({"rows": len(rejects), "rejected.error": len(rejects)}), batch
-                    )
-                )
+            if not isinstance(batch, Batch) or type(self) is event_windows:
+                return None
+            rejects = [
+                Reject("error", p, int(a), int(b), repr(exc)[:200])
+                for p, a, b in zip(batch.payloads, batch.partitions, batch.offsets)
+            ]
+            out = Decoded(Rows.empty(), rejects, Counter({"rows": len(rejects), "rejected.error": len(rejects)}), batch)
+        if out is None:
             return None
+        if type(self) is event_windows:
+            return self._emit_windows(out)
+        return self._emit(out)
 
     return update
 
@@ -175,7 +181,7 @@ class decode_hits(Stream):
         super().__init__(upstream, **kwargs)
 
     @_guarded
-    def update(self, batch: Batch, who=None, metadata=None):
+    def update(self, batch: Batch) -> Decoded:
         formats = [f or self.default_format for f in batch.formats]
         parts, rejects = [], []
         for fmt in dict.fromkeys(formats):
@@ -193,7 +199,7 @@ class decode_hits(Stream):
         d.rejects = rejects
         d.counts["rows"] = int(d.fresh(rows).sum()) + len(rejects)
         d.counts.update(f"rejected.{r.reason}" for r in rejects)
-        return self._emit(d)
+        return d
 
 
 @Stream.register_api()
@@ -205,12 +211,12 @@ class clean_hits(Stream):
         super().__init__(upstream, **kwargs)
 
     @_guarded
-    def update(self, d: Decoded, who=None, metadata=None):
+    def update(self, d: Decoded) -> Decoded:
         hits, _ = clean(d.rows)
         fresh_all, fresh_hits = d.fresh(d.rows), d.fresh(hits)
         d.counts["ancillary"] += int(fresh_all.sum() - fresh_hits.sum())
         d.rows = hits
-        return self._emit(d)
+        return d
 
 
 @Stream.register_api()
@@ -246,7 +252,7 @@ class event_windows(Stream):
         super().__init__(upstream, **kwargs)
 
     @_guarded
-    def update(self, d: Decoded, who=None, metadata=None):
+    def update(self, d: Decoded) -> list[Window]:
         self.last_input = time.monotonic()
         self.positions.update(d.batch.positions)
         self.counts.update(d.counts)
@@ -263,7 +269,7 @@ class event_windows(Stream):
                 Reject("late", line, int(p), int(o))
                 for line, p, o in zip(encode_csv(late), late.partition, late.offset)
             ]
-        return self._emit_windows(closed)
+        return closed
 
     def flush(self) -> list:
         """Close and emit every open window now."""
@@ -430,8 +436,7 @@ class from_kafka_batched_consumer(Source):
             out[p] = max(high, self.positions.get(p, 0))
         return out
 
-    def poll(self, timeout: float | None = None) -> int:
-        """Consume one batch and emit it downstream; return the number of messages."""
+    def _next_batch(self, timeout: float | None = None) -> Batch | None:
         msgs = self.consumer.consume(self.batch_size, self.poll_timeout if timeout is None else timeout)
         good = []
         for m in msgs:
@@ -441,16 +446,40 @@ class from_kafka_batched_consumer(Source):
             else:
                 good.append(m)
         if not good:
-            return 0
+            return None
         batch = Batch.from_messages(good, self.topic)
         self.positions.update(batch.positions)
         self.messages += len(good)
+        return batch
+
+    def poll(self, timeout: float | None = None) -> int:
+        """Consume one batch and emit it downstream (synchronously); return the number of messages."""
+        batch = self._next_batch(timeout)
+        if batch is None:
+            return 0
         self.emit(batch)
-        return len(good)
+        return len(batch.payloads)
+
+    def _idle(self) -> None:
+        """No input: let downstream windows close after their idle time."""
+        todo, seen = list(self.downstreams), set()
+        while todo:
+            node = todo.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if hasattr(node, "flush_if_idle"):
+                node.flush_if_idle()
+            todo += list(node.downstreams)
 
     async def _run(self):
-        if self.poll(timeout=0) == 0:
+        """One cycle of ``start()``: runs on streamz's event loop, so it emits asynchronously."""
+        batch = self._next_batch(timeout=0)
+        if batch is None:
+            self._idle()
             await asyncio.sleep(self.poll_timeout)
+        else:
+            await self.emit(batch, asynchronous=True)
 
     def close(self) -> None:
         self.stop()

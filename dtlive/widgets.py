@@ -176,7 +176,7 @@ class TimeSeriesView:
         self.labels = list(series)
         self.x_scale, self.y_scale = bq.DateScale(), bq.LinearScale(min=0)
         self.lines = bq.Lines(
-            x=np.asarray(time, "datetime64[ms]"), y=self._stack(series),
+            x=np.array([], "datetime64[ms]"), y=np.zeros((len(self.labels), 0)),
             scales={"x": self.x_scale, "y": self.y_scale}, labels=self.labels, display_legend=True,
             colors=list(colors or ["black", *CHAMBER_COLORS])[: len(self.labels)],
         )
@@ -185,6 +185,7 @@ class TimeSeriesView:
         size = {"width": "100%", "height": "260px", **size}
         self.figure = _figure([self.lines], axes, title, css=css, **size)
         self.figure.legend_location = "top-left"
+        self.update(time, series)
 
     def shade(self, spans: list[tuple[float, float]], color: str = "#ef6c00") -> None:
         """Shade time spans (UNIX seconds, e.g. bad data-quality periods) behind the lines."""
@@ -205,9 +206,12 @@ class TimeSeriesView:
         return np.array([np.asarray(series[k], float) for k in self.labels]).reshape(len(self.labels), -1)
 
     def update(self, time: np.ndarray, series: dict[str, np.ndarray]) -> None:
+        x, y = np.asarray(time, "datetime64[ms]"), self._stack(series)
+        if len(x) == 1:  # bqplot squeezes a single point into the wrong shape: draw it as a zero-length line
+            x, y = np.repeat(x, 2), np.repeat(y, 2, axis=1)
         with self.lines.hold_sync():
-            self.lines.x = np.asarray(time, "datetime64[ms]")
-            self.lines.y = self._stack(series)
+            self.lines.x = x
+            self.lines.y = y
 
     def _ipython_display_(self):  # pragma: no cover - notebook display
         from IPython.display import display

@@ -42,3 +42,23 @@ def test_orbit_epoch_from_a_header_replaces_the_provisional_one_until_a_window_c
     assert out[0].attrs["window_start"] == "2023-11-14T22:13:20.000Z"  # 1.7e9 s + orbit 0
     src.emit(Batch.from_payloads([b"2,0,5,900001,7,3"], "csv", first_offset=3, orbit_epoch=1.8e9))
     assert windows.orbit_epoch == 1.7e9  # once windows are out, the time axis no longer moves
+
+
+def test_a_failing_sink_is_reported_as_itself_not_as_bad_input():
+    src = Stream()
+    windows = src.decode_hits().clean_hits().event_windows(window_s=2, lateness_s=0)
+
+    def broken_sink(window):
+        raise ValueError("my sink is broken")
+
+    windows.sink(broken_sink)
+    src.emit(Batch.from_payloads([b"2,0,5,100,7,3"], "csv"))
+    try:
+        src.emit(Batch.from_payloads([b"2,0,5,900000,7,3"], "csv", first_offset=1))  # closes window 0
+    except ValueError as exc:
+        assert "my sink is broken" in str(exc)
+    else:
+        raise AssertionError("the sink's exception was swallowed")
+    assert windows.errors == 0  # not counted as a failure of the window node, nothing dead-lettered
+    state, rejects = windows.checkpoint()
+    assert rejects == []

@@ -159,6 +159,27 @@ def test_users_own_streamz_graph_from_dtlive_nodes(broker, topics):
     assert all(0 <= ch < 128 for ch in found)
 
 
+def test_users_graph_runs_in_the_background_with_start(broker, topics):
+    """``src.start()`` polls on streamz's event loop; idle windows close by themselves."""
+    import time
+
+    from dtlive import nodes
+
+    ensure_topics(load_config({}, env={}), broker, [topics["hits_topic"]])
+    produce_file(broker, topics["hits_topic"], SAMPLE_CSV, "csv")
+    src = nodes.from_kafka_batched_consumer(topics["hits_topic"], {"bootstrap.servers": broker,
+                                                                   "auto.offset.reset": "earliest"})
+    totals = src.decode_hits().clean_hits().event_windows(window_s=2, lateness_s=0.2, idle_s=0.5).histogram() \
+        .map(lambda ds: int(ds.total_hits)).sink_to_list()
+    src.start()
+    deadline = time.monotonic() + 20
+    expected = expected_products(SAMPLE_CSV)["total"]
+    while sum(totals) < expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    src.close()
+    assert sum(totals) == expected
+
+
 def test_results_read_back_one_window_and_stacked(broker, topics):
     ensure_topics(load_config({}, env={}), broker, [topics["hits_topic"]])
     produce_file(broker, topics["hits_topic"], SAMPLE_CSV, "csv")
