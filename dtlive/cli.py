@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--until-end", action="store_true", help="stop at the end of the input (as found at start)")
     pr.add_argument("--batch-size", type=int, default=20_000, help="messages per consume call (default 20000)")
+    pr.add_argument("--no-ledger", action="store_true", help="do not record the run in the ledger (DTLIVE_DB)")
 
     d = sub.add_parser(
         "demo",
@@ -213,6 +214,12 @@ def cmd_broker(args) -> int:
     return run_foreground(port=args.port)
 
 
+def _ledger():
+    from dtlive.ledger import Ledger
+
+    return Ledger()
+
+
 def _producer(cfg, bootstrap):
     from confluent_kafka import Producer
 
@@ -300,7 +307,8 @@ def cmd_process(args) -> int:
 
     cfg = _config(args)
     bootstrap, _ = resolve_bootstrap(cfg)
-    proc = Processor(cfg, bootstrap, from_beginning=args.from_beginning, batch_size=args.batch_size)
+    proc = Processor(cfg, bootstrap, from_beginning=args.from_beginning, batch_size=args.batch_size,
+                     ledger=None if args.no_ledger else _ledger())
     summary = Summary()
     proc.publisher._on_publish.append(summary.on_publish)
     _run_with_signals(proc, until_end=args.until_end, on_tick=summary if args.verbose or sys.stderr.isatty() else None)

@@ -903,6 +903,13 @@ class Ledger:
 
         return self._retry(write) if rows else 0
 
+    def result_positions(self, topic: str) -> dict[int, int]:
+        """Per partition of a results topic, the offset after the last recorded result (where to resume)."""
+        with self._tx(write=False) as s:
+            q = (sa.select(WindowRecord.result_partition, sa.func.max(WindowRecord.result_offset))
+                 .where(WindowRecord.result_topic == topic).group_by(WindowRecord.result_partition))
+            return {int(p): int(o) + 1 for p, o in s.execute(q)}
+
     @staticmethod
     def _ensure_runs(s: Session, rows: list[dict]) -> None:
         """Runs only seen in results get a stub row (status "observed") so windows always point to a run."""

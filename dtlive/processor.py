@@ -1,6 +1,7 @@
 """``dtlive process``: thin wiring of :mod:`dtlive.nodes` into an exactly-once service.
 
 Graph: Kafka source -> decode_hits -> clean_hits -> event_windows -> :class:`TransactionalPublisher`.
+With a ledger, the run (configuration, code version, start offsets) is recorded there.
 
 Exactly once. Every publication is one Kafka transaction holding the window result(s),
 the dead letters seen so far, a checkpoint record on ``<output>.checkpoints`` and the
@@ -242,6 +243,7 @@ class Processor:
         from_beginning: bool = False,
         batch_size: int = 20_000,
         run_id: str | None = None,
+        ledger=None,
     ):
         from dtlive.kafka import consumer_config
 
@@ -291,6 +293,11 @@ class Processor:
         self.publisher.source, self.publisher.windows = self.source, self.windows
         self.windows.sink(self.publisher.publish)
         self._stop = False
+        self.ledger = ledger  # a dtlive.ledger.Ledger: the run, its configuration and inputs are recorded
+        if ledger is not None:
+            inputs = [{"topic": cfg.hits_topic, "partition": p, "start_offset": o}
+                      for p, o in sorted(self.source.positions.items())]
+            ledger.start_run("processing", cfg, inputs=inputs, run_id=self.run_id)
 
     def stop(self, *_):
         self._stop = True
@@ -327,6 +334,8 @@ class Processor:
         self.publisher.commit()
         return self
 
-    def close(self):
+    def close(self, status: str = "finished"):
         self.source.close()
         self.publisher.producer.flush(10)
+        if self.ledger is not None:
+            self.ledger.stop_run(self.run_id, status=status)

@@ -15,6 +15,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_data_dirs(tmp_path_factory):
+    """Ledger and history of the test session live in a temporary directory, never the user's."""
+    data = tmp_path_factory.mktemp("dtlive-data")
+    old = {k: os.environ.get(k) for k in ("DTLIVE_DB", "DTLIVE_HISTORY")}
+    os.environ["DTLIVE_DB"] = f"sqlite:///{data / 'ledger.sqlite'}"
+    os.environ["DTLIVE_HISTORY"] = str(data / "history")
+    yield data
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory):
     """A real Tansu broker on a free loopback port for the whole test session."""
