@@ -1,4 +1,4 @@
-"""The ``dtlive`` command line: ``dtlive demo | broker | emulate | process | dashboard | results``.
+"""The ``dtlive`` command line: demo, broker, emulate, process, dashboard, record, runs, periods, provenance, results.
 
 Run ``dtlive --help`` or ``dtlive COMMAND --help``.
 """
@@ -137,6 +137,42 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--port", type=int, default=8866, help="port (default 8866; a free one if taken)")
     db.add_argument("--topic", help="monitor topic (default dt.monitor)")
 
+    rec = sub.add_parser(
+        "record",
+        help="follow the results into the ledger and the history store; flag bad data on dt.quality",
+        description="Record every committed window of the monitor topic in the ledger (DTLIVE_DB) with "
+        "where its result landed, append it to the history store (DTLIVE_HISTORY), detect data gaps, "
+        "silent chambers, noisy channels and rate jumps, and publish them on dt.quality.",
+    )
+    rec.add_argument("--until-end", action="store_true", help="stop once the results present at start are in")
+    rec.add_argument("--input", dest="hits_topic", help="hits topic the results came from (default dt.hits)")
+    rec.add_argument("--output", dest="monitor_topic", help="results topic to follow (default dt.monitor)")
+    rec.add_argument("--quality-topic", dest="quality_topic", help="where quality periods go (default dt.quality)")
+
+    runs = sub.add_parser("runs", help="list processing runs (and detector runs) from the ledger",
+                          description="Processing runs with their configuration hash, code version and "
+                          "status; --detector lists detector runs (orbit-counter resets start new ones).")
+    runs.add_argument("--detector", action="store_true", help="list detector runs instead")
+    runs.add_argument("--tag", help="detector runs with this tag")
+    runs.add_argument("--json", action="store_true", help="JSON instead of a table")
+
+    per = sub.add_parser("periods", help="list data-quality periods; flag a bad period by hand",
+                         description="List data-quality periods (automatic and by hand). With --flag START END "
+                         "--reason TEXT, record a bad period by hand (times as ISO UTC or UNIX seconds).")
+    per.add_argument("--flag", nargs=2, metavar=("START", "END"), help="flag [START, END] as bad")
+    per.add_argument("--reason", help="why (required with --flag)")
+    per.add_argument("--who", default=None, help="who flags it (default: $USER)")
+    per.add_argument("--json", action="store_true", help="JSON instead of a table")
+
+    pv = sub.add_parser("provenance", help="which inputs, code and configuration made a window",
+                        description="Print the provenance of one published window (by window id) or of a "
+                        "time range: input topics/partitions/offset ranges, dtlive versions and git commits, "
+                        "configuration hashes and the full configurations of the runs.")
+    pv.add_argument("window", nargs="?", type=int, help="window id")
+    pv.add_argument("--start", help="time range start (ISO UTC or UNIX seconds)")
+    pv.add_argument("--end", help="time range end")
+    pv.add_argument("--processor", help="processor (group id) when several published the same window id")
+
     r = sub.add_parser(
         "results",
         help="read published windows back as xarray",
@@ -169,6 +205,7 @@ def _config(args):
             "hits_topic",
             "monitor_topic",
             "rejected_topic",
+            "quality_topic",
             "window_s",
             "lateness_s",
             "idle_s",
@@ -194,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
             "process": cmd_process,
             "demo": cmd_demo,
             "dashboard": cmd_dashboard,
+            "record": cmd_record,
+            "runs": cmd_runs,
+            "periods": cmd_periods,
+            "provenance": cmd_provenance,
             "results": cmd_results,
         }[args.command](args)
     except KeyboardInterrupt:
@@ -460,6 +501,83 @@ def cmd_results(args) -> int:
     if args.netcdf:
         ds.to_netcdf(args.netcdf)
         print(json.dumps({"written": args.netcdf, "windows": int(ds.sizes["time"])}))
+    return 0
+
+
+def cmd_record(args) -> int:
+    from dtlive.kafka import resolve_bootstrap
+    from dtlive.recorder import Recorder
+
+    cfg = _config(args)
+    bootstrap, _ = resolve_bootstrap(cfg)
+    rec = Recorder(cfg, bootstrap, ledger=_ledger())
+    import signal
+
+    old = {sig: signal.signal(sig, rec.stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        rec.run(until_end=args.until_end)
+    finally:
+        rec.close()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    print(f"recorded {rec.recorded} windows, {rec.periods} quality periods", file=sys.stderr)
+    return 0
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=columns).to_string(index=False) if rows else "(none)"
+
+
+def _time_arg(text: str | None):
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def cmd_runs(args) -> int:
+    from dtlive.ledger import Q
+
+    ledger = _ledger()
+    if args.detector:
+        rows = ledger.detector_runs(Q.tag(args.tag) if args.tag else None)
+        cols = ["id", "start", "end", "first_orbit", "last_orbit", "tags", "metadata"]
+    else:
+        rows = ledger.runs()
+        cols = ["run_id", "kind", "status", "processor", "started_at", "stopped_at", "config_hash", "dtlive_version",
+                "git_commit"]
+    print(json.dumps(rows, default=str, indent=1) if args.json else _table(rows, cols))
+    return 0
+
+
+def cmd_periods(args) -> int:
+    import getpass
+
+    ledger = _ledger()
+    if args.flag:
+        if not args.reason:
+            print("dtlive periods: --flag needs --reason", file=sys.stderr)
+            return 2
+        pid = ledger.add_period(_time_arg(args.flag[0]), _time_arg(args.flag[1]), args.reason, automatic=False,
+                                who=args.who or getpass.getuser())
+        print(f"flagged period {pid} as bad: {args.reason}", file=sys.stderr)
+    rows = ledger.periods()
+    cols = ["id", "kind", "start", "end", "reason", "automatic", "who", "detail"]
+    print(json.dumps(rows, default=str, indent=1) if args.json else _table(rows, cols))
+    return 0
+
+
+def cmd_provenance(args) -> int:
+    if args.window is None and args.start is None:
+        print("dtlive provenance: give a WINDOW id or --start/--end", file=sys.stderr)
+        return 2
+    prov = _ledger().provenance(args.window, processor=args.processor, start=_time_arg(args.start),
+                                end=_time_arg(args.end))
+    print(json.dumps(prov, default=str, indent=1))
     return 0
 
 

@@ -421,6 +421,7 @@ class from_kafka_batched_consumer(Source):
             committed = {tp.partition: tp.offset for tp in got if tp.offset >= 0}
         offsets = {p: (start_offsets or committed).get(p, reset) for p in self.partitions}
         self.consumer.assign([TopicPartition(topic, p, o) for p, o in offsets.items()])
+        self.start_offsets = dict(offsets)  # where reading started (negative: librdkafka's logical offsets)
         self.positions = {p: o for p, o in offsets.items() if o >= 0}
         self.messages = 0
         self.errors = 0

@@ -295,8 +295,11 @@ class Processor:
         self._stop = False
         self.ledger = ledger  # a dtlive.ledger.Ledger: the run, its configuration and inputs are recorded
         if ledger is not None:
-            inputs = [{"topic": cfg.hits_topic, "partition": p, "start_offset": o}
-                      for p, o in sorted(self.source.positions.items())]
+            from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+
+            named = {OFFSET_BEGINNING: "beginning", OFFSET_END: "end"}
+            inputs = [{"topic": cfg.hits_topic, "partition": p, "start_offset": named.get(o, o)}
+                      for p, o in sorted(self.source.start_offsets.items())]
             ledger.start_run("processing", cfg, inputs=inputs, run_id=self.run_id)
 
     def stop(self, *_):

@@ -1,0 +1,166 @@
+"""``dtlive record``: follow the results topic into the ledger and the history store, and flag bad data.
+
+Thin service wiring: every committed window on ``dt.monitor`` is recorded in the
+:class:`~dtlive.ledger.Ledger` (with where its result landed) and appended to the
+:class:`~dtlive.history.HistoryStore`; the pure :class:`~dtlive.quality.QualityMonitor`
+turns the stream into data-quality periods, which go to the ledger and, as
+``dtlive.quality/1`` JSON, to ``dt.quality`` (the dashboard shades them). An orbit-counter
+reset (ORBIT_CNT going backwards) closes the current detector run and opens a new one.
+
+Recording is idempotent, so the recorder simply restarts from the results it has not
+recorded yet (the ledger knows the last result offset per partition).
+
+>>> quality_message(Period(1.7e9, 1.7e9 + 210, "data_gap", {"seconds": 210.0}))["reason"]
+'data_gap'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+
+from dtlive.config import Config
+from dtlive.kafka import client_config, end_offsets, ensure_topics
+from dtlive.messages import decode_message, iso_utc
+from dtlive.quality import Period, QualityMonitor
+
+log = logging.getLogger(__name__)
+
+QUALITY_SCHEMA = "dtlive.quality/1"
+ORBIT_RESET_TOLERANCE = 1_000_000  # orbits a window may go back (late windows) before it counts as a counter reset
+
+
+def quality_message(period: Period) -> dict:
+    """The ``dtlive.quality/1`` JSON message of one data-quality period."""
+    return {
+        "schema": QUALITY_SCHEMA,
+        "start": iso_utc(period.start),
+        "end": iso_utc(period.end),
+        "reason": period.reason,
+        "kind": period.kind,
+        "automatic": period.automatic,
+        "detail": period.detail,
+    }
+
+
+class Recorder:
+    """Consumes committed results; records windows, history, quality periods and detector runs."""
+
+    def __init__(self, cfg: Config, bootstrap: str, ledger=None, history=None, quality: QualityMonitor | None = None,
+                 from_beginning: bool = True):
+        from confluent_kafka import Consumer, Producer, TopicPartition
+
+        from dtlive.history import HistoryStore
+        from dtlive.ledger import Ledger
+
+        self.cfg = cfg
+        self.bootstrap = bootstrap
+        self.ledger = ledger if ledger is not None else Ledger()
+        self.history = history if history is not None else HistoryStore()
+        self.quality = quality or QualityMonitor()
+        ensure_topics(cfg, bootstrap, [cfg.monitor_topic, cfg.quality_topic])
+        self.consumer = Consumer(client_config(cfg, bootstrap, **{
+            "group.id": "dtlive-recorder", "enable.auto.commit": False, "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 100}))
+        self.producer = Producer(client_config(cfg, bootstrap, **{"linger.ms": 5}))
+        ends = end_offsets(self.consumer, cfg.monitor_topic)
+        done = self.ledger.result_positions(cfg.monitor_topic)  # partition -> next offset not yet recorded
+        starts = {p: done.get(p, low if from_beginning else high) for p, (low, high) in ends.items()}
+        self.consumer.assign([TopicPartition(cfg.monitor_topic, p, o) for p, o in starts.items()])
+        self.positions = dict(starts)
+        self.recorded = 0
+        self.periods = 0
+        self._stop = False
+        self._last_orbit: int | None = None
+        self._last_end: float | None = None
+
+    def stop(self, *_):
+        self._stop = True
+
+    def handle(self, records: list[tuple[dict, int, int]]) -> None:
+        """Record one batch of ``(message, partition, offset)`` (pure bookkeeping; no consuming)."""
+        msgs = [m for m, _, _ in records]
+        for msg in msgs:
+            self._detector_run(msg)
+        self.ledger.record_windows([(m, self.cfg.monitor_topic, p, o) for m, p, o in records])
+        self.history.append(msgs)
+        self._publish(self.quality.check(msgs))
+        self.recorded += len(records)
+
+    def _detector_run(self, msg: dict) -> None:
+        from dtlive.live import _seconds
+
+        first, last = msg["window"]["first_orbit"], msg["window"]["last_orbit"]
+        start, end = _seconds(msg["window"].get("start")), _seconds(msg["window"].get("end"))
+        current = self.ledger.current_detector_run()
+        reset = self._last_orbit is not None and first < self._last_orbit - ORBIT_RESET_TOLERANCE
+        if current is not None and reset:
+            self.ledger.close_detector_run(current["id"], end=self._last_end, last_orbit=self._last_orbit)
+            current = None
+        if current is None:
+            self.ledger.open_detector_run(start, first, metadata={"source": self.cfg.hits_topic,
+                                                                  "reason": "orbit counter reset" if reset else
+                                                                  "first window seen"})
+        if self._last_orbit is None or reset or last > self._last_orbit:
+            self._last_orbit, self._last_end = last, end
+
+    def _publish(self, periods: list[Period]) -> None:
+        for p in periods:
+            self.ledger.add_period(p.start, p.end, p.reason, automatic=p.automatic, kind=p.kind, detail=p.detail)
+            self.producer.produce(self.cfg.quality_topic, json.dumps(quality_message(p)).encode(),
+                                  key=p.reason.encode())
+            self.periods += 1
+        if periods:
+            self.producer.flush(10)
+
+    def poll(self, timeout: float = 0.5) -> int:
+        """Consume and record one batch; return how many results it held."""
+        from confluent_kafka import TopicPartition
+
+        records = []
+        for m in self.consumer.consume(2000, timeout):
+            if m.error():
+                continue
+            self.positions[m.partition()] = m.offset() + 1
+            try:
+                records.append((decode_message(m.value()), m.partition(), m.offset()))
+            except ValueError:
+                log.warning("skipping a non-dtlive message at %s/%s", m.partition(), m.offset())
+        if records:
+            self.handle(records)
+        # the consumer's position also steps over transaction markers, which carry no message
+        for tp in self.consumer.position([TopicPartition(self.cfg.monitor_topic, p) for p in self.positions]):
+            if tp.offset >= 0:
+                self.positions[tp.partition] = tp.offset
+        return len(records)
+
+    def run(self, until_end: bool = False, max_seconds: float | None = None,
+            on_tick: Callable[[Recorder], None] | None = None) -> Recorder:
+        """Record until stopped (``until_end``: until the results present at start are recorded, then flush)."""
+        targets = {p: high for p, (_, high) in end_offsets(self.consumer, self.cfg.monitor_topic).items()} \
+            if until_end else None
+        if targets is not None:  # end_offsets re-assigned the consumer: go back to where we were
+            from confluent_kafka import TopicPartition
+
+            self.consumer.assign([TopicPartition(self.cfg.monitor_topic, p, o) for p, o in self.positions.items()])
+        started = time.monotonic()
+        while not self._stop:
+            n = self.poll()
+            if on_tick:
+                on_tick(self)
+            if targets is not None and all(self.positions.get(p, 0) >= t for p, t in targets.items()):
+                break
+            if max_seconds is not None and time.monotonic() - started > max_seconds:
+                break
+            if n == 0 and targets is not None and time.monotonic() - started > 60:
+                log.warning("results up to %s are not readable yet (open transaction?); stopping", targets)
+                break
+        if until_end:
+            self._publish(self.quality.flush())
+        return self
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.producer.flush(10)
