@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser(
         "demo",
-        help="the main job: embedded broker + simulator + processor + live summary",
+        help="the main job: embedded broker + simulator + processor + recorder + dashboard",
         description="Start (or reuse) the embedded broker, stream simulated hits at --rate, run the "
         "processor and print a live summary until Ctrl-C or --duration.",
     )
@@ -387,8 +387,14 @@ def cmd_demo(args) -> int:
     voila = None
     try:
         ensure_topics(cfg, bootstrap, [cfg.hits_topic])
-        proc = Processor(cfg, bootstrap)  # starts at the end of the topic: live data only
+        ledger = _ledger()
+        proc = Processor(cfg, bootstrap, ledger=ledger)  # starts at the end of the topic: live data only
         stop = threading.Event()
+        from dtlive.recorder import Recorder
+
+        recorder = Recorder(cfg, bootstrap, ledger=ledger, from_beginning=False)
+        rec = threading.Thread(target=recorder.run, daemon=True, name="recorder")
+        rec.start()
         chunks = file_chunks(args.files, loop=True) if args.files else simulated_chunks(rows_per_s=args.rate)
         emu = threading.Thread(
             target=emulate,
@@ -412,7 +418,11 @@ def cmd_demo(args) -> int:
         _run_with_signals(proc, on_tick=summary, max_seconds=args.duration)
         stop.set()
         emu.join(10)
-        print(f"\ndtlive demo: published {proc.publisher.published} windows", file=sys.stderr)
+        recorder.stop()
+        rec.join(10)
+        recorder.close()
+        print(f"\ndtlive demo: published {proc.publisher.published} windows, recorded {recorder.recorded} in the "
+              f"ledger ({recorder.periods} quality periods)", file=sys.stderr)
     finally:
         if voila is not None:
             voila.terminate()
