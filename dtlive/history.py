@@ -408,6 +408,30 @@ class HistoryStore:
 # ---------------------------------------------------------------------- columns <-> tables <-> Dataset
 
 
+def load(start: TimeLike = None, end: TimeLike = None, exclude_bad: bool = True, store: HistoryStore | None = None,
+         ledger=None) -> xr.Dataset | None:
+    """Past windows from the default history store as one Dataset along ``time``; bad periods left out.
+
+    The bad periods come from the ledger (``DTLIVE_DB``): automatic ones (data gaps, silent
+    chambers) and those flagged by hand with ``dtlive periods --flag``.
+
+    >>> ds = load("2026-11-21T10:00", "2026-11-21T12:00")   # doctest: +SKIP
+    >>> ds.hits_per_chamber.plot.line(x="time")              # doctest: +SKIP
+    """
+    store = store or HistoryStore()
+    if not exclude_bad:
+        return store.load(start, end)
+    if ledger is None:
+        from dtlive.ledger import Ledger
+
+        ledger = Ledger()
+
+    def bad(a: float, b: float) -> list[tuple[float, float]]:
+        return [(x.timestamp(), y.timestamp()) for x, y in ledger.bad_intervals(a, b)]
+
+    return store.load(start, end, exclude_bad=True, bad_intervals=bad)
+
+
 def _columns(msgs: list[dict]) -> dict[str, np.ndarray]:
     """Parsed messages -> one numpy column per stored field (row = window)."""
     per = [message_arrays(m) for m in msgs]

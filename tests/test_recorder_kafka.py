@@ -110,3 +110,21 @@ def test_a_detector_run_was_opened(replay):
     runs = replay["ledger"].detector_runs()
     assert len(runs) == 1 and runs[0]["first_orbit"] == min(
         m["window"]["first_orbit"] for m in read_messages(replay["broker"], replay["cfg"].monitor_topic))
+
+
+def test_history_load_in_one_call_leaves_out_the_ledgers_bad_periods(replay):
+    from dtlive import history
+
+    every = history.load(exclude_bad=False, store=replay["history"])
+    w8 = every.isel(time=8)
+    replay["ledger"].add_period(w8.time.values.astype("datetime64[ms]").astype("int64") / 1000 + 0.5,
+                                w8.window_end.values.astype("datetime64[ms]").astype("int64") / 1000 - 0.5,
+                                "test pulse", automatic=False, who="test")
+    good = history.load(exclude_bad=True, store=replay["history"], ledger=replay["ledger"])
+    bad = replay["ledger"].bad_intervals(0, 4e9)
+    starts = every.time.values.astype("datetime64[ms]").astype("int64") / 1000
+    ends = every.window_end.values.astype("datetime64[ms]").astype("int64") / 1000
+    hit = np.zeros(len(starts), bool)
+    for a, b in bad:
+        hit |= (starts < b.timestamp()) & (ends > a.timestamp())
+    assert hit[8] and good.window_id.values.tolist() == every.window_id.values[~hit].tolist()
