@@ -44,12 +44,12 @@ def _alive(pid: int) -> bool:
 
 
 def stop_stack(state_dir: Path, timeout: float = 10.0) -> dict[str, int]:
-    """Stop what the notebook's ensure_stack() recorded in stack.json: emulator and processor first."""
+    """Stop what the notebook's ensure_stack() recorded in stack.json: emulator, processor, recorder first."""
     try:
         pids = json.loads((state_dir / "stack.json").read_text())
     except (OSError, ValueError):
         return {}
-    order = sorted(pids, key=lambda n: {"emulator": 0, "processor": 1}.get(n, 2))
+    order = sorted(pids, key=lambda n: {"emulator": 0, "processor": 1, "recorder": 2}.get(n, 3))
     for name in order:
         pid = pids[name]
         if not isinstance(pid, int) or not _alive(pid):
@@ -92,7 +92,8 @@ def notebook_env(broker, tmp_path, monkeypatch):
     state.mkdir()
     env = {"DTLIVE_BOOTSTRAP": broker, "DTLIVE_STATE_DIR": str(state), "DTLIVE_HITS_TOPIC": f"nb-hits-{tag}",
            "DTLIVE_MONITOR_TOPIC": f"nb-monitor-{tag}", "DTLIVE_REJECTED_TOPIC": f"nb-rejected-{tag}",
-           "DTLIVE_GROUP_ID": f"nb-proc-{tag}"}
+           "DTLIVE_GROUP_ID": f"nb-proc-{tag}", "DTLIVE_QUALITY_TOPIC": f"nb-quality-{tag}",
+           "DTLIVE_DB": f"sqlite:///{tmp_path / 'ledger.sqlite'}", "DTLIVE_HISTORY": str(tmp_path / "history")}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     yield env
@@ -101,7 +102,7 @@ def notebook_env(broker, tmp_path, monkeypatch):
 
 def check_quickstart(text: str, env: dict) -> None:
     assert f"Kafka at {env['DTLIVE_BOOTSTRAP']}" in text
-    assert "started: ['emulator', 'processor']" in text  # its own topics: nothing to reuse
+    assert "started: ['emulator', 'processor', 'recorder']" in text  # its own topics: nothing to reuse
     windows = re.search(r"windows so far: (\d+)", text)
     assert windows and int(windows.group(1)) > 0, text
 
@@ -134,11 +135,25 @@ def check_data_vs_simulation(text: str, env: dict) -> None:
     assert box and -20 <= int(box.group(1)) <= 30 and 350 <= int(box.group(2)) <= 400, text  # DESIGN: ~0..390 ns
 
 
+def check_provenance(text: str, env: dict) -> None:
+    import re as _re
+
+    recorded = _re.search(r"windows recorded: (\d+)", text)
+    assert recorded and int(recorded.group(1)) >= 3, text
+    assert f"input {env['DTLIVE_HITS_TOPIC']} partition 0 offsets" in text
+    assert _re.search(r"bad periods: 1 \| search 'HV' finds: \[\('period', '\d+'\)\]", text), text
+    assert "configuration hashes: ['" in text
+    got = _re.search(r"windows in history: (\d+) \| without bad periods: (\d+)", text)
+    assert got and int(got.group(2)) == int(got.group(1)) - 1, text
+    assert "task history: ['queued', 'running', 'succeeded']" in text
+
+
 CHECKS = {
     "01-quickstart": check_quickstart,
     "02-static-batch": check_static_batch,
     "03-own-streamz-graph": check_own_graph,
     "04-data-vs-simulation": check_data_vs_simulation,
+    "05-provenance": check_provenance,
 }
 
 
