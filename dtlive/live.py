@@ -284,7 +284,9 @@ class ResultsFeed:
                         self._stop.wait(1.0)
                         continue
                     self.error = None
-                msgs = consumer.consume(1000, 0.25)
+                msgs = consumer.consume(1, 0.25)  # wake up on the first message, then take what is there
+                if msgs:
+                    msgs += consumer.consume(1000, 0)
                 parsed = []
                 for m in msgs:
                     if m.error():

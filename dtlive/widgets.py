@@ -50,30 +50,41 @@ def _figure(marks, axes, title: str, width: str = "320px", height: str = "220px"
     return fig
 
 
-class _LogToggle:
-    """Swap a mark's y scale between linear and log (zero bins drawn at 0.5 under log)."""
+class _BarsView:
+    """Bars of counts with a linear or log y axis; :meth:`set_log` rebuilds the bars and axis.
 
-    def _init_scales(self, log: bool):
-        self.lin, self.log_scale = bq.LinearScale(min=0), bq.LogScale(min=0.5)
-        self._log = log
-        return self.log_scale if log else self.lin
+    Swapping the scale of a drawn mark leaves bqplot's bars broken in the browser, so a
+    toggle draws new bars (log bars stand on 0.5, with empty bins drawn at 0.5).
+    """
+
+    def _init_bars(self, x: np.ndarray, values: np.ndarray, color: str, x_label: str, log: bool) -> list:
+        self._log, self._color = log, color
+        self.x_scale = bq.LinearScale()
+        self.x_axis = bq.Axis(scale=self.x_scale, label=x_label, num_ticks=5)
+        self.bars, self.y_axis = self._make_bars(np.asarray(x, float), values)
+        return [self.bars], [self.x_axis, self.y_axis]
+
+    def _make_bars(self, x: np.ndarray, values: np.ndarray):
+        y_scale = bq.LogScale(min=0.5) if self._log else bq.LinearScale(min=0, allow_padding=False)
+        bars = bq.Bars(x=x, y=self._y(values), scales={"x": self.x_scale, "y": y_scale}, colors=[self._color],
+                       padding=0.05, base=0.5 if self._log else 0.0)
+        return bars, bq.Axis(scale=y_scale, side="left", tick_format=".2s", num_ticks=4)
 
     def _y(self, values: np.ndarray) -> np.ndarray:
         values = np.asarray(values, float)
         return np.where(values > 0, values, 0.5) if self._log else values
 
     def set_log(self, log: bool) -> None:
+        """Switch the y axis between linear and log."""
         if log == self._log:
             return
         self._log = log
-        scale = self.log_scale if log else self.lin
-        for mark in self._log_marks:
-            mark.scales = {**mark.scales, "y": scale}
-        self.y_axis.scale = scale
-        self.update(self.data)
+        self.bars, self.y_axis = self._make_bars(self.bars.x, self.data.values)
+        self._bars_figure.marks = [self.bars]
+        self._bars_figure.axes = [self.x_axis, self.y_axis]
 
 
-class HistogramView(_LogToggle):
+class HistogramView(_BarsView):
     """Bars of a 1-D DataArray against its coordinate; ``update(da)`` redraws.
 
     >>> import xarray as xr
@@ -87,17 +98,11 @@ class HistogramView(_LogToggle):
         if da.ndim != 1:
             raise ValueError(f"HistogramView wants a 1-D DataArray, got dims {da.dims}")
         self.data = da
-        y_scale = self._init_scales(log)
-        x_scale = bq.LinearScale()
         dim = da.dims[0]
-        self.bars = bq.Bars(x=np.asarray(da[dim].values, float), y=self._y(da.values),
-                            scales={"x": x_scale, "y": y_scale}, colors=[color], padding=0.05)
-        self._log_marks = [self.bars]
         label = da[dim].attrs.get("long_name", dim)
         units = da[dim].attrs.get("units")
-        self.y_axis = bq.Axis(scale=y_scale, side="left", tick_format=".2s", num_ticks=4)
-        axes = [bq.Axis(scale=x_scale, label=f"{label} [{units}]" if units else label, num_ticks=5), self.y_axis]
-        self.figure = _figure([self.bars], axes, title or str(da.name), css=css, **size)
+        marks, axes = self._init_bars(da[dim].values, da.values, color, f"{label} [{units}]" if units else label, log)
+        self.figure = self._bars_figure = _figure(marks, axes, title or str(da.name), css=css, **size)
 
     def update(self, da: xr.DataArray) -> None:
         self.data = da
@@ -110,7 +115,7 @@ class HistogramView(_LogToggle):
         display(self.figure)
 
 
-class OccupancyView(_LogToggle):
+class OccupancyView(_BarsView):
     """One chamber's channel occupancy: bars per TDC channel and the chamber map (layers x cells).
 
     The map puts each wire where it is: 16 cells per layer, layers 1 (bottom) to 4 (top),
@@ -122,16 +127,10 @@ class OccupancyView(_LogToggle):
         if da.dims != ("channel",):
             raise ValueError(f"OccupancyView wants a DataArray over 'channel', got dims {da.dims}")
         self.data = da
-        y_scale = self._init_scales(log)
-        x_scale = bq.LinearScale()
-        channels = np.asarray(da.tdc_channel.values if "tdc_channel" in da.coords else da.channel.values, float)
-        self.bars = bq.Bars(x=channels, y=self._y(da.values), scales={"x": x_scale, "y": y_scale}, colors=[color],
-                            padding=0.05)
-        self._log_marks = [self.bars]
-        self.y_axis = bq.Axis(scale=y_scale, side="left", tick_format=".2s", num_ticks=4)
-        self.bars_figure = _figure(
-            [self.bars], [bq.Axis(scale=x_scale, label="TDC channel", num_ticks=5), self.y_axis],
-            f"{title} occupancy".strip(), css=f"{css}-bars" if css else None, **size)
+        channels = da.tdc_channel.values if "tdc_channel" in da.coords else da.channel.values
+        marks, axes = self._init_bars(channels, da.values, color, "TDC channel", log)
+        self.bars_figure = self._bars_figure = _figure(marks, axes, f"{title} occupancy".strip(),
+                                                       css=f"{css}-bars" if css else None, **size)
         x_mm, z_mm = det.wire_position_mm(da.channel.values)
         self.color_scale = bq.ColorScale(scheme="viridis", min=0)
         self.cells = bq.Scatter(
@@ -234,7 +233,7 @@ def parse_quality(value: bytes) -> dict:
 
 
 def status_html(status: dict, broker: str, broker_ok: bool | None, error: str | None, paused: bool,
-                view: str, now: float | None = None) -> str:
+                view: str, now: float | None = None, newest: int | None = None) -> str:
     """The status header as HTML (pure, so tests can check its wording).
 
     >>> "BROKER UNREACHABLE" in status_html({"state": "waiting", "windows": 0}, "h:1", False, "down", False, "last")
@@ -250,7 +249,7 @@ def status_html(status: dict, broker: str, broker_ok: bool | None, error: str | 
     else:
         badge, color = "LIVE", "#2e7d32"
     if paused:
-        badge += " · PAUSED"
+        badge += " · PAUSED" + (f" (newest window {newest})" if newest is not None else "")
     parts = [f"<b>broker</b> {html.escape(broker)}"]
     if status.get("windows"):
         end = time.strftime("%H:%M:%S", time.gmtime(status["window_end"])) if np.isfinite(status["window_end"]) else "?"
@@ -313,7 +312,7 @@ class Dashboard(W.VBox):
 
     def __init__(self, bootstrap: str | None = None, topic: str | None = None, backfill: int = 30,
                  rolling: int = 10, chambers=(0, 1, 2, 3), start: bool = True, status_every_s: float = 1.0,
-                 quality_topic: str | None = None):
+                 quality_topic: str | None = None, stale_after_s: float = 10.0):
         from dtlive.config import load_config
 
         cfg = load_config({})
@@ -327,6 +326,8 @@ class Dashboard(W.VBox):
         self.bootstrap = bootstrap
         self.topic = topic or cfg.monitor_topic
         self.live = LiveWindows(rolling=rolling)
+        self.stale_after_s = stale_after_s  # no new window for this long: the badge says so
+        self._shown: dict | None = None  # status of the window the plots show (frozen while paused)
         self._lock = threading.RLock()
         self.updates = 0
         self.update_ms: list[float] = []
@@ -428,9 +429,17 @@ class Dashboard(W.VBox):
             del self.update_ms[:-1000]
 
     def _refresh_status(self) -> None:
-        self.header.value = status_html(self.live.status(), self.bootstrap, self.feed.broker_ok if hasattr(
-            self, "feed") else None, getattr(getattr(self, "feed", None), "error", None), self.pause_button.value,
-            self.view_mode.value if self.view_mode.value != "rolling" else f"rolling {self.live.rolling}")
+        status = self.live.status(stale_after_s=self.stale_after_s)
+        newest = None
+        if self.pause_button.value and self._shown is not None:  # the plots are frozen: say which window they show
+            newest = status.get("window_id")
+            status = {**self._shown, "state": status["state"], "since_last_s": status.get("since_last_s", 0.0)}
+        elif not self.pause_button.value:
+            self._shown = status
+        feed = getattr(self, "feed", None)
+        view = self.view_mode.value if self.view_mode.value != "rolling" else f"rolling {self.live.rolling}"
+        self.header.value = status_html(status, self.bootstrap, feed.broker_ok if feed else None,
+                                        feed.error if feed else None, self.pause_button.value, view, newest=newest)
 
     # --- controls -------------------------------------------------------------------------------------------
     def _on_pause(self, change) -> None:
