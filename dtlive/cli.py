@@ -327,17 +327,15 @@ class Summary:
             f"in {rate:8,.0f} msg/s | lag {lag:6d} | windows out {proc.publisher.published:5d} | "
             f"rejects {proc.publisher.dead_lettered:4d}"
         )
-        ds = self.latest.get("dataset")
-        if ds is not None:
+        msg = self.latest.get("message")
+        if msg is not None:
+            w = msg["window"]
             age = (
-                time.time() - proc.windows.orbit_epoch - (ds.attrs["last_orbit"] + 1) * 89.1e-6
+                time.time() - proc.windows.orbit_epoch - (w["last_orbit"] + 1) * 89.1e-6
                 if proc.windows.orbit_epoch
                 else float("nan")
             )
-            line += (
-                f" | window {ds.attrs['window_id']} hits/chamber {ds.hits_per_chamber.values.tolist()} "
-                f"| data age {age:4.1f} s"
-            )
+            line += f" | window {w['id']} hits/chamber {msg['hits_per_chamber']} | data age {age:4.1f} s"
         end = "\r" if self.stream.isatty() else "\n"
         print(line.ljust(120), end=end, file=self.stream, flush=True)
 

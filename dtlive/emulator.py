@@ -143,8 +143,11 @@ def emulate(producer, topic: str, chunks: Iterator[Chunk], *, rate: float | None
     headers_base = [(FORMAT_HEADER, fmt.encode())]
     extra = {} if partition is None else {"partition": partition}
     stats.started = time.perf_counter()
+    clock_started = False  # the pacing clock starts with the first message, not before the first chunk exists
     try:
         for chunk in chunks:
+            if not clock_started:
+                stats.started, clock_started = time.perf_counter(), True
             if epoch is None and len(chunk.rows):
                 epoch = time.time() - float(chunk.rows.orbit.min()) * det.ORBIT_S
             # The epoch rides on the first message of every chunk only: parsing headers is a large

@@ -42,23 +42,35 @@ def encode_message(ds: xr.Dataset) -> bytes:
 
 def message_dict(ds: xr.Dataset) -> dict:
     """The ``dtlive.monitor/1`` message of one window as a JSON-ready dict."""
-    a = ds.attrs
+    names = [k for k in (*PRODUCTS, *COUNTS) if k in ds]
+    return message_from_arrays({k: ds[k].values for k in names}, ds["drift_time_edges"].values, ds.attrs)
+
+
+def message_from_arrays(arrays: dict, drift_edges: np.ndarray, attrs: dict) -> dict:
+    """The message from plain product arrays and window attrs (no xarray: the processor's fast path).
+
+    ``arrays`` holds the products of :func:`dtlive.products.compute_arrays` and the counts
+    (missing counts are 0); ``attrs`` the window attributes (``window_id``, ``first_orbit``,
+    ``last_orbit``, ``window_start``, ``window_end``, ``provenance`` and ``rejected_by_reason``
+    as JSON strings).
+    """
+    a = attrs
     occ_edges = {c: list(range((c % 2) * NCH, (c % 2) * NCH + NCH + 1)) for c in range(det.N_CHAMBERS)}
     mult_edges = list(range(1, NCH + 2))
-    drift_edges = ds["drift_time_edges"].values.tolist()
+    drift = np.asarray(drift_edges).tolist()
 
     def per_chamber(name: str, edges) -> dict:
+        counts = np.asarray(arrays[name]).tolist()
         out = {}
         for c in range(det.N_CHAMBERS):
-            entry = {"bin_edges": edges[c] if isinstance(edges, dict) else edges,
-                     "bin_counts": ds[name].values[c].tolist()}
+            entry = {"bin_edges": edges[c] if isinstance(edges, dict) else edges, "bin_counts": counts[c]}
             if name == "drift_time_ns":
-                entry["underflow"] = int(ds["drift_time_ns_underflow"].values[c])
-                entry["overflow"] = int(ds["drift_time_ns_overflow"].values[c])
+                entry["underflow"] = int(arrays["drift_time_ns_underflow"][c])
+                entry["overflow"] = int(arrays["drift_time_ns_overflow"][c])
             out[f"chamber_{c}"] = entry
         return out
 
-    counts = {k: int(ds[k].values) if k in ds else 0 for k in COUNTS}
+    counts = {k: int(arrays.get(k, 0)) for k in COUNTS}
     counts["rejected"] = dict(json.loads(a.get("rejected_by_reason", "{}")))
     return {
         "schema": SCHEMA,
@@ -70,14 +82,14 @@ def message_dict(ds: xr.Dataset) -> dict:
             "end": a.get("window_end"),
         },
         "provenance": json.loads(a.get("provenance", "{}")),
-        "total_hits": int(ds["total_hits"].values),
-        "hits_per_chamber": ds["hits_per_chamber"].values.tolist(),
+        "total_hits": int(arrays["total_hits"]),
+        "hits_per_chamber": np.asarray(arrays["hits_per_chamber"]).tolist(),
         "counts": counts,
         "histograms": {
             "channel_occupancy": per_chamber("channel_occupancy", occ_edges),
             "active_channels_per_orbit": per_chamber("active_channels_per_orbit", mult_edges),
             "scint_channel_occupancy": per_chamber("scint_channel_occupancy", occ_edges),
-            "drift_time_ns": per_chamber("drift_time_ns", drift_edges),
+            "drift_time_ns": per_chamber("drift_time_ns", drift),
         },
     }
 

@@ -39,8 +39,8 @@ from streamz import Source, Stream
 from dtlive import __version__
 from dtlive import detector as det
 from dtlive.decode import FORMAT_HEADER, Reject, decode, encode_csv
-from dtlive.messages import COUNTS, iso_utc
-from dtlive.products import DRIFT_EDGES_NS, compute_products
+from dtlive.messages import COUNTS, iso_utc, message_from_arrays
+from dtlive.products import DRIFT_EDGES_NS, arrays_to_dataset, compute_arrays
 from dtlive.rows import Rows, clean
 from dtlive.windows import EventTimeWindows, Window
 
@@ -321,14 +321,15 @@ class event_windows(Stream):
         return {p: min(low.get(p, pos), pos) for p, pos in self.positions.items()}
 
 
-def window_dataset(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, provenance: dict | None = None):
-    """The products of a closed window as an ``xarray.Dataset`` with window, count and provenance attrs."""
-    ds = compute_products(window.hits, drift_edges)
+def window_products(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS,
+                    provenance: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Product and count arrays of a closed window, and its attrs (window, provenance, rejects), without xarray."""
+    arrays = compute_arrays(window.hits, drift_edges)
     counts = Counter(window.meta.get("counts", {}))
-    ds["special_channel_hits"] = ((), np.int64(int(ds.total_hits) - int(ds.hits_per_chamber.sum())))
+    arrays["special_channel_hits"] = np.int64(int(arrays["total_hits"]) - int(arrays["hits_per_chamber"].sum()))
     for k in COUNTS:
         if k != "special_channel_hits":
-            ds[k] = ((), np.int64(counts.get(k, 0)))
+            arrays[k] = np.int64(counts.get(k, 0))
     rejected = {k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith("rejected.") and v}
     epoch = window.meta.get("orbit_epoch")
     prov = dict(provenance or {})
@@ -345,17 +346,30 @@ def window_dataset(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, pro
     prov["restart_offsets"] = [
         {"topic": topic, "partition": p, "offset": o} for p, o in sorted(window.meta.get("restart_offsets", {}).items())
     ]
-    ds.attrs.update(
-        schema="dtlive.monitor/1",
-        window_id=window.id,
-        first_orbit=window.first_orbit,
-        last_orbit=window.last_orbit,
-        window_start=iso_utc(None if epoch is None else epoch + window.first_orbit * det.ORBIT_S),
-        window_end=iso_utc(None if epoch is None else epoch + (window.last_orbit + 1) * det.ORBIT_S),
-        provenance=json.dumps(prov),
-        rejected_by_reason=json.dumps(rejected),
-    )
-    return ds
+    attrs = {
+        "schema": "dtlive.monitor/1",
+        "window_id": window.id,
+        "first_orbit": window.first_orbit,
+        "last_orbit": window.last_orbit,
+        "window_start": iso_utc(None if epoch is None else epoch + window.first_orbit * det.ORBIT_S),
+        "window_end": iso_utc(None if epoch is None else epoch + (window.last_orbit + 1) * det.ORBIT_S),
+        "provenance": json.dumps(prov),
+        "rejected_by_reason": json.dumps(rejected),
+    }
+    return arrays, attrs
+
+
+def window_message(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, provenance: dict | None = None) -> dict:
+    """The ``dtlive.monitor/1`` message of a closed window (the processor's fast path: no xarray)."""
+    arrays, attrs = window_products(window, drift_edges, provenance)
+    return message_from_arrays(arrays, drift_edges, attrs)
+
+
+def window_dataset(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, provenance: dict | None = None):
+    """The products of a closed window as an ``xarray.Dataset`` with window, count and provenance attrs."""
+    arrays, attrs = window_products(window, drift_edges, provenance)
+    ds = arrays_to_dataset(arrays, drift_edges, attrs)
+    return ds.assign({k: ((), arrays[k]) for k in COUNTS})
 
 
 @Stream.register_api()
@@ -458,7 +472,7 @@ class from_kafka_batched_consumer(Source):
         batch = self._next_batch(timeout)
         if batch is None:
             return 0
-        self.emit(batch)
+        self._emit(batch)  # in the caller's thread (``emit`` would hop to streamz's event-loop thread and wait)
         return len(batch.payloads)
 
     def _idle(self) -> None:

@@ -32,8 +32,7 @@ from dtlive import nodes as _nodes  # noqa: F401  (registers the node methods on
 from dtlive.config import Config, load_config  # noqa: F401  (load_config: doctest)
 from dtlive.decode import Reject
 from dtlive.kafka import client_config, ensure_topics, partition_ends
-from dtlive.messages import encode_message
-from dtlive.nodes import event_windows, from_kafka_batched_consumer, window_dataset
+from dtlive.nodes import event_windows, from_kafka_batched_consumer, window_message
 from dtlive.windows import Window
 
 log = logging.getLogger(__name__)
@@ -173,17 +172,17 @@ class TransactionalPublisher:
         """Produce one window's result (and the dead letters it carries) in the open transaction."""
         self._begin()
         self._dead_letter(window.meta.get("rejects", []))
-        ds = window_dataset(window, self.edges, self.provenance)
+        msg = window_message(window, self.edges, self.provenance)
         self.producer.produce(
             self.cfg.monitor_topic,
-            encode_message(ds),
+            json.dumps(msg, separators=(",", ":")).encode(),
             key=str(window.id).encode(),
             headers=[("schema", b"dtlive.monitor/1")],
         )
         self.published += 1
         self.producer.poll(0)
         for callback in self._on_publish:
-            callback({"window": window, "dataset": ds})
+            callback({"window": window, "message": msg})
 
     def _dead_letter(self, rejects: list[Reject]) -> None:
         for r in rejects:

@@ -1,0 +1,37 @@
+"""The emulator's pacing, with a fake producer (the rate on a real broker is measured in benchmarks/)."""
+
+from __future__ import annotations
+
+import time
+
+from dtlive.emulator import Chunk, emulate
+from dtlive.rows import Rows
+
+
+class RecordingProducer:
+    def __init__(self):
+        self.times: list[float] = []
+
+    def produce(self, topic, payload, headers=None, **kwargs):
+        self.times.append(time.perf_counter())
+
+    def poll(self, timeout=0):
+        return 0
+
+    def flush(self, timeout=None):
+        return 0
+
+
+def slow_first_chunk(n: int, delay_s: float):
+    time.sleep(delay_s)  # e.g. reading a file or warming up the simulator
+    yield Chunk(Rows.from_columns(head=[2] * n, fpga=[0] * n, channel=[1] * n, orbit=list(range(n)), bx=[0] * n,
+                                  tdc=[0] * n))
+
+
+def test_a_slow_first_chunk_does_not_make_a_burst():
+    producer = RecordingProducer()
+    stats = emulate(producer, "t", slow_first_chunk(600, 0.4), rate=2000, fmt="csv", progress=False)
+    first = producer.times[0]
+    in_first_100ms = sum(t - first < 0.1 for t in producer.times)
+    assert stats.rows == 600 and in_first_100ms <= 2000 * 0.1 * 1.2  # at most ~200 rows, not a catch-up burst
+    assert 0.27 < producer.times[-1] - first < 0.35  # 600 rows at 2000 rows/s
