@@ -1,0 +1,135 @@
+"""Benchmark 4: processor memory over a long run.
+
+A fresh embedded broker; ``dtlive process`` as a **subprocess** (CLI, defaults, ``--from-beginning`` on a
+new topic); this process runs the emulator (simulated hits at ``rate`` rows/s, event time at wall-clock
+speed as in benchmark 2) for ``duration`` seconds. A sampler thread reads the processor's VmRSS and
+VmHWM from ``/proc/<pid>/status`` every ``interval`` seconds (the broker's RSS too, for information:
+Tansu keeps every message in memory, so it grows by design).
+
+Reported: RSS at the first sample, peak (max sample and VmHWM), at the end, and the least-squares slope in
+MB per minute over the samples after the first ``warmup_s`` seconds (imports, first windows, librdkafka
+buffers). Flat means |slope| small against the level, e.g. well below 1 MB/min; the full-run
+figures are the ones to compare with the issue's 10-minute requirement.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from benchmarks.common import (
+    bench_config,
+    cpu_seconds,
+    dtlive_cli,
+    loadavg,
+    log,
+    private_broker,
+    producer,
+    rss_mb,
+    sim_chunks,
+    slope_per_minute,
+    stop_process,
+)
+from benchmarks.latency import processor_fenced, wait_for
+
+
+class Sampler(threading.Thread):
+    def __init__(self, pids: dict[str, int], interval: float, max_s: float):
+        super().__init__(daemon=True, name="rss-sampler")
+        self.pids, self.interval = pids, interval
+        self.deadline = time.monotonic() + max_s
+        self.stop_event = threading.Event()
+        self.samples: list[dict] = []
+        self.t0 = time.monotonic()
+
+    def run(self):
+        while not self.stop_event.is_set() and time.monotonic() < self.deadline:
+            row = {"t": round(time.monotonic() - self.t0, 2)}
+            for name, pid in self.pids.items():
+                rss, hwm = rss_mb(pid)
+                row[f"{name}_rss_mb"], row[f"{name}_hwm_mb"] = round(rss, 2), round(hwm, 2)
+            row["processor_cpu_s"] = round(cpu_seconds(self.pids["processor"]), 2)
+            row["loadavg_1m"] = (loadavg() or [None])[0]
+            self.samples.append(row)
+            self.stop_event.wait(self.interval)
+
+
+def run(quick: bool = False, duration: float | None = None, rate: float = 10_000, fmt: str = "csv",
+        interval: float | None = None) -> dict:
+    from dtlive.emulator import emulate
+    from dtlive.kafka import ensure_topics
+
+    duration = duration or (60.0 if quick else 600.0)
+    interval = interval or (2.0 if duration <= 120 else 5.0)
+    warmup_s = min(30.0, duration / 4)
+    with private_broker() as broker, tempfile.TemporaryDirectory(prefix="dtlive-bench-mem-") as tmp:
+        bs = broker.bootstrap
+        cfg = bench_config(bs)
+        ensure_topics(cfg, bs, [cfg.hits_topic, cfg.monitor_topic])
+        proc_log = Path(tmp) / "process.log"
+        with open(proc_log, "wb") as fh:
+            proc = dtlive_cli("--bootstrap", bs, "process", "--input", cfg.hits_topic, "--output", cfg.monitor_topic,
+                              "--rejected", cfg.rejected_topic, "--group-id", cfg.group_id, "--from-beginning",
+                              private_dir=tmp, stdout=fh, stderr=fh)
+        sampler = None
+        try:
+            started = wait_for(lambda: proc.poll() is not None or processor_fenced(cfg, bs), 60, 0.5)
+            if not started or proc.poll() is not None:
+                raise RuntimeError(f"processor did not start:\n{proc_log.read_text()[-3000:]}")
+            sampler = Sampler({"processor": proc.pid, "broker": broker.pid}, interval, duration + 60)
+            sampler.start()
+            log(f"memory: emulating {rate:g} rows/s ({fmt}) for {duration:g} s, sampling RSS every {interval:g} s")
+            stats = emulate(producer(bs), cfg.hits_topic, sim_chunks(rate, chunk_s=0.25, encode_csv_lines=fmt == "csv"),
+                            rate=rate, fmt=fmt, max_seconds=duration, progress=False)
+            time.sleep(cfg.idle_s + 2)  # let the processor drain and flush
+            alive = proc.poll() is None
+        finally:
+            if sampler is not None:
+                sampler.stop_event.set()
+                sampler.join(10)
+            code = stop_process(proc)
+        samples = sampler.samples
+        tail = proc_log.read_text(errors="replace")[-2000:]
+    rss = [s["processor_rss_mb"] for s in samples]
+    t = [s["t"] for s in samples]
+    steady = [(a, b) for a, b in zip(t, rss) if a >= warmup_s]
+    slope = slope_per_minute([a for a, _ in steady], [b for _, b in steady])
+    slope_all = slope_per_minute(t, rss)
+    broker_rss = [s["broker_rss_mb"] for s in samples]
+    cpu = samples[-1]["processor_cpu_s"] - samples[0]["processor_cpu_s"] if len(samples) > 1 else None
+    return {
+        "duration_s": duration,
+        "rate": rate,
+        "format": fmt,
+        "rows_sent": stats.rows,
+        "emulator_rows_per_s": round(stats.rate),
+        "interval_s": interval,
+        "warmup_s": warmup_s,
+        "samples": len(samples),
+        "processor_alive_at_end": alive,
+        "processor_exit_code": code,
+        "processor_cpu_fraction": round(cpu / (t[-1] - t[0]), 3) if cpu and len(t) > 1 else None,
+        "rss_start_mb": rss[0] if rss else None,
+        "rss_after_warmup_mb": steady[0][1] if steady else None,
+        "rss_peak_mb": max(rss) if rss else None,
+        "vmhwm_mb": samples[-1]["processor_hwm_mb"] if samples else None,
+        "rss_end_mb": rss[-1] if rss else None,
+        "slope_mb_per_min_after_warmup": round(slope, 3) if slope is not None else None,
+        "slope_mb_per_min_all": round(slope_all, 3) if slope_all is not None else None,
+        "broker_rss_start_mb": broker_rss[0] if broker_rss else None,
+        "broker_rss_end_mb": broker_rss[-1] if broker_rss else None,
+        "processor_log_tail": tail,
+        "series": samples,
+    }
+
+
+def print_table(r: dict) -> None:
+    print(f"\n== 4. Processor memory ({r['duration_s']:g} s at {r['rate']:g} rows/s {r['format']}, "
+          f"RSS sampled every {r['interval_s']:g} s from /proc)")
+    print(f"  start {r['rss_start_mb']} MB | after {r['warmup_s']:g} s warm-up {r['rss_after_warmup_mb']} MB | "
+          f"peak {r['rss_peak_mb']} MB (VmHWM {r['vmhwm_mb']}) | end {r['rss_end_mb']} MB | "
+          f"slope after warm-up {r['slope_mb_per_min_after_warmup']} MB/min (whole run {r['slope_mb_per_min_all']}) | "
+          f"processor cpu {r['processor_cpu_fraction']} | broker RSS {r['broker_rss_start_mb']} -> "
+          f"{r['broker_rss_end_mb']} MB")
