@@ -41,7 +41,7 @@ from dtlive import detector as det
 from dtlive.decode import FORMAT_HEADER, Reject, decode, encode_csv
 from dtlive.messages import COUNTS, iso_utc, message_from_arrays
 from dtlive.products import DRIFT_EDGES_NS, arrays_to_dataset, compute_arrays
-from dtlive.rows import Rows, clean
+from dtlive.rows import Rows, clean, partitions_of
 from dtlive.windows import EventTimeWindows, Window
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class Batch:
             topic,
             epoch,
         )
-        for p in np.unique(b.partitions):
+        for p in partitions_of(b.partitions):
             b.positions[int(p)] = int(b.offsets[b.partitions == p].max()) + 1
         return b
 

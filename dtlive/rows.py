@@ -85,3 +85,12 @@ def clean(rows: Rows) -> tuple[Rows, int]:
             **{c: getattr(hits, c).astype(np.int64) for c in COLUMNS}, partition=hits.partition, offset=hits.offset
         )
     return hits, int(len(rows) - len(hits))
+
+
+def partitions_of(partition: np.ndarray) -> np.ndarray:
+    """The distinct partition numbers present (small non-negative ints: a bincount, not a sort).
+
+    >>> partitions_of(np.array([3, 0, 3])).tolist()
+    [0, 3]
+    """
+    return np.flatnonzero(np.bincount(np.asarray(partition, np.int64))) if len(partition) else np.empty(0, np.int64)

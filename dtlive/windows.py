@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dtlive import detector as det
-from dtlive.rows import Rows
+from dtlive.rows import Rows, partitions_of
 
 
 @dataclass
@@ -97,7 +97,7 @@ class EventTimeWindows:
                 bounds = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1], True])
                 for a, b in zip(bounds[:-1], bounds[1:]):
                     self._open.setdefault(int(sorted_ids[a]), []).append(hits.select(order[a:b]))
-            for part in np.unique(hits.partition):
+            for part in partitions_of(hits.partition):
                 peak = int(hits.orbit[hits.partition == part].max())
                 self._max_orbit[int(part)] = max(peak, self._max_orbit.get(int(part), peak))
         return self._close_until(self.watermark), late_rows
@@ -111,7 +111,7 @@ class EventTimeWindows:
         low: dict[int, int] = {}
         for parts in self._open.values():
             for rows in parts:
-                for p in np.unique(rows.partition):
+                for p in partitions_of(rows.partition):
                     off = int(rows.offset[rows.partition == p].min())
                     low[int(p)] = min(off, low.get(int(p), off))
         return low
@@ -124,7 +124,7 @@ class EventTimeWindows:
                 break
             hits = Rows.concat(self._open.pop(wid))
             inputs = {}
-            for p in np.unique(hits.partition):
+            for p in partitions_of(hits.partition):
                 offs = hits.offset[hits.partition == p]
                 inputs[int(p)] = (int(offs.min()), int(offs.max()))
             closed.append(Window(wid, wid * self.window_orbits, last_orbit, hits, inputs))
