@@ -1,0 +1,47 @@
+"""The analysis worker pool: outcomes, time limits, cancellation; one bad job never holds up the others."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from dtlive.alerts.workers import WorkerPool
+
+
+@pytest.fixture(scope="module")
+def pool():
+    p = WorkerPool(2, preload=())
+    yield p
+    p.close()
+
+
+def wait_for(pool, n, timeout=20.0):
+    got, deadline = [], time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        got += pool.poll(timeout=0.2)
+    return {o.job_id: o for o in got}
+
+
+def test_succeeded_failed_and_timed_out_side_by_side(pool):
+    pool.submit("slow", "time:sleep", (30,), timeout_s=1.0)
+    pool.submit("ok", "math:factorial", (5,), timeout_s=10)
+    pool.submit("bad", "math:factorial", (-1,), timeout_s=10)
+    got = wait_for(pool, 3)
+    assert got["ok"].state == "succeeded" and got["ok"].value == 120
+    assert got["bad"].state == "failed" and "ValueError" in got["bad"].error
+    assert got["slow"].state == "timed_out" and got["slow"].seconds >= 1.0
+    pool.submit("after", "math:factorial", (3,), timeout_s=10)  # the killed worker was replaced
+    assert wait_for(pool, 1)["after"].value == 6
+
+
+def test_cancel_queued_and_running(pool):
+    pool.submit("run-a", "time:sleep", (30,), timeout_s=60)
+    pool.submit("run-b", "time:sleep", (30,), timeout_s=60)
+    pool.submit("queued", "time:sleep", (30,), timeout_s=60)
+    time.sleep(0.3)
+    cancelled = {o.job_id: o.state for o in pool.cancel(["run-a", "queued", "run-b"])}
+    assert cancelled == {"run-a": "cancelled", "run-b": "cancelled", "queued": "cancelled"}
+    assert pool.busy == 0
+    pool.submit("next", "math:factorial", (4,), timeout_s=10)
+    assert wait_for(pool, 1)["next"].value == 24
