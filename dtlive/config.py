@@ -34,6 +34,10 @@ class Config:
     monitor_topic: str = "dt.monitor"
     rejected_topic: str = "dt.hits.rejected"
     quality_topic: str = "dt.quality"  # automatic data-quality periods (dtlive.quality/1)
+    analyses_topic: str = "dt.analyses"  # canned-analysis results (dtlive.analysis/1)
+    alert_topics: str = "gcn.notices.*,gcn.classic.voevent.*,igwn.gwalert"  # comma-separated topic patterns
+    alerts_rejected_topic: str = "dt.alerts.rejected"  # broken or unknown notices, with a reason header
+    alerts_group_id: str = "dtlive-alerts"  # the listener's stable consumer group
     window_s: float = 2.0  # event-time window length
     lateness_s: float = 0.5  # watermark lateness allowance
     idle_s: float = 3.0  # wall-clock seconds without input before open windows are flushed
@@ -43,6 +47,10 @@ class Config:
     drift_max_ns: float = 500.0
     group_id: str = "dtlive-processor"  # consumer group and transactional-id stem of the processor
     kafka: dict[str, str] = field(default_factory=dict)  # librdkafka settings from KAFKA_* variables
+
+    def alert_topic_patterns(self) -> list[str]:
+        """``alert_topics`` as a list of patterns."""
+        return [t.strip() for t in self.alert_topics.split(",") if t.strip()]
 
     def processing(self) -> dict:
         """The settings that determine published numbers."""

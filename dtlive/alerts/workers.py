@@ -84,6 +84,7 @@ class WorkerPool:
     _results: Any = field(default=None, init=False)
     _workers: list = field(default_factory=list, init=False)
     _queue: deque = field(default_factory=deque, init=False)
+    _started: list = field(default_factory=list, init=False)
 
     def __post_init__(self):
         self._ctx = mp.get_context("spawn")  # no fork of a process that holds Kafka client threads
@@ -160,6 +161,12 @@ class WorkerPool:
                 w.job = self._queue.popleft()
                 w.job.started = time.monotonic()
                 w.jobs.put((w.job.job_id, w.job.target, w.job.args))
+                self._started.append(w.job.job_id)
+
+    def take_started(self) -> list[str]:
+        """Jobs handed to a worker since the last call."""
+        started, self._started = self._started, []
+        return started
 
     def close(self) -> None:
         """Stop every worker (running jobs are abandoned)."""
