@@ -173,6 +173,26 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--end", help="time range end")
     pv.add_argument("--processor", help="processor (group id) when several published the same window id")
 
+    al = sub.add_parser("alerts", help="listen to GCN-style alert topics and run canned analyses; inject notices",
+                        description="`listen`: subscribe to GCN-style topics (gcn-kafka conventions: KAFKA_* "
+                        "settings, a stable group id, commit after handling), run the canned analyses the rules "
+                        "choose in time-limited workers and publish results on dt.analyses. `send`: inject a "
+                        "notice (a file or a built-in template) with its trigger time set to now or --trigger-time.")
+    alsub = al.add_subparsers(dest="alerts_command", metavar="ACTION")
+    li = alsub.add_parser("listen", help="run the alert listener")
+    li.add_argument("--rules", help="rules TOML file (default: built-in rules)")
+    li.add_argument("--topics", dest="alert_topics", help="comma-separated topic patterns "
+                    "(default gcn.notices.*,gcn.classic.voevent.*,igwn.gwalert)")
+    li.add_argument("--run-tests", action="store_true", help="also run analyses for test/injection notices")
+    li.add_argument("--workers", type=int, default=2, help="analysis worker processes (default 2)")
+    li.add_argument("--timeout", type=duration_s, default=120.0, help="time limit per analysis (default 120s)")
+    li.add_argument("--duration", type=duration_s, help="stop after this long")
+    se = alsub.add_parser("send", help="inject a notice")
+    se.add_argument("notice", help="a notice file (e.g. ../shared/alerts/swift_bat_Guano.json) or a template: "
+                    "superk-sn, icecube-track")
+    se.add_argument("--topic", help="topic (default: from the notice's $schema, e.g. gcn.notices.swift.bat.guano)")
+    se.add_argument("--trigger-time", help="ISO UTC or UNIX seconds (default: now)")
+
     r = sub.add_parser(
         "results",
         help="read published windows back as xarray",
@@ -206,6 +226,7 @@ def _config(args):
             "monitor_topic",
             "rejected_topic",
             "quality_topic",
+            "alert_topics",
             "window_s",
             "lateness_s",
             "idle_s",
@@ -235,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": cmd_runs,
             "periods": cmd_periods,
             "provenance": cmd_provenance,
+            "alerts": cmd_alerts,
             "results": cmd_results,
         }[args.command](args)
     except KeyboardInterrupt:
@@ -586,6 +608,48 @@ def cmd_provenance(args) -> int:
     prov = _ledger().provenance(args.window, processor=args.processor, start=_time_arg(args.start),
                                 end=_time_arg(args.end))
     print(json.dumps(prov, default=str, indent=1))
+    return 0
+
+
+def cmd_alerts(args) -> int:
+    from dtlive.kafka import resolve_bootstrap
+
+    cfg = _config(args)
+    bootstrap, _ = resolve_bootstrap(cfg)
+    if args.alerts_command == "send":
+        from confluent_kafka import Producer
+
+        from dtlive.alerts.send import load_notice, send_notice
+        from dtlive.kafka import client_config
+
+        when = _time_arg(args.trigger_time)
+        if isinstance(when, str):
+            from dtlive.alerts.notices import parse_time
+
+            when = parse_time(when)
+        topic, value = send_notice(Producer(client_config(cfg, bootstrap)), load_notice(args.notice), args.topic, when)
+        print(f"sent {len(value)} bytes to {topic}", file=sys.stderr)
+        return 0
+    if args.alerts_command != "listen":
+        print("dtlive alerts: say `listen` or `send` (see dtlive alerts --help)", file=sys.stderr)
+        return 2
+    import signal
+
+    from dtlive.alerts.listener import AlertListener
+    from dtlive.alerts.rules import load_rules
+
+    listener = AlertListener(cfg, bootstrap, ledger=_ledger(), rules=load_rules(args.rules) if args.rules else None,
+                             run_tests=args.run_tests, workers=args.workers, timeout_s=args.timeout)
+    old = {sig: signal.signal(sig, listener.stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    print(f"dtlive alerts: listening to {cfg.alert_topics} on {bootstrap}; results -> {cfg.analyses_topic}",
+          file=sys.stderr)
+    try:
+        listener.run(max_seconds=args.duration)
+    finally:
+        listener.close()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    print(f"dtlive alerts: {dict(listener.counts)}", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,169 @@
+"""End to end on the real broker: emulator, processor and recorder running; notices sent; analyses run,
+their states recorded append-only, results published; tests, duplicates, retractions and broken notices."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from datafiles import ALERTS
+
+from dtlive.alerts.listener import AlertListener
+from dtlive.alerts.rules import load_rules
+from dtlive.alerts.send import load_notice, send_notice, topic_for
+from dtlive.config import load_config
+from dtlive.emulator import emulate, simulated_chunks
+from dtlive.history import HistoryStore
+from dtlive.kafka import ensure_topics
+from dtlive.ledger import Ledger
+from dtlive.processor import Processor
+from dtlive.recorder import Recorder
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+RULES = """
+[[rule]]
+name = "all-gcn"
+topics = ["gcn.notices.*"]
+analyses = ["rate_excess", "snapshot"]
+[rule.params.rate_excess]
+on_before_s = 2
+on_after_s = 2
+background_s = 12
+gap_s = 1
+[rule.params.snapshot]
+before_s = 4
+after_s = 4
+"""
+
+
+def read_all(bootstrap: str, topic: str) -> list:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "t", "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, 0, 0)])
+    out, quiet = [], time.monotonic()
+    while time.monotonic() - quiet < 1.5:
+        msgs = [m for m in c.consume(500, 0.3) if not m.error()]
+        if msgs:
+            quiet = time.monotonic()
+        out += msgs
+    c.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def live(broker, tmp_path_factory):
+    """Simulated DAQ -> processor -> recorder (ledger + history), running in threads for the module."""
+    tmp = tmp_path_factory.mktemp("alerts")
+    tag = tmp.name[-6:]
+    cfg = load_config({"bootstrap": broker, "hits_topic": f"hits-a{tag}", "monitor_topic": f"mon-a{tag}",
+                       "rejected_topic": f"rej-a{tag}", "quality_topic": f"dq-a{tag}", "group_id": f"proc-a{tag}",
+                       "window_s": 1, "lateness_s": 0.2, "analyses_topic": f"analyses-a{tag}",
+                       "alerts_rejected_topic": f"alerts-rej-a{tag}", "alerts_group_id": f"alerts-a{tag}",
+                       "alert_topics": "gcn.notices.*,igwn.gwalert"}, env={})
+    ensure_topics(cfg, broker, [cfg.hits_topic])
+    ledger_url = f"sqlite:///{tmp / 'ledger.sqlite'}"
+    ledger, history = Ledger(ledger_url), HistoryStore(tmp / "history")
+    stop = threading.Event()
+    threads = [threading.Thread(target=emulate, daemon=True, args=(Producer({"bootstrap.servers": broker}),
+                                                                   cfg.hits_topic, simulated_chunks(rows_per_s=3000)),
+                                kwargs={"rate": 3000, "fmt": "daq64", "progress": False, "stop": stop.is_set})]
+    proc = Processor(cfg, broker, from_beginning=True)
+    rec = Recorder(cfg, broker, ledger=ledger, history=history)
+    threads += [threading.Thread(target=proc.run, daemon=True), threading.Thread(target=rec.run, daemon=True)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while history.windows() < 16 and time.monotonic() < deadline:  # some background before the triggers
+        time.sleep(0.5)
+    assert history.windows() >= 16
+    yield {"cfg": cfg, "ledger": ledger, "ledger_url": ledger_url, "history": history, "tmp": tmp,
+           "broker": broker}
+    stop.set()
+    proc.stop()
+    rec.stop()
+    for t in threads:
+        t.join(15)
+    proc.close()
+    rec.close()
+
+
+def test_notices_run_analyses_with_states_and_published_results(live):
+    cfg, broker = live["cfg"], live["broker"]
+    listener = AlertListener(cfg, broker, ledger=live["ledger"], rules=load_rules(RULES), workers=2, timeout_s=60,
+                             artifacts_dir=live["tmp"] / "artifacts", history_path=str(live["tmp"] / "history"),
+                             ledger_url=live["ledger_url"])
+    producer = Producer({"bootstrap.servers": broker})
+    trigger = time.time() - 4  # recorded already, with background before it
+    files = ["swift_bat_Guano.json", "superk_sn_alert.real.json", "superk_sn_alert.test.json",
+             "icecube_lvk_nu_track_search.json"]
+    for name in files:
+        ensure_topics(cfg, broker, [topic_for(load_notice(str(ALERTS / name)))])
+    thread = threading.Thread(target=listener.run, kwargs={"max_seconds": 90}, daemon=True)
+    thread.start()
+    try:
+        for name in files:
+            send_notice(producer, load_notice(str(ALERTS / name)), trigger_time=trigger)
+        send_notice(producer, load_notice(str(ALERTS / "swift_bat_Guano.json")), trigger_time=trigger)  # duplicate
+        producer.produce("gcn.notices.swift.bat.guano", b'{"mission": "Swift", "trigger_time": "yesterday"')
+        producer.flush(10)
+        expected_jobs = 2 * 3  # swift, superk real, icecube: rate_excess + snapshot each; the test notice is ignored
+        deadline = time.monotonic() + 60
+        while listener.counts["analyses.succeeded"] + listener.counts["analyses.failed"] < expected_jobs \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        assert listener.counts["analyses.succeeded"] == expected_jobs, dict(listener.counts)
+        assert listener.counts["ignore_test"] == 1 and listener.counts["ignore_duplicate"] == 1
+        assert listener.counts["rejected.not_json"] == 1
+
+        results = [json.loads(m.value()) for m in read_all(broker, cfg.analyses_topic)]
+        rate = {r["alert_id"]: r for r in results if r["analysis"] == "rate_excess"}
+        assert set(rate) == {"Swift:694215995", "Super-Kamiokande:SN.095001.000001", "IceCube:S230914ak"}
+        swift = rate["Swift:694215995"]
+        assert swift["schema"] == "dtlive.analysis/1" and swift["summary"]["status"] == "ok", swift["summary"]
+        assert swift["provenance"]["inputs"], "the result names the detector data it used"
+        snap = next(r for r in results if r["analysis"] == "snapshot" and r["alert_id"] == "Swift:694215995")
+        assert any(a.endswith(".nc") for a in snap["artifacts"])
+
+        job = next(j for j, info in listener.jobs.items() if info["analysis"] == "rate_excess"
+                   and info["alert"]["id"] == "Swift:694215995")
+        states = [s["state"] for s in live["ledger"].task_history(job)]
+        assert states == ["queued", "running", "succeeded", "published"]
+        alert_states = [s["state"] for s in live["ledger"].task_history("alert:Swift:694215995#1")]
+        assert alert_states[:2] == ["received", "matched"]
+
+        rejected = read_all(broker, cfg.alerts_rejected_topic)
+        assert [dict(m.headers())["reason"] for m in rejected] == [b"not_json"]
+
+        # the retraction marks the finished Swift results retracted and says so on dt.analyses
+        send_notice(producer, load_notice(str(ALERTS / "swift_bat_Guano.Retraction.json")), trigger_time=trigger)
+        deadline = time.monotonic() + 20
+        while listener.counts["retractions"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [s["state"] for s in live["ledger"].task_history(job)][-1] == "retracted"
+        time.sleep(1.0)
+        retracted = [json.loads(m.value()) for m in read_all(broker, cfg.analyses_topic)]
+        assert {(r["alert_id"], r["analysis"]) for r in retracted if r.get("retracted")} == {
+            ("Swift:694215995", "rate_excess"), ("Swift:694215995", "snapshot")}
+    finally:
+        listener.stop()
+        thread.join(30)
+        listener.close()
+
+
+def test_a_hanging_analysis_times_out_and_does_not_hold_up_the_others(live):
+    from dtlive.alerts.workers import WorkerPool
+
+    pool = WorkerPool(2, preload=())
+    try:
+        pool.submit("hang", "time:sleep", (60,), timeout_s=1.0)
+        pool.submit("quick", "math:factorial", (4,), timeout_s=10)
+        got, deadline = {}, time.monotonic() + 10
+        while len(got) < 2 and time.monotonic() < deadline:
+            got.update({o.job_id: o.state for o in pool.poll(0.2)})
+        assert got == {"quick": "succeeded", "hang": "timed_out"}
+    finally:
+        pool.close()
