@@ -200,12 +200,15 @@ def _validate(head: np.ndarray, fields: np.ndarray) -> tuple[np.ndarray, np.ndar
     return ok, reason
 
 
+_KNOWN_HEAD = np.isin(np.arange(8), (det.HIT_HEAD, *det.ANCILLARY_HEADS))
+
+
 def _validate_words(cols: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_validate` for unpacked words: fields are whole and non-negative by construction, and the
     32-bit orbit and 5-bit TDC cannot exceed their limits, so only three bounds are left to check."""
     head = cols["head"]
     is_hit = head == det.HIT_HEAD
-    known = is_hit | np.isin(head, det.ANCILLARY_HEADS)
+    known = _KNOWN_HEAD[head]  # HEAD is 3 bits: a lookup table instead of isin
     in_range = (cols["fpga"] <= det.N_FPGA - 1) & (cols["channel"] <= det.MAX_CHANNEL) & (cols["bx"] <= det.MAX_BX)
     ok = known & (~is_hit | in_range)
     if ok.all():
@@ -283,7 +286,9 @@ def unpack_words(words: np.ndarray) -> dict[str, np.ndarray]:
     out = {}
     for col, name in _WORD_FIELDS.items():
         shift, bits = det.WORD_LAYOUT[name]
-        out[col] = ((words >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).astype(np.int64)
+        col_values = np.right_shift(words, np.uint64(shift))  # one new array per column, masked in place
+        np.bitwise_and(col_values, np.uint64((1 << bits) - 1), out=col_values)
+        out[col] = col_values.view(np.int64)  # fields are < 2**32: the same bits as int64, no copy
     return out
 
 

@@ -92,11 +92,13 @@ class EventTimeWindows:
             if lo == hi:
                 self._open.setdefault(int(lo), []).append(hits)
             else:
-                order = np.argsort(ids, kind="stable")
-                sorted_ids = ids[order]
+                in_order = bool((ids[1:] >= ids[:-1]).all())  # the usual case: slices, no copies
+                order = None if in_order else np.argsort(ids, kind="stable")
+                sorted_ids = ids if in_order else ids[order]
                 bounds = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1], True])
                 for a, b in zip(bounds[:-1], bounds[1:]):
-                    self._open.setdefault(int(sorted_ids[a]), []).append(hits.select(order[a:b]))
+                    part = hits.select(slice(a, b)) if in_order else hits.select(order[a:b])
+                    self._open.setdefault(int(sorted_ids[a]), []).append(part)
             for part in partitions_of(hits.partition):
                 peak = int(hits.orbit[hits.partition == part].max())
                 self._max_orbit[int(part)] = max(peak, self._max_orbit.get(int(part), peak))
