@@ -269,6 +269,59 @@ def status_html(status: dict, broker: str, broker_ok: bool | None, error: str | 
     )
 
 
+def parse_analysis(value: bytes) -> dict:
+    """A ``dtlive.analysis/1`` message as a dict (ValueError for anything else)."""
+    import json
+
+    msg = json.loads(value)
+    if not isinstance(msg, dict) or msg.get("schema") != "dtlive.analysis/1":
+        raise ValueError("not a dtlive.analysis/1 message")
+    return msg
+
+
+class AlertPanel:
+    """The newest canned-analysis results (from ``dt.analyses``) as a small live table.
+
+    >>> panel = AlertPanel()
+    >>> panel.add([{"alert_id": "Swift:1", "mission": "Swift", "analysis": "rate_excess", "trigger_time": "t",
+    ...             "summary": {"status": "ok", "max_significance_sigma": 1.25}}])
+    >>> "Swift:1" in panel.widget.value and "1.2" in panel.widget.value
+    True
+    """
+
+    def __init__(self, keep: int = 12):
+        self.keep = keep
+        self.rows: list[dict] = []
+        self.widget = W.HTML("<i>no alerts yet</i>")
+        self.widget.add_class("dtlive-alerts")
+
+    def add(self, messages: list[dict]) -> None:
+        for m in messages:
+            if m.get("retracted"):
+                for r in self.rows:
+                    if r["alert_id"] == m.get("alert_id"):
+                        r["retracted"] = True
+                continue
+            self.rows.append(m)
+        self.rows = self.rows[-self.keep:]
+        self.widget.value = self._html()
+
+    def _html(self) -> str:
+        cells = []
+        for m in reversed(self.rows):
+            summary = m.get("summary") or {}
+            sig = summary.get("max_significance_sigma")
+            result = f"{sig:.1f} σ (chamber {summary.get('max_chamber')})" if sig is not None else summary.get(
+                "status", "")
+            style = "text-decoration:line-through;color:#888" if m.get("retracted") else ""
+            cells.append(f"<tr style='{style}'><td>{html.escape(str(m.get('trigger_time') or ''))}</td>"
+                         f"<td>{html.escape(str(m.get('alert_id')))}</td><td>{html.escape(str(m.get('analysis')))}"
+                         f"</td><td>{html.escape(str(result))}</td></tr>")
+        return ("<b>Alerts and canned analyses</b> (newest first; retracted struck through)"
+                "<table style='font-size:12px'><tr><th>trigger (UTC)</th><th>alert</th><th>analysis</th>"
+                "<th>result</th></tr>" + "".join(cells) + "</table>")
+
+
 class ChamberPanel:
     """All per-chamber plots of one chamber in a row."""
 
@@ -369,11 +422,15 @@ class Dashboard(W.VBox):
         for c, box in enumerate(self.chamber_boxes):
             box.observe(lambda ch, c=c: self._show_chamber(c, ch["new"]), "value")
 
-        super().__init__([self.header, controls, self.timeseries.figure, *[p.widget for p in self.panels]])
+        self.alerts = AlertPanel()
+        super().__init__([self.header, controls, self.timeseries.figure, self.alerts.widget,
+                          *[p.widget for p in self.panels]])
         self.add_class("dtlive-dashboard")
         self.feed = ResultsFeed(self.bootstrap, self.add_messages, topic=self.topic, backfill=backfill,
                                 kafka=cfg.kafka)
         self.periods: list[dict] = []  # data-quality periods from dt.quality, shaded on the time series
+        self.alerts_feed = ResultsFeed(self.bootstrap, self._add_alerts, topic=cfg.analyses_topic, backfill=50,
+                                       kafka=cfg.kafka, parse=parse_analysis)
         self.quality_feed = ResultsFeed(self.bootstrap, self.add_periods, topic=quality_topic or cfg.quality_topic,
                                         backfill=500, kafka=cfg.kafka, parse=parse_quality)
         self._status_stop = threading.Event()
@@ -391,6 +448,10 @@ class Dashboard(W.VBox):
                 self.refresh()
             else:
                 self._refresh_status()
+
+    def _add_alerts(self, messages: list[dict]) -> None:
+        with self._lock:
+            self.alerts.add(messages)
 
     def add_periods(self, messages: list[dict]) -> None:
         """Take ``dtlive.quality/1`` periods (from the quality feed's thread) and shade them."""
@@ -469,6 +530,7 @@ class Dashboard(W.VBox):
         """Start the background feeds and the status clock."""
         self.feed.start()
         self.quality_feed.start()
+        self.alerts_feed.start()
         self._status_stop.clear()
         threading.Thread(target=self._status_loop, name="dtlive-dashboard-status", daemon=True).start()
         return self
@@ -483,3 +545,4 @@ class Dashboard(W.VBox):
         self._status_stop.set()
         self.feed.stop()
         self.quality_feed.stop()
+        self.alerts_feed.stop()

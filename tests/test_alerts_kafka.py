@@ -148,6 +148,19 @@ def test_notices_run_analyses_with_states_and_published_results(live):
         retracted = [json.loads(m.value()) for m in read_all(broker, cfg.analyses_topic)]
         assert {(r["alert_id"], r["analysis"]) for r in retracted if r.get("retracted")} == {
             ("Swift:694215995", "rate_excess"), ("Swift:694215995", "snapshot")}
+
+        # the dashboard's alert panel follows dt.analyses live
+        from dtlive.live import ResultsFeed
+        from dtlive.widgets import AlertPanel, parse_analysis
+
+        panel = AlertPanel()
+        feed = ResultsFeed(broker, panel.add, topic=cfg.analyses_topic, backfill=50, parse=parse_analysis).start()
+        deadline = time.monotonic() + 15
+        while "IceCube:S230914ak" not in panel.widget.value and time.monotonic() < deadline:
+            time.sleep(0.2)
+        feed.stop()
+        assert "IceCube:S230914ak" in panel.widget.value and " σ (chamber " in panel.widget.value
+        assert all(r.get("retracted") for r in panel.rows if r["alert_id"] == "Swift:694215995")
     finally:
         listener.stop()
         thread.join(30)
