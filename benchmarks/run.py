@@ -20,10 +20,10 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks import emulator_rate, latency, memory, throughput
+from benchmarks import alerts, emulator_rate, latency, memory, throughput
 from benchmarks.common import RESULTS_DIR, ROOT, loadavg, log
 
-ALL = ("throughput", "latency", "emulator", "memory")
+ALL = ("throughput", "latency", "emulator", "memory", "alerts")
 
 
 def git(*args) -> str | None:
@@ -73,7 +73,8 @@ def main(argv=None) -> int:
     ap.add_argument("--duration", type=float, help="memory run length in s (default 600, --quick 60)")
     ap.add_argument("--latency-duration", type=float, help="seconds per latency case (default 30, --quick 12)")
     ap.add_argument("--profile", choices=("missed", "always", "never"), default="missed",
-                    help="cProfile an extra processor run in the throughput benchmark (default: if a target is missed)")
+                    help="cProfile an extra processor run in the throughput benchmark, the listener and a worker "
+                         "job in the alerts benchmark (default: if a target is missed)")
     ap.add_argument("--name", help="results file name (default: quick or full)")
     args = ap.parse_args(argv)
     chosen = [x.strip() for x in args.only.split(",") if x.strip()]
@@ -90,9 +91,11 @@ def main(argv=None) -> int:
         "latency": lambda: latency.run(quick=args.quick, duration=args.latency_duration),
         "emulator": lambda: emulator_rate.run(quick=args.quick),
         "memory": lambda: memory.run(quick=args.quick, duration=args.duration),
+        "alerts": lambda: alerts.run(quick=args.quick, profile=args.profile),
     }
     printers = {"throughput": throughput.print_table, "latency": latency.print_table,
-                "emulator": emulator_rate.print_table, "memory": memory.print_table}
+                "emulator": emulator_rate.print_table, "memory": memory.print_table,
+                "alerts": alerts.print_table}
     for bench in chosen:
         log(f"=== {bench}")
         t0 = time.monotonic()
@@ -141,6 +144,11 @@ def targets(res: dict) -> list[str]:
     if mem:
         lines.append(f"memory flat over {mem['duration_s']:g} s: peak {mem['rss_peak_mb']} MB, slope "
                      f"{mem['slope_mb_per_min_after_warmup']} MB/min after warm-up")
+    al = res.get("alerts")
+    if al and "latency_s" in al:
+        lines.append(f"alerts notice -> rate_excess result (600 s look-back) p99 <= {al['target_s']} s: "
+                     f"{al['latency_s']['p99']} s -> {'MET' if al['target_met_p99'] else 'MISSED'} "
+                     f"(p50 {al['latency_s']['p50']} s, max {al['latency_s']['max']} s)")
     return lines
 
 
