@@ -20,10 +20,10 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks import alerts, emulator_rate, latency, memory, throughput
+from benchmarks import alerts, dashboard, emulator_rate, history_load, latency, memory, throughput
 from benchmarks.common import RESULTS_DIR, ROOT, loadavg, log
 
-ALL = ("throughput", "latency", "emulator", "memory", "alerts")
+ALL = ("throughput", "latency", "emulator", "memory", "dashboard", "history", "alerts")
 
 
 def git(*args) -> str | None:
@@ -91,10 +91,13 @@ def main(argv=None) -> int:
         "latency": lambda: latency.run(quick=args.quick, duration=args.latency_duration),
         "emulator": lambda: emulator_rate.run(quick=args.quick),
         "memory": lambda: memory.run(quick=args.quick, duration=args.duration),
+        "dashboard": lambda: dashboard.run(quick=args.quick),
+        "history": lambda: _history(args.quick),
         "alerts": lambda: alerts.run(quick=args.quick, profile=args.profile),
     }
     printers = {"throughput": throughput.print_table, "latency": latency.print_table,
                 "emulator": emulator_rate.print_table, "memory": memory.print_table,
+                "dashboard": dashboard.print_table, "history": lambda res: print(f"\n== history: {res}"),
                 "alerts": alerts.print_table}
     for bench in chosen:
         log(f"=== {bench}")
@@ -121,6 +124,14 @@ def main(argv=None) -> int:
         print("  " + line)
     print(f"\nresults: {path}")
     return 1 if out["errors"] else 0
+
+
+def _history(quick: bool) -> dict:
+    """benchmarks/history_load.py (a day of 2 s windows; --quick: the shipped layout only, 6 hours)."""
+    out = RESULTS_DIR / "history_load.json"
+    history_load.main(["--hours", "6", "--layouts", "arrow-hourly"] if quick else [])
+    res = json.loads(out.read_text())
+    return {k: v for k, v in res.items() if k != "environment"}
 
 
 def targets(res: dict) -> list[str]:

@@ -1,10 +1,10 @@
-"""Find or start the whole dtlive stack (broker, emulator, processor, recorder) from Python or a notebook.
+"""Find or start the whole dtlive stack (broker, emulator, processor, recorder, alert listener) from Python.
 
 ``ensure_stack()`` reuses what is already running and starts only what is missing:
 the embedded broker (unless ``DTLIVE_BOOTSTRAP`` points at a real Kafka), then, when no
-fresh window has been published lately, ``dtlive process``, ``dtlive record`` and a
-simulated ``dtlive emulate`` as background processes. Their pids and logs live in the state
-directory, so a second notebook finds the same stack instead of starting another.
+fresh window has been published lately, ``dtlive process``, ``dtlive record``,
+``dtlive alerts listen`` and a simulated ``dtlive emulate`` as background processes. Their pids
+and logs live in the state directory, so a second notebook finds the same stack, not a new one.
 
 >>> stack = ensure_stack(rate=1000)        # doctest: +SKIP
 >>> stack.bootstrap                        # doctest: +SKIP
@@ -39,7 +39,7 @@ class Stack:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the processes this call started (SIGINT first: the processor commits and exits)."""
-        for name in ("emulator", "processor", "recorder", "broker"):
+        for name in ("emulator", "alerts", "processor", "recorder", "broker"):
             pid = self.started.pop(name, None)
             if pid is None:
                 continue
@@ -99,12 +99,12 @@ def ensure_stack(rate: float = 1000.0, fmt: str = "daq64", state_dir: str | None
         env["DTLIVE_BOOTSTRAP"] = stack.bootstrap
         running = _recorded(directory)
         if "processor" in running or fresh_windows(stack.bootstrap, cfg.monitor_topic):
-            stack.reused += ["processor", "recorder", "emulator"]
+            stack.reused += ["processor", "recorder", "alerts", "emulator"]
         else:
             from dtlive.kafka import ensure_topics
 
             ensure_topics(cfg, stack.bootstrap, [cfg.hits_topic])
-            for name, args in (("processor", ["process"]), ("recorder", ["record"]),
+            for name, args in (("processor", ["process"]), ("recorder", ["record"]), ("alerts", ["alerts", "listen"]),
                                ("emulator", ["emulate", "--simulate", "--rate", str(rate), "--format", fmt])):
                 stack.started[name], stack.logs[name] = _spawn(name, args, directory, env)
             (directory / "stack.json").write_text(json.dumps({**running, **stack.started}))

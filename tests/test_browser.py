@@ -91,7 +91,10 @@ def test_jupyterlab_quickstart_runs_and_updates(broker, chromium, tmp_path):
     env = {**os.environ, "DTLIVE_BOOTSTRAP": broker, "DTLIVE_STATE_DIR": str(state),
            "DTLIVE_HITS_TOPIC": f"labhits-{tag}", "DTLIVE_MONITOR_TOPIC": f"labmon-{tag}",
            "DTLIVE_REJECTED_TOPIC": f"labrej-{tag}", "DTLIVE_GROUP_ID": f"labproc-{tag}",
-           "DTLIVE_WINDOW_S": "1", "DTLIVE_LATENESS_S": "0.2"}
+           "DTLIVE_WINDOW_S": "1", "DTLIVE_LATENESS_S": "0.2", "DTLIVE_QUALITY_TOPIC": f"labdq-{tag}",
+           "DTLIVE_ANALYSES_TOPIC": f"labanalyses-{tag}", "DTLIVE_ALERTS_GROUP_ID": f"labalerts-{tag}",
+           "DTLIVE_ALERTS_REJECTED_TOPIC": f"labalertsrej-{tag}", "DTLIVE_DB": f"sqlite:///{tmp_path / 'ledger.db'}",
+           "DTLIVE_HISTORY": str(tmp_path / "history"), "DTLIVE_ARTIFACTS": str(tmp_path / "artifacts")}
     (SCREENSHOTS / "jupyterlab-quickstart-FAILED.png").unlink(missing_ok=True)  # from an earlier run
     lab, base, token, log = start_jupyterlab(notebooks, tmp_path, env)
     page = chromium.new_page(viewport=VIEWPORT)

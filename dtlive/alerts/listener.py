@@ -86,7 +86,7 @@ class AlertListener:
         ensure_topics(cfg, bootstrap, [cfg.analyses_topic, cfg.alerts_rejected_topic])
         self.consumer = Consumer(client_config(cfg, bootstrap, **{
             "group.id": cfg.alerts_group_id, "enable.auto.commit": False, "auto.offset.reset": "earliest",
-            "session.timeout.ms": 6000, "topic.metadata.refresh.interval.ms": 2000}))
+            "session.timeout.ms": 6000, "topic.metadata.refresh.interval.ms": 2000, "fetch.wait.max.ms": 50}))
         self.consumer.subscribe(subscription(cfg.alert_topic_patterns()))
         self.producer = Producer(client_config(cfg, bootstrap, **{"linger.ms": 5}))
         self.pool = pool or WorkerPool(workers)
@@ -202,7 +202,9 @@ class AlertListener:
     # --- the loop -----------------------------------------------------------------------------------------
     def poll(self, timeout: float = 0.2) -> int:
         """Handle a batch of notices, then commit their offsets; collect finished analyses."""
-        msgs = self.consumer.consume(100, timeout)
+        msgs = self.consumer.consume(1, timeout)  # wake on the first notice, then take what else is there
+        if msgs:
+            msgs += self.consumer.consume(100, 0)
         handled = 0
         for m in msgs:
             if m.error():
