@@ -18,6 +18,7 @@ from dtlive.config import Config
 
 # Tansu: a group join waits about half of session.timeout.ms, so keep it short.
 _CONSUMER_DEFAULTS = {"session.timeout.ms": 6000, "enable.auto.commit": False, "isolation.level": "read_committed",
+                      "fetch.wait.max.ms": 50,  # a quiet topic answers within 50 ms, not librdkafka's 500 ms
                       "fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 16 * 1024 * 1024}
 
 
