@@ -146,14 +146,14 @@ def emulate(producer, topic: str, chunks: Iterator[Chunk], *, rate: float | None
     clock_started = False  # the pacing clock starts with the first message, not before the first chunk exists
     try:
         for chunk in chunks:
-            if not clock_started:
-                stats.started, clock_started = time.perf_counter(), True
             if epoch is None and len(chunk.rows):
                 epoch = time.time() - float(chunk.rows.orbit.min()) * det.ORBIT_S
             # The epoch rides on the first message of every chunk only: parsing headers is a large
             # part of a consumer's per-message cost, and one per chunk is enough to anchor a restart.
             with_epoch = [*headers_base, (EPOCH_HEADER, repr(epoch).encode())] if epoch is not None else headers_base
             payloads, sizes = encode_chunk(chunk, fmt, rows_per_message)
+            if not clock_started:  # after the first chunk is read and encoded: no burst to catch up on them
+                stats.started, clock_started = time.perf_counter(), True
             for i, (payload, size) in enumerate(zip(payloads, sizes)):
                 headers = with_epoch if i == 0 else headers_base
                 if limit is not None and stats.rows >= limit:
