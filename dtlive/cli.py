@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="stop after this many rows")
     e.add_argument("--duration", type=duration_s, help="stop after this long")
     e.add_argument("--loop", action="store_true", help="replay the files forever (orbits keep increasing)")
+    e.add_argument("--partitions", type=int, default=1,
+                   help="spread the rows over N partitions by --key (a new topic is created with N partitions)")
+    e.add_argument("--key", choices=("fpga", "chamber"), default="fpga",
+                   help="with --partitions: rows of one FPGA (or chamber) go to one partition (default fpga)")
 
     pr = sub.add_parser(
         "process",
@@ -305,7 +309,7 @@ def cmd_emulate(args) -> int:
     cfg = _config(args)
     bootstrap, _ = resolve_bootstrap(cfg)
     topic = args.topic or cfg.hits_topic
-    ensure_topics(cfg, bootstrap, [topic])
+    ensure_topics(cfg, bootstrap, [topic], partitions=max(1, args.partitions))
     if args.simulate:
         # ~10k rows per chunk: encoding a chunk never stalls the pacing for long (csv: ~30 ms)
         chunk_s = 1.0 if args.rate is None else min(1.0, max(0.05, 10_000 / args.rate))
@@ -321,6 +325,8 @@ def cmd_emulate(args) -> int:
         rows_per_message=args.rows_per_message,
         limit=args.limit,
         max_seconds=args.duration,
+        partitions=args.partitions,
+        key=args.key,
     )
     print(
         f"sent {stats.rows} rows in {stats.messages} messages to {topic} in {stats.elapsed:.2f} s "
@@ -621,15 +627,17 @@ def cmd_alerts(args) -> int:
     if args.alerts_command == "send":
         from confluent_kafka import Producer
 
-        from dtlive.alerts.send import load_notice, send_notice
-        from dtlive.kafka import client_config
+        from dtlive.alerts.send import load_notice, send_notice, topic_for
+        from dtlive.kafka import client_config, ensure_topics
 
         when = _time_arg(args.trigger_time)
         if isinstance(when, str):
             from dtlive.alerts.notices import parse_time
 
             when = parse_time(when)
-        topic, value = send_notice(Producer(client_config(cfg, bootstrap)), load_notice(args.notice), args.topic, when)
+        notice = load_notice(args.notice)
+        ensure_topics(cfg, bootstrap, [args.topic or topic_for(notice)])
+        topic, value = send_notice(Producer(client_config(cfg, bootstrap)), notice, args.topic, when)
         print(f"sent {len(value)} bytes to {topic}", file=sys.stderr)
         return 0
     if args.alerts_command != "listen":

@@ -58,7 +58,8 @@ class Recorder:
         self.cfg = cfg
         self.bootstrap = bootstrap
         self.ledger = ledger if ledger is not None else Ledger()
-        self.history = history if history is not None else HistoryStore()
+        self.history = history if history is not None else HistoryStore(
+            retention_days=cfg.history_retention_days or None)
         self.quality = quality or QualityMonitor()
         ensure_topics(cfg, bootstrap, [cfg.monitor_topic, cfg.quality_topic])
         self.consumer = Consumer(client_config(cfg, bootstrap, **{

@@ -78,6 +78,8 @@ def send_notice(producer, payload: bytes, topic: str | None = None,
     """Produce one notice (retimed to ``trigger_time``, default now); return its topic and bytes."""
     value = retimed(payload, time.time() if trigger_time is None else trigger_time)
     topic = topic or topic_for(value)
-    producer.produce(topic, value)
-    producer.flush(10)
+    errors: list = []
+    producer.produce(topic, value, on_delivery=lambda err, _msg: errors.append(err) if err else None)
+    if producer.flush(10) or errors:
+        raise RuntimeError(f"notice not delivered to {topic}: {errors[0] if errors else 'timed out'}")
     return topic, value
