@@ -158,6 +158,15 @@ def test_feed_backfills_then_follows_live_and_reports_a_dead_broker(tmp_path):
         while feed.broker_ok is not False and time.monotonic() < deadline:
             time.sleep(0.1)
         assert feed.broker_ok is False and feed.running  # reported plainly, still trying
+        # the broker comes back (same address): new windows arrive without anyone touching the feed
+        broker = EmbeddedBroker(port=int(broker.bootstrap.rsplit(":", 1)[1]), state_dir=tmp_path).start()
+        ensure_topics(load_config({}, env={}), broker.bootstrap, ["mon"])
+        deadline = time.monotonic() + 30
+        while 42 not in got and time.monotonic() < deadline:
+            p.produce("mon", encode_message_dict(message(42, 1)))
+            p.flush(5)
+            time.sleep(0.5)
+        assert 42 in got and feed.broker_ok is True
         feed.stop()
         assert not feed.running
     finally:
@@ -166,3 +175,16 @@ def test_feed_backfills_then_follows_live_and_reports_a_dead_broker(tmp_path):
 
 def encode_message_dict(msg: dict) -> bytes:
     return json.dumps(msg).encode()
+
+
+def test_dashboard_shades_bad_quality_periods_only():
+    d = Dashboard("127.0.0.1:1", start=False)
+    d.add_messages([message(1, 10), message(2, 20), message(3, 5)])
+    d.add_periods([{"schema": "dtlive.quality/1", "start": iso_utc(T0 + 2), "end": iso_utc(T0 + 6), "kind": "bad",
+                    "reason": "data_gap"},
+                   {"schema": "dtlive.quality/1", "start": iso_utc(T0 + 6), "end": iso_utc(T0 + 7), "kind": "warning",
+                    "reason": "noisy_channel"}])
+    spans = d.timeseries.spans
+    xs = np.atleast_2d(spans.x)  # bqplot keeps a single span as one 1-D line
+    assert xs.shape == (1, 4) and xs[0][0] == np.datetime64(int((T0 + 2) * 1000), "ms")
+    assert spans.y.max() >= 20  # as tall as the plotted data
