@@ -89,6 +89,32 @@ def simulated_chunks(seed: int = 0, chunk_s: float = 1.0, rows_per_s: float | No
         yield Chunk(rows)
 
 
+KEYS = ("fpga", "chamber")
+
+
+def split_by_key(chunk: Chunk, key: str, partitions: int) -> list[tuple[int, bytes, Chunk]]:
+    """``(partition, key bytes, sub-chunk)`` per key value of a chunk: the rows of one FPGA (or chamber) together.
+
+    Partition = key value % ``partitions``; a chamber key sends special channels (scintillator,
+    trigger) and ancillary words with the FPGA's first chamber. Row order is kept inside each group.
+    """
+    rows = chunk.rows
+    if key == "fpga":
+        values = rows.fpga.astype(np.int64)
+    elif key == "chamber":
+        chamber = det.chamber_of(rows.fpga, rows.channel.astype(np.int64))
+        values = np.where(chamber >= 0, chamber, 2 * rows.fpga).astype(np.int64)
+    else:
+        raise ValueError(f"unknown key {key!r}; choose one of {', '.join(KEYS)}")
+    out = []
+    for value in np.unique(values):
+        idx = np.flatnonzero(values == value)
+        aligned = chunk.raw_lines is not None and len(chunk.raw_lines) == len(rows)  # else: re-encoded from rows
+        lines = [chunk.raw_lines[i] for i in idx] if aligned else None
+        out.append((int(value) % partitions, str(int(value)).encode(), Chunk(rows.select(idx), lines)))
+    return out
+
+
 def encode_chunk(chunk: Chunk, fmt: str, rows_per_message: int) -> tuple[list[bytes], np.ndarray]:
     """Payloads of a chunk and the number of rows in each."""
     if fmt == "csv":
@@ -109,6 +135,27 @@ def encode_chunk(chunk: Chunk, fmt: str, rows_per_message: int) -> tuple[list[by
     return payloads, sizes
 
 
+def chunk_messages(chunk: Chunk, fmt: str, rows_per_message: int, with_epoch: list, headers: list, extra: dict,
+                   partitions: int | None = None, key: str = "fpga") -> list[tuple[bytes, int, list, dict]]:
+    """``(payload, rows, headers, produce kwargs)`` of a chunk's messages; the first one (of each key) has the epoch.
+
+    With ``partitions`` > 1 the messages of all keys are put in order of their first orbit, so every
+    partition's event time advances together (the stream's watermark is the minimum over partitions).
+    """
+    if not partitions or partitions <= 1:
+        payloads, sizes = encode_chunk(chunk, fmt, rows_per_message)
+        return [(p, int(n), with_epoch if i == 0 else headers, extra) for i, (p, n) in enumerate(zip(payloads, sizes))]
+    out, firsts = [], []
+    for part, k, sub in split_by_key(chunk, key, partitions):
+        payloads, sizes = encode_chunk(sub, fmt, rows_per_message)
+        starts = np.r_[0, np.cumsum(sizes)[:-1]] if len(sizes) else np.zeros(0, np.int64)
+        firsts.append(sub.rows.orbit[np.minimum(starts, len(sub.rows) - 1)])
+        where = {"partition": part, "key": k}
+        out += [(p, int(n), with_epoch if i == 0 else headers, where) for i, (p, n) in enumerate(zip(payloads, sizes))]
+    order = np.argsort(np.concatenate(firsts), kind="stable") if firsts else []
+    return [out[i] for i in order]
+
+
 @dataclass
 class EmulatorStats:
     rows: int = 0
@@ -127,10 +174,13 @@ class EmulatorStats:
 
 def emulate(producer, topic: str, chunks: Iterator[Chunk], *, rate: float | None = 1000.0, fmt: str = "csv",
             rows_per_message: int | None = None, limit: int | None = None, max_seconds: float | None = None,
-            progress: bool | None = None, stop=lambda: False, partition: int | None = None) -> EmulatorStats:
+            progress: bool | None = None, stop=lambda: False, partition: int | None = None,
+            partitions: int | None = None, key: str = "fpga") -> EmulatorStats:
     """Send chunks to ``topic`` with a confluent-kafka ``producer`` at ``rate`` rows/s (None: as fast as possible).
 
     Stops after ``limit`` rows, ``max_seconds``, the end of the input, or when ``stop()`` is true.
+    With ``partitions`` (> 1) the rows are spread over that many partitions by ``key`` ("fpga" or
+    "chamber", see :func:`split_by_key`): each message holds rows of one key only and carries it as its key.
     """
     from tqdm import tqdm
 
@@ -148,14 +198,13 @@ def emulate(producer, topic: str, chunks: Iterator[Chunk], *, rate: float | None
         for chunk in chunks:
             if epoch is None and len(chunk.rows):
                 epoch = time.time() - float(chunk.rows.orbit.min()) * det.ORBIT_S
-            # The epoch rides on the first message of every chunk only: parsing headers is a large
+            # The epoch rides on the first message of every chunk (of each key) only: parsing headers is a large
             # part of a consumer's per-message cost, and one per chunk is enough to anchor a restart.
             with_epoch = [*headers_base, (EPOCH_HEADER, repr(epoch).encode())] if epoch is not None else headers_base
-            payloads, sizes = encode_chunk(chunk, fmt, rows_per_message)
+            messages = chunk_messages(chunk, fmt, rows_per_message, with_epoch, headers_base, extra, partitions, key)
             if not clock_started:  # after the first chunk is read and encoded: no burst to catch up on them
                 stats.started, clock_started = time.perf_counter(), True
-            for i, (payload, size) in enumerate(zip(payloads, sizes)):
-                headers = with_epoch if i == 0 else headers_base
+            for payload, size, headers, where in messages:
                 if limit is not None and stats.rows >= limit:
                     return stats
                 if stop() or (max_seconds is not None and time.perf_counter() - stats.started > max_seconds):
@@ -168,7 +217,7 @@ def emulate(producer, topic: str, chunks: Iterator[Chunk], *, rate: float | None
                         time.sleep(delay)
                 while True:
                     try:
-                        producer.produce(topic, payload, headers=headers, **extra)
+                        producer.produce(topic, payload, headers=headers, **where)
                         break
                     except BufferError:  # local queue full: let it drain
                         producer.poll(0.05)

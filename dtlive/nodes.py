@@ -60,6 +60,7 @@ class Batch:
     topic: str = ""
     orbit_epoch: float | None = None
     positions: dict[int, int] = field(default_factory=dict)  # next offset per partition after this batch
+    waiting: frozenset = frozenset()  # partitions with input the source has not delivered yet (windows wait)
 
     @classmethod
     def from_payloads(
@@ -261,6 +262,7 @@ class event_windows(Stream):
             self.orbit_epoch, self._epoch_fixed = d.batch.orbit_epoch, True
         elif self.orbit_epoch is None and len(d.rows):  # provisional: the first message's broker timestamp
             self.orbit_epoch = float(d.batch.timestamps_ms[0]) / 1000 - float(d.rows.orbit[0]) * det.ORBIT_S
+        self.state.waiting = d.batch.waiting
         closed, late = self.state.add(d.rows, already_published=~d.fresh(d.rows))
         if len(late):
             self.counts["late_hits"] += len(late)
@@ -434,6 +436,15 @@ class from_kafka_batched_consumer(Source):
             got = self.consumer.committed([TopicPartition(topic, p) for p in self.partitions], timeout=15)
             committed = {tp.partition: tp.offset for tp in got if tp.offset >= 0}
         offsets = {p: (start_offsets or committed).get(p, reset) for p in self.partitions}
+        # Partitions with input before their end: event-time windows wait until each has delivered something,
+        # so a replay of a multi-partition topic stays exact whichever partition is fetched first.
+        self.waiting: set[int] = set()
+        if len(self.partitions) > 1:
+            from dtlive.kafka import end_offsets
+
+            ends = end_offsets(self.consumer, topic)
+            self.waiting = {p for p, o in offsets.items() if p in ends and ends[p][1] > max(o, ends[p][0])
+                            and o != OFFSET_END}
         self.consumer.assign([TopicPartition(topic, p, o) for p, o in offsets.items()])
         self.start_offsets = dict(offsets)  # where reading started (negative: librdkafka's logical offsets)
         self.positions = {p: o for p, o in offsets.items() if o >= 0}
@@ -464,6 +475,9 @@ class from_kafka_batched_consumer(Source):
             return None
         batch = Batch.from_messages(good, self.topic)
         self.positions.update(batch.positions)
+        if self.waiting:
+            self.waiting -= set(batch.positions)
+            batch.waiting = frozenset(self.waiting)
         self.messages += len(good)
         return batch
 

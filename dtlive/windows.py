@@ -3,7 +3,8 @@
 Windows are aligned to absolute orbit multiples: window ``k`` holds orbits
 ``[k * W, (k + 1) * W - 1]``. The watermark of a partition is the highest orbit
 seen on it minus the lateness allowance; the stream's watermark is the minimum over
-partitions. A window closes once its last orbit is below the watermark. Hits for an
+partitions (and nothing closes while a partition with input to read has delivered
+nothing yet: ``waiting``). A window closes once its last orbit is below the watermark. Hits for an
 already closed window are *late*: they are returned so the caller can count and
 dead-letter them, never silently dropped.
 
@@ -51,6 +52,7 @@ class EventTimeWindows:
         self.published_before = int(last_closed)  # windows up to here were published by an earlier run
         self._open: dict[int, list[Rows]] = {}
         self._max_orbit: dict[int, int] = {}
+        self.waiting: frozenset[int] = frozenset()  # partitions with input not read yet: nothing closes before them
 
     @classmethod
     def from_seconds(cls, window_s: float, lateness_s: float, last_closed: int = -1) -> EventTimeWindows:
@@ -102,7 +104,7 @@ class EventTimeWindows:
             for part in partitions_of(hits.partition):
                 peak = int(hits.orbit[hits.partition == part].max())
                 self._max_orbit[int(part)] = max(peak, self._max_orbit.get(int(part), peak))
-        return self._close_until(self.watermark), late_rows
+        return ([] if self.waiting else self._close_until(self.watermark)), late_rows
 
     def flush(self) -> list[Window]:
         """Close every open window (the stream went idle or ended)."""

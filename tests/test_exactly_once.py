@@ -27,11 +27,11 @@ def start_processor(broker, topics, *extra):
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "CI": "true"})
 
 
-@pytest.mark.parametrize("kill_after_windows", [2, 9])
-def test_kill_9_mid_replay_then_restart_counts_every_hit_once(broker, topics, kill_after_windows):
-    ensure_topics(load_config({}, env={}), broker, [topics["hits_topic"]])
+@pytest.mark.parametrize("kill_after_windows,partitions", [(2, 1), (9, 1), (5, 4)])
+def test_kill_9_mid_replay_then_restart_counts_every_hit_once(broker, topics, kill_after_windows, partitions):
+    ensure_topics(load_config({}, env={}), broker, {topics["hits_topic"]: partitions})
     emulate(Producer({"bootstrap.servers": broker, "linger.ms": 5}), topics["hits_topic"],
-            file_chunks([str(RUN_CSV)]), rate=None, fmt="csv", progress=False)
+            file_chunks([str(RUN_CSV)]), rate=None, fmt="csv", progress=False, partitions=partitions, key="chamber")
 
     first = start_processor(broker, topics)
     deadline = time.monotonic() + 60
