@@ -4,5 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/install_browser.sh   # Debian chromium for the Playwright browser tests
+bash scripts/install_hub.sh       # JupyterHub, its idle culler and configurable-http-proxy for tests/test_hub.py
 .venv/bin/ruff check dtlive tests
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
