@@ -168,11 +168,14 @@ class TransactionalPublisher:
             self._in_txn = True
             self._txn_started = time.monotonic()
 
-    def publish(self, window: Window) -> None:
-        """Produce one window's result (and the dead letters it carries) in the open transaction."""
+    def publish(self, window: Window, msg: dict | None = None) -> None:
+        """Produce one window's result (and the dead letters it carries) in the open transaction.
+
+        ``msg``: the window's result message if it was computed elsewhere (dtlive.scale: on Dask workers).
+        """
         self._begin()
         self._dead_letter(window.meta.get("rejects", []))
-        msg = window_message(window, self.edges, self.provenance)
+        msg = msg if msg is not None else window_message(window, self.edges, self.provenance)
         self.producer.produce(
             self.cfg.monitor_topic,
             json.dumps(msg, separators=(",", ":")).encode(),
@@ -304,6 +307,9 @@ class Processor:
     def stop(self, *_):
         self._stop = True
 
+    def settle(self) -> None:
+        """Finish work handed off elsewhere (dtlive.scale: windows on Dask workers) before state is committed."""
+
     def run(
         self,
         until_end: bool = False,
@@ -327,6 +333,7 @@ class Processor:
                 break
             if n == 0:
                 self.windows.flush_if_idle(now)
+            self.settle()
             # a new window is committed at once (its latency matters); checkpoint-only work every commit interval
             if self.publisher.published > published or self.publisher.due() or (n == 0 and self.publisher._in_txn):
                 self.publisher.commit()
@@ -335,6 +342,7 @@ class Processor:
                 last_tick = now
             if max_seconds is not None and now - started > max_seconds:
                 break
+        self.settle()
         self.publisher.commit()
         return self
 
