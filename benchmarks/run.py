@@ -20,10 +20,10 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks import alerts, dashboard, emulator_rate, history_load, latency, memory, throughput
+from benchmarks import alerts, dashboard, emulator_rate, history_load, latency, memory, scaling, throughput
 from benchmarks.common import RESULTS_DIR, ROOT, loadavg, log
 
-ALL = ("throughput", "latency", "emulator", "memory", "dashboard", "history", "alerts")
+ALL = ("throughput", "latency", "emulator", "memory", "dashboard", "history", "alerts", "scaling")
 
 
 def git(*args) -> str | None:
@@ -94,11 +94,12 @@ def main(argv=None) -> int:
         "dashboard": lambda: dashboard.run(quick=args.quick),
         "history": lambda: _history(args.quick),
         "alerts": lambda: alerts.run(quick=args.quick, profile=args.profile),
+        "scaling": lambda: scaling.run(quick=args.quick),
     }
     printers = {"throughput": throughput.print_table, "latency": latency.print_table,
                 "emulator": emulator_rate.print_table, "memory": memory.print_table,
                 "dashboard": dashboard.print_table, "history": lambda res: print(f"\n== history: {res}"),
-                "alerts": alerts.print_table}
+                "alerts": alerts.print_table, "scaling": scaling.print_table}
     for bench in chosen:
         log(f"=== {bench}")
         t0 = time.monotonic()
