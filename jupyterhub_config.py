@@ -66,7 +66,8 @@ c.Spawner.default_url = "/lab/tree/notebooks/01-quickstart.ipynb"
 # ---------------------------------------------------------------- the dtlive stack and the idle culler
 c.JupyterHub.services = hub.services(s)  # dtlive-emulator?, -processor, -recorder, -alerts, -broker?, idle-culler
 c.JupyterHub.load_roles = hub.roles(s)  # the culler may only list users and stop their servers
-# Service logs go to the hub's log; the processor's ledger is DTLIVE_DB (default: SQLite in DTLIVE_STATE_DIR).
+# Service logs go to the hub's log. The ledger is DTLIVE_DB: SQLite in DTLIVE_STATE_DIR by default, fine for the
+# demo; with several system users reading it, use PostgreSQL (DTLIVE_DB=postgresql://dtlive@dbhost/dtlive).
 
 # ---------------------------------------------------------------- on Kubernetes (Zero to JupyterHub)
 # pip install jupyterhub-kubespawner; the stream is an external Kafka and the ledger PostgreSQL, e.g.

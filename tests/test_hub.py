@@ -51,6 +51,7 @@ def load_config(monkeypatch, tmp_path, **env):
     """jupyterhub_config.py loaded the way JupyterHub loads it, with only ``env`` as DTLIVE_* settings."""
     from traitlets.config import PyFileConfigLoader
 
+    ensure_hub_installed()
     for key in list(os.environ):
         if key.startswith(("DTLIVE_", "KAFKA_")):
             monkeypatch.delenv(key)
@@ -119,6 +120,7 @@ def test_demo_mode_is_loopback_only_and_labelled(monkeypatch, tmp_path):
 
 def test_demo_authenticator_refuses_a_public_bind_given_on_the_command_line(tmp_path):
     """``jupyterhub --JupyterHub.bind_url=http://0.0.0.0:8000`` in demo mode: the hub refuses to start."""
+    ensure_hub_installed()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DTLIVE_", "KAFKA_"))}
     env.update(DTLIVE_HUB_DEMO="1", DTLIVE_STATE_DIR=str(tmp_path / "state"), DTLIVE_BOOTSTRAP="127.0.0.1:1")
     proc = subprocess.run([sys.executable, "-m", "jupyterhub", "-f", str(CONFIG), "--JupyterHub.bind_url=http://0.0.0.0:"
