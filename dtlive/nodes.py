@@ -288,13 +288,14 @@ class event_windows(Stream):
         results = []
         if closed:
             self._epoch_fixed = self._epoch_fixed or self.orbit_epoch is not None
+            restart = self.commit_offsets()  # the same for every window closed here: they are all gone already
         for w in closed:
             w.meta = {
                 "counts": self._drain_counts(),
                 "rejects": self.rejects,
                 "orbit_epoch": self.orbit_epoch,
                 "positions": dict(self.positions),
-                "restart_offsets": self.commit_offsets(),
+                "restart_offsets": dict(restart),
             }
             self.rejects = []
             results += self._emit(w) or []

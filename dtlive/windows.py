@@ -51,6 +51,7 @@ class EventTimeWindows:
         self.last_closed = int(last_closed)
         self.published_before = int(last_closed)  # windows up to here were published by an earlier run
         self._open: dict[int, list[Rows]] = {}
+        self._low: dict[int, dict[int, int]] = {}  # open window -> partition -> lowest input offset in it
         self._max_orbit: dict[int, int] = {}
         self.waiting: frozenset[int] = frozenset()  # partitions with input not read yet: nothing closes before them
 
@@ -92,7 +93,7 @@ class EventTimeWindows:
         if len(hits):
             lo, hi = ids.min(), ids.max()
             if lo == hi:
-                self._open.setdefault(int(lo), []).append(hits)
+                self._put(int(lo), hits)
             else:
                 in_order = bool((ids[1:] >= ids[:-1]).all())  # the usual case: slices, no copies
                 order = None if in_order else np.argsort(ids, kind="stable")
@@ -100,7 +101,7 @@ class EventTimeWindows:
                 bounds = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1], True])
                 for a, b in zip(bounds[:-1], bounds[1:]):
                     part = hits.select(slice(a, b)) if in_order else hits.select(order[a:b])
-                    self._open.setdefault(int(sorted_ids[a]), []).append(part)
+                    self._put(int(sorted_ids[a]), part)
             for part in partitions_of(hits.partition):
                 peak = int(hits.orbit[hits.partition == part].max())
                 self._max_orbit[int(part)] = max(peak, self._max_orbit.get(int(part), peak))
@@ -110,14 +111,19 @@ class EventTimeWindows:
         """Close every open window (the stream went idle or ended)."""
         return self._close_until(None)
 
+    def _put(self, wid: int, rows: Rows) -> None:
+        self._open.setdefault(wid, []).append(rows)
+        low = self._low.setdefault(wid, {})
+        for p in partitions_of(rows.partition):
+            off = int(rows.offset[rows.partition == p].min())
+            low[int(p)] = min(off, low.get(int(p), off))
+
     def pending_offsets(self) -> dict[int, int]:
         """Per partition, the lowest input offset that still feeds an open window."""
         low: dict[int, int] = {}
-        for parts in self._open.values():
-            for rows in parts:
-                for p in partitions_of(rows.partition):
-                    off = int(rows.offset[rows.partition == p].min())
-                    low[int(p)] = min(off, low.get(int(p), off))
+        for per_window in self._low.values():
+            for p, off in per_window.items():
+                low[p] = min(off, low.get(p, off))
         return low
 
     def _close_until(self, watermark: int | None) -> list[Window]:
@@ -127,6 +133,7 @@ class EventTimeWindows:
             if watermark is not None and last_orbit >= watermark:
                 break
             hits = Rows.concat(self._open.pop(wid))
+            self._low.pop(wid, None)
             inputs = {}
             for p in partitions_of(hits.partition):
                 offs = hits.offset[hits.partition == p]
