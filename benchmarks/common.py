@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA_FILE = ROOT.parent / "shared" / "data" / "run000591_hits.csv"
+DATA_FILE = next((p for p in (ROOT.parent / "shared" / "data" / "run000591_hits.csv",
+                               Path("/work/shared/data/run000591_hits.csv")) if p.is_file()),
+                 ROOT.parent / "shared" / "data" / "run000591_hits.csv")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 

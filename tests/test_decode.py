@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from datafiles import RUN_CSV
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +29,7 @@ from dtlive.decode import (
 )
 from dtlive.rows import COLUMNS, Rows, clean
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = RUN_CSV.parent
 SAMPLE_CSV = DATA / "stream_sample_2023.csv"
 RUN_CSV = DATA / "run000591_hits.csv"
 HEADER = b"HEAD,FPGA,TDC_CHANNEL,ORBIT_CNT,BX_COUNTER,TDC_MEAS"

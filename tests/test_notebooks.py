@@ -90,7 +90,8 @@ def notebook_env(broker, tmp_path, monkeypatch):
     tag = uuid.uuid4().hex[:8]
     state = tmp_path / "state"
     state.mkdir()
-    env = {"DTLIVE_BOOTSTRAP": broker, "DTLIVE_STATE_DIR": str(state), "DTLIVE_HITS_TOPIC": f"nb-hits-{tag}",
+    env = {"DTLIVE_BOOTSTRAP": broker, "DTLIVE_STATE_DIR": str(state),
+           "DTLIVE_DATA_DIR": str(RUN_CSV.parent), "DTLIVE_HITS_TOPIC": f"nb-hits-{tag}",
            "DTLIVE_MONITOR_TOPIC": f"nb-monitor-{tag}", "DTLIVE_REJECTED_TOPIC": f"nb-rejected-{tag}",
            "DTLIVE_GROUP_ID": f"nb-proc-{tag}", "DTLIVE_QUALITY_TOPIC": f"nb-quality-{tag}",
            "DTLIVE_ANALYSES_TOPIC": f"nb-analyses-{tag}", "DTLIVE_ALERTS_GROUP_ID": f"nb-alerts-{tag}",

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
+from datafiles import RUN_CSV  # noqa: E402
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dtlive.products import compute_arrays, compute_products
 from dtlive.rows import Rows
 
-RUN_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "run000591_hits.csv"
 # DESIGN.md §1, written out here: per-chamber t0 offsets (ns) and time units.
 OFFSET_NS = {0: 95.0 - 1.1, 1: 95.0 + 6.4, 2: 95.0 + 0.5, 3: 95.0 - 2.6}
 EDGES = np.arange(-100.0, 500.0 + 1e-9, 5.0)

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from datafiles import RUN_CSV  # noqa: E402
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from dtlive.rows import Rows
 from dtlive.windows import EventTimeWindows
 
-RUN_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "run000591_hits.csv"
 ORBIT_S = 3564 * 25e-9  # DESIGN.md §1: 1 orbit = 3564 BX of 25 ns
 
 
