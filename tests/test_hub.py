@@ -23,6 +23,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -393,14 +394,37 @@ def test_hub_spawns_a_server_that_runs_the_quickstart_on_the_hubs_stack(hub):
 @pytest.mark.slow
 @pytest.mark.browser
 def test_browser_logs_in_and_the_dashboard_updates(hub):
-    """Chromium on the hub's login page: log in as bob, land in JupyterLab on the quickstart, run it, see it live."""
-    from browser_fixtures import ensure_chromium, run_all_cells, screenshot, state_text, wait_window_id, window_id
-    from playwright.sync_api import sync_playwright
+    """Chromium on the hub's login page: log in as bob, land in JupyterLab on the quickstart, run it, see it live.
+
+    Playwright runs in its own thread: tests/test_browser.py may hold a session-wide sync Playwright in this one.
+    """
+    from browser_fixtures import ensure_chromium
 
     path = ensure_chromium()
     t0 = time.monotonic()
+    errors: list[BaseException] = []
+
+    def guarded():
+        try:
+            _login_and_watch(hub, path)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    thread = threading.Thread(target=guarded, name="hub-browser", daemon=True)
+    thread.start()
+    thread.join(240)
+    assert not thread.is_alive(), "the browser session did not finish in 240 s"
+    if errors:
+        raise errors[0]
+    print(f"login to a live dashboard in {time.monotonic() - t0:.1f} s")
+
+
+def _login_and_watch(hub, chromium_path: str) -> None:
+    from browser_fixtures import run_all_cells, screenshot, state_text, wait_window_id, window_id
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=path, args=["--no-sandbox"])
+        browser = pw.chromium.launch(executable_path=chromium_path, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(30_000)
         try:
@@ -428,4 +452,3 @@ def test_browser_logs_in_and_the_dashboard_updates(hub):
         finally:
             page.close()
             browser.close()
-    print(f"login to a live dashboard in {time.monotonic() - t0:.1f} s")
