@@ -5,10 +5,12 @@ so the achieved rate stays within ~1 % whatever the message format. Every messag
 carries the ``format`` header; the first message of every chunk also carries the
 ``orbit_epoch`` header (UNIX seconds of orbit 0, chosen so the first replayed hit is "now").
 
->>> src = file_chunks(["../shared/data/stream_sample_2023.csv"], loop=False)
->>> chunk = next(src)
+>>> import pathlib, tempfile
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "run.csv"
+>>> _ = path.write_text("HEAD,FPGA,TDC_CHANNEL,ORBIT_CNT,BX_COUNTER,TDC_MEAS\n2,0,5,100,7,3\n2,1,70,101,0,0\n")
+>>> chunk = next(file_chunks([str(path)], loop=False))
 >>> len(chunk.rows), chunk.raw_lines is not None
-(74, True)
+(2, True)
 """
 
 from __future__ import annotations
