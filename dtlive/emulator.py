@@ -1,4 +1,4 @@
-"""``dtlive emulate``: replay DAQ files, or the simulator, onto Kafka at a steady rate.
+r"""``dtlive emulate``: replay DAQ files, or the simulator, onto Kafka at a steady rate.
 
 Rows are paced against a wall-clock schedule (row ``i`` is due at ``t0 + i / rate``),
 so the achieved rate stays within ~1 % whatever the message format. Every message
