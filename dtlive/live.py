@@ -37,19 +37,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import xarray as xr
 
-from dtlive.messages import COUNTS, decode_message, message_arrays
+from dtlive.messages import COUNTS, decode_message, message_arrays, utc_seconds
 from dtlive.products import DRIFT_EDGES_NS, PRODUCTS, arrays_to_dataset
 
 log = logging.getLogger(__name__)
 
 VIEWS = ("last", "cumulative", "rolling")
-
-
-def _seconds(iso: str | None) -> float:
-    """ISO UTC string -> UNIX seconds (NaN when missing)."""
-    if not iso:
-        return float("nan")
-    return float(np.datetime64(iso.rstrip("Z"), "ms").astype("int64")) / 1000
 
 
 @dataclass
@@ -111,7 +104,7 @@ class LiveWindows:
                     self._cumulative[k] = self._cumulative[k] + v
             w = msg["window"]
             self.points.append(
-                WindowPoint(w["id"], _seconds(w.get("start")), _seconds(w.get("end")), int(arrays["total_hits"]),
+                WindowPoint(w["id"], utc_seconds(w.get("start")), utc_seconds(w.get("end")), int(arrays["total_hits"]),
                             arrays["hits_per_chamber"], int(arrays["rows"]), int(arrays["rejected"]), received)
             )
             self.windows_since_reset += 1

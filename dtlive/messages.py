@@ -35,6 +35,17 @@ def iso_utc(seconds: float | None) -> str | None:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def utc_seconds(iso: str | None) -> float:
+    """ISO 8601 UTC string -> UNIX seconds (NaN when missing); the inverse of :func:`iso_utc`.
+
+    >>> utc_seconds(iso_utc(1.7e9)), str(utc_seconds(None))
+    (1700000000.0, 'nan')
+    """
+    if not iso:
+        return float("nan")
+    return float(np.datetime64(iso.rstrip("Z"), "ms").astype("int64")) / 1000
+
+
 def encode_message(ds: xr.Dataset) -> bytes:
     """Encode one window's Dataset (as made by :mod:`dtlive.products` plus window attrs) as JSON bytes."""
     return json.dumps(message_dict(ds), separators=(",", ":")).encode()

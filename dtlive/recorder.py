@@ -91,10 +91,10 @@ class Recorder:
         self.recorded += len(records)
 
     def _detector_run(self, msg: dict) -> None:
-        from dtlive.live import _seconds
+        from dtlive.messages import utc_seconds
 
         first, last = msg["window"]["first_orbit"], msg["window"]["last_orbit"]
-        start, end = _seconds(msg["window"].get("start")), _seconds(msg["window"].get("end"))
+        start, end = utc_seconds(msg["window"].get("start")), utc_seconds(msg["window"].get("end"))
         current = self.ledger.current_detector_run()
         reset = self._last_orbit is not None and first < self._last_orbit - ORBIT_RESET_TOLERANCE
         if current is not None and reset:

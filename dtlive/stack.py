@@ -72,11 +72,11 @@ def _recorded(state_dir: Path) -> dict[str, int]:
 
 def fresh_windows(bootstrap: str, topic: str, within_s: float = 10.0) -> bool:
     """True when the newest window on ``topic`` ended less than ``within_s`` seconds ago."""
-    from dtlive.live import _seconds
+    from dtlive.messages import utc_seconds
     from dtlive.results import read_messages
 
     msgs = read_messages(bootstrap, topic, last=1, timeout=3)
-    return bool(msgs) and time.time() - _seconds(msgs[-1]["window"].get("end")) < within_s
+    return bool(msgs) and time.time() - utc_seconds(msgs[-1]["window"].get("end")) < within_s
 
 
 def ensure_stack(rate: float = 1000.0, fmt: str = "daq64", state_dir: str | None = None,

@@ -461,9 +461,9 @@ class Dashboard(W.VBox):
             self._shade()
 
     def _shade(self) -> None:
-        from dtlive.live import _seconds
+        from dtlive.messages import utc_seconds
 
-        self.timeseries.shade([(_seconds(p["start"]), _seconds(p["end"])) for p in self.periods
+        self.timeseries.shade([(utc_seconds(p["start"]), utc_seconds(p["end"])) for p in self.periods
                                if p.get("kind", "bad") == "bad"])
 
     # --- drawing --------------------------------------------------------------------------------------------
