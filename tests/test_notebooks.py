@@ -69,10 +69,11 @@ def outputs(nb) -> str:
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             if out.output_type == "stream":
-                parts.append(out.text)
+                parts.append(out.text)  # a print may arrive in several stream messages: no separator
             elif out.output_type in ("execute_result", "display_data"):
-                parts.append(str(out.get("data", {}).get("text/plain", "")))
-    return "\n".join(parts)
+                parts.append("\n" + str(out.get("data", {}).get("text/plain", "")) + "\n")
+        parts.append("\n")
+    return "".join(parts)
 
 
 def expected_run591() -> tuple[int, list[int]]:
