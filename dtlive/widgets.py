@@ -74,6 +74,14 @@ class _BarsView:
         values = np.asarray(values, float)
         return np.where(values > 0, values, 0.5) if self._log else values
 
+    def _set_bars(self, values: np.ndarray) -> None:
+        """New bar heights; an all-empty histogram keeps a 0..1 axis instead of a degenerate one."""
+        values = np.asarray(values, float)
+        with self.bars.hold_sync():
+            if not self._log:
+                self.bars.scales["y"].max = None if values.size and values.max() > 0 else 1.0
+            self.bars.y = self._y(values)
+
     def set_log(self, log: bool) -> None:
         """Switch the y axis between linear and log."""
         if log == self._log:
@@ -82,6 +90,7 @@ class _BarsView:
         self.bars, self.y_axis = self._make_bars(self.bars.x, self.data.values)
         self._bars_figure.marks = [self.bars]
         self._bars_figure.axes = [self.x_axis, self.y_axis]
+        self._set_bars(self.data.values)
 
 
 class HistogramView(_BarsView):
@@ -106,8 +115,7 @@ class HistogramView(_BarsView):
 
     def update(self, da: xr.DataArray) -> None:
         self.data = da
-        with self.bars.hold_sync():
-            self.bars.y = self._y(da.values)
+        self._set_bars(da.values)
 
     def _ipython_display_(self):  # pragma: no cover - notebook display
         from IPython.display import display
@@ -150,8 +158,7 @@ class OccupancyView(_BarsView):
     def update(self, da: xr.DataArray) -> None:
         self.data = da
         values = np.asarray(da.values, float)
-        with self.bars.hold_sync():
-            self.bars.y = self._y(values)
+        self._set_bars(values)
         with self.cells.hold_sync():
             self.cells.color = values
 
