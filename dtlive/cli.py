@@ -432,6 +432,7 @@ def cmd_replay(args) -> int:
 
 
 def _run_with_signals(proc, **kwargs):
+    """Run a service (processor, recorder, listener) until done or SIGINT/SIGTERM, then close it."""
     import signal
 
     old = {s: signal.signal(s, proc.stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -591,15 +592,7 @@ def cmd_record(args) -> int:
     cfg = _config(args)
     bootstrap, _ = resolve_bootstrap(cfg)
     rec = Recorder(cfg, bootstrap, ledger=_ledger())
-    import signal
-
-    old = {sig: signal.signal(sig, rec.stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        rec.run(until_end=args.until_end)
-    finally:
-        rec.close()
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+    _run_with_signals(rec, until_end=args.until_end)
     print(f"recorded {rec.recorded} windows, {rec.periods} quality periods", file=sys.stderr)
     return 0
 
@@ -685,22 +678,15 @@ def cmd_alerts(args) -> int:
     if args.alerts_command != "listen":
         print("dtlive alerts: say `listen` or `send` (see dtlive alerts --help)", file=sys.stderr)
         return 2
-    import signal
 
     from dtlive.alerts.listener import AlertListener
     from dtlive.alerts.rules import load_rules
 
     listener = AlertListener(cfg, bootstrap, ledger=_ledger(), rules=load_rules(args.rules) if args.rules else None,
                              run_tests=args.run_tests, workers=args.workers, timeout_s=args.timeout)
-    old = {sig: signal.signal(sig, listener.stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     print(f"dtlive alerts: listening to {cfg.alert_topics} on {bootstrap}; results -> {cfg.analyses_topic}",
           file=sys.stderr)
-    try:
-        listener.run(max_seconds=args.duration)
-    finally:
-        listener.close()
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+    _run_with_signals(listener, max_seconds=args.duration)
     print(f"dtlive alerts: {dict(listener.counts)}", file=sys.stderr)
     return 0
 
