@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import numpy as np
+import orjson
 import xarray as xr
 
 from dtlive import detector as det
@@ -48,7 +49,16 @@ def utc_seconds(iso: str | None) -> float:
 
 def encode_message(ds: xr.Dataset) -> bytes:
     """Encode one window's Dataset (as made by :mod:`dtlive.products` plus window attrs) as JSON bytes."""
-    return json.dumps(message_dict(ds), separators=(",", ":")).encode()
+    return message_bytes(message_dict(ds))
+
+
+def message_bytes(msg: dict) -> bytes:
+    """A message dict as compact JSON bytes (orjson: ~10x faster than ``json`` on these messages).
+
+    >>> message_bytes({"schema": SCHEMA, "total_hits": np.int64(3), "hits_per_chamber": [1, 2, 0, 0]})
+    b'{"schema":"dtlive.monitor/1","total_hits":3,"hits_per_chamber":[1,2,0,0]}'
+    """
+    return orjson.dumps(msg, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def message_dict(ds: xr.Dataset) -> dict:
@@ -107,7 +117,7 @@ def message_from_arrays(arrays: dict, drift_edges: np.ndarray, attrs: dict) -> d
 
 def decode_message(value: bytes | str | dict) -> dict:
     """Parse and check one result message; raises ValueError with the reason when it is not one."""
-    msg = value if isinstance(value, dict) else json.loads(value)
+    msg = value if isinstance(value, dict) else orjson.loads(value)
     if not isinstance(msg, dict) or msg.get("schema") != SCHEMA:
         raise ValueError(f"not a {SCHEMA} message (schema={msg.get('schema') if isinstance(msg, dict) else None!r})")
     return msg

@@ -399,7 +399,8 @@ class histogram(Stream):
 class from_kafka_batched_consumer(Source):
     """Source: one long-lived confluent-kafka consumer, ``assign()``-ed, batched ``consume()``.
 
-    Emits one :class:`Batch` per consume call. ``start_offsets`` maps partition ->
+    Emits the messages of one consume call (at most ``batch_size``) as :class:`Batch` es of at most
+    ``max_batch_bytes`` of payload (one bigger message makes a batch of its own). ``start_offsets`` maps partition ->
     offset (default: the group's committed offsets, else ``auto.offset.reset``).
     Use :meth:`poll` to drive it synchronously, or ``start()`` on an event loop.
     """
@@ -411,12 +412,14 @@ class from_kafka_batched_consumer(Source):
         batch_size: int = 10_000,
         poll_timeout: float = 0.2,
         start_offsets: dict[int, int] | None = None,
+        max_batch_bytes: int = 4 << 20,
         **kwargs,
     ):
         from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 
         self.topic = topic
         self.batch_size = batch_size
+        self.max_batch_bytes = max(1, int(max_batch_bytes))
         self.poll_timeout = poll_timeout
         conf = {
             "group.id": "dtlive-viewer",
@@ -463,8 +466,19 @@ class from_kafka_batched_consumer(Source):
             out[p] = max(high, self.positions.get(p, 0))
         return out
 
-    def _next_batch(self, timeout: float | None = None) -> Batch | None:
-        msgs = self.consumer.consume(self.batch_size, self.poll_timeout if timeout is None else timeout)
+    def _next_batches(self, timeout: float | None = None) -> list[Batch]:
+        """One consume call's messages as batches of at most ``max_batch_bytes`` of payload each.
+
+        Decoding a whole consume call at once (up to ``batch_size`` messages of 80 kB) makes column arrays
+        of hundreds of MB; pieces of a few MB stay in the CPU caches and decode 2-3x faster.
+        """
+        # consume(n, t) waits for n messages or t seconds: take what is queued now, and only when that is
+        # nothing wait for the first message (so a short backlog is processed at once, not after t)
+        msgs = self.consumer.consume(self.batch_size, 0)
+        if not msgs:
+            first = self.consumer.poll(self.poll_timeout if timeout is None else timeout)
+            if first is not None:
+                msgs = [first, *(self.consumer.consume(self.batch_size - 1, 0) if self.batch_size > 1 else [])]
         good = []
         for m in msgs:
             if m.error():
@@ -473,22 +487,33 @@ class from_kafka_batched_consumer(Source):
             else:
                 good.append(m)
         if not good:
-            return None
-        batch = Batch.from_messages(good, self.topic)
-        self.positions.update(batch.positions)
-        if self.waiting:
-            self.waiting -= set(batch.positions)
-            batch.waiting = frozenset(self.waiting)
+            return []
+        bounds = [0]
+        size = 0
+        for i, m in enumerate(good):  # greedy pieces; a message bigger than the limit is a piece of its own
+            if size and size + len(m) > self.max_batch_bytes:
+                bounds.append(i)
+                size = 0
+            size += len(m)
+        bounds.append(len(good))
+        batches = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            batch = Batch.from_messages(good[a:b], self.topic)
+            self.positions.update(batch.positions)
+            if self.waiting:
+                self.waiting -= set(batch.positions)
+                batch.waiting = frozenset(self.waiting)
+            batches.append(batch)
         self.messages += len(good)
-        return batch
+        return batches
 
     def poll(self, timeout: float | None = None) -> int:
-        """Consume one batch and emit it downstream (synchronously); return the number of messages."""
-        batch = self._next_batch(timeout)
-        if batch is None:
-            return 0
-        self._emit(batch)  # in the caller's thread (``emit`` would hop to streamz's event-loop thread and wait)
-        return len(batch.payloads)
+        """Consume once and emit the batches downstream (synchronously); return the number of messages."""
+        n = 0
+        for batch in self._next_batches(timeout):
+            self._emit(batch)  # in the caller's thread (``emit`` would hop to streamz's event-loop thread and wait)
+            n += len(batch.payloads)
+        return n
 
     def _idle(self) -> None:
         """No input: let downstream windows close after their idle time."""
@@ -504,11 +529,11 @@ class from_kafka_batched_consumer(Source):
 
     async def _run(self):
         """One cycle of ``start()``: runs on streamz's event loop, so it emits asynchronously."""
-        batch = self._next_batch(timeout=0)
-        if batch is None:
+        batches = self._next_batches(timeout=0)
+        if not batches:
             self._idle()
             await asyncio.sleep(self.poll_timeout)
-        else:
+        for batch in batches:
             await self.emit(batch, asynchronous=True)
 
     def close(self) -> None:

@@ -32,6 +32,7 @@ from dtlive import nodes as _nodes  # noqa: F401  (registers the node methods on
 from dtlive.config import Config, load_config  # noqa: F401  (load_config: doctest)
 from dtlive.decode import Reject
 from dtlive.kafka import client_config, ensure_topics, partition_ends
+from dtlive.messages import message_bytes
 from dtlive.nodes import event_windows, from_kafka_batched_consumer, window_message
 from dtlive.windows import Window
 
@@ -178,7 +179,7 @@ class TransactionalPublisher:
         msg = msg if msg is not None else window_message(window, self.edges, self.provenance)
         self.producer.produce(
             self.cfg.monitor_topic,
-            json.dumps(msg, separators=(",", ":")).encode(),
+            message_bytes(msg),
             key=str(window.id).encode(),
             headers=[("schema", b"dtlive.monitor/1")],
         )

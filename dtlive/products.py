@@ -37,66 +37,86 @@ PRODUCTS = (
 )
 
 
+N_CELLS = det.N_CHAMBERS * NCH
+_DENSE_SPAN = 1 << 22  # key spans up to this are looked up in a table (a window spans ~22k orbits)
+
+
+def _orbit_time_ns(bx: np.ndarray, tdc: np.ndarray) -> np.ndarray:
+    """Hit time inside its orbit in ns (the orbit part cancels in drift times and would only cost precision)."""
+    return 25.0 * bx + tdc * 25.0 / 30.0
+
+
+def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Index of each key in the sorted distinct ``sorted_keys``, or -1 (a table lookup when the span is small)."""
+    lo, span = int(sorted_keys[0]), int(sorted_keys[-1]) - int(sorted_keys[0]) + 1
+    if span > _DENSE_SPAN:
+        idx = np.clip(np.searchsorted(sorted_keys, keys), 0, len(sorted_keys) - 1)
+        return np.where(sorted_keys[idx] == keys, idx, -1)
+    table = np.full(span, -1, np.int64)
+    table[sorted_keys - lo] = np.arange(len(sorted_keys))
+    rel = keys - lo
+    inside = (rel >= 0) & (rel < span)
+    out = np.full(len(keys), -1, np.int64)
+    out[inside] = table[rel[inside]]
+    return out
+
+
 def compute_arrays(hits: Rows, drift_edges: np.ndarray = DRIFT_EDGES_NS) -> dict[str, np.ndarray]:
     """The six products as plain numpy arrays (the fast core of :func:`compute_products`)."""
     fpga, channel, orbit = hits.fpga, hits.channel, hits.orbit
+    cell = fpga * det.CHAMBER_CHANNELS + channel  # == chamber * 64 + local channel, for chamber channels
     in_chamber = channel < det.CHAMBER_CHANNELS
-    chamber = 2 * fpga[in_chamber] + channel[in_chamber] // NCH
-    local = channel[in_chamber] % NCH
-    cell_key = chamber * NCH + local  # 0..255: (chamber, local channel)
-    occupancy = np.bincount(cell_key, minlength=det.N_CHAMBERS * NCH).reshape(det.N_CHAMBERS, NCH)
+    rows: slice | np.ndarray = slice(None)
+    o = orbit
+    if not in_chamber.all():
+        rows = np.flatnonzero(in_chamber)
+        cell, o = cell[rows], orbit[rows]
+    occupancy = np.bincount(cell, minlength=N_CELLS).reshape(det.N_CHAMBERS, NCH)
 
-    # Distinct active channels per (orbit, chamber): sort unique (orbit, cell) keys, count runs.
-    o = orbit[in_chamber]
-    multiplicity = np.zeros((det.N_CHAMBERS, NCH + 1), np.int64)
+    # Distinct active channels per (orbit, chamber): sort the (orbit, cell) keys, drop repeats, count runs.
+    # Timsort is near-linear on DAQ data (almost in orbit order); np.unique's hashing was ~80x slower here.
+    multiplicity = np.zeros(det.N_CHAMBERS * (NCH + 1), np.int64)
     if len(o):
-        # sort + drop repeats: timsort is near-linear on DAQ data (almost in orbit order); np.unique's
-        # hashing was ~80x slower here
-        key = np.sort((o - o.min()) * (det.N_CHAMBERS * NCH) + cell_key, kind="stable")
-        key = key[np.r_[True, key[1:] != key[:-1]]]
-        orbit_chamber = key // NCH
-        starts = np.flatnonzero(np.r_[True, orbit_chamber[1:] != orbit_chamber[:-1]])
-        counts = np.diff(np.r_[starts, len(key)])
-        multiplicity = np.bincount(
-            (orbit_chamber[starts] % det.N_CHAMBERS) * (NCH + 1) + counts, minlength=det.N_CHAMBERS * (NCH + 1)
-        ).reshape(det.N_CHAMBERS, NCH + 1)
+        key = np.sort((o - o.min()) * N_CELLS + cell, kind="stable")
+        key = key[np.concatenate(([True], key[1:] != key[:-1]))]
+        orbit_chamber = key >> 6  # key // NCH
+        starts = np.flatnonzero(np.concatenate(([True], orbit_chamber[1:] != orbit_chamber[:-1])))
+        counts = np.diff(starts, append=len(key))
+        chamber = orbit_chamber[starts] % det.N_CHAMBERS
+        multiplicity = np.bincount(chamber * (NCH + 1) + counts, minlength=len(multiplicity))
+    multiplicity = multiplicity.reshape(det.N_CHAMBERS, NCH + 1)
 
-    # Orbits with a scintillator hit: earliest scintillator time per orbit.
-    is_scint = (fpga == det.SCINT_FPGA) & (channel == det.SCINT_CHANNEL)
+    # Hits in orbits with a scintillator hit, timed from the earliest scintillator hit of their orbit.
     nbins = len(drift_edges) - 1
     scint_occ = np.zeros((det.N_CHAMBERS, NCH), np.int64)
-    drift = np.zeros((det.N_CHAMBERS, nbins), np.int64)
-    under = np.zeros(det.N_CHAMBERS, np.int64)
-    over = np.zeros(det.N_CHAMBERS, np.int64)
-    if is_scint.any():
-        t_scint = det.hit_time_ns(orbit[is_scint], hits.bx[is_scint], hits.tdc[is_scint])
+    drift = np.zeros((det.N_CHAMBERS, nbins + 2), np.int64)  # [underflow, bins..., overflow]
+    is_scint = (channel == det.SCINT_CHANNEL) & (fpga == det.SCINT_FPGA)
+    if len(o) and is_scint.any():
         s_orbit = orbit[is_scint]
+        t_scint = _orbit_time_ns(hits.bx[is_scint], hits.tdc[is_scint])
         order = np.lexsort((t_scint, s_orbit))
         s_orbit, t_scint = s_orbit[order], t_scint[order]
-        first = np.r_[True, s_orbit[1:] != s_orbit[:-1]]
+        first = np.concatenate(([True], s_orbit[1:] != s_orbit[:-1]))
         s_orbit, t_scint = s_orbit[first], t_scint[first]
-        idx = np.clip(np.searchsorted(s_orbit, o), 0, len(s_orbit) - 1)
-        selected = s_orbit[idx] == o
-        scint_occ = np.bincount(cell_key[selected], minlength=det.N_CHAMBERS * NCH).reshape(det.N_CHAMBERS, NCH)
-        ch_sel = chamber[selected]
-        t_hit = det.hit_time_ns(o[selected], hits.bx[in_chamber][selected], hits.tdc[in_chamber][selected])
-        dt = t_hit - (t_scint[idx[selected]] - det.T0_OFFSET_NS[ch_sel])
-        b = np.searchsorted(drift_edges, dt, side="right") - 1  # -1: underflow, nbins: overflow
-        under = np.bincount(ch_sel[b < 0], minlength=det.N_CHAMBERS)
-        over = np.bincount(ch_sel[b >= nbins], minlength=det.N_CHAMBERS)
-        inside = (b >= 0) & (b < nbins)
-        drift = np.bincount(ch_sel[inside] * nbins + b[inside], minlength=det.N_CHAMBERS * nbins).reshape(
-            det.N_CHAMBERS, nbins
-        )
+        match = _find(s_orbit, o)
+        sel = np.flatnonzero(match >= 0)
+        sel_cell = cell[sel]
+        scint_occ = np.bincount(sel_cell, minlength=N_CELLS).reshape(det.N_CHAMBERS, NCH)
+        chamber = sel_cell >> 6
+        hit_rows = sel if isinstance(rows, slice) else rows[sel]
+        dt = _orbit_time_ns(hits.bx[hit_rows], hits.tdc[hit_rows]) - (t_scint[match[sel]] - det.T0_OFFSET_NS[chamber])
+        b = np.searchsorted(drift_edges, dt, side="right")  # 0: underflow, nbins + 1: overflow
+        drift = np.bincount(chamber * (nbins + 2) + b, minlength=drift.size)
+        drift = drift.reshape(det.N_CHAMBERS, nbins + 2)
     return {
         "total_hits": np.int64(len(hits)),
         "hits_per_chamber": occupancy.sum(axis=1),
         "channel_occupancy": occupancy,
         "active_channels_per_orbit": multiplicity[:, 1:],
         "scint_channel_occupancy": scint_occ,
-        "drift_time_ns": drift,
-        "drift_time_ns_underflow": under,
-        "drift_time_ns_overflow": over,
+        "drift_time_ns": drift[:, 1:-1],
+        "drift_time_ns_underflow": drift[:, 0],
+        "drift_time_ns_overflow": drift[:, -1],
     }
 
 

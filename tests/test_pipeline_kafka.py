@@ -159,6 +159,37 @@ def test_users_own_streamz_graph_from_dtlive_nodes(broker, topics):
     assert all(0 <= ch < 128 for ch in found)
 
 
+def test_source_cuts_a_consume_call_into_pieces_of_bounded_bytes_and_does_not_wait_out_its_timeout(broker, topics):
+    """Big daq64 backlogs are decoded in pieces of <= max_batch_bytes; a backlog is taken at once."""
+    import time
+
+    from dtlive import nodes
+
+    ensure_topics(load_config({}, env={}), broker, [topics["hits_topic"]])
+    produce_file(broker, topics["hits_topic"], RUN_CSV, "daq64", rows_per_message=1000)  # 8,000 B per message
+    src = nodes.from_kafka_batched_consumer(topics["hits_topic"], {"bootstrap.servers": broker,
+                                                                   "auto.offset.reset": "earliest"},
+                                            batch_size=1000, poll_timeout=30.0, max_batch_bytes=20_000)
+    batches = src.sink_to_list()
+    windows = src.decode_hits().clean_hits().event_windows(window_s=2, lateness_s=0.2)
+    totals = windows.histogram().map(lambda ds: int(ds.total_hits)).sink_to_list()
+    t0 = time.monotonic()
+    polls = 0
+    while sum(len(b.payloads) for b in batches) < 160 and polls < 50:
+        polls += 1
+        src.poll()
+    took = time.monotonic() - t0
+    windows.flush()
+    src.close()
+    assert sum(totals) == 159_616
+    assert all(sum(map(len, b.payloads)) <= 20_000 for b in batches)
+    assert max(len(b.payloads) for b in batches) == 2 and len(batches) >= 80
+    offsets = np.concatenate([b.offsets for b in batches])
+    assert offsets.tolist() == list(range(160))  # every message once, in order
+    assert all(b.positions == {0: int(b.offsets[-1]) + 1} for b in batches)
+    assert took < 30.0  # the backlog came without waiting out the 30 s poll timeout
+
+
 def test_users_graph_runs_in_the_background_with_start(broker, topics):
     """``src.start()`` polls on streamz's event loop; idle windows close by themselves."""
     import time
