@@ -267,15 +267,15 @@ def _decode_daq64(payloads: Sequence[bytes], parts: np.ndarray, offs: np.ndarray
         payloads, parts, offs = [p for _, p in kept], parts[keep], offs[keep]
         sizes = np.fromiter((len(p) for p in payloads), np.int64, len(payloads))
     words = np.frombuffer(b"".join(payloads), dtype="<u8")
-    msg = np.repeat(np.arange(len(payloads)), sizes // 8)
+    row_parts, row_offs = np.repeat(parts, sizes // 8), np.repeat(offs, sizes // 8)
     cols = unpack_words(words)
     ok, reason = _validate_words(cols)
     if not ok.all():
         for i in np.flatnonzero(~ok):
-            rejects.append(Reject(str(reason[i]), words[i : i + 1].tobytes(), int(parts[msg[i]]), int(offs[msg[i]])))
+            rejects.append(Reject(str(reason[i]), words[i : i + 1].tobytes(), int(row_parts[i]), int(row_offs[i])))
         cols = {k: v[ok] for k, v in cols.items()}
-        msg = msg[ok]
-    return Decoded(Rows(**cols, partition=parts[msg], offset=offs[msg]), rejects)
+        row_parts, row_offs = row_parts[ok], row_offs[ok]
+    return Decoded(Rows(**cols, partition=row_parts, offset=row_offs), rejects)
 
 
 _WORD_FIELDS = dict(zip(COLUMNS, ("HEAD", "FPGA", "TDC_CHANNEL", "ORBIT_CNT", "BX_COUNTER", "TDC_MEAS")))

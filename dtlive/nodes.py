@@ -399,9 +399,9 @@ class histogram(Stream):
 class from_kafka_batched_consumer(Source):
     """Source: one long-lived confluent-kafka consumer, ``assign()``-ed, batched ``consume()``.
 
-    Emits the messages of one consume call (at most ``batch_size``) as :class:`Batch` es of at most
-    ``max_batch_bytes`` of payload (one bigger message makes a batch of its own). ``start_offsets`` maps partition ->
-    offset (default: the group's committed offsets, else ``auto.offset.reset``).
+    Emits the messages of one consume call (at most ``batch_size``) as batches (:class:`Batch`) of at
+    most ``max_batch_bytes`` of payload (a bigger message makes a batch of its own). ``start_offsets``
+    maps partition -> offset (default: the group's committed offsets, else ``auto.offset.reset``).
     Use :meth:`poll` to drive it synchronously, or ``start()`` on an event loop.
     """
 

@@ -88,9 +88,26 @@ def clean(rows: Rows) -> tuple[Rows, int]:
 
 
 def partitions_of(partition: np.ndarray) -> np.ndarray:
-    """The distinct partition numbers present (small non-negative ints: a bincount, not a sort).
+    """The distinct partition numbers present (small non-negative ints: min/max, else a bincount; no sort).
 
     >>> partitions_of(np.array([3, 0, 3])).tolist()
     [0, 3]
     """
-    return np.flatnonzero(np.bincount(np.asarray(partition, np.int64))) if len(partition) else np.empty(0, np.int64)
+    if not len(partition):
+        return np.empty(0, np.int64)
+    lo, hi = int(partition.min()), int(partition.max())
+    if lo == hi:  # the usual case: one partition
+        return np.array([lo], np.int64)
+    return np.flatnonzero(np.bincount(np.asarray(partition, np.int64) - lo)) + lo
+
+
+def by_partition(partition: np.ndarray, values: np.ndarray, reduce: np.ufunc) -> dict[int, int]:
+    """``reduce`` (e.g. ``np.minimum``) of ``values`` per partition present.
+
+    >>> by_partition(np.array([1, 0, 1]), np.array([5, 7, 2]), np.maximum)
+    {0: 7, 1: 5}
+    """
+    parts = partitions_of(partition)
+    if len(parts) == 1:
+        return {int(parts[0]): int(reduce.reduce(values))}
+    return {int(p): int(reduce.reduce(values[partition == p])) for p in parts}

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dtlive import detector as det
-from dtlive.rows import Rows, partitions_of
+from dtlive.rows import Rows, by_partition
 
 
 @dataclass
@@ -102,9 +102,8 @@ class EventTimeWindows:
                 for a, b in zip(bounds[:-1], bounds[1:]):
                     part = hits.select(slice(a, b)) if in_order else hits.select(order[a:b])
                     self._put(int(sorted_ids[a]), part)
-            for part in partitions_of(hits.partition):
-                peak = int(hits.orbit[hits.partition == part].max())
-                self._max_orbit[int(part)] = max(peak, self._max_orbit.get(int(part), peak))
+            for part, peak in by_partition(hits.partition, hits.orbit, np.maximum).items():
+                self._max_orbit[part] = max(peak, self._max_orbit.get(part, peak))
         return ([] if self.waiting else self._close_until(self.watermark)), late_rows
 
     def flush(self) -> list[Window]:
@@ -114,9 +113,8 @@ class EventTimeWindows:
     def _put(self, wid: int, rows: Rows) -> None:
         self._open.setdefault(wid, []).append(rows)
         low = self._low.setdefault(wid, {})
-        for p in partitions_of(rows.partition):
-            off = int(rows.offset[rows.partition == p].min())
-            low[int(p)] = min(off, low.get(int(p), off))
+        for p, off in by_partition(rows.partition, rows.offset, np.minimum).items():
+            low[p] = min(off, low.get(p, off))
 
     def pending_offsets(self) -> dict[int, int]:
         """Per partition, the lowest input offset that still feeds an open window."""
@@ -134,10 +132,9 @@ class EventTimeWindows:
                 break
             hits = Rows.concat(self._open.pop(wid))
             self._low.pop(wid, None)
-            inputs = {}
-            for p in partitions_of(hits.partition):
-                offs = hits.offset[hits.partition == p]
-                inputs[int(p)] = (int(offs.min()), int(offs.max()))
+            first = by_partition(hits.partition, hits.offset, np.minimum)
+            last = by_partition(hits.partition, hits.offset, np.maximum)
+            inputs = {p: (first[p], last[p]) for p in first}
             closed.append(Window(wid, wid * self.window_orbits, last_orbit, hits, inputs))
             self.last_closed = wid
         return closed
