@@ -10,12 +10,10 @@ Everything the stack started is stopped at the end (found by a unique tag in its
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +22,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from processes import kill_tagged
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,32 +45,6 @@ def repository_copy(dest: Path) -> Path:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
     return dest
-
-
-def tagged_pids(marker: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if marker.encode() in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-    return found
-
-
-def kill_tagged(marker: str, timeout: float = 10.0) -> list[int]:
-    """SIGINT, then SIGKILL after ``timeout``, every process carrying ``marker`` in its environment."""
-    pids = tagged_pids(marker)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
-    deadline = time.monotonic() + timeout
-    while tagged_pids(marker) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for pid in tagged_pids(marker):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return pids
 
 
 def notebook_text(path: Path) -> str:

@@ -32,6 +32,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from processes import kill_tagged
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "jupyterhub_config.py"
@@ -179,33 +180,6 @@ def ensure_hub_installed() -> None:
                        timeout=600)
     if not ok():
         _unavailable(f"JupyterHub pieces missing and scripts/install_hub.sh failed: {(r.stderr or r.stdout)[-2000:]}")
-
-
-def tagged_pids(marker: str) -> list[int]:
-    """Processes whose environment contains ``marker`` (everything the hub started inherits it)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if marker.encode() in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-    return found
-
-
-def kill_tagged(marker: str, timeout: float = 10.0) -> list[int]:
-    """SIGINT, then SIGKILL after ``timeout``, every process carrying ``marker``; returns the pids found."""
-    pids = tagged_pids(marker)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
-    deadline = time.monotonic() + timeout
-    while tagged_pids(marker) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for pid in tagged_pids(marker):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return pids
 
 
 def api(url: str, token: str, method: str = "GET", body: dict | None = None, timeout: float = 30.0):
