@@ -415,7 +415,8 @@ def _process_on_dask(args, cfg, bootstrap) -> int:
         proc = DaskProcessor(cfg, bootstrap, client, from_beginning=args.from_beginning, batch_size=args.batch_size,
                              ledger=None if args.no_ledger else _ledger())
         _run_with_signals(proc, until_end=args.until_end)
-        print(f"processed {proc.source.messages} messages on {len(client.nthreads())} Dask workers, published "
+        print(f"processed {proc.messages} messages with {len(proc.slots)} partition actors on "
+              f"{len(client.nthreads())} Dask workers ({proc.lost_actors} lost and replaced), published "
               f"{proc.publisher.published} windows, dead-lettered {proc.publisher.dead_lettered}", file=sys.stderr)
     return 0
 

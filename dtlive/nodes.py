@@ -401,6 +401,7 @@ class from_kafka_batched_consumer(Source):
 
     Emits one :class:`Batch` per consume call. ``start_offsets`` maps partition ->
     offset (default: the group's committed offsets, else ``auto.offset.reset``).
+    ``partitions``: read only these (a share of the topic, e.g. on a Dask worker); default all.
     Use :meth:`poll` to drive it synchronously, or ``start()`` on an event loop.
     """
 
@@ -411,6 +412,7 @@ class from_kafka_batched_consumer(Source):
         batch_size: int = 10_000,
         poll_timeout: float = 0.2,
         start_offsets: dict[int, int] | None = None,
+        partitions: list[int] | None = None,
         **kwargs,
     ):
         from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
@@ -430,7 +432,7 @@ class from_kafka_batched_consumer(Source):
         tmeta = meta.topics.get(topic)
         if tmeta is None or tmeta.error is not None or not tmeta.partitions:
             raise RuntimeError(f"topic {topic!r} is not available on {conf.get('bootstrap.servers')}")
-        self.partitions = sorted(tmeta.partitions)
+        self.partitions = sorted(tmeta.partitions if partitions is None else partitions)
         reset = OFFSET_BEGINNING if conf["auto.offset.reset"] in ("earliest", "beginning", "smallest") else OFFSET_END
         committed = {}
         if start_offsets is None:
@@ -440,7 +442,7 @@ class from_kafka_batched_consumer(Source):
         # Partitions with input before their end: event-time windows wait until each has delivered something,
         # so a replay of a multi-partition topic stays exact whichever partition is fetched first.
         self.waiting: set[int] = set()
-        if len(self.partitions) > 1:
+        if len(self.partitions) > 1 or partitions is not None:  # a share waits for each of its partitions too
             from dtlive.kafka import end_offsets
 
             ends = end_offsets(self.consumer, topic)
