@@ -191,3 +191,48 @@ def test_replay_command(tmp_path, monkeypatch, capsys):
     assert main(["replay", str(RUN_CSV), "--window", "5s"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["hits"] == 159_616 and summary["windows"] >= 7
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+@pytest.mark.parametrize("first,second", [("dask", "single"), ("single", "dask")])
+def test_kill_9_driver_then_restart_the_other_kind_counts_every_hit_once(broker, topics, first, second):
+    """The Dask driver writes the single processor's checkpoint: either kind resumes the other's series."""
+    import threading
+    import time
+
+    ensure_topics(load_config({}, env={}), broker, {topics["hits_topic"]: 4})
+    # the input arrives over ~5 s while the first run processes it, so it is killed mid-stream
+    feed = threading.Thread(target=emulate, args=(Producer({"bootstrap.servers": broker, "linger.ms": 5}),
+                                                  topics["hits_topic"], file_chunks([str(RUN_CSV)])),
+                            kwargs={"rate": 32_000, "fmt": "csv", "progress": False, "partitions": 4, "key": "chamber"})
+    base = [sys.executable, "-m", "dtlive.cli", "--bootstrap", broker, "process", "--input", topics["hits_topic"],
+            "--output", topics["monitor_topic"], "--rejected", topics["rejected_topic"], "--group-id",
+            topics["group_id"], "--from-beginning", "--batch-size", "300"]
+    kind = {"dask": ["--dask", "local:2"], "single": []}
+    env = {**os.environ, "CI": "true"}
+    proc = subprocess.Popen([*base, *kind[first]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)  # its own process group: the Dask workers die with it
+    feed.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(read_messages(broker, topics["monitor_topic"], timeout=2)) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the first run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    feed.join(60)
+    before = len(read_messages(broker, topics["monitor_topic"], timeout=5))
+    assert 2 <= before < 15
+
+    done = subprocess.run([*base, *kind[second], "--until-end"], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    msgs = read_messages(broker, topics["monitor_topic"])
+    ids = [m["window"]["id"] for m in msgs]
+    assert len(ids) == len(set(ids)), "a window was published twice"
+    assert len({m["provenance"]["run_id"] for m in msgs}) == 2
+    assert sum(m["total_hits"] for m in msgs) == sum(m["counts"]["rows"] for m in msgs) == 159_616
+    assert [sum(m["hits_per_chamber"][c] for m in msgs) for c in range(4)] == PER_CHAMBER
+    per_window = (pd.read_csv(RUN_CSV).ORBIT_CNT // det.orbits_for_seconds(2.0)).value_counts().to_dict()
+    assert {m["window"]["id"]: m["total_hits"] for m in msgs} == per_window
