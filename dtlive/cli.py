@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--until-end", action="store_true", help="stop at the end of the input (as found at start)")
     pr.add_argument("--batch-size", type=int, default=20_000, help="messages per consume call (default 20000)")
     pr.add_argument("--no-ledger", action="store_true", help="do not record the run in the ledger (DTLIVE_DB)")
-    pr.add_argument("--dask", metavar="ADDRESS", help="decode and histogram on Dask workers: a scheduler address, "
+    pr.add_argument("--dask", metavar="ADDRESS", help="read, decode and window the input's partitions on Dask "
+                    "workers (one partition actor per worker, partial products merged here): a scheduler address, "
                     "or local:N for a local cluster of N worker processes (same results, see docs/scaling.md)")
 
     rp = sub.add_parser(
