@@ -202,10 +202,10 @@ def test_kill_9_driver_then_restart_the_other_kind_counts_every_hit_once(broker,
     import time
 
     ensure_topics(load_config({}, env={}), broker, {topics["hits_topic"]: 4})
-    # the input arrives over ~5 s while the first run processes it, so it is killed mid-stream
+    # the input arrives over ~13 s while the first run processes it, so it is killed mid-stream
     feed = threading.Thread(target=emulate, args=(Producer({"bootstrap.servers": broker, "linger.ms": 5}),
                                                   topics["hits_topic"], file_chunks([str(RUN_CSV)])),
-                            kwargs={"rate": 32_000, "fmt": "csv", "progress": False, "partitions": 4, "key": "chamber"})
+                            kwargs={"rate": 12_000, "fmt": "csv", "progress": False, "partitions": 4, "key": "chamber"})
     base = [sys.executable, "-m", "dtlive.cli", "--bootstrap", broker, "process", "--input", topics["hits_topic"],
             "--output", topics["monitor_topic"], "--rejected", topics["rejected_topic"], "--group-id",
             topics["group_id"], "--from-beginning", "--batch-size", "300"]
@@ -216,7 +216,7 @@ def test_kill_9_driver_then_restart_the_other_kind_counts_every_hit_once(broker,
     feed.start()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        if len(read_messages(broker, topics["monitor_topic"], timeout=2)) >= 2:
+        if len(read_messages(broker, topics["monitor_topic"], timeout=1)) >= 2:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the first run finished before it could be killed"
@@ -224,7 +224,7 @@ def test_kill_9_driver_then_restart_the_other_kind_counts_every_hit_once(broker,
     proc.wait(10)
     feed.join(60)
     before = len(read_messages(broker, topics["monitor_topic"], timeout=5))
-    assert 2 <= before < 15
+    assert 2 <= before < 17  # of 17 windows
 
     done = subprocess.run([*base, *kind[second], "--until-end"], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
