@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--until-end", action="store_true", help="stop at the end of the input (as found at start)")
     pr.add_argument("--batch-size", type=int, default=20_000, help="messages per consume call (default 20000)")
     pr.add_argument("--no-ledger", action="store_true", help="do not record the run in the ledger (DTLIVE_DB)")
-    pr.add_argument("--dask", metavar="ADDRESS", help="decode and histogram on Dask workers: a scheduler address, "
+    pr.add_argument("--dask", metavar="ADDRESS", help="read, decode and window the input's partitions on Dask "
+                    "workers (one partition actor per worker, partial products merged here): a scheduler address, "
                     "or local:N for a local cluster of N worker processes (same results, see docs/scaling.md)")
 
     rp = sub.add_parser(
@@ -415,7 +416,8 @@ def _process_on_dask(args, cfg, bootstrap) -> int:
         proc = DaskProcessor(cfg, bootstrap, client, from_beginning=args.from_beginning, batch_size=args.batch_size,
                              ledger=None if args.no_ledger else _ledger())
         _run_with_signals(proc, until_end=args.until_end)
-        print(f"processed {proc.source.messages} messages on {len(client.nthreads())} Dask workers, published "
+        print(f"processed {proc.messages} messages with {len(proc.slots)} partition actors on "
+              f"{len(client.nthreads())} Dask workers ({proc.lost_actors} lost and replaced), published "
               f"{proc.publisher.published} windows, dead-lettered {proc.publisher.dead_lettered}", file=sys.stderr)
     return 0
 

@@ -402,6 +402,7 @@ class from_kafka_batched_consumer(Source):
     Emits the messages of one consume call (at most ``batch_size``) as batches (:class:`Batch`) of at
     most ``max_batch_bytes`` of payload (a bigger message makes a batch of its own). ``start_offsets``
     maps partition -> offset (default: the group's committed offsets, else ``auto.offset.reset``).
+    ``partitions``: read only these (a share of the topic, e.g. on a Dask worker); default all.
     Use :meth:`poll` to drive it synchronously, or ``start()`` on an event loop.
     """
 
@@ -413,6 +414,7 @@ class from_kafka_batched_consumer(Source):
         poll_timeout: float = 0.2,
         start_offsets: dict[int, int] | None = None,
         max_batch_bytes: int = 4 << 20,
+        partitions: list[int] | None = None,
         **kwargs,
     ):
         from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
@@ -433,7 +435,7 @@ class from_kafka_batched_consumer(Source):
         tmeta = meta.topics.get(topic)
         if tmeta is None or tmeta.error is not None or not tmeta.partitions:
             raise RuntimeError(f"topic {topic!r} is not available on {conf.get('bootstrap.servers')}")
-        self.partitions = sorted(tmeta.partitions)
+        self.partitions = sorted(tmeta.partitions if partitions is None else partitions)
         reset = OFFSET_BEGINNING if conf["auto.offset.reset"] in ("earliest", "beginning", "smallest") else OFFSET_END
         committed = {}
         if start_offsets is None:
@@ -443,7 +445,7 @@ class from_kafka_batched_consumer(Source):
         # Partitions with input before their end: event-time windows wait until each has delivered something,
         # so a replay of a multi-partition topic stays exact whichever partition is fetched first.
         self.waiting: set[int] = set()
-        if len(self.partitions) > 1:
+        if len(self.partitions) > 1 or partitions is not None:  # a share waits for each of its partitions too
             from dtlive.kafka import end_offsets
 
             ends = end_offsets(self.consumer, topic)

@@ -236,6 +236,32 @@ class TransactionalPublisher:
         self._in_txn = False
 
 
+def open_publisher(cfg: Config, bootstrap: str, run_id: str) -> tuple[TransactionalPublisher, dict | None]:
+    """The topics, the fenced transactional publisher of processor ``cfg.group_id`` and where it resumes.
+
+    Returns the publisher and the state its previous run left (:func:`resume_state`; None on a first run).
+    Refuses (SystemExit) to continue a result series that was made with other processing settings.
+    """
+    ensure_topics(cfg, bootstrap, [cfg.hits_topic, cfg.monitor_topic, cfg.rejected_topic, checkpoint_topic(cfg)])
+    provenance = {
+        "topic": cfg.hits_topic,
+        "dtlive_version": __version__,
+        "config_hash": cfg.config_hash,
+        "run_id": run_id,
+        "processor": cfg.group_id,
+        "host": socket.gethostname(),
+    }
+    publisher = TransactionalPublisher(cfg, bootstrap, provenance)
+    publisher.fence()
+    ckpt = resume_state(cfg, bootstrap)
+    if ckpt and ckpt.get("config_hash") != cfg.config_hash:
+        raise SystemExit(
+            f"processor {cfg.group_id!r} last ran with other processing settings (config hash "
+            f"{ckpt.get('config_hash')} != {cfg.config_hash}); give a new --group-id to start a new series"
+        )
+    return publisher, ckpt
+
+
 class Processor:
     """The running service: source, nodes and publisher, driven by :meth:`run`."""
 
@@ -252,24 +278,8 @@ class Processor:
 
         self.cfg = cfg
         self.bootstrap = bootstrap
-        ensure_topics(cfg, bootstrap, [cfg.hits_topic, cfg.monitor_topic, cfg.rejected_topic, checkpoint_topic(cfg)])
         self.run_id = run_id or uuid.uuid4().hex[:12]
-        provenance = {
-            "topic": cfg.hits_topic,
-            "dtlive_version": __version__,
-            "config_hash": cfg.config_hash,
-            "run_id": self.run_id,
-            "processor": cfg.group_id,
-            "host": socket.gethostname(),
-        }
-        self.publisher = TransactionalPublisher(cfg, bootstrap, provenance)
-        self.publisher.fence()
-        ckpt = resume_state(cfg, bootstrap)
-        if ckpt and ckpt.get("config_hash") != cfg.config_hash:
-            raise SystemExit(
-                f"processor {cfg.group_id!r} last ran with other processing settings (config hash "
-                f"{ckpt.get('config_hash')} != {cfg.config_hash}); give a new --group-id to start a new series"
-            )
+        self.publisher, ckpt = open_publisher(cfg, bootstrap, self.run_id)
         resume = {int(k): v for k, v in (ckpt or {}).get("positions", {}).items()}
         self.resumed = ckpt is not None
         self.source = from_kafka_batched_consumer(

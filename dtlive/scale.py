@@ -1,12 +1,14 @@
-"""Scale-out on Dask (issue #7): the same graph, its heavy steps on Dask workers; file replays without Kafka.
+"""Scale-out on Dask (issue #7): ``dtlive process --dask`` and ``dtlive replay --dask``.
 
-Design (chosen by measurement, see ``docs/scaling.md``): the driver keeps everything that carries
-exactly-once state — the Kafka source, the event-time windows (cheap: slicing by orbit) and the
-transactional publisher. Per consume call the batch is cut into one piece per worker and decoded +
-cleaned there (:func:`decode_clean`, the very nodes of :mod:`dtlive.nodes`); the closed windows of the
-call are turned into result messages there (:func:`dtlive.nodes.window_message`), all in parallel, and
-published in window order before anything is committed (:meth:`DaskProcessor.settle`). Results are
-therefore identical to a single-process run; only where the CPU time is spent changes.
+``dtlive process --dask`` (:class:`DaskProcessor`, design b, chosen by measurement: ``docs/scaling.md``):
+the input topic's partitions are split into one group per worker; on each worker a long-lived Dask
+actor (:class:`dtlive.actor.PartitionActor`) reads its group with its own consumer and runs the
+processor's nodes (decode -> clean -> event-time windows). Hits never leave the worker: for each closed
+window it returns the mergeable partial products of :mod:`dtlive.partials`, and the driver merges them into
+exactly the single processor's message and publishes it in its one Kafka transaction, exactly once.
+
+``dtlive replay --dask`` (design a, for files): the driver reads the files and windows them, the workers
+decode pieces of each batch and turn closed windows into messages (:func:`decode_clean`, :class:`WindowsOnDask`).
 
 ``address``: ``local:N`` starts a ``LocalCluster`` of N single-threaded worker processes on loopback;
 anything else is a scheduler address (``tcp://host:8786``).
@@ -23,15 +25,21 @@ import logging
 import time
 import uuid
 from collections import Counter
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from streamz import Stream
 
+from dtlive import detector as det
 from dtlive import nodes as _nodes  # noqa: F401  (registers the node methods on Stream)
+from dtlive.actor import Answer, Report, Request, Share
 from dtlive.config import Config
-from dtlive.nodes import Batch, Decoded, window_message
-from dtlive.processor import Processor, drift_edges
+from dtlive.kafka import consumer_config, partition_ends
+from dtlive.messages import message_from_arrays
+from dtlive.nodes import Batch, Decoded, window_message, window_products
+from dtlive.partials import merge, merge_scint, shared_chambers
+from dtlive.processor import drift_edges, open_publisher
 from dtlive.rows import Rows
 from dtlive.windows import Window
 
@@ -140,27 +148,321 @@ class WindowsOnDask:
         return [(w, m) for (w, _), m in zip(pending, msgs)]
 
 
-class DaskProcessor(Processor):
-    """``dtlive process --dask``: :class:`~dtlive.processor.Processor` with decode and histograms on Dask."""
+# ------------------------------------------------------------------ dtlive process --dask: the driver (design b)
 
-    def __init__(self, cfg: Config, bootstrap: str, client, **kwargs):
-        super().__init__(cfg, bootstrap, **kwargs)
-        self.client = client
-        # rewire: source -> dask_decode -> event_windows -> WindowsOnDask (published by settle())
-        decode = next(iter(self.source.downstreams))
-        clean = next(iter(self.windows.upstreams))
-        clean.disconnect(self.windows)
-        self.source.disconnect(decode)
-        for sink in list(self.windows.downstreams):
-            self.windows.disconnect(sink)
-        self.source.dask_decode(client, default_format=cfg.default_format, resume=decode.resume).connect(self.windows)
-        self.remote = WindowsOnDask(client, self.publisher.edges, self.publisher.provenance)
-        self.windows.sink(self.remote.submit)
 
-    def settle(self) -> None:
-        for window, msg in self.remote.results():
-            self.publisher.publish(window, msg)
+@dataclass
+class _Slot:
+    """One group of partitions and the actor currently reading it."""
 
+    partitions: list[int]
+    start: dict[int, int]  # where the next actor for this slot starts
+    positions: dict[int, int] = field(default_factory=dict)  # last reported
+    restart: dict[int, int] = field(default_factory=dict)  # last reported lowest offset of its open windows
+    holding: int | None = None
+    done: bool = False
+    future: object = None  # the actor's future: keeps the actor alive
+    actor: object = None
+    where: dict = field(default_factory=dict)
+    restarts: int = 0
+
+
+@dataclass
+class _Pending:
+    """A window some actor closed and the driver has not published yet."""
+
+    shares: dict[int, Share] = field(default_factory=dict)  # slot -> share
+    asked: dict[int, Request] | None = None  # slot -> request, once every actor has closed the window
+    answers: dict[int, Answer] = field(default_factory=dict)
+    ready: bool = False
+
+    def restart_exchange(self) -> None:
+        self.asked, self.answers, self.ready = None, {}, False
+
+
+class DaskProcessor:
+    """``dtlive process --dask``: the input's partitions read, decoded and windowed by actors on Dask workers.
+
+    The driver (this object) owns the exactly-once state: the one transactional publisher, the counts and
+    dead letters reported by the actors, and per partition the offsets a restart must re-read from. Each
+    round it calls :meth:`~dtlive.actor.PartitionActor.step` on every actor at once, publishes (while they
+    run) the windows every actor has closed and whose exchange is complete, merged with
+    :func:`dtlive.partials.merge`, and commits. A window's message equals the single processor's.
+
+    An actor whose step fails (its worker died) is replaced: its shares of unpublished windows are dropped
+    and a new actor re-reads its partitions from their restart offsets, skipping windows already published.
+    The checkpoint has the single processor's form, so either kind of processor resumes the other's series.
+
+    >>> with dask_client("local:2") as client:                                            # doctest: +SKIP
+    ...     DaskProcessor(load_config({}), "127.0.0.1:9092", client).run(until_end=True).close()
+    """
+
+    def __init__(self, cfg: Config, bootstrap: str, client, from_beginning: bool = False, batch_size: int = 20_000,
+                 run_id: str | None = None, ledger=None, workers: int | None = None, step_seconds: float = 0.3,
+                 step_timeout: float = 120.0):
+        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+
+        self.cfg, self.bootstrap, self.client = cfg, bootstrap, client
+        self.batch_size, self.step_seconds, self.step_timeout = batch_size, step_seconds, step_timeout
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.publisher, ckpt = open_publisher(cfg, bootstrap, self.run_id)
+        ckpt = ckpt or {}
+        self.resumed = bool(ckpt)
+        # in the processor's group: its metadata goes with the offsets committed in each transaction
+        self.consumer = Consumer(consumer_config(cfg, bootstrap, group_id=cfg.group_id, from_beginning=from_beginning))
+        meta = self.consumer.list_topics(cfg.hits_topic, timeout=15).topics.get(cfg.hits_topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            raise RuntimeError(f"topic {cfg.hits_topic!r} is not available on {bootstrap}")
+        partitions = sorted(meta.partitions)
+        reset = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        if ckpt:  # our own committed state, not the group offsets (see Processor)
+            known = {int(k): v for k, v in ckpt.get("restart_offsets", {}).items()}
+        else:
+            got = self.consumer.committed([TopicPartition(cfg.hits_topic, p) for p in partitions], timeout=15)
+            known = {tp.partition: tp.offset for tp in got if tp.offset >= 0}
+        self.start_offsets = {p: known.get(p, reset) for p in partitions}
+        resume = {int(k): v for k, v in ckpt.get("positions", {}).items()}
+        self.published_through = int(ckpt.get("last_window", -1))
+        self.window_orbits = det.orbits_for_seconds(cfg.window_s)
+        self.orbit_epoch = ckpt.get("orbit_epoch")
+        self.counts = Counter(ckpt.get("pending_counts") or {})
+        self.rejects: list = []
+        self.edges = drift_edges(cfg)
+        self.pending: dict[int, _Pending] = {}
+        n = max(1, min(workers or len(client.nthreads()), len(partitions)))
+        self.slots = []
+        for i in range(n):
+            mine = partitions[i::n]
+            self.slots.append(_Slot(mine, {p: self.start_offsets[p] for p in mine},
+                                    positions={p: resume[p] for p in mine if p in resume}))
+        self.publisher.source, self.publisher.windows = self, self  # commit() asks us for offsets and state
+        self.messages = 0
+        self.lost_actors = 0
+        self.targets: dict[int, int] | None = None
+        self._stop = False
+        self._start(list(range(n)))
+        self.ledger = ledger
+        if ledger is not None:
+            named = {OFFSET_BEGINNING: "beginning", OFFSET_END: "end"}
+            inputs = [{"topic": cfg.hits_topic, "partition": p, "start_offset": named.get(o, o)}
+                      for p, o in sorted(self.start_offsets.items())]
+            ledger.start_run("processing", cfg, inputs=inputs, run_id=self.run_id)
+
+    # -------------------------------------------------------------- actors
+
+    def _start(self, indices: list[int], timeout: float = 60.0) -> None:
+        """Start an actor for each slot in ``indices`` (spread over workers not busy with another slot)."""
+        from dtlive.actor import PartitionActor
+
+        deadline = time.monotonic() + timeout
+        todo = list(indices)
+        while todo:
+            workers = sorted(self.client.scheduler_info()["workers"])
+            busy = [s.where.get("address") for s in self.slots if s.actor is not None]
+            free = [w for w in workers if w not in busy] or workers
+            futures = {}
+            for k, i in enumerate(todo):
+                s = self.slots[i]
+                futures[i] = self.client.submit(
+                    PartitionActor, self.cfg, self.bootstrap, s.partitions, s.start, s.positions,
+                    self.published_through, self.orbit_epoch, self.batch_size, actor=True, pure=False,
+                    workers=[free[k % len(free)]] if free else None, allow_other_workers=True)
+            for i, fut in futures.items():
+                s = self.slots[i]
+                try:
+                    s.actor = fut.result(timeout=max(1.0, deadline - time.monotonic()))
+                    s.where = s.actor.where().result(timeout=max(1.0, deadline - time.monotonic()))
+                    s.future = fut
+                    todo.remove(i)
+                    log.info("partitions %s: actor on %s (pid %s)", s.partitions, s.where.get("address"),
+                             s.where.get("pid"))
+                except Exception:  # noqa: BLE001 - a worker may be restarting: try again on another
+                    if time.monotonic() > deadline:
+                        raise
+                    log.warning("starting the actor of partitions %s failed; retrying", s.partitions, exc_info=True)
+                    s.actor = None
+                    time.sleep(0.5)
+
+    def _replace(self, indices: list[int]) -> None:
+        """Actors lost: drop their shares of unpublished windows, re-read their partitions from restart offsets."""
+        for i in indices:
+            s = self.slots[i]
+            restart = self.commit_offsets(i)  # before the shares go: they hold the lowest offsets
+            s.start = {p: restart.get(p, self.start_offsets[p]) for p in s.partitions}
+            for pw in self.pending.values():
+                pw.shares.pop(i, None)
+            s.actor = s.future = None
+            s.holding, s.done, s.restarts = self.published_through + 1, False, s.restarts + 1
+            self.lost_actors += 1
+            log.warning("actor of partitions %s lost (worker %s); re-reading from %s", s.partitions,
+                        s.where.get("address"), s.start)
+        for wid in [w for w, pw in self.pending.items() if not pw.shares]:
+            del self.pending[wid]
+        for pw in self.pending.values():  # the merged tables may change: ask again once all shares are back
+            pw.restart_exchange()
+        self._start(indices)
+
+    # -------------------------------------------------------------- the loop
+
+    def stop(self, *_):
+        self._stop = True
+
+    def run(self, until_end: bool = False, max_seconds: float | None = None,
+            on_tick: Callable[[DaskProcessor], None] | None = None) -> DaskProcessor:
+        """Process until stopped (or, with ``until_end``, until the input's end at start is reached)."""
+        if until_end:
+            ends = partition_ends(self.cfg, self.bootstrap, self.cfg.hits_topic)
+            self.targets = {p: high for p, (_, high) in ends.items()}
+        started = time.monotonic()
+        last_tick = 0.0
+        while not self._stop:
+            published = self.publisher.published
+            calls = {}
+            for i, s in enumerate(self.slots):
+                targets = None if self.targets is None else {p: self.targets.get(p, 0) for p in s.partitions}
+                calls[i] = s.actor.step(self.published_through, self._requests(i), targets, self.step_seconds)
+            self._publish_ready()  # while the actors consume
+            if self.publisher.published > published or self.publisher.due():
+                self.publisher.commit()
+            lost = []
+            for i, call in calls.items():
+                try:
+                    self._ingest(i, call.result(timeout=self.step_timeout))
+                except Exception:  # noqa: BLE001 - the worker died (or the actor broke): replace the actor
+                    log.exception("step of the actor of partitions %s failed", self.slots[i].partitions)
+                    lost.append(i)
+            if lost:
+                self._replace(lost)
+            self._plan()
+            now = time.monotonic()
+            if self.targets is not None and all(s.done for s in self.slots) and \
+                    all(pw.ready for pw in self.pending.values()):
+                break
+            if on_tick and now - last_tick >= 1.0:
+                on_tick(self)
+                last_tick = now
+            if max_seconds is not None and now - started > max_seconds:
+                break
+        self._publish_ready()
+        self.publisher.commit()
+        return self
+
+    def _requests(self, i: int) -> dict[int, Request]:
+        """The questions for slot ``i`` not answered yet (sent again each round until answered)."""
+        return {wid: pw.asked[i] for wid, pw in self.pending.items()
+                if pw.asked is not None and i in pw.asked and i not in pw.answers}
+
+    def _ingest(self, i: int, rep: Report) -> None:
+        s = self.slots[i]
+        s.positions.update(rep.positions)
+        s.restart, s.holding, s.done = rep.restart, rep.holding, rep.done
+        self.messages += rep.messages
+        self.counts.update(rep.counts)
+        self.rejects += rep.rejects
+        for wid, sh in rep.shares.items():
+            if wid <= self.published_through:  # closed by an actor that was idle while the others moved on
+                n = int(sh.partial.total_hits)
+                self.counts.update({"late_hits": n, "rejected.late": n})
+                log.warning("%d hits of window %d arrived after it was published: counted late", n, wid)
+                continue
+            pw = self.pending.setdefault(wid, _Pending())
+            pw.shares[i] = sh
+            pw.restart_exchange()
+        for wid, ans in rep.answers.items():
+            pw = self.pending.get(wid)
+            if pw is not None and pw.asked is not None and i in pw.asked:
+                pw.answers[i] = ans
+
+    def _plan(self) -> None:
+        """Start the exchange of every window all actors have closed; mark the windows ready to publish."""
+        floor = min((s.holding for s in self.slots if s.holding is not None), default=None)
+        for wid in sorted(self.pending):
+            pw = self.pending[wid]
+            if floor is not None and wid >= floor:
+                pw.ready = False
+                continue
+            if pw.asked is None:
+                partials = {i: sh.partial for i, sh in pw.shares.items()}
+                scint = merge_scint(list(partials.values()))
+                shared = shared_chambers(list(partials.values()))
+                pw.asked = {}
+                for i, p in partials.items():
+                    drift = len(scint[0]) > 0 and bool(p.chambers.any())
+                    chambers = [c for c in shared if p.chambers[c]]
+                    if drift or chambers:
+                        pw.asked[i] = Request(scint if drift else None, chambers)
+            pw.ready = all(i in pw.answers for i in pw.asked)
+
+    def _publish_ready(self) -> None:
+        while self.pending:
+            wid = min(self.pending)
+            if not self.pending[wid].ready:
+                return
+            self._publish(wid, self.pending.pop(wid))
+
+    def _publish(self, wid: int, pw: _Pending) -> None:
+        shares = [pw.shares[i] for i in sorted(pw.shares)]
+        answers = [pw.answers[i] for i in sorted(pw.answers)]
+        arrays = merge([sh.partial for sh in shares], [a.drift for a in answers if a.drift is not None],
+                       [a.masks for a in answers if a.masks is not None], self.edges)
+        if self.orbit_epoch is None:
+            self.orbit_epoch = next((sh.orbit_epoch for sh in shares if sh.orbit_epoch is not None), None)
+        inputs: dict[int, tuple[int, int]] = {}
+        for sh in shares:
+            inputs.update(sh.inputs)  # the slots' partitions are disjoint
+        self.published_through = wid
+        counts, self.counts = self.counts, Counter()
+        rejects, self.rejects = self.rejects, []
+        window = Window(wid, wid * self.window_orbits, (wid + 1) * self.window_orbits - 1, Rows.empty(), inputs,
+                        meta={"counts": counts, "rejects": rejects, "orbit_epoch": self.orbit_epoch,
+                              "positions": self.positions(), "restart_offsets": self.commit_offsets()})
+        base, attrs = window_products(window, self.edges, self.publisher.provenance)  # attrs; empty arrays
+        base.update(arrays)
+        base["special_channel_hits"] = np.int64(int(arrays["total_hits"]) - int(arrays["hits_per_chamber"].sum()))
+        self.publisher.publish(window, message_from_arrays(base, self.edges, attrs))
+
+    # -------------------------------------------------------------- state for TransactionalPublisher.commit
+
+    def positions(self) -> dict[int, int]:
+        """Per partition, the next offset the actors have accounted for."""
+        return {p: o for s in self.slots for p, o in s.positions.items()}
+
+    def commit_offsets(self, slot: int | None = None) -> dict[int, int]:
+        """Per partition (of one slot, or all), the offset from which a restart must re-read to lose nothing."""
+        out: dict[int, int] = {}
+        for i, s in enumerate(self.slots):
+            if slot is not None and i != slot:
+                continue
+            low = dict(s.restart)
+            for pw in self.pending.values():
+                sh = pw.shares.get(i)
+                for p, (first, _) in (sh.inputs.items() if sh is not None else ()):
+                    low[p] = min(first, low.get(p, first))
+            out.update(low)
+        return out
+
+    def checkpoint(self) -> tuple[dict, list]:
+        """The state to commit (the single processor's checkpoint form) and the dead letters to write (drained)."""
+        rejects, self.rejects = self.rejects, []
+        state = {
+            "last_window": self.published_through,
+            "window_orbits": self.window_orbits,
+            "positions": {str(k): v for k, v in self.positions().items()},
+            "restart_offsets": {str(k): v for k, v in self.commit_offsets().items()},
+            "pending_counts": dict(self.counts),
+            "orbit_epoch": self.orbit_epoch,
+        }
+        return state, rejects
+
+    def close(self, status: str = "finished") -> None:
+        for s in self.slots:
+            with contextlib.suppress(Exception):
+                s.actor.close().result(timeout=10)
+            s.actor = s.future = None
+        self.consumer.close()
+        self.publisher.producer.flush(10)
+        if self.ledger is not None:
+            self.ledger.stop_run(self.run_id, status=status)
 
 # ------------------------------------------------------------------ dtlive replay: files -> windows, no Kafka
 

@@ -1,19 +1,31 @@
-"""Scale-out on Dask (issue #7): a LocalCluster of 2 worker processes gives exactly the single-process results."""
+"""Scale-out on Dask (issue #7): a LocalCluster of 2 worker processes gives exactly the single-process results.
+
+``dtlive process --dask`` (design b): partition actors on the workers, partial products merged by the driver.
+Also: a worker killed mid-replay (every hit still counted once), the CLI, and ``dtlive replay --dask``.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
+import numpy as np
+import pandas as pd
 import pytest
 from confluent_kafka import Producer
 from datafiles import RUN_CSV
 from test_pipeline_kafka import expected_products
 
+from dtlive import detector as det
 from dtlive.config import load_config
-from dtlive.emulator import emulate, file_chunks
+from dtlive.emulator import Chunk, emulate, file_chunks
 from dtlive.kafka import ensure_topics
 from dtlive.processor import Processor
 from dtlive.results import read_messages
+from dtlive.simulate import simulate
 
 PER_CHAMBER = [24_253, 35_907, 60_564, 36_572]
 
@@ -35,26 +47,117 @@ def comparable(msg: dict) -> dict:
             "counts": {k: v for k, v in msg["counts"].items() if k not in ("rows", "ancillary", "rejected")}}
 
 
-@pytest.mark.kafka
-def test_dask_processor_equals_single_process(broker, topics, client):
-    from dtlive.scale import DaskProcessor
+def produce_run(broker, topic, key="chamber"):
+    """Run 591 as daq64 on 4 partitions keyed by ``key`` (the emulator's layout)."""
+    ensure_topics(load_config({}, env={}), broker, {topic: 4})
+    emulate(Producer({"bootstrap.servers": broker, "linger.ms": 5}), topic, file_chunks([str(RUN_CSV)]),
+            rate=None, fmt="daq64", rows_per_message=997, progress=False, partitions=4, key=key)
 
-    ensure_topics(load_config({}, env={}), broker, {topics["hits_topic"]: 4})
-    emulate(Producer({"bootstrap.servers": broker, "linger.ms": 5}), topics["hits_topic"], file_chunks([str(RUN_CSV)]),
-            rate=None, fmt="daq64", rows_per_message=997, progress=False, partitions=4, key="chamber")
+
+def produce_simulated_blocks(broker, topic, seconds=12.0):
+    """Simulated muons (with scintillator hits) whose rows go round-robin in blocks of 150 to 4 partitions:
+    every chamber and the scintillator are spread over all partitions, so the merge needs the masks of
+    shared chambers and the merged scintillator table."""
+    rows = simulate(seconds, seed=5)
+    hits = rows.select(rows.head == det.HIT_HEAD)
+    ensure_topics(load_config({}, env={}), broker, {topic: 4})
+    producer = Producer({"bootstrap.servers": broker, "linger.ms": 5})
+    block = (np.arange(len(hits)) // 150) % 4
+    for p in range(4):
+        emulate(producer, topic, [Chunk(hits.select(block == p))], rate=None, fmt="daq64", rows_per_message=400,
+                progress=False, partition=p)
+    return len(hits)
+
+
+def run_both(broker, topics, client, **kw) -> dict:
     out = {}
     for name in ("single", "dask"):
+        from dtlive.scale import DaskProcessor
+
         cfg = load_config({"bootstrap": broker, **topics, "monitor_topic": f"{topics['monitor_topic']}-{name}",
                            "group_id": f"{topics['group_id']}-{name}"}, env={})
-        kw = {"from_beginning": True, "batch_size": 50}  # small batches: many pieces, windows closed mid-batch
         proc = DaskProcessor(cfg, broker, client, **kw) if name == "dask" else Processor(cfg, broker, **kw)
         proc.run(until_end=True, max_seconds=120)
         proc.close()
         out[name] = read_messages(broker, cfg.monitor_topic)
+    return out
+
+
+@pytest.mark.kafka
+def test_dask_processor_equals_single_process(broker, topics, client):
+    produce_run(broker, topics["hits_topic"])
+    out = run_both(broker, topics, client, from_beginning=True, batch_size=50)  # many windows closed mid-batch
     assert len(out["dask"]) == len(out["single"]) >= 15
     assert [comparable(m) for m in out["dask"]] == [comparable(m) for m in out["single"]]
     assert sum(m["total_hits"] for m in out["dask"]) == sum(m["counts"]["rows"] for m in out["dask"]) == 159_616
     assert [sum(m["hits_per_chamber"][c] for m in out["dask"]) for c in range(4)] == PER_CHAMBER
+
+
+@pytest.mark.kafka
+def test_dask_processor_merges_chambers_and_scintillator_spread_over_partitions(broker, topics, client):
+    n = produce_simulated_blocks(broker, topics["hits_topic"])
+    out = run_both(broker, topics, client, from_beginning=True, batch_size=20)
+    assert len(out["dask"]) == len(out["single"]) >= 5
+    assert [comparable(m) for m in out["dask"]] == [comparable(m) for m in out["single"]]
+    assert sum(m["total_hits"] for m in out["dask"]) == n
+    drift = sum(sum(m["histograms"]["drift_time_ns"][f"chamber_{c}"]["bin_counts"]) for m in out["dask"]
+                for c in range(4))
+    assert drift > 1000  # the drift exchange really ran
+    mult = [sum(sum(m["histograms"]["active_channels_per_orbit"][f"chamber_{c}"]["bin_counts"][2:])
+                for m in out["dask"]) for c in range(4)]
+    assert min(mult) > 100  # orbits with >= 3 distinct channels: muons, merged across partitions
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_worker_killed_mid_replay_counts_every_hit_once(broker, topics, client):
+    from dtlive.scale import DaskProcessor
+
+    produce_run(broker, topics["hits_topic"])
+    cfg = load_config({"bootstrap": broker, **topics}, env={})
+    # one consume call of 2 messages per step: the replay takes many rounds
+    proc = DaskProcessor(cfg, broker, client, from_beginning=True, batch_size=2, step_seconds=0)
+    victim = proc.slots[0].where["pid"]
+    assert victim in client.run(os.getpid).values()
+    killed = []
+    ingest = proc._ingest
+
+    def kill_half_way(i, report):  # the actor of partitions 0 and 2 while it still reads, windows published
+        ingest(i, report)
+        if i == 0 and not killed and proc.publisher.published >= 2 and not report.done:
+            os.kill(victim, signal.SIGKILL)
+            killed.append(proc.publisher.published)
+
+    proc._ingest = kill_half_way
+    proc.run(until_end=True, max_seconds=90)
+    proc.close()
+    assert killed and proc.lost_actors == 1 and proc.slots[0].where["pid"] != victim
+    assert 1 <= killed[0] < proc.publisher.published  # killed mid-replay, after some windows were published
+    msgs = read_messages(broker, cfg.monitor_topic)
+    ids = [m["window"]["id"] for m in msgs]
+    assert len(ids) == len(set(ids)), "a window was published twice"
+    assert ids == sorted(ids) and len(ids) > 10
+    assert sum(m["total_hits"] for m in msgs) == sum(m["counts"]["rows"] for m in msgs) == 159_616
+    assert [sum(m["hits_per_chamber"][c] for m in msgs) for c in range(4)] == PER_CHAMBER
+    per_window = (pd.read_csv(RUN_CSV).ORBIT_CNT // det.orbits_for_seconds(cfg.window_s)).value_counts().to_dict()
+    assert {m["window"]["id"]: m["total_hits"] for m in msgs} == per_window  # every window whole
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_process_dask_command(broker, topics):
+    produce_run(broker, topics["hits_topic"], key="fpga")
+    args = [sys.executable, "-m", "dtlive.cli", "--bootstrap", broker, "process", "--input", topics["hits_topic"],
+            "--output", topics["monitor_topic"], "--rejected", topics["rejected_topic"], "--group-id",
+            topics["group_id"], "--from-beginning", "--until-end", "--dask", "local:2"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120, env={**os.environ, "CI": "true"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 partition actors on 2 Dask workers" in done.stderr
+    msgs = read_messages(broker, topics["monitor_topic"])
+    assert sum(m["total_hits"] for m in msgs) == 159_616
+    assert [sum(m["hits_per_chamber"][c] for m in msgs) for c in range(4)] == PER_CHAMBER
+    assert len({m["window"]["id"] for m in msgs}) == len(msgs) >= 15
+    assert {m["provenance"]["processor"] for m in msgs} == {topics["group_id"]}
 
 
 def test_replay_files_to_history_and_ledger(tmp_path, client):
@@ -88,3 +191,48 @@ def test_replay_command(tmp_path, monkeypatch, capsys):
     assert main(["replay", str(RUN_CSV), "--window", "5s"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["hits"] == 159_616 and summary["windows"] >= 7
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+@pytest.mark.parametrize("first,second", [("dask", "single"), ("single", "dask")])
+def test_kill_9_driver_then_restart_the_other_kind_counts_every_hit_once(broker, topics, first, second):
+    """The Dask driver writes the single processor's checkpoint: either kind resumes the other's series."""
+    import threading
+    import time
+
+    ensure_topics(load_config({}, env={}), broker, {topics["hits_topic"]: 4})
+    # the input arrives over ~13 s while the first run processes it, so it is killed mid-stream
+    feed = threading.Thread(target=emulate, args=(Producer({"bootstrap.servers": broker, "linger.ms": 5}),
+                                                  topics["hits_topic"], file_chunks([str(RUN_CSV)])),
+                            kwargs={"rate": 12_000, "fmt": "csv", "progress": False, "partitions": 4, "key": "chamber"})
+    base = [sys.executable, "-m", "dtlive.cli", "--bootstrap", broker, "process", "--input", topics["hits_topic"],
+            "--output", topics["monitor_topic"], "--rejected", topics["rejected_topic"], "--group-id",
+            topics["group_id"], "--from-beginning", "--batch-size", "300"]
+    kind = {"dask": ["--dask", "local:2"], "single": []}
+    env = {**os.environ, "CI": "true"}
+    proc = subprocess.Popen([*base, *kind[first]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)  # its own process group: the Dask workers die with it
+    feed.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(read_messages(broker, topics["monitor_topic"], timeout=1)) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the first run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    feed.join(60)
+    before = len(read_messages(broker, topics["monitor_topic"], timeout=5))
+    assert 2 <= before < 17  # of 17 windows
+
+    done = subprocess.run([*base, *kind[second], "--until-end"], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    msgs = read_messages(broker, topics["monitor_topic"])
+    ids = [m["window"]["id"] for m in msgs]
+    assert len(ids) == len(set(ids)), "a window was published twice"
+    assert len({m["provenance"]["run_id"] for m in msgs}) == 2
+    assert sum(m["total_hits"] for m in msgs) == sum(m["counts"]["rows"] for m in msgs) == 159_616
+    assert [sum(m["hits_per_chamber"][c] for m in msgs) for c in range(4)] == PER_CHAMBER
+    per_window = (pd.read_csv(RUN_CSV).ORBIT_CNT // det.orbits_for_seconds(2.0)).value_counts().to_dict()
+    assert {m["window"]["id"]: m["total_hits"] for m in msgs} == per_window
