@@ -32,13 +32,13 @@ ROWS_PER_MESSAGE = 10_000
 BATCH_SIZE = 200  # messages per consume call: 2M hits, so every worker gets a piece
 
 
-def fill(bootstrap: str, topic: str, partitions: int, rows: int) -> dict:
+def fill(bootstrap: str, topic: str, partitions: int, rows: int, fmt: str = "daq64") -> dict:
     from dtlive.config import load_config
     from dtlive.emulator import emulate
     from dtlive.kafka import ensure_topics
 
     ensure_topics(load_config({}, env={}), bootstrap, {topic: partitions})
-    stats = emulate(producer(bootstrap), topic, file_source(), rate=None, fmt="daq64",
+    stats = emulate(producer(bootstrap), topic, file_source(), rate=None, fmt=fmt,
                     rows_per_message=ROWS_PER_MESSAGE, limit=rows, progress=False, partitions=partitions,
                     key="chamber")
     return {"rows": stats.rows, "messages": stats.messages}
@@ -71,18 +71,18 @@ def run_processor(bootstrap: str, topic: str, client=None) -> dict:
             "hits_per_cpu_s": round(hits["n"] / (cpu + workers_cpu)), "windows": windows, "actors": actors}
 
 
-def run(quick: bool = False, rows: int | None = None) -> dict:
+def run(quick: bool = False, rows: int | None = None, fmt: str = "daq64") -> dict:
     from dtlive.scale import dask_client
 
-    rows = rows or (2_000_000 if quick else 12_000_000)
+    rows = rows or (2_000_000 if quick else 12_000_000) // (1 if fmt == "daq64" else 6)
     partition_counts = (1, 4, 8)
     cases = []
     with private_broker() as broker:
         bs = broker.bootstrap
         topics = {}
         for n in partition_counts:
-            topics[n] = f"bench.scale.p{n}"
-            f = fill(bs, topics[n], n, rows)
+            topics[n] = f"bench.scale.{fmt}.p{n}"
+            f = fill(bs, topics[n], n, rows, fmt)
             log(f"scaling: {f['rows']:,} rows in {f['messages']:,} messages on {n} partition(s)")
         for n in partition_counts:
             r = run_processor(bs, topics[n])
@@ -101,7 +101,7 @@ def run(quick: bool = False, rows: int | None = None) -> dict:
             f"{c['hits_per_s']:>10,} hits/s, efficiency {c['per_worker_efficiency']}")
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                          cwd=Path(__file__).parent).stdout.strip()
-    return {"git": git, "rows": rows, "format": "daq64", "rows_per_message": ROWS_PER_MESSAGE, "batch_size": BATCH_SIZE,
+    return {"git": git, "rows": rows, "format": fmt, "rows_per_message": ROWS_PER_MESSAGE, "batch_size": BATCH_SIZE,
             "cases": cases, "loadavg_end": loadavg()}
 
 
@@ -120,10 +120,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2M hits per topic instead of 12M")
     ap.add_argument("--rows", type=int, help="hits per topic (overrides --quick)")
+    ap.add_argument("--format", choices=("daq64", "csv-batch"), default="daq64",
+                    help="payload format (10,000 rows per message): daq64 is cheap to decode per hit, csv-batch "
+                         "~10x dearer, the case where the workers' CPU matters (default rows / 6)")
     args = ap.parse_args(argv)
-    res = run(quick=args.quick, rows=args.rows)
+    res = run(quick=args.quick, rows=args.rows, fmt=args.format)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "scaling.json").write_text(json.dumps(res, indent=1))
+    name = "scaling.json" if args.format == "daq64" else f"scaling-{args.format}.json"
+    (RESULTS_DIR / name).write_text(json.dumps(res, indent=1))
     print_table(res)
     return 0
 

@@ -105,6 +105,18 @@ def hit_time_ns(orbit: np.ndarray, bx: np.ndarray, tdc: np.ndarray) -> np.ndarra
     return BX_NS * (orbit * BX_PER_ORBIT + np.asarray(bx, dtype=np.float64) + np.asarray(tdc) / TDC_PER_BX)
 
 
+def time_in_orbit_ns(bx: np.ndarray, tdc: np.ndarray) -> np.ndarray:
+    """Hit time inside its orbit in ns: 25 * (BX + TDC / 30), float64.
+
+    Differences of hits of the same orbit (drift times) use this: the orbit term cancels and would only
+    cost precision at ~1e14 ns.
+
+    >>> time_in_orbit_ns(np.array([2]), np.array([15])).tolist()
+    [62.5]
+    """
+    return BX_NS * np.asarray(bx, dtype=np.float64) + np.asarray(tdc) * BX_NS / TDC_PER_BX
+
+
 def orbits_for_seconds(seconds: float) -> int:
     """Whole number of orbits closest to a duration."""
     return max(1, int(round(seconds / ORBIT_S)))

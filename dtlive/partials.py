@@ -67,7 +67,7 @@ class Kept:
 
     orbit: np.ndarray  # int64, per chamber hit
     cell: np.ndarray  # int16: chamber * 64 + local channel
-    t_ns: np.ndarray  # float64 hit time
+    t_ns: np.ndarray  # float64 hit time inside its orbit (drift times pair hits of one orbit)
     keys: np.ndarray  # sorted distinct orbit * N_CHAMBERS + chamber
     masks: np.ndarray  # uint64: active local channels of each key
 
@@ -114,9 +114,8 @@ def share(hits: Rows) -> tuple[Partial, Kept]:
         multiplicity = np.bincount((keys % NCHAMB) * (NCH + 1) + counts,
                                    minlength=NCHAMB * (NCH + 1)).reshape(NCHAMB, NCH + 1)
     is_scint = (fpga == det.SCINT_FPGA) & (channel == det.SCINT_CHANNEL)
-    s_orbit, t_scint = _earliest(orbit[is_scint], det.hit_time_ns(orbit[is_scint], hits.bx[is_scint],
-                                                                  hits.tdc[is_scint]))
-    t_hit = det.hit_time_ns(o, hits.bx[in_chamber], hits.tdc[in_chamber])
+    s_orbit, t_scint = _earliest(orbit[is_scint], det.time_in_orbit_ns(hits.bx[is_scint], hits.tdc[is_scint]))
+    t_hit = det.time_in_orbit_ns(hits.bx[in_chamber], hits.tdc[in_chamber])
     partial = Partial(len(hits), occupancy, multiplicity, s_orbit, t_scint)
     return partial, Kept(o, cell.astype(np.int16), t_hit, keys, masks)
 

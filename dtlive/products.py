@@ -41,11 +41,6 @@ N_CELLS = det.N_CHAMBERS * NCH
 _DENSE_SPAN = 1 << 22  # key spans up to this are looked up in a table (a window spans ~22k orbits)
 
 
-def _orbit_time_ns(bx: np.ndarray, tdc: np.ndarray) -> np.ndarray:
-    """Hit time inside its orbit in ns (the orbit part cancels in drift times and would only cost precision)."""
-    return 25.0 * bx + tdc * 25.0 / 30.0
-
-
 def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """Index of each key in the sorted distinct ``sorted_keys``, or -1 (a table lookup when the span is small)."""
     lo, span = int(sorted_keys[0]), int(sorted_keys[-1]) - int(sorted_keys[0]) + 1
@@ -93,7 +88,7 @@ def compute_arrays(hits: Rows, drift_edges: np.ndarray = DRIFT_EDGES_NS) -> dict
     is_scint = (channel == det.SCINT_CHANNEL) & (fpga == det.SCINT_FPGA)
     if len(o) and is_scint.any():
         s_orbit = orbit[is_scint]
-        t_scint = _orbit_time_ns(hits.bx[is_scint], hits.tdc[is_scint])
+        t_scint = det.time_in_orbit_ns(hits.bx[is_scint], hits.tdc[is_scint])
         order = np.lexsort((t_scint, s_orbit))
         s_orbit, t_scint = s_orbit[order], t_scint[order]
         first = np.concatenate(([True], s_orbit[1:] != s_orbit[:-1]))
@@ -104,7 +99,8 @@ def compute_arrays(hits: Rows, drift_edges: np.ndarray = DRIFT_EDGES_NS) -> dict
         scint_occ = np.bincount(sel_cell, minlength=N_CELLS).reshape(det.N_CHAMBERS, NCH)
         chamber = sel_cell >> 6
         hit_rows = sel if isinstance(rows, slice) else rows[sel]
-        dt = _orbit_time_ns(hits.bx[hit_rows], hits.tdc[hit_rows]) - (t_scint[match[sel]] - det.T0_OFFSET_NS[chamber])
+        t_hit = det.time_in_orbit_ns(hits.bx[hit_rows], hits.tdc[hit_rows])
+        dt = t_hit - (t_scint[match[sel]] - det.T0_OFFSET_NS[chamber])
         b = np.searchsorted(drift_edges, dt, side="right")  # 0: underflow, nbins + 1: overflow
         drift = np.bincount(chamber * (nbins + 2) + b, minlength=drift.size)
         drift = drift.reshape(det.N_CHAMBERS, nbins + 2)
