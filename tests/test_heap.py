@@ -1,14 +1,15 @@
-"""dtlive.heap: the processor hands freed heap memory back to the OS at a fixed interval."""
+"""The processor's memory settings: heap trims at a fixed interval (dtlive.heap), bounded consume calls."""
 
 import pytest
 from confluent_kafka import Producer
 from datafiles import SAMPLE_CSV
 
 import dtlive.heap as heap
+from dtlive.cli import build_parser
 from dtlive.config import load_config
 from dtlive.emulator import emulate, file_chunks
 from dtlive.kafka import ensure_topics
-from dtlive.processor import TRIM_INTERVAL_S, Processor
+from dtlive.processor import BATCH_SIZE, TRIM_INTERVAL_S, Processor
 
 
 def test_trimmer_trims_once_per_interval_and_never_with_interval_zero(monkeypatch):
@@ -36,6 +37,7 @@ def test_processor_trims_the_heap_while_it_runs(broker, topics, monkeypatch):
             progress=False)
     default = Processor(cfg, broker, from_beginning=True)
     assert default.trimmer.interval_s == TRIM_INTERVAL_S > 0
+    assert default.source.batch_size == BATCH_SIZE == build_parser().parse_args(["process"]).batch_size
     default.close()
     proc = Processor(cfg, broker, from_beginning=True, trim_interval_s=0.3)
     proc.run(max_seconds=1.5)  # the input is read at once; the loop goes on polling (0.2 s) until then
