@@ -8,7 +8,10 @@ Tansu keeps every message in memory, so it grows by design).
 
 Reported: RSS at the first sample, peak (max sample and VmHWM), at the end, and the least-squares slope in
 MB per minute over the samples after the first ``warmup_s`` seconds (imports, first windows, librdkafka
-buffers). Flat means |slope| small against the level, e.g. well below 1 MB/min; the full-run
+buffers), and over the second half of the run: the heap keeps filling for a few minutes after the warm-up (the
+allocators' high-water marks after the first bursts of input, see dtlive.heap), so the second half says whether
+RSS has levelled off. The machine's highest 1-minute load is recorded too: stalls make bursts, bursts steps.
+Flat means |slope| small against the level, e.g. well below 1 MB/min; the full-run
 figures are the ones to compare with the issue's 10-minute requirement.
 """
 
@@ -97,6 +100,9 @@ def run(quick: bool = False, duration: float | None = None, rate: float = 10_000
     steady = [(a, b) for a, b in zip(t, rss) if a >= warmup_s]
     slope = slope_per_minute([a for a, _ in steady], [b for _, b in steady])
     slope_all = slope_per_minute(t, rss)
+    late = [(a, b) for a, b in zip(t, rss) if a >= t[-1] / 2] if t else []
+    slope_late = slope_per_minute([a for a, _ in late], [b for _, b in late])
+    load = [s["loadavg_1m"] for s in samples if s.get("loadavg_1m") is not None]
     broker_rss = [s["broker_rss_mb"] for s in samples]
     cpu = samples[-1]["processor_cpu_s"] - samples[0]["processor_cpu_s"] if len(samples) > 1 else None
     return {
@@ -118,6 +124,9 @@ def run(quick: bool = False, duration: float | None = None, rate: float = 10_000
         "rss_end_mb": rss[-1] if rss else None,
         "slope_mb_per_min_after_warmup": round(slope, 3) if slope is not None else None,
         "slope_mb_per_min_all": round(slope_all, 3) if slope_all is not None else None,
+        "slope_mb_per_min_second_half": round(slope_late, 3) if slope_late is not None else None,
+        "rss_second_half_min_max_mb": [min(b for _, b in late), max(b for _, b in late)] if late else None,
+        "loadavg_1m_max": max(load) if load else None,
         "broker_rss_start_mb": broker_rss[0] if broker_rss else None,
         "broker_rss_end_mb": broker_rss[-1] if broker_rss else None,
         "processor_log_tail": tail,
@@ -130,6 +139,8 @@ def print_table(r: dict) -> None:
           f"RSS sampled every {r['interval_s']:g} s from /proc)")
     print(f"  start {r['rss_start_mb']} MB | after {r['warmup_s']:g} s warm-up {r['rss_after_warmup_mb']} MB | "
           f"peak {r['rss_peak_mb']} MB (VmHWM {r['vmhwm_mb']}) | end {r['rss_end_mb']} MB | "
-          f"slope after warm-up {r['slope_mb_per_min_after_warmup']} MB/min (whole run {r['slope_mb_per_min_all']}) | "
+          f"slope after warm-up {r['slope_mb_per_min_after_warmup']} MB/min (whole run {r['slope_mb_per_min_all']}, "
+          f"second half {r.get('slope_mb_per_min_second_half')}, its range {r.get('rss_second_half_min_max_mb')} MB) | "
+          f"max load {r.get('loadavg_1m_max')} | "
           f"processor cpu {r['processor_cpu_fraction']} | broker RSS {r['broker_rss_start_mb']} -> "
           f"{r['broker_rss_end_mb']} MB")

@@ -40,7 +40,7 @@ from benchmarks.common import (
 
 TARGET_CSV_RATIO = 0.5
 TARGET_DAQ64_HITS_PER_S = 10e6
-BATCH_SIZE = 20_000
+BATCH_SIZE = 5_000  # dtlive process's default (dtlive.processor.BATCH_SIZE)
 DENSE_RATE = 2_000_000  # event-time density of the "dense" daq64 variant (rows per second of detector time)
 
 

@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start at the beginning of the input when this processor has no committed offsets",
     )
     pr.add_argument("--until-end", action="store_true", help="stop at the end of the input (as found at start)")
-    pr.add_argument("--batch-size", type=int, default=20_000, help="messages per consume call (default 20000)")
+    pr.add_argument("--batch-size", type=int, default=5_000, help="messages per consume call (default 5000)")
     pr.add_argument("--no-ledger", action="store_true", help="do not record the run in the ledger (DTLIVE_DB)")
     pr.add_argument("--dask", metavar="ADDRESS", help="read, decode and window the input's partitions on Dask "
                     "workers (one partition actor per worker, partial products merged here): a scheduler address, "
