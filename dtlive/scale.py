@@ -39,7 +39,7 @@ from dtlive.kafka import consumer_config, partition_ends
 from dtlive.messages import message_from_arrays
 from dtlive.nodes import Batch, Decoded, window_message, window_products
 from dtlive.partials import merge, merge_scint, shared_chambers
-from dtlive.processor import drift_edges, open_publisher
+from dtlive.processor import BATCH_SIZE, drift_edges, open_publisher
 from dtlive.rows import Rows
 from dtlive.windows import Window
 
@@ -197,7 +197,7 @@ class DaskProcessor:
     ...     DaskProcessor(load_config({}), "127.0.0.1:9092", client).run(until_end=True).close()
     """
 
-    def __init__(self, cfg: Config, bootstrap: str, client, from_beginning: bool = False, batch_size: int = 20_000,
+    def __init__(self, cfg: Config, bootstrap: str, client, from_beginning: bool = False, batch_size: int = BATCH_SIZE,
                  run_id: str | None = None, ledger=None, workers: int | None = None, step_seconds: float = 0.3,
                  step_timeout: float = 120.0):
         from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
