@@ -27,7 +27,7 @@ from dtlive.decode import Reject
 from dtlive.kafka import consumer_config
 from dtlive.nodes import from_kafka_batched_consumer
 from dtlive.partials import DriftPart, Kept, Partial, drift_part, share
-from dtlive.processor import drift_edges
+from dtlive.processor import BATCH_SIZE, drift_edges
 from dtlive.windows import Window
 
 
@@ -81,7 +81,7 @@ class PartitionActor:
 
     def __init__(self, cfg: Config, bootstrap: str, partitions: list[int], start_offsets: dict[int, int],
                  resume: dict[int, int] | None = None, last_closed: int = -1, orbit_epoch: float | None = None,
-                 batch_size: int = 20_000):
+                 batch_size: int = BATCH_SIZE):
         self.cfg = cfg
         self.edges = drift_edges(cfg)
         conf = consumer_config(cfg, bootstrap, group_id=f"{cfg.group_id}.dask", from_beginning=True)
