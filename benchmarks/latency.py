@@ -161,7 +161,7 @@ def run_case(rate: float, fmt: str, duration: float, warmup_s: float = 3.0) -> d
         lateness_orbits = int(round(cfg.lateness_s / det.ORBIT_S))
         max_orbit = int(orbit.max()) if len(orbit) else 0
         start_wall = float(when.min()) if len(when) else 0.0
-        windows, kept = [], {"last": [], "first": [], "age": []}
+        windows, kept = [], {"last": [], "first": [], "age": [], "closing": []}
         hits_published = 0
         for arrived, msg in sorted(observer.seen, key=lambda x: x[1]["window"]["id"]):
             w = msg["window"]
@@ -170,11 +170,16 @@ def run_case(rate: float, fmt: str, duration: float, warmup_s: float = 3.0) -> d
             if b <= a:
                 continue
             t_first, t_last = float(when[a:b].min()), float(when[a:b].max())
+            # the first hit past the lateness allowance closes the window: from its produce time on, the
+            # delay is the pipeline's own; before it, the window waits for event time to pass
+            c = np.searchsorted(orbit, w["last_orbit"] + lateness_orbits, side="right")
+            t_close = float(when[c:].min()) if c < len(when) else float("nan")
             epoch = msg["provenance"].get("orbit_epoch")
             end_wall = epoch + (w["last_orbit"] + 1) * det.ORBIT_S if epoch else float("nan")
             rec = {"id": w["id"], "hits": int(b - a), "published_hits": int(msg["total_hits"]),
                    "last_hit_latency": round(arrived - t_last, 4), "first_hit_latency": round(arrived - t_first, 4),
                    "data_age": round(arrived - end_wall, 4),
+                   "closing_hit_latency": round(arrived - t_close, 4),
                    "warmup": t_first - start_wall < warmup_s,
                    "idle_flushed": w["last_orbit"] + lateness_orbits >= max_orbit}
             windows.append(rec)
@@ -182,6 +187,7 @@ def run_case(rate: float, fmt: str, duration: float, warmup_s: float = 3.0) -> d
                 kept["last"].append(rec["last_hit_latency"])
                 kept["first"].append(rec["first_hit_latency"])
                 kept["age"].append(rec["data_age"])
+                kept["closing"].append(rec["closing_hit_latency"])
         target = cfg.window_s + cfg.lateness_s + 0.5
         last = percentiles(kept["last"])
         first = percentiles(kept["first"])
@@ -206,6 +212,7 @@ def run_case(rate: float, fmt: str, duration: float, warmup_s: float = 3.0) -> d
             "last_hit_latency_s": last,
             "first_hit_latency_s": first,
             "data_age_s": percentiles(kept["age"]),
+            "closing_hit_latency_s": percentiles(kept["closing"]),
             "target_s": target,
             "target_met_last_hit_p99": bool(last["n"] and last["p99"] <= target),
             "target_met_first_hit_p99": bool(first["n"] and first["p99"] <= target),
@@ -223,12 +230,14 @@ def print_table(res: dict) -> None:
     print("\n== 2. Latency produce -> result available (processor live; window 2 s, lateness 0.5 s; "
           "percentiles over windows)")
     print(f"  {'case':12} {'rows/s':>8} {'windows':>7} {'last-hit p50':>12} {'p99':>6} {'first-hit p50':>13} "
-          f"{'p99':>6} {'age p50':>7} {'proc cpu':>8} {'hits pub/prod':>15}  target <= 3.0 s (last-hit p99)")
+          f"{'p99':>6} {'closing-hit p99':>15} {'age p50':>7} {'proc cpu':>8} {'hits pub/prod':>15}  "
+          f"target <= 3.0 s (last-hit p99)")
     for name, r in res.items():
         lh, fh, age = r["last_hit_latency_s"], r["first_hit_latency_s"], r["data_age_s"]
+        closing = r.get("closing_hit_latency_s", {}).get("p99")
         f = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
         print(f"  {name:12} {r['emulator_rows_per_s']:>8,} {r['windows_in_stats']:>7} {f(lh['p50']):>12} "
-              f"{f(lh['p99']):>6} {f(fh['p50']):>13} {f(fh['p99']):>6} {f(age['p50']):>7} "
+              f"{f(lh['p99']):>6} {f(fh['p50']):>13} {f(fh['p99']):>6} {f(closing):>15} {f(age['p50']):>7} "
               f"{r['processor_cpu_fraction']:>8} {r['hits_published']:>7,}/{r['hits_produced']:<7,}  "
               f"{'MET' if r['target_met_last_hit_p99'] else 'MISSED'}"
               f" (first-hit p99: {'met' if r['target_met_first_hit_p99'] else 'missed'})")
