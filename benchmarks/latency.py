@@ -113,6 +113,23 @@ def hit_produce_times(bootstrap: str, topic: str, messages: int) -> tuple[np.nda
     return orbit[order], when[order]
 
 
+def start_processor(cfg, bootstrap: str, private_dir: str):
+    """``dtlive process --from-beginning`` as a subprocess (log in ``private_dir/process.log``), once fenced.
+
+    Raises RuntimeError with the log's tail if it exits or does not fence within 60 s (and stops it).
+    """
+    proc_log = Path(private_dir) / "process.log"
+    with open(proc_log, "wb") as fh:
+        proc = dtlive_cli("--bootstrap", bootstrap, "process", "--input", cfg.hits_topic, "--output",
+                          cfg.monitor_topic, "--rejected", cfg.rejected_topic, "--group-id", cfg.group_id,
+                          "--from-beginning", private_dir=private_dir, stdout=fh, stderr=fh)
+    ready = wait_for(lambda: proc.poll() is not None or processor_fenced(cfg, bootstrap), 60, 0.5)
+    if not ready or proc.poll() is not None:
+        stop_process(proc)
+        raise RuntimeError(f"processor did not start:\n{proc_log.read_text()[-3000:]}")
+    return proc
+
+
 def run_case(rate: float, fmt: str, duration: float, warmup_s: float = 3.0) -> dict:
     from dtlive import detector as det
     from dtlive.emulator import emulate
@@ -126,16 +143,9 @@ def run_case(rate: float, fmt: str, duration: float, warmup_s: float = 3.0) -> d
         log(f"latency/{name}: generating {duration:g} s of simulated rows")
         source = sim_chunks(rate, chunk_s=0.25, encode_csv_lines=(fmt == "csv"))
         chunks = pregenerate(source, int(rate * (duration + 2)))
-        proc_log = Path(tmp) / "process.log"
-        with open(proc_log, "wb") as fh:
-            proc = dtlive_cli("--bootstrap", bs, "process", "--input", cfg.hits_topic, "--output", cfg.monitor_topic,
-                              "--rejected", cfg.rejected_topic, "--group-id", cfg.group_id, "--from-beginning",
-                              private_dir=tmp, stdout=fh, stderr=fh)
+        proc = start_processor(cfg, bs, tmp)
         observer = None
         try:
-            ready = wait_for(lambda: proc.poll() is not None or processor_fenced(cfg, bs), 60, 0.5)
-            if not ready or proc.poll() is not None:
-                raise RuntimeError(f"processor did not start:\n{proc_log.read_text()[-3000:]}")
             time.sleep(2.0)  # the processor reads its resume state after the fence
             observer = Observer(bs, cfg.monitor_topic, max_s=duration + 120)
             observer.start()

@@ -25,7 +25,6 @@ from pathlib import Path
 from benchmarks.common import (
     bench_config,
     cpu_seconds,
-    dtlive_cli,
     loadavg,
     log,
     private_broker,
@@ -35,7 +34,7 @@ from benchmarks.common import (
     slope_per_minute,
     stop_process,
 )
-from benchmarks.latency import processor_fenced, wait_for
+from benchmarks.latency import start_processor
 
 
 class Sampler(threading.Thread):
@@ -72,15 +71,9 @@ def run(quick: bool = False, duration: float | None = None, rate: float = 10_000
         cfg = bench_config(bs)
         ensure_topics(cfg, bs, [cfg.hits_topic, cfg.monitor_topic])
         proc_log = Path(tmp) / "process.log"
-        with open(proc_log, "wb") as fh:
-            proc = dtlive_cli("--bootstrap", bs, "process", "--input", cfg.hits_topic, "--output", cfg.monitor_topic,
-                              "--rejected", cfg.rejected_topic, "--group-id", cfg.group_id, "--from-beginning",
-                              private_dir=tmp, stdout=fh, stderr=fh)
+        proc = start_processor(cfg, bs, tmp)
         sampler = None
         try:
-            started = wait_for(lambda: proc.poll() is not None or processor_fenced(cfg, bs), 60, 0.5)
-            if not started or proc.poll() is not None:
-                raise RuntimeError(f"processor did not start:\n{proc_log.read_text()[-3000:]}")
             sampler = Sampler({"processor": proc.pid, "broker": broker.pid}, interval, duration + 60)
             sampler.start()
             log(f"memory: emulating {rate:g} rows/s ({fmt}) for {duration:g} s, sampling RSS every {interval:g} s")
