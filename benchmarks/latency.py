@@ -186,7 +186,8 @@ def run_case(rate: float, fmt: str, duration: float, warmup_s: float = 3.0) -> d
             t_close = float(when[c:].min()) if c < len(when) else float("nan")
             epoch = msg["provenance"].get("orbit_epoch")
             end_wall = epoch + (w["last_orbit"] + 1) * det.ORBIT_S if epoch else float("nan")
-            rec = {"id": w["id"], "hits": int(b - a), "published_hits": int(msg["total_hits"]),
+            rec = {"id": w["id"], "arrived": round(arrived, 4), "hits": int(b - a),
+                   "published_hits": int(msg["total_hits"]),
                    "last_hit_latency": round(arrived - t_last, 4), "first_hit_latency": round(arrived - t_first, 4),
                    "data_age": round(arrived - end_wall, 4),
                    "closing_hit_latency": round(arrived - t_close, 4),

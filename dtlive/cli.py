@@ -434,10 +434,16 @@ def cmd_replay(args) -> int:
 
 
 def _run_with_signals(proc, **kwargs):
-    """Run a service (processor, recorder, listener) until done or SIGINT/SIGTERM, then close it."""
+    """Run a service (processor, recorder, listener) until done or SIGINT/SIGTERM, then close it.
+
+    What the set-up made is frozen out of garbage collection first (:func:`dtlive.heap.freeze_startup_objects`).
+    """
     import signal
 
+    from dtlive.heap import freeze_startup_objects
+
     old = {s: signal.signal(s, proc.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    freeze_startup_objects()
     try:
         proc.run(**kwargs)
     finally:

@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/install_browser.sh   # Debian chromium for the Playwright browser tests
 bash scripts/install_hub.sh       # JupyterHub, its idle culler and configurable-http-proxy for tests/test_hub.py
-.venv/bin/ruff check dtlive tests
+.venv/bin/ruff check .
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

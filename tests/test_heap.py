@@ -43,3 +43,40 @@ def test_processor_trims_the_heap_while_it_runs(broker, topics, monkeypatch):
     proc.run(max_seconds=1.5)  # the input is read at once; the loop goes on polling (0.2 s) until then
     proc.close()
     assert proc.source.messages > 0 and proc.trimmer.count == len(calls) >= 2
+
+
+def test_freeze_keeps_startup_objects_out_of_collections_and_still_collects_new_garbage():
+    import gc
+
+    class Node:
+        pass
+
+    try:
+        frozen = heap.freeze_startup_objects()
+        assert frozen == gc.get_freeze_count() > 1000  # the interpreter, pytest and the imported modules
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a reference cycle made after the freeze
+        del a, b
+        assert gc.collect() >= 2
+    finally:
+        gc.unfreeze()
+
+
+def test_services_freeze_their_startup_objects_before_running(monkeypatch):
+    from dtlive import cli
+
+    calls = []
+    monkeypatch.setattr(heap, "freeze_startup_objects", lambda: calls.append("freeze") or 0)
+
+    class Service:
+        def stop(self, *_):
+            pass
+
+        def run(self, **kwargs):
+            calls.append(("run", kwargs))
+
+        def close(self):
+            calls.append("close")
+
+    cli._run_with_signals(Service(), until_end=True)
+    assert calls == ["freeze", ("run", {"until_end": True}), "close"]
