@@ -11,6 +11,8 @@ are HEAD-2 hits; the file is replayed in a loop with increasing orbits). Then, a
 * **processor**: ``dtlive.processor.Processor(cfg, bootstrap, from_beginning=True).run(until_end=True)``
   **in this process** (what ``dtlive process --from-beginning --until-end`` runs), a new group id and
   output topic each time. Its published windows are summed to check that every hit was counted.
+  Like ``dtlive process``, the run starts with the set-up's objects frozen out of garbage collection
+  (:func:`dtlive.heap.freeze_startup_objects`).
 
 Both consumers are created and assigned >= 1 s before their clock starts (the processor's own set-up
 takes that long; the raw consumer sleeps), so both start with librdkafka's prefetch queue warm.
@@ -22,6 +24,7 @@ If a target is missed, one more processor run is made under cProfile and its hot
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 
@@ -91,6 +94,7 @@ def raw_consume(bootstrap: str, topic: str, messages: int, timeout: float) -> di
 
 def processor_run(bootstrap: str, topic: str, tag: str, profile: bool = False) -> dict:
     """``dtlive process --from-beginning --until-end`` in this process, timed around run()."""
+    from dtlive.heap import freeze_startup_objects
     from dtlive.processor import Processor
 
     cfg = bench_config(bootstrap, tag=tag, hits_topic=topic)
@@ -106,12 +110,16 @@ def processor_run(bootstrap: str, topic: str, tag: str, profile: bool = False) -
     setup = time.perf_counter() - t_setup
     if setup < 1.0:
         time.sleep(1.0 - setup)
+    freeze_startup_objects()  # as `dtlive process` does before its loop (dtlive.cli._run_with_signals)
     cpu0, t0 = time.process_time(), time.perf_counter()
     prof = None
-    if profile:
-        _, prof = profile_call(lambda: proc.run(until_end=True), loop=proc.source.loop)
-    else:
-        proc.run(until_end=True)
+    try:
+        if profile:
+            _, prof = profile_call(lambda: proc.run(until_end=True), loop=proc.source.loop)
+        else:
+            proc.run(until_end=True)
+    finally:
+        gc.unfreeze()  # this process goes on with other runs
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     out = {"messages": proc.source.messages, "hits_counted": totals["hits"], "windows": totals["windows"],

@@ -180,7 +180,8 @@ class _Lines:
         newline = np.flatnonzero(buf == ord("\n"))
         starts = np.concatenate(([0], newline + 1))
         lengths = np.concatenate((newline, [len(buf)])) - starts
-        msg_starts = np.cumsum([0, *(len(p) + 1 for p in payloads[:-1])]) if payloads else np.zeros(1, np.int64)
+        sizes = np.fromiter(map(len, payloads), np.int64, len(payloads))
+        msg_starts = np.concatenate(([0], np.cumsum(sizes[:-1] + 1)))
         msg = np.searchsorted(msg_starts, starts, side="right") - 1
         return cls(blob, starts, lengths, msg)
 
@@ -189,8 +190,9 @@ class _Lines:
 
     def count(self, byte_class: np.ndarray) -> np.ndarray:
         """How many bytes of each line are in ``byte_class`` (a 256-entry bool table)."""
-        hits = np.concatenate(([0], np.cumsum(byte_class[np.frombuffer(self.blob, np.uint8)], dtype=np.int64)))
-        return hits[self.starts + self.lengths] - hits[self.starts]
+        # each line's bytes run from its start to the next line's, its newline included (the last one's is a pad)
+        per_byte = byte_class[np.frombuffer(self.blob + b"\n", np.uint8)]
+        return np.add.reduceat(per_byte, self.starts, dtype=np.int64) - int(byte_class[ord("\n")])
 
     def starts_with(self, prefix: bytes) -> np.ndarray:
         buf = np.frombuffer(self.blob + bytes(len(prefix)), np.uint8)  # padded: no index past the end

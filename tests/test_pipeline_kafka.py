@@ -255,3 +255,59 @@ def test_partition_ends_is_the_true_end_after_batched_writes(broker, topics):
     producer.flush(30)
     assert partition_ends(cfg, broker, topics["hits_topic"]) == {0: (0, 5_000)}
     assert partition_ends(cfg, broker, "no-such-topic-" + topics["group_id"]) == {}
+
+
+def test_batch_from_messages_reads_each_messages_format_and_the_first_epoch(broker, topics):
+    """Headers are read once per distinct set: formats stay per message, the epoch is the first message's."""
+    from dtlive.nodes import Batch
+
+    ensure_topics(load_config({}, env={}), broker, [topics["hits_topic"]])
+    p = Producer({"bootstrap.servers": broker})
+    sent = [(b"2,0,5,100,7,3", [("format", b"csv"), ("orbit_epoch", b"1700000000.5")]),
+            (b"2,0,6,101,7,3", [("format", b"csv")]),
+            (b"2,0,7,102,7,3", None),
+            (None, [("format", b"csv")]),
+            (b"\x00" * 8, [("format", b"daq64"), ("orbit_epoch", b"1800000000.0")]),
+            (b"2,0,8,103,7,3", [("format", b"csv"), ("orbit_epoch", b"not a number")])]
+    for value, headers in sent:
+        p.produce(topics["hits_topic"], value, headers=headers)
+    p.flush(10)
+    c = Consumer({"bootstrap.servers": broker, "group.id": "t-batch", "enable.partition.eof": False})
+    c.assign([TopicPartition(topics["hits_topic"], 0, 0)])
+    msgs = []
+    for _ in range(50):
+        msgs += [m for m in c.consume(10, 0.2) if m.error() is None]
+        if len(msgs) >= len(sent):
+            break
+    c.close()
+    b = Batch.from_messages(msgs, topics["hits_topic"])
+    assert b.formats == ["csv", "csv", None, "csv", "daq64", "csv"]
+    assert b.payloads == [v or b"" for v, _ in sent]
+    assert b.orbit_epoch == 1700000000.5
+    assert b.offsets.tolist() == list(range(6)) and b.positions == {0: 6}
+    assert Batch.from_messages(msgs[1:4], topics["hits_topic"]).orbit_epoch is None
+    assert Batch.from_messages(msgs[4:], topics["hits_topic"]).orbit_epoch == 1800000000.0
+
+
+def test_a_backlog_shares_commits_among_windows_and_a_live_window_commits_at_once(broker, topics):
+    """Reading a backlog (full consume calls) windows wait <= window_delay_s for one commit; results stay whole."""
+    import time
+
+    ensure_topics(load_config({}, env={}), broker, [topics["hits_topic"]])
+    produce_file(broker, topics["hits_topic"], RUN_CSV, "daq64", rows_per_message=100)  # 1,597 messages
+    cfg = load_config({"bootstrap": broker, **topics}, env={})
+    proc = Processor(cfg, broker, from_beginning=True, batch_size=50)
+    commits = []
+    commit = proc.publisher.commit
+    proc.publisher.commit = lambda: commits.append(proc.publisher._windows_in_txn) or commit()
+    proc.run(until_end=True, max_seconds=120)
+    proc.close()
+    assert sum(commits) == proc.publisher.published > 10
+    assert max(commits) > 1 and len([c for c in commits if c]) < proc.publisher.published
+    assert int(read_results(broker, topics["monitor_topic"]).total_hits.sum()) == 159_616
+    live = proc.publisher
+    live._in_txn, live._windows_in_txn = True, 1
+    live._txn_started = time.monotonic()
+    assert live.due(backlog=False) and not live.due(backlog=True)
+    live._txn_started -= live.window_delay_s
+    assert live.due(backlog=True)
