@@ -4,6 +4,8 @@ One private broker; the real run-591 hits looped (daq64, 10,000 words per messag
 partition count (1, 4, 8; keyed by chamber, so with 8 partitions half of them stay empty) and then
 processed to the end of the topic (``run(until_end=True)``) by:
 
+* ``raw``: a plain confluent-kafka consumer with the processor's settings reading every partition and
+  doing nothing else: the broker's limit;
 * ``single``: :class:`dtlive.processor.Processor` in this process (the baseline, one core);
 * ``dask-b`` with 1 and 2 workers: :class:`dtlive.scale.DaskProcessor` on a ``LocalCluster`` (processes,
   one thread each, loopback): one partition actor per worker reads, decodes and windows its share of the
@@ -71,6 +73,28 @@ def run_processor(bootstrap: str, topic: str, client=None) -> dict:
             "hits_per_cpu_s": round(hits["n"] / (cpu + workers_cpu)), "windows": windows, "actors": actors}
 
 
+def raw_consume(bootstrap: str, topic: str, rows: int) -> dict:
+    """The broker's limit: a plain consumer (the processor's settings) reads every partition, doing nothing."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from dtlive.kafka import consumer_config, partition_ends
+
+    cfg = bench_config(bootstrap, hits_topic=topic)
+    ends = partition_ends(cfg, bootstrap, topic)
+    total = sum(high - low for low, high in ends.values())
+    c = Consumer({**consumer_config(cfg, bootstrap, group_id=f"bench-raw-{time.monotonic_ns()}",
+                                    from_beginning=True), "enable.partition.eof": False})
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+    time.sleep(1.0)  # the head start the processors' set-up gives their consumers
+    got, t0 = 0, time.perf_counter()
+    while got < total and time.perf_counter() - t0 < 300:
+        got += sum(1 for m in c.consume(BATCH_SIZE, 0.2) if m.error() is None)
+    seconds = time.perf_counter() - t0
+    c.close()
+    return {"hits": rows if got >= total else 0, "seconds": round(seconds, 3), "driver_cpu_per_wall": 0.0,
+            "workers_cpu_per_wall": 0.0, "hits_per_cpu_s": 0, "windows": 0, "actors": 0}
+
+
 def run(quick: bool = False, rows: int | None = None, fmt: str = "daq64") -> dict:
     from dtlive.scale import dask_client
 
@@ -85,6 +109,7 @@ def run(quick: bool = False, rows: int | None = None, fmt: str = "daq64") -> dic
             f = fill(bs, topics[n], n, rows, fmt)
             log(f"scaling: {f['rows']:,} rows in {f['messages']:,} messages on {n} partition(s)")
         for n in partition_counts:
+            cases.append({"mode": "raw", "workers": 0, "partitions": n, **raw_consume(bs, topics[n], rows)})
             r = run_processor(bs, topics[n])
             cases.append({"mode": "single", "workers": 1, "partitions": n, **r})
         for workers in (1, 2):
@@ -96,7 +121,7 @@ def run(quick: bool = False, rows: int | None = None, fmt: str = "daq64") -> dic
     for c in cases:
         c["hits_per_s"] = round(c["hits"] / c["seconds"])
         c["all_hits_counted"] = c["hits"] == rows
-        c["per_worker_efficiency"] = round(c["hits_per_s"] / (c["workers"] * single[c["partitions"]]), 3)
+        c["per_worker_efficiency"] = round(c["hits_per_s"] / (max(c["workers"], 1) * single[c["partitions"]]), 3)
         log(f"scaling: {c['mode']:<32} workers {c['workers']} partitions {c['partitions']}: "
             f"{c['hits_per_s']:>10,} hits/s, efficiency {c['per_worker_efficiency']}")
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
