@@ -111,12 +111,7 @@ class Batch:
             read = {h: _read_headers(h) for h in set(sets)}  # header set -> (format, epoch)
             kinds = {fmt for fmt, _ in read.values()}
             formats = [kinds.pop()] * n if len(kinds) == 1 else [read[h][0] for h in sets]
-            epochs = [h for h, (_, e) in read.items() if e is not None]
-            epoch = None
-            if len(epochs) == 1:
-                epoch = read[epochs[0]][1]
-            elif epochs:  # several: the first message's that has one
-                epoch = next(read[h][1] for h in sets if read[h][1] is not None)
+            epoch = next((read[h][1] for h in sets if read[h][1] is not None), None)  # the first message's
         b = cls(payloads, formats, parts, offs, np.array(stamps, np.int64), topic, epoch)
         for p in partitions_of(b.partitions):
             b.positions[int(p)] = int(b.offsets[b.partitions == p].max()) + 1

@@ -316,13 +316,12 @@ class DaskProcessor:
         started = time.monotonic()
         last_tick = 0.0
         while not self._stop:
-            published = self.publisher.published
             calls = {}
             for i, s in enumerate(self.slots):
                 targets = None if self.targets is None else {p: self.targets.get(p, 0) for p in s.partitions}
                 calls[i] = s.actor.step(self.published_through, self._requests(i), targets, self.step_seconds)
             self._publish_ready()  # while the actors consume
-            if self.publisher.published > published or self.publisher.due():
+            if self.publisher.due():  # at once for a new window, else every commit interval
                 self.publisher.commit()
             lost = []
             for i, call in calls.items():
