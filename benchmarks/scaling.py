@@ -73,25 +73,12 @@ def run_processor(bootstrap: str, topic: str, client=None) -> dict:
             "hits_per_cpu_s": round(hits["n"] / (cpu + workers_cpu)), "windows": windows, "actors": actors}
 
 
-def raw_consume(bootstrap: str, topic: str, rows: int) -> dict:
-    """The broker's limit: a plain consumer (the processor's settings) reads every partition, doing nothing."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+def raw(bootstrap: str, topic: str, rows: int, messages: int) -> dict:
+    """The broker's limit: :func:`benchmarks.throughput.raw_consume` of every partition, as a case."""
+    from benchmarks.throughput import raw_consume
 
-    from dtlive.kafka import consumer_config, partition_ends
-
-    cfg = bench_config(bootstrap, hits_topic=topic)
-    ends = partition_ends(cfg, bootstrap, topic)
-    total = sum(high - low for low, high in ends.values())
-    c = Consumer({**consumer_config(cfg, bootstrap, group_id=f"bench-raw-{time.monotonic_ns()}",
-                                    from_beginning=True), "enable.partition.eof": False})
-    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-    time.sleep(1.0)  # the head start the processors' set-up gives their consumers
-    got, t0 = 0, time.perf_counter()
-    while got < total and time.perf_counter() - t0 < 300:
-        got += sum(1 for m in c.consume(BATCH_SIZE, 0.2) if m.error() is None)
-    seconds = time.perf_counter() - t0
-    c.close()
-    return {"hits": rows if got >= total else 0, "seconds": round(seconds, 3), "driver_cpu_per_wall": 0.0,
+    r = raw_consume(bootstrap, topic, messages, timeout=300, batch_size=BATCH_SIZE)
+    return {"hits": rows if r["complete"] else 0, "seconds": r["seconds"], "driver_cpu_per_wall": 0.0,
             "workers_cpu_per_wall": 0.0, "hits_per_cpu_s": 0, "windows": 0, "actors": 0}
 
 
@@ -103,13 +90,14 @@ def run(quick: bool = False, rows: int | None = None, fmt: str = "daq64") -> dic
     cases = []
     with private_broker() as broker:
         bs = broker.bootstrap
-        topics = {}
+        topics, messages = {}, {}
         for n in partition_counts:
             topics[n] = f"bench.scale.{fmt}.p{n}"
             f = fill(bs, topics[n], n, rows, fmt)
+            messages[n] = f["messages"]
             log(f"scaling: {f['rows']:,} rows in {f['messages']:,} messages on {n} partition(s)")
         for n in partition_counts:
-            cases.append({"mode": "raw", "workers": 0, "partitions": n, **raw_consume(bs, topics[n], rows)})
+            cases.append({"mode": "raw", "workers": 0, "partitions": n, **raw(bs, topics[n], rows, messages[n])})
             r = run_processor(bs, topics[n])
             cases.append({"mode": "single", "workers": 1, "partitions": n, **r})
         for workers in (1, 2):

@@ -66,8 +66,8 @@ def prefill(bootstrap: str, topic: str, fmt: str, rows: int, rows_per_message: i
             "prefill_rows_per_s": round(stats.rows / elapsed)}
 
 
-def raw_consume(bootstrap: str, topic: str, messages: int, timeout: float) -> dict:
-    """Batched consume() of the whole topic, doing nothing with the messages."""
+def raw_consume(bootstrap: str, topic: str, messages: int, timeout: float, batch_size: int = BATCH_SIZE) -> dict:
+    """Batched consume() of every partition of the topic (the processor's settings), doing nothing with the messages."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     from dtlive.kafka import consumer_config
@@ -75,13 +75,14 @@ def raw_consume(bootstrap: str, topic: str, messages: int, timeout: float) -> di
     cfg = bench_config(bootstrap)
     conf = consumer_config(cfg, bootstrap, group_id=f"bench-raw-{time.monotonic_ns()}", from_beginning=True)
     c = Consumer({**conf, "enable.partition.eof": False})
-    c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    partitions = c.list_topics(topic, timeout=15).topics[topic].partitions
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     time.sleep(1.0)  # same head start as the processor's set-up gives its consumer
     got = nbytes = 0
     cpu0, t0 = time.process_time(), time.perf_counter()
     deadline = t0 + timeout
     while got < messages and time.perf_counter() < deadline:
-        for m in c.consume(BATCH_SIZE, 0.2):
+        for m in c.consume(min(batch_size, messages - got), 0.2):  # never wait out the timeout for more than is left
             if m.error() is None:
                 got += 1
                 nbytes += len(m.value())
