@@ -569,3 +569,13 @@ def test_read_csv_matches_pandas_on_the_run_file():
     rows = read_csv(str(RUN_CSV))
     pd.testing.assert_frame_equal(rows.to_pandas(), df, check_dtype=False)
     assert rows.orbit.dtype == np.int64
+
+
+def test_rows_past_the_line_counters_16_bits_are_rejected_as_oversized_and_lose_nothing():
+    """Commas and stray bytes are counted in 16-bit slots of one sum: lines of >= 65,536 bytes overflow them,
+    and are rejected as oversized before those counts are used; the rows around them decode."""
+    commas, letters = b"," * 70_000, b"x" * 70_000
+    out = decode([b"2,0,5,100,7,3\n" + commas + b"\n" + letters + b"\n2,1,6,101,8,4", b"2,0,7,102,9,5"], "csv-batch")
+    assert sorted((r.offset, r.reason, len(r.payload)) for r in out.rejects) == [
+        (0, "oversized", 70_000), (0, "oversized", 70_000)]
+    assert out.rows.channel.tolist() == [5, 6, 7] and out.rows.offset.tolist() == [0, 0, 1]
