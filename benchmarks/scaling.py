@@ -5,7 +5,7 @@ partition count (1, 4, 8; keyed by chamber, so with 8 partitions half of them st
 processed to the end of the topic (``run(until_end=True)``) by:
 
 * ``raw``: a plain confluent-kafka consumer with the processor's settings reading every partition and
-  doing nothing else: the broker's limit;
+  doing nothing else, timed from its assign() (no head start): the broker's limit;
 * ``single``: :class:`dtlive.processor.Processor` in this process (the baseline, one core);
 * ``dask-b`` with 1 and 2 workers: :class:`dtlive.scale.DaskProcessor` on a ``LocalCluster`` (processes,
   one thread each, loopback): one partition actor per worker reads, decodes and windows its share of the
@@ -28,7 +28,16 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, bench_config, file_source, loadavg, log, private_broker, producer
+from benchmarks.common import (
+    RESULTS_DIR,
+    bench_config,
+    cpu_seconds,
+    file_source,
+    loadavg,
+    log,
+    private_broker,
+    producer,
+)
 
 ROWS_PER_MESSAGE = 10_000
 BATCH_SIZE = 200  # messages per consume call: 2M hits, so every worker gets a piece
@@ -50,7 +59,7 @@ def _cpu() -> float:
     return time.process_time()
 
 
-def run_processor(bootstrap: str, topic: str, client=None) -> dict:
+def run_processor(bootstrap: str, topic: str, client=None, broker_pid: int | None = None) -> dict:
     from dtlive.processor import Processor
     from dtlive.scale import DaskProcessor
 
@@ -60,16 +69,19 @@ def run_processor(bootstrap: str, topic: str, client=None) -> dict:
     hits = {"n": 0}
     proc.publisher._on_publish.append(lambda item: hits.__setitem__("n", hits["n"] + item["message"]["total_hits"]))
     wcpu0 = client.run(_cpu) if client is not None else {}
+    b0 = cpu_seconds(broker_pid) if broker_pid else 0.0
     cpu0, t0 = time.process_time(), time.perf_counter()
     proc.run(until_end=True, max_seconds=600)
     seconds = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
+    broker_cpu = cpu_seconds(broker_pid) - b0 if broker_pid else 0.0
     workers_cpu = sum(v - wcpu0.get(k, 0.0) for k, v in client.run(_cpu).items()) if client is not None else 0.0
     windows = proc.publisher.published
     actors = len(proc.slots) if client is not None else 0
     proc.close()
     return {"hits": hits["n"], "seconds": round(seconds, 3), "driver_cpu_per_wall": round(cpu / seconds, 3),
             "workers_cpu_per_wall": round(workers_cpu / seconds, 3),
+            "broker_cpu_per_wall": round(broker_cpu / seconds, 3),
             "hits_per_cpu_s": round(hits["n"] / (cpu + workers_cpu)), "windows": windows, "actors": actors}
 
 
@@ -77,7 +89,7 @@ def raw(bootstrap: str, topic: str, rows: int, messages: int) -> dict:
     """The broker's limit: :func:`benchmarks.throughput.raw_consume` of every partition, as a case."""
     from benchmarks.throughput import raw_consume
 
-    r = raw_consume(bootstrap, topic, messages, timeout=300, batch_size=BATCH_SIZE)
+    r = raw_consume(bootstrap, topic, messages, timeout=300, batch_size=BATCH_SIZE, head_start=0.0)
     return {"hits": rows if r["complete"] else 0, "seconds": r["seconds"], "driver_cpu_per_wall": 0.0,
             "workers_cpu_per_wall": 0.0, "hits_per_cpu_s": 0, "windows": 0, "actors": 0}
 
@@ -98,12 +110,12 @@ def run(quick: bool = False, rows: int | None = None, fmt: str = "daq64") -> dic
             log(f"scaling: {f['rows']:,} rows in {f['messages']:,} messages on {n} partition(s)")
         for n in partition_counts:
             cases.append({"mode": "raw", "workers": 0, "partitions": n, **raw(bs, topics[n], rows, messages[n])})
-            r = run_processor(bs, topics[n])
+            r = run_processor(bs, topics[n], broker_pid=broker.pid)
             cases.append({"mode": "single", "workers": 1, "partitions": n, **r})
         for workers in (1, 2):
             with dask_client(f"local:{workers}") as client:
                 for n in partition_counts:
-                    r = run_processor(bs, topics[n], client)
+                    r = run_processor(bs, topics[n], client, broker_pid=broker.pid)
                     cases.append({"mode": "dask-b", "workers": workers, "partitions": n, **r})
     single = {c["partitions"]: c["hits"] / c["seconds"] for c in cases if c["mode"] == "single"}
     for c in cases:
@@ -120,10 +132,11 @@ def run(quick: bool = False, rows: int | None = None, fmt: str = "daq64") -> dic
 
 def print_table(res: dict) -> None:
     print(f"{'mode':<10}{'workers':>8}{'partitions':>11}{'actors':>7}{'hits/s':>13}{'eff/worker':>11}"
-          f"{'driver cpu':>11}{'worker cpu':>11}{'hits/cpu-s':>12}")
+          f"{'driver cpu':>11}{'worker cpu':>11}{'broker cpu':>11}{'hits/cpu-s':>12}")
     for c in res["cases"]:
         print(f"{c['mode']:<10}{c['workers']:>8}{c['partitions']:>11}{c['actors']:>7}{c['hits_per_s']:>13,}"
               f"{c['per_worker_efficiency']:>11}{c['driver_cpu_per_wall']:>11}{c['workers_cpu_per_wall']:>11}"
+              f"{c.get('broker_cpu_per_wall', 0):>11}"
               f"{c['hits_per_cpu_s']:>12,}")
 
 

@@ -66,8 +66,13 @@ def prefill(bootstrap: str, topic: str, fmt: str, rows: int, rows_per_message: i
             "prefill_rows_per_s": round(stats.rows / elapsed)}
 
 
-def raw_consume(bootstrap: str, topic: str, messages: int, timeout: float, batch_size: int = BATCH_SIZE) -> dict:
-    """Batched consume() of every partition of the topic (the processor's settings), doing nothing with the messages."""
+def raw_consume(bootstrap: str, topic: str, messages: int, timeout: float, batch_size: int = BATCH_SIZE,
+                head_start: float = 1.0) -> dict:
+    """Batched consume() of every partition of the topic (the processor's settings), doing nothing with the messages.
+
+    ``head_start``: seconds between assign() and the timed loop, in which librdkafka already fetches (as it
+    does while the processor sets up); 0 times the fetching from the broker as well.
+    """
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     from dtlive.kafka import consumer_config
@@ -77,7 +82,7 @@ def raw_consume(bootstrap: str, topic: str, messages: int, timeout: float, batch
     c = Consumer({**conf, "enable.partition.eof": False})
     partitions = c.list_topics(topic, timeout=15).topics[topic].partitions
     c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-    time.sleep(1.0)  # same head start as the processor's set-up gives its consumer
+    time.sleep(head_start)  # by default the head start the processor's set-up gives its consumer
     got = nbytes = 0
     cpu0, t0 = time.process_time(), time.perf_counter()
     deadline = t0 + timeout

@@ -19,32 +19,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from dtlive import nodes as _nodes  # noqa: F401  (registers the node methods on Stream)
 from dtlive.config import Config
 from dtlive.decode import Reject
 from dtlive.kafka import consumer_config
 from dtlive.nodes import from_kafka_batched_consumer
-from dtlive.partials import DriftPart, Kept, Partial, drift_part, share
+from dtlive.partials import Answer, Kept, Partial, Request, answer, share
 from dtlive.processor import BATCH_SIZE, drift_edges
 from dtlive.windows import Window
-
-
-@dataclass
-class Request:
-    """The driver's question about one closed window, once every actor has closed it."""
-
-    scint: tuple[np.ndarray, np.ndarray] | None  # merged scintillator table: histogram drift against it
-    chambers: list[int]  # chambers other actors saw too: send their multiplicity keys and masks
-
-
-@dataclass
-class Answer:
-    """An actor's drift part and shared-chamber masks of one window."""
-
-    drift: DriftPart | None
-    masks: tuple[np.ndarray, np.ndarray] | None
 
 
 @dataclass
@@ -124,7 +106,8 @@ class PartitionActor:
         state = self.windows.state
         if not any(w <= published for w in state.open_ids):
             state.last_closed = max(state.last_closed, published)
-        rep = Report(answers={wid: self._answer(wid, r) for wid, r in requests.items() if wid in self.kept})
+        rep = Report(answers={wid: answer(self.kept[wid], r, self.edges) for wid, r in requests.items()
+                             if wid in self.kept})
         if targets is not None:
             self.targets = targets
         self._consume(max_seconds)
@@ -147,11 +130,6 @@ class PartitionActor:
 
     def close(self) -> None:
         self.source.close()
-
-    def _answer(self, wid: int, req: Request) -> Answer:
-        kept = self.kept[wid]
-        return Answer(drift_part(kept, req.scint, self.edges) if req.scint is not None else None,
-                      kept.masks_of(req.chambers) if req.chambers else None)
 
     def _consume(self, max_seconds: float) -> None:
         started = time.monotonic()

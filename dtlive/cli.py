@@ -41,6 +41,20 @@ def duration_s(text: str) -> float:
     return value * {"ms": 1e-3, "s": 1.0, "m": 60.0, None: 1.0}[m.group(2)]
 
 
+def piece_mb(text: str) -> float:
+    """Replay piece size in MB: above 0 and small enough for one decoded payload (8 MB)."""
+    from dtlive.decode import MAX_CSV_ROW_BYTES, MAX_PAYLOAD_BYTES
+
+    top = (MAX_PAYLOAD_BYTES - MAX_CSV_ROW_BYTES) / 2**20
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= top:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a size in MB above 0 and at most {top:.2f}")
+    return value
+
+
 def rate_arg(text: str) -> float | None:
     if text == "max":
         return None
@@ -132,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("files", nargs="+", help="CSV files or URLs with the HEAD,FPGA,... header")
     rp.add_argument("--window", dest="window_s", type=duration_s, help="window length, 1-5 s (default 2s)")
     rp.add_argument("--lateness", dest="lateness_s", type=duration_s, help="lateness allowance (default 0.5s)")
-    rp.add_argument("--dask", metavar="ADDRESS", help="a Dask scheduler address, or local:N worker processes")
+    rp.add_argument("--dask", metavar="ADDRESS", help="read, decode and histogram the pieces on Dask workers (a "
+                    "scheduler address, or local:N worker processes); same results as without")
+    rp.add_argument("--piece-mb", type=piece_mb, default=4.0, help="the files are cut into pieces of this many MB at "
+                    "line boundaries, a worker's unit of work (default 4, at most 7.99)")
     rp.add_argument("--no-ledger", action="store_true", help="do not record the run in the ledger")
 
     d = sub.add_parser(
@@ -423,12 +440,23 @@ def _process_on_dask(args, cfg, bootstrap) -> int:
 
 
 def cmd_replay(args) -> int:
-    from dtlive.scale import dask_client, dumps, replay
+    from dtlive.replay import dumps, replay
+    from dtlive.scale import dask_client
 
     cfg = _config(args)
     ledger = None if args.no_ledger else _ledger()
+    started = time.monotonic()
+    shown = [0.0]
+
+    def progress(done: int, total: int) -> None:  # one line every 2 s on stderr, and the last
+        now = time.monotonic()
+        if now - shown[0] >= 2.0 or done == total:
+            shown[0] = now
+            print(f"replay: {done}/{total} pieces, {now - started:.1f} s", file=sys.stderr)
+
     with dask_client(args.dask) if args.dask else contextlib.nullcontext() as client:
-        summary = replay(args.files, cfg, client=client, ledger=ledger)
+        summary = replay(args.files, cfg, client=client, ledger=ledger, piece_bytes=int(args.piece_mb * 2**20),
+                         progress=progress)
     print(dumps(summary))
     return 0
 

@@ -338,10 +338,14 @@ class event_windows(Stream):
         return {p: min(low.get(p, pos), pos) for p, pos in self.positions.items()}
 
 
-def window_products(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS,
-                    provenance: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """Product and count arrays of a closed window, and its attrs (window, provenance, rejects), without xarray."""
-    arrays = compute_arrays(window.hits, drift_edges)
+def window_products(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, provenance: dict | None = None,
+                    arrays: dict[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Product and count arrays of a closed window, and its attrs (window, provenance, rejects), without xarray.
+
+    ``arrays``: the products when they were computed elsewhere (:func:`dtlive.products.compute_arrays`, or
+    merged shares of :mod:`dtlive.partials`); the window's own hits are then not used.
+    """
+    arrays = compute_arrays(window.hits, drift_edges) if arrays is None else dict(arrays)
     counts = Counter(window.meta.get("counts", {}))
     arrays["special_channel_hits"] = np.int64(int(arrays["total_hits"]) - int(arrays["hits_per_chamber"].sum()))
     for k in COUNTS:
@@ -376,9 +380,13 @@ def window_products(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS,
     return arrays, attrs
 
 
-def window_message(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, provenance: dict | None = None) -> dict:
-    """The ``dtlive.monitor/1`` message of a closed window (the processor's fast path: no xarray)."""
-    arrays, attrs = window_products(window, drift_edges, provenance)
+def window_message(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, provenance: dict | None = None,
+                   arrays: dict[str, np.ndarray] | None = None) -> dict:
+    """The ``dtlive.monitor/1`` message of a closed window (the processor's fast path: no xarray).
+
+    ``arrays``: products computed elsewhere, as for :func:`window_products`.
+    """
+    arrays, attrs = window_products(window, drift_edges, provenance, arrays)
     return message_from_arrays(arrays, drift_edges, attrs)
 
 

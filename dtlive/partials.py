@@ -167,6 +167,47 @@ def drift_part(kept: Kept, scint: tuple[np.ndarray, np.ndarray],
     return out
 
 
+@dataclass
+class Request:
+    """The question to one share of a window, once every share of it is known (see :func:`plan_requests`)."""
+
+    scint: tuple[np.ndarray, np.ndarray] | None  # merged scintillator table: histogram drift against it
+    chambers: list[int]  # chambers other shares saw too: send their multiplicity keys and masks
+
+
+@dataclass
+class Answer:
+    """A share's drift part and shared-chamber masks of one window (see :func:`answer`)."""
+
+    drift: DriftPart | None
+    masks: tuple[np.ndarray, np.ndarray] | None
+
+
+def plan_requests(partials: dict[int, Partial]) -> dict[int, Request]:
+    """What each share of one window must send back for :func:`merge` (shares with nothing to add get no request).
+
+    >>> a, _ = share(Rows.from_columns(head=[2], fpga=[0], channel=[1], orbit=[5], bx=[0], tdc=[0]))
+    >>> b, _ = share(Rows.from_columns(head=[2], fpga=[0], channel=[2], orbit=[5], bx=[0], tdc=[0]))
+    >>> {i: r.chambers for i, r in plan_requests({0: a, 1: b}).items()}  # chamber 0 seen by both: masks
+    {0: [0], 1: [0]}
+    """
+    scint = merge_scint(list(partials.values()))
+    shared = shared_chambers(list(partials.values()))
+    requests = {}
+    for i, p in partials.items():
+        drift = len(scint[0]) > 0 and bool(p.chambers.any())
+        chambers = [c for c in shared if p.chambers[c]]
+        if drift or chambers:
+            requests[i] = Request(scint if drift else None, chambers)
+    return requests
+
+
+def answer(kept: Kept, request: Request, drift_edges: np.ndarray = DRIFT_EDGES_NS) -> Answer:
+    """A share's answer to its :class:`Request`, from what it kept."""
+    return Answer(drift_part(kept, request.scint, drift_edges) if request.scint is not None else None,
+                  kept.masks_of(request.chambers) if request.chambers else None)
+
+
 def multiplicity_of(keys: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """(N_CHAMBERS, 65) histogram of distinct channels from keys and masks of several shares (OR, popcount).
 
@@ -221,11 +262,16 @@ def merge(partials: Sequence[Partial], drift_parts: Sequence[DriftPart],
     return out
 
 
+def merge_answers(partials: Sequence[Partial], answers: Sequence[Answer],
+                  drift_edges: np.ndarray = DRIFT_EDGES_NS) -> dict[str, np.ndarray]:
+    """:func:`merge` of a window's shares with their :func:`answer` to :func:`plan_requests`."""
+    return merge(partials, [a.drift for a in answers if a.drift is not None],
+                 [a.masks for a in answers if a.masks is not None], drift_edges)
+
+
 def combine(parts: Sequence[Rows], drift_edges: np.ndarray = DRIFT_EDGES_NS) -> dict[str, np.ndarray]:
     """The products of the hits of all ``parts`` by the share-and-merge exchange, in one process."""
     shares = [share(p) for p in parts]
-    partials = [p for p, _ in shares]
-    scint = merge_scint(partials)
-    shared = shared_chambers(partials)
-    return merge(partials, [drift_part(k, scint, drift_edges) for _, k in shares],
-                 [k.masks_of(shared) for _, k in shares], drift_edges)
+    requests = plan_requests({i: partial for i, (partial, _) in enumerate(shares)})
+    answers = [answer(shares[i][1], r, drift_edges) for i, r in requests.items()]
+    return merge_answers([partial for partial, _ in shares], answers, drift_edges)

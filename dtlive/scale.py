@@ -1,4 +1,4 @@
-"""Scale-out on Dask (issue #7): ``dtlive process --dask`` and ``dtlive replay --dask``.
+"""Scale-out on Dask (issue #7): ``dtlive process --dask`` (and the client of ``dtlive replay --dask``).
 
 ``dtlive process --dask`` (:class:`DaskProcessor`, design b, chosen by measurement: ``docs/scaling.md``):
 the input topic's partitions are split into one group per worker; on each worker a long-lived Dask
@@ -7,8 +7,8 @@ processor's nodes (decode -> clean -> event-time windows). Hits never leave the 
 window it returns the mergeable partial products of :mod:`dtlive.partials`, and the driver merges them into
 exactly the single processor's message and publishes it in its one Kafka transaction, exactly once.
 
-``dtlive replay --dask`` (design a, for files): the driver reads the files and windows them, the workers
-decode pieces of each batch and turn closed windows into messages (:func:`decode_clean`, :class:`WindowsOnDask`).
+``dtlive replay --dask`` (files, no Kafka) is :mod:`dtlive.replay`: the workers read, decode and cut
+pieces of the files into the same mergeable shares.
 
 ``address``: ``local:N`` starts a ``LocalCluster`` of N single-threaded worker processes on loopback;
 anything else is a scheduler address (``tcp://host:8786``).
@@ -20,25 +20,19 @@ anything else is a scheduler address (``tcp://host:8786``).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-
-import numpy as np
-from streamz import Stream
+from dataclasses import dataclass, field
 
 from dtlive import detector as det
-from dtlive import nodes as _nodes  # noqa: F401  (registers the node methods on Stream)
-from dtlive.actor import Answer, Report, Request, Share
+from dtlive.actor import Report, Share
 from dtlive.config import Config
 from dtlive.kafka import consumer_config, partition_ends
-from dtlive.messages import message_from_arrays
-from dtlive.nodes import Batch, Decoded, window_message, window_products
-from dtlive.partials import merge, merge_scint, shared_chambers
+from dtlive.nodes import window_message
+from dtlive.partials import Answer, Request, merge_answers, plan_requests
 from dtlive.processor import BATCH_SIZE, drift_edges, open_publisher
 from dtlive.rows import Rows
 from dtlive.windows import Window
@@ -54,9 +48,17 @@ def parse_local(address: str) -> int | None:
     return None
 
 
+#: Dask's nannies start workers with ``MALLOC_TRIM_THRESHOLD_=65536``. Setting it switches off glibc's
+#: dynamic mmap threshold, so every large numpy array is a fresh mmap with its pages faulted in: decoding and
+#: histogramming took ~40 % more CPU in a worker than in a plain process (docs/scaling.md). Local clusters
+#: leave it unset; for workers of your own, set this in their Dask configuration.
+WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+
+
 @contextlib.contextmanager
 def dask_client(address: str):
     """A ``distributed.Client`` for ``address`` (``local:N`` or a scheduler address), closed afterwards."""
+    import dask
     from distributed import Client, LocalCluster
 
     n = parse_local(address)
@@ -64,88 +66,10 @@ def dask_client(address: str):
         with Client(address) as client:
             yield client
         return
-    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    with dask.config.set(WORKER_CONFIG), \
+            LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                         dashboard_address=None) as cluster, Client(cluster) as client:
         yield client
-
-
-# ------------------------------------------------------------------ work done on the workers
-
-_GRAPHS: dict = {}
-
-
-def decode_clean(batch: Batch, default_format: str, resume: tuple) -> Decoded:
-    """decode_hits -> clean_hits on one (piece of a) batch, on a worker; the payloads are not sent back."""
-    key = (default_format, resume)
-    if key not in _GRAPHS:
-        src, out = Stream(), []
-        src.decode_hits(default_format=default_format, resume=dict(resume)).clean_hits().sink(out.append)
-        _GRAPHS[key] = (src, out)
-    src, out = _GRAPHS[key]
-    out.clear()
-    src.emit(batch)
-    d = out.pop()
-    d.batch = None
-    return d
-
-
-def split_batch(batch: Batch, pieces: int) -> list[Batch]:
-    """``pieces`` consecutive slices of a batch's messages (each keeps the epoch and the first timestamp)."""
-    n = len(batch.payloads)
-    bounds = np.linspace(0, n, min(pieces, max(n, 1)) + 1).astype(int)
-    return [replace(batch, payloads=batch.payloads[a:b], formats=batch.formats[a:b],
-                    partitions=batch.partitions[a:b], offsets=batch.offsets[a:b], positions={})
-            for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-def merge_decoded(parts: list[Decoded], batch: Batch, resume: dict) -> Decoded:
-    counts = Counter()
-    for d in parts:
-        counts.update(d.counts)
-    return Decoded(Rows.concat([d.rows for d in parts]), [r for d in parts for r in d.rejects], counts, batch, resume)
-
-
-def _light(window: Window) -> Window:
-    """The window as sent to a worker: without its dead letters (they stay with the driver's publisher)."""
-    return replace(window, meta={k: v for k, v in window.meta.items() if k != "rejects"})
-
-
-@Stream.register_api()
-class dask_decode(Stream):
-    """Batch -> Decoded (hits only), decoded and cleaned on Dask workers in parallel pieces."""
-
-    def __init__(self, upstream, client, default_format: str = "csv", resume: dict | None = None, **kwargs):
-        self.client = client
-        self.default_format = default_format
-        self.resume = dict(resume or {})
-        self._resume_key = tuple(sorted(self.resume.items()))
-        self.pieces = max(1, len(client.nthreads()))
-        self.errors = 0
-        super().__init__(upstream, **kwargs)
-
-    def update(self, batch: Batch, who=None, metadata=None):
-        futures = self.client.map(decode_clean, split_batch(batch, self.pieces), default_format=self.default_format,
-                                  resume=self._resume_key, pure=False)
-        parts = self.client.gather(futures)
-        return self._emit(merge_decoded(parts, batch, self.resume))
-
-
-class WindowsOnDask:
-    """Collects closed windows and turns them into result messages on the workers, all at once."""
-
-    def __init__(self, client, edges: np.ndarray, provenance: dict):
-        self.client, self.edges, self.provenance = client, edges, provenance
-        self.pending: list[tuple[Window, object]] = []
-
-    def submit(self, window: Window) -> None:
-        fut = self.client.submit(window_message, _light(window), self.edges, self.provenance, pure=False)
-        self.pending.append((window, fut))
-
-    def results(self) -> list[tuple[Window, dict]]:
-        """The collected windows with their messages, in window order; empties the collection."""
-        pending, self.pending = self.pending, []
-        msgs = self.client.gather([f for _, f in pending]) if pending else []
-        return [(w, m) for (w, _), m in zip(pending, msgs)]
 
 
 # ------------------------------------------------------------------ dtlive process --dask: the driver (design b)
@@ -381,15 +305,7 @@ class DaskProcessor:
                 pw.ready = False
                 continue
             if pw.asked is None:
-                partials = {i: sh.partial for i, sh in pw.shares.items()}
-                scint = merge_scint(list(partials.values()))
-                shared = shared_chambers(list(partials.values()))
-                pw.asked = {}
-                for i, p in partials.items():
-                    drift = len(scint[0]) > 0 and bool(p.chambers.any())
-                    chambers = [c for c in shared if p.chambers[c]]
-                    if drift or chambers:
-                        pw.asked[i] = Request(scint if drift else None, chambers)
+                pw.asked = plan_requests({i: sh.partial for i, sh in pw.shares.items()})
             pw.ready = all(i in pw.answers for i in pw.asked)
 
     def _publish_ready(self) -> None:
@@ -401,9 +317,7 @@ class DaskProcessor:
 
     def _publish(self, wid: int, pw: _Pending) -> None:
         shares = [pw.shares[i] for i in sorted(pw.shares)]
-        answers = [pw.answers[i] for i in sorted(pw.answers)]
-        arrays = merge([sh.partial for sh in shares], [a.drift for a in answers if a.drift is not None],
-                       [a.masks for a in answers if a.masks is not None], self.edges)
+        arrays = merge_answers([sh.partial for sh in shares], [pw.answers[i] for i in sorted(pw.answers)], self.edges)
         if self.orbit_epoch is None:
             self.orbit_epoch = next((sh.orbit_epoch for sh in shares if sh.orbit_epoch is not None), None)
         inputs: dict[int, tuple[int, int]] = {}
@@ -415,10 +329,7 @@ class DaskProcessor:
         window = Window(wid, wid * self.window_orbits, (wid + 1) * self.window_orbits - 1, Rows.empty(), inputs,
                         meta={"counts": counts, "rejects": rejects, "orbit_epoch": self.orbit_epoch,
                               "positions": self.positions(), "restart_offsets": self.commit_offsets()})
-        base, attrs = window_products(window, self.edges, self.publisher.provenance)  # attrs; empty arrays
-        base.update(arrays)
-        base["special_channel_hits"] = np.int64(int(arrays["total_hits"]) - int(arrays["hits_per_chamber"].sum()))
-        self.publisher.publish(window, message_from_arrays(base, self.edges, attrs))
+        self.publisher.publish(window, window_message(window, self.edges, self.publisher.provenance, arrays))
 
     # -------------------------------------------------------------- state for TransactionalPublisher.commit
 
@@ -462,79 +373,3 @@ class DaskProcessor:
         self.publisher.producer.flush(10)
         if self.ledger is not None:
             self.ledger.stop_run(self.run_id, status=status)
-
-# ------------------------------------------------------------------ dtlive replay: files -> windows, no Kafka
-
-
-def file_batches(path: str, partition: int = 0, lines_per_payload: int = 50_000, messages: int = 8):
-    """Batches of ``csv-batch`` payloads of one CSV file (local path or fsspec URL)."""
-    import fsspec
-
-    with fsspec.open(path, "rb") as f:
-        lines = f.read().replace(b"\r\n", b"\n").split(b"\n")
-    payloads = [b"\n".join(lines[i : i + lines_per_payload]) for i in range(0, len(lines), lines_per_payload)]
-    for i in range(0, len(payloads), messages):
-        yield Batch.from_payloads(payloads[i : i + messages], "csv-batch", topic=path, partition=partition,
-                                  first_offset=i, orbit_epoch=None)
-
-
-def replay(paths: list[str], cfg: Config, client=None, ledger=None, store=None, run_id: str | None = None,
-           orbit_epoch: float | None = None) -> dict:
-    """CSV files straight into windows -> result messages -> the history store (and the run in the ledger).
-
-    The files are read in the given order as one stream (one partition), so later files continue the
-    event time of earlier ones. With ``client`` (a ``distributed.Client``) decoding and histograms run on
-    its workers. ``orbit_epoch`` (UNIX seconds of orbit 0) places the windows in UTC (default: the first
-    hit is "now"). Returns a summary: run id, windows, hits, messages (the result messages themselves).
-    """
-    from dtlive.history import HistoryStore
-
-    run_id = run_id or uuid.uuid4().hex[:12]
-    processor = f"replay-{run_id}"
-    if ledger is not None:
-        ledger.start_run("replay", cfg, inputs=[{"file": p} for p in paths], run_id=run_id, processor=processor)
-    edges = drift_edges(cfg)
-    provenance = {"topic": ",".join(paths), "config_hash": cfg.config_hash, "run_id": run_id, "processor": processor}
-    src = Stream()
-    decoded = src.dask_decode(client, default_format="csv-batch") if client is not None else \
-        src.decode_hits(default_format="csv-batch").clean_hits()
-    windows = decoded.event_windows(window_s=cfg.window_s, lateness_s=cfg.lateness_s, idle_s=cfg.idle_s)
-    collected: list[Window] = []
-    windows.sink(collected.append)
-    store = store if store is not None else HistoryStore()
-    msgs: list[dict] = []
-    status = "failed"
-
-    def publish():
-        if client is not None:
-            remote = WindowsOnDask(client, edges, provenance)
-            for w in collected:
-                remote.submit(w)
-            msgs.extend(m for _, m in remote.results())
-        else:
-            msgs.extend(window_message(w, edges, provenance) for w in collected)
-        collected.clear()
-
-    t0 = time.perf_counter()
-    try:
-        first = True
-        for path in paths:
-            for batch in file_batches(path):
-                if first:
-                    batch.orbit_epoch, first = orbit_epoch, False
-                src.emit(batch)
-                publish()
-        windows.flush()
-        publish()
-        store.append(msgs)
-        status = "finished"
-    finally:
-        if ledger is not None:
-            ledger.stop_run(run_id, status=status)
-    return {"run_id": run_id, "processor": processor, "windows": len(msgs),
-            "hits": int(sum(m["total_hits"] for m in msgs)), "seconds": round(time.perf_counter() - t0, 3),
-            "messages": msgs}
-
-
-def dumps(summary: dict) -> str:
-    return json.dumps({k: v for k, v in summary.items() if k != "messages"})

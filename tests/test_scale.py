@@ -1,12 +1,12 @@
 """Scale-out on Dask (issue #7): a LocalCluster of 2 worker processes gives exactly the single-process results.
 
 ``dtlive process --dask`` (design b): partition actors on the workers, partial products merged by the driver.
-Also: a worker killed mid-replay (every hit still counted once), the CLI, and ``dtlive replay --dask``.
+Also: a worker killed mid-replay (every hit still counted once), the CLI, kill -9 of the driver and a restart
+of the other kind. ``dtlive replay --dask`` is in test_replay.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,7 +17,6 @@ import pandas as pd
 import pytest
 from confluent_kafka import Producer
 from datafiles import RUN_CSV
-from test_pipeline_kafka import expected_products
 
 from dtlive import detector as det
 from dtlive.config import load_config
@@ -158,39 +157,6 @@ def test_process_dask_command(broker, topics):
     assert [sum(m["hits_per_chamber"][c] for m in msgs) for c in range(4)] == PER_CHAMBER
     assert len({m["window"]["id"] for m in msgs}) == len(msgs) >= 15
     assert {m["provenance"]["processor"] for m in msgs} == {topics["group_id"]}
-
-
-def test_replay_files_to_history_and_ledger(tmp_path, client):
-    from dtlive.history import HistoryStore
-    from dtlive.ledger import Ledger
-    from dtlive.scale import replay
-
-    cfg = load_config({}, env={})
-    ledger = Ledger()
-    exp = expected_products(RUN_CSV)
-    results = {}
-    for name, c in (("local", None), ("dask", client)):
-        store = HistoryStore(tmp_path / name)
-        summary = replay([str(RUN_CSV)], cfg, client=c, ledger=ledger, store=store)
-        assert summary["hits"] == exp["total"] == 159_616
-        ds = store.load()
-        assert int(ds.total_hits.sum()) == 159_616
-        assert ds.hits_per_chamber.sum("time").values.tolist() == PER_CHAMBER
-        assert int(ds.rows.sum()) == exp["rows"]
-        run = next(r for r in ledger.runs() if r["run_id"] == summary["run_id"])
-        assert run["kind"] == "replay" and run["status"] == "finished" and run["config_hash"] == cfg.config_hash
-        assert run["inputs"] == [{"file": str(RUN_CSV)}]
-        results[name] = [comparable(m) for m in summary["messages"]]
-    assert results["dask"] == results["local"]
-
-
-def test_replay_command(tmp_path, monkeypatch, capsys):
-    from dtlive.cli import main
-
-    monkeypatch.setenv("DTLIVE_HISTORY", str(tmp_path / "history"))
-    assert main(["replay", str(RUN_CSV), "--window", "5s"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["hits"] == 159_616 and summary["windows"] >= 7
 
 
 @pytest.mark.kafka
