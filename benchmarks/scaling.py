@@ -12,6 +12,7 @@ processed to the end of the topic (``run(until_end=True)``) by:
   partitions; the driver merges the per-window partial products and publishes — exact, exactly once.
   With 1 partition only one actor can work (the second worker stays idle).
 
+Each case runs ``--repeat`` times (default 3) and the run with the median rate is reported, with all rates.
 Reported: hits/s (all hits counted each time), per-worker efficiency = rate / (workers x the single rate),
 CPU per wall second of the driver (this process) and of the workers, and hits per CPU-second (all
 processes of dtlive; the broker not counted). On a 2-core machine the broker, the driver and the workers
@@ -94,7 +95,13 @@ def raw(bootstrap: str, topic: str, rows: int, messages: int) -> dict:
             "workers_cpu_per_wall": 0.0, "hits_per_cpu_s": 0, "windows": 0, "actors": 0}
 
 
-def run(quick: bool = False, rows: int | None = None, fmt: str = "daq64") -> dict:
+def median(runs: list[dict]) -> dict:
+    """The run with the median rate, with every run's rate (hits/s) in ``rates``."""
+    ranked = sorted(runs, key=lambda r: r["hits"] / r["seconds"])
+    return {**ranked[len(ranked) // 2], "rates": [round(r["hits"] / r["seconds"]) for r in runs]}
+
+
+def run(quick: bool = False, rows: int | None = None, fmt: str = "daq64", repeat: int = 3) -> dict:
     from dtlive.scale import dask_client
 
     rows = rows or (2_000_000 if quick else 12_000_000) // (1 if fmt == "daq64" else 6)
@@ -102,32 +109,33 @@ def run(quick: bool = False, rows: int | None = None, fmt: str = "daq64") -> dic
     cases = []
     with private_broker() as broker:
         bs = broker.bootstrap
-        topics, messages = {}, {}
+        topics, messages, filled = {}, {}, {}
         for n in partition_counts:
             topics[n] = f"bench.scale.{fmt}.p{n}"
             f = fill(bs, topics[n], n, rows, fmt)
-            messages[n] = f["messages"]
+            messages[n], filled[n] = f["messages"], f["rows"]
             log(f"scaling: {f['rows']:,} rows in {f['messages']:,} messages on {n} partition(s)")
         for n in partition_counts:
-            cases.append({"mode": "raw", "workers": 0, "partitions": n, **raw(bs, topics[n], rows, messages[n])})
-            r = run_processor(bs, topics[n], broker_pid=broker.pid)
+            r = median([raw(bs, topics[n], filled[n], messages[n]) for _ in range(repeat)])
+            cases.append({"mode": "raw", "workers": 0, "partitions": n, **r})
+            r = median([run_processor(bs, topics[n], broker_pid=broker.pid) for _ in range(repeat)])
             cases.append({"mode": "single", "workers": 1, "partitions": n, **r})
         for workers in (1, 2):
             with dask_client(f"local:{workers}") as client:
                 for n in partition_counts:
-                    r = run_processor(bs, topics[n], client, broker_pid=broker.pid)
+                    r = median([run_processor(bs, topics[n], client, broker_pid=broker.pid) for _ in range(repeat)])
                     cases.append({"mode": "dask-b", "workers": workers, "partitions": n, **r})
     single = {c["partitions"]: c["hits"] / c["seconds"] for c in cases if c["mode"] == "single"}
     for c in cases:
         c["hits_per_s"] = round(c["hits"] / c["seconds"])
-        c["all_hits_counted"] = c["hits"] == rows
+        c["all_hits_counted"] = c["hits"] == filled[c["partitions"]]
         c["per_worker_efficiency"] = round(c["hits_per_s"] / (max(c["workers"], 1) * single[c["partitions"]]), 3)
         log(f"scaling: {c['mode']:<32} workers {c['workers']} partitions {c['partitions']}: "
-            f"{c['hits_per_s']:>10,} hits/s, efficiency {c['per_worker_efficiency']}")
+            f"{c['hits_per_s']:>10,} hits/s (runs {c['rates']}), efficiency {c['per_worker_efficiency']}")
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                          cwd=Path(__file__).parent).stdout.strip()
-    return {"git": git, "rows": rows, "format": fmt, "rows_per_message": ROWS_PER_MESSAGE, "batch_size": BATCH_SIZE,
-            "cases": cases, "loadavg_end": loadavg()}
+    return {"git": git, "rows": rows, "repeat": repeat, "format": fmt, "rows_per_message": ROWS_PER_MESSAGE,
+            "batch_size": BATCH_SIZE, "cases": cases, "loadavg_end": loadavg()}
 
 
 def print_table(res: dict) -> None:
@@ -146,11 +154,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2M hits per topic instead of 12M")
     ap.add_argument("--rows", type=int, help="hits per topic (overrides --quick)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per case; the median is reported (default 3)")
     ap.add_argument("--format", choices=("daq64", "csv-batch"), default="daq64",
                     help="payload format (10,000 rows per message): daq64 is cheap to decode per hit, csv-batch "
                          "~10x dearer, the case where the workers' CPU matters (default rows / 6)")
     args = ap.parse_args(argv)
-    res = run(quick=args.quick, rows=args.rows, fmt=args.format)
+    res = run(quick=args.quick, rows=args.rows, fmt=args.format, repeat=args.repeat)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     name = "scaling.json" if args.format == "daq64" else f"scaling-{args.format}.json"
     (RESULTS_DIR / name).write_text(json.dumps(res, indent=1))
