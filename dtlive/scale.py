@@ -83,7 +83,7 @@ class _Slot:
     start: dict[int, int]  # where the next actor for this slot starts
     positions: dict[int, int] = field(default_factory=dict)  # last reported
     restart: dict[int, int] = field(default_factory=dict)  # last reported lowest offset of its open windows
-    holding: int | None = None
+    holding: int | None = None  # lowest window its actor may still add to (None: it holds nothing back)
     done: bool = False
     future: object = None  # the actor's future: keeps the actor alive
     actor: object = None
@@ -108,10 +108,11 @@ class DaskProcessor:
     """``dtlive process --dask``: the input's partitions read, decoded and windowed by actors on Dask workers.
 
     The driver (this object) owns the exactly-once state: the one transactional publisher, the counts and
-    dead letters reported by the actors, and per partition the offsets a restart must re-read from. Each
-    round it calls :meth:`~dtlive.actor.PartitionActor.step` on every actor at once, publishes (while they
-    run) the windows every actor has closed and whose exchange is complete, merged with
-    :func:`dtlive.partials.merge`, and commits. A window's message equals the single processor's.
+    dead letters reported by the actors, and per partition the offsets a restart must re-read from. It keeps
+    one :meth:`~dtlive.actor.PartitionActor.step` call in flight per actor (a new one as soon as a report is
+    in, so no actor waits for a slower one), publishes meanwhile the windows every actor has closed and whose
+    exchange is complete, merged with :func:`dtlive.partials.merge`, and commits. A window's message
+    equals the single processor's.
 
     An actor whose step fails (its worker died) is replaced: its shares of unpublished windows are dropped
     and a new actor re-reads its partitions from their restart offsets, skipping windows already published.
@@ -158,7 +159,8 @@ class DaskProcessor:
         for i in range(n):
             mine = partitions[i::n]
             self.slots.append(_Slot(mine, {p: self.start_offsets[p] for p in mine},
-                                    positions={p: resume[p] for p in mine if p in resume}))
+                                    positions={p: resume[p] for p in mine if p in resume},
+                                    holding=self.published_through + 1))  # all, until its first report
         self.publisher.source, self.publisher.windows = self, self  # commit() asks us for offsets and state
         self.messages = 0
         self.lost_actors = 0
@@ -239,18 +241,21 @@ class DaskProcessor:
             self.targets = {p: high for p, (_, high) in ends.items()}
         started = time.monotonic()
         last_tick = 0.0
+        calls: dict[int, tuple[object, float]] = {}  # slot -> its step call in flight, and when it was made
         while not self._stop:
-            calls = {}
-            for i, s in enumerate(self.slots):
-                targets = None if self.targets is None else {p: self.targets.get(p, 0) for p in s.partitions}
-                calls[i] = s.actor.step(self.published_through, self._requests(i), targets, self.step_seconds)
+            for i, s in enumerate(self.slots):  # each actor steps again as soon as its last report is in
+                if i not in calls and (not s.done or self._requests(i)):
+                    targets = None if self.targets is None else {p: self.targets.get(p, 0) for p in s.partitions}
+                    calls[i] = (s.actor.step(self.published_through, self._requests(i), targets, self.step_seconds),
+                                time.monotonic())
             self._publish_ready()  # while the actors consume
             if self.publisher.due():  # at once for a new window, else every commit interval
                 self.publisher.commit()
             lost = []
-            for i, call in calls.items():
+            for i in self._finished(calls):
+                call, _ = calls.pop(i)
                 try:
-                    self._ingest(i, call.result(timeout=self.step_timeout))
+                    self._ingest(i, call.result(timeout=1.0))  # ended, or outlived step_timeout
                 except Exception:  # noqa: BLE001 - the worker died (or the actor broke): replace the actor
                     log.exception("step of the actor of partitions %s failed", self.slots[i].partitions)
                     lost.append(i)
@@ -266,12 +271,27 @@ class DaskProcessor:
                 last_tick = now
             if max_seconds is not None and now - started > max_seconds:
                 break
+        for call, _ in calls.values():  # let the last steps end before the actors are closed
+            with contextlib.suppress(Exception):
+                call.result(timeout=self.step_timeout)
         self._publish_ready()
         self.publisher.commit()
         return self
 
+    def _finished(self, calls: dict[int, tuple[object, float]]) -> list[int]:
+        """The slots whose step call has ended (or outlived ``step_timeout``); waits until there is one."""
+        if not calls:
+            time.sleep(0.01)
+            return []
+        while True:
+            now = time.monotonic()
+            ended = [i for i, (call, made) in calls.items() if call.done() or now - made > self.step_timeout]
+            if ended:
+                return ended
+            time.sleep(0.002)
+
     def _requests(self, i: int) -> dict[int, Request]:
-        """The questions for slot ``i`` not answered yet (sent again each round until answered)."""
+        """The questions for slot ``i`` not answered yet (sent with each of its steps until answered)."""
         return {wid: pw.asked[i] for wid, pw in self.pending.items()
                 if pw.asked is not None and i in pw.asked and i not in pw.answers}
 
