@@ -6,7 +6,8 @@ driver, :class:`dtlive.scale.DaskProcessor`, owns the offsets) and runs the proc
 them: decode -> clean -> event-time windows, whose watermark is the minimum over its partitions. Hits never
 leave the worker. For each window it closes, :meth:`PartitionActor.step` returns a
 :class:`~dtlive.partials.Partial` (a :class:`Share`); the window's chamber hits stay here until the driver
-sends the merged scintillator table (a :class:`Request`) and get back a drift part (an :class:`Answer`).
+sends the merged scintillator table (a :class:`~dtlive.partials.Request`) and get back a drift part (an
+:class:`~dtlive.partials.Answer`).
 
 Used directly (no Dask) it is an ordinary object; the driver creates it with
 ``client.submit(PartitionActor, ..., actor=True)``.

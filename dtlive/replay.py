@@ -1,4 +1,4 @@
-"""``dtlive replay``: DAQ CSV files straight into windows -> result messages -> history store, without Kafka.
+r"""``dtlive replay``: DAQ CSV files straight into windows -> result messages -> history store, without Kafka.
 
 The files (local paths or fsspec URLs such as ``s3://...``) are read in the given order as one stream, in
 pieces of about ``piece_bytes`` cut at line boundaries (:func:`plan_pieces`, :func:`read_piece`); piece k is
@@ -13,8 +13,17 @@ message k of partition 0, so a window's provenance says which pieces fed it.
   mergeable shares (:mod:`dtlive.partials`) of each window that spans pieces; the driver merges those.
   The messages equal the one-process replay's (tests/test_replay.py).
 
->>> pieces = plan_pieces([str(DATA / "run000591_hits.csv")], piece_bytes=1 << 20)    # doctest: +SKIP
->>> summary = replay([str(DATA / "run000591_hits.csv")], load_config({}))           # doctest: +SKIP
+>>> import pathlib, tempfile
+>>> from dtlive.config import load_config
+>>> from dtlive.history import HistoryStore
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> _ = (folder / "hits.csv").write_bytes(b"HEAD,FPGA,TDC_CHANNEL,ORBIT_CNT,BX_COUNTER,TDC_MEAS\n"
+...                                        b"2,0,1,100,5,6\n2,1,3,100,7,8\n")
+>>> [(p.start, p.end) for p in plan_pieces([str(folder / "hits.csv")], piece_bytes=40)]
+[(0, 40), (40, 80)]
+>>> summary = replay([str(folder / "hits.csv")], load_config({}, env={}), store=HistoryStore(folder / "history"))
+>>> summary["pieces"], summary["windows"], summary["hits"]
+(1, 1, 2)
 """
 
 from __future__ import annotations
