@@ -41,7 +41,6 @@ from streamz import Stream
 from dtlive import detector as det
 from dtlive import nodes as _nodes  # noqa: F401  (registers the node methods on Stream)
 from dtlive.config import Config
-from dtlive.decode import MAX_CSV_ROW_BYTES, MAX_PAYLOAD_BYTES
 from dtlive.nodes import Batch, Decoded, window_message
 from dtlive.partials import Answer, Kept, Partial, Request, answer, merge_answers, plan_requests, share
 from dtlive.processor import drift_edges
@@ -415,8 +414,6 @@ def replay(paths: list[str], cfg: Config, client=None, ledger=None, store=None, 
     """
     from dtlive.history import HistoryStore
 
-    if piece_bytes > MAX_PAYLOAD_BYTES - MAX_CSV_ROW_BYTES:
-        raise ValueError(f"piece_bytes must be at most {MAX_PAYLOAD_BYTES - MAX_CSV_ROW_BYTES}")
     pieces = plan_pieces(paths, piece_bytes)
     run_id = run_id or uuid.uuid4().hex[:12]
     processor = f"replay-{run_id}"
