@@ -251,7 +251,7 @@ class WindowPlan:
             self.last_closed = wid
         restart = min((p for ps in self.open.values() for p in ps), default=self._position)
         for c in self.closed:
-            c.restart_offsets = {0: min(restart, self._position)}
+            c.restart_offsets = {0: restart}
 
 
 # ------------------------------------------------------------------ on Dask: the work on the workers
@@ -262,6 +262,7 @@ class _Loaded:
     """A decoded piece held on its worker."""
 
     hits: Rows
+    ids: np.ndarray  # window id of each hit
     summary: Summary
 
 
@@ -278,23 +279,22 @@ def load_piece(piece: Piece, window_orbits: int) -> _Loaded:
     """Read, decode, clean and summarise a piece (on a worker)."""
     d = decode_piece(piece)
     hits = d.rows
+    ids = hits.orbit // window_orbits
     stamps = d.batch.timestamps_ms
     s = Summary(np.empty(0, np.int64), np.empty(0, np.int64), 0, d.counts, None, int(stamps[0]) if len(stamps) else 0)
     if len(hits):
-        s.ids, s.hits = np.unique(hits.orbit // window_orbits, return_counts=True)
+        s.ids, s.hits = np.unique(ids, return_counts=True)
         s.max_orbit, s.first_orbit = int(hits.orbit.max()), int(hits.orbit[0])
-    return _Loaded(hits, s)
+    return _Loaded(hits, ids, s)
 
 
 def summary_of(loaded: _Loaded) -> Summary:
     return loaded.summary
 
 
-def share_piece(loaded: _Loaded, window_orbits: int, last_closed: int, whole: frozenset[int],
-                edges: np.ndarray) -> _Shared:
+def share_piece(loaded: _Loaded, last_closed: int, whole: frozenset[int], edges: np.ndarray) -> _Shared:
     """Drop the late hits; the products of the ``whole`` windows, shares of the others (on a worker)."""
-    hits = loaded.hits
-    ids = hits.orbit // window_orbits
+    hits, ids = loaded.hits, loaded.ids
     keep = ids > last_closed
     if not keep.all():
         hits, ids = hits.select(keep), ids[keep]
@@ -381,7 +381,7 @@ def replay_on_dask(client, pieces: list[Piece], cfg: Config, edges: np.ndarray, 
             befores.append(plan.add(p.index, s))
             closing += plan.closed
         whole_in = {p.index: frozenset(c.id for c in closing if c.pieces == [p.index]) for p in chunk}
-        shared = [client.submit(share_piece, f, window_orbits, b, whole_in[p.index], edges, pure=False)
+        shared = [client.submit(share_piece, f, b, whole_in[p.index], edges, pure=False)
                   for f, p, b in zip(loaded, chunk, befores)]
         del loaded
         whole: dict[int, dict[str, np.ndarray]] = {}

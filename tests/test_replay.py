@@ -203,3 +203,13 @@ def test_replay_command_rejects_a_bad_piece_size(tmp_path, monkeypatch, capsys, 
     with pytest.raises(SystemExit):
         main(["replay", str(RUN_CSV), "--piece-mb", size, "--no-ledger"])
     assert "--piece-mb" in capsys.readouterr().err
+
+
+def test_replay_command_names_a_missing_file_and_records_nothing(tmp_path, monkeypatch, capsys):
+    from dtlive.cli import main
+
+    monkeypatch.setenv("DTLIVE_HISTORY", str(tmp_path / "history"))
+    assert main(["replay", str(RUN_CSV), str(tmp_path / "nope.csv"), "--no-ledger"]) == 1
+    err = capsys.readouterr().err
+    assert "nope.csv" in err and "Traceback" not in err
+    assert not (tmp_path / "history").exists() or not any((tmp_path / "history").iterdir())
