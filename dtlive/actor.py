@@ -141,7 +141,7 @@ class PartitionActor:
                 self.windows.flush()
                 self.done = True
             elif n == 0:
-                self.windows.flush_if_idle()
+                self.windows.flush_if_idle(input_waiting=self.source.input_waiting)
                 return
             if time.monotonic() - started >= max_seconds:
                 return

@@ -15,6 +15,7 @@ import threading
 import time
 
 from dtlive import __version__
+from dtlive.shutdown import StopOnSignal
 
 EPILOG = """\
 Where is Kafka?  --bootstrap HOST:PORT or DTLIVE_BOOTSTRAP points every command at any real Kafka;
@@ -410,11 +411,15 @@ def cmd_process(args) -> int:
     bootstrap, _ = resolve_bootstrap(cfg)
     if args.dask:
         return _process_on_dask(args, cfg, bootstrap)
-    proc = Processor(cfg, bootstrap, from_beginning=args.from_beginning, batch_size=args.batch_size,
-                     ledger=None if args.no_ledger else _ledger())
     summary = Summary()
-    proc.publisher._on_publish.append(summary.on_publish)
-    _run_with_signals(proc, until_end=args.until_end, on_tick=summary if args.verbose or sys.stderr.isatty() else None)
+
+    def make():
+        proc = Processor(cfg, bootstrap, from_beginning=args.from_beginning, batch_size=args.batch_size,
+                         ledger=None if args.no_ledger else _ledger())
+        proc.publisher._on_publish.append(summary.on_publish)
+        return proc
+
+    proc = _serve(make, until_end=args.until_end, on_tick=summary if args.verbose or sys.stderr.isatty() else None)
     print(
         f"\nprocessed {proc.source.messages} messages, published {proc.publisher.published} windows, "
         f"dead-lettered {proc.publisher.dead_lettered}",
@@ -426,10 +431,10 @@ def cmd_process(args) -> int:
 def _process_on_dask(args, cfg, bootstrap) -> int:
     from dtlive.scale import DaskProcessor, dask_client
 
-    with dask_client(args.dask) as client:
-        proc = DaskProcessor(cfg, bootstrap, client, from_beginning=args.from_beginning, batch_size=args.batch_size,
-                             ledger=None if args.no_ledger else _ledger())
-        _run_with_signals(proc, until_end=args.until_end)
+    with StopOnSignal() as stop, dask_client(args.dask) as client:
+        proc = _serve(lambda: DaskProcessor(cfg, bootstrap, client, from_beginning=args.from_beginning,
+                                            batch_size=args.batch_size, ledger=None if args.no_ledger else _ledger()),
+                      stop, until_end=args.until_end)
         print(f"processed {proc.messages} messages with {len(proc.slots)} partition actors on "
               f"{len(client.nthreads())} Dask workers ({proc.lost_actors} lost and replaced), published "
               f"{proc.publisher.published} windows, dead-lettered {proc.publisher.dead_lettered}", file=sys.stderr)
@@ -458,23 +463,25 @@ def cmd_replay(args) -> int:
     return 0
 
 
-def _run_with_signals(proc, **kwargs):
-    """Run a service (processor, recorder, listener) until done or SIGINT/SIGTERM, then close it.
+def _serve(make, stopper: StopOnSignal | None = None, **kwargs):
+    """Make a service (processor, recorder, listener), run it until done or SIGINT/SIGTERM, then close it.
 
-    What the set-up made is frozen out of garbage collection first (:func:`dtlive.heap.freeze_startup_objects`).
+    Signals are handled from before the service is made (its set-up may wait on a broker), and a service that
+    has not stopped :data:`dtlive.shutdown.STOP_GRACE_S` seconds after the signal is ended. What the set-up
+    made is frozen out of garbage collection first (:func:`dtlive.heap.freeze_startup_objects`).
     """
-    import signal
-
     from dtlive.heap import freeze_startup_objects
 
-    old = {s: signal.signal(s, proc.stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    freeze_startup_objects()
-    try:
-        proc.run(**kwargs)
-    finally:
-        proc.close()
-        for s, h in old.items():
-            signal.signal(s, h)
+    with contextlib.nullcontext(stopper) if stopper is not None else StopOnSignal() as stop:
+        service = make()
+        stop.on_stop(service.stop)
+        freeze_startup_objects()
+        try:
+            if not stop.requested:
+                service.run(**kwargs)
+        finally:
+            service.close()
+    return service
 
 
 def cmd_demo(args) -> int:
@@ -519,7 +526,7 @@ def cmd_demo(args) -> int:
         )
         if voila is not None:
             print(f"dtlive demo: dashboard at {url}", file=sys.stderr)
-        _run_with_signals(proc, on_tick=summary, max_seconds=args.duration)
+        _serve(lambda: proc, on_tick=summary, max_seconds=args.duration)
         stop.set()
         emu.join(10)
         recorder.stop()
@@ -624,8 +631,7 @@ def cmd_record(args) -> int:
 
     cfg = _config(args)
     bootstrap, _ = resolve_bootstrap(cfg)
-    rec = Recorder(cfg, bootstrap, ledger=_ledger())
-    _run_with_signals(rec, until_end=args.until_end)
+    rec = _serve(lambda: Recorder(cfg, bootstrap, ledger=_ledger()), until_end=args.until_end)
     print(f"recorded {rec.recorded} windows, {rec.periods} quality periods", file=sys.stderr)
     return 0
 
@@ -715,11 +721,12 @@ def cmd_alerts(args) -> int:
     from dtlive.alerts.listener import AlertListener
     from dtlive.alerts.rules import load_rules
 
-    listener = AlertListener(cfg, bootstrap, ledger=_ledger(), rules=load_rules(args.rules) if args.rules else None,
-                             run_tests=args.run_tests, workers=args.workers, timeout_s=args.timeout)
+    rules = load_rules(args.rules) if args.rules else None
     print(f"dtlive alerts: listening to {cfg.alert_topics} on {bootstrap}; results -> {cfg.analyses_topic}",
           file=sys.stderr)
-    _run_with_signals(listener, max_seconds=args.duration)
+    listener = _serve(lambda: AlertListener(cfg, bootstrap, ledger=_ledger(), rules=rules, run_tests=args.run_tests,
+                                            workers=args.workers, timeout_s=args.timeout),
+                      max_seconds=args.duration)
     print(f"dtlive alerts: {dict(listener.counts)}", file=sys.stderr)
     return 0
 

@@ -31,6 +31,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -263,12 +264,14 @@ class event_windows(Stream):
         self.rejects: list[Reject] = []
         self.positions: dict[int, int] = {}
         self.last_input = time.monotonic()
+        self.held_since_idle = 0  # idle checks that found input waiting (or no answer) since the last input
         self.errors = 0
         super().__init__(upstream, **kwargs)
 
     @_guarded
     def update(self, d: Decoded) -> list[Window]:
         self.last_input = time.monotonic()
+        self.held_since_idle = 0
         self.positions.update(d.batch.positions)
         self.counts.update(d.counts)
         self.rejects += d.rejects
@@ -291,12 +294,37 @@ class event_windows(Stream):
         """Close and emit every open window now."""
         return self._emit_windows(self.state.flush())
 
-    def flush_if_idle(self, now: float | None = None) -> bool:
-        """Flush when no input arrived for ``idle_s`` seconds; True if something was flushed."""
-        if self.state.open_ids and (now or time.monotonic()) - self.last_input >= self.idle_s:
-            self.flush()
-            return True
-        return False
+    def flush_if_idle(self, now: float | None = None, input_waiting: Callable[[], bool | None] | None = None) -> bool:
+        """Flush when no input arrived for ``idle_s`` seconds; True if something was flushed.
+
+        ``input_waiting``: asked before flushing whether the input still holds unread data (True), holds none
+        (False) or cannot tell (None: the broker did not answer). Only a confirmed False flushes: a stalled or
+        slow broker is not an idle stream, and closing its windows early would make their hits late. While the
+        answer is not False the idle clock starts again, so the question is asked at most once per ``idle_s``.
+
+        >>> from streamz import Stream
+        >>> w = Stream().event_windows(window_s=2)
+        >>> w.state.add(Rows.from_columns(head=[2], fpga=[0], channel=[1], orbit=[5], bx=[0], tdc=[0]))[0]
+        []
+        >>> w.flush_if_idle(now=time.monotonic() + 60, input_waiting=lambda: None), w.state.open_ids
+        (False, [0])
+        >>> w.flush_if_idle(now=time.monotonic() + 120, input_waiting=lambda: False), w.state.open_ids
+        (True, [])
+        """
+        now = time.monotonic() if now is None else now
+        if not self.state.open_ids or now - self.last_input < self.idle_s:
+            return False
+        waiting = input_waiting() if input_waiting is not None else False
+        if waiting is not False:
+            if not self.held_since_idle:
+                log.warning("open windows %s held: %s", self.state.open_ids,
+                            "the broker does not answer" if waiting is None else "the input still has unread data")
+            self.held_since_idle += 1
+            self.last_input = now
+            return False
+        self.held_since_idle = 0
+        self.flush()
+        return True
 
     def _emit_windows(self, closed: list[Window]):
         results = []
@@ -490,6 +518,30 @@ class from_kafka_batched_consumer(Source):
             out[p] = max(high, self.positions.get(p, 0))
         return out
 
+    def input_waiting(self, timeout: float = 1.0) -> bool | None:
+        """Whether the broker holds messages this source has not delivered yet.
+
+        Asks the broker (not librdkafka's cache) for each partition's end offset: True when any lies beyond
+        the position reached, False when none does, None when the broker did not answer within ``timeout``
+        (stalled, restarting or unreachable). One request per partition: meant for rare checks, e.g. before
+        windows are closed because the stream looks idle.
+        """
+        from confluent_kafka import KafkaException, TopicPartition
+
+        deadline = time.monotonic() + timeout
+        try:
+            for p in self.partitions:
+                tp = TopicPartition(self.topic, p)
+                _, high = self.consumer.get_watermark_offsets(tp, timeout=max(0.05, deadline - time.monotonic()))
+                position = self.positions.get(p)
+                if position is None:
+                    position = self.consumer.position([tp])[0].offset
+                if position >= 0 and high > position:
+                    return True
+        except KafkaException:
+            return None
+        return False
+
     def _next_batches(self, timeout: float | None = None) -> list[Batch]:
         """One consume call's messages as batches of at most ``max_batch_bytes`` of payload each.
 
@@ -555,7 +607,7 @@ class from_kafka_batched_consumer(Source):
                 continue
             seen.add(id(node))
             if hasattr(node, "flush_if_idle"):
-                node.flush_if_idle()
+                node.flush_if_idle(input_waiting=self.input_waiting)
             todo += list(node.downstreams)
 
     async def _run(self):

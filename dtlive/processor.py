@@ -365,7 +365,7 @@ class Processor:
                 self.windows.flush()
                 break
             if n == 0:
-                self.windows.flush_if_idle(now)
+                self.windows.flush_if_idle(now, self.source.input_waiting)
             self.settle()
             # a new window is committed at once (its latency matters), or soon when more input is already queued
             # (a full consume call); checkpoint-only work every commit interval
