@@ -320,21 +320,21 @@ def _ledger():
     return Ledger()
 
 
-def _producer(cfg, bootstrap):
+def _producer(cfg, bootstrap, topics: dict[str, int] | None = None):
+    """The emulator's producer: idempotent, and it sends again what a broker restart lost (topics re-created)."""
     from confluent_kafka import Producer
 
-    from dtlive.kafka import client_config
+    from dtlive.delivery import RetryingProducer
+    from dtlive.kafka import ensure_topics, producer_config
 
-    return Producer(
-        client_config(
-            cfg, bootstrap, **{"linger.ms": 5, "queue.buffering.max.messages": 1_000_000, "enable.idempotence": True}
-        )
-    )
+    settings = {"linger.ms": 5, "queue.buffering.max.messages": 1_000_000, "enable.idempotence": True}
+    return RetryingProducer(lambda extra: Producer(producer_config(cfg, bootstrap, **settings, **extra)),
+                            ensure=(lambda: ensure_topics(cfg, bootstrap, topics)) if topics else None)
 
 
 def cmd_emulate(args) -> int:
     from dtlive.emulator import emulate, file_chunks, simulated_chunks
-    from dtlive.kafka import ensure_topics, resolve_bootstrap
+    from dtlive.kafka import ensure_topics, resolve_bootstrap, topic_partitions
 
     if not args.files and not args.simulate:
         print("dtlive emulate: give CSV files to replay, or --simulate", file=sys.stderr)
@@ -350,7 +350,7 @@ def cmd_emulate(args) -> int:
     else:
         chunks = file_chunks(args.files, loop=args.loop)
     stats = emulate(
-        _producer(cfg, bootstrap),
+        _producer(cfg, bootstrap, topic_partitions(cfg, bootstrap, [topic])),
         topic,
         chunks,
         rate=args.rate,
@@ -511,7 +511,7 @@ def cmd_demo(args) -> int:
             target=emulate,
             daemon=True,
             name="emulator",
-            args=(_producer(cfg, bootstrap), cfg.hits_topic, chunks),
+            args=(_producer(cfg, bootstrap, {cfg.hits_topic: 1}), cfg.hits_topic, chunks),
             kwargs={"rate": args.rate, "fmt": args.format, "progress": False, "stop": stop.is_set},
         )
         emu.start()

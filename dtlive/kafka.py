@@ -12,9 +12,12 @@ Extra librdkafka settings pass through from ``KAFKA_*`` variables (see :mod:`dtl
 
 from __future__ import annotations
 
+import logging
 import time
 
 from dtlive.config import Config
+
+log = logging.getLogger(__name__)
 
 # Tuning defaults of processing consumers; KAFKA_* settings override them.
 _CONSUMER_DEFAULTS = {
@@ -25,6 +28,9 @@ _CONSUMER_DEFAULTS = {
     # of >100k messages, the 1 s pause then makes the next one as big, and every result stays ~1 s late
     # (measured: lag 0.8-1.8 s instead of 0.02-0.1 s). A short backoff breaks that cycle.
     "fetch.queue.backoff.ms": 20,
+    # A request a stalled broker never answers holds back every later one on its connection (a metadata or
+    # offsets question too) until it times out: 10 s instead of librdkafka's 60 s (fetches wait 50 ms).
+    "socket.timeout.ms": 10000,
     "fetch.max.bytes": 64 * 1024 * 1024,
     "max.partition.fetch.bytes": 16 * 1024 * 1024,
 }
@@ -57,6 +63,81 @@ def client_config(cfg: Config, bootstrap: str, **extra) -> dict:
     return {"bootstrap.servers": bootstrap, **cfg.kafka, **extra}
 
 
+def producer_config(cfg: Config, bootstrap: str, **extra) -> dict:
+    """Settings of a dtlive producer: like :func:`client_config`, but a produce never creates a topic.
+
+    A broker that auto-creates a missing topic gives it its own default partition count; after a broker lost
+    its topics (an embedded broker keeps them in memory) dtlive recreates them with :func:`ensure_topics`.
+
+    >>> from dtlive.config import load_config
+    >>> producer_config(load_config({}, env={}), "127.0.0.1:9092")["allow.auto.create.topics"]
+    False
+    """
+    return client_config(cfg, bootstrap, **{"allow.auto.create.topics": False, **extra})
+
+
+class ClusterWatch:
+    """Tells when the broker behind a client was replaced by one that does not hold the old data.
+
+    A restarted embedded broker starts empty, under a new cluster id: offsets a service remembers mean
+    nothing there and its topics must be created again. ``client``: any confluent-kafka client (asked for
+    metadata, at most once per ``every_s`` seconds; a broker that does not answer within a second is
+    "unknown", not "replaced").
+
+    >>> class Client:
+    ...     cluster = "a"
+    ...     def list_topics(self, topic=None, timeout=None):
+    ...         return type("Metadata", (), {"cluster_id": self.cluster})()
+    >>> client = Client()
+    >>> watch = ClusterWatch(client, every_s=0)
+    >>> watch.replaced()
+    False
+    >>> client.cluster = "b"
+    >>> watch.replaced(), watch.replaced(), watch.cluster_id
+    (True, False, 'b')
+    """
+
+    @classmethod
+    def of(cls, cfg: Config, bootstrap: str, every_s: float = 2.0) -> ClusterWatch:
+        """A watch with a client of its own: a consumer's questions wait behind its fetches on a stalled broker."""
+        from confluent_kafka.admin import AdminClient
+
+        # an admin client's metadata question about one topic makes some brokers (Tansu) create it: ask about none
+        return cls(AdminClient(client_config(cfg, bootstrap)), None, every_s)
+
+    def __init__(self, client, topic: str | None = None, every_s: float = 2.0, timeout: float = 10.0):
+        self.client = client
+        self.topic = topic
+        self.every_s = every_s
+        self.cluster_id = self._ask(timeout)
+        self.answered = self.cluster_id is not None  # whether the broker answered the last question
+        self._asked = time.monotonic()
+
+    def _ask(self, timeout: float) -> str | None:
+        from confluent_kafka import KafkaException
+
+        try:
+            return self.client.list_topics(self.topic, timeout=timeout).cluster_id
+        except KafkaException:
+            return None
+
+    def replaced(self, now: float | None = None, force: bool = False) -> bool:
+        """True (once) when the broker now answers under another cluster id than before."""
+        now = time.monotonic() if now is None else now
+        if not force and now - self._asked < self.every_s:
+            return False
+        self._asked = now
+        found = self._ask(1.0)
+        self.answered = found is not None
+        if found is None:
+            return False
+        old, self.cluster_id = self.cluster_id, found
+        if old is not None and found != old:
+            log.warning("the broker was replaced (cluster id %s, was %s): it does not hold the old topics", found, old)
+            return True
+        return False
+
+
 def consumer_config(cfg: Config, bootstrap: str, group_id: str, from_beginning: bool = False) -> dict:
     """Settings of a processing consumer (manual commits, read_committed, short session).
 
@@ -79,6 +160,14 @@ def ensure_topics(cfg: Config, bootstrap: str, topics, partitions: int = 1) -> N
 
     spec = dict(topics) if isinstance(topics, dict) else {t: partitions for t in topics}
     create_topics(bootstrap, spec, config=cfg.kafka)
+
+
+def topic_partitions(cfg: Config, bootstrap: str, topics, timeout: float = 10.0) -> dict[str, int]:
+    """``{topic: partition count}`` of the existing ``topics``: what to create again after a broker lost them."""
+    from confluent_kafka.admin import AdminClient
+
+    listed = AdminClient(client_config(cfg, bootstrap)).list_topics(timeout=timeout).topics
+    return {t: len(listed[t].partitions) for t in topics if t in listed and listed[t].partitions}
 
 
 def partition_ends(cfg: Config, bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:

@@ -290,6 +290,12 @@ class event_windows(Stream):
             ]
         return closed
 
+    def restart_input(self, partitions) -> None:
+        """The input of ``partitions`` starts again at offset 0 (its topic was created anew after a broker
+        lost it): offsets remembered from the old topic are dropped, open windows keep their hits."""
+        self.state.forget_offsets(partitions)
+        self.positions.update({p: 0 for p in partitions})
+
     def flush(self) -> list:
         """Close and emit every open window now."""
         return self._emit_windows(self.state.flush())
@@ -541,6 +547,15 @@ class from_kafka_batched_consumer(Source):
         except KafkaException:
             return None
         return False
+
+    def restart_from_beginning(self) -> None:
+        """Read every partition again from its beginning: the broker was replaced and the topic created anew,
+        so the positions reached in the old one mean nothing (a fetch beyond a log's end just returns nothing)."""
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        self.consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self.partitions])
+        self.positions = {p: 0 for p in self.partitions}
+        self.waiting = set()
 
     def _next_batches(self, timeout: float | None = None) -> list[Batch]:
         """One consume call's messages as batches of at most ``max_batch_bytes`` of payload each.

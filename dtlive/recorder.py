@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 
 from dtlive.config import Config
-from dtlive.kafka import client_config, end_offsets, ensure_topics
+from dtlive.kafka import ClusterWatch, client_config, end_offsets, ensure_topics, producer_config
 from dtlive.messages import decode_message, iso_utc
 from dtlive.quality import Period, QualityMonitor
 
@@ -65,7 +65,8 @@ class Recorder:
         self.consumer = Consumer(client_config(cfg, bootstrap, **{
             "group.id": "dtlive-recorder", "enable.auto.commit": False, "isolation.level": "read_committed",
             "fetch.wait.max.ms": 100}))
-        self.producer = Producer(client_config(cfg, bootstrap, **{"linger.ms": 5}))
+        self.producer = Producer(producer_config(cfg, bootstrap, **{"linger.ms": 5}))
+        self.cluster = ClusterWatch.of(cfg, bootstrap, every_s=5.0)
         ends = end_offsets(self.consumer, cfg.monitor_topic)
         done = self.ledger.result_positions(cfg.monitor_topic)  # partition -> next offset not yet recorded
         starts = {p: done.get(p, low if from_beginning else high) for p, (low, high) in ends.items()}
@@ -131,11 +132,27 @@ class Recorder:
                 log.warning("skipping a non-dtlive message at %s/%s", m.partition(), m.offset())
         if records:
             self.handle(records)
+        elif self.cluster.replaced():
+            self.follow_broker()
+            return 0
         # the consumer's position also steps over transaction markers, which carry no message
         for tp in self.consumer.position([TopicPartition(self.cfg.monitor_topic, p) for p in self.positions]):
             if tp.offset >= 0:
                 self.positions[tp.partition] = tp.offset
         return len(records)
+
+    def follow_broker(self) -> None:
+        """The broker was replaced (restarted empty): read the results topic there from its beginning."""
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        log.warning("recorder: the broker lost its topics (restarted?); creating them again and reading %s from "
+                    "its beginning", self.cfg.monitor_topic)
+        try:
+            ensure_topics(self.cfg, self.bootstrap, [self.cfg.monitor_topic, self.cfg.quality_topic])
+        except Exception as exc:  # noqa: BLE001 - the processor creates the results topic too
+            log.warning("recorder: could not create the topics yet: %s", exc)
+        self.consumer.assign([TopicPartition(self.cfg.monitor_topic, p, OFFSET_BEGINNING) for p in self.positions])
+        self.positions = {p: 0 for p in self.positions}
 
     def run(self, until_end: bool = False, max_seconds: float | None = None,
             on_tick: Callable[[Recorder], None] | None = None) -> Recorder:

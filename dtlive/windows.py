@@ -124,6 +124,13 @@ class EventTimeWindows:
                 low[p] = min(off, low.get(p, off))
         return low
 
+    def forget_offsets(self, partitions) -> None:
+        """Forget the input offsets open windows hold on ``partitions`` (their topic was created anew, so
+        the old offsets mean nothing there); the hits stay in their windows."""
+        for low in self._low.values():
+            for p in partitions:
+                low.pop(p, None)
+
     def _close_until(self, watermark: int | None) -> list[Window]:
         closed = []
         for wid in sorted(self._open):

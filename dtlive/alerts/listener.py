@@ -25,7 +25,7 @@ from dtlive import __version__
 from dtlive.alerts.notices import Alert, NoticeError, alert_from_dict, alert_to_dict, parse_notice
 from dtlive.alerts.workers import WorkerPool
 from dtlive.config import Config
-from dtlive.kafka import client_config, ensure_topics
+from dtlive.kafka import ClusterWatch, client_config, ensure_topics, producer_config
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class AlertListener:
     def __init__(self, cfg: Config, bootstrap: str, ledger=None, rules=None, run_tests: bool = False,
                  workers: int = 2, timeout_s: float = 120.0, artifacts_dir: str | Path | None = None,
                  history_path: str | None = None, ledger_url: str | None = None, pool: WorkerPool | None = None):
-        from confluent_kafka import Consumer, Producer
+        from confluent_kafka import Producer
 
         from dtlive.alerts.rules import AlertDecider, default_rules
         from dtlive.ledger import Ledger, default_url
@@ -84,11 +84,10 @@ class AlertListener:
         self.timeout_s = timeout_s
         self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else _default_artifacts()
         ensure_topics(cfg, bootstrap, [cfg.analyses_topic, cfg.alerts_rejected_topic])
-        self.consumer = Consumer(client_config(cfg, bootstrap, **{
-            "group.id": cfg.alerts_group_id, "enable.auto.commit": False, "auto.offset.reset": "earliest",
-            "session.timeout.ms": 6000, "topic.metadata.refresh.interval.ms": 2000, "fetch.wait.max.ms": 50}))
-        self.consumer.subscribe(subscription(cfg.alert_topic_patterns()))
-        self.producer = Producer(client_config(cfg, bootstrap, **{"linger.ms": 5}))
+        self.bootstrap = bootstrap
+        self.consumer = self._subscribed_consumer()
+        self.producer = Producer(producer_config(cfg, bootstrap, **{"linger.ms": 5, "message.timeout.ms": 8000}))
+        self.cluster = ClusterWatch.of(cfg, bootstrap, every_s=5.0)
         self.pool = pool or WorkerPool(workers)
         self.counts: Counter = Counter()
         self.jobs: dict[str, dict] = {}  # job id -> {"alert": dict, "analysis": str, "state": str}
@@ -98,6 +97,30 @@ class AlertListener:
 
     def stop(self, *_):
         self._stop = True
+
+    def _subscribed_consumer(self):
+        from confluent_kafka import Consumer
+
+        consumer = Consumer(client_config(self.cfg, self.bootstrap, **{
+            "group.id": self.cfg.alerts_group_id, "enable.auto.commit": False, "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000, "topic.metadata.refresh.interval.ms": 2000, "fetch.wait.max.ms": 50}))
+        consumer.subscribe(subscription(self.cfg.alert_topic_patterns()))
+        return consumer
+
+    def follow_broker(self) -> None:
+        """The broker was replaced (restarted empty): topics created again, and a new consumer joins the group
+        there (it has no committed offsets: every notice on the new broker is read)."""
+        log.warning("alerts: the broker lost its topics (restarted?); creating %s and %s again and joining anew",
+                    self.cfg.analyses_topic, self.cfg.alerts_rejected_topic)
+        try:
+            ensure_topics(self.cfg, self.bootstrap, [self.cfg.analyses_topic, self.cfg.alerts_rejected_topic])
+        except Exception as exc:  # noqa: BLE001 - results are sent with their topic created again anyway
+            log.warning("alerts: could not create the topics yet: %s", exc)
+        old, self.consumer = self.consumer, self._subscribed_consumer()
+        try:
+            old.close()
+        except Exception as exc:  # noqa: BLE001 - it belonged to a broker that is gone
+            log.info("alerts: closing the old consumer: %s", exc)
 
     # --- notices in --------------------------------------------------------------------------------------
     def handle(self, value: bytes | None, topic: str, partition: int = 0, offset: int = -1) -> Alert | None:
@@ -190,11 +213,36 @@ class AlertListener:
                "mission": alert.get("mission"), "trigger_time": alert.get("trigger_time_iso"),
                "analysis": info["analysis"], "rule": info.get("rule"), "dtlive_version": __version__,
                "published_at": time.time(), **result}
-        self.producer.produce(self.cfg.analyses_topic, json.dumps(msg, default=str).encode(), key=job_id.encode())
-        self.producer.flush(10)
-        if not result.get("retracted"):
+        error = self._send(self.cfg.analyses_topic, json.dumps(msg, default=str).encode(), key=job_id.encode())
+        if error is not None:
+            self.counts["publish_failed"] += 1
+            log.error("the result of %s could not be published on %s: %s", job_id, self.cfg.analyses_topic, error)
+            self._state(job_id, "publish_failed", {"topic": self.cfg.analyses_topic, "error": error}, kind="analysis")
+        elif not result.get("retracted"):
             info["state"] = "published"
             self._state(job_id, "published", {"topic": self.cfg.analyses_topic}, kind="analysis")
+
+    def _send(self, topic: str, value: bytes, key: bytes | None = None, headers: list | None = None,
+              attempts: int = 3) -> str | None:
+        """Produce one message and wait until the broker has it; returns None, or why it could not be delivered.
+
+        A topic the broker does not have (it restarted empty) is created again between attempts.
+        """
+        error, reports = "not tried", []
+        for _ in range(attempts):
+            reports.clear()
+            self.producer.produce(topic, value, key=key, headers=headers,
+                                  on_delivery=lambda err, _msg: reports.append(err))
+            self.producer.flush(10)
+            if reports and reports[0] is None:
+                return None
+            error = str(reports[0]) if reports else "no delivery report within 10 s"
+            log.warning("could not deliver to %s (%s); creating the topic again", topic, error)
+            try:
+                ensure_topics(self.cfg, self.bootstrap, [topic])
+            except Exception as exc:  # noqa: BLE001 - the broker may still be away: the next attempt tells
+                error = f"{error}; creating the topic: {exc}"
+        return error
 
     def _state(self, task: str, state: str, detail, kind: str) -> None:
         self.ledger.append_state(task, state, detail=detail, task_kind=kind)
@@ -213,6 +261,8 @@ class AlertListener:
             handled += 1
         if handled:
             self.consumer.commit(asynchronous=False)  # after handling: a crash re-reads, duplicates run once
+        elif self.cluster.replaced():
+            self.follow_broker()
         self.collect(0.0)
         return handled
 
