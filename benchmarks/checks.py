@@ -30,11 +30,13 @@ class CountedInput:
     ``rows_seen`` and ``hits`` are what was handed out; :meth:`hits_in_first` gives the hits among the first
     ``n`` rows (an emulator stopped by time sends a prefix of what it was given, one message at a time).
 
-    >>> from types import SimpleNamespace as NS
-    >>> chunk = lambda heads: NS(rows=NS(head=np.array(heads), select=lambda s, h=heads: NS(head=np.array(h)[s])),
-    ...                          raw_lines=None)
+    >>> from dtlive.emulator import Chunk
+    >>> from dtlive.rows import Rows
+    >>> def chunk(heads):
+    ...     zeros = {c: np.zeros(len(heads)) for c in ("fpga", "channel", "orbit", "bx", "tdc")}
+    ...     return Chunk(Rows.from_columns(head=np.array(heads), **zeros))
     >>> counted = CountedInput(iter([chunk([2, 2, 0]), chunk([2, 0, 2, 2])]), rows=5)
-    >>> [len(c.rows.head) for c in counted], counted.rows_seen, counted.hits, counted.hits_in_first(4)
+    >>> [len(c.rows) for c in counted], counted.rows_seen, counted.hits, counted.hits_in_first(4)
     ([3, 2], 5, 3, 3)
     """
 
@@ -47,14 +49,15 @@ class CountedInput:
         self._is_hit: list[np.ndarray] = []  # packed bits, one array per chunk
 
     def __iter__(self) -> Iterator:
+        from dtlive.emulator import Chunk
+
         for chunk in self.chunks:
             if self.limit is not None and self.rows_seen >= self.limit:
                 return
             n = len(chunk.rows.head)
             if self.limit is not None and self.rows_seen + n > self.limit:
                 keep = slice(0, self.limit - self.rows_seen)
-                chunk = type(chunk)(chunk.rows.select(keep),
-                                    None if chunk.raw_lines is None else chunk.raw_lines[keep])
+                chunk = Chunk(chunk.rows.select(keep), None if chunk.raw_lines is None else chunk.raw_lines[keep])
                 n = len(chunk.rows.head)
             is_hit = np.asarray(chunk.rows.head) == HIT_HEAD
             self._sizes.append(n)

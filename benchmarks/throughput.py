@@ -194,8 +194,9 @@ def bench_format(name: str, fmt: str, rows: int, rows_per_message: int, repeats:
                                                               for r in runs), 3),
             # hits per CPU-second of this process (all threads, librdkafka's included): the processor's own
             # ceiling on one core when the broker is not what limits it
-            "processor_hits_per_cpu_s": round(statistics.median(n_hits / r["processor"]["cpu_s"] for r in runs)),
-            "raw_hits_per_cpu_s": round(statistics.median(n_hits / r["raw"]["cpu_s"] for r in runs)),
+            "processor_hits_per_cpu_s": round(statistics.median(n_hits / max(r["processor"]["cpu_s"], 1e-3)
+                                                                for r in runs)),
+            "raw_hits_per_cpu_s": round(statistics.median(n_hits / max(r["raw"]["cpu_s"], 1e-3) for r in runs)),
             "windows": runs[0]["processor"]["windows"],
             "all_hits_counted": all(r["processor"]["all_hits_counted"] for r in runs),
             "runs": runs,
