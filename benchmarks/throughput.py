@@ -167,9 +167,10 @@ def bench_format(name: str, fmt: str, rows: int, rows_per_message: int, repeats:
             ratio = proc["hits_per_s"] / raw["hits_per_s"] if raw["hits_per_s"] else None
             runs.append({"raw": raw, "processor": proc, "ratio": round(ratio, 4) if ratio else None,
                          "loadavg_start": load_start, "loadavg_end": loadavg()})
-            log(f"throughput/{name} #{i}: raw {raw['hits_per_s']:,} hits/s ({raw['seconds']} s), processor "
+            raw_rate = "incomplete" if raw["hits_per_s"] is None else f"{raw['hits_per_s']:,} hits/s"
+            log(f"throughput/{name} #{i}: raw {raw_rate} ({raw['seconds']} s), processor "
                 f"{proc['hits_per_s']:,} hits/s ({proc['seconds']} s, {proc['windows']} windows, "
-                f"counted {proc['hits_counted']:,}/{n_hits:,}), ratio {ratio:.3f}")
+                f"counted {proc['hits_counted']:,}/{n_hits:,}), ratio {ratio if ratio is None else round(ratio, 3)}")
         ratios = [r["ratio"] for r in runs if r["ratio"]]
         proc_rates = [r["processor"]["hits_per_s"] for r in runs]
         raw_rates = [r["raw"]["hits_per_s"] for r in runs if r["raw"]["hits_per_s"]]
