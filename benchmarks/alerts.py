@@ -336,6 +336,11 @@ def send_and_wait(producer, observer: Observer, template: dict, alert_key: str, 
             "on_windows": (summary.get("on") or {}).get("windows")}
 
 
+def all_published(listener, ledger) -> bool:
+    """Every job the listener started has its ``published`` state in the ledger."""
+    return all(ledger.current_state(j) in ("published", "failed", "timed_out") for j in list(listener.jobs))
+
+
 def breakdown(rec: dict, ledger, listener) -> dict:
     """Segments of one notice's latency from the ledger's task states (wall clock, same host)."""
     alert_id = rec["alert_id"]
@@ -475,7 +480,10 @@ def run(quick: bool = False, n: int | None = None, profile: str = "missed", prof
                     recs.append(rec)
                     shown = None if rec["latency_s"] is None else round(rec["latency_s"], 3)
                     log(f"alerts: notice {i + 1}/{n}: {shown} s ({rec.get('status')})")
-                time.sleep(1.0)  # the listener writes `published` after the flush
+                # the listener writes `published` after the flush: wait for it (bounded)
+                deadline = time.monotonic() + 10.0
+                while time.monotonic() < deadline and not all_published(listener, ledger):
+                    time.sleep(0.1)
                 for rec in recs:
                     rec["segments"] = breakdown(rec, ledger, listener)
                 for rec in out["warmup"]:
