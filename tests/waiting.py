@@ -1,4 +1,4 @@
-"""Waiting on a condition in a test, never a fixed sleep standing for it."""
+"""Waiting on a condition in tests, with a bounded deadline and a clear failure, instead of a fixed sleep."""
 
 from __future__ import annotations
 
@@ -6,24 +6,24 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import pytest
+
 T = TypeVar("T")
 
 
-def wait_for(condition: Callable[[], T], timeout: float, what: str | Callable[[], str], every: float = 0.2) -> T:
-    """Call ``condition`` until it returns something truthy (returned) or ``timeout`` seconds pass (the test fails).
+def wait_for(predicate: Callable[[], T], timeout: float, what: str | Callable[[], str], interval: float = 0.05) -> T:
+    """Call ``predicate`` until it returns something true; return that. Fails the test after ``timeout`` s.
 
-    ``what`` names the condition in the failure message (a callable: asked then, e.g. for a service's log).
+    ``what`` names the condition in the failure message (a callable is called then, to show the state reached).
 
-    >>> wait_for(lambda: 42, 1, "the answer")
+    >>> wait_for(lambda: 42, 1.0, "the answer")
     42
     """
-    import pytest
-
     deadline = time.monotonic() + timeout
     while True:
-        value = condition()
+        value = predicate()
         if value:
             return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"waited {timeout:.0f} s for {what() if callable(what) else what}")
-        time.sleep(every)
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what() if callable(what) else what}")
+        time.sleep(interval)
