@@ -8,6 +8,15 @@ nothing yet: ``waiting``). A window closes once its last orbit is below the wate
 already closed window are *late*: they are returned so the caller can count and
 dead-letter them, never silently dropped.
 
+The watermark needs evidence, not one row: with ``max_jump_orbits`` set, hits more than that
+far ahead of what their partition has shown (its highest accepted orbit; in its first batch,
+the batch's median) are taken only when the partition's data moves there: at least
+``jump_evidence_rows`` of them at the end of a batch, or the partition's next batch continuing
+there. Until then they are held (their offsets hold the restart offset back). Hits followed by
+rows of the ordinary range (in the same or the next batch), or still held when the stream is
+flushed, are rejected as ``orbit_out_of_range`` (:meth:`EventTimeWindows.take_out_of_range`):
+one corrupt orbit can never make the real hits after it late.
+
 >>> from dtlive.rows import Rows
 >>> w = EventTimeWindows(window_orbits=100, lateness_orbits=10)
 >>> closed, late = w.add(Rows.from_columns(head=[2, 2], fpga=[0, 0], channel=[1, 1], orbit=[5, 150], bx=[0, 0],
@@ -25,7 +34,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dtlive import detector as det
-from dtlive.rows import Rows, by_partition
+from dtlive.rows import Rows, by_partition, partitions_of
+
+JUMP_EVIDENCE_ROWS = 50  # rows far ahead at the end of one batch that are enough evidence of a real jump
 
 
 @dataclass
@@ -43,22 +54,50 @@ class Window:
 class EventTimeWindows:
     """Assigns hits to aligned orbit windows and closes them by watermark."""
 
-    def __init__(self, window_orbits: int, lateness_orbits: int, last_closed: int = -1):
+    def __init__(
+        self,
+        window_orbits: int,
+        lateness_orbits: int,
+        last_closed: int = -1,
+        max_jump_orbits: int | None = None,
+        jump_evidence_rows: int = JUMP_EVIDENCE_ROWS,
+        undecided: dict[int, list[int]] | None = None,
+    ):
+        """``max_jump_orbits``: hits further ahead of their partition need evidence (None: no check).
+        ``undecided``: per partition, offsets an earlier run held without deciding on them (its
+        :meth:`held_offsets`); rows from there are judged again even when marked already published."""
         if window_orbits < 1 or lateness_orbits < 0:
             raise ValueError("window_orbits must be >= 1 and lateness_orbits >= 0")
+        if (max_jump_orbits is not None and max_jump_orbits < 1) or jump_evidence_rows < 1:
+            raise ValueError("max_jump_orbits must be >= 1 (or None) and jump_evidence_rows >= 1")
         self.window_orbits = int(window_orbits)
         self.lateness_orbits = int(lateness_orbits)
         self.last_closed = int(last_closed)
         self.published_before = int(last_closed)  # windows up to here were published by an earlier run
+        self.max_jump_orbits = None if max_jump_orbits is None else int(max_jump_orbits)
+        self.jump_evidence_rows = int(jump_evidence_rows)
         self._open: dict[int, list[Rows]] = {}
         self._low: dict[int, dict[int, int]] = {}  # open window -> partition -> lowest input offset in it
         self._max_orbit: dict[int, int] = {}
+        self._held: dict[int, tuple[Rows, np.ndarray]] = {}  # partition -> rows far ahead, their published mask
+        self._out_of_range: list[Rows] = []
+        self._undecided = {int(p): np.asarray(sorted(o), np.int64) for p, o in (undecided or {}).items()}
         self.waiting: frozenset[int] = frozenset()  # partitions with input not read yet: nothing closes before them
 
     @classmethod
-    def from_seconds(cls, window_s: float, lateness_s: float, last_closed: int = -1) -> EventTimeWindows:
-        """Windows of ``window_s`` seconds with ``lateness_s`` seconds of lateness allowance."""
-        return cls(det.orbits_for_seconds(window_s), int(round(lateness_s / det.ORBIT_S)), last_closed)
+    def from_seconds(
+        cls,
+        window_s: float,
+        lateness_s: float,
+        last_closed: int = -1,
+        max_jump_s: float | None = None,
+        undecided: dict[int, list[int]] | None = None,
+    ) -> EventTimeWindows:
+        """Windows of ``window_s`` seconds with ``lateness_s`` seconds of lateness allowance; hits more than
+        ``max_jump_s`` seconds ahead of their partition need evidence (None or 0: no check)."""
+        jump = det.orbits_for_seconds(max_jump_s) if max_jump_s else None
+        return cls(det.orbits_for_seconds(window_s), int(round(lateness_s / det.ORBIT_S)), last_closed, jump,
+                   undecided=undecided)
 
     @property
     def watermark(self) -> int | None:
@@ -78,6 +117,8 @@ class EventTimeWindows:
         after restart): those whose window that run published are dropped silently
         instead of being reported late.
         """
+        if self.max_jump_orbits is not None and (len(hits) or self._held):
+            hits, already_published = self._screen(hits, already_published)
         if len(hits) == 0:
             return [], Rows.empty()
         ids = hits.orbit // self.window_orbits
@@ -107,8 +148,79 @@ class EventTimeWindows:
         return ([] if self.waiting else self._close_until(self.watermark)), late_rows
 
     def flush(self) -> list[Window]:
-        """Close every open window (the stream went idle or ended)."""
+        """Close every open window (the stream went idle or ended); held far-ahead rows are rejected."""
+        for part in list(self._held):
+            self._reject(*self._held.pop(part))
         return self._close_until(None)
+
+    def take_out_of_range(self) -> Rows:
+        """The rows rejected as implausibly far ahead since the last call (drained)."""
+        out, self._out_of_range = Rows.concat(self._out_of_range), []
+        return out
+
+    def held_offsets(self) -> dict[int, list[int]]:
+        """Per partition, the offsets of rows held for want of evidence (to persist with a checkpoint)."""
+        return {p: sorted(set(rows.offset.tolist())) for p, (rows, _) in self._held.items()}
+
+    def _screen(self, hits: Rows, published: np.ndarray | None) -> tuple[Rows, np.ndarray | None]:
+        """Take the rows that are plausible or have evidence; hold or reject the others (per partition)."""
+        jump, n = self.max_jump_orbits, len(hits)
+        pub = np.zeros(n, bool) if published is None else np.asarray(published, bool)
+        parts = partitions_of(hits.partition)
+        ahead = np.zeros(n, bool)
+        masks = {}
+        for p in parts.tolist():
+            mask = hits.partition == p if len(parts) > 1 else np.ones(n, bool)
+            masks[p] = mask
+            ref = self._max_orbit.get(p)
+            if ref is None:  # a partition's first rows: judged against their own lower median
+                orbits = hits.orbit[mask]
+                ref = int(np.partition(orbits, (len(orbits) - 1) // 2)[(len(orbits) - 1) // 2])
+            ahead[mask] = hits.orbit[mask] > ref + jump
+        if not ahead.any() and not self._held:
+            return hits, published
+        keep = ~ahead
+        taken_rows, taken_pub = [], []
+        for p in sorted(set(masks) | set(self._held)):
+            mask = masks.get(p, np.zeros(n, bool))
+            held, held_pub = self._held.pop(p, (Rows.empty(), np.zeros(0, bool)))
+            plain = np.flatnonzero(mask & ~ahead)
+            far = mask & ahead
+            if len(plain):  # far rows before the partition's last ordinary one are contradicted by it
+                contradicted = far & (np.arange(n) < plain[-1])
+                self._reject(hits.select(contradicted), pub[contradicted])
+                self._reject(held, held_pub)
+                held, held_pub = Rows.empty(), np.zeros(0, bool)
+                far &= ~contradicted
+            trailing = np.flatnonzero(far)
+            if len(held) and len(trailing) and abs(int(hits.orbit[trailing].min()) - int(held.orbit.max())) > jump:
+                self._reject(held, held_pub)  # the next batch went elsewhere again: no evidence for either
+                held, held_pub = Rows.empty(), np.zeros(0, bool)
+            evidence = len(held) + len(trailing)
+            if evidence and (evidence >= self.jump_evidence_rows or (len(held) and len(trailing))):
+                taken_rows.append(held)  # the partition's data moved there: follow it
+                taken_pub.append(held_pub)
+                keep[trailing] = True
+            elif evidence:
+                self._held[p] = (Rows.concat([held, hits.select(trailing)]), np.concatenate([held_pub, pub[trailing]]))
+        if not keep.all():
+            hits, pub = hits.select(keep), pub[keep]
+        if taken_rows:
+            hits = Rows.concat([*taken_rows, hits])
+            pub = np.concatenate([*taken_pub, pub])
+        return hits, (pub if published is not None or pub.any() else None)
+
+    def _reject(self, rows: Rows, published: np.ndarray) -> None:
+        """Count rows as out of range, except those an earlier run already rejected (published, not undecided)."""
+        if not len(rows):
+            return
+        if published.any():
+            undecided = np.zeros(len(rows), bool)
+            for p, offsets in self._undecided.items():
+                undecided |= (rows.partition == p) & np.isin(rows.offset, offsets)
+            rows = rows.select(~published | undecided)
+        if len(rows):
+            self._out_of_range.append(rows)
 
     def _put(self, wid: int, rows: Rows) -> None:
         self._open.setdefault(wid, []).append(rows)
@@ -117,11 +229,14 @@ class EventTimeWindows:
             low[p] = min(off, low.get(p, off))
 
     def pending_offsets(self) -> dict[int, int]:
-        """Per partition, the lowest input offset that still feeds an open window."""
+        """Per partition, the lowest input offset that still feeds an open window (or is held)."""
         low: dict[int, int] = {}
         for per_window in self._low.values():
             for p, off in per_window.items():
                 low[p] = min(off, low.get(p, off))
+        for p, (rows, _) in self._held.items():
+            off = int(rows.offset.min())
+            low[p] = min(off, low.get(p, off))
         return low
 
     def _close_until(self, watermark: int | None) -> list[Window]:
