@@ -164,51 +164,81 @@ class EventTimeWindows:
 
     def _screen(self, hits: Rows, published: np.ndarray | None) -> tuple[Rows, np.ndarray | None]:
         """Take the rows that are plausible or have evidence; hold or reject the others (per partition)."""
-        jump, n = self.max_jump_orbits, len(hits)
+        n = len(hits)
         pub = np.zeros(n, bool) if published is None else np.asarray(published, bool)
         parts = partitions_of(hits.partition)
-        ahead = np.zeros(n, bool)
-        masks = {}
-        for p in parts.tolist():
-            mask = hits.partition == p if len(parts) > 1 else np.ones(n, bool)
-            masks[p] = mask
-            ref = self._max_orbit.get(p)
-            if ref is None:  # a partition's first rows: judged against their own lower median
-                orbits = hits.orbit[mask]
-                ref = int(np.partition(orbits, (len(orbits) - 1) // 2)[(len(orbits) - 1) // 2])
-            ahead[mask] = hits.orbit[mask] > ref + jump
-        if not ahead.any() and not self._held:
-            return hits, published
-        keep = ~ahead
-        taken_rows, taken_pub = [], []
-        for p in sorted(set(masks) | set(self._held)):
-            mask = masks.get(p, np.zeros(n, bool))
+        if not self._held and not len(parts) > 1:  # the usual case, one partition and a plain batch: one pass
+            p = int(parts[0])
+            if not self._steps(hits.orbit, self._level(p, hits.orbit)).any():
+                return hits, published
+        seqs, seq_pub, keep_mask = [], [], np.ones(n, bool)
+        for p in sorted(set(parts.tolist()) | set(self._held)):
             held, held_pub = self._held.pop(p, (Rows.empty(), np.zeros(0, bool)))
-            plain = np.flatnonzero(mask & ~ahead)
-            far = mask & ahead
-            if len(plain):  # far rows before the partition's last ordinary one are contradicted by it
-                contradicted = far & (np.arange(n) < plain[-1])
-                self._reject(hits.select(contradicted), pub[contradicted])
-                self._reject(held, held_pub)
-                held, held_pub = Rows.empty(), np.zeros(0, bool)
-                far &= ~contradicted
-            trailing = np.flatnonzero(far)
-            if len(held) and len(trailing) and abs(int(hits.orbit[trailing].min()) - int(held.orbit.max())) > jump:
-                self._reject(held, held_pub)  # the next batch went elsewhere again: no evidence for either
-                held, held_pub = Rows.empty(), np.zeros(0, bool)
-            evidence = len(held) + len(trailing)
-            if evidence and (evidence >= self.jump_evidence_rows or (len(held) and len(trailing))):
-                taken_rows.append(held)  # the partition's data moved there: follow it
-                taken_pub.append(held_pub)
-                keep[trailing] = True
-            elif evidence:
-                self._held[p] = (Rows.concat([held, hits.select(trailing)]), np.concatenate([held_pub, pub[trailing]]))
-        if not keep.all():
-            hits, pub = hits.select(keep), pub[keep]
-        if taken_rows:
-            hits = Rows.concat([*taken_rows, hits])
-            pub = np.concatenate([*taken_pub, pub])
+            rows = np.flatnonzero(hits.partition == p) if len(parts) > 1 else np.arange(n)
+            if p not in parts:
+                rows = rows[:0]
+            seq = Rows.concat([held, hits.select(rows)])
+            seq_p = np.concatenate([held_pub, pub[rows]])
+            take = self._judge(p, seq, seq_p, len(held))
+            keep_mask[rows] = take[len(held):]
+            if take[: len(held)].any():
+                seqs.append(held.select(take[: len(held)]))
+                seq_pub.append(held_pub[take[: len(held)]])
+        if not keep_mask.all():
+            hits, pub = hits.select(keep_mask), pub[keep_mask]
+        if seqs:
+            hits, pub = Rows.concat([*seqs, hits]), np.concatenate([*seq_pub, pub])
         return hits, (pub if published is not None or pub.any() else None)
+
+    def _level(self, part: int, orbits: np.ndarray) -> int:
+        """What a partition has shown so far: its highest accepted orbit; before that, its first rows' median."""
+        if part in self._max_orbit:
+            return self._max_orbit[part]
+        return int(np.partition(orbits, (len(orbits) - 1) // 2)[(len(orbits) - 1) // 2])
+
+    def _steps(self, orbits: np.ndarray, level: int) -> np.ndarray:
+        """Rows more than ``max_jump_orbits`` above everything before them (and ``level``)."""
+        before = np.maximum.accumulate(np.concatenate(([level], orbits[:-1])))
+        return orbits > before + self.max_jump_orbits
+
+    def _judge(self, part: int, seq: Rows, published: np.ndarray, n_held: int) -> np.ndarray:
+        """Which rows of one partition's sequence (held rows first, then the batch's) to take now.
+
+        Each step up of more than ``max_jump_orbits`` is a jump if the rows after it stay up there (enough
+        of them, or rows of the next batch), a spike to reject if the sequence comes back below it.
+        """
+        jump, x = self.max_jump_orbits, seq.orbit
+        take = np.ones(len(x), bool)
+        if not len(x):
+            return take
+        level = self._level(part, x[n_held:] if len(x) > n_held else x)
+        start = 0
+        while start < len(x):  # one pass per step: bounded by the number of rows
+            masked = np.where(take, x, np.iinfo(np.int64).min)
+            steps = np.flatnonzero(self._steps(masked, level)[start:]) + start
+            if not len(steps):
+                break
+            s = int(steps[0])
+            back = np.flatnonzero(take[s + 1 :] & (x[s + 1 :] < x[s] - jump)) + s + 1
+            if len(back):  # the stream comes back below the step: the rows up there before it are a spike
+                spike = take & (x >= x[s] - jump)
+                spike[: s] = False
+                spike[int(back[-1]) :] = False
+                self._reject(seq.select(spike), published[spike])
+                take &= ~spike
+                start = s + 1
+                continue
+            run = len(x) - s  # nothing comes back: the rows from the step on may be a real jump
+            # held rows, and the next batch goes on up there (not from yet another step)
+            continued = s < n_held < len(x) and x[n_held] <= x[s:n_held].max() + jump
+            if run >= self.jump_evidence_rows or continued:
+                start = s + 1
+                level = max(level, int(x[s]))
+                continue
+            take[s:] = False
+            self._held[part] = (seq.select(slice(s, None)), published[s:])
+            break
+        return take
 
     def _reject(self, rows: Rows, published: np.ndarray) -> None:
         """Count rows as out of range, except those an earlier run already rejected (published, not undecided)."""
