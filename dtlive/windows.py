@@ -167,9 +167,9 @@ class EventTimeWindows:
         n = len(hits)
         pub = np.zeros(n, bool) if published is None else np.asarray(published, bool)
         parts = partitions_of(hits.partition)
-        if not self._held and not len(parts) > 1:  # the usual case, one partition and a plain batch: one pass
-            p = int(parts[0])
-            if not self._steps(hits.orbit, self._level(p, hits.orbit)).any():
+        if not self._held:  # the usual case, no step up anywhere: one pass over the orbits
+            per_part = [hits.orbit] if len(parts) == 1 else [hits.orbit[hits.partition == p] for p in parts]
+            if not any(self._steps(x, self._level(int(p), x)).any() for p, x in zip(parts, per_part)):
                 return hits, published
         seqs, seq_pub, keep_mask = [], [], np.ones(n, bool)
         for p in sorted(set(parts.tolist()) | set(self._held)):
