@@ -284,3 +284,35 @@ def test_an_oversized_broken_notice_is_dead_lettered_cut(broker, tmp_path):
     assert len(letter.value()) == DEFAULT_MAX_BYTES and h["sha256"] == hashlib.sha256(notice).hexdigest()
     assert (h["source_topic"], h["source_offset"]) == (f"gcn.notices.t{tag}", "41")
     assert listener.counts["rejected.not_json"] == 1
+
+
+def test_a_partition_actor_rejects_far_ahead_orbits_too(broker, topics):
+    """The Dask partition actor runs the same event_windows node with the configured jump rule (used here
+    directly, as an ordinary object, on two partitions of the real broker)."""
+    from dtlive.actor import PartitionActor
+
+    ensure_topics(load_config({}, env={}), broker, {topics["hits_topic"]: 2})
+    p = Producer({"bootstrap.servers": broker, "linger.ms": 5})
+    rate, n = 1000.0, 6000
+    for i in range(n):
+        value = b"2,1,5,4000000000,7,3" if i == 2001 else row(i, rate)
+        p.produce(topics["hits_topic"], value, headers=[("format", b"csv")], partition=i % 2)
+    p.flush(30)
+    cfg = load_config({"bootstrap": broker, **topics}, env={})
+    actor = PartitionActor(cfg, broker, [0, 1], {0: 0, 1: 0}, batch_size=250)
+    shares, counts, rejects = {}, Counter(), []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            rep = actor.step(-1, {}, targets={0: n // 2, 1: n // 2})
+            shares.update(rep.shares)
+            counts.update(rep.counts)
+            rejects += rep.rejects
+            if rep.done:
+                break
+    finally:
+        actor.close()
+    assert counts["rejected.orbit_out_of_range"] == 1 and counts["late_hits"] == 0
+    (r,) = rejects
+    assert (r.reason, r.partition, r.offset, r.payload) == ("orbit_out_of_range", 1, 1000, b"2,1,5,4000000000,7,3")
+    assert sum(int(s.partial.total_hits) for s in shares.values()) == n - 1
