@@ -8,14 +8,15 @@ nothing yet: ``waiting``). A window closes once its last orbit is below the wate
 already closed window are *late*: they are returned so the caller can count and
 dead-letter them, never silently dropped.
 
-The watermark needs evidence, not one row: with ``max_jump_orbits`` set, hits more than that
-far ahead of what their partition has shown (its highest accepted orbit; in its first batch,
-the batch's median) are taken only when the partition's data moves there: at least
-``jump_evidence_rows`` of them at the end of a batch, or the partition's next batch continuing
-there. Until then they are held (their offsets hold the restart offset back). Hits followed by
-rows of the ordinary range (in the same or the next batch), or still held when the stream is
-flushed, are rejected as ``orbit_out_of_range`` (:meth:`EventTimeWindows.take_out_of_range`):
-one corrupt orbit can never make the real hits after it late.
+The watermark needs evidence, not one row: with ``max_jump_orbits`` set, a hit more than that
+far above everything its partition has shown before it (its highest accepted orbit and the rows
+before it in the batch; in a partition's first batch, the batch's median) is a step up. The rows
+from a step on are taken when the partition's data stays up there: at least ``jump_evidence_rows``
+of them in the batch, or the partition's next batch going on there. Until then they are held (and
+hold the restart offset back). When the partition's data comes back below the step (in the same
+or the next batch), or the stream is flushed while they are held, the rows up there are rejected as
+``orbit_out_of_range`` (:meth:`EventTimeWindows.take_out_of_range`): one corrupt orbit can never
+make the real hits after it late, and a real jump of the DAQ is followed.
 
 >>> from dtlive.rows import Rows
 >>> w = EventTimeWindows(window_orbits=100, lateness_orbits=10)
