@@ -156,6 +156,26 @@ def test_property_isolated_far_hits_are_all_rejected_and_no_real_hit_is_late(n, 
     assert in_windows == sorted(set(range(n)) - set(at))
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(60, 300), parts=st.integers(2, 4), spikes=st.integers(1, 6), size=st.integers(1, 50),
+       seed=st.integers(0, 2**16))
+def test_property_spikes_on_several_partitions_batched_together(n, parts, spikes, size, seed):
+    """Partitions interleaved in one stream (as consume calls mix them): each judged on its own rows."""
+    rng = np.random.default_rng(seed)
+    orbits = np.sort(rng.integers(0, 40 * n, n))  # one event time, rows spread over partitions
+    partition = rng.integers(0, parts, n)
+    partition[:parts] = np.arange(parts)  # every partition starts with a real row
+    at = np.sort(rng.choice(np.arange(parts, n - 1), min(spikes, n - parts - 1), replace=False))
+    orbits[at] = 10**9 + rng.integers(0, 4 * 10**9, len(at))
+    rows = Rows.from_columns(head=np.full(n, 2), fpga=np.zeros(n), channel=np.zeros(n), orbit=orbits, bx=np.zeros(n),
+                             tdc=np.zeros(n), partition=partition, offset=np.arange(n))
+    w = EventTimeWindows(100, 500, max_jump_orbits=2000, jump_evidence_rows=20)
+    closed, late, far = feed(w, rows, size)
+    assert len(late) == 0  # lateness covers the spread of one batch over partitions
+    assert sorted(far.offset.tolist()) == at.tolist()  # some only at the flush: their partition said nothing more
+    assert sorted(o for c in closed for o in c.hits.offset.tolist()) == sorted(set(range(n)) - set(at.tolist()))
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(120, 300), jump_at=st.integers(1, 59), size=st.integers(1, 40))
 def test_property_a_real_jump_is_followed_whatever_the_batching(n, jump_at, size):
