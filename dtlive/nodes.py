@@ -209,7 +209,9 @@ def _guarded(method):
 class decode_hits(Stream):
     """Batch -> Decoded: payloads to numpy columns, grouped by their ``format`` header.
 
-    Messages without a header are read as ``default_format``; rejects carry a reason.
+    Messages without a header are read as ``default_format``; rejects carry a reason. A message whose
+    ``orbit_epoch`` header is not a plausible UNIX time (:func:`plausible_epoch`) is rejected whole with
+    reason ``bad_epoch``: its header cannot anchor the stream's time, so its rows are not trusted either.
     """
 
     def __init__(self, upstream, default_format: str = "csv", resume: dict[int, int] | None = None, **kwargs):

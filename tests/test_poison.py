@@ -256,3 +256,24 @@ def test_far_hits_become_counted_dead_letters_in_the_node():
     (r,) = w0.meta["rejects"]
     assert (r.reason, r.offset, r.payload) == ("orbit_out_of_range", 1, b"2,0,5,4000000000,7,3")
     assert sorted(w0.hits.offset.tolist()) == [0, 2]
+
+
+def test_a_row_held_when_the_processor_stopped_is_judged_and_counted_once_after_the_restart():
+    """The checkpoint names the held rows; the next run re-reads them (restart offset) and decides on them."""
+    src = Stream()
+    first = src.decode_hits().clean_hits().event_windows(window_s=2, lateness_s=0, max_jump_s=30)
+    src.emit(Batch.from_payloads([b"2,0,5,100,7,3", b"2,0,5,101,7,3", b"2,0,5,4000000000,7,3"], "csv"))
+    state, rejects = first.checkpoint()
+    assert state["held_offsets"] == {"0": [2]} and state["restart_offsets"] == {"0": 0} and rejects == []
+
+    src = Stream()  # the restarted processor, resuming from that checkpoint
+    resume = {int(k): v for k, v in state["positions"].items()}
+    second = src.decode_hits(resume=resume).clean_hits().event_windows(
+        window_s=2, lateness_s=0, max_jump_s=30, held=state["held_offsets"], pending=state["pending_counts"])
+    out = second.sink_to_list()
+    src.emit(Batch.from_payloads([b"2,0,5,100,7,3", b"2,0,5,101,7,3", b"2,0,5,4000000000,7,3",
+                                  b"2,0,5,30000,7,3"], "csv"))
+    (w0,) = out
+    assert [(r.reason, r.offset) for r in w0.meta["rejects"]] == [("orbit_out_of_range", 2)]
+    assert w0.meta["counts"]["rows"] == 4 and w0.meta["counts"]["rejected.orbit_out_of_range"] == 1
+    assert sorted(w0.hits.offset.tolist()) == [0, 1]
