@@ -10,7 +10,7 @@ dead-letter them, never silently dropped.
 
 The watermark needs evidence, not one row: with ``max_jump_orbits`` set, a hit more than that
 far above everything its partition has shown before it (its highest accepted orbit and the rows
-before it in the batch; in a partition's first batch, the batch's median) is a step up. The rows
+before it in the batch; in a partition's first batch, the batch's lowest orbit) is a step up. The rows
 from a step on are taken when the partition's data stays up there: at least ``jump_evidence_rows``
 of them in the batch, or the partition's next batch going on there. Until then they are held (and
 hold the restart offset back). When the partition's data comes back below the step (in the same
@@ -192,10 +192,9 @@ class EventTimeWindows:
         return hits, (pub if published is not None or pub.any() else None)
 
     def _level(self, part: int, orbits: np.ndarray) -> int:
-        """What a partition has shown so far: its highest accepted orbit; before that, its first rows' median."""
-        if part in self._max_orbit:
-            return self._max_orbit[part]
-        return int(np.partition(orbits, (len(orbits) - 1) // 2)[(len(orbits) - 1) // 2])
+        """What a partition has shown so far: its highest accepted orbit; before that, its first rows' lowest
+        (a far-ahead row among them is then a step up like any other, whichever place it has in the batch)."""
+        return self._max_orbit[part] if part in self._max_orbit else int(orbits.min())
 
     def _steps(self, orbits: np.ndarray, level: int) -> np.ndarray:
         """Rows more than ``max_jump_orbits`` above everything before them (and ``level``)."""
@@ -205,40 +204,48 @@ class EventTimeWindows:
     def _judge(self, part: int, seq: Rows, published: np.ndarray, n_held: int) -> np.ndarray:
         """Which rows of one partition's sequence (held rows first, then the batch's) to take now.
 
-        Each step up of more than ``max_jump_orbits`` is a jump if the rows after it stay up there (enough
-        of them, or rows of the next batch), a spike to reject if the sequence comes back below it.
+        A step up of more than ``max_jump_orbits`` that the sequence comes back below is a spike: the rows up
+        there before the return are rejected. A step nothing comes back below is a jump when the rows from it
+        to the next step are enough, or reach from held rows into this batch; otherwise the rows from it on
+        wait for the partition's next batch (at most ``jump_evidence_rows`` of them; beyond that a segment
+        the data steps up from again without coming back is rejected).
         """
         jump, x = self.max_jump_orbits, seq.orbit
         take = np.ones(len(x), bool)
         if not len(x):
             return take
         level = self._level(part, x[n_held:] if len(x) > n_held else x)
-        start = 0
-        while start < len(x):  # one pass per step: bounded by the number of rows
-            masked = np.where(take, x, np.iinfo(np.int64).min)
-            steps = np.flatnonzero(self._steps(masked, level)[start:]) + start
+        for _ in range(2 * len(x) + 1):  # each pass takes a step as a jump, rejects rows or holds rows
+            steps = np.flatnonzero(self._steps(np.where(take, x, np.iinfo(np.int64).min), level) & take)
             if not len(steps):
                 break
-            s = int(steps[0])
-            back = np.flatnonzero(take[s + 1 :] & (x[s + 1 :] < x[s] - jump)) + s + 1
-            if len(back):  # the stream comes back below the step: the rows up there before it are a spike
-                spike = take & (x >= x[s] - jump)
-                spike[: s] = False
-                spike[int(back[-1]) :] = False
-                self._reject(seq.select(spike), published[spike])
-                take &= ~spike
-                start = s + 1
-                continue
-            run = len(x) - s  # nothing comes back: the rows from the step on may be a real jump
-            # held rows, and the next batch goes on up there (not from yet another step)
-            continued = s < n_held < len(x) and x[n_held] <= x[s:n_held].max() + jump
-            if run >= self.jump_evidence_rows or continued:
-                start = s + 1
-                level = max(level, int(x[s]))
-                continue
-            take[s:] = False
-            self._held[part] = (seq.select(slice(s, None)), published[s:])
-            break
+            spike = None
+            for s in steps.tolist():  # a step the data comes back below: the rows up there before that are a spike
+                back = np.flatnonzero(take[s + 1 :] & (x[s + 1 :] < x[s] - jump))
+                if len(back):
+                    spike = take & (x >= x[s] - jump)
+                    spike[:s] = False
+                    spike[s + 1 + int(back[-1]) :] = False
+                    break
+            if spike is None:  # nothing comes back: the first step, up to the next one, may be a real jump
+                s = int(steps[0])
+                end = int(steps[1]) if len(steps) > 1 else len(x)
+                rows_there = int(take[s:end].sum())
+                continued = s < n_held and bool(take[n_held:end].any())  # held rows, and the next batch there
+                if rows_there >= self.jump_evidence_rows or continued:
+                    level = max(level, int(x[s]))
+                    continue
+                wait = take.copy()
+                wait[:s] = False
+                if end == len(x) or wait.sum() < self.jump_evidence_rows:  # wait for the partition's next batch
+                    self._held[part] = (seq.select(wait), published[wait])
+                    take &= ~wait
+                    break
+                spike = take.copy()  # the data keeps stepping up without coming back: no evidence for these
+                spike[:s] = False
+                spike[end:] = False
+            self._reject(seq.select(spike), published[spike])
+            take &= ~spike
         return take
 
     def _reject(self, rows: Rows, published: np.ndarray) -> None:

@@ -106,13 +106,21 @@ def test_held_rows_are_rejected_when_the_next_batch_jumps_elsewhere():
     w = EventTimeWindows(100, 0, max_jump_orbits=1000)
     w.add(hits([5], offsets=[0]))
     w.add(hits([10**6], offsets=[1]))
-    w.add(hits([3 * 10**6], offsets=[2]))  # not near the held one: no evidence for either
+    w.add(hits([3 * 10**6], offsets=[2]))  # yet another step up: no evidence for either, both wait
     assert len(w.take_out_of_range()) == 0 and w.held_offsets() == {0: [1, 2]}
     w.add(hits([10], offsets=[3]))  # the stream is still where it was
     assert w.take_out_of_range().offset.tolist() == [1, 2] and w.held_offsets() == {}
-    w.add(hits([4 * 10**6], offsets=[4]))
+    w.add(hits([4 * 10**6, 4 * 10**6 + 5], offsets=[4, 5]))
     w.flush()  # the stream ends: what is still held has no evidence
-    assert w.take_out_of_range().offset.tolist() == [4]
+    assert w.take_out_of_range().offset.tolist() == [4, 5]
+
+
+def test_spikes_climbing_one_above_the_other_are_all_rejected():
+    w = EventTimeWindows(100, 0, max_jump_orbits=1000)
+    w.add(hits([5, 6], offsets=[0, 1]))
+    for k, orbit in enumerate([3 * 10**9, 4 * 10**9, 5 * 10**9, 20]):  # one row per batch, as a slow feed gives
+        w.add(hits([orbit], offsets=[2 + k]))
+    assert w.take_out_of_range().offset.tolist() == [2, 3, 4] and w.watermark == 20
 
 
 def test_partitions_are_judged_each_against_its_own_stream():
@@ -133,7 +141,7 @@ def test_rows_an_earlier_run_rejected_are_not_rejected_twice_but_undecided_ones_
     assert w.take_out_of_range().offset.tolist() == [5]  # 3 was dead-lettered by the earlier run; 5 was held
 
 
-def test_the_first_batch_of_a_partition_is_judged_against_its_median():
+def test_the_first_batch_of_a_partition_is_judged_against_its_lowest_orbit():
     w = EventTimeWindows(100, 0, max_jump_orbits=1000)
     closed, _ = w.add(hits([10**9, 5, 6, 7, 150], offsets=np.arange(5)))
     assert len(w.take_out_of_range()) == 1 and [c.id for c in closed] == [0]
@@ -277,3 +285,21 @@ def test_a_row_held_when_the_processor_stopped_is_judged_and_counted_once_after_
     assert [(r.reason, r.offset) for r in w0.meta["rejects"]] == [("orbit_out_of_range", 2)]
     assert w0.meta["counts"]["rows"] == 4 and w0.meta["counts"]["rejected.orbit_out_of_range"] == 1
     assert sorted(w0.hits.offset.tolist()) == [0, 1]
+
+
+def test_most_of_a_partitions_first_rows_far_ahead_do_not_become_its_reference():
+    w = EventTimeWindows(100, 0, max_jump_orbits=1000)
+    w.add(hits([86, 2_690_217_319, 2_728_180_287], offsets=[0, 1, 2]))
+    assert w.held_offsets() == {0: [1, 2]} and w.watermark == 86
+    w.add(hits([463, 3_846_622_449, 561], offsets=[3, 4, 5]))
+    assert w.take_out_of_range().offset.tolist() == [1, 2, 4] and w.watermark == 561
+
+
+def test_a_held_row_is_not_continued_by_a_spike_of_the_next_batch():
+    w = EventTimeWindows(100, 0, max_jump_orbits=1000)
+    w.add(hits([5013], offsets=[0]))
+    w.add(hits([3_311_671_115], offsets=[1]))
+    w.add(hits([3_937_752_426, 3_579_646_473], offsets=[2, 3]))  # a spike, then yet another step
+    assert w.take_out_of_range().offset.tolist() == [2] and w.watermark == 5013
+    w.add(hits([5100], offsets=[4]))
+    assert sorted(w.take_out_of_range().offset.tolist()) == [1, 3] and w.watermark == 5100
