@@ -340,15 +340,15 @@ def cmd_emulate(args) -> int:
         print("dtlive emulate: give CSV files to replay, or --simulate", file=sys.stderr)
         return 2
     cfg = _config(args)
-    bootstrap, _ = resolve_bootstrap(cfg)
-    topic = args.topic or cfg.hits_topic
-    ensure_topics(cfg, bootstrap, [topic], partitions=max(1, args.partitions))
     if args.simulate:
         # ~10k rows per chunk: encoding a chunk never stalls the pacing for long (csv: ~30 ms)
         chunk_s = 1.0 if args.rate is None else min(1.0, max(0.05, 10_000 / args.rate))
         chunks = simulated_chunks(args.seed, chunk_s=chunk_s, rows_per_s=args.rate)
     else:
-        chunks = file_chunks(args.files, loop=args.loop)
+        chunks = file_chunks(args.files, loop=args.loop)  # files are read and checked before anything connects
+    bootstrap, _ = resolve_bootstrap(cfg)
+    topic = args.topic or cfg.hits_topic
+    ensure_topics(cfg, bootstrap, [topic], partitions=max(1, args.partitions))
     stats = emulate(
         _producer(cfg, bootstrap, topic_partitions(cfg, bootstrap, [topic])),
         topic,
@@ -701,7 +701,7 @@ def cmd_alerts(args) -> int:
     if args.alerts_command == "send":
         from confluent_kafka import Producer
 
-        from dtlive.alerts.send import load_notice, send_notice, topic_for
+        from dtlive.alerts.send import check_notice, load_notice, send_notice, topic_for
         from dtlive.kafka import client_config, ensure_topics
 
         when = _time_arg(args.trigger_time)
@@ -710,8 +710,13 @@ def cmd_alerts(args) -> int:
 
             when = parse_time(when)
         notice = load_notice(args.notice)
+        check_notice(notice, args.notice)
         ensure_topics(cfg, bootstrap, [args.topic or topic_for(notice)])
-        topic, value = send_notice(Producer(client_config(cfg, bootstrap)), notice, args.topic, when)
+        try:
+            topic, value = send_notice(Producer(client_config(cfg, bootstrap)), notice, args.topic, when)
+        except RuntimeError as e:  # not delivered (broker gone, topic refused): one line, no traceback
+            print(f"dtlive alerts: error: {e}", file=sys.stderr)
+            return 1
         print(f"sent {len(value)} bytes to {topic}", file=sys.stderr)
         return 0
     if args.alerts_command != "listen":

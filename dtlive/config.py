@@ -47,6 +47,8 @@ class Config:
     drift_min_ns: float = -100.0
     drift_max_ns: float = 500.0
     group_id: str = "dtlive-processor"  # consumer group and transactional-id stem of the processor
+    dead_letter_max_bytes: int = 64 * 1024  # dead-letter values are cut to this (original size and sha256 in headers)
+    max_orbit_jump_s: float = 30.0  # hits this far ahead of their partition's stream need evidence (0: no check)
     kafka: dict[str, str] = field(default_factory=dict)  # librdkafka settings from KAFKA_* variables
 
     def alert_topic_patterns(self) -> list[str]:
@@ -89,6 +91,8 @@ def _coerce(name: str, value):
         return None
     if "float" in kind:
         return float(value)
+    if "int" in kind:
+        return int(value)
     if "dict" in kind:
         return dict(value)
     return str(value)
@@ -129,4 +133,9 @@ def load_config(
         raise ValueError(f"window_s must be 1 to 5 seconds (DESIGN.md §3), got {cfg.window_s}")
     if cfg.lateness_s < 0:
         raise ValueError(f"lateness_s must be >= 0, got {cfg.lateness_s}")
+    if not 1024 <= cfg.dead_letter_max_bytes <= 900_000:
+        raise ValueError(f"dead_letter_max_bytes must be 1024 to 900000 (below the broker's 1 MB limit), "
+                         f"got {cfg.dead_letter_max_bytes}")
+    if cfg.max_orbit_jump_s < 0:
+        raise ValueError(f"max_orbit_jump_s must be >= 0, got {cfg.max_orbit_jump_s}")
     return cfg

@@ -31,6 +31,7 @@ from confluent_kafka import KafkaError, KafkaException
 from dtlive import __version__
 from dtlive import nodes as _nodes  # noqa: F401  (registers the node methods on Stream)
 from dtlive.config import Config, load_config  # noqa: F401  (load_config: doctest)
+from dtlive.deadletter import dead_letter
 from dtlive.decode import Reject
 from dtlive.heap import HeapTrimmer
 from dtlive.kafka import ClusterWatch, client_config, ensure_topics, partition_ends, producer_config
@@ -252,19 +253,10 @@ class TransactionalPublisher:
             callback({"window": window, "message": msg})
 
     def _dead_letter(self, rejects: list[Reject]) -> None:
-        for r in rejects:
-            self._produce(
-                self.cfg.rejected_topic,
-                r.payload,
-                None,
-                [
-                    ("reason", r.reason.encode()),
-                    ("detail", r.detail.encode()),
-                    ("source_topic", self.cfg.hits_topic.encode()),
-                    ("source_partition", str(r.partition).encode()),
-                    ("source_offset", str(r.offset).encode()),
-                ],
-            )
+        for r in rejects:  # cut to the configured size: one huge payload must not fail the transaction
+            letter = dead_letter(r.payload, r.reason, r.detail, self.cfg.hits_topic, r.partition, r.offset,
+                                 self.cfg.dead_letter_max_bytes)
+            self._produce(self.cfg.rejected_topic, letter.value, None, letter.headers)
             self.dead_lettered += 1
             if self.dead_lettered % 10000 == 0:
                 self.producer.poll(0)
@@ -451,6 +443,8 @@ class Processor:
                 last_closed=(ckpt or {}).get("last_window", -1),
                 orbit_epoch=(ckpt or {}).get("orbit_epoch"),
                 pending=(ckpt or {}).get("pending_counts"),
+                max_jump_s=cfg.max_orbit_jump_s,
+                held=(ckpt or {}).get("held_offsets"),
             )
         )
         self.windows.positions.update(resume)

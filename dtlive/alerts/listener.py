@@ -25,6 +25,7 @@ from dtlive import __version__
 from dtlive.alerts.notices import Alert, NoticeError, alert_from_dict, alert_to_dict, parse_notice
 from dtlive.alerts.workers import WorkerPool
 from dtlive.config import Config
+from dtlive.deadletter import dead_letter
 from dtlive.kafka import ClusterWatch, client_config, ensure_topics, producer_config
 
 log = logging.getLogger(__name__)
@@ -163,9 +164,11 @@ class AlertListener:
     def _reject(self, value: bytes, topic: str, partition: int, offset: int, exc: NoticeError) -> None:
         self.counts["rejected"] += 1
         self.counts[f"rejected.{exc.reason}"] += 1
-        self.producer.produce(self.cfg.alerts_rejected_topic, value, headers=[
-            ("reason", exc.reason.encode()), ("detail", str(exc)[:500].encode()), ("source_topic", topic.encode()),
-            ("source_partition", str(partition).encode()), ("source_offset", str(offset).encode())])
+        letter = dead_letter(value, exc.reason, str(exc), topic, partition, offset, self.cfg.dead_letter_max_bytes)
+        error = self._send(self.cfg.alerts_rejected_topic, letter.value, headers=letter.headers)
+        if error is not None:
+            self.counts["dead_letter_failed"] += 1
+            log.error("a rejected notice (%s/%s/%s) could not be dead-lettered: %s", topic, partition, offset, error)
         self._state(f"notice:{topic}:{partition}:{offset}", "rejected", {"reason": exc.reason, "detail": str(exc)},
                     kind="notice")
 
