@@ -234,6 +234,8 @@ class ResultsFeed:
     def _consumer(self):
         from confluent_kafka import Consumer
 
+        from dtlive.kafka import LIBRDKAFKA_LOG
+
         def on_error(err):
             self.error = str(err)
             if err.code() in (-187, -195):  # _ALL_BROKERS_DOWN, _TRANSPORT
@@ -247,6 +249,7 @@ class ResultsFeed:
             "fetch.wait.max.ms": 100,  # also makes the end-offset check quick
             "reconnect.backoff.max.ms": 1000,
             "error_cb": on_error,
+            "logger": LIBRDKAFKA_LOG,  # rate-limited: a dead broker gives one line, not one per reconnect
             **self.kafka,
         })
 

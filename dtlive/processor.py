@@ -31,6 +31,7 @@ from dtlive import __version__
 from dtlive import nodes as _nodes  # noqa: F401  (registers the node methods on Stream)
 from dtlive.config import Config, load_config  # noqa: F401  (load_config: doctest)
 from dtlive.decode import Reject
+from dtlive.health import Heartbeat, partition_lag
 from dtlive.heap import HeapTrimmer
 from dtlive.kafka import client_config, ensure_topics, partition_ends
 from dtlive.messages import message_bytes
@@ -46,6 +47,8 @@ TRIM_INTERVAL_S = 30.0
 # loaded machine: 20000 -> arenas 71 -> 84 MiB; 5000 -> flat at 73 MiB). Throughput is the same (csv replay:
 # ~160-180k msgs per CPU-second either way); a daq64 call is bounded by librdkafka's queue long before.
 BATCH_SIZE = 5_000
+# Loggers whose warnings count as the processor's errors in its heartbeats (the newest is its "last error").
+HEALTH_LOGGERS = ("dtlive.processor", "dtlive.nodes", "dtlive.scale", "dtlive.librdkafka")
 
 
 def checkpoint_topic(cfg: Config) -> str:
@@ -329,6 +332,7 @@ class Processor:
         self.windows.sink(self.publisher.publish)
         self._stop = False
         self.trimmer = HeapTrimmer(TRIM_INTERVAL_S if trim_interval_s is None else trim_interval_s)
+        self.heartbeat = Heartbeat("processor", cfg, bootstrap, run_id=self.run_id, watch=HEALTH_LOGGERS)
         self.ledger = ledger  # a dtlive.ledger.Ledger: the run, its configuration and inputs are recorded
         if ledger is not None:
             from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
@@ -372,6 +376,7 @@ class Processor:
             if self.publisher.due(backlog=n >= self.source.batch_size) or (n == 0 and self.publisher._in_txn):
                 self.publisher.commit()
             self.trimmer.maybe(now)
+            self.heartbeat.maybe(now, self.health)
             if on_tick and now - last_tick >= 1.0:
                 on_tick(self)
                 last_tick = now
@@ -381,7 +386,26 @@ class Processor:
         self.publisher.commit()
         return self
 
+    def health(self) -> dict:
+        """Heartbeat fields (:mod:`dtlive.health`): state, input lag per partition, running totals, errors."""
+        src, win = self.source, self.windows
+        lag = partition_lag(src.high_watermarks(), src.positions, getattr(win.state, "_max_orbit", None),
+                            win.orbit_epoch, topic=self.cfg.hits_topic)
+        errors = {"consume": src.errors, "windows": win.errors}
+        failing, self._errors_seen = sum(errors.values()) > getattr(self, "_errors_seen", 0), sum(errors.values())
+        idle = time.monotonic() - win.last_input > self.heartbeat.interval_s and not lag["messages"]
+        return {
+            "state": "degraded" if failing else "idle" if idle else "running",
+            "lag": lag,
+            "counts": {"messages": src.messages, "windows": self.publisher.published,
+                       "dead_letters": self.publisher.dead_lettered},
+            "errors": errors,
+            "detail": {"input": self.cfg.hits_topic, "output": self.cfg.monitor_topic, "group_id": self.cfg.group_id,
+                       "last_window": win.state.last_closed},
+        }
+
     def close(self, status: str = "finished"):
+        self.heartbeat.close(fields=self.health)
         self.source.close()
         self.publisher.producer.flush(10)
         if self.ledger is not None:
