@@ -281,7 +281,8 @@ class Heartbeat:
     :meth:`maybe` may be a callable returning them, called only when a heartbeat is due. ``counts``
     (running totals) become ``rates`` (``{name}_per_s`` over the last interval). WARNING-or-worse log
     lines of the ``watch`` loggers count as errors and the newest is the heartbeat's ``last_error``.
-    :meth:`close` sends a final ``stopped`` heartbeat.
+    :meth:`close` sends a final ``stopped`` heartbeat. ``create_topic``: create the status topic (1 partition)
+    at start if it is missing (again in the background if a restarted broker lost it).
 
     >>> from dtlive.config import load_config
     >>> hb = Heartbeat("processor", load_config({"status_interval_s": 0}, env={}), "127.0.0.1:9")
@@ -291,7 +292,7 @@ class Heartbeat:
 
     def __init__(self, service: str, cfg, bootstrap: str, run_id: str | None = None,
                  watch: tuple[str, ...] = (), interval_s: float | None = None, producer=None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, create_topic: bool = True):
         self.service = service
         self.cfg = cfg
         self.bootstrap = bootstrap
@@ -318,7 +319,8 @@ class Heartbeat:
         self.producer = None
         if self.enabled:
             self.producer = producer if producer is not None else self._producer()
-            self._ensure_topic(wait=True)
+            if create_topic:
+                self._ensure_topic(wait=True)
             self.beat(state="starting")
 
     def _producer(self):
@@ -343,7 +345,7 @@ class Heartbeat:
 
         def create():
             try:
-                create_topics(self.bootstrap, {self.topic: 1}, config=self.cfg.kafka, timeout=5)
+                create_topics(self.bootstrap, {self.topic: 1}, config=self.cfg.kafka, timeout=3)
             except Exception as exc:  # noqa: BLE001 - the broker may be away: heartbeats are counted as lost
                 self._failed(f"cannot create status topic {self.topic!r}: {exc}")
 
@@ -456,8 +458,8 @@ def status_table(rows: list[dict]) -> str:
     ...                      "lag_messages": 0, "lag_s": None, "rates": {"windows_per_s": 0.5}, "errors_total": 0,
     ...                      "last_error": None, "alarm": "no heartbeat for 9 s", "irregular": False}]))
     ... # doctest: +NORMALIZE_WHITESPACE
-    SERVICE   HOST  PID  STATE  AGE   LAG          RATES               ERRORS  LAST ERROR
-    recorder  h     3    STALE  9.0s  0 msgs       windows 0.5/s       0       -   <- no heartbeat for 9 s
+    SERVICE   HOST  PID  STATE  AGE   LAG     RATES          ERRORS  LAST ERROR
+    recorder  h     3    STALE  9.0s  0 msgs  windows 0.5/s  0       -           <- no heartbeat for 9 s
     """
     if not rows:
         return "(no service heartbeats)"
@@ -467,7 +469,7 @@ def status_table(rows: list[dict]) -> str:
         state = str(r["state"]).upper() if r["alarm"] and not r.get("irregular") else str(r["state"])
         lag = "-" if r.get("lag_messages") is None else f"{r['lag_messages']} msgs"
         if r.get("lag_s") is not None:
-            lag += f" {r['lag_s']:.1f}s"
+            lag += f" {round(r['lag_s'], 1) + 0.0:.1f}s"  # + 0.0: no "-0.0"
         err = r.get("last_error") or {}
         when = time.strftime(" (%H:%M:%S)", time.gmtime(err["time"])) if err.get("time") else ""
         table.append([str(r["service"]), str(r["host"]), str(r["pid"]), state, f"{r['age_s']:.1f}s", lag,
@@ -477,7 +479,7 @@ def status_table(rows: list[dict]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
     for r, t in zip(rows, table):
         line = "  ".join(c.ljust(w) for c, w in zip(t, widths))
-        lines.append(line + (f"   <- {r['alarm']}" if r["alarm"] else "").rstrip())
+        lines.append((line + (f"   <- {r['alarm']}" if r["alarm"] else "")).rstrip())
     return "\n".join(lines)
 
 

@@ -174,7 +174,9 @@ class Recorder:
                 for p in self.positions}
         lag = partition_lag({p: max(h, self.positions[p]) for p, h in high.items()}, self.positions,
                             topic=self.cfg.monitor_topic)
-        return {"state": "running" if lag["messages"] else "idle", "lag": lag,
+        busy = lag["messages"] or self.recorded > getattr(self, "_recorded_seen", 0)
+        self._recorded_seen = self.recorded
+        return {"state": "running" if busy else "idle", "lag": lag,
                 "counts": {"windows": self.recorded, "periods": self.periods}}
 
     def close(self) -> None:

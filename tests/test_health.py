@@ -1,0 +1,339 @@
+"""Service health: heartbeat messages, stale detection, rate-limited librdkafka logs (unit), and heartbeats of a
+real processor on the real broker, read back by ``dtlive status`` (which marks a killed processor stale)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from dtlive.config import load_config
+from dtlive.health import (
+    STATUS_SCHEMA,
+    Heartbeat,
+    ServiceHealth,
+    StatusReader,
+    parse_status,
+    partition_lag,
+    rates_between,
+    status_message,
+    status_table,
+)
+from dtlive.kafka import LIBRDKAFKA_LOG, RateLimit, client_config, consumer_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def beat(seq, t, service="processor", pid=1, state="running", run_id="r", interval_s=2.0, **kw):
+    return status_message(service, run_id=run_id, state=state, seq=seq, now=t, host="h", pid=pid,
+                          interval_s=interval_s, **kw)
+
+
+def wait_for(condition, timeout: float, every: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = condition()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"{what} not met within {timeout} s")
+
+
+# ------------------------------------------------------------------------------------------------ pure
+
+
+def test_status_message_carries_identity_state_lag_rates_errors():
+    lag = partition_lag({0: 500, 1: 40}, {0: 400, 1: 40}, newest_orbit={0: 1000, 1: 2000}, orbit_epoch=1000.0,
+                        now=1002.0, topic="dt.hits")
+    msg = beat(7, 1001.5, lag=lag, rates={"messages_per_s": 1234.5678}, counts={"messages": 9},
+               errors={"consume": 2, "windows": 1}, last_error={"text": "boom", "time": 1000.0},
+               config_hash="abc", started_at=1000.0)
+    assert msg["schema"] == STATUS_SCHEMA and msg["instance"] == "processor@h:1" and msg["seq"] == 7
+    assert msg["uptime_s"] == 1.5 and msg["config_hash"] == "abc" and msg["version"]
+    assert msg["lag"]["messages"] == 100 and msg["lag"]["partitions"]["1"]["messages"] == 0
+    # event-time lag: wall clock minus the end of the newest orbit read on the partition
+    orbit_s = 3564 * 25e-9
+    assert msg["lag"]["partitions"]["0"]["seconds"] == pytest.approx(2.0 - 1001 * orbit_s, abs=1e-3)
+    assert msg["lag"]["seconds"] == pytest.approx(2.0 - 1001 * orbit_s, abs=1e-3)  # the worst partition
+    assert msg["rates"] == {"messages_per_s": 1234.568} and msg["errors_total"] == 3
+    assert parse_status(json.dumps(msg).encode()) == json.loads(json.dumps(msg))
+    with pytest.raises(ValueError, match="unknown state"):
+        beat(0, 0.0, state="sleeping")
+    for bad in (b"not json", b'{"schema": "dtlive.monitor/1", "time": 1}', b'{"schema": "dtlive.status/1"}', b"[]"):
+        with pytest.raises(ValueError):
+            parse_status(bad)
+    assert partition_lag({0: 5}, {})["seconds"] is None  # no epoch known: messages only
+    assert rates_between({"rows": 100}, {"rows": 300}, 4.0) == {"rows_per_s": 50.0}
+    assert rates_between({"rows": 100}, {"rows": 300}, 0.0) == {}
+
+
+def test_stale_after_three_intervals_unless_stopped():
+    health = ServiceHealth()
+    health.add([beat(i, 100.0 + 2 * i) for i in range(5)] + [beat(0, 100.0, service="recorder", pid=2)])
+    rows = {r["service"]: r for r in health.rows(now=109.0)}  # processor: last beat 108; recorder: 100
+    assert not rows["processor"]["stale"] and rows["processor"]["alarm"] is None
+    assert rows["recorder"]["stale"] and rows["recorder"]["state"] == "stale"
+    assert "no heartbeat for 9 s" in rows["recorder"]["alarm"]
+    assert not ServiceHealth().rows(now=0.0)
+    assert health.rows(now=114.1)[0]["stale"] and not ServiceHealth().alarms(now=0.0)
+    assert not [r for r in health.rows(now=113.9) if r["service"] == "processor"][0]["stale"]  # 5.9 s < 3 x 2 s
+    health.add([beat(1, 101.0, service="recorder", pid=2, state="stopped")])
+    stopped = [r for r in health.rows(now=200.0) if r["service"] == "recorder"][0]
+    assert stopped["state"] == "stopped" and not stopped["stale"] and stopped["alarm"] is None
+    assert health.add([beat(1, 101.0, service="recorder", pid=2, state="stopped")]) == 0  # a repeat
+    assert ServiceHealth(forget_after_s=60).add([beat(0, 0.0)]) == 1
+    forgetful = ServiceHealth(forget_after_s=60)
+    forgetful.add([beat(0, 0.0)])
+    assert forgetful.rows(now=61.0) == []
+
+
+def test_irregular_and_error_states_raise_alarms():
+    gaps = ServiceHealth()
+    gaps.add([beat(0, 100.0), beat(1, 102.0), beat(2, 107.0), beat(3, 109.0)])  # a 5 s gap at 2 s intervals
+    row = gaps.rows(now=110.0)[0]
+    assert row["irregular"] and not row["stale"] and "gap 5.0 s" in row["alarm"]
+    lost = ServiceHealth()
+    lost.add([beat(0, 100.0), beat(1, 102.0), beat(3, 103.9)])  # seq 2 never arrived
+    assert "1 missing" in lost.rows(now=104.0)[0]["alarm"]
+    steady = ServiceHealth()
+    steady.add([beat(i, 100.0 + 2.1 * i) for i in range(8)])
+    assert steady.alarms(now=115.0) == []
+    restarted = ServiceHealth()  # a new run of the same pid starts its sequence again: not a gap
+    restarted.add([beat(5, 100.0, run_id="a"), beat(0, 101.0, run_id="b"), beat(1, 103.0, run_id="b")])
+    assert restarted.alarms(now=104.0) == []
+    bad = ServiceHealth()
+    bad.add([beat(0, 100.0, state="degraded", last_error={"text": "consume error: broker down", "time": 99.0})])
+    assert bad.alarms(now=100.5) == ["processor on h (pid 1): degraded: consume error: broker down"]
+    table = status_table(bad.rows(now=100.5) + gaps.rows(now=120.0))
+    assert "DEGRADED" in table and "STALE" in table and "<- no heartbeat for 11 s" in table
+
+
+class FakeProducer:
+    """Records what a Heartbeat produces; can refuse like a full local queue."""
+
+    def __init__(self, full=False):
+        self.sent, self.full, self.flushed = [], full, 0
+
+    def produce(self, topic, value, key=None, headers=None, on_delivery=None):
+        if self.full:
+            raise BufferError("queue full")
+        self.sent.append((topic, json.loads(value)))
+
+    def poll(self, timeout=0):
+        return 0
+
+    def flush(self, timeout=0):
+        self.flushed += 1
+        return 0
+
+
+def test_heartbeat_publishes_at_most_every_interval_with_rates_then_stopped():
+    cfg = load_config({"status_topic": "st"}, env={})
+    clock = iter(float(t) for t in range(1000, 2000)).__next__
+    logger = logging.getLogger(f"dtlive.test-{uuid.uuid4().hex[:6]}")
+    hb = Heartbeat("recorder", cfg, "127.0.0.1:9", producer=FakeProducer(), clock=clock, watch=(logger.name,),
+                   create_topic=False)
+    assert [m["state"] for _, m in hb.producer.sent] == ["starting"]
+    calls = []
+
+    def fields():
+        calls.append(1)
+        return {"counts": {"windows": 10 * len(calls)}, "state": "running"}
+
+    sent = [hb.maybe(now, fields) for now in (0.0, 0.5, 1.9, 2.0, 3.0, 4.1)]
+    assert sent == [True, False, False, True, False, True] and len(calls) == 3  # fields only when due
+    logger.warning("lost the broker")
+    hb.maybe(6.2, fields)
+    msgs = [m for _, m in hb.producer.sent]
+    assert [m["seq"] for m in msgs] == [0, 1, 2, 3, 4] and {t for t, _ in hb.producer.sent} == {"st"}
+    assert msgs[2]["rates"]["windows_per_s"] == pytest.approx(10.0)  # +10 windows in 1 s of the fake clock
+    assert msgs[4]["errors"]["log_warnings"] == 1 and "lost the broker" in msgs[4]["last_error"]["text"]
+    hb.close(fields=fields)
+    assert msgs[-1]["state"] != "stopped" and hb.producer.sent[-1][1]["state"] == "stopped"
+    assert hb.producer.flushed == 1 and not hb.maybe(100.0, fields)
+    logger.warning("after close: not counted")
+    full = Heartbeat("emulator", cfg, "127.0.0.1:9", producer=FakeProducer(full=True), create_topic=False)
+    full.maybe(0.0)
+    full.producer.full = False
+    full.maybe(5.0)
+    assert full.producer.sent[-1][1]["errors"]["status_publish"] == 2  # "starting" and one beat were dropped
+
+
+# ------------------------------------------------------------------------------------- against the real world
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nobody listens once the socket is closed
+
+
+def test_dead_broker_gives_a_handful_of_log_lines_not_hundreds():
+    from confluent_kafka import Consumer, Producer
+
+    cfg = load_config({}, env={})
+    dead = f"127.0.0.1:{closed_port()}"
+    limiter = RateLimit(every_s=30)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    old_filters = LIBRDKAFKA_LOG.filters[:]
+    for f in old_filters:
+        LIBRDKAFKA_LOG.removeFilter(f)
+    LIBRDKAFKA_LOG.addFilter(limiter)
+    LIBRDKAFKA_LOG.addHandler(handler)
+    try:
+        consumer = Consumer(consumer_config(cfg, dead, group_id="g-dead"))
+        consumer.subscribe(["nowhere"])
+        producer = Producer(client_config(cfg, dead))
+        producer.produce("nowhere", b"x")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            consumer.consume(10, 0.1)
+            producer.poll(0.05)
+        consumer.close()
+        producer.purge()
+        producer.flush(1)
+    finally:
+        LIBRDKAFKA_LOG.removeHandler(handler)
+        LIBRDKAFKA_LOG.removeFilter(limiter)
+        for f in old_filters:
+            LIBRDKAFKA_LOG.addFilter(f)
+    texts = [r.getMessage() for r in records]
+    assert 1 <= len(records) <= 5, texts  # librdkafka logs ~20 connect failures a second here
+    assert any("Connection refused" in t for t in texts), texts
+    assert limiter.suppressed >= 20, texts  # the limiter did the work, librdkafka did not go quiet by itself
+
+
+def test_heartbeat_never_blocks_or_raises_while_the_broker_is_away():
+    cfg = load_config({"status_topic": "st", "status_interval_s": 0.2}, env={})
+    hb = Heartbeat("processor", cfg, f"127.0.0.1:{closed_port()}")  # creating the topic fails: counted
+    slowest, beats = 0.0, 0
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        t0 = time.monotonic()
+        beats += hb.maybe(t0, counts={"messages": beats})
+        slowest = max(slowest, time.monotonic() - t0)
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    hb.close()
+    assert beats >= 10 and slowest < 0.05 and time.monotonic() - t0 < 3.0
+    assert hb.publish_errors >= 1 and "status topic" in hb.last_publish_error["text"]
+
+
+@pytest.fixture
+def health_topics(topics):
+    return {**topics, "status_topic": f"status-{uuid.uuid4().hex[:8]}"}
+
+
+def test_processor_heartbeats_every_2s_with_lag_and_rates(broker, health_topics):
+    from confluent_kafka import Producer
+
+    from dtlive.emulator import emulate, simulated_chunks
+    from dtlive.kafka import ensure_topics
+    from dtlive.processor import Processor
+
+    cfg = load_config({"bootstrap": broker, **health_topics}, env={})
+    ensure_topics(cfg, broker, [cfg.hits_topic])
+    stop = threading.Event()
+    feed = threading.Thread(target=emulate, args=(Producer({"bootstrap.servers": broker, "linger.ms": 5}),
+                                                  cfg.hits_topic, simulated_chunks(seed=1, rows_per_s=2000)),
+                            kwargs={"rate": 2000, "progress": False, "stop": stop.is_set}, daemon=True)
+    feed.start()
+    proc = Processor(cfg, broker, from_beginning=True)
+    runner = threading.Thread(target=proc.run, daemon=True)
+    runner.start()
+    reader = StatusReader(cfg, broker, since_s=120)
+    seen: list[dict] = []
+    try:
+        def enough():
+            seen.extend(m for m in reader.read(timeout=1.0) if m["run_id"] == proc.run_id)
+            running = [m for m in seen if m["state"] in ("running", "idle")]
+            return len(running) >= 5 and running[-1]["rates"].get("messages_per_s", 0) > 0
+        wait_for(enough, 60, every=0.5, what="5 processor heartbeats with an input rate")
+    finally:
+        proc.stop()
+        runner.join(30)
+        stop.set()
+        feed.join(10)
+        proc.close()
+    seen.extend(m for m in reader.read(timeout=3.0) if m["run_id"] == proc.run_id)
+    reader.close()
+    assert seen[0]["state"] == "starting" and seen[-1]["state"] == "stopped"
+    assert [m["seq"] for m in seen] == list(range(len(seen)))  # none lost
+    beats = [m for m in seen if m["state"] in ("running", "idle", "degraded")]
+    gaps = [b["time"] - a["time"] for a, b in zip(beats[:-1], beats[1:])]
+    assert all(1.9 <= g <= 4.0 for g in gaps), gaps  # every ~2 s (a loaded machine may add a poll's worth)
+    last = beats[-1]
+    assert last["service"] == "processor" and last["pid"] == os.getpid() and last["config_hash"] == cfg.config_hash
+    assert last["lag"]["topic"] == cfg.hits_topic and set(last["lag"]["partitions"]) == {"0"}
+    assert last["lag"]["partitions"]["0"]["seconds"] is not None and last["lag"]["seconds"] < 30
+    assert last["lag"]["messages"] < 2000 * 10  # keeping up: less than 10 s of input waiting
+    assert 500 < last["rates"]["messages_per_s"] < 5000 and last["counts"]["messages"] > 0
+    assert seen[-1]["counts"]["messages"] == proc.source.messages
+
+
+def run_cli(args, env, timeout=60):
+    return subprocess.run([sys.executable, "-m", "dtlive.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def test_dtlive_status_shows_the_processor_then_marks_it_stale_after_kill(broker, health_topics):
+    from dtlive.kafka import ensure_topics
+
+    cfg = load_config({"bootstrap": broker, **health_topics}, env={})
+    ensure_topics(cfg, broker, [cfg.hits_topic])
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DTLIVE_BOOTSTRAP": broker,
+           "DTLIVE_STATUS_TOPIC": cfg.status_topic, "DTLIVE_HITS_TOPIC": cfg.hits_topic,
+           "DTLIVE_MONITOR_TOPIC": cfg.monitor_topic, "DTLIVE_REJECTED_TOPIC": cfg.rejected_topic,
+           "DTLIVE_GROUP_ID": cfg.group_id}
+    proc = subprocess.Popen([sys.executable, "-m", "dtlive.cli", "process", "--no-ledger"], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        def alive():
+            out = run_cli(["status", "--json"], env)
+            rows = json.loads(out.stdout) if out.stdout.strip() else []
+            mine = [r for r in rows if r["pid"] == proc.pid and r["state"] in ("running", "idle")]
+            return (out, mine) if out.returncode == 0 and mine else None
+        out, rows = wait_for(alive, 60, every=0.5, what="dtlive status showing the processor alive")
+        assert rows[0]["service"] == "processor" and rows[0]["lag_messages"] == 0 and not rows[0]["stale"]
+        table = run_cli(["status"], env)
+        assert table.returncode == 0 and "processor" in table.stdout and str(proc.pid) in table.stdout
+        assert "STALE" not in table.stdout
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        killed = time.monotonic()
+
+        def stale():
+            out = run_cli(["status"], env)
+            return out if out.returncode == 1 and "STALE" in out.stdout else None
+        out = wait_for(stale, 30, every=0.5, what="dtlive status marking the killed processor stale")
+        assert time.monotonic() - killed >= 5.0  # not before 3 intervals of 2 s
+        line = [ln for ln in out.stdout.splitlines() if str(proc.pid) in ln][0]
+        assert "processor" in line and "STALE" in line and "no heartbeat for" in line
+        rows = json.loads(run_cli(["status", "--json"], env).stdout)
+        assert [r["state"] for r in rows if r["pid"] == proc.pid] == ["stale"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_dtlive_status_without_heartbeats_says_so_and_fails(broker):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DTLIVE_BOOTSTRAP": broker,
+           "DTLIVE_STATUS_TOPIC": f"status-none-{uuid.uuid4().hex[:8]}"}
+    out = run_cli(["status"], env)
+    assert out.returncode == 1 and "no service heartbeats" in out.stderr and "Traceback" not in out.stderr
+    help_text = run_cli(["status", "--help"], env).stdout
+    assert "STALE" in help_text and "--watch" in help_text and "Exit status" in help_text
