@@ -205,7 +205,7 @@ class ServiceHealth:
         gaps = [b["time"] - a["time"] for a, b in zip(run[:-1], run[1:])]
         lost = sum(max(int(b.get("seq", 0)) - int(a.get("seq", 0)) - 1, 0) for a, b in zip(run[:-1], run[1:]))
         long_gap = max(gaps, default=0.0) > self.irregular_factor * interval
-        irregular = not stale and (long_gap or lost > 0)
+        irregular = not (stale or stopped) and (long_gap or lost > 0)
         lag = last.get("lag") or {}
         alarm = None
         if stale:

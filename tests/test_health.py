@@ -337,3 +337,51 @@ def test_dtlive_status_without_heartbeats_says_so_and_fails(broker):
     assert out.returncode == 1 and "no service heartbeats" in out.stderr and "Traceback" not in out.stderr
     help_text = run_cli(["status", "--help"], env).stdout
     assert "STALE" in help_text and "--watch" in help_text and "Exit status" in help_text
+
+
+# ------------------------------------------------------------------------------------------------ dashboard
+
+
+def test_dashboard_health_panel_updates_in_process_and_alarms_on_a_missing_heartbeat():
+    from dtlive.widgets import Dashboard
+
+    dash = Dashboard(bootstrap="127.0.0.1:9", start=False)
+    assert "NO SERVICE HEARTBEATS" in dash.services.widget.value
+    t = time.time()
+    dash.add_heartbeats([beat(0, t - 1.0, service="processor", pid=11, lag=partition_lag({0: 7}, {0: 5})),
+                         beat(0, t - 0.5, service="recorder", pid=12, rates={"windows_per_s": 0.5})])
+    html_ok = dash.services.widget.value
+    assert "SERVICES OK (2)" in html_ok and "data-state='running'" in html_ok and "2 msgs" in html_ok
+    assert "windows 0.5/s" in html_ok and dash.services.alarms == []
+    dash.services.refresh(now=t + 6.5)  # the processor's last heartbeat is 7.5 s old: > 3 intervals of 2 s
+    assert dash.services.alarms == ["processor on h (pid 11): no heartbeat for 8 s",
+                                    "recorder on h (pid 12): no heartbeat for 7 s"]
+    assert "ALARM" in dash.services.widget.value and "data-state='stale'" in dash.services.widget.value
+    dash.add_heartbeats([beat(1, t + 6.0, service="recorder", pid=12, state="stopped")])
+    dash.services.refresh(now=t + 6.5)
+    assert dash.services.alarms == ["processor on h (pid 11): no heartbeat for 8 s"]
+    assert "data-state='stopped'" in dash.services.widget.value
+
+
+def test_dashboard_shows_a_live_service_then_alarms_when_its_heartbeat_stops(broker, monkeypatch):
+    from dtlive.widgets import Dashboard
+
+    topic = f"status-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("DTLIVE_STATUS_TOPIC", topic)
+    cfg = load_config({"bootstrap": broker, "status_topic": topic, "status_interval_s": 0.5}, env={})
+    hb = Heartbeat("recorder", cfg, broker)
+    dash = Dashboard(bootstrap=broker, status_every_s=0.25)
+    try:
+        def shown_alive():
+            hb.maybe(None, state="running", counts={"windows": 1})
+            return "SERVICES OK (1)" in dash.services.widget.value and "data-state='running'" in \
+                dash.services.widget.value
+        wait_for(shown_alive, 30, every=0.1, what="the dashboard showing the recorder alive")
+        stopped = time.monotonic()  # the service's loop "hangs": no more heartbeats
+        wait_for(lambda: dash.services.alarms, 15, every=0.1, what="an alarm for the missing heartbeat")
+        assert time.monotonic() - stopped >= 1.0  # not before 3 intervals of 0.5 s (give or take one interval)
+        assert "no heartbeat for" in dash.services.alarms[0] and "ALARM" in dash.services.widget.value
+        assert "data-state='stale'" in dash.services.widget.value and dash.status_feed.broker_ok
+    finally:
+        dash.stop()
+        hb.close()
