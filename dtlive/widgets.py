@@ -354,7 +354,7 @@ def health_html(rows: list[dict], alarms: list[str]) -> str:
         state = str(r["state"]).upper() if bad else str(r["state"])
         cells.append(
             f"<tr class='dtlive-health-row' data-service='{html.escape(str(r['service']))}' "
-            f"data-state='{html.escape(str(r['state']))}' style='{style}'>"
+            f"data-pid='{r['pid']}' data-state='{html.escape(str(r['state']))}' style='{style}'>"
             f"<td>{html.escape(str(r['service']))}</td><td>{html.escape(str(r['host']))}:{r['pid']}</td>"
             f"<td class='dtlive-health-state'>{html.escape(state)}</td><td>{r['age_s']:.0f} s ago</td>"
             f"<td>{html.escape(lag)}</td>"
