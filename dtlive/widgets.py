@@ -361,7 +361,8 @@ def health_html(rows: list[dict], alarms: list[str]) -> str:
             f"<td>{html.escape(rate)}</td>"
             f"<td>{r.get('errors_total', 0)}</td></tr>")
     table = ("<table style='font-size:12px;border-spacing:12px 0'><tr><th>service</th><th>host:pid</th>"
-             "<th>state</th><th>heartbeat</th><th>input lag</th><th>rate</th><th>errors</th></tr>" + "".join(cells) + "</table>") if cells else ""
+             "<th>state</th><th>heartbeat</th><th>input lag</th><th>rate</th><th>errors</th></tr>"
+             + "".join(cells) + "</table>") if cells else ""
     return (f"<div class='dtlive-health-line' style='font-family:sans-serif;font-size:13px'><b>services</b> "
             f"<span class='dtlive-health-badge' style='background:{color};color:white;padding:2px 8px;"
             f"border-radius:3px'>{html.escape(badge)}</span>{table}</div>")
