@@ -337,6 +337,7 @@ class Heartbeat:
             "socket.connection.setup.timeout.ms": 2000,
             "reconnect.backoff.max.ms": 2000,
             "enable.idempotence": False,
+            "allow.auto.create.topics": False,  # never the broker's default partition count: created here
         }))
 
     def _ensure_topic(self, wait: bool = False) -> None:
@@ -364,13 +365,10 @@ class Heartbeat:
             self.sent += 1
             return
         self._failed(f"status heartbeat not delivered: {err}")
-        from confluent_kafka import KafkaError
-
-        if err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
-            now = time.monotonic()
-            if now - self._topic_checked > 10.0:  # a restarted broker lost its topics: create it again
-                self._topic_checked = now
-                self._ensure_topic()
+        now = time.monotonic()
+        if now - self._topic_checked > 10.0:  # a restarted broker may have lost its topics: create it again
+            self._topic_checked = now
+            self._ensure_topic()
 
     def message(self, state: str = "running", counts: Mapping[str, int] | None = None,
                 errors: Mapping[str, int] | None = None, **fields) -> dict:

@@ -385,3 +385,98 @@ def test_dashboard_shows_a_live_service_then_alarms_when_its_heartbeat_stops(bro
     finally:
         dash.stop()
         hb.close()
+
+
+# ------------------------------------------------------------------------------------ the other services
+
+
+def test_recorder_listener_and_emulator_publish_heartbeats(broker, health_topics, tmp_path):
+    from confluent_kafka import Producer
+
+    from dtlive.alerts.listener import AlertListener
+    from dtlive.alerts.workers import WorkerPool
+    from dtlive.emulator import emulate, simulated_chunks
+    from dtlive.history import HistoryStore
+    from dtlive.kafka import ensure_topics
+    from dtlive.ledger import Ledger
+    from dtlive.recorder import Recorder
+
+    tag = uuid.uuid4().hex[:8]
+    cfg = load_config({"bootstrap": broker, **health_topics, "quality_topic": f"dq-{tag}",
+                       "analyses_topic": f"an-{tag}", "alerts_rejected_topic": f"arej-{tag}",
+                       "alerts_group_id": f"al-{tag}", "alert_topics": f"gcn.notices.h{tag}.*",
+                       "status_interval_s": 0.5}, env={})
+    ensure_topics(cfg, broker, [cfg.hits_topic])
+    hb = Heartbeat("emulator", cfg, broker)
+    stats = emulate(Producer({"bootstrap.servers": broker, "linger.ms": 5}), cfg.hits_topic,
+                    simulated_chunks(seed=2, rows_per_s=2000), rate=2000, limit=5000, progress=False, heartbeat=hb)
+    hb.close(counts={"rows": stats.rows, "messages": stats.messages})
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    rec = Recorder(cfg, broker, ledger=ledger, history=HistoryStore(tmp_path / "history"))
+    rec.run(max_seconds=2.5)
+    rec.close()
+    listener = AlertListener(cfg, broker, ledger=ledger, pool=WorkerPool(1, preload=()),
+                             artifacts_dir=tmp_path / "artifacts")
+    try:
+        listener.run(max_seconds=2.5)
+    finally:
+        listener.close()
+    reader = StatusReader(cfg, broker, since_s=300)
+    msgs = reader.read(timeout=5)
+    reader.close()
+    for service in ("emulator", "recorder", "alerts"):
+        mine = [m for m in msgs if m["service"] == service]
+        assert mine[0]["state"] == "starting" and mine[-1]["state"] == "stopped", [m["state"] for m in mine]
+        assert [m["seq"] for m in mine] == list(range(len(mine))) and len(mine) >= 5, service  # 2.5 s at 0.5 s
+        assert {m["pid"] for m in mine} == {os.getpid()} and len({m["run_id"] for m in mine}) == 1
+    emu = [m for m in msgs if m["service"] == "emulator"]
+    assert emu[-1]["counts"] == {"rows": 5000, "messages": 5000}
+    assert all(1000 < m["rates"]["rows_per_s"] < 3000 for m in emu[2:-1]), [m["rates"] for m in emu]
+    recorder = [m for m in msgs if m["service"] == "recorder"]
+    assert recorder[-1]["lag"]["topic"] == cfg.monitor_topic and recorder[-1]["lag"]["messages"] == 0
+
+
+def test_heartbeats_survive_a_broker_restart(tmp_path):
+    """The broker goes away (heartbeats fail, counted; the loop never waits), then a new one on the same port
+    (the embedded broker keeps topics in memory: the status topic is gone): heartbeats resume on a re-created
+    status topic, and say how many were lost."""
+    from conftest import free_port
+
+    from dtlive.broker import EmbeddedBroker
+    from dtlive.kafka import partition_ends
+
+    port = free_port()
+    first = EmbeddedBroker(port=port, state_dir=tmp_path / "a").start()
+    cfg = load_config({"bootstrap": first.bootstrap, "status_topic": "st-restart", "status_interval_s": 0.2},
+                      env={})
+    hb = Heartbeat("processor", cfg, first.bootstrap)
+    second = None
+    try:
+        wait_for(lambda: hb.maybe(None) and hb.sent >= 3, 20, every=0.05, what="heartbeats delivered")
+        first.stop()
+        slowest, deadline = 0.0, time.monotonic() + 4
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            hb.maybe(t0)
+            slowest = max(slowest, time.monotonic() - t0)
+            time.sleep(0.02)
+        assert slowest < 0.05
+        sent_before = hb.sent
+        second = EmbeddedBroker(port=port, state_dir=tmp_path / "b").start()
+        assert partition_ends(cfg, second.bootstrap, "st-restart", timeout=5) == {}  # the topic died with the broker
+
+        def resumed():
+            hb.maybe(None)
+            return hb.sent > sent_before + 3
+        wait_for(resumed, 60, every=0.05, what="heartbeats delivered again after the restart")
+        assert hb.publish_errors >= 1
+        reader = StatusReader(cfg, second.bootstrap, since_s=60)
+        got = reader.read(timeout=5)
+        reader.close()
+        assert got and got[-1]["errors"]["status_publish"] >= 1 and got[-1]["last_error"]["text"]
+        assert partition_ends(cfg, second.bootstrap, "st-restart", timeout=5).keys() == {0}  # created, 1 partition
+    finally:
+        hb.close(timeout=1)
+        first.stop()
+        if second is not None:
+            second.stop()
