@@ -750,6 +750,8 @@ def cmd_alerts(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from confluent_kafka import KafkaException
+
     from dtlive.health import ERROR_STATES, ServiceHealth, StatusReader, status_table
     from dtlive.kafka import resolve_bootstrap
 
@@ -759,7 +761,14 @@ def cmd_status(args) -> int:
     code = 1
     try:
         while True:
-            health.add(reader.read())
+            try:
+                health.add(reader.read())
+            except KafkaException as exc:  # the broker is away: say so; --watch keeps trying
+                reader.close()
+                err = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+                print(f"dtlive status: error: broker {bootstrap} unreachable: {err}", file=sys.stderr, flush=True)
+                if not args.watch:
+                    return 1
             now = time.time()
             rows = [r for r in health.rows(now) if now - r["time"] <= max(args.since, 3 * r["interval_s"] + 1)]
             code = 0 if rows and not any(r["stale"] or r["reported_state"] in ERROR_STATES for r in rows) else 1

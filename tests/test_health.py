@@ -335,6 +335,9 @@ def test_dtlive_status_without_heartbeats_says_so_and_fails(broker):
            "DTLIVE_STATUS_TOPIC": f"status-none-{uuid.uuid4().hex[:8]}"}
     out = run_cli(["status"], env)
     assert out.returncode == 1 and "no service heartbeats" in out.stderr and "Traceback" not in out.stderr
+    away = run_cli(["--bootstrap", f"127.0.0.1:{closed_port()}", "status"], env)
+    assert away.returncode == 1 and "unreachable" in away.stderr and "Traceback" not in away.stderr
+    assert len(away.stderr.strip().splitlines()) <= 3, away.stderr  # the error, and at most a librdkafka line or two
     help_text = run_cli(["status", "--help"], env).stdout
     assert "STALE" in help_text and "--watch" in help_text and "Exit status" in help_text
 
