@@ -6,6 +6,8 @@ a shifter wants: the ``last`` window, the ``cumulative`` sum since the last rese
 :class:`ResultsFeed` is the thin I/O shell: one background thread with its own consumer
 that starts from the newest windows (a short backfill, so a view is never empty), hands
 parsed messages to a callback, and reports plainly when the broker or the data is gone.
+The same feed follows the services' heartbeats on ``dt.status`` (``parse=dtlive.health.parse_status``);
+:class:`dtlive.health.ServiceHealth` is their pure state (who is alive, stale or irregular).
 
 >>> from dtlive.messages import encode_message, decode_message
 >>> from dtlive.products import compute_products
