@@ -164,6 +164,28 @@ def rates_between(before: Mapping[str, float], after: Mapping[str, float], secon
     return {f"{k}_per_s": max(float(v) - float(before.get(k, 0)), 0.0) / seconds for k, v in after.items()}
 
 
+@dataclass
+class Progress:
+    """How long input has been waiting while nothing was consumed (pure; fed at every heartbeat).
+
+    >>> p = Progress()
+    >>> p.stalled_s(consumed=10, waiting=5, now=0.0), p.stalled_s(10, 5, 4.0), p.stalled_s(11, 5, 6.0)
+    (0.0, 4.0, 0.0)
+    >>> p.stalled_s(11, 0, 9.0), p.stalled_s(11, 3, 10.0)
+    (0.0, 1.0)
+    """
+
+    consumed: int | None = None
+    since: float = 0.0
+
+    def stalled_s(self, consumed: int, waiting: int, now: float) -> float:
+        """Seconds since the last progress, if ``waiting`` messages wait and ``consumed`` has not moved; else 0."""
+        if consumed != self.consumed or not waiting:
+            self.consumed, self.since = consumed, now
+            return 0.0
+        return now - self.since
+
+
 # ----------------------------------------------------------------------------------------------- who is alive
 
 

@@ -512,3 +512,49 @@ def test_dask_processor_publishes_heartbeats_with_lag(broker, health_topics):
     assert set(last["lag"]["partitions"]) == {"0", "1"} and last["lag"]["messages"] == 0  # all read at the end
     sent = sum(high - low for low, high in partition_ends(cfg, broker, cfg.hits_topic).values())
     assert last["counts"]["messages"] == proc.messages == sent > 0 and last["detail"]["actors"] == 1
+
+
+def test_a_processor_that_stops_consuming_with_input_waiting_says_degraded(broker, health_topics):
+    """The loop keeps running (so the heartbeat does) but nothing is consumed while input waits, as when a consumer
+    loses its fetches: the heartbeat says degraded, how much waits and for how long; consuming again clears it."""
+    from confluent_kafka import Producer
+
+    from dtlive.kafka import ensure_topics
+    from dtlive.processor import Processor
+
+    cfg = load_config({"bootstrap": broker, **health_topics, "status_interval_s": 0.5}, env={})
+    ensure_topics(cfg, broker, [cfg.hits_topic])
+    proc = Processor(cfg, broker)
+    runner = threading.Thread(target=proc.run, daemon=True)
+    runner.start()
+    reader = StatusReader(cfg, broker, since_s=120)
+    seen: list[dict] = []
+
+    def beat_where(check, timeout):
+        def found():
+            seen.extend(reader.read(timeout=0.5))
+            return next((m for m in reversed(seen) if m["run_id"] == proc.run_id and check(m)), None)
+        return wait_for(found, timeout, every=0.1, what="a heartbeat")
+
+    try:
+        beat_where(lambda m: m["state"] == "idle", 30)
+        assignment = proc.source.consumer.assignment()
+        proc.source.consumer.pause(assignment)
+        producer = Producer({"bootstrap.servers": broker})
+        for i in range(300):
+            producer.produce(cfg.hits_topic, f"2,0,5,{1000 + i},0,0".encode())
+        producer.flush(10)
+        stuck = beat_where(lambda m: m["state"] == "degraded", 30)
+        assert stuck["lag"]["messages"] == 300 and stuck["detail"]["stalled_s"] > 1.0
+        assert "300 input messages waiting, none consumed for" in stuck["last_error"]["text"]
+        health = ServiceHealth()
+        health.add([stuck])
+        assert "degraded: 300 input messages waiting" in health.alarms(now=stuck["time"])[0]
+        proc.source.consumer.resume(assignment)
+        caught_up = beat_where(lambda m: m["state"] != "degraded" and m["seq"] > stuck["seq"], 30)
+        assert caught_up["lag"]["messages"] == 0 and caught_up["counts"]["messages"] == 300
+    finally:
+        proc.stop()
+        runner.join(30)
+        proc.close()
+        reader.close()
