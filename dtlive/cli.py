@@ -229,6 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--topic", help="topic (default: from the notice's $schema, e.g. gcn.notices.swift.bat.guano)")
     se.add_argument("--trigger-time", help="ISO UTC or UNIX seconds (default: now)")
 
+    st = sub.add_parser(
+        "status", help="which services are alive: their heartbeats as a table, stale ones marked",
+        description="Read the service heartbeats (dtlive.status/1) of the last --since seconds from the status "
+        "topic (dt.status) and print one row per service instance: service, host, pid, state, age of its last "
+        "heartbeat, input lag (messages and seconds of event time), rates, errors and the last error. A service "
+        "with no heartbeat for more than 3 of its intervals is STALE (stuck or dead); one whose heartbeats come "
+        "with gaps or go missing is marked irregular. Exit status: 0 when every service is alive and well, 1 when "
+        "any is stale or reports an error state (degraded, failed), or none was heard from: usable in scripts.")
+    st.add_argument("--json", action="store_true", help="JSON rows instead of a table")
+    st.add_argument("--watch", action="store_true", help="refresh every 2 s until Ctrl-C")
+    st.add_argument("--since", type=duration_s, default=30.0, help="heartbeats of the last ... (default 30s)")
+
     r = sub.add_parser(
         "results",
         help="read published windows back as xarray",
@@ -295,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             "alerts": cmd_alerts,
             "results": cmd_results,
             "replay": cmd_replay,
+            "status": cmd_status,
         }[args.command](args)
     except KeyboardInterrupt:
         return 130
@@ -349,6 +362,7 @@ def cmd_emulate(args) -> int:
     bootstrap, _ = resolve_bootstrap(cfg)
     topic = args.topic or cfg.hits_topic
     ensure_topics(cfg, bootstrap, [topic], partitions=max(1, args.partitions))
+    heartbeat = _heartbeat("emulator", cfg, bootstrap)
     stats = emulate(
         _producer(cfg, bootstrap, topic_partitions(cfg, bootstrap, [topic])),
         topic,
@@ -360,13 +374,22 @@ def cmd_emulate(args) -> int:
         max_seconds=args.duration,
         partitions=args.partitions,
         key=args.key,
+        heartbeat=heartbeat,
     )
+    heartbeat.close()
     print(
         f"sent {stats.rows} rows in {stats.messages} messages to {topic} in {stats.elapsed:.2f} s "
         f"({stats.rate:,.0f} rows/s)",
         file=sys.stderr,
     )
     return 0
+
+
+def _heartbeat(service: str, cfg, bootstrap: str):
+    """The heartbeat of a service run from here whose loop is not a class of its own (the emulator)."""
+    from dtlive.health import Heartbeat
+
+    return Heartbeat(service, cfg, bootstrap, watch=(f"dtlive.{service}", "dtlive.librdkafka"))
 
 
 class Summary:
@@ -512,7 +535,8 @@ def cmd_demo(args) -> int:
             daemon=True,
             name="emulator",
             args=(_producer(cfg, bootstrap, {cfg.hits_topic: 1}), cfg.hits_topic, chunks),
-            kwargs={"rate": args.rate, "fmt": args.format, "progress": False, "stop": stop.is_set},
+            kwargs={"rate": args.rate, "fmt": args.format, "progress": False, "stop": stop.is_set,
+                    "heartbeat": (emu_heartbeat := _heartbeat("emulator", cfg, bootstrap))},
         )
         emu.start()
         summary = Summary()
@@ -529,6 +553,7 @@ def cmd_demo(args) -> int:
         _serve(lambda: proc, on_tick=summary, max_seconds=args.duration)
         stop.set()
         emu.join(10)
+        emu_heartbeat.close()
         recorder.stop()
         rec.join(10)
         recorder.close()
@@ -734,6 +759,47 @@ def cmd_alerts(args) -> int:
                       max_seconds=args.duration)
     print(f"dtlive alerts: {dict(listener.counts)}", file=sys.stderr)
     return 0
+
+
+def cmd_status(args) -> int:
+    from confluent_kafka import KafkaException
+
+    from dtlive.health import ERROR_STATES, ServiceHealth, StatusReader, status_table
+    from dtlive.kafka import resolve_bootstrap
+
+    cfg = _config(args)
+    bootstrap, _ = resolve_bootstrap(cfg)
+    reader, health = StatusReader(cfg, bootstrap, since_s=args.since), ServiceHealth()
+    code = 1
+    try:
+        while True:
+            try:
+                health.add(reader.read())
+            except KafkaException as exc:  # the broker is away: say so; --watch keeps trying
+                reader.close()
+                err = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+                print(f"dtlive status: error: broker {bootstrap} unreachable: {err}", file=sys.stderr, flush=True)
+                if not args.watch:
+                    return 1
+            now = time.time()
+            rows = [r for r in health.rows(now) if now - r["time"] <= max(args.since, 3 * r["interval_s"] + 1)]
+            code = 0 if rows and not any(r["stale"] or r["reported_state"] in ERROR_STATES for r in rows) else 1
+            if args.json:
+                print(json.dumps(rows, default=str, indent=None if args.watch else 1), flush=True)
+            else:
+                if args.watch and sys.stdout.isatty():
+                    print("\033[H\033[J", end="")
+                stamp = time.strftime("%H:%M:%S UTC", time.gmtime(now))
+                print(f"{stamp}  {cfg.status_topic} on {bootstrap}\n{status_table(rows)}", flush=True)
+                if not rows:
+                    print(f"no service heartbeats in the last {args.since:g} s", file=sys.stderr)
+            if not args.watch:
+                return code
+            time.sleep(2.0)
+    except KeyboardInterrupt:
+        return code
+    finally:
+        reader.close()
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ class Config:
     alert_topics: str = "gcn.notices.*,gcn.classic.voevent.*,igwn.gwalert"  # comma-separated topic patterns
     alerts_rejected_topic: str = "dt.alerts.rejected"  # broken or unknown notices, with a reason header
     alerts_group_id: str = "dtlive-alerts"  # the listener's stable consumer group
+    status_topic: str = "dt.status"  # service heartbeats (dtlive.status/1), see dtlive.health
+    status_interval_s: float = 2.0  # seconds between a service's heartbeats; 0 switches them off
     history_retention_days: float = 0.0  # history older than this is deleted by the recorder; 0 keeps everything
     window_s: float = 2.0  # event-time window length
     lateness_s: float = 0.5  # watermark lateness allowance

@@ -221,15 +221,22 @@ class EmulatorStats:
         return self.rows / self.elapsed
 
 
+def _health(stats: EmulatorStats) -> dict:
+    """Heartbeat fields of the send loop: running totals (they become rows/s and messages/s)."""
+    return {"state": "running", "counts": {"rows": stats.rows, "messages": stats.messages}}
+
+
 def emulate(producer, topic: str, chunks: Iterator[Chunk], *, rate: float | None = 1000.0, fmt: str = "csv",
             rows_per_message: int | None = None, limit: int | None = None, max_seconds: float | None = None,
             progress: bool | None = None, stop=lambda: False, partition: int | None = None,
-            partitions: int | None = None, key: str = "fpga") -> EmulatorStats:
+            partitions: int | None = None, key: str = "fpga", heartbeat=None) -> EmulatorStats:
     """Send chunks to ``topic`` with a confluent-kafka ``producer`` at ``rate`` rows/s (None: as fast as possible).
 
     Stops after ``limit`` rows, ``max_seconds``, the end of the input, or when ``stop()`` is true.
     With ``partitions`` (> 1) the rows are spread over that many partitions by ``key`` ("fpga" or
     "chamber", see :func:`split_by_key`): each message holds rows of one key only and carries it as its key.
+    ``heartbeat``: a :class:`dtlive.health.Heartbeat` given the running totals from the send loop (the caller
+    closes it).
     """
     from tqdm import tqdm
 
@@ -263,6 +270,8 @@ def emulate(producer, topic: str, chunks: Iterator[Chunk], *, rate: float | None
                     delay = due - time.perf_counter()
                     if delay > 0.002:
                         producer.poll(0)
+                        if heartbeat is not None:
+                            heartbeat.maybe(None, lambda: _health(stats))
                         time.sleep(delay)
                 while True:
                     try:
@@ -275,6 +284,8 @@ def emulate(producer, topic: str, chunks: Iterator[Chunk], *, rate: float | None
                 if stats.messages % 1000 == 0:
                     producer.poll(0)
                     bar.update(stats.rows - bar.n)
+                    if heartbeat is not None:
+                        heartbeat.maybe(None, lambda: _health(stats))
     finally:
         producer.flush(30)
         stats.finished = time.perf_counter()

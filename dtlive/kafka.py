@@ -13,11 +13,72 @@ Extra librdkafka settings pass through from ``KAFKA_*`` variables (see :mod:`dtl
 from __future__ import annotations
 
 import logging
+import re
+import threading
 import time
 
 from dtlive.config import Config
 
 log = logging.getLogger(__name__)
+
+#: librdkafka's own log lines go to this logger (delivered by the client's poll(), consume() and flush()),
+#: each distinct line at most once per :data:`LOG_EVERY_S` seconds: a dead broker gives one clear line.
+LIBRDKAFKA_LOG = logging.getLogger("dtlive.librdkafka")
+LOG_EVERY_S = 30.0
+
+
+class RateLimit(logging.Filter):
+    """Lets a given log line through at most once per ``every_s`` seconds and says how many were held back.
+
+    Lines count as the same when they differ only in the client instance (``rdkafka#consumer-3``) and in
+    durations (``after 12ms``), so the same failure seen by several clients of a process is one line.
+
+    >>> f = RateLimit(every_s=30, clock=iter([0.0, 1.0, 2.0, 31.0]).__next__)
+    >>> rec = lambda: logging.LogRecord("k", logging.ERROR, "", 0, "%s [%s] %s",
+    ...                                 ("FAIL", "rdkafka#consumer-1", "Connect failed (after 0ms)"), None)
+    >>> [f.filter(rec()) for _ in range(3)]
+    [True, False, False]
+    >>> r = rec(); f.filter(r), r.getMessage()
+    (True, 'FAIL [rdkafka#consumer-1] Connect failed (after 0ms) (2 more like it in the last 31 s)')
+    """
+
+    _VARIABLE = re.compile(r"rdkafka#[a-z]+-\d+|\b\d+ ?ms\b|\b\d+ (?:messages?|bytes?)\b")
+
+    def __init__(self, every_s: float = LOG_EVERY_S, clock=time.monotonic, keep: int = 1000):
+        super().__init__()
+        self.every_s = every_s
+        self.clock = clock
+        self.keep = keep
+        self.suppressed = 0  # lines held back so far (all keys)
+        self._seen: dict[tuple, list] = {}  # key -> [time let through, held back since]
+        self._lock = threading.Lock()
+
+    def key(self, record: logging.LogRecord) -> tuple:
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001
+            text = str(record.msg)
+        return record.levelno, self._VARIABLE.sub("#", text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key, now = self.key(record), self.clock()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen[0] < self.every_s:
+                seen[1] += 1
+                self.suppressed += 1
+                return False
+            held = seen[1] if seen is not None else 0
+            if len(self._seen) >= self.keep:
+                self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.every_s}
+            self._seen[key] = [now, 0]
+        if held:
+            record.msg = f"{record.getMessage()} ({held} more like it in the last {now - seen[0]:.0f} s)"
+            record.args = ()
+        return True
+
+
+LIBRDKAFKA_LOG.addFilter(RateLimit())
 
 # Tuning defaults of processing consumers; KAFKA_* settings override them.
 _CONSUMER_DEFAULTS = {
@@ -59,8 +120,11 @@ def resolve_bootstrap(cfg: Config, start_embedded: bool = False):
 
 
 def client_config(cfg: Config, bootstrap: str, **extra) -> dict:
-    """librdkafka settings: the bootstrap, the KAFKA_* pass-through, then ``extra``."""
-    return {"bootstrap.servers": bootstrap, **cfg.kafka, **extra}
+    """librdkafka settings: the bootstrap, the KAFKA_* pass-through, then ``extra``.
+
+    librdkafka's log lines go through Python logging (:data:`LIBRDKAFKA_LOG`, rate-limited).
+    """
+    return {"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG, **cfg.kafka, **extra}
 
 
 def producer_config(cfg: Config, bootstrap: str, **extra) -> dict:
@@ -150,8 +214,8 @@ def consumer_config(cfg: Config, bootstrap: str, group_id: str, from_beginning: 
     >>> conf["fetch.wait.max.ms"], conf["isolation.level"], conf["fetch.queue.backoff.ms"]
     ('200', 'read_committed', 20)
     """
-    return {"bootstrap.servers": bootstrap, **_CONSUMER_DEFAULTS, **cfg.kafka, **_CONSUMER_FIXED,
-            "group.id": group_id, "auto.offset.reset": "earliest" if from_beginning else "latest"}
+    return {"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG, **_CONSUMER_DEFAULTS, **cfg.kafka,
+            **_CONSUMER_FIXED, "group.id": group_id, "auto.offset.reset": "earliest" if from_beginning else "latest"}
 
 
 def ensure_topics(cfg: Config, bootstrap: str, topics, partitions: int = 1) -> None:

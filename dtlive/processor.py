@@ -33,6 +33,7 @@ from dtlive import nodes as _nodes  # noqa: F401  (registers the node methods on
 from dtlive.config import Config, load_config  # noqa: F401  (load_config: doctest)
 from dtlive.deadletter import dead_letter
 from dtlive.decode import Reject
+from dtlive.health import Heartbeat, Progress, partition_lag
 from dtlive.heap import HeapTrimmer
 from dtlive.kafka import ClusterWatch, client_config, ensure_topics, partition_ends, producer_config
 from dtlive.messages import message_bytes
@@ -48,6 +49,21 @@ TRIM_INTERVAL_S = 30.0
 # loaded machine: 20000 -> arenas 71 -> 84 MiB; 5000 -> flat at 73 MiB). Throughput is the same (csv replay:
 # ~160-180k msgs per CPU-second either way); a daq64 call is bounded by librdkafka's queue long before.
 BATCH_SIZE = 5_000
+# Loggers whose warnings count as the processor's errors in its heartbeats (the newest is its "last error").
+HEALTH_LOGGERS = ("dtlive.processor", "dtlive.nodes", "dtlive.scale", "dtlive.librdkafka")
+
+
+def _fresh_high(source, timeout: float = 0.2) -> dict[int, int]:
+    """End offsets of the source's partitions asked of the broker (not librdkafka's cache); {} if it is away."""
+    from confluent_kafka import TopicPartition
+
+    out = {}
+    for p in source.partitions:
+        try:
+            out[p] = source.consumer.get_watermark_offsets(TopicPartition(source.topic, p), timeout=timeout)[1]
+        except Exception:  # noqa: BLE001 - the broker is away: the heartbeat says so by its errors
+            break
+    return out
 
 
 def checkpoint_topic(cfg: Config) -> str:
@@ -456,6 +472,8 @@ class Processor:
         self._stop = False
         self.input_restarts = 0
         self.trimmer = HeapTrimmer(TRIM_INTERVAL_S if trim_interval_s is None else trim_interval_s)
+        self.heartbeat = Heartbeat("processor", cfg, bootstrap, run_id=self.run_id, watch=HEALTH_LOGGERS)
+        self._progress = Progress()
         self.ledger = ledger  # a dtlive.ledger.Ledger: the run, its configuration and inputs are recorded
         if ledger is not None:
             from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
@@ -538,6 +556,7 @@ class Processor:
                     and self.broker_ready(now):
                 self.publisher.commit()
             self.trimmer.maybe(now)
+            self.heartbeat.maybe(now, self.health)
             if on_tick and now - last_tick >= 1.0:
                 on_tick(self)
                 last_tick = now
@@ -547,7 +566,39 @@ class Processor:
         self.publisher.commit()
         return self
 
+    def health(self) -> dict:
+        """Heartbeat fields (:mod:`dtlive.health`): state, input lag per partition, running totals, errors.
+
+        ``degraded`` when errors grew since the last heartbeat, or input waits while nothing is consumed.
+        """
+        src, win = self.source, self.windows
+        high = src.high_watermarks()
+        if sum(high.values()) <= sum(src.positions.get(p, 0) for p in high) and \
+                src.messages == self._progress.consumed:  # looks idle: ask the broker, the cache may be old
+            high = {**high, **_fresh_high(src)}
+        lag = partition_lag(high, src.positions, getattr(win.state, "_max_orbit", None), win.orbit_epoch,
+                            topic=self.cfg.hits_topic)
+        errors = {"consume": src.errors, "windows": win.errors}
+        failing, self._errors_seen = sum(errors.values()) > getattr(self, "_errors_seen", 0), sum(errors.values())
+        stalled = self._progress.stalled_s(src.messages, lag["messages"], time.monotonic())
+        idle = time.monotonic() - win.last_input > self.heartbeat.interval_s and not lag["messages"]
+        fields = {
+            "state": "degraded" if failing or stalled > 2 * self.heartbeat.interval_s else
+            "idle" if idle else "running",
+            "lag": lag,
+            "counts": {"messages": src.messages, "windows": self.publisher.published,
+                       "dead_letters": self.publisher.dead_lettered},
+            "errors": errors,
+            "detail": {"input": self.cfg.hits_topic, "output": self.cfg.monitor_topic, "group_id": self.cfg.group_id,
+                       "last_window": win.state.last_closed, "stalled_s": round(stalled, 1)},
+        }
+        if stalled > 2 * self.heartbeat.interval_s:
+            fields["last_error"] = {"text": f"{lag['messages']} input messages waiting, none consumed for "
+                                            f"{stalled:.0f} s", "time": time.time()}
+        return fields
+
     def close(self, status: str = "finished"):
+        self.heartbeat.close(fields=self.health)
         self.source.close()
         self.publisher.producer.flush(10)
         if self.ledger is not None:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 from dtlive.config import Config
+from dtlive.health import Heartbeat, partition_lag
 from dtlive.kafka import ClusterWatch, client_config, end_offsets, ensure_topics, producer_config
 from dtlive.messages import decode_message, iso_utc
 from dtlive.quality import Period, QualityMonitor
@@ -77,6 +78,7 @@ class Recorder:
         self._stop = False
         self._last_orbit: int | None = None
         self._last_end: float | None = None
+        self.heartbeat = Heartbeat("recorder", cfg, bootstrap, watch=("dtlive.recorder", "dtlive.librdkafka"))
 
     def stop(self, *_):
         self._stop = True
@@ -166,6 +168,7 @@ class Recorder:
         started = time.monotonic()
         while not self._stop:
             n = self.poll()
+            self.heartbeat.maybe(None, self.health)
             if on_tick:
                 on_tick(self)
             if targets is not None and all(self.positions.get(p, 0) >= t for p, t in targets.items()):
@@ -179,6 +182,21 @@ class Recorder:
             self._publish(self.quality.flush())
         return self
 
+    def health(self) -> dict:
+        """Heartbeat fields (:mod:`dtlive.health`): state, lag behind the results topic, running totals."""
+        from confluent_kafka import TopicPartition
+
+        self.producer.poll(0)  # serves its delivery reports and librdkafka log lines
+        high = {p: self.consumer.get_watermark_offsets(TopicPartition(self.cfg.monitor_topic, p), cached=True)[1]
+                for p in self.positions}
+        lag = partition_lag({p: max(h, self.positions[p]) for p, h in high.items()}, self.positions,
+                            topic=self.cfg.monitor_topic)
+        busy = lag["messages"] or self.recorded > getattr(self, "_recorded_seen", 0)
+        self._recorded_seen = self.recorded
+        return {"state": "running" if busy else "idle", "lag": lag,
+                "counts": {"windows": self.recorded, "periods": self.periods}}
+
     def close(self) -> None:
+        self.heartbeat.close(fields=self.health)
         self.consumer.close()
         self.producer.flush(10)

@@ -26,6 +26,7 @@ from dtlive.alerts.notices import Alert, NoticeError, alert_from_dict, alert_to_
 from dtlive.alerts.workers import WorkerPool
 from dtlive.config import Config
 from dtlive.deadletter import dead_letter
+from dtlive.health import Heartbeat, partition_lag
 from dtlive.kafka import ClusterWatch, client_config, ensure_topics, producer_config
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class AlertListener:
         self.by_alert: dict[tuple[str, bool], list[str]] = defaultdict(list)
         self._runs = 0
         self._stop = False
+        self.heartbeat = Heartbeat("alerts", cfg, bootstrap, watch=("dtlive.alerts", "dtlive.librdkafka"))
 
     def stop(self, *_):
         self._stop = True
@@ -274,13 +276,35 @@ class AlertListener:
         started = time.monotonic()
         while not self._stop:
             self.poll()
+            self.heartbeat.maybe(None, self.health)
             if until is not None and until(self):
                 break
             if max_seconds is not None and time.monotonic() - started > max_seconds:
                 break
         return self
 
+    def health(self) -> dict:
+        """Heartbeat fields (:mod:`dtlive.health`): state, lag of the assigned notice partitions, totals, errors."""
+        self.producer.poll(0)  # serves its delivery reports and librdkafka log lines
+        high, positions = {}, {}
+        try:
+            for tp in self.consumer.position(self.consumer.assignment()):
+                if tp.offset < 0:  # nothing read there yet
+                    continue
+                key = f"{tp.topic}/{tp.partition}"
+                high[key] = max(self.consumer.get_watermark_offsets(tp, cached=True)[1], tp.offset)
+                positions[key] = tp.offset
+        except Exception:  # noqa: BLE001 - no assignment yet (group joining) or the broker is away
+            pass
+        counts = {k: v for k, v in self.counts.items() if "." not in k}
+        errors = {k: v for k, v in self.counts.items() if k in ("rejected", "analyses.failed", "analyses.timed_out")}
+        running = sum(1 for j in self.jobs.values() if j["state"] in ("queued", "running"))
+        return {"state": "running" if running or high and any(high[k] > positions[k] for k in high) else "idle",
+                "lag": partition_lag(high, positions) if high else None, "counts": counts, "errors": errors,
+                "detail": {"analyses_pending": running}}
+
     def close(self) -> None:
+        self.heartbeat.close(fields=self.health)
         self.consumer.close()
         self.producer.flush(10)
         self.pool.close()
