@@ -39,6 +39,8 @@ class Config:
     alerts_rejected_topic: str = "dt.alerts.rejected"  # broken or unknown notices, with a reason header
     alerts_group_id: str = "dtlive-alerts"  # the listener's stable consumer group
     history_retention_days: float = 0.0  # history older than this is deleted by the recorder; 0 keeps everything
+    dashboard_kernel_grace_s: float = 10.0  # a dashboard kernel with no page connected this long is shut down
+    dashboard_kernel_idle_s: float = 3600.0  # a dashboard kernel idle this long is culled (connected pages keep it)
     window_s: float = 2.0  # event-time window length
     lateness_s: float = 0.5  # watermark lateness allowance
     idle_s: float = 3.0  # wall-clock seconds without input before open windows are flushed
