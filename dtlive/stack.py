@@ -68,8 +68,8 @@ class Stopped:
     how: str
 
     def __str__(self) -> str:
-        if self.how == "not running":
-            return f"{self.name}: pid {self.pid} was not running (record removed)"
+        if self.how.startswith("not running"):
+            return f"{self.name}: pid {self.pid} was {self.how} (record removed)"
         return f"{self.name}: stopped pid {self.pid} ({self.how})"
 
 
@@ -94,6 +94,16 @@ def process_identity(pid: int) -> dict[str, Any] | None:
     if stat is None or len(stat) < 20:
         return None
     return {"cmdline": [a.decode(errors="replace") for a in argv if a], "start": int(stat[19])}
+
+
+def _identity_of_new(pid: int, timeout: float = 5.0) -> dict[str, Any] | None:
+    """:func:`process_identity` of a process just started: its command line is empty while it still execs."""
+    deadline = time.monotonic() + timeout
+    ident = process_identity(pid)
+    while ident is not None and not ident["cmdline"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+        ident = process_identity(pid)
+    return ident
 
 
 def _has_run(argv: list[str], run: list[str]) -> bool:
@@ -136,6 +146,26 @@ def _group_left(pgid: int, since: int | None) -> list[int]:
     return found
 
 
+def sweep_group(pgid: int, since: int | None) -> int:
+    """SIGKILL what is left of a dead or stopped service's session (e.g. the workers of a killed listener).
+
+    Only processes started at or after ``since`` (the service's recorded start) are touched; without it,
+    nothing is. Returns how many were killed.
+    """
+    if since is None:
+        return 0
+    left = _group_left(pgid, since)
+    for child in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0  # a killed process takes a moment to exit (freeing its memory)
+    while any(_pid_alive(p) for p in left) and time.monotonic() < deadline:
+        for p in left:
+            _reap(p)
+        time.sleep(0.02)
+    return len(left)
+
+
 def stop_process(pid: int, timeout: float = 10.0, since: int | None = None) -> str:
     """SIGTERM ``pid``, wait up to ``timeout`` s, then SIGKILL it and what is left of its process group.
 
@@ -154,13 +184,9 @@ def stop_process(pid: int, timeout: float = 10.0, since: int | None = None) -> s
         how = "SIGKILL"
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    if since is not None:
-        left = _group_left(pid, since)
-        for child in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGKILL)
-        if left and how == "SIGTERM":
-            how = f"SIGTERM; {len(left)} leftover process(es) of its group killed"
+    left = sweep_group(pid, since)
+    if left and how == "SIGTERM":
+        how = f"SIGTERM; {left} leftover process(es) of its group killed"
     end = time.monotonic() + 5.0
     while _pid_alive(pid) and time.monotonic() < end:
         _reap(pid)
@@ -269,14 +295,16 @@ def ensure_stack(rate: float = 1000.0, fmt: str = "daq64", state_dir: str | None
             if name in running:
                 stack.reused.append(name)
                 continue
+            if name in recorded:  # what a dead service left (a killed listener's workers) goes first
+                sweep_group(record[name], ((record.get("identity") or {}).get(name) or {}).get("start"))
             stack.started[name], stack.logs[name] = _spawn(name, args[name], directory, env)
-            identity[name] = process_identity(stack.started[name])
+            identity[name] = _identity_of_new(stack.started[name])
             if name in recorded:
                 stack.restarted.append(name)
                 log.warning("dtlive stack: %s (pid %s) was not running; started again as pid %s (log %s)",
                             name, record[name], stack.started[name], stack.logs[name])
         if "broker" in stack.started:
-            identity["broker"] = process_identity(stack.started["broker"])
+            identity["broker"] = _identity_of_new(stack.started["broker"])
         _write_record(directory, {**running, **stack.started, "bootstrap": stack.bootstrap,
                                   "identity": {k: v for k, v in identity.items() if v}})
     deadline = time.monotonic() + wait_for_window_s
@@ -306,7 +334,9 @@ def stop_stack(state_dir: str | os.PathLike[str] | None = None, timeout: float =
         for name in sorted(pids, key=lambda n: (STOP_ORDER.index(n) if n in STOP_ORDER else 0, n)):
             pid, ident = pids[name], identity.get(name)
             if not is_service(name, pid, ident):
-                done.append(Stopped(name, pid, "not running"))
+                left = sweep_group(pid, (ident or {}).get("start"))
+                done.append(Stopped(name, pid, f"not running; {left} leftover process(es) of its group killed"
+                                    if left else "not running"))
                 continue
             done.append(Stopped(name, pid, stop_process(pid, timeout, since=(ident or {}).get("start"))))
             if name == "broker":
