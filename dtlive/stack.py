@@ -295,6 +295,9 @@ def ensure_stack(rate: float = 1000.0, fmt: str = "daq64", state_dir: str | None
             if name in running:
                 stack.reused.append(name)
                 continue
+            if name == "emulator" and name not in recorded and "processor" in running \
+                    and fresh_windows(stack.bootstrap, cfg.monitor_topic):
+                continue  # a stack of the hub's fed by a real DAQ: no simulated data on top of it
             if name in recorded:  # what a dead service left (a killed listener's workers) goes first
                 sweep_group(record[name], ((record.get("identity") or {}).get(name) or {}).get("start"))
             stack.started[name], stack.logs[name] = _spawn(name, args[name], directory, env)
