@@ -527,7 +527,9 @@ def cmd_demo(args) -> int:
         summary = Summary()
         proc.publisher._on_publish.append(summary.on_publish)
         if not args.no_dashboard:
-            voila, url = start_dashboard(bootstrap, cfg.monitor_topic, args.dashboard_port)
+            voila, url = start_dashboard(bootstrap, cfg.monitor_topic, args.dashboard_port,
+                                         kernel_grace_s=cfg.dashboard_kernel_grace_s,
+                                         kernel_idle_s=cfg.dashboard_kernel_idle_s)
         print(
             f"dtlive demo: emulator at {args.rate or 'max'} rows/s -> {cfg.hits_topic}; processor -> "
             f"{cfg.monitor_topic} ({cfg.window_s:g} s windows). Ctrl-C stops.",

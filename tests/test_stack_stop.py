@@ -93,6 +93,20 @@ def test_a_live_pid_that_is_not_the_service_is_not_running(tmp_path):
         sleeper.wait()
 
 
+def test_a_pid_recorded_without_identity_must_run_that_dtlive_service():
+    """The hub's service runner records bare pids: then the command line must be ``dtlive.cli`` with the service."""
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "dtlive.cli", "record"])
+    try:
+        assert wait_until(lambda: (process_identity(fake.pid) or {}).get("cmdline"), 5)
+        assert is_service("recorder", fake.pid) is True
+        assert is_service("processor", fake.pid) is False
+        assert is_service("broker", fake.pid) is False
+    finally:
+        fake.kill()
+        fake.wait()
+    assert is_service("recorder", fake.pid) is False  # gone
+
+
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_killed_service_is_restarted_and_dtlive_stop_leaves_nothing(stack_env, caplog):
