@@ -255,7 +255,9 @@ def ensure_stack(rate: float = 1000.0, fmt: str = "daq64", state_dir: str | None
     """Reuse or start the broker, the processor, the recorder, the alert listener and a simulated emulator.
 
     Each recorded service is checked (alive, and still that service); what is not running is started
-    (``restarted`` names those that were recorded but found gone). When nothing is recorded but fresh
+    (``restarted`` names those that were recorded but found gone, each also logged as a warning). A new
+    broker (the recorded one died) gets new services too: the old ones talked to the broker that is gone.
+    No simulated DAQ is added to a running stack started elsewhere (the hub's). When nothing is recorded but fresh
     windows arrive, a stack started elsewhere (``dtlive demo``) runs: its processor is reused, nothing
     is started. Waits up to ``wait_for_window_s`` for the first window when a processor was started.
     """
@@ -264,21 +266,32 @@ def ensure_stack(rate: float = 1000.0, fmt: str = "daq64", state_dir: str | None
     env = {**os.environ, "DTLIVE_STATE_DIR": str(directory)}
     with _state_lock(directory):
         record = read_record(directory)
+        idents = record.get("identity") if isinstance(record.get("identity"), dict) else {}
         stack = Stack(bootstrap=cfg.bootstrap or find_running(directory) or "")
         running = _running(record)
+        why: dict[str, str] = {}  # name -> why a recorded service is started again
         if not stack.bootstrap:
             from dtlive.broker import EmbeddedBroker
 
+            if "broker" in running:  # alive but not answering: replaced
+                stop_process(running.pop("broker"), timeout=5, since=(idents.get("broker") or {}).get("start"))
+                why["broker"] = "did not answer"
             broker = EmbeddedBroker(state_dir=directory, stop_at_exit=False).start()
             stack.bootstrap = broker.bootstrap
             stack.started["broker"] = broker._proc.pid
             stack.logs["broker"] = str(broker.log_path)
+            if "broker" in record:
+                stack.restarted.append("broker")
+                log.warning("dtlive stack: broker (pid %s) %s; started again as pid %s at %s", record["broker"],
+                            why.get("broker", "was not running"), broker._proc.pid, stack.bootstrap)
         else:
             stack.reused.append("broker")
-        if record.get("bootstrap") not in (None, stack.bootstrap):  # they talk to a broker that is gone
+        if record.get("bootstrap") and (record["bootstrap"] != stack.bootstrap or "broker" in stack.started):
+            # they talk to a broker that is gone (a new one has no topics, even at the same address)
             for name in STOP_ORDER[:-1]:
                 if name in running:
-                    stop_process(running.pop(name), since=(record.get("identity") or {}).get(name, {}).get("start"))
+                    stop_process(running.pop(name), timeout=5, since=(idents.get(name) or {}).get("start"))
+                    why[name] = f"used the broker at {record['bootstrap']}, which is gone"
         env["DTLIVE_BOOTSTRAP"] = stack.bootstrap
         recorded = set(_pids(record)) - {"broker"}
         if not running and "broker" in stack.reused and fresh_windows(stack.bootstrap, cfg.monitor_topic):
@@ -290,7 +303,7 @@ def ensure_stack(rate: float = 1000.0, fmt: str = "daq64", state_dir: str | None
 
             ensure_topics(cfg, stack.bootstrap, [cfg.hits_topic])
         args = {**SERVICE_ARGS, "emulator": ["emulate", "--simulate", "--rate", str(rate), "--format", fmt]}
-        identity = {k: v for k, v in (record.get("identity") or {}).items() if k in running}
+        identity = {k: v for k, v in idents.items() if k in running}
         for name in SERVICE_ARGS:
             if name in running:
                 stack.reused.append(name)
@@ -299,13 +312,14 @@ def ensure_stack(rate: float = 1000.0, fmt: str = "daq64", state_dir: str | None
                     and fresh_windows(stack.bootstrap, cfg.monitor_topic):
                 continue  # a stack of the hub's fed by a real DAQ: no simulated data on top of it
             if name in recorded:  # what a dead service left (a killed listener's workers) goes first
-                sweep_group(record[name], ((record.get("identity") or {}).get(name) or {}).get("start"))
+                sweep_group(record[name], (idents.get(name) or {}).get("start"))
             stack.started[name], stack.logs[name] = _spawn(name, args[name], directory, env)
             identity[name] = _identity_of_new(stack.started[name])
             if name in recorded:
                 stack.restarted.append(name)
-                log.warning("dtlive stack: %s (pid %s) was not running; started again as pid %s (log %s)",
-                            name, record[name], stack.started[name], stack.logs[name])
+                log.warning("dtlive stack: %s (pid %s) %s; started again as pid %s (log %s)",
+                            name, record[name], why.get(name, "was not running"), stack.started[name],
+                            stack.logs[name])
         if "broker" in stack.started:
             identity["broker"] = _identity_of_new(stack.started["broker"])
         _write_record(directory, {**running, **stack.started, "bootstrap": stack.bootstrap,

@@ -173,3 +173,29 @@ def test_stop_help_explains():
     assert out.returncode == 0
     text = " ".join(out.stdout.split())
     assert "ensure_stack()" in text and "SIGTERM" in text and "SIGKILL" in text and "--timeout" in text
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_killed_broker_gives_a_new_broker_and_services_that_use_it(stack_env, caplog):
+    state = stack_env
+    first = ensure_stack(rate=200, wait_for_window_s=60)
+    old = {n: first.started[n] for n in STOP_ORDER}
+    os.kill(old["broker"], signal.SIGKILL)
+    assert wait_until(lambda: not alive(old["broker"]), 10)
+
+    with caplog.at_level(logging.WARNING, logger="dtlive.stack"):
+        second = ensure_stack(rate=200, wait_for_window_s=60)
+    assert sorted(second.restarted) == sorted(STOP_ORDER), second  # the services used the broker that is gone
+    assert second.reused == [] and sorted(second.started) == sorted(STOP_ORDER)
+    assert f"broker (pid {old['broker']}) was not running; started again as pid {second.started['broker']}" \
+        in caplog.text
+    assert f"processor (pid {old['processor']}) used the broker at {first.bootstrap}, which is gone" in caplog.text
+    assert wait_until(lambda: not [p for p in old.values() if alive(p)], 10), "a service of the old broker runs on"
+    record = read_record(state)
+    assert record["bootstrap"] == second.bootstrap
+    assert all(is_service(n, record[n], record["identity"][n]) for n in STOP_ORDER)
+
+    stopped = stop_stack(state)
+    assert [s.name for s in stopped] == list(STOP_ORDER) and all(s.how.startswith("SIG") for s in stopped), stopped
+    assert wait_until(lambda: not [p for p in second.started.values() if alive(p)], 10)
