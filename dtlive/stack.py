@@ -129,7 +129,8 @@ def is_service(name: str, pid: int, identity: dict[str, Any] | None = None) -> b
         return now["cmdline"] == identity.get("cmdline") and now["start"] == identity.get("start")
     if name == "broker":
         return any("tansu" in a for a in now["cmdline"])
-    return "dtlive.cli" in now["cmdline"] and _has_run(now["cmdline"], SERVICE_ARGS.get(name, [name]))
+    runner = "dtlive.cli" in now["cmdline"] or "dtlive.hub" in now["cmdline"]  # the hub's runner, before its exec
+    return runner and _has_run(now["cmdline"], SERVICE_ARGS.get(name, [name]))
 
 
 def _group_left(pgid: int, since: int | None) -> list[int]:
