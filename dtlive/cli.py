@@ -172,6 +172,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     db.add_argument("--port", type=int, default=8866, help="port (default 8866; a free one if taken)")
     db.add_argument("--topic", help="monitor topic (default dt.monitor)")
+    db.add_argument("--kernel-grace", dest="dashboard_kernel_grace_s", type=duration_s,
+                    help="shut a page's kernel down this long after the page went away (default 10s)")
+    db.add_argument("--kernel-idle", dest="dashboard_kernel_idle_s", type=duration_s,
+                    help="cull kernels idle this long, connected pages excepted (default 3600s)")
+
+    st = sub.add_parser(
+        "stop",
+        help="stop the stack that ensure_stack() (a notebook) started",
+        description="Stop the services recorded in the state directory's stack.json (by dtlive.stack.ensure_stack() "
+        "or the hub's service runner): emulator, alert listener, processor, recorder, then the broker if it was "
+        "started there. Each gets SIGTERM and --timeout to finish, then SIGKILL (with what is left of its process "
+        "group). A recorded pid that is no longer that service is left alone. Prints one line per service and "
+        "removes the record.",
+    )
+    st.add_argument("--timeout", type=duration_s, default=10.0, help="grace per service before SIGKILL (default 10s)")
 
     rec = sub.add_parser(
         "record",
@@ -300,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             "process": cmd_process,
             "demo": cmd_demo,
             "dashboard": cmd_dashboard,
+            "stop": cmd_stop,
             "record": cmd_record,
             "runs": cmd_runs,
             "periods": cmd_periods,
@@ -542,7 +558,9 @@ def cmd_demo(args) -> int:
         summary = Summary()
         proc.publisher._on_publish.append(summary.on_publish)
         if not args.no_dashboard:
-            voila, url = start_dashboard(bootstrap, cfg.monitor_topic, args.dashboard_port)
+            voila, url = start_dashboard(bootstrap, cfg.monitor_topic, args.dashboard_port,
+                                         kernel_grace_s=cfg.dashboard_kernel_grace_s,
+                                         kernel_idle_s=cfg.dashboard_kernel_idle_s)
         print(
             f"dtlive demo: emulator at {args.rate or 'max'} rows/s -> {cfg.hits_topic}; processor -> "
             f"{cfg.monitor_topic} ({cfg.window_s:g} s windows). Ctrl-C stops.",
@@ -561,8 +579,7 @@ def cmd_demo(args) -> int:
               f"ledger ({recorder.periods} quality periods)", file=sys.stderr)
     finally:
         if voila is not None:
-            voila.terminate()
-            voila.wait(10)
+            stop_dashboard(voila)
         if owned is not None:
             owned.stop()
     return 0
@@ -581,17 +598,35 @@ def _free_port(preferred: int) -> int:
     raise OSError("no free port")
 
 
-def voila_command(port: int) -> list[str]:
-    """The Voila command line serving the packaged dashboard notebook on loopback."""
+def voila_command(port: int, kernel_grace_s: float = 10.0, kernel_idle_s: float = 3600.0) -> list[str]:
+    """The Voila command line serving the packaged dashboard notebook on loopback.
+
+    A page's kernel is shut down ``kernel_grace_s`` after its page went away (or never connected), see
+    :mod:`dtlive.dashboard_kernels`; kernels idle for ``kernel_idle_s`` are culled.
+
+    >>> cmd = voila_command(8866, kernel_grace_s=5)
+    >>> "--DashboardKernelManager.unattended_timeout=5" in cmd, "--MappingKernelManager.cull_interval=5" in cmd
+    (True, True)
+    """
     from importlib.resources import files
 
     notebook = str(files("dtlive") / "dashboard.ipynb")
+    interval = max(1, min(5, int(kernel_grace_s) or 5))  # how often the culler looks (seconds)
     return [sys.executable, "-m", "voila", notebook, f"--port={port}", "--no-browser", "--Voila.ip=127.0.0.1",
-            "--theme=light", "--VoilaConfiguration.show_tracebacks=True"]
+            "--theme=light", "--VoilaConfiguration.show_tracebacks=True",
+            "--VoilaConfiguration.multi_kernel_manager_class=dtlive.dashboard_kernels.DashboardKernelManager",
+            f"--DashboardKernelManager.unattended_timeout={kernel_grace_s:g}",
+            f"--DashboardKernelManager.first_connect_timeout={max(kernel_grace_s, 60):g}",
+            f"--MappingKernelManager.cull_idle_timeout={max(1, round(kernel_idle_s))}",
+            f"--MappingKernelManager.cull_interval={interval}"]
 
 
-def start_dashboard(bootstrap: str, topic: str, port: int = 8866, timeout: float = 60.0):
-    """Start Voila in the background (log in the state directory); return ``(process, url)`` once it answers."""
+def start_dashboard(bootstrap: str, topic: str, port: int = 8866, timeout: float = 60.0,
+                    kernel_grace_s: float = 10.0, kernel_idle_s: float = 3600.0):
+    """Start Voila in the background (log in the state directory); return ``(process, url)`` once it answers.
+
+    Stop it with :func:`stop_dashboard` (its kernels too).
+    """
     import os
     import subprocess
     import urllib.error
@@ -603,23 +638,69 @@ def start_dashboard(bootstrap: str, topic: str, port: int = 8866, timeout: float
     env = {**os.environ, "DTLIVE_BOOTSTRAP": bootstrap, "DTLIVE_MONITOR_TOPIC": topic}
     log = default_state_dir() / f"voila-{port}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(voila_command(port), env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(voila_command(port, kernel_grace_s, kernel_idle_s), env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            urllib.request.urlopen(url, timeout=1).close()  # noqa: S310 (loopback)
+        try:  # a static path: asking for the page itself would start a kernel
+            urllib.request.urlopen(f"{url}voila/static/", timeout=1).close()  # noqa: S310 (loopback)
             return proc, url
         except urllib.error.HTTPError:
             return proc, url  # it answers
         except OSError:
             time.sleep(0.2)
-    proc.kill()
+    stop_dashboard(proc)
     raise RuntimeError(f"Voila did not start on {url}; see {log}")
+
+
+def _descendants(pid: int) -> list[int]:
+    """Live descendants of ``pid`` (Voila's kernels), from /proc."""
+    from pathlib import Path
+
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stop_dashboard(proc, timeout: float = 10.0) -> int:
+    """SIGTERM Voila (it shuts its kernels down), wait up to ``timeout``, then SIGKILL it and its kernels."""
+    import os
+    import signal
+    import subprocess
+
+    from dtlive.stack import process_identity
+
+    kernels = {pid: process_identity(pid) for pid in _descendants(proc.pid)}
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    deadline = time.monotonic() + 5.0
+    for pid, ident in kernels.items():  # the same process (start time), never a recycled pid
+        while process_identity(pid) == ident and ident is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if ident is not None and process_identity(pid) == ident:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return proc.returncode
 
 
 def cmd_dashboard(args) -> int:
     import os
+    import signal
     import subprocess
 
     from dtlive.kafka import resolve_bootstrap
@@ -627,9 +708,38 @@ def cmd_dashboard(args) -> int:
     cfg = _config(args)
     bootstrap, _ = resolve_bootstrap(cfg)
     port = _free_port(args.port)
+    grace = args.dashboard_kernel_grace_s
+    idle = args.dashboard_kernel_idle_s
     env = {**os.environ, "DTLIVE_BOOTSTRAP": bootstrap, "DTLIVE_MONITOR_TOPIC": args.topic or cfg.monitor_topic}
-    print(f"dtlive dashboard: http://127.0.0.1:{port}/  (Kafka {bootstrap}; Ctrl-C stops)", file=sys.stderr)
-    return subprocess.call(voila_command(port), env=env)
+    stop = threading.Event()
+    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        proc = subprocess.Popen(voila_command(port, cfg.dashboard_kernel_grace_s if grace is None else grace,
+                                              cfg.dashboard_kernel_idle_s if idle is None else idle), env=env)
+        print(f"dtlive dashboard: http://127.0.0.1:{port}/  (Kafka {bootstrap}; Ctrl-C stops)", file=sys.stderr)
+        while proc.poll() is None and not stop.wait(0.2):
+            pass
+        if stop.is_set():
+            stop_dashboard(proc)
+            print("dtlive dashboard: stopped", file=sys.stderr)
+            return 0
+        return proc.returncode
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def cmd_stop(args) -> int:
+    from dtlive.broker import default_state_dir
+    from dtlive.stack import stop_stack
+
+    directory = default_state_dir()
+    stopped = stop_stack(directory, timeout=args.timeout)
+    if not stopped:
+        print(f"dtlive stop: nothing recorded in {directory / 'stack.json'}; nothing to stop", file=sys.stderr)
+    for s in stopped:
+        print(f"dtlive stop: {s}")
+    return 0
 
 
 def cmd_results(args) -> int:

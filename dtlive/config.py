@@ -41,6 +41,8 @@ class Config:
     status_topic: str = "dt.status"  # service heartbeats (dtlive.status/1), see dtlive.health
     status_interval_s: float = 2.0  # seconds between a service's heartbeats; 0 switches them off
     history_retention_days: float = 0.0  # history older than this is deleted by the recorder; 0 keeps everything
+    dashboard_kernel_grace_s: float = 10.0  # a dashboard kernel with no page connected this long is shut down
+    dashboard_kernel_idle_s: float = 3600.0  # a dashboard kernel idle this long is culled (connected pages keep it)
     window_s: float = 2.0  # event-time window length
     lateness_s: float = 0.5  # watermark lateness allowance
     idle_s: float = 3.0  # wall-clock seconds without input before open windows are flushed

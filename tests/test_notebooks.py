@@ -168,7 +168,7 @@ def check_provenance(text: str, env: dict) -> None:
 
 
 def check_alerts(text: str, env: dict) -> None:
-    assert "sent to gcn.notices.icecube.lvk_nu_track_search" in text
+    assert re.search(r"sent to gcn\.notices\.icecube\.lvk_nu_track_search \| alert IceCube:S[0-9a-f]{8}\n", text), text
     assert "analyses published: ['rate_excess', 'snapshot']" in text, text
     assert "rate excess status: ok" in text, text
     assert "inputs recorded in the provenance: True" in text

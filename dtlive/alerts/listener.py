@@ -44,25 +44,37 @@ def subscription(patterns: list[str]) -> list[str]:
 
 def run_job(analysis: str, alert: dict, params: dict, history_path: str | None, ledger_url: str | None,
             artifacts_dir: str) -> dict:
-    """Worker-side entry: run one canned analysis, save its Dataset as NetCDF, return a JSON-ready record."""
+    """Worker-side entry: run one canned analysis, save its Dataset as NetCDF, return a JSON-ready record.
+
+    Every attempt writes into a directory of its own under ``artifacts_dir`` (UTC time, pid, random
+    suffix), and every file appears there complete (written under a temporary name, then renamed), so a
+    re-run never reads or overwrites another attempt's files.
+    """
+    import os
+    import uuid
+
     from dtlive.alerts.analyses import AnalysisContext, get_analysis
     from dtlive.history import HistoryStore
     from dtlive.ledger import Ledger
 
     fn = get_analysis(analysis)
+    attempt = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     ctx = AnalysisContext(history=HistoryStore(history_path), ledger=Ledger(ledger_url),
-                          artifacts_dir=Path(artifacts_dir), params=params, now=time.time())
-    ctx.artifacts_dir.mkdir(parents=True, exist_ok=True)
+                          artifacts_dir=Path(artifacts_dir) / attempt, params=params, now=time.time())
+    ctx.artifacts_dir.mkdir(parents=True, exist_ok=False)
     result = fn(alert_from_dict(alert), ctx)
     artifacts = [str(a) for a in result.artifacts]
     if result.data is not None:
         path = ctx.artifacts_dir / f"{analysis}.nc"
         data = result.data.copy()
         data.attrs["provenance"] = json.dumps(result.provenance, default=str)
-        data.to_netcdf(path)
+        data.attrs["attempt"] = attempt
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        data.to_netcdf(tmp)
+        os.replace(tmp, path)
         artifacts.append(str(path))
     return {"name": result.name, "version": result.version, "summary": result.summary,
-            "provenance": result.provenance, "artifacts": artifacts}
+            "provenance": result.provenance, "artifacts": artifacts, "attempt": attempt}
 
 
 class AlertListener:
