@@ -38,6 +38,7 @@ from dtlive.heap import HeapTrimmer
 from dtlive.kafka import ClusterWatch, client_config, ensure_topics, partition_ends, producer_config
 from dtlive.messages import message_bytes
 from dtlive.nodes import event_windows, from_kafka_batched_consumer, window_message
+from dtlive.watchdog import Watchdog
 from dtlive.windows import Window
 
 log = logging.getLogger(__name__)
@@ -474,6 +475,7 @@ class Processor:
         self.trimmer = HeapTrimmer(TRIM_INTERVAL_S if trim_interval_s is None else trim_interval_s)
         self.heartbeat = Heartbeat("processor", cfg, bootstrap, run_id=self.run_id, watch=HEALTH_LOGGERS)
         self._progress = Progress()
+        self.watchdog = Watchdog("processor", cfg.watchdog_s)
         self.ledger = ledger  # a dtlive.ledger.Ledger: the run, its configuration and inputs are recorded
         if ledger is not None:
             from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
@@ -540,9 +542,11 @@ class Processor:
         )
         started = time.monotonic()
         last_tick = 0.0
+        self.watchdog.start()
         while not self._stop:
             n = self.source.poll()
             now = time.monotonic()
+            self.watchdog.beat()
             if targets is not None and all(self.source.positions.get(p, 0) >= t for p, t in targets.items()):
                 self.windows.flush()
                 break
@@ -595,9 +599,11 @@ class Processor:
         if stalled > 2 * self.heartbeat.interval_s:
             fields["last_error"] = {"text": f"{lag['messages']} input messages waiting, none consumed for "
                                             f"{stalled:.0f} s", "time": time.time()}
+        self.watchdog.check(stalled, f"{lag['messages']} input messages waiting on {self.cfg.hits_topic}")
         return fields
 
     def close(self, status: str = "finished"):
+        self.watchdog.close()
         self.heartbeat.close(fields=self.health)
         self.source.close()
         self.publisher.producer.flush(10)

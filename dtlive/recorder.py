@@ -22,10 +22,11 @@ import time
 from collections.abc import Callable
 
 from dtlive.config import Config
-from dtlive.health import Heartbeat, partition_lag
+from dtlive.health import Heartbeat, Progress, partition_lag
 from dtlive.kafka import ClusterWatch, client_config, end_offsets, ensure_topics, producer_config
 from dtlive.messages import decode_message, iso_utc
 from dtlive.quality import Period, QualityMonitor
+from dtlive.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class Recorder:
         self._last_orbit: int | None = None
         self._last_end: float | None = None
         self.heartbeat = Heartbeat("recorder", cfg, bootstrap, watch=("dtlive.recorder", "dtlive.librdkafka"))
+        self._progress = Progress()
+        self.watchdog = Watchdog("recorder", cfg.watchdog_s)
 
     def stop(self, *_):
         self._stop = True
@@ -166,7 +169,9 @@ class Recorder:
 
             self.consumer.assign([TopicPartition(self.cfg.monitor_topic, p, o) for p, o in self.positions.items()])
         started = time.monotonic()
+        self.watchdog.start()
         while not self._stop:
+            self.watchdog.beat()
             n = self.poll()
             self.heartbeat.maybe(None, self.health)
             if on_tick:
@@ -193,10 +198,13 @@ class Recorder:
                             topic=self.cfg.monitor_topic)
         busy = lag["messages"] or self.recorded > getattr(self, "_recorded_seen", 0)
         self._recorded_seen = self.recorded
-        return {"state": "running" if busy else "idle", "lag": lag,
+        stalled = self._progress.stalled_s(sum(self.positions.values()), lag["messages"], time.monotonic())
+        self.watchdog.check(stalled, f"{lag['messages']} results waiting on {self.cfg.monitor_topic}")
+        return {"state": "degraded" if stalled > 10 else "running" if busy else "idle", "lag": lag,
                 "counts": {"windows": self.recorded, "periods": self.periods}}
 
     def close(self) -> None:
+        self.watchdog.close()
         self.heartbeat.close(fields=self.health)
         self.consumer.close()
         self.producer.flush(10)

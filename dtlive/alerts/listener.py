@@ -28,6 +28,7 @@ from dtlive.config import Config
 from dtlive.deadletter import dead_letter
 from dtlive.health import Heartbeat, partition_lag
 from dtlive.kafka import ClusterWatch, client_config, ensure_topics, producer_config
+from dtlive.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class AlertListener:
         self._runs = 0
         self._stop = False
         self.heartbeat = Heartbeat("alerts", cfg, bootstrap, watch=("dtlive.alerts", "dtlive.librdkafka"))
+        self.watchdog = Watchdog("alerts", cfg.watchdog_s)  # the loop must turn (analyses run in workers)
 
     def stop(self, *_):
         self._stop = True
@@ -286,7 +288,9 @@ class AlertListener:
     def run(self, max_seconds: float | None = None, until=None) -> AlertListener:
         """Listen until stopped, ``max_seconds``, or ``until(listener)`` is true."""
         started = time.monotonic()
+        self.watchdog.start()
         while not self._stop:
+            self.watchdog.beat()
             self.poll()
             self.heartbeat.maybe(None, self.health)
             if until is not None and until(self):
@@ -316,6 +320,7 @@ class AlertListener:
                 "detail": {"analyses_pending": running}}
 
     def close(self) -> None:
+        self.watchdog.close()
         self.heartbeat.close(fields=self.health)
         self.consumer.close()
         self.producer.flush(10)
