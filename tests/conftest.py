@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 
 import pytest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from faults import free_port, own_broker, services  # noqa: F401  (fixtures for every test file)
 
 
 @pytest.fixture(scope="session", autouse=True)
