@@ -135,7 +135,7 @@ def load_config(
             values[name] = value
     cfg = Config(**{k: _coerce(k, v) for k, v in values.items()}, kafka=kafka)
     if not 1 <= cfg.window_s <= 5:
-        raise ValueError(f"window_s must be 1 to 5 seconds (DESIGN.md §3), got {cfg.window_s}")
+        raise ValueError(f"window_s must be 1 to 5 seconds, got {cfg.window_s}")
     if cfg.lateness_s < 0:
         raise ValueError(f"lateness_s must be >= 0, got {cfg.lateness_s}")
     if not 1024 <= cfg.dead_letter_max_bytes <= 900_000:

@@ -1,4 +1,4 @@
-"""The run bookkeeping ledger (issue #4): what ran, on which data, with which code and settings.
+"""The run bookkeeping ledger: what ran, on which data, with which code and settings.
 
 One database holds processing runs, the window results they published on ``dt.monitor`` (with the
 input offset ranges each window read), data-quality periods, annotations and tags, detector runs
