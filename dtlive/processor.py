@@ -261,6 +261,7 @@ class TransactionalPublisher:
         self._begin()
         self._dead_letter(window.meta.get("rejects", []))
         msg = msg if msg is not None else window_message(window, self.edges, self.provenance)
+        msg["provenance"]["result_seq"] = self.published + 1  # the recorder finds lost results by gaps in these
         self._produce(self.cfg.monitor_topic, message_bytes(msg), str(window.id).encode(),
                       [("schema", b"dtlive.monitor/1")])
         self.published += 1

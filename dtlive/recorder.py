@@ -26,6 +26,7 @@ from dtlive.health import Heartbeat, Progress, partition_lag
 from dtlive.kafka import ClusterWatch, client_config, end_offsets, ensure_topics, producer_config
 from dtlive.messages import decode_message, iso_utc
 from dtlive.quality import Period, QualityMonitor
+from dtlive.reconcile import ResultGaps
 from dtlive.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class Recorder:
         self._last_end: float | None = None
         self.heartbeat = Heartbeat("recorder", cfg, bootstrap, watch=("dtlive.recorder", "dtlive.librdkafka"))
         self._progress = Progress()
+        self.gaps = ResultGaps()  # results published but never read here
         self.watchdog = Watchdog("recorder", cfg.watchdog_s)
 
     def stop(self, *_):
@@ -89,6 +91,9 @@ class Recorder:
     def handle(self, records: list[tuple[dict, int, int]]) -> None:
         """Record one batch of ``(message, partition, offset)`` (pure bookkeeping; no consuming)."""
         msgs = [m for m, _, _ in records]
+        for run, first, last in self.gaps.add(msgs):
+            log.warning("recorder: results %d-%d of processing run %s were published but never reached the "
+                        "recorder (lost with a broker restart?)", first, last, run)
         for msg in msgs:
             self._detector_run(msg)
         self.ledger.record_windows([(m, self.cfg.monitor_topic, p, o) for m, p, o in records])
@@ -201,7 +206,7 @@ class Recorder:
         stalled = self._progress.stalled_s(sum(self.positions.values()), lag["messages"], time.monotonic())
         self.watchdog.check(stalled, f"{lag['messages']} results waiting on {self.cfg.monitor_topic}")
         return {"state": "degraded" if stalled > 10 else "running" if busy else "idle", "lag": lag,
-                "counts": {"windows": self.recorded, "periods": self.periods}}
+                "counts": {"windows": self.recorded, "periods": self.periods, "results_lost": self.gaps.lost}}
 
     def close(self) -> None:
         self.watchdog.close()

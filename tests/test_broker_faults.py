@@ -121,3 +121,15 @@ def test_sigterm_stops_a_processor_still_starting_against_a_silent_broker(own_br
     assert took < 7
     assert status == 3
     assert "did not stop within" in services.log("process")
+
+
+def test_result_gaps_are_found_inside_a_run_only():
+    from dtlive.reconcile import ResultGaps
+
+    gaps = ResultGaps()
+    results = [{"provenance": {"run_id": run, "result_seq": n}} for run, n in
+               [("a", 7), ("a", 8), ("b", 1), ("a", 11), ("b", 2), ("b", 3), ("a", 12)]]
+    assert gaps.add(results) == [("a", 9, 10)]
+    assert gaps.lost == 2
+    assert gaps.add([{"provenance": {"run_id": "a", "result_seq": 9}}]) == [] and gaps.lost == 1
+    assert gaps.add([{"provenance": {}}, {"provenance": {"run_id": "c"}}]) == []
