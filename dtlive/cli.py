@@ -362,7 +362,7 @@ def _producer(cfg, bootstrap, topics: dict[str, int] | None = None):
 
 
 def cmd_emulate(args) -> int:
-    from dtlive.emulator import emulate, file_chunks, simulated_chunks
+    from dtlive.emulator import clock_orbit, emulate, file_chunks, simulated_chunks
     from dtlive.kafka import ensure_topics, resolve_bootstrap, topic_partitions
 
     if not args.files and not args.simulate:
@@ -372,7 +372,7 @@ def cmd_emulate(args) -> int:
     if args.simulate:
         # ~10k rows per chunk: encoding a chunk never stalls the pacing for long (csv: ~30 ms)
         chunk_s = 1.0 if args.rate is None else min(1.0, max(0.05, 10_000 / args.rate))
-        chunks = simulated_chunks(args.seed, chunk_s=chunk_s, rows_per_s=args.rate)
+        chunks = simulated_chunks(args.seed, chunk_s=chunk_s, rows_per_s=args.rate, start_orbit=clock_orbit())
     else:
         chunks = file_chunks(args.files, loop=args.loop)  # files are read and checked before anything connects
     bootstrap, _ = resolve_bootstrap(cfg)
@@ -524,7 +524,7 @@ def _serve(make, stopper: StopOnSignal | None = None, **kwargs):
 
 
 def cmd_demo(args) -> int:
-    from dtlive.emulator import emulate, file_chunks, simulated_chunks
+    from dtlive.emulator import clock_orbit, emulate, file_chunks, simulated_chunks
     from dtlive.kafka import ensure_topics, resolve_bootstrap
     from dtlive.processor import Processor
 
@@ -545,7 +545,8 @@ def cmd_demo(args) -> int:
         recorder = Recorder(cfg, bootstrap, ledger=ledger, from_beginning=False)
         rec = threading.Thread(target=recorder.run, daemon=True, name="recorder")
         rec.start()
-        chunks = file_chunks(args.files, loop=True) if args.files else simulated_chunks(rows_per_s=args.rate)
+        chunks = (file_chunks(args.files, loop=True) if args.files
+                  else simulated_chunks(rows_per_s=args.rate, start_orbit=clock_orbit()))
         emu = threading.Thread(
             target=emulate,
             daemon=True,

@@ -117,12 +117,27 @@ def _chunks(loaded: list[tuple[list[bytes], Rows]], loop: bool, chunk_rows: int)
         shift += span
 
 
-def simulated_chunks(seed: int = 0, chunk_s: float = 1.0, rows_per_s: float | None = None) -> Iterator[Chunk]:
+def clock_orbit(now: float | None = None) -> int:
+    """The orbit counter of a DAQ whose counter started at 00:00 UTC today (it fits the 32-bit counter).
+
+    A simulated DAQ that starts there continues, after a restart, where the wall clock is: its orbits never go
+    back, so a processor that saw the earlier hits counts none of the new ones as late.
+
+    >>> clock_orbit(86_400 * 20_000 + 3600) == round(3600 / det.ORBIT_S)
+    True
+    """
+    now = time.time() if now is None else now
+    return int(round((now % 86_400) / det.ORBIT_S))
+
+
+def simulated_chunks(seed: int = 0, chunk_s: float = 1.0, rows_per_s: float | None = None,
+                     start_orbit: int | None = None) -> Iterator[Chunk]:
     """Endless chunks from the cosmic-muon simulator.
 
     With ``rows_per_s`` the simulated rates (muons, noise, ancillary words) are scaled together so
     the detector produces that many rows per second of event time: replayed at the same rate, event
     time then keeps pace with the wall clock (a quieter or busier telescope, same shapes).
+    ``start_orbit``: the first orbit (default the simulator's; :func:`clock_orbit` for a live stream).
     """
     from dataclasses import replace
 
@@ -134,7 +149,8 @@ def simulated_chunks(seed: int = 0, chunk_s: float = 1.0, rows_per_s: float | No
         f = rows_per_s / natural
         config = replace(config, hit_rate_hz=config.hit_rate_hz * f, muon_rate_hz=config.muon_rate_hz * f,
                          ancillary_rate_hz=config.ancillary_rate_hz * f)
-    for rows in stream(chunk_s=chunk_s, seed=seed, config=config):
+    where = {} if start_orbit is None else {"start_orbit": start_orbit}
+    for rows in stream(chunk_s=chunk_s, seed=seed, config=config, **where):
         yield Chunk(rows)
 
 

@@ -48,3 +48,19 @@ def test_a_processor_killed_9_can_be_restarted_at_once(own_broker, services):
     assert again.poll() is None
     ids = [m["window"]["id"] for m in windows(own_broker.bootstrap)]
     assert len(ids) == len(set(ids))
+
+
+def test_a_simulated_daq_killed_9_and_restarted_goes_on_where_the_clock_is(own_broker, services):
+    """Its orbit counter follows the wall clock, so the restarted emulator's hits are never late."""
+    services.start("process", "process", "--no-ledger")
+    first = services.start("emulate", "emulate", "--simulate", "--rate", "1000")
+    wait_for(lambda: len(windows(own_broker.bootstrap)) >= 2, 120, "the first windows")
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    published = len(windows(own_broker.bootstrap))
+    services.start("again", "emulate", "--simulate", "--rate", "1000")
+    msgs = wait_for(lambda: len(windows(own_broker.bootstrap)) >= published + 3 and windows(own_broker.bootstrap),
+                    120, "windows from the restarted emulator")
+    assert sum(m["counts"]["late_hits"] for m in msgs) == 0
+    ids = [m["window"]["id"] for m in msgs]
+    assert ids == sorted(set(ids))
