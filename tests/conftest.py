@@ -7,6 +7,7 @@ import socket
 import uuid
 
 import pytest
+from pgserver import pg_db, pg_server  # noqa: F401  (fixtures: a private PostgreSQL server to stop and start)
 
 
 def free_port() -> int:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from pgserver import pg_db, pg_server  # noqa: F401  (fixtures)
 
 from dtlive.ledger import Ledger, LedgerUnavailable, RetryingLedger, is_unreachable
 
@@ -177,4 +176,154 @@ def test_a_silent_run_on_another_host_is_unknown_and_a_live_one_running(pg_db):
             "running"
 
 
-_ = (json, uuid)
+# ------------------------------------------------------------------------------------- a feed of results
+
+
+def result_message(wid: int, processor: str, run_id: str) -> bytes:
+    """A real ``dtlive.monitor/1`` message (the processor's encoder) of window ``wid`` (2 s windows)."""
+    from dtlive.detector import orbits_for_seconds
+    from dtlive.messages import encode_message
+    from dtlive.nodes import window_dataset
+    from dtlive.rows import Rows
+    from dtlive.windows import Window
+
+    per = orbits_for_seconds(2.0)
+    first = wid * per
+    hits = Rows.from_columns(head=[2, 2, 2], fpga=[0, 0, 1], channel=[3, 4, 70], orbit=[first + 7] * 3, bx=[0] * 3,
+                             tdc=[0] * 3)
+    window = Window(wid, first, first + per - 1, hits, inputs={0: (10 * wid, 10 * wid + 9)},
+                    meta={"counts": {"rows": 3}, "orbit_epoch": 1.7e9})
+    prov = {"topic": "dt.hits", "config_hash": "c0ffee", "run_id": run_id, "processor": processor, "host": "daq"}
+    return encode_message(window_dataset(window, provenance=prov))
+
+
+class ResultsFeed:
+    """Publishes ``n`` window results on a topic at ``rate`` per second, in a thread (a throttled feed)."""
+
+    def __init__(self, bootstrap: str, topic: str, n: int, rate: float, processor: str):
+        from confluent_kafka import Producer
+
+        self.topic, self.n, self.rate = topic, n, rate
+        run_id = uuid.uuid4().hex[:12]
+        self.messages = [result_message(w, processor, run_id) for w in range(n)]
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+        self.sent = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> ResultsFeed:
+        self.thread.start()
+        return self
+
+    def _run(self):
+        t0 = time.monotonic()
+        for i, msg in enumerate(self.messages):
+            time.sleep(max(0.0, t0 + i / self.rate - time.monotonic()))
+            self.producer.produce(self.topic, msg, key=b"w")
+            self.producer.poll(0)
+            self.sent = i + 1
+        self.producer.flush(30)
+
+    def join(self, timeout: float = 60.0) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the feed did not finish"
+
+
+def recorded(url: str, processor: str) -> list[tuple[int, int]]:
+    """(window id, result offset) of every recorded window of ``processor``, in window order."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as c:
+            return [tuple(r) for r in c.execute(sa.text(
+                "SELECT window_id, result_offset FROM windows WHERE processor = :p ORDER BY window_id"),
+                {"p": processor})]
+    except sa.exc.OperationalError:
+        return []
+    finally:
+        engine.dispose()
+
+
+def assert_each_window_once(url: str, processor: str, n: int, history_dir: Path) -> None:
+    from dtlive.history import HistoryStore
+
+    rows = recorded(url, processor)
+    assert [w for w, _ in rows] == list(range(n)), "every window recorded, none twice"
+    assert sorted(o for _, o in rows) == list(range(n)), "each at the offset it was published at"
+    ids = HistoryStore(history_dir).load().window_id.values.tolist()
+    assert sorted(ids) == list(range(n)), "the history store has each window once"
+
+
+@pytest.fixture
+def feed_topics(broker):
+    from dtlive.config import load_config
+    from dtlive.kafka import ensure_topics
+
+    tag = uuid.uuid4().hex[:8]
+    cfg = load_config({"bootstrap": broker, "monitor_topic": f"mon-{tag}", "quality_topic": f"dq-{tag}",
+                       "hits_topic": f"hits-{tag}", "rejected_topic": f"rej-{tag}", "group_id": f"proc-{tag}"},
+                      env={})
+    ensure_topics(cfg, broker, [cfg.monitor_topic, cfg.quality_topic])
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------- the recorder
+
+
+@pytest.mark.kafka
+def test_the_recorder_survives_a_10_s_outage_and_catches_up(broker, pg_db, feed_topics, tmp_path):
+    from dtlive.history import HistoryStore
+    from dtlive.recorder import Recorder
+
+    url, server = pg_db
+    cfg, n = feed_topics, 300
+    feed = ResultsFeed(broker, cfg.monitor_topic, n, rate=20.0, processor=cfg.group_id).start()
+    rec = Recorder(cfg, broker, ledger=Ledger(url), history=HistoryStore(tmp_path / "history"))
+    thread = threading.Thread(target=rec.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: len(recorded(url, cfg.group_id)) >= 40, 60, "the first windows recorded")
+        back = outage(server, 10.0)
+        sent_before = feed.sent
+        time.sleep(5.0)  # the feed goes on while the database is away
+        assert feed.sent > sent_before and thread.is_alive()
+        back.join()
+        feed.join()
+        wait_for(lambda: len(recorded(url, cfg.group_id)) >= n, 90, "every window recorded after the outage")
+    finally:
+        rec.stop()
+        thread.join(30)
+        rec.close()
+    assert not thread.is_alive()
+    assert_each_window_once(url, cfg.group_id, n, tmp_path / "history")
+
+
+@pytest.mark.kafka
+def test_kill_9_of_the_recorder_and_a_restart_record_each_window_once(broker, pg_db, feed_topics, tmp_path):
+    url, _ = pg_db
+    cfg, n = feed_topics, 400
+    Ledger(url).close()
+    env = dtlive_env(DTLIVE_DB=url, DTLIVE_HISTORY=str(tmp_path / "history"))
+    cmd = [sys.executable, "-m", "dtlive.cli", "--bootstrap", broker, "record", "--output", cfg.monitor_topic,
+           "--quality-topic", cfg.quality_topic]
+    feed = ResultsFeed(broker, cfg.monitor_topic, n, rate=25.0, processor=cfg.group_id).start()
+    first = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(recorded(url, cfg.group_id)) >= 60 or first.poll() is not None, 90,
+                 "the first windows recorded")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        _, err = first.communicate(timeout=10)
+    assert first.returncode == -signal.SIGKILL, err
+    at_kill = len(recorded(url, cfg.group_id))
+    assert at_kill < n, "killed mid-stream"
+    second = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        feed.join()
+        wait_for(lambda: len(recorded(url, cfg.group_id)) >= n, 90, "every window recorded after the restart")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        _, err = second.communicate(timeout=30)
+    assert second.returncode == 0, err
+    assert_each_window_once(url, cfg.group_id, n, tmp_path / "history")
+
+
+_ = json
