@@ -326,4 +326,70 @@ def test_kill_9_of_the_recorder_and_a_restart_record_each_window_once(broker, pg
     assert_each_window_once(url, cfg.group_id, n, tmp_path / "history")
 
 
+# ------------------------------------------------------------------------------------------ the processor
+
+
+def published_windows(bootstrap: str, topic: str) -> int:
+    from dtlive.results import read_messages
+
+    return len(read_messages(bootstrap, topic))
+
+
+@pytest.mark.kafka
+def test_the_processor_keeps_publishing_while_the_database_is_away_and_its_run_is_recorded_after(
+        broker, pg_db, feed_topics):
+    from dataclasses import replace
+
+    from confluent_kafka import Producer
+
+    from dtlive.emulator import emulate, simulated_chunks
+    from dtlive.kafka import ensure_topics
+    from dtlive.processor import Processor
+
+    url, server = pg_db
+    cfg = replace(feed_topics, window_s=1.0, lateness_s=0.2)
+    ensure_topics(cfg, broker, [cfg.hits_topic])
+    ledger = Ledger(url)
+    stop = threading.Event()
+    daq = threading.Thread(target=emulate, daemon=True, args=(Producer({"bootstrap.servers": broker}), cfg.hits_topic,
+                                                              simulated_chunks(rows_per_s=2000)),
+                           kwargs={"rate": 2000, "fmt": "daq64", "progress": False, "stop": stop.is_set,
+                                   "max_seconds": 120})
+    daq.start()
+    server.stop()  # the database is away when the processor starts, and for a while after
+    server.wait_down()
+    started = time.monotonic()
+    proc = Processor(cfg, broker, from_beginning=True, ledger=ledger)
+    assert time.monotonic() - started < 30  # it did not wait for the database
+    thread = threading.Thread(target=proc.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: published_windows(broker, cfg.monitor_topic) >= 3, 60, "windows published, database down")
+        during = published_windows(broker, cfg.monitor_topic)
+        wait_for(lambda: published_windows(broker, cfg.monitor_topic) > during + 2, 30, "more windows, database down")
+        assert not server.running()
+        server.start()
+        run = wait_for(lambda: {r["run_id"]: r for r in ledger.runs()}.get(proc.run_id), 60,
+                       "the run recorded once the database is back")
+        assert run["status"] == "running" and run["config_hash"] == cfg.config_hash and run["pid"] == os.getpid()
+        server.stop()  # gone again when the run ends: the processor still stops at once
+        server.wait_down()
+        proc.stop()
+        thread.join(30)
+        stopping = time.monotonic()
+        closed = threading.Thread(target=proc.close, daemon=True)
+        closed.start()
+        time.sleep(2.0)
+        server.start()
+        closed.join(30)
+        assert not closed.is_alive() and time.monotonic() - stopping < 15
+    finally:
+        stop.set()
+        proc.stop()
+        daq.join(30)
+    run = ledger.run(proc.run_id)
+    assert run["status"] == "finished" and run["stopped_at"] is not None
+    assert published_windows(broker, cfg.monitor_topic) >= during + 2
+
+
 _ = json
