@@ -41,7 +41,7 @@ def wait_for(condition, timeout: float, what: str, step: float = 0.1):
 
 
 def dtlive_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), **extra)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **extra}
     env.pop("DTLIVE_BOOTSTRAP", None)
     return env
 
@@ -392,4 +392,187 @@ def test_the_processor_keeps_publishing_while_the_database_is_away_and_its_run_i
     assert published_windows(broker, cfg.monitor_topic) >= during + 2
 
 
-_ = json
+# ---------------------------------------------------------------------------------------- the alert listener
+
+
+@pytest.fixture
+def alert_settings(broker, pg_db, tmp_path):
+    """Settings of a listener (see tests/slow_analysis.py) on a fresh database and unique topics."""
+    from dtlive.kafka import ensure_topics
+
+    url, server = pg_db
+    tag = uuid.uuid4().hex[:8]
+    topic = f"gcn.notices.probe{tag}"
+    config = {"bootstrap": broker, "alert_topics": topic, "analyses_topic": f"analyses-{tag}",
+              "alerts_rejected_topic": f"alerts-rej-{tag}", "alerts_group_id": f"alerts-{tag}"}
+    from dtlive.config import load_config
+
+    ensure_topics(load_config(config, env={}), broker, [topic])
+    Ledger(url).close()
+    return {"bootstrap": broker, "ledger_url": url, "config": config, "topic": topic, "seconds": 0.5,
+            "artifacts": str(tmp_path / "artifacts"), "server": server}
+
+
+def send_notices(bootstrap: str, topic: str, ids: list[str]) -> None:
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap})
+    for i in ids:
+        p.produce(topic, json.dumps({"mission": "IceCube", "id": i, "record_number": 1,
+                                     "trigger_time": "2024-05-01T12:00:00Z"}).encode())
+    p.flush(10)
+
+
+def results_by_job(bootstrap: str, topic: str) -> dict[str, int]:
+    """How many results the analyses topic holds per job id (its message key)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "t", "enable.auto.commit": False})
+    try:
+        low, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        c.assign([TopicPartition(topic, 0, low)])
+        counts: dict[str, int] = {}
+        deadline, seen = time.monotonic() + 20, low
+        while seen < high and time.monotonic() < deadline:
+            for m in c.consume(500, 0.5):
+                if not m.error():
+                    counts[m.key().decode()] = counts.get(m.key().decode(), 0) + 1
+                    seen = m.offset() + 1
+        return counts
+    finally:
+        c.close()
+
+
+def job_states(url: str, alert_id: str) -> dict[str, list[str]]:
+    """State history of every analysis of one alert (by job id)."""
+    ledger = Ledger(url, migrate=False)
+    try:
+        return {t["task_id"]: [h["state"] for h in ledger.task_history(t["task_id"])]
+                for t in ledger.tasks(kind="analysis") if t["task_id"].startswith(f"IceCube:{alert_id}#")}
+    except sa.exc.OperationalError:
+        return {}
+    finally:
+        ledger.close()
+
+
+def alert_states(url: str, alert_id: str) -> list[str]:
+    ledger = Ledger(url, migrate=False)
+    try:
+        return [h["state"] for h in ledger.task_history(f"alert:IceCube:{alert_id}#1")]
+    finally:
+        ledger.close()
+
+
+def run_listener_in_thread(settings: dict):
+    from slow_analysis import listener
+
+    service = listener(settings)
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    return service, thread
+
+
+def published(url: str, alert_ids: list[str]) -> bool:
+    states = {a: job_states(url, a) for a in alert_ids}
+    return all(s and all(h[-1] == "published" for h in s.values()) for s in states.values())
+
+
+@pytest.mark.kafka
+def test_the_listener_survives_a_10_s_outage_and_handles_every_notice_once(alert_settings):
+    url, server, b = alert_settings["ledger_url"], alert_settings["server"], alert_settings["bootstrap"]
+    service, thread = run_listener_in_thread(alert_settings)
+    try:
+        send_notices(b, alert_settings["topic"], ["1", "2"])
+        wait_for(lambda: published(url, ["1", "2"]), 60, "the first analyses published")
+        back = outage(server, 10.0)
+        send_notices(b, alert_settings["topic"], ["3", "4", "5"])  # arrive while the database is away
+        time.sleep(3.0)
+        assert thread.is_alive()
+        back.join()
+        wait_for(lambda: published(url, ["1", "2", "3", "4", "5"]), 90, "every analysis published after the outage")
+    finally:
+        service.stop()
+        thread.join(30)
+        service.close()
+    for a in "12345":
+        assert alert_states(url, a) == ["received", "matched"]
+        assert list(job_states(url, a).values()) == [["queued", "running", "succeeded", "published"]]
+    counts = results_by_job(b, alert_settings["config"]["analyses_topic"])
+    assert len(counts) == 5 and set(counts.values()) == {1}, counts
+
+
+@pytest.mark.kafka
+def test_a_notice_read_again_after_a_crash_is_not_run_twice(alert_settings):
+    from slow_analysis import listener
+
+    url, b = alert_settings["ledger_url"], alert_settings["bootstrap"]
+    settings = dict(alert_settings, seconds=3.0)
+    first = listener(settings)
+    send_notices(b, settings["topic"], ["7"])
+    msg = wait_for(lambda: next((m for m in first.consumer.consume(1, 0.5) if not m.error()), None), 60,
+                   "the notice read")
+    first.handle(msg.value(), msg.topic(), msg.partition(), msg.offset())  # handled; dies before committing
+    first.pool.close()
+    first.producer.flush(5)
+    first.consumer.close()
+    (job,) = job_states(url, "7")
+    assert job_states(url, "7")[job][-1] in ("queued", "running")
+
+    second = listener(settings)  # resumes the unfinished analysis; reads the notice again
+    thread = threading.Thread(target=second.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: second.counts["redelivered"] == 1, 60, "the notice read again")
+        wait_for(lambda: published(url, ["7"]), 60, "its analysis published")
+        time.sleep(1.0)
+    finally:
+        second.stop()
+        thread.join(30)
+        second.close()
+    assert second.counts["resumed"] == 1
+    assert alert_states(url, "7") == ["received", "matched"]
+    history = job_states(url, "7")
+    assert list(history) == [job]
+    assert history[job][0] == "queued" and history[job][-4:] == ["queued", "running", "succeeded", "published"]
+    assert results_by_job(b, settings["config"]["analyses_topic"]) == {job: 1}
+
+
+@pytest.mark.kafka
+def test_kill_9_of_the_listener_mid_analysis_and_a_restart_publish_it_once(alert_settings, tmp_path):
+    url, b = alert_settings["ledger_url"], alert_settings["bootstrap"]
+    settings = {k: v for k, v in alert_settings.items() if k != "server"}
+    settings["seconds"] = 4.0
+    path = tmp_path / "listener.json"
+    path.write_text(json.dumps(settings))
+    env = dtlive_env(PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
+    cmd = [sys.executable, str(ROOT / "tests" / "slow_analysis.py"), str(path)]
+
+    def start():
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)  # its own process group: the workers die with it
+        assert proc.stdout.readline().strip() == "listening", proc.stderr.read()
+        return proc
+
+    first = start()
+    try:
+        send_notices(b, settings["topic"], ["8"])
+        wait_for(lambda: any(h[-1] == "running" for h in job_states(url, "8").values()), 60,
+                 "the analysis running")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(10)
+    (job,) = job_states(url, "8")
+    assert job_states(url, "8")[job][-1] == "running"
+    second = start()
+    try:
+        wait_for(lambda: published(url, ["8"]), 60, "the analysis published after the restart")
+        send_notices(b, settings["topic"], ["9"])
+        wait_for(lambda: published(url, ["8", "9"]), 60, "a new notice handled")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        _, err = second.communicate(timeout=30)
+    assert second.returncode == 0, err
+    assert job_states(url, "8")[job] == ["queued", "running", "queued", "running", "succeeded", "published"]
+    assert alert_states(url, "8") == ["received", "matched"]
+    counts = results_by_job(b, settings["config"]["analyses_topic"])
+    assert len(counts) == 2 and set(counts.values()) == {1}, counts
