@@ -456,7 +456,7 @@ def make_engine(url: str | URL, busy_timeout_s: float = 30.0) -> Engine:
             cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             cur.execute("PRAGMA foreign_keys = ON")
             if not memory and cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                cur.execute("PRAGMA journal_mode = WAL")
+                _set_wal(cur, busy_timeout_s)
             cur.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL
         finally:
             cur.close()
@@ -638,6 +638,22 @@ def run_liveness(
         return "running" if pid_alive(int(run["pid"])) else "died"
     last = run.get("heartbeat_at") or run.get("started_at")
     return "unknown" if last is None or (now - last).total_seconds() > stale_s else "running"
+
+
+def _set_wal(cur, timeout_s: float) -> None:
+    """Switch a SQLite file to WAL; while another process creates the file this can be refused as "locked"
+    without the busy timeout being applied (SQLite's deadlock avoidance), so try again until ``timeout_s``."""
+    import sqlite3
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def alembic_config(url: str | URL | None = None):
