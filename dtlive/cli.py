@@ -317,10 +317,15 @@ def cmd_broker(args) -> int:
     return run_foreground(port=args.port)
 
 
-def _ledger():
-    """The ledger (DTLIVE_DB); LedgerUnavailable, naming the database, when it cannot be reached."""
+def _ledger(for_run: bool = False):
+    """The ledger (DTLIVE_DB); LedgerUnavailable, naming the database, when it cannot be reached.
+
+    ``for_run``: a processor records its run in the background, so it starts even while the database is away.
+    """
     from dtlive.ledger import Ledger, LedgerUnavailable, is_unreachable
 
+    if for_run:
+        return Ledger.for_service()
     try:
         return Ledger()
     except Exception as exc:
@@ -428,7 +433,7 @@ def cmd_process(args) -> int:
     if args.dask:
         return _process_on_dask(args, cfg, bootstrap)
     proc = Processor(cfg, bootstrap, from_beginning=args.from_beginning, batch_size=args.batch_size,
-                     ledger=None if args.no_ledger else _ledger())
+                     ledger=None if args.no_ledger else _ledger(for_run=True))
     summary = Summary()
     proc.publisher._on_publish.append(summary.on_publish)
     _run_with_signals(proc, until_end=args.until_end, on_tick=summary if args.verbose or sys.stderr.isatty() else None)
@@ -445,7 +450,7 @@ def _process_on_dask(args, cfg, bootstrap) -> int:
 
     with dask_client(args.dask) as client:
         proc = DaskProcessor(cfg, bootstrap, client, from_beginning=args.from_beginning, batch_size=args.batch_size,
-                             ledger=None if args.no_ledger else _ledger())
+                             ledger=None if args.no_ledger else _ledger(for_run=True))
         _run_with_signals(proc, until_end=args.until_end)
         print(f"processed {proc.messages} messages with {len(proc.slots)} partition actors on "
               f"{len(client.nthreads())} Dask workers ({proc.lost_actors} lost and replaced), published "

@@ -935,9 +935,34 @@ class Ledger:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         event.listen(self._sessions, "do_orm_execute", _no_bulk_task_changes)
         self.outage = Outage(f"the ledger database {self.url.render_as_string(hide_password=True)}")
+        self.upgrade_pending = False  # opened by for_service while the database was unreachable
         if migrate:
             upgrade(self.engine)
             self.mark_dead_runs()  # a service starts: runs of this host whose process is gone died
+
+    @classmethod
+    def for_service(cls, url: str | URL | None = None) -> Ledger:
+        """Open the ledger for a service that must start even while the database is unreachable.
+
+        Then the ledger is returned unmigrated (``upgrade_pending``; one log line says so) and
+        :meth:`ensure_upgraded` (which :class:`RunKeeper` calls) migrates it once the database answers.
+        """
+        try:
+            return cls(url)
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            ledger = cls(url, migrate=False)
+            ledger.upgrade_pending = True
+            ledger.outage.failed(exc)
+            return ledger
+
+    def ensure_upgraded(self) -> None:
+        """Migrate now if the ledger was opened while its database was unreachable (see :meth:`for_service`)."""
+        if self.upgrade_pending:
+            upgrade(self.engine)
+            self.upgrade_pending = False
+            self.mark_dead_runs()
 
     def __repr__(self) -> str:
         return f"Ledger({self.url.render_as_string(hide_password=True)!r})"
@@ -1731,6 +1756,7 @@ class RunKeeper:
         self._thread.start()
 
     def _start(self) -> None:
+        self.ledger.ensure_upgraded()
         try:
             self.ledger.start_run(**self._start_kwargs)
         except ValueError:  # already there: fine if an earlier attempt, whose answer was lost, wrote it

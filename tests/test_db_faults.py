@@ -392,6 +392,49 @@ def test_the_processor_keeps_publishing_while_the_database_is_away_and_its_run_i
     assert published_windows(broker, cfg.monitor_topic) >= during + 2
 
 
+@pytest.mark.kafka
+def test_dtlive_process_starts_while_the_database_is_away_and_records_its_run_when_it_is_back(
+        broker, pg_db, feed_topics):
+    from confluent_kafka import Producer
+
+    from dtlive.emulator import emulate, simulated_chunks
+    from dtlive.kafka import ensure_topics
+
+    url, server = pg_db
+    cfg = feed_topics
+    ensure_topics(cfg, broker, [cfg.hits_topic])
+    server.stop()
+    server.wait_down()
+    stop = threading.Event()
+    daq = threading.Thread(target=emulate, daemon=True, args=(Producer({"bootstrap.servers": broker}), cfg.hits_topic,
+                                                              simulated_chunks(rows_per_s=2000)),
+                           kwargs={"rate": 2000, "fmt": "daq64", "progress": False, "stop": stop.is_set,
+                                   "max_seconds": 120})
+    daq.start()
+    cmd = [sys.executable, "-m", "dtlive.cli", "--bootstrap", broker, "process", "--input", cfg.hits_topic,
+           "--output", cfg.monitor_topic, "--rejected", cfg.rejected_topic, "--group-id", cfg.group_id,
+           "--window", "1s", "--from-beginning"]
+    proc = subprocess.Popen(cmd, env=dtlive_env(DTLIVE_DB=url), cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: published_windows(broker, cfg.monitor_topic) >= 3 or proc.poll() is not None, 90,
+                 "windows published while the database is down")
+        assert proc.poll() is None and not server.running()
+        server.start()
+        ledger = Ledger(url)
+        run = wait_for(lambda: next((r for r in ledger.runs() if r["processor"] == cfg.group_id), None), 60,
+                       "the run recorded once the database is back")
+        assert run["status"] == "running" and run["pid"] == proc.pid
+    finally:
+        stop.set()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        daq.join(30)
+    assert proc.returncode == 0, err
+    assert ledger.run(run["run_id"])["status"] == "finished"
+    outage_lines = [line for line in err.splitlines() if "dtlive.ledger" in line]
+    assert len(outage_lines) == 2 and "unreachable" in outage_lines[0] and "reachable again" in outage_lines[1], err
+
+
 # ---------------------------------------------------------------------------------------- the alert listener
 
 
