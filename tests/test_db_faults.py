@@ -445,7 +445,7 @@ def alert_settings(broker, pg_db, tmp_path):
 
     url, server = pg_db
     tag = uuid.uuid4().hex[:8]
-    topic = f"gcn.notices.probe{tag}"
+    topic = f"faults.notices.{tag}"  # not gcn.notices.*: other tests listen to that pattern
     config = {"bootstrap": broker, "alert_topics": topic, "analyses_topic": f"analyses-{tag}",
               "alerts_rejected_topic": f"alerts-rej-{tag}", "alerts_group_id": f"alerts-{tag}"}
     from dtlive.config import load_config
