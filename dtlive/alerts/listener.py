@@ -121,7 +121,9 @@ class AlertListener:
             self._reject(value or b"", topic, partition, offset, exc)
             return None
         task = f"alert:{alert.id}#{alert.record_number}"
-        again = offset >= 0 and (topic, partition, offset) in self._received  # read again after a crash
+        # read again after a crash: the same notice at the same place (after a broker restart loses its topics,
+        # another notice may come at a place seen before)
+        again = offset >= 0 and self._received.get((topic, partition, offset)) == task
         if again:
             self.counts["redelivered"] += 1
         else:
@@ -129,7 +131,7 @@ class AlertListener:
                                            "type": alert.type, "tense": alert.tense,
                                            "group": self.cfg.alerts_group_id}, kind="alert")
             if offset >= 0:
-                self._received.add((topic, partition, offset))
+                self._received[(topic, partition, offset)] = task
         decision = self.decider.decide(alert, run_tests=self.run_tests)
         if again and decision.action != "run":
             return alert  # its states are written already
@@ -173,10 +175,10 @@ class AlertListener:
                          timeout_s=self.timeout_s)
 
     # --- resuming after a restart ------------------------------------------------------------------------------
-    def _received_notices(self) -> set[tuple[str, int, int]]:
-        """(topic, partition, offset) of every notice this listener's group has recorded as received."""
-        return {(d["topic"], int(d["partition"]), int(d["offset"])) for d in self._details("alert", "received")
-                if isinstance(d.get("offset"), int) and d["offset"] >= 0}
+    def _received_notices(self) -> dict[tuple[str, int, int], str]:
+        """(topic, partition, offset) -> alert task of every notice this listener's group recorded as received."""
+        return {(d["topic"], int(d["partition"]), int(d["offset"])): d["task_id"]
+                for d in self._details("alert", "received") if isinstance(d.get("offset"), int) and d["offset"] >= 0}
 
     def _details(self, kind: str, state: str) -> list[dict]:
         from sqlalchemy import select
