@@ -155,6 +155,10 @@ def test_a_killed_run_is_shown_as_died(pg_db):
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(10)
+    Ledger(url).close()  # a service starting on this host marks it
+    with ledger.session() as s:
+        assert s.execute(sa.text("SELECT status FROM processing_runs WHERE run_id = :r"), {"r": run_id}).scalar() == \
+            "died"
     listed = {r["run_id"]: r for r in ledger.runs()}
     assert listed[run_id]["status"] == "died"
     assert listed[run_id]["stopped_at"] is not None
@@ -174,6 +178,18 @@ def test_a_silent_run_on_another_host_is_unknown_and_a_live_one_running(pg_db):
     with ledger.session() as s:  # "unknown" is how it is shown, not what is stored
         assert s.execute(sa.text("SELECT status FROM processing_runs WHERE run_id = :r"), {"r": old}).scalar() == \
             "running"
+
+
+def test_a_run_keeper_stamps_heartbeats_and_records_the_end(tmp_path):
+    from dtlive.ledger import RunKeeper
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    keeper = RunKeeper(ledger, "run-hb", heartbeat_s=0.2, config={"window_s": 2.0})
+    first = ledger.run("run-hb")["heartbeat_at"]
+    wait_for(lambda: ledger.run("run-hb")["heartbeat_at"] > first, 10, "a heartbeat")
+    assert keeper.stop("failed", timeout_s=5) is True
+    run = ledger.run("run-hb")
+    assert run["status"] == "failed" and run["stopped_at"] >= run["heartbeat_at"] > first
 
 
 # ------------------------------------------------------------------------------------- a feed of results
