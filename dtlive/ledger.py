@@ -73,6 +73,7 @@ __all__ = [
     "Base",
     "Ledger",
     "LedgerUnavailable",
+    "Outage",
     "Q",
     "RetryingLedger",
     "RunKeeper",
@@ -1697,7 +1698,7 @@ class RetryingLedger:
     (True, 'queued')
     """
 
-    _AS_IS = frozenset({"close", "session", "retrying"})
+    _AS_IS = frozenset({"close", "session"})
 
     def __init__(self, ledger: Ledger | RetryingLedger, stop: Callable[[], bool] | None = None):
         self.ledger: Ledger = ledger.ledger if isinstance(ledger, RetryingLedger) else ledger
