@@ -429,6 +429,26 @@ def normalize_url(url: str | URL) -> URL:
     return url.set(drivername="postgresql+psycopg") if url.drivername in ("postgres", "postgresql") else url
 
 
+def _libpq_timeouts(driver: str) -> dict[str, Any]:
+    """libpq options: give up connecting after a few seconds; notice a dead server instead of waiting forever."""
+    options: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, "keepalives": 1, "keepalives_idle": 10,
+                               "keepalives_interval": 5, "keepalives_count": 3}
+    try:
+        if driver == "psycopg":
+            import psycopg
+
+            version = psycopg.pq.version()
+        else:
+            import psycopg2.extensions
+
+            version = psycopg2.extensions.libpq_version()
+    except (ImportError, AttributeError):
+        return options
+    if version >= 120000:  # unacknowledged writes to a frozen server fail after 30 s (libpq 12+)
+        options["tcp_user_timeout"] = 30_000
+    return options
+
+
 def make_engine(url: str | URL, busy_timeout_s: float = 30.0) -> Engine:
     """A SQLAlchemy engine for the ledger; SQLite gets WAL, a busy timeout, foreign keys and real BEGINs.
 
@@ -439,9 +459,7 @@ def make_engine(url: str | URL, busy_timeout_s: float = 30.0) -> Engine:
     if url.get_backend_name() != "sqlite":
         connect_args: dict[str, Any] = {}
         if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg", "psycopg2"):
-            # libpq: give up connecting after a few seconds; notice a dead peer instead of waiting forever
-            connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, "keepalives": 1, "keepalives_idle": 10,
-                            "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30_000}
+            connect_args = _libpq_timeouts(url.get_driver_name())
         return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     memory = url.database in (None, "", ":memory:")
     kwargs: dict[str, Any] = {"connect_args": {"timeout": busy_timeout_s, "check_same_thread": False}}
