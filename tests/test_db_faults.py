@@ -167,6 +167,28 @@ def test_a_killed_run_is_shown_as_died(pg_db):
     assert next(line for line in out.stdout.splitlines() if run_id in line).split()[2] == "died"
 
 
+@pytest.mark.kafka
+def test_kill_9_of_dtlive_process_leaves_its_run_died_not_running(broker, pg_db, feed_topics):
+    from dtlive.kafka import ensure_topics
+
+    url, _ = pg_db
+    cfg = feed_topics
+    ensure_topics(cfg, broker, [cfg.hits_topic])
+    cmd = [sys.executable, "-m", "dtlive.cli", "--bootstrap", broker, "process", "--input", cfg.hits_topic,
+           "--output", cfg.monitor_topic, "--rejected", cfg.rejected_topic, "--group-id", cfg.group_id]
+    proc = subprocess.Popen(cmd, env=dtlive_env(DTLIVE_DB=url), cwd=ROOT, stderr=subprocess.DEVNULL)
+    ledger = Ledger(url)
+    try:
+        run = wait_for(lambda: next((r for r in ledger.runs() if r["processor"] == cfg.group_id), None), 90,
+                       "the processor's run recorded")
+        assert run["status"] == "running" and run["pid"] == proc.pid
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    shown = ledger.run(run["run_id"])
+    assert shown["status"] == "died" and shown["stopped_at"] is not None
+
+
 def test_a_silent_run_on_another_host_is_unknown_and_a_live_one_running(pg_db):
     url, _ = pg_db
     ledger = Ledger(url)
