@@ -364,6 +364,33 @@ def test_kill_9_of_the_recorder_and_a_restart_record_each_window_once(broker, pg
     assert_each_window_once(url, cfg.group_id, n, tmp_path / "history")
 
 
+@pytest.mark.kafka
+def test_sigterm_stops_a_recorder_waiting_for_the_database_within_seconds(broker, pg_db, feed_topics, tmp_path):
+    url, server = pg_db
+    cfg = feed_topics
+    Ledger(url).close()
+    cmd = [sys.executable, "-m", "dtlive.cli", "--bootstrap", broker, "record", "--output", cfg.monitor_topic,
+           "--quality-topic", cfg.quality_topic]
+    rec = subprocess.Popen(cmd, env=dtlive_env(DTLIVE_DB=url, DTLIVE_HISTORY=str(tmp_path / "history")), cwd=ROOT,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        ResultsFeed(broker, cfg.monitor_topic, 5, rate=50.0, processor=cfg.group_id).start().join()
+        wait_for(lambda: len(recorded(url, cfg.group_id)) == 5, 60, "the first results recorded")
+        server.stop()
+        server.wait_down()
+        ResultsFeed(broker, cfg.monitor_topic, 1, rate=50.0, processor=f"{cfg.group_id}-b").start().join()
+        time.sleep(3.0)  # it reads the result and waits for the database
+        assert rec.poll() is None
+    finally:
+        rec.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _, err = rec.communicate(timeout=30)
+    assert time.monotonic() - started < 10
+    assert rec.returncode != 0 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("dtlive record: error:") and "unreachable" in last, err
+
+
 # ------------------------------------------------------------------------------------------ the processor
 
 
