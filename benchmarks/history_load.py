@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.checks import count_check, verdict
 from dtlive import detector as det
 from dtlive.history import HistoryStore, _columns, _dataset, _dedup_sorted
 from dtlive.messages import decode_message, encode_message, iso_utc
@@ -52,6 +53,7 @@ from dtlive.windows import EventTimeWindows
 RESULTS = Path(__file__).resolve().parent / "results" / "history_load.json"
 T0 = 1_700_000_000.0  # UNIX seconds of the first window (aligned to an hour)
 WINDOW_S = 2.0
+DAY_WINDOWS = 43_200  # the target's day of 2 s windows
 BATCH = 30
 
 
@@ -233,9 +235,10 @@ def disk(path: Path) -> tuple[int, int]:
     return size, files
 
 
-def timed_load(make, repeats: int, **kw) -> tuple[list[float], list[float], int]:
-    """Wall and CPU seconds of each load (the first one also pays for fresh memory pages)."""
-    times, cpu, n = [], [], 0
+def timed_load(make, repeats: int, **kw) -> tuple[list[float], list[float], int, int]:
+    """Wall and CPU seconds of each load (the first one also pays for fresh memory pages); windows and hits
+    of the last load."""
+    times, cpu, n, hits = [], [], 0, 0
     for _ in range(repeats):
         store = make()
         t, c = time.perf_counter(), time.process_time()
@@ -243,8 +246,9 @@ def timed_load(make, repeats: int, **kw) -> tuple[list[float], list[float], int]
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
         n = 0 if ds is None else ds.sizes["time"]
+        hits = 0 if ds is None else int(ds.total_hits.sum())
         del ds
-    return times, cpu, n
+    return times, cpu, n, hits
 
 
 def run_layout(name: str, root: Path, tmpl: dict, counts: dict, n_windows: int, repeats: int,
@@ -281,9 +285,12 @@ def run_layout(name: str, root: Path, tmpl: dict, counts: dict, n_windows: int, 
     fill_s = time.perf_counter() - t_all
     size, files = disk(path)
     hour_start = T0 + 3600 * (n_windows * WINDOW_S // 3600 // 2)  # an hour in the middle
-    day_s, day_cpu, n_day = timed_load(make, repeats)
-    hour_s, hour_cpu, n_hour = timed_load(make, repeats, start=hour_start, end=hour_start + 3600)
+    day_s, day_cpu, n_day, hits_day = timed_load(make, repeats)
+    hour_s, hour_cpu, n_hour, _ = timed_load(make, repeats, start=hour_start, end=hour_start + 3600)
     a = np.array(append_s)
+    # the whole store must give back every window and every hit that was drawn for it (the input)
+    checks = [count_check(n_windows, n_day, "windows"), count_check(int(counts["total_hits"].sum()), hits_day)]
+    day_met = bool(np.median(day_s) < 1.0) if n_windows == DAY_WINDOWS else None
     res = {
         "layout": name,
         "windows": n_windows,
@@ -303,6 +310,9 @@ def run_layout(name: str, root: Path, tmpl: dict, counts: dict, n_windows: int, 
         "load_hour_s": round(float(np.median(hour_s)), 4),
         "load_hour_cpu_s": round(float(np.median(hour_cpu)), 4),
         "load_hour_windows": n_hour,
+        "load_all_hits": hits_day,
+        "counts": checks,
+        "verdict": verdict(day_met, checks)[1],
     }
     log(json.dumps(res))
     return res
@@ -314,7 +324,7 @@ def check_equal(root: Path, tmpl: dict, counts: dict, layouts: list[str]) -> boo
 
     from dtlive.messages import to_dataset
 
-    ref = to_dataset(messages(tmpl, counts, 0, 1800))
+    ref = to_dataset(messages(tmpl, counts, 0, min(1800, len(counts["total_hits"]))))
     ok = True
     for name in layouts:
         store = ZarrStore(root / name) if name == "zarr-append" else STORES[name](root / name)
@@ -362,12 +372,14 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     out = {"benchmark": "history_load", "batch_windows": BATCH, "window_s": WINDOW_S,
            "target": "a day (43,200 windows) loads in < 1 s", "identical_to_to_dataset": identical,
+           "verdict": "; ".join(sorted({r["verdict"] for r in results}))
+           + ("" if identical else "; not met: a store gives back other windows than to_dataset"),
            "layouts": results, "environment": {**environment(), "loadavg_before": load_before,
                                                 "loadavg_after": os.getloadavg()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
     cols = ("layout", "append_ms_median", "append_ms_p99", "append_windows_per_s", "disk_mb", "files",
-            "load_all_s", "load_all_cpu_s", "load_hour_s")
+            "load_all_s", "load_all_cpu_s", "load_hour_s", "verdict")
     print(f"\nhistory store, {n_windows} windows of {WINDOW_S:g} s, appended {BATCH} at a time")
     print("  ".join(f"{c:>16}" for c in cols))
     for r in results:

@@ -23,30 +23,40 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.checks import CountedInput, count_check, verdict
 from benchmarks.common import RESULTS_DIR, file_source, loadavg, log
 
 EPOCH = 1_700_000_000.0  # fixed, so the messages of all cases can be compared
 
 
-def write_files(folder: Path, rows: int, files: int) -> list[str]:
-    """``rows`` looped run-591 hits as ``files`` CSV files with the DAQ header (consecutive orbits)."""
+def write_files(folder: Path, rows: int, files: int) -> tuple[list[str], int]:
+    """``rows`` looped run-591 rows as ``files`` CSV files with the DAQ header (consecutive orbits).
+
+    Returns the paths and the hits (HEAD 2 rows) written, counted as they are written: what every replay
+    must count.
+    """
     from dtlive.decode import encode_csv
 
+    header = b"HEAD,FPGA,TDC_CHANNEL,ORBIT_CNT,BX_COUNTER,TDC_MEAS\n"
     per_file = -(-rows // files)
-    source = file_source()
-    paths = []
-    for k in range(files):
-        path = folder / f"replay_{k:03d}.csv"
-        with path.open("wb") as f:
-            f.write(b"HEAD,FPGA,TDC_CHANNEL,ORBIT_CNT,BX_COUNTER,TDC_MEAS\n")
-            left = per_file
-            while left > 0:
-                chunk = next(source).rows
-                part = chunk.select(slice(0, left))
-                f.write(b"\n".join(encode_csv(part)) + b"\n")
-                left -= len(part)
-        paths.append(str(path))
-    return paths
+    counted = CountedInput(file_source(), rows)
+    paths = [str(folder / f"replay_{k:03d}.csv") for k in range(files)]
+    handles = [open(p, "wb") for p in paths]  # noqa: SIM115 - closed below
+    try:
+        for f in handles:
+            f.write(header)
+        written = 0
+        for chunk in counted:
+            done = 0
+            while done < len(chunk.rows):
+                k = written // per_file
+                part = chunk.rows.select(slice(done, done + per_file * (k + 1) - written))
+                handles[k].write(b"\n".join(encode_csv(part)) + b"\n")
+                done, written = done + len(part), written + len(part)
+    finally:
+        for f in handles:
+            f.close()
+    return paths, counted.hits
 
 
 def _cpu() -> float:
@@ -78,9 +88,9 @@ def run(rows: int = 3_000_000, files: int = 4, repeat: int = 3) -> dict:
 
     cases = []
     with tempfile.TemporaryDirectory() as folder:
-        paths = write_files(Path(folder), rows, files)
+        paths, hits_written = write_files(Path(folder), rows, files)
         size = sum(Path(p).stat().st_size for p in paths)
-        log(f"replay: {rows:,} rows in {files} files, {size / 1e6:.0f} MB")
+        log(f"replay: {rows:,} rows ({hits_written:,} hits) in {files} files, {size / 1e6:.0f} MB")
         reference = None
         for workers in (0, 1, 2):
             runs = []
@@ -92,6 +102,7 @@ def run(rows: int = 3_000_000, files: int = 4, repeat: int = 3) -> dict:
                     if reference is None:
                         reference = r["msgs"]
                     r["equal_to_one_process"] = r.pop("msgs") == reference
+                    r["count"] = count_check(hits_written, r["hits"])
                     runs.append(r)
                     log(f"replay: {'one process' if not workers else f'{workers} worker(s)'}: "
                         f"{r['hits'] / r['seconds']:,.0f} rows/s in {r['seconds']:.2f} s")
@@ -102,11 +113,23 @@ def run(rows: int = 3_000_000, files: int = 4, repeat: int = 3) -> dict:
                           "pieces": runs[0]["pieces"],
                           "driver_cpu_per_wall": round(statistics.median(r["driver_cpu_per_wall"] for r in runs), 3),
                           "workers_cpu_per_wall": round(statistics.median(r["workers_cpu_per_wall"] for r in runs), 3),
-                          "equal_to_one_process": all(r["equal_to_one_process"] for r in runs)})
+                          "equal_to_one_process": all(r["equal_to_one_process"] for r in runs),
+                          "all_hits_counted": all(r["count"]["ok"] for r in runs),
+                          "verdict": case_verdict(runs)})
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                          cwd=Path(__file__).parent).stdout.strip()
-    return {"git": git, "rows": rows, "files": files, "bytes": size, "repeat": repeat, "cases": cases,
-            "loadavg_end": loadavg()}
+    return {"git": git, "rows": rows, "hits_written": hits_written, "files": files, "bytes": size, "repeat": repeat,
+            "cases": cases, "loadavg_end": loadavg(), "all_hits_counted": all(c["all_hits_counted"] for c in cases),
+            "verdict": "; ".join(sorted({c["verdict"] for c in cases}))}
+
+
+def case_verdict(runs: list[dict]) -> str:
+    """Every run counted every hit written and gave the one-process replay's windows, else not met."""
+    checks = [r["count"] for r in runs]
+    differ = sum(not r["equal_to_one_process"] for r in runs)
+    if differ:
+        checks.append({"ok": False, "problem": f"{differ} run(s) with windows unlike the one-process replay's"})
+    return verdict(None, checks)[1]
 
 
 def main(argv=None) -> int:
@@ -121,10 +144,11 @@ def main(argv=None) -> int:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / "replay.json").write_text(json.dumps(res, indent=1))
     print(f"{'mode':<13}{'workers':>8}{'rows/s':>12}{'min':>12}{'max':>12}{'driver cpu':>11}{'worker cpu':>11}"
-          f"{'equal':>7}")
+          f"{'equal':>7}  counts")
     for c in res["cases"]:
         print(f"{c['mode']:<13}{c['workers']:>8}{c['rows_per_s']:>12,}{c['min']:>12,}{c['max']:>12,}"
-              f"{c['driver_cpu_per_wall']:>11}{c['workers_cpu_per_wall']:>11}{c['equal_to_one_process']!s:>7}")
+              f"{c['driver_cpu_per_wall']:>11}{c['workers_cpu_per_wall']:>11}{c['equal_to_one_process']!s:>7}  "
+              f"{c['verdict']}")
     return 0
 
 

@@ -13,7 +13,8 @@ processed to the end of the topic (``run(until_end=True)``) by:
   With 1 partition only one actor can work (the second worker stays idle).
 
 Each case runs ``--repeat`` times (default 3) and the run with the median rate is reported, with all rates.
-Reported: hits/s (all hits counted each time), per-worker efficiency = rate / (workers x the single rate),
+Reported: hits/s (every run must count every hit written, as counted from the input: else the case says
+"not met: N hits missing/extra"), per-worker efficiency = rate / (workers x the single rate),
 CPU per wall second of the driver (this process) and of the workers, and hits per CPU-second (all
 processes of dtlive; the broker not counted). On a 2-core machine the broker, the driver and the workers
 share two cores: the figures show the overheads of the design, not the speed-up a larger machine gives.
@@ -29,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.checks import CountedInput, count_check, verdict
 from benchmarks.common import (
     RESULTS_DIR,
     bench_config,
@@ -48,26 +50,27 @@ BATCH_SIZE = 200  # messages per consume call: 2M hits, so every worker gets a p
 
 
 def fill(bootstrap: str, topic: str, partitions: int, rows: int, fmt: str = "daq64") -> dict:
-    """Write ``rows`` rows keyed by chamber; ``daq64-dense`` is simulated (~4M hits per window) as daq64."""
-    import numpy as np
+    """Write ``rows`` rows keyed by chamber; ``daq64-dense`` is simulated (~4M hits per window) as daq64.
 
+    ``hits``: the hits among the rows written, counted from the input as it is sent. The input is cut to
+    ``rows`` rows before the emulator and sent whole (with partitions an emulator's limit would cut the last
+    chunk's messages, which are in orbit order per key, so the rows sent would not be its first ones).
+    """
     from dtlive.config import load_config
     from dtlive.emulator import emulate
     from dtlive.kafka import ensure_topics
 
     ensure_topics(load_config({}, env={}), bootstrap, {topic: partitions})
     if fmt == "daq64-dense":
-        chunks = pregenerate(sim_chunks(DENSE_RATE, chunk_s=1.0, encode_csv_lines=False), rows)
-        heads = np.concatenate([c.rows.head for c in chunks])
-        source, fmt = iter(chunks), "daq64"
+        source, fmt = iter(pregenerate(sim_chunks(DENSE_RATE, chunk_s=1.0, encode_csv_lines=False), rows)), "daq64"
     else:
-        source, heads = file_source(), None  # run 591: every row a hit
-    # the simulated chunks are sent whole (with partitions a limit would cut the last chunk's messages, which
-    # are in orbit order per key, so the rows sent would not be its first ones)
-    stats = emulate(producer(bootstrap), topic, source, rate=None, fmt=fmt, rows_per_message=ROWS_PER_MESSAGE,
-                    limit=rows if heads is None else None, progress=False, partitions=partitions, key="chamber")
-    hits = stats.rows if heads is None else int((heads == 2).sum())
-    return {"rows": stats.rows, "messages": stats.messages, "hits": hits}
+        source = file_source()
+    counted = CountedInput(source, rows)
+    stats = emulate(producer(bootstrap), topic, iter(counted), rate=None, fmt=fmt, rows_per_message=ROWS_PER_MESSAGE,
+                    progress=False, partitions=partitions, key="chamber")
+    if stats.rows != counted.rows_seen:
+        raise RuntimeError(f"the emulator sent {stats.rows:,} of the {counted.rows_seen:,} rows it was given")
+    return {"rows": stats.rows, "messages": stats.messages, "hits": counted.hits}
 
 
 def _cpu() -> float:
@@ -112,13 +115,23 @@ def raw(bootstrap: str, topic: str, rows: int, messages: int) -> dict:
 
     r = raw_consume(bootstrap, topic, messages, timeout=300, batch_size=BATCH_SIZE, head_start=0.0)
     return {"hits": rows if r["complete"] else 0, "seconds": r["seconds"], "driver_cpu_per_wall": 0.0,
-            "workers_cpu_per_wall": 0.0, "hits_per_cpu_s": 0, "windows": 0, "actors": 0}
+            "workers_cpu_per_wall": 0.0, "hits_per_cpu_s": 0, "windows": 0, "actors": 0,
+            "count": count_check(messages, r["messages"], "messages (raw consumer)")}
 
 
-def median(runs: list[dict]) -> dict:
-    """The run with the median rate, with every run's rate (hits/s) in ``rates``."""
+def median(runs: list[dict], expected_hits: int) -> dict:
+    """The run with the median rate, with every run's rate (hits/s) in ``rates`` and every run's count checked.
+
+    ``count``: the first failed count check of any run (else the median run's): one run that lost or added a
+    hit makes the case fail, even if the median run counted right.
+    """
+    runs = [r if "count" in r else {**r, "count": count_check(expected_hits, r["hits"], late=r.get("late_hits", 0))}
+            for r in runs]
     ranked = sorted(runs, key=lambda r: r["hits"] / r["seconds"])
-    return {**ranked[len(ranked) // 2], "rates": [round(r["hits"] / r["seconds"]) for r in runs]}
+    chosen = ranked[len(ranked) // 2]
+    bad = [r["count"] for r in runs if not r["count"]["ok"]]
+    return {**chosen, "rates": [round(r["hits"] / r["seconds"]) for r in runs],
+            "count": bad[0] if bad else chosen["count"], "runs_miscounted": len(bad)}
 
 
 def run(quick: bool = False, rows: int | None = None, fmt: str = "daq64", repeat: int = 3) -> dict:
@@ -136,36 +149,41 @@ def run(quick: bool = False, rows: int | None = None, fmt: str = "daq64", repeat
             messages[n], filled[n] = f["messages"], f["hits"]
             log(f"scaling: {f['rows']:,} rows in {f['messages']:,} messages on {n} partition(s)")
         for n in partition_counts:
-            r = median([raw(bs, topics[n], filled[n], messages[n]) for _ in range(repeat)])
+            r = median([raw(bs, topics[n], filled[n], messages[n]) for _ in range(repeat)], filled[n])
             cases.append({"mode": "raw", "workers": 0, "partitions": n, **r})
-            r = median([run_processor(bs, topics[n], broker_pid=broker.pid) for _ in range(repeat)])
+            r = median([run_processor(bs, topics[n], broker_pid=broker.pid) for _ in range(repeat)], filled[n])
             cases.append({"mode": "single", "workers": 1, "partitions": n, **r})
         for workers in (1, 2):
             with dask_client(f"local:{workers}") as client:
                 for n in partition_counts:
-                    r = median([run_processor(bs, topics[n], client, broker_pid=broker.pid) for _ in range(repeat)])
+                    r = median([run_processor(bs, topics[n], client, broker_pid=broker.pid) for _ in range(repeat)],
+                               filled[n])
                     cases.append({"mode": "dask-b", "workers": workers, "partitions": n, **r})
     single = {c["partitions"]: c["hits"] / c["seconds"] for c in cases if c["mode"] == "single"}
     for c in cases:
         c["hits_per_s"] = round(c["hits"] / c["seconds"])
-        c["all_hits_counted"] = c["hits"] + c.get("late_hits", 0) == filled[c["partitions"]]  # in windows or late
+        c["all_hits_counted"] = c["count"]["ok"]  # every run of the case, in windows (a late hit is a missing one)
+        c["verdict"] = verdict(None, [c["count"]])[1]
         c["per_worker_efficiency"] = round(c["hits_per_s"] / (max(c["workers"], 1) * single[c["partitions"]]), 3)
         log(f"scaling: {c['mode']:<32} workers {c['workers']} partitions {c['partitions']}: "
             f"{c['hits_per_s']:>10,} hits/s (runs {c['rates']}), efficiency {c['per_worker_efficiency']}")
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                          cwd=Path(__file__).parent).stdout.strip()
     return {"git": git, "rows": rows, "repeat": repeat, "format": fmt, "rows_per_message": ROWS_PER_MESSAGE,
-            "batch_size": BATCH_SIZE, "cases": cases, "loadavg_end": loadavg()}
+            "batch_size": BATCH_SIZE, "cases": cases, "loadavg_end": loadavg(),
+            "all_hits_counted": all(c["all_hits_counted"] for c in cases),
+            "verdict": verdict(None, [c["count"] for c in cases])[1]}
 
 
 def print_table(res: dict) -> None:
     print(f"{'mode':<10}{'workers':>8}{'partitions':>11}{'actors':>7}{'hits/s':>13}{'eff/worker':>11}"
-          f"{'driver cpu':>11}{'worker cpu':>11}{'broker cpu':>11}{'hits/cpu-s':>12}")
+          f"{'driver cpu':>11}{'worker cpu':>11}{'broker cpu':>11}{'hits/cpu-s':>12}  counts")
     for c in res["cases"]:
         print(f"{c['mode']:<10}{c['workers']:>8}{c['partitions']:>11}{c['actors']:>7}{c['hits_per_s']:>13,}"
               f"{c['per_worker_efficiency']:>11}{c['driver_cpu_per_wall']:>11}{c['workers_cpu_per_wall']:>11}"
               f"{c.get('broker_cpu_per_wall', 0):>11}"
-              f"{c['hits_per_cpu_s']:>12,}")
+              f"{c['hits_per_cpu_s']:>12,}  {c.get('verdict', '-')}")
+    print(f"  every hit counted in every run: {res.get('verdict', '-')}")
 
 
 def main(argv=None) -> int:

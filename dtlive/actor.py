@@ -75,7 +75,7 @@ class PartitionActor:
             self.source.decode_hits(default_format=cfg.default_format, resume=resume)
             .clean_hits()
             .event_windows(window_s=cfg.window_s, lateness_s=cfg.lateness_s, idle_s=cfg.idle_s,
-                           last_closed=last_closed, orbit_epoch=orbit_epoch)
+                           last_closed=last_closed, orbit_epoch=orbit_epoch, max_jump_s=cfg.max_orbit_jump_s)
         )
         self.windows.positions.update(resume)
         self.closed: list[Window] = []
@@ -141,7 +141,7 @@ class PartitionActor:
                 self.windows.flush()
                 self.done = True
             elif n == 0:
-                self.windows.flush_if_idle()
+                self.windows.flush_if_idle(input_waiting=self.source.input_waiting)
                 return
             if time.monotonic() - started >= max_seconds:
                 return

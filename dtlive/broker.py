@@ -641,7 +641,9 @@ def create_topics(
         if int(partitions) < 1:
             raise ValueError(f"topic {name!r}: partitions must be >= 1, got {partitions}")
     deadline = time.monotonic() + timeout
-    admin = AdminClient({"bootstrap.servers": bootstrap, **dict(config or {})})
+    from dtlive.kafka import LIBRDKAFKA_LOG
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG, **dict(config or {})})
 
     def remaining() -> float:
         left = deadline - time.monotonic()

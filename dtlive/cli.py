@@ -15,6 +15,7 @@ import threading
 import time
 
 from dtlive import __version__
+from dtlive.shutdown import StopOnSignal
 
 EPILOG = """\
 Where is Kafka?  --bootstrap HOST:PORT or DTLIVE_BOOTSTRAP points every command at any real Kafka;
@@ -171,6 +172,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     db.add_argument("--port", type=int, default=8866, help="port (default 8866; a free one if taken)")
     db.add_argument("--topic", help="monitor topic (default dt.monitor)")
+    db.add_argument("--kernel-grace", dest="dashboard_kernel_grace_s", type=duration_s,
+                    help="shut a page's kernel down this long after the page went away (default 10s)")
+    db.add_argument("--kernel-idle", dest="dashboard_kernel_idle_s", type=duration_s,
+                    help="cull kernels idle this long, connected pages excepted (default 3600s)")
+
+    st = sub.add_parser(
+        "stop",
+        help="stop the stack that ensure_stack() (a notebook) started",
+        description="Stop the services recorded in the state directory's stack.json (by dtlive.stack.ensure_stack() "
+        "or the hub's service runner): emulator, alert listener, processor, recorder, then the broker if it was "
+        "started there. Each gets SIGTERM and --timeout to finish, then SIGKILL (with what is left of its process "
+        "group). A recorded pid that is no longer that service is left alone. Prints one line per service and "
+        "removes the record.",
+    )
+    st.add_argument("--timeout", type=duration_s, default=10.0, help="grace per service before SIGKILL (default 10s)")
 
     rec = sub.add_parser(
         "record",
@@ -227,6 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "superk-sn, icecube-track")
     se.add_argument("--topic", help="topic (default: from the notice's $schema, e.g. gcn.notices.swift.bat.guano)")
     se.add_argument("--trigger-time", help="ISO UTC or UNIX seconds (default: now)")
+
+    st = sub.add_parser(
+        "status", help="which services are alive: their heartbeats as a table, stale ones marked",
+        description="Read the service heartbeats (dtlive.status/1) of the last --since seconds from the status "
+        "topic (dt.status) and print one row per service instance: service, host, pid, state, age of its last "
+        "heartbeat, input lag (messages and seconds of event time), rates, errors and the last error. A service "
+        "with no heartbeat for more than 3 of its intervals is STALE (stuck or dead); one whose heartbeats come "
+        "with gaps or go missing is marked irregular. Exit status: 0 when every service is alive and well, 1 when "
+        "any is stale or reports an error state (degraded, failed), or none was heard from: usable in scripts.")
+    st.add_argument("--json", action="store_true", help="JSON rows instead of a table")
+    st.add_argument("--watch", action="store_true", help="refresh every 2 s until Ctrl-C")
+    st.add_argument("--since", type=duration_s, default=30.0, help="heartbeats of the last ... (default 30s)")
 
     r = sub.add_parser(
         "results",
@@ -287,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             "process": cmd_process,
             "demo": cmd_demo,
             "dashboard": cmd_dashboard,
+            "stop": cmd_stop,
             "record": cmd_record,
             "runs": cmd_runs,
             "periods": cmd_periods,
@@ -294,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             "alerts": cmd_alerts,
             "results": cmd_results,
             "replay": cmd_replay,
+            "status": cmd_status,
         }[args.command](args)
     except KeyboardInterrupt:
         return 130
@@ -341,37 +371,38 @@ def _ledger_unavailable(exc: BaseException) -> str:
                   ).message(exc)
 
 
-def _producer(cfg, bootstrap):
+def _producer(cfg, bootstrap, topics: dict[str, int] | None = None):
+    """The emulator's producer: idempotent, and it sends again what a broker restart lost (topics re-created)."""
     from confluent_kafka import Producer
 
-    from dtlive.kafka import client_config
+    from dtlive.delivery import RetryingProducer
+    from dtlive.kafka import ensure_topics, producer_config
 
-    return Producer(
-        client_config(
-            cfg, bootstrap, **{"linger.ms": 5, "queue.buffering.max.messages": 1_000_000, "enable.idempotence": True}
-        )
-    )
+    settings = {"linger.ms": 5, "queue.buffering.max.messages": 1_000_000, "enable.idempotence": True}
+    return RetryingProducer(lambda extra: Producer(producer_config(cfg, bootstrap, **settings, **extra)),
+                            ensure=(lambda: ensure_topics(cfg, bootstrap, topics)) if topics else None)
 
 
 def cmd_emulate(args) -> int:
     from dtlive.emulator import emulate, file_chunks, simulated_chunks
-    from dtlive.kafka import ensure_topics, resolve_bootstrap
+    from dtlive.kafka import ensure_topics, resolve_bootstrap, topic_partitions
 
     if not args.files and not args.simulate:
         print("dtlive emulate: give CSV files to replay, or --simulate", file=sys.stderr)
         return 2
     cfg = _config(args)
-    bootstrap, _ = resolve_bootstrap(cfg)
-    topic = args.topic or cfg.hits_topic
-    ensure_topics(cfg, bootstrap, [topic], partitions=max(1, args.partitions))
     if args.simulate:
         # ~10k rows per chunk: encoding a chunk never stalls the pacing for long (csv: ~30 ms)
         chunk_s = 1.0 if args.rate is None else min(1.0, max(0.05, 10_000 / args.rate))
         chunks = simulated_chunks(args.seed, chunk_s=chunk_s, rows_per_s=args.rate)
     else:
-        chunks = file_chunks(args.files, loop=args.loop)
+        chunks = file_chunks(args.files, loop=args.loop)  # files are read and checked before anything connects
+    bootstrap, _ = resolve_bootstrap(cfg)
+    topic = args.topic or cfg.hits_topic
+    ensure_topics(cfg, bootstrap, [topic], partitions=max(1, args.partitions))
+    heartbeat = _heartbeat("emulator", cfg, bootstrap)
     stats = emulate(
-        _producer(cfg, bootstrap),
+        _producer(cfg, bootstrap, topic_partitions(cfg, bootstrap, [topic])),
         topic,
         chunks,
         rate=args.rate,
@@ -381,13 +412,22 @@ def cmd_emulate(args) -> int:
         max_seconds=args.duration,
         partitions=args.partitions,
         key=args.key,
+        heartbeat=heartbeat,
     )
+    heartbeat.close()
     print(
         f"sent {stats.rows} rows in {stats.messages} messages to {topic} in {stats.elapsed:.2f} s "
         f"({stats.rate:,.0f} rows/s)",
         file=sys.stderr,
     )
     return 0
+
+
+def _heartbeat(service: str, cfg, bootstrap: str):
+    """The heartbeat of a service run from here whose loop is not a class of its own (the emulator)."""
+    from dtlive.health import Heartbeat
+
+    return Heartbeat(service, cfg, bootstrap, watch=(f"dtlive.{service}", "dtlive.librdkafka"))
 
 
 class Summary:
@@ -432,11 +472,15 @@ def cmd_process(args) -> int:
     bootstrap, _ = resolve_bootstrap(cfg)
     if args.dask:
         return _process_on_dask(args, cfg, bootstrap)
-    proc = Processor(cfg, bootstrap, from_beginning=args.from_beginning, batch_size=args.batch_size,
-                     ledger=None if args.no_ledger else _ledger(for_run=True))
     summary = Summary()
-    proc.publisher._on_publish.append(summary.on_publish)
-    _run_with_signals(proc, until_end=args.until_end, on_tick=summary if args.verbose or sys.stderr.isatty() else None)
+
+    def make():
+        proc = Processor(cfg, bootstrap, from_beginning=args.from_beginning, batch_size=args.batch_size,
+                         ledger=None if args.no_ledger else _ledger(for_run=True))
+        proc.publisher._on_publish.append(summary.on_publish)
+        return proc
+
+    proc = _serve(make, until_end=args.until_end, on_tick=summary if args.verbose or sys.stderr.isatty() else None)
     print(
         f"\nprocessed {proc.source.messages} messages, published {proc.publisher.published} windows, "
         f"dead-lettered {proc.publisher.dead_lettered}",
@@ -448,10 +492,11 @@ def cmd_process(args) -> int:
 def _process_on_dask(args, cfg, bootstrap) -> int:
     from dtlive.scale import DaskProcessor, dask_client
 
-    with dask_client(args.dask) as client:
-        proc = DaskProcessor(cfg, bootstrap, client, from_beginning=args.from_beginning, batch_size=args.batch_size,
-                             ledger=None if args.no_ledger else _ledger(for_run=True))
-        _run_with_signals(proc, until_end=args.until_end)
+    with StopOnSignal() as stop, dask_client(args.dask) as client:
+        proc = _serve(lambda: DaskProcessor(cfg, bootstrap, client, from_beginning=args.from_beginning,
+                                            batch_size=args.batch_size,
+                                            ledger=None if args.no_ledger else _ledger(for_run=True)),
+                      stop, until_end=args.until_end)
         print(f"processed {proc.messages} messages with {len(proc.slots)} partition actors on "
               f"{len(client.nthreads())} Dask workers ({proc.lost_actors} lost and replaced), published "
               f"{proc.publisher.published} windows, dead-lettered {proc.publisher.dead_lettered}", file=sys.stderr)
@@ -480,23 +525,25 @@ def cmd_replay(args) -> int:
     return 0
 
 
-def _run_with_signals(proc, **kwargs):
-    """Run a service (processor, recorder, listener) until done or SIGINT/SIGTERM, then close it.
+def _serve(make, stopper: StopOnSignal | None = None, **kwargs):
+    """Make a service (processor, recorder, listener), run it until done or SIGINT/SIGTERM, then close it.
 
-    What the set-up made is frozen out of garbage collection first (:func:`dtlive.heap.freeze_startup_objects`).
+    Signals are handled from before the service is made (its set-up may wait on a broker), and a service that
+    has not stopped :data:`dtlive.shutdown.STOP_GRACE_S` seconds after the signal is ended. What the set-up
+    made is frozen out of garbage collection first (:func:`dtlive.heap.freeze_startup_objects`).
     """
-    import signal
-
     from dtlive.heap import freeze_startup_objects
 
-    old = {s: signal.signal(s, proc.stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    freeze_startup_objects()
-    try:
-        proc.run(**kwargs)
-    finally:
-        proc.close()
-        for s, h in old.items():
-            signal.signal(s, h)
+    with contextlib.nullcontext(stopper) if stopper is not None else StopOnSignal() as stop:
+        service = make()
+        stop.on_stop(service.stop)
+        freeze_startup_objects()
+        try:
+            if not stop.requested:
+                service.run(**kwargs)
+        finally:
+            service.close()
+    return service
 
 
 def cmd_demo(args) -> int:
@@ -526,14 +573,17 @@ def cmd_demo(args) -> int:
             target=emulate,
             daemon=True,
             name="emulator",
-            args=(_producer(cfg, bootstrap), cfg.hits_topic, chunks),
-            kwargs={"rate": args.rate, "fmt": args.format, "progress": False, "stop": stop.is_set},
+            args=(_producer(cfg, bootstrap, {cfg.hits_topic: 1}), cfg.hits_topic, chunks),
+            kwargs={"rate": args.rate, "fmt": args.format, "progress": False, "stop": stop.is_set,
+                    "heartbeat": (emu_heartbeat := _heartbeat("emulator", cfg, bootstrap))},
         )
         emu.start()
         summary = Summary()
         proc.publisher._on_publish.append(summary.on_publish)
         if not args.no_dashboard:
-            voila, url = start_dashboard(bootstrap, cfg.monitor_topic, args.dashboard_port)
+            voila, url = start_dashboard(bootstrap, cfg.monitor_topic, args.dashboard_port,
+                                         kernel_grace_s=cfg.dashboard_kernel_grace_s,
+                                         kernel_idle_s=cfg.dashboard_kernel_idle_s)
         print(
             f"dtlive demo: emulator at {args.rate or 'max'} rows/s -> {cfg.hits_topic}; processor -> "
             f"{cfg.monitor_topic} ({cfg.window_s:g} s windows). Ctrl-C stops.",
@@ -541,9 +591,10 @@ def cmd_demo(args) -> int:
         )
         if voila is not None:
             print(f"dtlive demo: dashboard at {url}", file=sys.stderr)
-        _run_with_signals(proc, on_tick=summary, max_seconds=args.duration)
+        _serve(lambda: proc, on_tick=summary, max_seconds=args.duration)
         stop.set()
         emu.join(10)
+        emu_heartbeat.close()
         recorder.stop()
         rec.join(10)
         recorder.close()
@@ -551,8 +602,7 @@ def cmd_demo(args) -> int:
               f"ledger ({recorder.periods} quality periods)", file=sys.stderr)
     finally:
         if voila is not None:
-            voila.terminate()
-            voila.wait(10)
+            stop_dashboard(voila)
         if owned is not None:
             owned.stop()
     return 0
@@ -571,17 +621,35 @@ def _free_port(preferred: int) -> int:
     raise OSError("no free port")
 
 
-def voila_command(port: int) -> list[str]:
-    """The Voila command line serving the packaged dashboard notebook on loopback."""
+def voila_command(port: int, kernel_grace_s: float = 10.0, kernel_idle_s: float = 3600.0) -> list[str]:
+    """The Voila command line serving the packaged dashboard notebook on loopback.
+
+    A page's kernel is shut down ``kernel_grace_s`` after its page went away (or never connected), see
+    :mod:`dtlive.dashboard_kernels`; kernels idle for ``kernel_idle_s`` are culled.
+
+    >>> cmd = voila_command(8866, kernel_grace_s=5)
+    >>> "--DashboardKernelManager.unattended_timeout=5" in cmd, "--MappingKernelManager.cull_interval=5" in cmd
+    (True, True)
+    """
     from importlib.resources import files
 
     notebook = str(files("dtlive") / "dashboard.ipynb")
+    interval = max(1, min(5, int(kernel_grace_s) or 5))  # how often the culler looks (seconds)
     return [sys.executable, "-m", "voila", notebook, f"--port={port}", "--no-browser", "--Voila.ip=127.0.0.1",
-            "--theme=light", "--VoilaConfiguration.show_tracebacks=True"]
+            "--theme=light", "--VoilaConfiguration.show_tracebacks=True",
+            "--VoilaConfiguration.multi_kernel_manager_class=dtlive.dashboard_kernels.DashboardKernelManager",
+            f"--DashboardKernelManager.unattended_timeout={kernel_grace_s:g}",
+            f"--DashboardKernelManager.first_connect_timeout={max(kernel_grace_s, 60):g}",
+            f"--MappingKernelManager.cull_idle_timeout={max(1, round(kernel_idle_s))}",
+            f"--MappingKernelManager.cull_interval={interval}"]
 
 
-def start_dashboard(bootstrap: str, topic: str, port: int = 8866, timeout: float = 60.0):
-    """Start Voila in the background (log in the state directory); return ``(process, url)`` once it answers."""
+def start_dashboard(bootstrap: str, topic: str, port: int = 8866, timeout: float = 60.0,
+                    kernel_grace_s: float = 10.0, kernel_idle_s: float = 3600.0):
+    """Start Voila in the background (log in the state directory); return ``(process, url)`` once it answers.
+
+    Stop it with :func:`stop_dashboard` (its kernels too).
+    """
     import os
     import subprocess
     import urllib.error
@@ -593,23 +661,69 @@ def start_dashboard(bootstrap: str, topic: str, port: int = 8866, timeout: float
     env = {**os.environ, "DTLIVE_BOOTSTRAP": bootstrap, "DTLIVE_MONITOR_TOPIC": topic}
     log = default_state_dir() / f"voila-{port}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(voila_command(port), env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(voila_command(port, kernel_grace_s, kernel_idle_s), env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            urllib.request.urlopen(url, timeout=1).close()  # noqa: S310 (loopback)
+        try:  # a static path: asking for the page itself would start a kernel
+            urllib.request.urlopen(f"{url}voila/static/", timeout=1).close()  # noqa: S310 (loopback)
             return proc, url
         except urllib.error.HTTPError:
             return proc, url  # it answers
         except OSError:
             time.sleep(0.2)
-    proc.kill()
+    stop_dashboard(proc)
     raise RuntimeError(f"Voila did not start on {url}; see {log}")
+
+
+def _descendants(pid: int) -> list[int]:
+    """Live descendants of ``pid`` (Voila's kernels), from /proc."""
+    from pathlib import Path
+
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stop_dashboard(proc, timeout: float = 10.0) -> int:
+    """SIGTERM Voila (it shuts its kernels down), wait up to ``timeout``, then SIGKILL it and its kernels."""
+    import os
+    import signal
+    import subprocess
+
+    from dtlive.stack import process_identity
+
+    kernels = {pid: process_identity(pid) for pid in _descendants(proc.pid)}
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    deadline = time.monotonic() + 5.0
+    for pid, ident in kernels.items():  # the same process (start time), never a recycled pid
+        while process_identity(pid) == ident and ident is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if ident is not None and process_identity(pid) == ident:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return proc.returncode
 
 
 def cmd_dashboard(args) -> int:
     import os
+    import signal
     import subprocess
 
     from dtlive.kafka import resolve_bootstrap
@@ -617,9 +731,38 @@ def cmd_dashboard(args) -> int:
     cfg = _config(args)
     bootstrap, _ = resolve_bootstrap(cfg)
     port = _free_port(args.port)
+    grace = args.dashboard_kernel_grace_s
+    idle = args.dashboard_kernel_idle_s
     env = {**os.environ, "DTLIVE_BOOTSTRAP": bootstrap, "DTLIVE_MONITOR_TOPIC": args.topic or cfg.monitor_topic}
-    print(f"dtlive dashboard: http://127.0.0.1:{port}/  (Kafka {bootstrap}; Ctrl-C stops)", file=sys.stderr)
-    return subprocess.call(voila_command(port), env=env)
+    stop = threading.Event()
+    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        proc = subprocess.Popen(voila_command(port, cfg.dashboard_kernel_grace_s if grace is None else grace,
+                                              cfg.dashboard_kernel_idle_s if idle is None else idle), env=env)
+        print(f"dtlive dashboard: http://127.0.0.1:{port}/  (Kafka {bootstrap}; Ctrl-C stops)", file=sys.stderr)
+        while proc.poll() is None and not stop.wait(0.2):
+            pass
+        if stop.is_set():
+            stop_dashboard(proc)
+            print("dtlive dashboard: stopped", file=sys.stderr)
+            return 0
+        return proc.returncode
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def cmd_stop(args) -> int:
+    from dtlive.broker import default_state_dir
+    from dtlive.stack import stop_stack
+
+    directory = default_state_dir()
+    stopped = stop_stack(directory, timeout=args.timeout)
+    if not stopped:
+        print(f"dtlive stop: nothing recorded in {directory / 'stack.json'}; nothing to stop", file=sys.stderr)
+    for s in stopped:
+        print(f"dtlive stop: {s}")
+    return 0
 
 
 def cmd_results(args) -> int:
@@ -646,8 +789,7 @@ def cmd_record(args) -> int:
 
     cfg = _config(args)
     bootstrap, _ = resolve_bootstrap(cfg)
-    rec = Recorder(cfg, bootstrap, ledger=_ledger())
-    _run_with_signals(rec, until_end=args.until_end)
+    rec = _serve(lambda: Recorder(cfg, bootstrap, ledger=_ledger()), until_end=args.until_end)
     print(f"recorded {rec.recorded} windows, {rec.periods} quality periods", file=sys.stderr)
     return 0
 
@@ -717,7 +859,7 @@ def cmd_alerts(args) -> int:
     if args.alerts_command == "send":
         from confluent_kafka import Producer
 
-        from dtlive.alerts.send import load_notice, send_notice, topic_for
+        from dtlive.alerts.send import check_notice, load_notice, send_notice, topic_for
         from dtlive.kafka import client_config, ensure_topics
 
         when = _time_arg(args.trigger_time)
@@ -726,8 +868,13 @@ def cmd_alerts(args) -> int:
 
             when = parse_time(when)
         notice = load_notice(args.notice)
+        check_notice(notice, args.notice)
         ensure_topics(cfg, bootstrap, [args.topic or topic_for(notice)])
-        topic, value = send_notice(Producer(client_config(cfg, bootstrap)), notice, args.topic, when)
+        try:
+            topic, value = send_notice(Producer(client_config(cfg, bootstrap)), notice, args.topic, when)
+        except RuntimeError as e:  # not delivered (broker gone, topic refused): one line, no traceback
+            print(f"dtlive alerts: error: {e}", file=sys.stderr)
+            return 1
         print(f"sent {len(value)} bytes to {topic}", file=sys.stderr)
         return 0
     if args.alerts_command != "listen":
@@ -737,13 +884,55 @@ def cmd_alerts(args) -> int:
     from dtlive.alerts.listener import AlertListener
     from dtlive.alerts.rules import load_rules
 
-    listener = AlertListener(cfg, bootstrap, ledger=_ledger(), rules=load_rules(args.rules) if args.rules else None,
-                             run_tests=args.run_tests, workers=args.workers, timeout_s=args.timeout)
+    rules = load_rules(args.rules) if args.rules else None
     print(f"dtlive alerts: listening to {cfg.alert_topics} on {bootstrap}; results -> {cfg.analyses_topic}",
           file=sys.stderr)
-    _run_with_signals(listener, max_seconds=args.duration)
+    listener = _serve(lambda: AlertListener(cfg, bootstrap, ledger=_ledger(), rules=rules, run_tests=args.run_tests,
+                                            workers=args.workers, timeout_s=args.timeout),
+                      max_seconds=args.duration)
     print(f"dtlive alerts: {dict(listener.counts)}", file=sys.stderr)
     return 0
+
+
+def cmd_status(args) -> int:
+    from confluent_kafka import KafkaException
+
+    from dtlive.health import ERROR_STATES, ServiceHealth, StatusReader, status_table
+    from dtlive.kafka import resolve_bootstrap
+
+    cfg = _config(args)
+    bootstrap, _ = resolve_bootstrap(cfg)
+    reader, health = StatusReader(cfg, bootstrap, since_s=args.since), ServiceHealth()
+    code = 1
+    try:
+        while True:
+            try:
+                health.add(reader.read())
+            except KafkaException as exc:  # the broker is away: say so; --watch keeps trying
+                reader.close()
+                err = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+                print(f"dtlive status: error: broker {bootstrap} unreachable: {err}", file=sys.stderr, flush=True)
+                if not args.watch:
+                    return 1
+            now = time.time()
+            rows = [r for r in health.rows(now) if now - r["time"] <= max(args.since, 3 * r["interval_s"] + 1)]
+            code = 0 if rows and not any(r["stale"] or r["reported_state"] in ERROR_STATES for r in rows) else 1
+            if args.json:
+                print(json.dumps(rows, default=str, indent=None if args.watch else 1), flush=True)
+            else:
+                if args.watch and sys.stdout.isatty():
+                    print("\033[H\033[J", end="")
+                stamp = time.strftime("%H:%M:%S UTC", time.gmtime(now))
+                print(f"{stamp}  {cfg.status_topic} on {bootstrap}\n{status_table(rows)}", flush=True)
+                if not rows:
+                    print(f"no service heartbeats in the last {args.since:g} s", file=sys.stderr)
+            if not args.watch:
+                return code
+            time.sleep(2.0)
+    except KeyboardInterrupt:
+        return code
+    finally:
+        reader.close()
 
 
 if __name__ == "__main__":

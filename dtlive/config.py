@@ -38,7 +38,11 @@ class Config:
     alert_topics: str = "gcn.notices.*,gcn.classic.voevent.*,igwn.gwalert"  # comma-separated topic patterns
     alerts_rejected_topic: str = "dt.alerts.rejected"  # broken or unknown notices, with a reason header
     alerts_group_id: str = "dtlive-alerts"  # the listener's stable consumer group
+    status_topic: str = "dt.status"  # service heartbeats (dtlive.status/1), see dtlive.health
+    status_interval_s: float = 2.0  # seconds between a service's heartbeats; 0 switches them off
     history_retention_days: float = 0.0  # history older than this is deleted by the recorder; 0 keeps everything
+    dashboard_kernel_grace_s: float = 10.0  # a dashboard kernel with no page connected this long is shut down
+    dashboard_kernel_idle_s: float = 3600.0  # a dashboard kernel idle this long is culled (connected pages keep it)
     window_s: float = 2.0  # event-time window length
     lateness_s: float = 0.5  # watermark lateness allowance
     idle_s: float = 3.0  # wall-clock seconds without input before open windows are flushed
@@ -47,6 +51,8 @@ class Config:
     drift_min_ns: float = -100.0
     drift_max_ns: float = 500.0
     group_id: str = "dtlive-processor"  # consumer group and transactional-id stem of the processor
+    dead_letter_max_bytes: int = 64 * 1024  # dead-letter values are cut to this (original size and sha256 in headers)
+    max_orbit_jump_s: float = 30.0  # hits this far ahead of their partition's stream need evidence (0: no check)
     kafka: dict[str, str] = field(default_factory=dict)  # librdkafka settings from KAFKA_* variables
 
     def alert_topic_patterns(self) -> list[str]:
@@ -89,6 +95,8 @@ def _coerce(name: str, value):
         return None
     if "float" in kind:
         return float(value)
+    if "int" in kind:
+        return int(value)
     if "dict" in kind:
         return dict(value)
     return str(value)
@@ -129,4 +137,9 @@ def load_config(
         raise ValueError(f"window_s must be 1 to 5 seconds (DESIGN.md §3), got {cfg.window_s}")
     if cfg.lateness_s < 0:
         raise ValueError(f"lateness_s must be >= 0, got {cfg.lateness_s}")
+    if not 1024 <= cfg.dead_letter_max_bytes <= 900_000:
+        raise ValueError(f"dead_letter_max_bytes must be 1024 to 900000 (below the broker's 1 MB limit), "
+                         f"got {cfg.dead_letter_max_bytes}")
+    if cfg.max_orbit_jump_s < 0:
+        raise ValueError(f"max_orbit_jump_s must be >= 0, got {cfg.max_orbit_jump_s}")
     return cfg

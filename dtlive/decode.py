@@ -46,6 +46,8 @@ REASONS = {
     "truncated_word": "trailing bytes that do not make a whole 64-bit word",
     "unknown_format": "the format header names no known payload format",
     "late": "a hit whose event-time window was already closed",
+    "orbit_out_of_range": "a hit far ahead of its partition's stream, with no evidence the stream moved there",
+    "bad_epoch": "a message whose orbit_epoch header is not a plausible UNIX time (not used)",
     "error": "the batch made a processing step fail (see the detail header)",
 }
 

@@ -16,6 +16,7 @@ carries the ``format`` header; the first message of every chunk also carries the
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -38,20 +39,66 @@ class Chunk:
         return len(self.raw_lines) if self.raw_lines is not None else len(self.rows)
 
 
-def file_chunks(paths: list[str], loop: bool = False, chunk_rows: int = 50_000) -> Iterator[Chunk]:
-    """Chunks of the given CSV files (local paths or fsspec URLs), optionally looping forever.
+class DataFileError(ValueError):
+    """A file that cannot be replayed: missing, unreadable, or holding no DAQ rows (the message says which)."""
 
-    On every further pass the orbits are shifted past the end of the previous pass so
-    event time keeps increasing.
+
+DAQ_HEADER = b"HEAD,FPGA,TDC_CHANNEL,ORBIT_CNT,BX_COUNTER,TDC_MEAS"
+
+
+def read_data_file(path: str) -> tuple[list[bytes], Rows]:
+    r"""The CSV lines of a DAQ file (header and blank lines left out) and the rows they decode to.
+
+    Raises :class:`DataFileError` with one clear sentence for a file that is missing or unreadable, empty,
+    has other columns, or holds no line that decodes to a DAQ row.
+
+    >>> import pathlib, tempfile
+    >>> junk = pathlib.Path(tempfile.mkdtemp()) / "junk.csv"
+    >>> _ = junk.write_bytes(b"name,value\nx,1\n")
+    >>> try:
+    ...     read_data_file(str(junk))
+    ... except DataFileError as e:
+    ...     print(str(e).split(" has ")[1])
+    the columns 'name,value', not HEAD,FPGA,TDC_CHANNEL,ORBIT_CNT,BX_COUNTER,TDC_MEAS
     """
     import fsspec
 
-    loaded = []
-    for path in paths:
+    try:
         with fsspec.open(path, "rb") as f:
-            lines = f.read().replace(b"\r\n", b"\n").split(b"\n")
-        lines = [ln for ln in lines if ln and not ln.startswith(b"HEAD")]
-        loaded.append((lines, decode(lines, "csv").rows))
+            data = f.read()
+    except FileNotFoundError:
+        raise DataFileError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise DataFileError(f"{path} is a directory, not a DAQ CSV file") from None
+    except (OSError, ImportError, ValueError) as e:
+        raise DataFileError(f"cannot read {path}: {e}") from None
+    lines = [ln.strip() for ln in data.replace(b"\r\n", b"\n").split(b"\n")]
+    lines = [ln for ln in lines if ln]
+    if not lines:
+        raise DataFileError(f"{path} is empty: no DAQ rows to send")
+    first = lines[0]
+    if first[:1].isalpha() and b"," in first and first.isascii() and first.replace(b" ", b"").upper() != DAQ_HEADER:
+        shown = first[:60].decode(errors="replace")
+        raise DataFileError(f"{path} has the columns {shown!r}, not {DAQ_HEADER.decode()}")
+    lines = [ln for ln in lines if not ln.upper().startswith(b"HEAD")]
+    decoded = decode(lines, "csv")
+    if not len(decoded.rows):
+        why = ", ".join(f"{n} {reason}" for reason, n in Counter(r.reason for r in decoded.rejects).most_common(3))
+        raise DataFileError(f"{path} holds no DAQ rows: none of its {len(lines)} lines decodes ({why or 'none'})")
+    return lines, decoded.rows
+
+
+def file_chunks(paths: list[str], loop: bool = False, chunk_rows: int = 50_000) -> Iterator[Chunk]:
+    """Chunks of the given CSV files (local paths or fsspec URLs), optionally looping forever.
+
+    The files are read and checked at once (:func:`read_data_file`; a bad file raises
+    :class:`DataFileError` before anything is sent). On every further pass the orbits are
+    shifted past the end of the previous pass so event time keeps increasing.
+    """
+    return _chunks([read_data_file(path) for path in paths], loop, chunk_rows)
+
+
+def _chunks(loaded: list[tuple[list[bytes], Rows]], loop: bool, chunk_rows: int) -> Iterator[Chunk]:
     if not loaded:
         return
     first = min(int(r.orbit.min()) for _, r in loaded if len(r))
@@ -174,15 +221,22 @@ class EmulatorStats:
         return self.rows / self.elapsed
 
 
+def _health(stats: EmulatorStats) -> dict:
+    """Heartbeat fields of the send loop: running totals (they become rows/s and messages/s)."""
+    return {"state": "running", "counts": {"rows": stats.rows, "messages": stats.messages}}
+
+
 def emulate(producer, topic: str, chunks: Iterator[Chunk], *, rate: float | None = 1000.0, fmt: str = "csv",
             rows_per_message: int | None = None, limit: int | None = None, max_seconds: float | None = None,
             progress: bool | None = None, stop=lambda: False, partition: int | None = None,
-            partitions: int | None = None, key: str = "fpga") -> EmulatorStats:
+            partitions: int | None = None, key: str = "fpga", heartbeat=None) -> EmulatorStats:
     """Send chunks to ``topic`` with a confluent-kafka ``producer`` at ``rate`` rows/s (None: as fast as possible).
 
     Stops after ``limit`` rows, ``max_seconds``, the end of the input, or when ``stop()`` is true.
     With ``partitions`` (> 1) the rows are spread over that many partitions by ``key`` ("fpga" or
     "chamber", see :func:`split_by_key`): each message holds rows of one key only and carries it as its key.
+    ``heartbeat``: a :class:`dtlive.health.Heartbeat` given the running totals from the send loop (the caller
+    closes it).
     """
     from tqdm import tqdm
 
@@ -216,6 +270,8 @@ def emulate(producer, topic: str, chunks: Iterator[Chunk], *, rate: float | None
                     delay = due - time.perf_counter()
                     if delay > 0.002:
                         producer.poll(0)
+                        if heartbeat is not None:
+                            heartbeat.maybe(None, lambda: _health(stats))
                         time.sleep(delay)
                 while True:
                     try:
@@ -228,6 +284,8 @@ def emulate(producer, topic: str, chunks: Iterator[Chunk], *, rate: float | None
                 if stats.messages % 1000 == 0:
                     producer.poll(0)
                     bar.update(stats.rows - bar.n)
+                    if heartbeat is not None:
+                        heartbeat.maybe(None, lambda: _health(stats))
     finally:
         producer.flush(30)
         stats.finished = time.perf_counter()

@@ -12,9 +12,73 @@ Extra librdkafka settings pass through from ``KAFKA_*`` variables (see :mod:`dtl
 
 from __future__ import annotations
 
+import logging
+import re
+import threading
 import time
 
 from dtlive.config import Config
+
+log = logging.getLogger(__name__)
+
+#: librdkafka's own log lines go to this logger (delivered by the client's poll(), consume() and flush()),
+#: each distinct line at most once per :data:`LOG_EVERY_S` seconds: a dead broker gives one clear line.
+LIBRDKAFKA_LOG = logging.getLogger("dtlive.librdkafka")
+LOG_EVERY_S = 30.0
+
+
+class RateLimit(logging.Filter):
+    """Lets a given log line through at most once per ``every_s`` seconds and says how many were held back.
+
+    Lines count as the same when they differ only in the client instance (``rdkafka#consumer-3``) and in
+    durations (``after 12ms``), so the same failure seen by several clients of a process is one line.
+
+    >>> f = RateLimit(every_s=30, clock=iter([0.0, 1.0, 2.0, 31.0]).__next__)
+    >>> rec = lambda: logging.LogRecord("k", logging.ERROR, "", 0, "%s [%s] %s",
+    ...                                 ("FAIL", "rdkafka#consumer-1", "Connect failed (after 0ms)"), None)
+    >>> [f.filter(rec()) for _ in range(3)]
+    [True, False, False]
+    >>> r = rec(); f.filter(r), r.getMessage()
+    (True, 'FAIL [rdkafka#consumer-1] Connect failed (after 0ms) (2 more like it in the last 31 s)')
+    """
+
+    _VARIABLE = re.compile(r"rdkafka#[a-z]+-\d+|\b\d+ ?ms\b|\b\d+ (?:messages?|bytes?)\b")
+
+    def __init__(self, every_s: float = LOG_EVERY_S, clock=time.monotonic, keep: int = 1000):
+        super().__init__()
+        self.every_s = every_s
+        self.clock = clock
+        self.keep = keep
+        self.suppressed = 0  # lines held back so far (all keys)
+        self._seen: dict[tuple, list] = {}  # key -> [time let through, held back since]
+        self._lock = threading.Lock()
+
+    def key(self, record: logging.LogRecord) -> tuple:
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001
+            text = str(record.msg)
+        return record.levelno, self._VARIABLE.sub("#", text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key, now = self.key(record), self.clock()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen[0] < self.every_s:
+                seen[1] += 1
+                self.suppressed += 1
+                return False
+            held = seen[1] if seen is not None else 0
+            if len(self._seen) >= self.keep:
+                self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.every_s}
+            self._seen[key] = [now, 0]
+        if held:
+            record.msg = f"{record.getMessage()} ({held} more like it in the last {now - seen[0]:.0f} s)"
+            record.args = ()
+        return True
+
+
+LIBRDKAFKA_LOG.addFilter(RateLimit())
 
 # Tuning defaults of processing consumers; KAFKA_* settings override them.
 _CONSUMER_DEFAULTS = {
@@ -25,6 +89,9 @@ _CONSUMER_DEFAULTS = {
     # of >100k messages, the 1 s pause then makes the next one as big, and every result stays ~1 s late
     # (measured: lag 0.8-1.8 s instead of 0.02-0.1 s). A short backoff breaks that cycle.
     "fetch.queue.backoff.ms": 20,
+    # A request a stalled broker never answers holds back every later one on its connection (a metadata or
+    # offsets question too) until it times out: 10 s instead of librdkafka's 60 s (fetches wait 50 ms).
+    "socket.timeout.ms": 10000,
     "fetch.max.bytes": 64 * 1024 * 1024,
     "max.partition.fetch.bytes": 16 * 1024 * 1024,
 }
@@ -53,8 +120,86 @@ def resolve_bootstrap(cfg: Config, start_embedded: bool = False):
 
 
 def client_config(cfg: Config, bootstrap: str, **extra) -> dict:
-    """librdkafka settings: the bootstrap, the KAFKA_* pass-through, then ``extra``."""
-    return {"bootstrap.servers": bootstrap, **cfg.kafka, **extra}
+    """librdkafka settings: the bootstrap, the KAFKA_* pass-through, then ``extra``.
+
+    librdkafka's log lines go through Python logging (:data:`LIBRDKAFKA_LOG`, rate-limited).
+    """
+    return {"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG, **cfg.kafka, **extra}
+
+
+def producer_config(cfg: Config, bootstrap: str, **extra) -> dict:
+    """Settings of a dtlive producer: like :func:`client_config`, but a produce never creates a topic.
+
+    A broker that auto-creates a missing topic gives it its own default partition count; after a broker lost
+    its topics (an embedded broker keeps them in memory) dtlive recreates them with :func:`ensure_topics`.
+
+    >>> from dtlive.config import load_config
+    >>> producer_config(load_config({}, env={}), "127.0.0.1:9092")["allow.auto.create.topics"]
+    False
+    """
+    return client_config(cfg, bootstrap, **{"allow.auto.create.topics": False, **extra})
+
+
+class ClusterWatch:
+    """Tells when the broker behind a client was replaced by one that does not hold the old data.
+
+    A restarted embedded broker starts empty, under a new cluster id: offsets a service remembers mean
+    nothing there and its topics must be created again. ``client``: any confluent-kafka client (asked for
+    metadata, at most once per ``every_s`` seconds; a broker that does not answer within a second is
+    "unknown", not "replaced").
+
+    >>> class Client:
+    ...     cluster = "a"
+    ...     def list_topics(self, topic=None, timeout=None):
+    ...         return type("Metadata", (), {"cluster_id": self.cluster})()
+    >>> client = Client()
+    >>> watch = ClusterWatch(client, every_s=0)
+    >>> watch.replaced()
+    False
+    >>> client.cluster = "b"
+    >>> watch.replaced(), watch.replaced(), watch.cluster_id
+    (True, False, 'b')
+    """
+
+    @classmethod
+    def of(cls, cfg: Config, bootstrap: str, every_s: float = 2.0) -> ClusterWatch:
+        """A watch with a client of its own: a consumer's questions wait behind its fetches on a stalled broker."""
+        from confluent_kafka.admin import AdminClient
+
+        # an admin client's metadata question about one topic makes some brokers (Tansu) create it: ask about none
+        return cls(AdminClient(client_config(cfg, bootstrap)), None, every_s)
+
+    def __init__(self, client, topic: str | None = None, every_s: float = 2.0, timeout: float = 10.0):
+        self.client = client
+        self.topic = topic
+        self.every_s = every_s
+        self.cluster_id = self._ask(timeout)
+        self.answered = self.cluster_id is not None  # whether the broker answered the last question
+        self._asked = time.monotonic()
+
+    def _ask(self, timeout: float) -> str | None:
+        from confluent_kafka import KafkaException
+
+        try:
+            return self.client.list_topics(self.topic, timeout=timeout).cluster_id
+        except KafkaException:
+            return None
+
+    def replaced(self, now: float | None = None, force: bool = False) -> bool:
+        """True (once) when the broker now answers under another cluster id than before."""
+        now = time.monotonic() if now is None else now
+        if not force and now - self._asked < self.every_s:
+            return False
+        self._asked = now
+        found = self._ask(1.0)
+        self.answered = found is not None
+        if found is None:
+            return False
+        old, self.cluster_id = self.cluster_id, found
+        if old is not None and found != old:
+            log.warning("the broker was replaced (cluster id %s, was %s): it does not hold the old topics", found, old)
+            return True
+        return False
 
 
 def consumer_config(cfg: Config, bootstrap: str, group_id: str, from_beginning: bool = False) -> dict:
@@ -69,8 +214,8 @@ def consumer_config(cfg: Config, bootstrap: str, group_id: str, from_beginning: 
     >>> conf["fetch.wait.max.ms"], conf["isolation.level"], conf["fetch.queue.backoff.ms"]
     ('200', 'read_committed', 20)
     """
-    return {"bootstrap.servers": bootstrap, **_CONSUMER_DEFAULTS, **cfg.kafka, **_CONSUMER_FIXED,
-            "group.id": group_id, "auto.offset.reset": "earliest" if from_beginning else "latest"}
+    return {"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG, **_CONSUMER_DEFAULTS, **cfg.kafka,
+            **_CONSUMER_FIXED, "group.id": group_id, "auto.offset.reset": "earliest" if from_beginning else "latest"}
 
 
 def ensure_topics(cfg: Config, bootstrap: str, topics, partitions: int = 1) -> None:
@@ -79,6 +224,14 @@ def ensure_topics(cfg: Config, bootstrap: str, topics, partitions: int = 1) -> N
 
     spec = dict(topics) if isinstance(topics, dict) else {t: partitions for t in topics}
     create_topics(bootstrap, spec, config=cfg.kafka)
+
+
+def topic_partitions(cfg: Config, bootstrap: str, topics, timeout: float = 10.0) -> dict[str, int]:
+    """``{topic: partition count}`` of the existing ``topics``: what to create again after a broker lost them."""
+    from confluent_kafka.admin import AdminClient
+
+    listed = AdminClient(client_config(cfg, bootstrap)).list_topics(timeout=timeout).topics
+    return {t: len(listed[t].partitions) for t in topics if t in listed and listed[t].partitions}
 
 
 def partition_ends(cfg: Config, bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:

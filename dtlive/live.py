@@ -6,6 +6,8 @@ a shifter wants: the ``last`` window, the ``cumulative`` sum since the last rese
 :class:`ResultsFeed` is the thin I/O shell: one background thread with its own consumer
 that starts from the newest windows (a short backfill, so a view is never empty), hands
 parsed messages to a callback, and reports plainly when the broker or the data is gone.
+The same feed follows the services' heartbeats on ``dt.status`` (``parse=dtlive.health.parse_status``);
+:class:`dtlive.health.ServiceHealth` is their pure state (who is alive, stale or irregular).
 
 >>> from dtlive.messages import encode_message, decode_message
 >>> from dtlive.products import compute_products
@@ -234,6 +236,8 @@ class ResultsFeed:
     def _consumer(self):
         from confluent_kafka import Consumer
 
+        from dtlive.kafka import LIBRDKAFKA_LOG
+
         def on_error(err):
             self.error = str(err)
             if err.code() in (-187, -195):  # _ALL_BROKERS_DOWN, _TRANSPORT
@@ -247,6 +251,7 @@ class ResultsFeed:
             "fetch.wait.max.ms": 100,  # also makes the end-offset check quick
             "reconnect.backoff.max.ms": 1000,
             "error_cb": on_error,
+            "logger": LIBRDKAFKA_LOG,  # rate-limited: a dead broker gives one line, not one per reconnect
             **self.kafka,
         })
 

@@ -26,11 +26,11 @@ counts them in ``node.errors`` and turns the batch into rejects with reason ``er
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,6 +61,7 @@ class Batch:
     orbit_epoch: float | None = None
     positions: dict[int, int] = field(default_factory=dict)  # next offset per partition after this batch
     waiting: frozenset = frozenset()  # partitions with input the source has not delivered yet (windows wait)
+    bad_epochs: dict[int, str] = field(default_factory=dict)  # message index -> why its epoch header is unusable
 
     @classmethod
     def from_payloads(
@@ -103,31 +104,57 @@ class Batch:
         offs = np.fromiter(map(Message.offset, messages), np.int64, n)
         stamps = [messages[0].timestamp()[1]] if messages else []  # only the first is used (epoch fallback)
         headers = list(map(Message.headers, messages))
+        bad_epochs: dict[int, str] = {}
         if n and headers.count(headers[-1]) == n:  # one header set in the whole batch
-            fmt, epoch = _read_headers(headers[-1] or ())
+            fmt, epoch, bad = _read_headers(headers[-1] or ())
             formats = [fmt] * n
+            if bad:
+                bad_epochs = dict.fromkeys(range(n), bad)
         else:
             sets = [tuple(h) if h else () for h in headers]
-            read = {h: _read_headers(h) for h in set(sets)}  # header set -> (format, epoch)
-            kinds = {fmt for fmt, _ in read.values()}
+            read = {h: _read_headers(h) for h in set(sets)}  # header set -> (format, epoch, why the epoch is bad)
+            kinds = {fmt for fmt, _, _ in read.values()}
             formats = [kinds.pop()] * n if len(kinds) == 1 else [read[h][0] for h in sets]
             epoch = next((read[h][1] for h in sets if read[h][1] is not None), None)  # the first message's
-        b = cls(payloads, formats, parts, offs, np.array(stamps, np.int64), topic, epoch)
+            if any(bad for _, _, bad in read.values()):
+                bad_epochs = {i: read[h][2] for i, h in enumerate(sets) if read[h][2]}
+        b = cls(payloads, formats, parts, offs, np.array(stamps, np.int64), topic, epoch, bad_epochs=bad_epochs)
         for p in partitions_of(b.partitions):
             b.positions[int(p)] = int(b.offsets[b.partitions == p].max()) + 1
         return b
 
 
-def _read_headers(headers: tuple) -> tuple[str | None, float | None]:
-    """(format, orbit epoch) from one message's headers; None where absent (or, for the epoch, unreadable)."""
-    fmt, epoch = None, None
+def _read_headers(headers: tuple) -> tuple[str | None, float | None, str | None]:
+    """(format, orbit epoch, why the epoch header is unusable) from one message's headers; None where absent."""
+    fmt, epoch, bad = None, None, None
     for k, v in headers:
         if k == FORMAT_HEADER:
             fmt = v.decode(errors="replace") if v is not None else ""
-        elif k == EPOCH_HEADER and epoch is None and v:
-            with contextlib.suppress(ValueError):
-                epoch = float(v)
-    return fmt, epoch
+        elif k == EPOCH_HEADER and epoch is None and bad is None and v:
+            epoch, bad = plausible_epoch(v)
+    return fmt, epoch, bad
+
+
+EPOCH_RANGE = (0.0, 4_102_444_800.0)  # UNIX seconds of 1970-01-01 and 2100-01-01: an epoch outside is corrupt
+
+
+def plausible_epoch(value: bytes | str) -> tuple[float | None, str | None]:
+    """An ``orbit_epoch`` header's value as UNIX seconds, or None and the reason it cannot be one.
+
+    >>> plausible_epoch(b"1700000000.5"), plausible_epoch(b"nan")[1], plausible_epoch(b"1e30")[1]
+    ((1700000000.5, None), "orbit_epoch 'nan' is not a finite number", "orbit_epoch '1e30' is outside 1970-2100")
+    """
+    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    try:
+        epoch = float(text)
+    except ValueError:
+        return None, f"orbit_epoch {shown!r} is not a number"
+    if not np.isfinite(epoch):
+        return None, f"orbit_epoch {shown!r} is not a finite number"
+    if not EPOCH_RANGE[0] <= epoch < EPOCH_RANGE[1]:
+        return None, f"orbit_epoch {shown!r} is outside 1970-2100"
+    return epoch, None
 
 
 @dataclass
@@ -183,7 +210,9 @@ def _guarded(method):
 class decode_hits(Stream):
     """Batch -> Decoded: payloads to numpy columns, grouped by their ``format`` header.
 
-    Messages without a header are read as ``default_format``; rejects carry a reason.
+    Messages without a header are read as ``default_format``; rejects carry a reason. A message whose
+    ``orbit_epoch`` header is not a plausible UNIX time (:func:`plausible_epoch`) is rejected whole with
+    reason ``bad_epoch``: its header cannot anchor the stream's time, so its rows are not trusted either.
     """
 
     def __init__(self, upstream, default_format: str = "csv", resume: dict[int, int] | None = None, **kwargs):
@@ -194,12 +223,16 @@ class decode_hits(Stream):
 
     @_guarded
     def update(self, batch: Batch) -> Decoded:
-        if len(set(batch.formats)) <= 1:  # the usual case: one format in the whole batch
+        bad = batch.bad_epochs  # messages with an implausible epoch header are rejected whole
+        rejects = [Reject("bad_epoch", bytes(batch.payloads[i]), int(batch.partitions[i]), int(batch.offsets[i]),
+                          detail) for i, detail in sorted(bad.items())]
+        if len(set(batch.formats)) <= 1 and not bad:  # the usual case: one format in the whole batch
             groups = [((batch.formats or [None])[0] or self.default_format, None)]
         else:
-            formats = [f or self.default_format for f in batch.formats]
-            groups = [(fmt, np.array([i for i, f in enumerate(formats) if f == fmt])) for fmt in dict.fromkeys(formats)]
-        parts, rejects = [], []
+            formats = [None if i in bad else f or self.default_format for i, f in enumerate(batch.formats)]
+            groups = [(fmt, np.array([i for i, f in enumerate(formats) if f == fmt]))
+                      for fmt in dict.fromkeys(formats) if fmt is not None]
+        parts = []
         for fmt, idx in groups:
             if idx is None:
                 out = decode(batch.payloads, fmt, batch.partitions, batch.offsets)
@@ -241,7 +274,10 @@ class event_windows(Stream):
     Windows are ``window_s`` long on ORBIT_CNT, aligned to orbit multiples, closed by
     the watermark (``lateness_s`` allowance) or by :meth:`flush_if_idle` after ``idle_s``
     seconds without input. Counts and rejects seen since the previous window travel in
-    ``window.meta``; late hits become rejects with reason ``late``.
+    ``window.meta``; late hits become rejects with reason ``late``. With ``max_jump_s``, hits
+    that far ahead of their partition need evidence before they move the watermark (see
+    :mod:`dtlive.windows`); those without become rejects with reason ``orbit_out_of_range``.
+    ``held``: the ``held_offsets`` of the checkpoint this node resumes from.
     """
 
     def __init__(
@@ -253,9 +289,12 @@ class event_windows(Stream):
         last_closed: int = -1,
         orbit_epoch: float | None = None,
         pending: dict | None = None,
+        max_jump_s: float | None = None,
+        held: dict | None = None,
         **kwargs,
     ):
-        self.state = EventTimeWindows.from_seconds(window_s, lateness_s, last_closed)
+        undecided = {int(p): list(o) for p, o in (held or {}).items()}
+        self.state = EventTimeWindows.from_seconds(window_s, lateness_s, last_closed, max_jump_s, undecided)
         self.idle_s = idle_s
         self.orbit_epoch = orbit_epoch
         self._epoch_fixed = orbit_epoch is not None  # a header epoch replaces a provisional one until a window closes
@@ -263,17 +302,20 @@ class event_windows(Stream):
         self.rejects: list[Reject] = []
         self.positions: dict[int, int] = {}
         self.last_input = time.monotonic()
+        self.held_since_idle = 0  # idle checks that found input waiting (or no answer) since the last input
         self.errors = 0
         super().__init__(upstream, **kwargs)
 
     @_guarded
     def update(self, d: Decoded) -> list[Window]:
         self.last_input = time.monotonic()
+        self.held_since_idle = 0
         self.positions.update(d.batch.positions)
         self.counts.update(d.counts)
         self.rejects += d.rejects
-        if d.batch.orbit_epoch is not None and not self._epoch_fixed:
-            self.orbit_epoch, self._epoch_fixed = d.batch.orbit_epoch, True
+        epoch = d.batch.orbit_epoch
+        if epoch is not None and not self._epoch_fixed and EPOCH_RANGE[0] <= epoch < EPOCH_RANGE[1]:
+            self.orbit_epoch, self._epoch_fixed = epoch, True
         elif self.orbit_epoch is None and len(d.rows):  # provisional: the first message's broker timestamp
             self.orbit_epoch = float(d.batch.timestamps_ms[0]) / 1000 - float(d.rows.orbit[0]) * det.ORBIT_S
         self.state.waiting = d.batch.waiting
@@ -285,18 +327,61 @@ class event_windows(Stream):
                 Reject("late", line, int(p), int(o))
                 for line, p, o in zip(encode_csv(late), late.partition, late.offset)
             ]
+        self._take_out_of_range()
         return closed
+
+    def restart_input(self, partitions) -> None:
+        """The input of ``partitions`` starts again at offset 0 (its topic was created anew after a broker
+        lost it): offsets remembered from the old topic are dropped, open windows keep their hits."""
+        self.state.forget_offsets(partitions)
+        self.positions.update({p: 0 for p in partitions})
+
+    def _take_out_of_range(self) -> None:
+        far = self.state.take_out_of_range()
+        if len(far):
+            self.counts["rejected.orbit_out_of_range"] += len(far)
+            self.rejects += [
+                Reject("orbit_out_of_range", line, int(p), int(o), "far ahead of its partition, no evidence")
+                for line, p, o in zip(encode_csv(far), far.partition, far.offset)
+            ]
 
     def flush(self) -> list:
         """Close and emit every open window now."""
-        return self._emit_windows(self.state.flush())
+        closed = self.state.flush()
+        self._take_out_of_range()
+        return self._emit_windows(closed)
 
-    def flush_if_idle(self, now: float | None = None) -> bool:
-        """Flush when no input arrived for ``idle_s`` seconds; True if something was flushed."""
-        if self.state.open_ids and (now or time.monotonic()) - self.last_input >= self.idle_s:
-            self.flush()
-            return True
-        return False
+    def flush_if_idle(self, now: float | None = None, input_waiting: Callable[[], bool | None] | None = None) -> bool:
+        """Flush when no input arrived for ``idle_s`` seconds; True if something was flushed.
+
+        ``input_waiting``: asked before flushing whether the input still holds unread data (True), holds none
+        (False) or cannot tell (None: the broker did not answer). Only a confirmed False flushes: a stalled or
+        slow broker is not an idle stream, and closing its windows early would make their hits late. While the
+        answer is not False the idle clock starts again, so the question is asked at most once per ``idle_s``.
+
+        >>> from streamz import Stream
+        >>> w = Stream().event_windows(window_s=2)
+        >>> w.state.add(Rows.from_columns(head=[2], fpga=[0], channel=[1], orbit=[5], bx=[0], tdc=[0]))[0]
+        []
+        >>> w.flush_if_idle(now=time.monotonic() + 60, input_waiting=lambda: None), w.state.open_ids
+        (False, [0])
+        >>> w.flush_if_idle(now=time.monotonic() + 120, input_waiting=lambda: False), w.state.open_ids
+        (True, [])
+        """
+        now = time.monotonic() if now is None else now
+        if not self.state.open_ids or now - self.last_input < self.idle_s:
+            return False
+        waiting = input_waiting() if input_waiting is not None else False
+        if waiting is not False:
+            if not self.held_since_idle:
+                log.warning("open windows %s held: %s", self.state.open_ids,
+                            "the broker does not answer" if waiting is None else "the input still has unread data")
+            self.held_since_idle += 1
+            self.last_input = now
+            return False
+        self.held_since_idle = 0
+        self.flush()
+        return True
 
     def _emit_windows(self, closed: list[Window]):
         results = []
@@ -329,6 +414,7 @@ class event_windows(Stream):
             "restart_offsets": {str(k): v for k, v in self.commit_offsets().items()},
             "pending_counts": dict(self.counts),
             "orbit_epoch": self.orbit_epoch,
+            "held_offsets": {str(k): v for k, v in self.state.held_offsets().items()},
         }
         return state, rejects
 
@@ -490,6 +576,39 @@ class from_kafka_batched_consumer(Source):
             out[p] = max(high, self.positions.get(p, 0))
         return out
 
+    def input_waiting(self, timeout: float = 1.0) -> bool | None:
+        """Whether the broker holds messages this source has not delivered yet.
+
+        Asks the broker (not librdkafka's cache) for each partition's end offset: True when any lies beyond
+        the position reached, False when none does, None when the broker did not answer within ``timeout``
+        (stalled, restarting or unreachable). One request per partition: meant for rare checks, e.g. before
+        windows are closed because the stream looks idle.
+        """
+        from confluent_kafka import KafkaException, TopicPartition
+
+        deadline = time.monotonic() + timeout
+        try:
+            for p in self.partitions:
+                tp = TopicPartition(self.topic, p)
+                _, high = self.consumer.get_watermark_offsets(tp, timeout=max(0.05, deadline - time.monotonic()))
+                position = self.positions.get(p)
+                if position is None:
+                    position = self.consumer.position([tp])[0].offset
+                if position >= 0 and high > position:
+                    return True
+        except KafkaException:
+            return None
+        return False
+
+    def restart_from_beginning(self) -> None:
+        """Read every partition again from its beginning: the broker was replaced and the topic created anew,
+        so the positions reached in the old one mean nothing (a fetch beyond a log's end just returns nothing)."""
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        self.consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self.partitions])
+        self.positions = {p: 0 for p in self.partitions}
+        self.waiting = set()
+
     def _next_batches(self, timeout: float | None = None) -> list[Batch]:
         """One consume call's messages as batches of at most ``max_batch_bytes`` of payload each.
 
@@ -555,7 +674,7 @@ class from_kafka_batched_consumer(Source):
                 continue
             seen.add(id(node))
             if hasattr(node, "flush_if_idle"):
-                node.flush_if_idle()
+                node.flush_if_idle(input_waiting=self.input_waiting)
             todo += list(node.downstreams)
 
     async def _run(self):

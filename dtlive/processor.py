@@ -26,13 +26,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from confluent_kafka import KafkaError, KafkaException
 
 from dtlive import __version__
 from dtlive import nodes as _nodes  # noqa: F401  (registers the node methods on Stream)
 from dtlive.config import Config, load_config  # noqa: F401  (load_config: doctest)
+from dtlive.deadletter import dead_letter
 from dtlive.decode import Reject
+from dtlive.health import Heartbeat, Progress, partition_lag
 from dtlive.heap import HeapTrimmer
-from dtlive.kafka import client_config, ensure_topics, partition_ends
+from dtlive.kafka import ClusterWatch, client_config, ensure_topics, partition_ends, producer_config
 from dtlive.messages import message_bytes
 from dtlive.nodes import event_windows, from_kafka_batched_consumer, window_message
 from dtlive.windows import Window
@@ -46,6 +49,21 @@ TRIM_INTERVAL_S = 30.0
 # loaded machine: 20000 -> arenas 71 -> 84 MiB; 5000 -> flat at 73 MiB). Throughput is the same (csv replay:
 # ~160-180k msgs per CPU-second either way); a daq64 call is bounded by librdkafka's queue long before.
 BATCH_SIZE = 5_000
+# Loggers whose warnings count as the processor's errors in its heartbeats (the newest is its "last error").
+HEALTH_LOGGERS = ("dtlive.processor", "dtlive.nodes", "dtlive.scale", "dtlive.librdkafka")
+
+
+def _fresh_high(source, timeout: float = 0.2) -> dict[int, int]:
+    """End offsets of the source's partitions asked of the broker (not librdkafka's cache); {} if it is away."""
+    from confluent_kafka import TopicPartition
+
+    out = {}
+    for p in source.partitions:
+        try:
+            out[p] = source.consumer.get_watermark_offsets(TopicPartition(source.topic, p), timeout=timeout)[1]
+        except Exception:  # noqa: BLE001 - the broker is away: the heartbeat says so by its errors
+            break
+    return out
 
 
 def checkpoint_topic(cfg: Config) -> str:
@@ -128,9 +146,33 @@ def resume_state(cfg: Config, bootstrap: str) -> dict | None:
     }
 
 
+# librdkafka errors that say a client lost its broker: the broker may have restarted, perhaps empty
+_CONNECTION_ERRORS = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE})
+
+
+class ProcessorFenced(SystemExit):
+    """Another processor with the same identity (``--group-id``) took over the transactional id."""
+
+
+class BrokerLost(SystemExit):
+    """The broker did not let a transaction commit for ``recover_s`` seconds."""
+
+
+def _fenced(err) -> bool:
+    from confluent_kafka import KafkaError
+
+    return err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
+
+
 @dataclass
 class TransactionalPublisher:
-    """Publishes closed windows, dead letters and checkpoints in Kafka transactions."""
+    """Publishes closed windows, dead letters and checkpoints in Kafka transactions.
+
+    Everything produced in the open transaction is also kept until the commit succeeds, so a transaction the
+    broker lost (it restarted, or aborted it) is produced again in a new one, with a new producer when the old
+    one cannot go on. Only a fence by another processor with the same identity ends it (:class:`ProcessorFenced`),
+    and a broker that lets nothing commit for ``recover_s`` seconds (:class:`BrokerLost`).
+    """
 
     cfg: Config
     bootstrap: str
@@ -139,29 +181,41 @@ class TransactionalPublisher:
     windows: event_windows | None = None
     commit_interval_s: float = 0.25
     window_delay_s: float = 0.05  # while a backlog is read, windows wait this long to share one commit
+    recover_s: float = 120.0  # how long a transaction may fail to commit before the processor gives up
+    topics: dict[str, int] = field(default_factory=dict)  # what to create again when the broker lost its topics
+    on_recover: Callable[[], None] | None = None  # called once a new producer is in place (the broker restarted?)
+    on_client_error: Callable | None = None  # librdkafka's error callback of the producer
     published: int = 0
     dead_lettered: int = 0
+    recoveries: int = 0
     _in_txn: bool = False
     _txn_started: float = 0.0
     _windows_in_txn: int = 0
+    _pending: list[tuple] = field(default_factory=list)  # (topic, value, key, headers) of the open transaction
+    _broken: Exception | None = None  # why the producer cannot go on (a new one is made at commit)
     _on_publish: list[Callable[[dict], None]] = field(default_factory=list)
 
     def __post_init__(self):
+        self.edges = drift_edges(self.cfg)
+        self.producer = self._new_producer(30)
+
+    def _new_producer(self, timeout: float):
         from confluent_kafka import Producer
 
-        self.edges = drift_edges(self.cfg)
-        self.producer = Producer(
-            client_config(
+        producer = Producer(
+            producer_config(
                 self.cfg,
                 self.bootstrap,
                 **{
                     "transactional.id": f"{self.cfg.group_id}:{self.cfg.hits_topic}",
                     "linger.ms": 5,
                     "transaction.timeout.ms": 60000,
+                    "error_cb": lambda err: self.on_client_error and self.on_client_error(err),
                 },
             )
         )
-        self.producer.init_transactions(30)
+        producer.init_transactions(timeout)
+        return producer
 
     def fence(self) -> None:
         """Settle a crashed predecessor's open transaction before reading state.
@@ -176,9 +230,27 @@ class TransactionalPublisher:
 
     def _begin(self):
         if not self._in_txn:
-            self.producer.begin_transaction()
             self._in_txn = True
             self._txn_started = time.monotonic()
+            self._pending.clear()
+            if self._broken is None:
+                try:
+                    self.producer.begin_transaction()
+                except KafkaException as exc:
+                    self._broken = exc
+
+    def _produce(self, topic: str, value: bytes, key: bytes | None = None, headers: list | None = None) -> None:
+        self._pending.append((topic, value, key, headers))
+        if self._broken is not None:
+            return
+        try:
+            try:
+                self.producer.produce(topic, value, key=key, headers=headers)
+            except BufferError:  # the local queue is full: let it drain once
+                self.producer.poll(0.5)
+                self.producer.produce(topic, value, key=key, headers=headers)
+        except (KafkaException, BufferError) as exc:
+            self._broken = exc
 
     def publish(self, window: Window, msg: dict | None = None) -> None:
         """Produce one window's result (and the dead letters it carries) in the open transaction.
@@ -188,12 +260,8 @@ class TransactionalPublisher:
         self._begin()
         self._dead_letter(window.meta.get("rejects", []))
         msg = msg if msg is not None else window_message(window, self.edges, self.provenance)
-        self.producer.produce(
-            self.cfg.monitor_topic,
-            message_bytes(msg),
-            key=str(window.id).encode(),
-            headers=[("schema", b"dtlive.monitor/1")],
-        )
+        self._produce(self.cfg.monitor_topic, message_bytes(msg), str(window.id).encode(),
+                      [("schema", b"dtlive.monitor/1")])
         self.published += 1
         self._windows_in_txn += 1
         self.producer.poll(0)
@@ -201,18 +269,10 @@ class TransactionalPublisher:
             callback({"window": window, "message": msg})
 
     def _dead_letter(self, rejects: list[Reject]) -> None:
-        for r in rejects:
-            self.producer.produce(
-                self.cfg.rejected_topic,
-                r.payload,
-                headers=[
-                    ("reason", r.reason.encode()),
-                    ("detail", r.detail.encode()),
-                    ("source_topic", self.cfg.hits_topic.encode()),
-                    ("source_partition", str(r.partition).encode()),
-                    ("source_offset", str(r.offset).encode()),
-                ],
-            )
+        for r in rejects:  # cut to the configured size: one huge payload must not fail the transaction
+            letter = dead_letter(r.payload, r.reason, r.detail, self.cfg.hits_topic, r.partition, r.offset,
+                                 self.cfg.dead_letter_max_bytes)
+            self._produce(self.cfg.rejected_topic, letter.value, None, letter.headers)
             self.dead_lettered += 1
             if self.dead_lettered % 10000 == 0:
                 self.producer.poll(0)
@@ -227,10 +287,17 @@ class TransactionalPublisher:
             return not backlog or age >= self.window_delay_s
         return age >= self.commit_interval_s
 
+    def replace_producer(self, why: str) -> None:
+        """Make a new producer before the next commit (the broker was replaced: the old one is stuck with it)."""
+        self._broken = self._broken or KafkaException(KafkaError(KafkaError._TRANSPORT, why))
+
+    @property
+    def in_transaction(self) -> bool:
+        """A transaction is open (something waits to be committed)."""
+        return self._in_txn
+
     def commit(self) -> None:
         """Write the checkpoint and the safe input offsets, then commit the transaction."""
-        from confluent_kafka import TopicPartition
-
         state, rejects = self.windows.checkpoint()
         offsets = self.windows.commit_offsets()
         if not (self._in_txn or rejects or offsets):
@@ -244,16 +311,81 @@ class TransactionalPublisher:
             run_id=self.provenance.get("run_id"),
             time=time.time(),
         )
-        self.producer.produce(checkpoint_topic(self.cfg), json.dumps(state).encode(), key=self.cfg.group_id.encode())
-        if offsets:
-            self.producer.send_offsets_to_transaction(
-                [TopicPartition(self.cfg.hits_topic, p, o) for p, o in offsets.items()],
-                self.source.consumer.consumer_group_metadata(),
-                30,
-            )
-        self.producer.commit_transaction(60)
+        self._produce(checkpoint_topic(self.cfg), json.dumps(state).encode(), self.cfg.group_id.encode())
+        self._commit(offsets)
         self._in_txn = False
         self._windows_in_txn = 0
+        self._pending.clear()
+
+    def _commit(self, offsets: dict[int, int]) -> None:
+        """Commit the open transaction; when the broker lost or refused it, produce it again and retry."""
+        from confluent_kafka import TopicPartition
+
+        deadline = time.monotonic() + self.recover_s
+        pause = 0.2
+        while True:
+            try:
+                if self._broken is not None:
+                    raise self._broken
+                if offsets:
+                    self.producer.send_offsets_to_transaction(
+                        [TopicPartition(self.cfg.hits_topic, p, o) for p, o in offsets.items()],
+                        self.source.consumer.consumer_group_metadata(),
+                        30,
+                    )
+                self.producer.commit_transaction(60)
+                if pause > 0.2:
+                    log.warning("transactions commit again (%d windows, %d messages re-sent)",
+                                self._windows_in_txn, len(self._pending))
+                return
+            except (KafkaException, BufferError) as exc:
+                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if err is not None and _fenced(err):
+                    raise ProcessorFenced(
+                        f"processor {self.cfg.group_id!r}: another processor with the same identity took over "
+                        "(fenced); stopping this one. Give each processor its own --group-id.") from None
+                if time.monotonic() > deadline:
+                    raise BrokerLost(f"processor {self.cfg.group_id!r}: the broker at {self.bootstrap} let no "
+                                     f"transaction commit for {self.recover_s:.0f} s (last error: {exc}); exiting "
+                                     "so that a supervisor restarts it") from None
+                if pause == 0.2:
+                    log.warning("a transaction did not commit (%s); producing it again", exc)
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+                self._reproduce(err)
+                offsets = self.windows.commit_offsets()  # the source may have read its topic anew meanwhile
+
+    def _reproduce(self, err) -> None:
+        """A new transaction with everything the failed one held: after an abort if the producer can go on,
+        else with a new producer (topics created again first, for a broker that lost them)."""
+        broken, self._broken = self._broken, None
+        try:
+            if broken is None and err is not None and err.txn_requires_abort() and not err.fatal():
+                self.producer.abort_transaction(10)
+            else:
+                raise KafkaException(err) if err is not None else RuntimeError("producer cannot go on")
+        except (KafkaException, RuntimeError):
+            try:
+                self.producer = self._new_producer(10)
+            except KafkaException as exc:
+                self._broken = exc  # the broker is still away: try again on the next round
+                return
+            self.recoveries += 1
+            if self.topics:
+                try:
+                    ensure_topics(self.cfg, self.bootstrap, self.topics)
+                except Exception as exc:  # noqa: BLE001 - the next round tries again
+                    self._broken = KafkaException(KafkaError(KafkaError._TRANSPORT, str(exc)))
+                    return
+            if self.on_recover is not None:
+                self.on_recover()
+        try:
+            self.producer.begin_transaction()
+            for topic, value, key, headers in self._pending:
+                self.producer.produce(topic, value, key=key, headers=headers)
+                self.producer.poll(0)
+        except (KafkaException, BufferError) as exc:
+            self._broken = exc
 
 
 def open_publisher(cfg: Config, bootstrap: str, run_id: str) -> tuple[TransactionalPublisher, dict | None]:
@@ -262,7 +394,8 @@ def open_publisher(cfg: Config, bootstrap: str, run_id: str) -> tuple[Transactio
     Returns the publisher and the state its previous run left (:func:`resume_state`; None on a first run).
     Refuses (SystemExit) to continue a result series that was made with other processing settings.
     """
-    ensure_topics(cfg, bootstrap, [cfg.hits_topic, cfg.monitor_topic, cfg.rejected_topic, checkpoint_topic(cfg)])
+    topics = [cfg.hits_topic, cfg.monitor_topic, cfg.rejected_topic, checkpoint_topic(cfg)]
+    ensure_topics(cfg, bootstrap, topics)
     provenance = {
         "topic": cfg.hits_topic,
         "dtlive_version": __version__,
@@ -272,6 +405,8 @@ def open_publisher(cfg: Config, bootstrap: str, run_id: str) -> tuple[Transactio
         "host": socket.gethostname(),
     }
     publisher = TransactionalPublisher(cfg, bootstrap, provenance)
+    listed = publisher.producer.list_topics(timeout=10).topics
+    publisher.topics = {t: len(listed[t].partitions) for t in topics if t in listed and listed[t].partitions}
     publisher.fence()
     ckpt = resume_state(cfg, bootstrap)
     if ckpt and ckpt.get("config_hash") != cfg.config_hash:
@@ -304,17 +439,19 @@ class Processor:
         self.publisher, ckpt = open_publisher(cfg, bootstrap, self.run_id)
         resume = {int(k): v for k, v in (ckpt or {}).get("positions", {}).items()}
         self.resumed = ckpt is not None
+        self.broker_suspect = False  # a client lost its connection: ask the broker who it is before committing
         self.source = from_kafka_batched_consumer(
             cfg.hits_topic,
-            consumer_config(cfg, bootstrap, group_id=cfg.group_id, from_beginning=from_beginning),
+            {**consumer_config(cfg, bootstrap, group_id=cfg.group_id, from_beginning=from_beginning),
+             "error_cb": self._on_client_error},
             batch_size=batch_size,
             # Our own committed state says where to re-read from; a broker may have applied a crashed
             # transaction's offset commit without its records (Tansu does), so group offsets are not trusted.
             start_offsets={int(k): v for k, v in ckpt["restart_offsets"].items()} if ckpt else None,
         )
+        self.decoder = self.source.decode_hits(default_format=cfg.default_format, resume=resume)
         self.windows = (
-            self.source.decode_hits(default_format=cfg.default_format, resume=resume)
-            .clean_hits()
+            self.decoder.clean_hits()
             .event_windows(
                 window_s=cfg.window_s,
                 lateness_s=cfg.lateness_s,
@@ -322,13 +459,21 @@ class Processor:
                 last_closed=(ckpt or {}).get("last_window", -1),
                 orbit_epoch=(ckpt or {}).get("orbit_epoch"),
                 pending=(ckpt or {}).get("pending_counts"),
+                max_jump_s=cfg.max_orbit_jump_s,
+                held=(ckpt or {}).get("held_offsets"),
             )
         )
         self.windows.positions.update(resume)
         self.publisher.source, self.publisher.windows = self.source, self.windows
         self.windows.sink(self.publisher.publish)
+        self.cluster = ClusterWatch.of(cfg, bootstrap, every_s=cfg.idle_s)
+        self.publisher.on_recover = lambda: self.follow_broker(force=True)
+        self.publisher.on_client_error = self._on_client_error
         self._stop = False
+        self.input_restarts = 0
         self.trimmer = HeapTrimmer(TRIM_INTERVAL_S if trim_interval_s is None else trim_interval_s)
+        self.heartbeat = Heartbeat("processor", cfg, bootstrap, run_id=self.run_id, watch=HEALTH_LOGGERS)
+        self._progress = Progress()
         self.ledger = ledger  # a dtlive.ledger.Ledger: the run, its configuration and inputs are recorded
         self.run_keeper = None  # keeps the run in the ledger in the background: a database outage never stalls us
         if ledger is not None:
@@ -343,6 +488,43 @@ class Processor:
 
     def stop(self, *_):
         self._stop = True
+
+    def _on_client_error(self, err) -> None:
+        if err.code() in _CONNECTION_ERRORS or err.fatal():
+            self.broker_suspect = True
+
+    def broker_ready(self, now: float) -> bool:
+        """Whether committing now makes sense: after a client lost its connection, only once the broker answers
+        again (a commit to a broker that is away blocks for up to a minute); a replaced broker is followed."""
+        if not self.broker_suspect:
+            return True
+        self.follow_broker(now, force=True)
+        if self.cluster.answered:
+            self.broker_suspect = False
+            return True
+        return False
+
+    def follow_broker(self, now: float | None = None, force: bool = False) -> bool:
+        """When the broker was replaced (it restarted empty), read the input topic again from its beginning.
+
+        The topic there holds only what was produced since; open windows keep their hits, and hits for windows
+        already published count as late. Asked when the input is quiet (at most once per ``idle_s``) and
+        whenever the publisher needed a new producer. True if the input was restarted.
+        """
+        if not self.cluster.replaced(now, force=force):
+            return False
+        log.warning("processor %r: the broker at %s lost its topics (restarted?); creating them again and reading "
+                    "%s from its beginning", self.cfg.group_id, self.bootstrap, self.cfg.hits_topic)
+        try:
+            ensure_topics(self.cfg, self.bootstrap, self.publisher.topics)
+        except Exception as exc:  # noqa: BLE001 - the publisher creates them again before it produces
+            log.warning("could not create the topics yet: %s", exc)
+        self.publisher.replace_producer("the broker was replaced")
+        self.source.restart_from_beginning()
+        self.windows.restart_input(self.source.partitions)
+        self.decoder.resume.clear()
+        self.input_restarts += 1
+        return True
 
     def settle(self) -> None:
         """Finish work handed off elsewhere (dtlive.scale: windows on Dask workers) before state is committed."""
@@ -368,13 +550,16 @@ class Processor:
                 self.windows.flush()
                 break
             if n == 0:
-                self.windows.flush_if_idle(now)
+                self.follow_broker(now)
+                self.windows.flush_if_idle(now, self.source.input_waiting)
             self.settle()
             # a new window is committed at once (its latency matters), or soon when more input is already queued
             # (a full consume call); checkpoint-only work every commit interval
-            if self.publisher.due(backlog=n >= self.source.batch_size) or (n == 0 and self.publisher._in_txn):
+            if (self.publisher.due(backlog=n >= self.source.batch_size) or (n == 0 and self.publisher.in_transaction)) \
+                    and self.broker_ready(now):
                 self.publisher.commit()
             self.trimmer.maybe(now)
+            self.heartbeat.maybe(now, self.health)
             if on_tick and now - last_tick >= 1.0:
                 on_tick(self)
                 last_tick = now
@@ -384,7 +569,39 @@ class Processor:
         self.publisher.commit()
         return self
 
+    def health(self) -> dict:
+        """Heartbeat fields (:mod:`dtlive.health`): state, input lag per partition, running totals, errors.
+
+        ``degraded`` when errors grew since the last heartbeat, or input waits while nothing is consumed.
+        """
+        src, win = self.source, self.windows
+        high = src.high_watermarks()
+        if sum(high.values()) <= sum(src.positions.get(p, 0) for p in high) and \
+                src.messages == self._progress.consumed:  # looks idle: ask the broker, the cache may be old
+            high = {**high, **_fresh_high(src)}
+        lag = partition_lag(high, src.positions, getattr(win.state, "_max_orbit", None), win.orbit_epoch,
+                            topic=self.cfg.hits_topic)
+        errors = {"consume": src.errors, "windows": win.errors}
+        failing, self._errors_seen = sum(errors.values()) > getattr(self, "_errors_seen", 0), sum(errors.values())
+        stalled = self._progress.stalled_s(src.messages, lag["messages"], time.monotonic())
+        idle = time.monotonic() - win.last_input > self.heartbeat.interval_s and not lag["messages"]
+        fields = {
+            "state": "degraded" if failing or stalled > 2 * self.heartbeat.interval_s else
+            "idle" if idle else "running",
+            "lag": lag,
+            "counts": {"messages": src.messages, "windows": self.publisher.published,
+                       "dead_letters": self.publisher.dead_lettered},
+            "errors": errors,
+            "detail": {"input": self.cfg.hits_topic, "output": self.cfg.monitor_topic, "group_id": self.cfg.group_id,
+                       "last_window": win.state.last_closed, "stalled_s": round(stalled, 1)},
+        }
+        if stalled > 2 * self.heartbeat.interval_s:
+            fields["last_error"] = {"text": f"{lag['messages']} input messages waiting, none consumed for "
+                                            f"{stalled:.0f} s", "time": time.time()}
+        return fields
+
     def close(self, status: str = "finished"):
+        self.heartbeat.close(fields=self.health)
         self.source.close()
         self.publisher.producer.flush(10)
         if self.run_keeper is not None:

@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable
 
 from dtlive.config import Config
-from dtlive.kafka import client_config, end_offsets, ensure_topics
+from dtlive.health import Heartbeat, partition_lag
+from dtlive.kafka import ClusterWatch, client_config, end_offsets, ensure_topics, producer_config
 from dtlive.messages import decode_message, iso_utc
 from dtlive.quality import Period, QualityMonitor
 
@@ -69,7 +70,8 @@ class Recorder:
         self.consumer = Consumer(client_config(cfg, bootstrap, **{
             "group.id": "dtlive-recorder", "enable.auto.commit": False, "isolation.level": "read_committed",
             "fetch.wait.max.ms": 100}))
-        self.producer = Producer(client_config(cfg, bootstrap, **{"linger.ms": 5}))
+        self.producer = Producer(producer_config(cfg, bootstrap, **{"linger.ms": 5}))
+        self.cluster = ClusterWatch.of(cfg, bootstrap, every_s=5.0)
         ends = end_offsets(self.consumer, cfg.monitor_topic)
         done = self.ledger.result_positions(cfg.monitor_topic)  # partition -> next offset not yet recorded
         starts = {p: done.get(p, low if from_beginning else high) for p, (low, high) in ends.items()}
@@ -79,6 +81,7 @@ class Recorder:
         self.periods = 0
         self._last_orbit: int | None = None
         self._last_end: float | None = None
+        self.heartbeat = Heartbeat("recorder", cfg, bootstrap, watch=("dtlive.recorder", "dtlive.librdkafka"))
 
     def stop(self, *_):
         self._stop = True
@@ -134,11 +137,27 @@ class Recorder:
                 log.warning("skipping a non-dtlive message at %s/%s", m.partition(), m.offset())
         if records:
             self.handle(records)
+        elif self.cluster.replaced():
+            self.follow_broker()
+            return 0
         # the consumer's position also steps over transaction markers, which carry no message
         for tp in self.consumer.position([TopicPartition(self.cfg.monitor_topic, p) for p in self.positions]):
             if tp.offset >= 0:
                 self.positions[tp.partition] = tp.offset
         return len(records)
+
+    def follow_broker(self) -> None:
+        """The broker was replaced (restarted empty): read the results topic there from its beginning."""
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        log.warning("recorder: the broker lost its topics (restarted?); creating them again and reading %s from "
+                    "its beginning", self.cfg.monitor_topic)
+        try:
+            ensure_topics(self.cfg, self.bootstrap, [self.cfg.monitor_topic, self.cfg.quality_topic])
+        except Exception as exc:  # noqa: BLE001 - the processor creates the results topic too
+            log.warning("recorder: could not create the topics yet: %s", exc)
+        self.consumer.assign([TopicPartition(self.cfg.monitor_topic, p, OFFSET_BEGINNING) for p in self.positions])
+        self.positions = {p: 0 for p in self.positions}
 
     def run(self, until_end: bool = False, max_seconds: float | None = None,
             on_tick: Callable[[Recorder], None] | None = None) -> Recorder:
@@ -152,6 +171,7 @@ class Recorder:
         started = time.monotonic()
         while not self._stop:
             n = self.poll()
+            self.heartbeat.maybe(None, self.health)
             if on_tick:
                 on_tick(self)
             if targets is not None and all(self.positions.get(p, 0) >= t for p, t in targets.items()):
@@ -165,6 +185,21 @@ class Recorder:
             self._publish(self.quality.flush())
         return self
 
+    def health(self) -> dict:
+        """Heartbeat fields (:mod:`dtlive.health`): state, lag behind the results topic, running totals."""
+        from confluent_kafka import TopicPartition
+
+        self.producer.poll(0)  # serves its delivery reports and librdkafka log lines
+        high = {p: self.consumer.get_watermark_offsets(TopicPartition(self.cfg.monitor_topic, p), cached=True)[1]
+                for p in self.positions}
+        lag = partition_lag({p: max(h, self.positions[p]) for p, h in high.items()}, self.positions,
+                            topic=self.cfg.monitor_topic)
+        busy = lag["messages"] or self.recorded > getattr(self, "_recorded_seen", 0)
+        self._recorded_seen = self.recorded
+        return {"state": "running" if busy else "idle", "lag": lag,
+                "counts": {"windows": self.recorded, "periods": self.periods}}
+
     def close(self) -> None:
+        self.heartbeat.close(fields=self.health)
         self.consumer.close()
         self.producer.flush(10)

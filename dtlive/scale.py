@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from dtlive import detector as det
 from dtlive.actor import Report, Share
 from dtlive.config import Config
+from dtlive.health import Heartbeat, partition_lag
 from dtlive.kafka import consumer_config, partition_ends
 from dtlive.nodes import window_message
 from dtlive.partials import Answer, Request, merge_answers, plan_requests
-from dtlive.processor import BATCH_SIZE, drift_edges, open_publisher
+from dtlive.processor import BATCH_SIZE, HEALTH_LOGGERS, drift_edges, open_publisher
 from dtlive.rows import Rows
 from dtlive.windows import Window
 
@@ -166,6 +167,7 @@ class DaskProcessor:
         self.lost_actors = 0
         self.targets: dict[int, int] | None = None
         self._stop = False
+        self.heartbeat = Heartbeat("dask-processor", cfg, bootstrap, run_id=self.run_id, watch=HEALTH_LOGGERS)
         self._start(list(range(n)))
         self.ledger = ledger
         self.run_keeper = None  # keeps the run in the ledger in the background: a database outage never stalls us
@@ -272,6 +274,7 @@ class DaskProcessor:
             if on_tick and now - last_tick >= 1.0:
                 on_tick(self)
                 last_tick = now
+            self.heartbeat.maybe(now, self.health)
             if max_seconds is not None and now - started > max_seconds:
                 break
         for call, _ in calls.values():  # let the last steps end before the actors are closed
@@ -387,7 +390,31 @@ class DaskProcessor:
         }
         return state, rejects
 
+    def health(self) -> dict:
+        """Heartbeat fields (:mod:`dtlive.health`): state, input lag per partition, running totals, actors."""
+        from confluent_kafka import TopicPartition
+
+        positions, high = self.positions(), {}
+        for p in sorted({p for s in self.slots for p in s.partitions}):
+            try:  # the driver's consumer is not assigned: ask the broker, briefly
+                high[p] = self.consumer.get_watermark_offsets(TopicPartition(self.cfg.hits_topic, p), timeout=0.5)[1]
+            except Exception:  # noqa: BLE001 - the broker is away: no lag for this partition
+                continue
+        lag = partition_lag(high, positions, topic=self.cfg.hits_topic)
+        lost = self.lost_actors > getattr(self, "_lost_seen", 0)
+        self._lost_seen = self.lost_actors
+        return {
+            "state": "degraded" if lost or len(high) < sum(len(s.partitions) for s in self.slots) else "running",
+            "lag": lag,
+            "counts": {"messages": self.messages, "windows": self.publisher.published,
+                       "dead_letters": self.publisher.dead_lettered},
+            "errors": {"lost_actors": self.lost_actors},
+            "detail": {"input": self.cfg.hits_topic, "output": self.cfg.monitor_topic, "group_id": self.cfg.group_id,
+                       "last_window": self.published_through, "actors": len(self.slots)},
+        }
+
     def close(self, status: str = "finished") -> None:
+        self.heartbeat.close(fields=self.health)
         for s in self.slots:
             with contextlib.suppress(Exception):
                 s.actor.close().result(timeout=10)

@@ -36,6 +36,7 @@ import numpy as np
 import xarray as xr
 
 from dtlive import detector as det
+from dtlive.health import parse_status
 from dtlive.live import VIEWS, LiveWindows, ResultsFeed
 
 CHAMBER_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
@@ -329,6 +330,80 @@ class AlertPanel:
                 "<th>result</th></tr>" + "".join(cells) + "</table>")
 
 
+def health_html(rows: list[dict], alarms: list[str]) -> str:
+    """The service-health line and table as HTML (pure): rows and alarms of :class:`dtlive.health.ServiceHealth`.
+
+    >>> "ALARM" in health_html([], ["processor on h (pid 1): no heartbeat for 9 s"])
+    True
+    """
+    if alarms:
+        badge, color = "ALARM: " + "; ".join(alarms), "#c62828"
+    elif rows:
+        badge, color = f"SERVICES OK ({len(rows)})", "#2e7d32"
+    else:
+        badge, color = "NO SERVICE HEARTBEATS", "#757575"
+    cells = []
+    for r in rows:
+        lag = "-" if r.get("lag_messages") is None else f"{r['lag_messages']} msgs"
+        if r.get("lag_s") is not None:
+            lag += f", {round(r['lag_s'], 1) + 0.0:.1f} s"
+        first = next(iter((r.get("rates") or {}).items()), None)
+        rate = f"{first[0].removesuffix('_per_s')} {first[1]:,.1f}/s" if first else "-"
+        bad = r.get("alarm") is not None
+        style = "color:#c62828;font-weight:bold" if bad else ""
+        state = str(r["state"]).upper() if bad else str(r["state"])
+        cells.append(
+            f"<tr class='dtlive-health-row' data-service='{html.escape(str(r['service']))}' "
+            f"data-pid='{r['pid']}' data-state='{html.escape(str(r['state']))}' style='{style}'>"
+            f"<td>{html.escape(str(r['service']))}</td><td>{html.escape(str(r['host']))}:{r['pid']}</td>"
+            f"<td class='dtlive-health-state'>{html.escape(state)}</td><td>{r['age_s']:.1f} s ago</td>"
+            f"<td>{html.escape(lag)}</td>"
+            f"<td>{html.escape(rate)}</td>"
+            f"<td>{r.get('errors_total', 0)}</td></tr>")
+    table = ("<table style='font-size:12px;border-spacing:12px 0'><tr><th>service</th><th>host:pid</th>"
+             "<th>state</th><th>heartbeat</th><th>input lag</th><th>rate</th><th>errors</th></tr>"
+             + "".join(cells) + "</table>") if cells else ""
+    return (f"<div class='dtlive-health-line' style='font-family:sans-serif;font-size:13px'><b>services</b> "
+            f"<span class='dtlive-health-badge' style='background:{color};color:white;padding:2px 8px;"
+            f"border-radius:3px'>{html.escape(badge)}</span>{table}</div>")
+
+
+class HealthPanel:
+    """Service health from the heartbeats on ``dt.status``: a badge (an alarm when a heartbeat is missing,
+    irregular or reports errors) and a compact table, one row per service instance.
+
+    >>> from dtlive.health import status_message
+    >>> panel = HealthPanel()
+    >>> panel.add([status_message("processor", run_id="r", state="running", seq=0, now=100.0, host="h", pid=1)],
+    ...           now=101.0)
+    >>> "SERVICES OK" in panel.widget.value
+    True
+    >>> panel.refresh(now=110.0); panel.alarms
+    ['processor on h (pid 1): no heartbeat for 10 s']
+    """
+
+    def __init__(self, health=None):
+        from dtlive.health import ServiceHealth
+
+        self.health = health if health is not None else ServiceHealth()
+        self.alarms: list[str] = []
+        self.widget = W.HTML(health_html([], []))
+        self.widget.add_class("dtlive-health")
+
+    def add(self, messages: list[dict], now: float | None = None) -> None:
+        """Take parsed ``dtlive.status/1`` heartbeats (from the status feed's thread) and redraw."""
+        self.health.add(messages)
+        self.refresh(now)
+
+    def refresh(self, now: float | None = None) -> None:
+        """Redraw (also without new heartbeats: that is how a missing one becomes an alarm)."""
+        rows = self.health.rows(now)
+        self.alarms = [f"{r['service']} on {r['host']} (pid {r['pid']}): {r['alarm']}" for r in rows if r["alarm"]]
+        value = health_html(rows, self.alarms)
+        if value != self.widget.value:
+            self.widget.value = value
+
+
 class ChamberPanel:
     """All per-chamber plots of one chamber in a row."""
 
@@ -430,7 +505,8 @@ class Dashboard(W.VBox):
             box.observe(lambda ch, c=c: self._show_chamber(c, ch["new"]), "value")
 
         self.alerts = AlertPanel()
-        super().__init__([self.header, controls, self.timeseries.figure, self.alerts.widget,
+        self.services = HealthPanel()
+        super().__init__([self.header, self.services.widget, controls, self.timeseries.figure, self.alerts.widget,
                           *[p.widget for p in self.panels]])
         self.add_class("dtlive-dashboard")
         self.feed = ResultsFeed(self.bootstrap, self.add_messages, topic=self.topic, backfill=backfill,
@@ -440,6 +516,8 @@ class Dashboard(W.VBox):
                                        kafka=cfg.kafka, parse=parse_analysis)
         self.quality_feed = ResultsFeed(self.bootstrap, self.add_periods, topic=quality_topic or cfg.quality_topic,
                                         backfill=500, kafka=cfg.kafka, parse=parse_quality)
+        self.status_feed = ResultsFeed(self.bootstrap, self.add_heartbeats, topic=cfg.status_topic, backfill=100,
+                                       kafka=cfg.kafka, parse=parse_status)
         self._status_stop = threading.Event()
         self._status_every_s = status_every_s
         self._refresh_status()
@@ -455,6 +533,11 @@ class Dashboard(W.VBox):
                 self.refresh()
             else:
                 self._refresh_status()
+
+    def add_heartbeats(self, messages: list[dict]) -> None:
+        """Take ``dtlive.status/1`` heartbeats (from the status feed's thread) and redraw the service health."""
+        with self._lock:
+            self.services.add(messages)
 
     def _add_alerts(self, messages: list[dict]) -> None:
         with self._lock:
@@ -538,6 +621,7 @@ class Dashboard(W.VBox):
         self.feed.start()
         self.quality_feed.start()
         self.alerts_feed.start()
+        self.status_feed.start()
         self._status_stop.clear()
         threading.Thread(target=self._status_loop, name="dtlive-dashboard-status", daemon=True).start()
         return self
@@ -546,6 +630,7 @@ class Dashboard(W.VBox):
         while not self._status_stop.wait(self._status_every_s):
             with self._lock:
                 self._refresh_status()
+                self.services.refresh()
 
     def stop(self) -> None:
         """Stop the feed and the status clock (the widget stays as it is)."""
@@ -553,3 +638,4 @@ class Dashboard(W.VBox):
         self.feed.stop()
         self.quality_feed.stop()
         self.alerts_feed.stop()
+        self.status_feed.stop()

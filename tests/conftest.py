@@ -18,11 +18,16 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session", autouse=True)
 def private_data_dirs(tmp_path_factory):
-    """Ledger and history of the test session live in a temporary directory, never the user's."""
+    """Ledger, history and state directory (pid and log files) of the session live in a temporary directory.
+
+    Set once for the whole session, before any test, and by no other fixture: what a test sees never depends
+    on which tests ran before it.
+    """
     data = tmp_path_factory.mktemp("dtlive-data")
-    old = {k: os.environ.get(k) for k in ("DTLIVE_DB", "DTLIVE_HISTORY")}
+    old = {k: os.environ.get(k) for k in ("DTLIVE_DB", "DTLIVE_HISTORY", "DTLIVE_STATE_DIR")}
     os.environ["DTLIVE_DB"] = f"sqlite:///{data / 'ledger.sqlite'}"
     os.environ["DTLIVE_HISTORY"] = str(data / "history")
+    os.environ["DTLIVE_STATE_DIR"] = str(data / "state")
     yield data
     for k, v in old.items():
         if v is None:
@@ -33,13 +38,12 @@ def private_data_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory):
-    """A real Tansu broker on a free loopback port for the whole test session."""
+    """A real Tansu broker on a free loopback port for the whole test session (tests pass its address explicitly)."""
     from dtlive.broker import EmbeddedBroker
 
     state = tmp_path_factory.mktemp("broker-state")
     b = EmbeddedBroker(port=free_port(), state_dir=state)  # never 9092: a developer's own broker may want it
     b.start()
-    os.environ["DTLIVE_STATE_DIR"] = str(state)
     yield b.bootstrap
     b.stop()
 

@@ -46,11 +46,15 @@ def listener(settings: dict):
                          artifacts_dir=settings["artifacts"], timeout_s=60, pool=pool)
 
 
+def _made(service):
+    print("listening", flush=True)
+    return service
+
+
 if __name__ == "__main__":
-    from dtlive.cli import _run_with_signals
+    from dtlive.cli import _serve
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with open(sys.argv[1]) as f:
-        service = listener(json.load(f))
-    print("listening", flush=True)
-    _run_with_signals(service)
+        settings = json.load(f)
+    _serve(lambda: _made(listener(settings)))

@@ -168,12 +168,21 @@ def test_poisson_and_li_ma():
     assert an.li_ma_significance(0, 0, 0.1) == 0.0 and an.li_ma_significance(50, 100, 1.0) < -3
     big = an.li_ma_significance(np.array([20000, 21000]), np.array([600000, 600000]), 1 / 30)
     assert abs(big[0]) < 0.01 and big[1] > 5
-    try:
-        from scipy.special import gammainc  # only to cross-check when present
-    except ImportError:
-        return
+    from scipy.special import gammainc  # an independent implementation to cross-check against (a test dependency)
+
     for k, mu in [(40, 25.0), (900, 700.0), (20000, 19000.0)]:
         assert an.poisson_sf(k, mu) == pytest.approx(float(gammainc(k, mu)), rel=1e-8)
+    from scipy.stats import norm, poisson
+
+    # Li & Ma eq. 17 is the likelihood-ratio test of "one common background" against "free on and off rates"
+    for n_on, n_off, alpha in [(130, 1000, 0.1), (7, 40, 0.25), (20000, 600000, 1 / 30), (3, 90, 1 / 30)]:
+        b = (n_on + n_off) / (1 + alpha)
+        log_ratio = (poisson.logpmf(n_on, n_on) + poisson.logpmf(n_off, n_off)
+                     - poisson.logpmf(n_on, alpha * b) - poisson.logpmf(n_off, b))
+        expected = math.copysign(math.sqrt(max(2 * log_ratio, 0.0)), n_on - alpha * n_off)
+        assert float(an.li_ma_significance(n_on, n_off, alpha)) == pytest.approx(expected, rel=1e-7, abs=1e-9)
+    for p in (0.3, 1.3498980e-3, 2.87e-7, 1e-30):
+        assert an.sigma_from_log_p(math.log(p)) == pytest.approx(float(norm.isf(p)), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- snapshot

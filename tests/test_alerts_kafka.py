@@ -10,6 +10,7 @@ import time
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from datafiles import ALERTS
+from waiting import wait_for
 
 from dtlive.alerts.listener import AlertListener
 from dtlive.alerts.rules import load_rules
@@ -54,8 +55,23 @@ def read_all(bootstrap: str, topic: str) -> list:
 
 
 @pytest.fixture(scope="module")
-def live(broker, tmp_path_factory):
+def alerts_broker(tmp_path_factory):
+    """A broker of this module's own: notice topics have fixed names (``gcn.notices.*``) that other tests write
+    to as well, and the listener reads them from the beginning, so the session broker would make the counts
+    below depend on which tests ran before."""
+    from conftest import free_port
+
+    from dtlive.broker import EmbeddedBroker
+
+    b = EmbeddedBroker(port=free_port(), state_dir=tmp_path_factory.mktemp("alerts-broker")).start()
+    yield b.bootstrap
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def live(alerts_broker, tmp_path_factory):
     """Simulated DAQ -> processor -> recorder (ledger + history), running in threads for the module."""
+    broker = alerts_broker
     tmp = tmp_path_factory.mktemp("alerts")
     tag = tmp.name[-6:]
     cfg = load_config({"bootstrap": broker, "hits_topic": f"hits-a{tag}", "monitor_topic": f"mon-a{tag}",
@@ -75,10 +91,8 @@ def live(broker, tmp_path_factory):
     threads += [threading.Thread(target=proc.run, daemon=True), threading.Thread(target=rec.run, daemon=True)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 60
-    while history.windows() < 16 and time.monotonic() < deadline:  # some background before the triggers
-        time.sleep(0.5)
-    assert history.windows() >= 16
+    wait_for(lambda: history.windows() >= 16, 60, lambda: f"16 recorded windows (have {history.windows()})",
+             interval=0.5)  # some background before the triggers
     yield {"cfg": cfg, "ledger": ledger, "ledger_url": ledger_url, "history": history, "tmp": tmp,
            "broker": broker}
     stop.set()
@@ -109,11 +123,12 @@ def test_notices_run_analyses_with_states_and_published_results(live):
         producer.produce("gcn.notices.swift.bat.guano", b'{"mission": "Swift", "trigger_time": "yesterday"')
         producer.flush(10)
         expected_jobs = 2 * (len(files) - 1)  # rate_excess + snapshot for each; the Super-K test notice is ignored
-        deadline = time.monotonic() + 60
-        while listener.counts["analyses.succeeded"] + listener.counts["analyses.failed"] < expected_jobs \
-                and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(1.0)
+        wait_for(lambda: listener.counts["analyses.succeeded"] + listener.counts["analyses.failed"] >= expected_jobs,
+                 60, lambda: f"{expected_jobs} finished analyses ({dict(listener.counts)})", interval=0.2)
+        # each result is published, then its `published` state written
+        wait_for(lambda: len(jobs := list(listener.jobs)) >= expected_jobs and all(
+                     live["ledger"].current_state(j) == "published" for j in jobs),
+                 30, lambda: f"every job published ({dict(listener.counts)})", interval=0.2)
         assert listener.counts["analyses.succeeded"] == expected_jobs, dict(listener.counts)
         assert listener.counts["ignore_test"] == 1 and listener.counts["ignore_duplicate"] == 1
         assert listener.counts["rejected.not_json"] == 1
@@ -141,13 +156,15 @@ def test_notices_run_analyses_with_states_and_published_results(live):
 
         # the retraction marks the finished Swift results retracted and says so on dt.analyses
         send_notice(producer, load_notice(str(ALERTS / "swift_bat_Guano.Retraction.json")), trigger_time=trigger)
-        deadline = time.monotonic() + 20
-        while listener.counts["retractions"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(lambda: listener.counts["retractions"] >= 1, 20, "the retraction to be handled", interval=0.2)
         assert [s["state"] for s in live["ledger"].task_history(job)][-1] == "retracted"
-        time.sleep(1.0)
-        retracted = [json.loads(m.value()) for m in read_all(broker, cfg.analyses_topic)]
-        assert {(r["alert_id"], r["analysis"]) for r in retracted if r.get("retracted")} == {
+
+        def retractions() -> list[dict]:
+            return [r for r in map(json.loads, (m.value() for m in read_all(broker, cfg.analyses_topic)))
+                    if r.get("retracted")]
+
+        retracted = wait_for(lambda: len(retractions()) >= 2 and retractions(), 20, "2 retraction results")
+        assert {(r["alert_id"], r["analysis"]) for r in retracted} == {
             ("Swift:694215995", "rate_excess"), ("Swift:694215995", "snapshot")}
 
         # the dashboard's alert panel follows dt.analyses live
@@ -156,10 +173,11 @@ def test_notices_run_analyses_with_states_and_published_results(live):
 
         panel = AlertPanel()
         feed = ResultsFeed(broker, panel.add, topic=cfg.analyses_topic, backfill=50, parse=parse_analysis).start()
-        deadline = time.monotonic() + 15
-        while "IceCube:S230914ak" not in panel.widget.value and time.monotonic() < deadline:
-            time.sleep(0.2)
-        feed.stop()
+        try:
+            wait_for(lambda: "IceCube:S230914ak" in panel.widget.value, 15, "the alert panel to show IceCube",
+                     interval=0.2)
+        finally:
+            feed.stop()
         assert "IceCube:S230914ak" in panel.widget.value and " σ (chamber " in panel.widget.value
         assert all(r.get("retracted") for r in panel.rows if r["alert_id"] == "Swift:694215995")
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from waiting import wait_for as wait_for_condition
 
 from dtlive.alerts.workers import WorkerPool
 
@@ -35,11 +36,15 @@ def test_succeeded_failed_and_timed_out_side_by_side(pool):
     assert wait_for(pool, 1)["after"].value == 6
 
 
-def test_cancel_queued_and_running(pool):
-    pool.submit("run-a", "time:sleep", (30,), timeout_s=60)
-    pool.submit("run-b", "time:sleep", (30,), timeout_s=60)
+def test_cancel_queued_and_running(pool, tmp_path):
+    # a job that says it runs (a file appears) and then keeps running
+    script = "import pathlib, time\npathlib.Path(__file__ + '.running').touch()\ntime.sleep(30)\n"
+    for name in ("run-a", "run-b"):
+        (tmp_path / name).write_text(script)
+        pool.submit(name, "runpy:run_path", (str(tmp_path / name),), timeout_s=60)
     pool.submit("queued", "time:sleep", (30,), timeout_s=60)
-    time.sleep(0.3)
+    wait_for_condition(lambda: all((tmp_path / f"{n}.running").exists() for n in ("run-a", "run-b")), 30,
+                       "both workers running their job")
     cancelled = {o.job_id: o.state for o in pool.cancel(["run-a", "queued", "run-b"])}
     assert cancelled == {"run-a": "cancelled", "run-b": "cancelled", "queued": "cancelled"}
     assert pool.busy == 0

@@ -233,6 +233,33 @@ def test_voila_log_scale_switches_y_axis(dashboard):
     assert back.tick_span_px > 100 and all(math.isfinite(h) for h in back.bars), "linear axis not restored"
 
 
+def test_voila_service_health_turns_stale_when_a_heartbeat_stops(dashboard):
+    """A service (here: this test, as an "emulator") beats every 0.5 s on the status topic: the page shows it
+    running; its beats stop without a final one (a hung loop): the row turns stale and the badge says ALARM;
+    a final "stopped" beat clears its alarm."""
+    from dtlive.config import load_config
+    from dtlive.health import Heartbeat
+
+    page = dashboard.page
+    cfg = load_config({"bootstrap": dashboard.feed.cfg.bootstrap, "status_interval_s": 0.5})
+    row = f".dtlive-health-row[data-service='emulator'][data-pid='{os.getpid()}']"
+    hb = Heartbeat("emulator", cfg, cfg.bootstrap)
+    try:
+        deadline = time.monotonic() + 30
+        while page.locator(f"{row}[data-state='running']").count() == 0:
+            assert time.monotonic() < deadline, page.locator(".dtlive-health").inner_text()
+            hb.maybe(None, state="running", counts={"rows": 1})
+            page.wait_for_timeout(100)
+        silent = time.monotonic()
+        page.wait_for_selector(f"{row}[data-state='stale']", timeout=15_000)
+        assert time.monotonic() - silent >= 1.0  # not before 3 intervals of 0.5 s
+        assert "ALARM" in page.locator(".dtlive-health-badge").inner_text()
+        screenshot(page, "voila-service-stale")
+    finally:
+        hb.close()
+    page.wait_for_selector(f"{row}[data-state='stopped']", timeout=15_000)
+
+
 def test_voila_no_new_data_badge_when_processor_stops(dashboard):
     """Runs last: stops the feed's processor (the emulator keeps sending); stale after 10 s (LiveWindows.status)."""
     page, feed = dashboard.page, dashboard.feed

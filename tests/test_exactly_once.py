@@ -6,14 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from confluent_kafka import Producer
 from datafiles import RUN_CSV
+from feeds import RUN_ROWS, ThrottledFeed
+from waiting import wait_for
 
 from dtlive.config import load_config
-from dtlive.emulator import emulate, file_chunks
 from dtlive.kafka import ensure_topics
 from dtlive.results import read_messages, read_results
 
@@ -30,20 +29,28 @@ def start_processor(broker, topics, *extra):
 @pytest.mark.parametrize("kill_after_windows,partitions", [(2, 1), (9, 1), (5, 4)])
 def test_kill_9_mid_replay_then_restart_counts_every_hit_once(broker, topics, kill_after_windows, partitions):
     ensure_topics(load_config({}, env={}), broker, {topics["hits_topic"]: partitions})
-    emulate(Producer({"bootstrap.servers": broker, "linger.ms": 5}), topics["hits_topic"],
-            file_chunks([str(RUN_CSV)]), rate=None, fmt="csv", progress=False, partitions=partitions, key="chamber")
-
+    # the run arrives at 20k rows/s while the processor works; the windows after the kill point are held back
+    # until the kill, so it happens mid-stream however fast the machine is
+    feed = ThrottledFeed(broker, topics["hits_topic"], rate=20_000, hold_after_windows=kill_after_windows + 2,
+                         partitions=partitions, key="chamber")
     first = start_processor(broker, topics)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and first.poll() is None:
-        if len(read_messages(broker, topics["monitor_topic"], timeout=2)) >= kill_after_windows:
-            break
-        time.sleep(0.05)
-    assert first.poll() is None, "the processor finished before it could be killed: slow it down"
-    first.send_signal(signal.SIGKILL)
-    first.wait(10)
+    feed.start()
+    try:
+        wait_for(lambda: first.poll() is not None
+                 or len(read_messages(broker, topics["monitor_topic"], timeout=2)) >= kill_after_windows,
+                 120, f"{kill_after_windows} windows from the first processor")
+        assert first.poll() is None, first.communicate()[0].decode()[-2000:]
+        assert feed.is_alive() and not feed.released.is_set(), "the input must still be arriving at the kill"
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        sent_at_kill = feed.rows_yielded
+    finally:
+        feed.release()
+        feed.join(60)
+    assert feed.error is None and feed.stats is not None and feed.stats.rows == RUN_ROWS
+    assert sent_at_kill < RUN_ROWS  # killed while input was still to come
     published_before = len(read_messages(broker, topics["monitor_topic"], timeout=5))
-    assert kill_after_windows <= published_before < 17  # killed mid-replay
+    assert kill_after_windows <= published_before < 17  # killed mid-replay: windows were left to publish
 
     second = start_processor(broker, topics, "--until-end")
     out, _ = second.communicate(timeout=120)
@@ -52,6 +59,7 @@ def test_kill_9_mid_replay_then_restart_counts_every_hit_once(broker, topics, ki
     msgs = read_messages(broker, topics["monitor_topic"])
     ids = [m["window"]["id"] for m in msgs]
     assert len(ids) == len(set(ids)), "a window was published twice"
+    assert len(msgs) > published_before  # the restart published the windows the kill left
     runs = {m["provenance"]["run_id"] for m in msgs}
     assert len(runs) == 2  # both runs published
     ds = read_results(broker, topics["monitor_topic"]).sum("time")

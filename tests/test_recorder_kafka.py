@@ -42,7 +42,21 @@ def replay(broker, tmp_path_factory):
     rec = Recorder(cfg, broker, ledger=ledger, history=history)
     rec.run(until_end=True, max_seconds=60)
     rec.close()
-    return {"cfg": cfg, "ledger": ledger, "history": history, "proc": proc, "recorder": rec, "broker": broker}
+    return {"cfg": cfg, "ledger": ledger, "history": history, "proc": proc, "recorder": rec, "broker": broker,
+            "ledger_path": tmp / "ledger.sqlite"}
+
+
+@pytest.fixture
+def own_ledger(replay, tmp_path):
+    """A copy of the replay's ledger for a test that flags periods: what one test flags never changes another's."""
+    import contextlib
+    import sqlite3
+
+    copy = tmp_path / "ledger.sqlite"
+    with contextlib.closing(sqlite3.connect(replay["ledger_path"])) as src, \
+            contextlib.closing(sqlite3.connect(copy)) as dst:
+        src.backup(dst)
+    return Ledger(f"sqlite:///{copy}")
 
 
 def test_ledger_offsets_per_window_are_what_the_processor_consumed(replay):
@@ -89,19 +103,19 @@ def test_the_210_s_gap_is_flagged_automatically_and_published(replay):
     assert msgs[0]["schema"] == "dtlive.quality/1"
 
 
-def test_history_returns_exactly_the_published_windows_and_excludes_bad_ones(replay):
+def test_history_returns_exactly_the_published_windows_and_excludes_bad_ones(replay, own_ledger):
     published = sorted(m["window"]["id"] for m in read_messages(replay["broker"], replay["cfg"].monitor_topic))
     ds = replay["history"].load()
     assert ds.window_id.values.tolist() == published
     assert int(ds.total_hits.sum()) == 159_616
     starts = ds.time.values.astype("datetime64[ms]").astype("int64") / 1000
     ends = ds.window_end.values.astype("datetime64[ms]").astype("int64") / 1000
-    gap = next(p for p in replay["ledger"].periods(kind="bad") if p["reason"] == "data_gap")
+    gap = next(p for p in own_ledger.periods(kind="bad") if p["reason"] == "data_gap")
     before = int(np.searchsorted(ends, gap["start"].timestamp(), side="right"))
     assert before > 0 and ends[before - 1] <= gap["start"].timestamp() < gap["end"].timestamp() <= starts[before]
     # a shifter flags windows 3..5 by hand; history leaves them out on request
-    replay["ledger"].add_period(starts[3] + 0.1, ends[5] - 0.1, "HV trip", automatic=False, who="shifter")
-    bad = replay["ledger"].bad_intervals(starts[0], ends[-1])
+    own_ledger.add_period(starts[3] + 0.1, ends[5] - 0.1, "HV trip", automatic=False, who="shifter")
+    bad = own_ledger.bad_intervals(starts[0], ends[-1])
     good = replay["history"].load(exclude_bad=True, bad_intervals=[(a.timestamp(), b.timestamp()) for a, b in bad])
     assert good.window_id.values.tolist() == published[:3] + published[6:]
 
@@ -112,16 +126,16 @@ def test_a_detector_run_was_opened(replay):
         m["window"]["first_orbit"] for m in read_messages(replay["broker"], replay["cfg"].monitor_topic))
 
 
-def test_history_load_in_one_call_leaves_out_the_ledgers_bad_periods(replay):
+def test_history_load_in_one_call_leaves_out_the_ledgers_bad_periods(replay, own_ledger):
     from dtlive import history
 
     every = history.load(exclude_bad=False, store=replay["history"])
     w8 = every.isel(time=8)
-    replay["ledger"].add_period(w8.time.values.astype("datetime64[ms]").astype("int64") / 1000 + 0.5,
-                                w8.window_end.values.astype("datetime64[ms]").astype("int64") / 1000 - 0.5,
-                                "test pulse", automatic=False, who="test")
-    good = history.load(exclude_bad=True, store=replay["history"], ledger=replay["ledger"])
-    bad = replay["ledger"].bad_intervals(0, 4e9)
+    own_ledger.add_period(w8.time.values.astype("datetime64[ms]").astype("int64") / 1000 + 0.5,
+                          w8.window_end.values.astype("datetime64[ms]").astype("int64") / 1000 - 0.5,
+                          "test pulse", automatic=False, who="test")
+    good = history.load(exclude_bad=True, store=replay["history"], ledger=own_ledger)
+    bad = own_ledger.bad_intervals(0, 4e9)
     starts = every.time.values.astype("datetime64[ms]").astype("int64") / 1000
     ends = every.window_end.values.astype("datetime64[ms]").astype("int64") / 1000
     hit = np.zeros(len(starts), bool)

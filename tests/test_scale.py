@@ -17,6 +17,8 @@ import pandas as pd
 import pytest
 from confluent_kafka import Producer
 from datafiles import RUN_CSV
+from feeds import RUN_ROWS, ThrottledFeed
+from waiting import wait_for
 
 from dtlive import detector as det
 from dtlive.config import load_config
@@ -170,14 +172,10 @@ def test_process_dask_command(broker, topics):
 @pytest.mark.parametrize("first,second", [("dask", "single"), ("single", "dask")])
 def test_kill_9_driver_then_restart_the_other_kind_counts_every_hit_once(broker, topics, first, second):
     """The Dask driver writes the single processor's checkpoint: either kind resumes the other's series."""
-    import threading
-    import time
-
     ensure_topics(load_config({}, env={}), broker, {topics["hits_topic"]: 4})
-    # the input arrives over ~13 s while the first run processes it, so it is killed mid-stream
-    feed = threading.Thread(target=emulate, args=(Producer({"bootstrap.servers": broker, "linger.ms": 5}),
-                                                  topics["hits_topic"], file_chunks([str(RUN_CSV)])),
-                            kwargs={"rate": 12_000, "fmt": "csv", "progress": False, "partitions": 4, "key": "chamber"})
+    # the input arrives at 12k rows/s while the first run processes it; the windows after the first 6 are held
+    # back until the kill, so it happens mid-stream however fast the machine is
+    feed = ThrottledFeed(broker, topics["hits_topic"], rate=12_000, hold_after_windows=6, partitions=4, key="chamber")
     base = [sys.executable, "-m", "dtlive.cli", "--bootstrap", broker, "process", "--input", topics["hits_topic"],
             "--output", topics["monitor_topic"], "--rejected", topics["rejected_topic"], "--group-id",
             topics["group_id"], "--from-beginning", "--batch-size", "300"]
@@ -186,15 +184,19 @@ def test_kill_9_driver_then_restart_the_other_kind_counts_every_hit_once(broker,
     proc = subprocess.Popen([*base, *kind[first]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                             start_new_session=True)  # its own process group: the Dask workers die with it
     feed.start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if len(read_messages(broker, topics["monitor_topic"], timeout=1)) >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the first run finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
-    feed.join(60)
+    try:
+        wait_for(lambda: proc.poll() is not None or len(read_messages(broker, topics["monitor_topic"], timeout=1)) >= 2,
+                 120, "2 windows from the first run")
+        assert proc.poll() is None, "the first run exited before it could be killed"
+        assert feed.is_alive() and not feed.released.is_set(), "the input must still be arriving at the kill"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        sent_at_kill = feed.rows_yielded
+    finally:
+        feed.release()
+        feed.join(60)
+    assert feed.error is None and feed.stats is not None and feed.stats.rows == RUN_ROWS
+    assert sent_at_kill < RUN_ROWS  # killed while input was still to come
     before = len(read_messages(broker, topics["monitor_topic"], timeout=5))
     assert 2 <= before < 17  # of 17 windows
 
@@ -203,7 +205,7 @@ def test_kill_9_driver_then_restart_the_other_kind_counts_every_hit_once(broker,
     msgs = read_messages(broker, topics["monitor_topic"])
     ids = [m["window"]["id"] for m in msgs]
     assert len(ids) == len(set(ids)), "a window was published twice"
-    assert len({m["provenance"]["run_id"] for m in msgs}) == 2
+    assert len({m["provenance"]["run_id"] for m in msgs}) == 2 and len(msgs) > before
     assert sum(m["total_hits"] for m in msgs) == sum(m["counts"]["rows"] for m in msgs) == 159_616
     assert [sum(m["hits_per_chamber"][c] for m in msgs) for c in range(4)] == PER_CHAMBER
     per_window = (pd.read_csv(RUN_CSV).ORBIT_CNT // det.orbits_for_seconds(2.0)).value_counts().to_dict()

@@ -46,6 +46,7 @@ import os
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -656,7 +657,7 @@ def snapshot(alert: Alert, ctx: AnalysisContext) -> AnalysisResult:
     alert_d.pop("raw", None)
     out.attrs.update(analysis="snapshot", alert_id=alert.id, trigger_time=_iso(trig),
                      provenance=json.dumps(_jsonable({**ctx.run, **provenance})), alert=json.dumps(alert_d))
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _temporary(path)
     out.to_netcdf(tmp, engine="h5netcdf")
     os.replace(tmp, path)
     summary = {
@@ -718,14 +719,18 @@ def notebook(alert: Alert, ctx: AnalysisContext) -> AnalysisResult:
     language = None if (meta.get("language_info", {}).get("name") or meta.get("kernelspec", {}).get("language")) \
         else "python"  # a notebook without language metadata: the kernel is python3 unless the rule says otherwise
     t0 = time.monotonic()
+    running = _temporary(out).with_suffix(".tmp.ipynb")  # saved after each cell; its final name once it ran
     try:
-        papermill.execute_notebook(str(src), str(out), parameters=params, kernel_name=p["kernel"], language=language,
-                                   execution_timeout=float(p["timeout_s"]), progress_bar=False,
+        papermill.execute_notebook(str(src), str(running), parameters=params, kernel_name=p["kernel"],
+                                   language=language, execution_timeout=float(p["timeout_s"]), progress_bar=False,
                                    cwd=str(ctx.artifacts_dir), request_save_on_cell_execute=True)
     except papermill.PapermillExecutionError as e:
         summary.update(status="error", reason=f"cell {e.cell_index}: {e.ename}: {e.evalue}"[:2000])
     except TimeoutError as e:  # nbclient's CellTimeoutError
         summary.update(status="error", reason=f"timeout after {p['timeout_s']} s per cell: {e}"[:2000])
+    finally:
+        if running.exists():
+            os.replace(running, out)
     summary["duration_s"] = round(time.monotonic() - t0, 3)
     data = xr.Dataset()
     artifacts = [out] if out.exists() else []
@@ -776,6 +781,15 @@ def _num(v) -> int | float | None:
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
+
+
+def _temporary(path: Path) -> Path:
+    """A unique hidden name next to ``path``: write there, then ``os.replace`` onto ``path`` (readers see whole files).
+
+    >>> _temporary(Path("/a/b.nc")).name.startswith(".b.nc.")
+    True
+    """
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
 
 
 def _stem(alert: Alert, what: str) -> str:

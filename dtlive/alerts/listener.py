@@ -31,7 +31,9 @@ from dtlive import __version__
 from dtlive.alerts.notices import Alert, NoticeError, alert_from_dict, alert_to_dict, parse_notice
 from dtlive.alerts.workers import WorkerPool
 from dtlive.config import Config
-from dtlive.kafka import client_config, ensure_topics
+from dtlive.deadletter import dead_letter
+from dtlive.health import Heartbeat, partition_lag
+from dtlive.kafka import ClusterWatch, client_config, ensure_topics, producer_config
 
 log = logging.getLogger(__name__)
 
@@ -48,27 +50,39 @@ def subscription(patterns: list[str]) -> list[str]:
 
 def run_job(analysis: str, alert: dict, params: dict, history_path: str | None, ledger_url: str | None,
             artifacts_dir: str) -> dict:
-    """Worker-side entry: run one canned analysis, save its Dataset as NetCDF, return a JSON-ready record."""
+    """Worker-side entry: run one canned analysis, save its Dataset as NetCDF, return a JSON-ready record.
+
+    Every attempt writes into a directory of its own under ``artifacts_dir`` (UTC time, pid, random
+    suffix), and every file appears there complete (written under a temporary name, then renamed), so a
+    re-run never reads or overwrites another attempt's files.
+    """
+    import os
+    import uuid
+
     from dtlive.alerts.analyses import AnalysisContext, get_analysis
     from dtlive.history import HistoryStore
     from dtlive.ledger import Ledger, RetryingLedger
 
     fn = get_analysis(analysis)
+    attempt = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     # no connection until the analysis asks the ledger something; then it waits out an outage (within its time limit)
     ledger = RetryingLedger(Ledger(ledger_url, migrate=False))
     ctx = AnalysisContext(history=HistoryStore(history_path), ledger=ledger,
-                          artifacts_dir=Path(artifacts_dir), params=params, now=time.time())
-    ctx.artifacts_dir.mkdir(parents=True, exist_ok=True)
+                          artifacts_dir=Path(artifacts_dir) / attempt, params=params, now=time.time())
+    ctx.artifacts_dir.mkdir(parents=True, exist_ok=False)
     result = fn(alert_from_dict(alert), ctx)
     artifacts = [str(a) for a in result.artifacts]
     if result.data is not None:
         path = ctx.artifacts_dir / f"{analysis}.nc"
         data = result.data.copy()
         data.attrs["provenance"] = json.dumps(result.provenance, default=str)
-        data.to_netcdf(path)
+        data.attrs["attempt"] = attempt
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        data.to_netcdf(tmp)
+        os.replace(tmp, path)
         artifacts.append(str(path))
     return {"name": result.name, "version": result.version, "summary": result.summary,
-            "provenance": result.provenance, "artifacts": artifacts}
+            "provenance": result.provenance, "artifacts": artifacts, "attempt": attempt}
 
 
 class AlertListener:
@@ -77,7 +91,7 @@ class AlertListener:
     def __init__(self, cfg: Config, bootstrap: str, ledger=None, rules=None, run_tests: bool = False,
                  workers: int = 2, timeout_s: float = 120.0, artifacts_dir: str | Path | None = None,
                  history_path: str | None = None, ledger_url: str | None = None, pool: WorkerPool | None = None):
-        from confluent_kafka import Consumer, Producer
+        from confluent_kafka import Producer
 
         from dtlive.alerts.rules import AlertDecider, default_rules
         from dtlive.ledger import Ledger, RetryingLedger, default_url
@@ -95,21 +109,44 @@ class AlertListener:
         self.timeout_s = timeout_s
         self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else _default_artifacts()
         ensure_topics(cfg, bootstrap, [cfg.analyses_topic, cfg.alerts_rejected_topic])
-        self.consumer = Consumer(client_config(cfg, bootstrap, **{
-            "group.id": cfg.alerts_group_id, "enable.auto.commit": False, "auto.offset.reset": "earliest",
-            "session.timeout.ms": 6000, "topic.metadata.refresh.interval.ms": 2000, "fetch.wait.max.ms": 50}))
-        self.consumer.subscribe(subscription(cfg.alert_topic_patterns()))
-        self.producer = Producer(client_config(cfg, bootstrap, **{"linger.ms": 5}))
+        self.consumer = self._subscribed_consumer()
+        self.producer = Producer(producer_config(cfg, bootstrap, **{"linger.ms": 5, "message.timeout.ms": 8000}))
+        self.cluster = ClusterWatch.of(cfg, bootstrap, every_s=5.0)
         self.pool = pool or WorkerPool(workers)
         self.counts: Counter = Counter()
         self.jobs: dict[str, dict] = {}  # job id -> {"alert": dict, "analysis": str, "state": str}
         self.by_alert: dict[tuple[str, bool], list[str]] = defaultdict(list)
         self._runs = 0
+        self.heartbeat = Heartbeat("alerts", cfg, bootstrap, watch=("dtlive.alerts", "dtlive.librdkafka"))
         self._received = self._received_notices()
         self._resume()
 
     def stop(self, *_):
         self._stop = True
+
+    def _subscribed_consumer(self):
+        from confluent_kafka import Consumer
+
+        consumer = Consumer(client_config(self.cfg, self.bootstrap, **{
+            "group.id": self.cfg.alerts_group_id, "enable.auto.commit": False, "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000, "topic.metadata.refresh.interval.ms": 2000, "fetch.wait.max.ms": 50}))
+        consumer.subscribe(subscription(self.cfg.alert_topic_patterns()))
+        return consumer
+
+    def follow_broker(self) -> None:
+        """The broker was replaced (restarted empty): topics created again, and a new consumer joins the group
+        there (it has no committed offsets: every notice on the new broker is read)."""
+        log.warning("alerts: the broker lost its topics (restarted?); creating %s and %s again and joining anew",
+                    self.cfg.analyses_topic, self.cfg.alerts_rejected_topic)
+        try:
+            ensure_topics(self.cfg, self.bootstrap, [self.cfg.analyses_topic, self.cfg.alerts_rejected_topic])
+        except Exception as exc:  # noqa: BLE001 - results are sent with their topic created again anyway
+            log.warning("alerts: could not create the topics yet: %s", exc)
+        old, self.consumer = self.consumer, self._subscribed_consumer()
+        try:
+            old.close()
+        except Exception as exc:  # noqa: BLE001 - it belonged to a broker that is gone
+            log.info("alerts: closing the old consumer: %s", exc)
 
     # --- notices in --------------------------------------------------------------------------------------
     def handle(self, value: bytes | None, topic: str, partition: int = 0, offset: int = -1) -> Alert | None:
@@ -240,9 +277,11 @@ class AlertListener:
     def _reject(self, value: bytes, topic: str, partition: int, offset: int, exc: NoticeError) -> None:
         self.counts["rejected"] += 1
         self.counts[f"rejected.{exc.reason}"] += 1
-        self.producer.produce(self.cfg.alerts_rejected_topic, value, headers=[
-            ("reason", exc.reason.encode()), ("detail", str(exc)[:500].encode()), ("source_topic", topic.encode()),
-            ("source_partition", str(partition).encode()), ("source_offset", str(offset).encode())])
+        letter = dead_letter(value, exc.reason, str(exc), topic, partition, offset, self.cfg.dead_letter_max_bytes)
+        error = self._send(self.cfg.alerts_rejected_topic, letter.value, headers=letter.headers)
+        if error is not None:
+            self.counts["dead_letter_failed"] += 1
+            log.error("a rejected notice (%s/%s/%s) could not be dead-lettered: %s", topic, partition, offset, error)
         self._state(f"notice:{topic}:{partition}:{offset}", "rejected", {"reason": exc.reason, "detail": str(exc)},
                     kind="notice")
 
@@ -290,11 +329,36 @@ class AlertListener:
                "mission": alert.get("mission"), "trigger_time": alert.get("trigger_time_iso"),
                "analysis": info["analysis"], "rule": info.get("rule"), "dtlive_version": __version__,
                "published_at": time.time(), **result}
-        self.producer.produce(self.cfg.analyses_topic, json.dumps(msg, default=str).encode(), key=job_id.encode())
-        self.producer.flush(10)
-        if not result.get("retracted"):
+        error = self._send(self.cfg.analyses_topic, json.dumps(msg, default=str).encode(), key=job_id.encode())
+        if error is not None:
+            self.counts["publish_failed"] += 1
+            log.error("the result of %s could not be published on %s: %s", job_id, self.cfg.analyses_topic, error)
+            self._state(job_id, "publish_failed", {"topic": self.cfg.analyses_topic, "error": error}, kind="analysis")
+        elif not result.get("retracted"):
             info["state"] = "published"
             self._state(job_id, "published", {"topic": self.cfg.analyses_topic}, kind="analysis")
+
+    def _send(self, topic: str, value: bytes, key: bytes | None = None, headers: list | None = None,
+              attempts: int = 3) -> str | None:
+        """Produce one message and wait until the broker has it; returns None, or why it could not be delivered.
+
+        A topic the broker does not have (it restarted empty) is created again between attempts.
+        """
+        error, reports = "not tried", []
+        for _ in range(attempts):
+            reports.clear()
+            self.producer.produce(topic, value, key=key, headers=headers,
+                                  on_delivery=lambda err, _msg: reports.append(err))
+            self.producer.flush(10)
+            if reports and reports[0] is None:
+                return None
+            error = str(reports[0]) if reports else "no delivery report within 10 s"
+            log.warning("could not deliver to %s (%s); creating the topic again", topic, error)
+            try:
+                ensure_topics(self.cfg, self.bootstrap, [topic])
+            except Exception as exc:  # noqa: BLE001 - the broker may still be away: the next attempt tells
+                error = f"{error}; creating the topic: {exc}"
+        return error
 
     def _state(self, task: str, state: str, detail, kind: str) -> None:
         self.ledger.append_state(task, state, detail=detail, task_kind=kind)
@@ -313,6 +377,8 @@ class AlertListener:
             handled += 1
         if handled:
             self.consumer.commit(asynchronous=False)  # after handling: a crash re-reads, duplicates run once
+        elif self.cluster.replaced():
+            self.follow_broker()
         self.collect(0.0)
         return handled
 
@@ -321,13 +387,35 @@ class AlertListener:
         started = time.monotonic()
         while not self._stop:
             self.poll()
+            self.heartbeat.maybe(None, self.health)
             if until is not None and until(self):
                 break
             if max_seconds is not None and time.monotonic() - started > max_seconds:
                 break
         return self
 
+    def health(self) -> dict:
+        """Heartbeat fields (:mod:`dtlive.health`): state, lag of the assigned notice partitions, totals, errors."""
+        self.producer.poll(0)  # serves its delivery reports and librdkafka log lines
+        high, positions = {}, {}
+        try:
+            for tp in self.consumer.position(self.consumer.assignment()):
+                if tp.offset < 0:  # nothing read there yet
+                    continue
+                key = f"{tp.topic}/{tp.partition}"
+                high[key] = max(self.consumer.get_watermark_offsets(tp, cached=True)[1], tp.offset)
+                positions[key] = tp.offset
+        except Exception:  # noqa: BLE001 - no assignment yet (group joining) or the broker is away
+            pass
+        counts = {k: v for k, v in self.counts.items() if "." not in k}
+        errors = {k: v for k, v in self.counts.items() if k in ("rejected", "analyses.failed", "analyses.timed_out")}
+        running = sum(1 for j in self.jobs.values() if j["state"] in ("queued", "running"))
+        return {"state": "running" if running or high and any(high[k] > positions[k] for k in high) else "idle",
+                "lag": partition_lag(high, positions) if high else None, "counts": counts, "errors": errors,
+                "detail": {"analyses_pending": running}}
+
     def close(self) -> None:
+        self.heartbeat.close(fields=self.health)
         self.consumer.close()
         self.producer.flush(10)
         self.pool.close()

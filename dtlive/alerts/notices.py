@@ -407,7 +407,61 @@ def _topic_parts(topic: str, prefix: str) -> list[str]:
     return topic[len(prefix):].split(".") if topic.startswith(prefix) else []
 
 
+_GCN_STRINGS = ("mission", "instrument", "alert_type", "alert_tense", "ref_ID")
+_GCN_TIMES = ("trigger_time", "alert_datetime", "datetime_of_notice")
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _check_gcn_types(doc: dict) -> None:
+    """Reject a GCN notice whose core fields are present with the wrong type (null included).
+
+    Optional fields may be left out; a field that is there must be usable, or the notice says nothing
+    reliable about what it is or when it happened.
+    """
+    for key in _GCN_STRINGS:
+        if key in doc and not isinstance(doc[key], str):
+            raise NoticeError("bad_field", f"{key} is {_kind(doc[key])}, not a string")
+    for key in _GCN_TIMES:
+        if key in doc and not isinstance(doc[key], str):
+            raise NoticeError("bad_time", f"{key} is {_kind(doc[key])}, not an ISO 8601 string")
+    for key in ("id", "event_name"):
+        if key not in doc:
+            continue
+        value = doc[key]
+        entries = value if isinstance(value, list) else [value]
+        if not entries or not all(isinstance(v, str) and v.strip() for v in entries):
+            raise NoticeError("bad_field", f"{key} is {_kind(value)} {_shown(value)}, not a non-empty string "
+                                           "(or a list of them)")
+    if "trigger_number" in doc and _text(doc["trigger_number"]) is None:
+        raise NoticeError("bad_field", f"trigger_number is {_kind(doc['trigger_number'])}, not a string or integer")
+    if "record_number" in doc and _record_number(doc["record_number"]) is None:
+        value = doc["record_number"]
+        raise NoticeError("bad_field", f"record_number is {_kind(value)} {_shown(value)}, not an integer >= 0")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def _record_number(value: Any) -> int | None:
+    """A record (revision) number: a JSON integer >= 0 (4.0 and "4" included), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 <= value <= 2**62 else None
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and value.is_integer() and 0 <= value <= 2**62 else None
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 18:
+        return int(value.strip())
+    return None
+
+
 def _parse_gcn_json(doc: dict, raw: bytes | str, topic: str) -> Alert:
+    _check_gcn_types(doc)
     schema = _schema_parts(doc)
     from_topic = _topic_parts(topic, "gcn.notices.")
 
@@ -429,9 +483,9 @@ def _parse_gcn_json(doc: dict, raw: bytes | str, topic: str) -> Alert:
     if not instrument and len(from_topic) > 2:  # gcn.notices.<mission>.<instrument>.<kind>
         instrument = from_topic[1].upper()
 
-    trigger_time = parse_time(doc["trigger_time"], "trigger_time") if doc.get("trigger_time") is not None else None
-    alert_key = "alert_datetime" if doc.get("alert_datetime") is not None else "datetime_of_notice"
-    alert_time = parse_time(doc[alert_key], alert_key) if doc.get(alert_key) is not None else None
+    trigger_time = parse_time(doc["trigger_time"], "trigger_time") if "trigger_time" in doc else None
+    alert_key = "alert_datetime" if "alert_datetime" in doc else "datetime_of_notice"
+    alert_time = parse_time(doc[alert_key], alert_key) if alert_key in doc else None
 
     ident = (_first_text(doc.get("id")) or _first_text(doc.get("event_name")) or _text(doc.get("ref_ID"))
              or _text(doc.get("trigger_number")))
@@ -439,7 +493,7 @@ def _parse_gcn_json(doc: dict, raw: bytes | str, topic: str) -> Alert:
         if trigger_time is None:
             raise NoticeError("missing_field", "GCN notice has neither an id/event_name nor a trigger_time")
         ident = _iso(trigger_time) or repr(trigger_time)
-    record_number = _int(doc.get("record_number")) or 0
+    record_number = _record_number(doc["record_number"]) if "record_number" in doc else 0
 
     tense = "observation"
     if isinstance(doc.get("alert_tense"), str) and doc["alert_tense"].strip():
@@ -524,15 +578,17 @@ def _parse_igwn(doc: dict, raw: bytes | str, topic: str) -> Alert:
                           "IGWN alert without a superevent_id string")
     sid = sid.strip()
     alert_type = doc.get("alert_type")
+    if alert_type is not None and not isinstance(alert_type, str):
+        raise NoticeError("bad_field", f"IGWN alert {sid}: alert_type is {_kind(alert_type)}, not a string")
     if not isinstance(alert_type, str) or not alert_type.strip():
         raise NoticeError("missing_field", f"IGWN alert {sid} has no alert_type")
     atype = _type(alert_type)
-    alert_time = parse_time(doc["time_created"], "time_created") if doc.get("time_created") is not None else None
+    alert_time = parse_time(doc["time_created"], "time_created") if "time_created" in doc else None
     event = doc.get("event")
     if event is not None and not isinstance(event, dict):
         raise NoticeError("bad_field", f"IGWN alert {sid}: event is {type(event).__name__}, not an object")
     event = event or {}
-    trigger_time = parse_time(event["time"], "event.time") if event.get("time") is not None else None
+    trigger_time = parse_time(event["time"], "event.time") if "time" in event else None
 
     search = _text(event.get("search")) or ""
     tense = "test" if sid[0] in "MT" or search.upper() == "MDC" else "observation"  # mock / test superevents
@@ -664,8 +720,13 @@ def _parse_voevent(root: ET.Element, raw: bytes | str, topic: str) -> Alert:
              or params.get("eventid") or fragment or ivorn)
     if not ident:
         raise NoticeError("missing_field", "VOEvent has no TrigID/GraceID Param and no ivorn")
-    record_number = next((n for n in (_int(params.get(k)) for k in ("rev", "sequence_num", "pkt_ser_num"))
-                          if n is not None), 0)
+    record_number = 0
+    for key in ("rev", "sequence_num", "pkt_ser_num"):
+        if key in params:
+            record_number = _record_number(params[key])
+            if record_number is None:
+                raise NoticeError("bad_field", f"VOEvent Param {key} {_shown(params[key])} is not an integer >= 0")
+            break
 
     # what kind of notice
     tense = _tense(role)

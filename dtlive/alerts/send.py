@@ -70,7 +70,26 @@ def load_notice(name: str) -> bytes:
     path = Path(name)
     if not path.is_file():
         raise FileNotFoundError(f"no notice file {name!r} and no template of that name ({', '.join(TEMPLATES)})")
-    return path.read_bytes()
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise FileNotFoundError(f"cannot read notice file {name!r}: {e.strerror or e}") from None
+
+
+def check_notice(payload: bytes, name: str = "the notice") -> None:
+    """Raise ``ValueError`` (one line naming ``name`` and the reason) unless ``payload`` is a notice dtlive parses.
+
+    >>> check_notice(b"not a notice", "x.json")
+    Traceback (most recent call last):
+    ...
+    ValueError: x.json is not a notice dtlive can send: unknown_format: neither JSON nor XML: starts with 'not a notice'
+    """
+    from dtlive.alerts.notices import NoticeError, parse_notice
+
+    try:
+        parse_notice(payload)
+    except NoticeError as e:
+        raise ValueError(f"{name} is not a notice dtlive can send: {' '.join(str(e).split())}") from None
 
 
 def send_notice(producer, payload: bytes, topic: str | None = None,

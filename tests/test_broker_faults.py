@@ -1,0 +1,214 @@
+"""Broker faults against a real broker of the test's own: a stall (SIGSTOP), a restart that loses every topic,
+and stopping services while the broker does not answer. The services run as users run them: `dtlive` processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient
+from conftest import free_port
+from waiting import wait_for
+
+from dtlive.broker import EmbeddedBroker
+from dtlive.config import load_config
+from dtlive.kafka import partition_ends
+from dtlive.results import read_messages
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+class OwnBroker:
+    """A broker only this test uses, which it may stall and restart (on the same port, empty, as a real
+    restart of the embedded broker is)."""
+
+    def __init__(self, state_dir: Path):
+        self.state_dir = state_dir
+        self.port = free_port()
+        self.broker = EmbeddedBroker(port=self.port, state_dir=state_dir).start()
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.bootstrap
+
+    def pause(self) -> None:
+        os.kill(self.broker.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.broker.pid, signal.SIGCONT)
+
+    def restart(self) -> None:
+        self.broker.stop()
+        self.broker = EmbeddedBroker(port=self.port, state_dir=self.state_dir).start()
+
+    def partitions(self) -> dict[str, int]:
+        topics = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=10).topics
+        return {name: len(t.partitions) for name, t in topics.items()}
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError, TypeError):
+            self.resume()
+        self.broker.stop()
+
+
+@pytest.fixture
+def own_broker(tmp_path):
+    b = OwnBroker(tmp_path / "broker")
+    yield b
+    b.close()
+
+
+class Services:
+    """`dtlive` subprocesses with their stderr in files; all are ended at the end of the test."""
+
+    def __init__(self, bootstrap: str, tmp_path: Path):
+        self.bootstrap = bootstrap
+        self.tmp_path = tmp_path
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.env = {**os.environ, "DTLIVE_DB": f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+                    "DTLIVE_HISTORY": str(tmp_path / "history"), "DTLIVE_STATE_DIR": str(tmp_path / "state")}
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        err = open(self.tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", "dtlive.cli", "--bootstrap", self.bootstrap, *args],
+                                            env=self.env, stdout=subprocess.DEVNULL, stderr=err)
+        return self.procs[name]
+
+    def log(self, name: str) -> str:
+        return (self.tmp_path / f"{name}.log").read_text(errors="replace")
+
+    def stop(self, name: str, within_s: float = 8.0) -> tuple[int, float]:
+        """SIGTERM one service; its exit status and how long it took to exit."""
+        proc = self.procs[name]
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(within_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"{name} did not stop within {within_s} s of SIGTERM:\n{self.log(name)[-2000:]}")
+        return proc.returncode, time.monotonic() - started
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.fixture
+def services(own_broker, tmp_path):
+    s = Services(own_broker.bootstrap, tmp_path)
+    yield s
+    s.close()
+
+
+def windows(bootstrap: str) -> list[dict]:
+    return read_messages(bootstrap, "dt.monitor", timeout=3)
+
+
+def sent_rows(log: str) -> int:
+    found = re.search(r"sent (\d+) rows", log)
+    assert found, f"the emulator did not report what it sent:\n{log[-2000:]}"
+    return int(found.group(1))
+
+
+def test_a_broker_stall_makes_no_hit_late_and_loses_none(own_broker, services):
+    services.start("process", "process", "--no-ledger")
+    emulator = services.start("emulate", "emulate", "--simulate", "--rate", "2000", "--duration", "40s")
+    wait_for(lambda: len(windows(own_broker.bootstrap)) >= 2, 90, "the first windows")
+    assert emulator.poll() is None, "the feed ended before the stall: the test would prove nothing"
+    own_broker.pause()
+    time.sleep(8)  # the fault itself: longer than the processor's idle time (3 s)
+    own_broker.resume()
+    assert emulator.poll() is None, "the feed ended during the stall: the test would prove nothing"
+    assert emulator.wait(120) == 0, services.log("emulate")[-2000:]
+    sent = sent_rows(services.log("emulate"))
+
+    def all_counted():
+        msgs = windows(own_broker.bootstrap)
+        return sum(m["counts"]["rows"] for m in msgs) >= sent and msgs
+    def explain():
+        msgs = windows(own_broker.bootstrap)
+        services.stop("process")
+        return (f"all {sent} rows counted in the results; counted {sum(m['counts']['rows'] for m in msgs)} in "
+                f"{[(m['window']['id'], m['counts']['rows']) for m in msgs]}; processor log:\n"
+                f"{services.log('process')[-3000:]}")
+    msgs = wait_for(all_counted, 90, explain)
+    assert sum(m["counts"]["rows"] for m in msgs) == sent
+    assert sum(m["counts"]["late_hits"] for m in msgs) == 0
+    assert all(not m["counts"]["rejected"] for m in msgs)
+    assert "held" in services.log("process")  # it said why windows stayed open
+    status, took = services.stop("process")
+    assert status == 0 and took < 6
+
+
+def test_a_broker_restart_is_noticed_and_followed_by_every_service(own_broker, services):
+    services.start("process", "process", "--no-ledger")
+    services.start("record", "record")
+    services.start("alerts", "alerts", "listen")
+    services.start("emulate", "emulate", "--simulate", "--rate", "1000", "--partitions", "2", "--key", "fpga")
+    wait_for(lambda: len(windows(own_broker.bootstrap)) >= 2, 120,
+             lambda: f"the first windows; processor log:\n{services.log('process')[-3000:]}")
+    before = own_broker.partitions()
+
+    own_broker.restart()
+    restarted = time.monotonic()
+    assert windows(own_broker.bootstrap) == []  # the restarted broker starts empty
+    msgs = wait_for(lambda: len(windows(own_broker.bootstrap)) >= 2 and windows(own_broker.bootstrap), 60,
+                    "windows published after the restart")
+    recovery_s = time.monotonic() - restarted
+    assert recovery_s < 30
+    assert msgs[-1]["provenance"]["processor"] == "dtlive-processor"
+    # topics made again with the partition counts they had, not the broker's auto-create default
+    after = own_broker.partitions()
+    for topic in ("dt.hits", "dt.monitor", "dt.monitor.checkpoints", "dt.hits.rejected"):
+        assert after.get(topic) == before[topic], (topic, before, after)
+    assert before["dt.hits"] == 2
+
+    # the alert listener publishes results on the new broker
+    sent = subprocess.run([sys.executable, "-m", "dtlive.cli", "--bootstrap", own_broker.bootstrap, "alerts", "send",
+                           "superk-sn"], env=services.env, capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0, sent.stderr
+    wait_for(lambda: sum(high for _, high in partition_ends(load_config({}, env={}), own_broker.bootstrap,
+                                                           "dt.analyses").values()), 90,
+             lambda: f"an analysis result; listener log:\n{services.log('alerts')[-3000:]}")
+
+    for name in ("process", "record", "alerts", "emulate"):
+        assert services.procs[name].poll() is None, f"{name} exited:\n{services.log(name)[-2000:]}"
+    for name in ("process", "record", "alerts"):
+        assert "lost its topics" in services.log(name), services.log(name)[-2000:]
+    assert "sent again" in services.log("emulate")
+    for name in ("emulate", "process", "record", "alerts"):
+        status, took = services.stop(name)
+        assert took < 6, name
+        assert status in (0, 130, -signal.SIGTERM), (name, status)  # the emulator has no graceful stop
+
+
+def test_sigterm_stops_the_processor_within_seconds_while_the_broker_does_not_answer(own_broker, services):
+    services.start("process", "process", "--no-ledger")
+    services.start("emulate", "emulate", "--simulate", "--rate", "1000")
+    wait_for(lambda: len(windows(own_broker.bootstrap)) >= 1, 90, "the first window")
+    own_broker.pause()
+    time.sleep(1)
+    status, took = services.stop("process")
+    assert took < 7
+    assert status in (0, 3)
+
+
+def test_sigterm_stops_a_processor_still_starting_against_a_silent_broker(own_broker, services):
+    own_broker.pause()
+    services.start("process", "process", "--no-ledger")
+    time.sleep(2)  # it is now waiting for the broker in its set-up
+    status, took = services.stop("process")
+    assert took < 7
+    assert status == 3
+    assert "did not stop within" in services.log("process")
