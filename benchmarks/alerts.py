@@ -1,4 +1,4 @@
-"""Benchmark: notice -> published ``rate_excess`` result with a 10-minute look-back (issue #5, target <= 2 s).
+"""Benchmark: notice -> published ``rate_excess`` result with a 10-minute look-back (target <= 2 s).
 
 Set-up (all in temporary directories, nothing of the user's dtlive state is touched):
 

@@ -1,4 +1,4 @@
-"""Benchmark: the live dashboard (issue #3).
+"""Benchmark: the live dashboard.
 
 1. **Kernel time per update** (target p99 <= 50 ms): a ``dtlive.widgets.Dashboard(start=False)`` with every
    plot (4 chambers), fed real result messages one window at a time through ``add_messages`` (what the

@@ -1,4 +1,4 @@
-"""Benchmark: ``dtlive replay`` of CSV files, in one process and on Dask workers (issue #7).
+"""Benchmark: ``dtlive replay`` of CSV files, in one process and on Dask workers.
 
 The real run-591 hits looped with increasing orbits (nothing late) are written once as CSV files into a
 temporary directory (``--rows`` in all, ``--files`` files), then replayed into a throw-away history store by

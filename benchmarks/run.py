@@ -1,4 +1,4 @@
-"""Run the dtlive benchmarks of issue #2 and write ``benchmarks/results/<name>.json`` plus a table.
+"""Run the dtlive benchmarks and write ``benchmarks/results/<name>.json`` plus a table.
 
     .venv/bin/python -m benchmarks.run                 # full set (~25 min; memory runs 600 s)
     .venv/bin/python -m benchmarks.run --quick         # smaller inputs, shorter runs (~6 min)

@@ -1,4 +1,4 @@
-"""Benchmark: scale-out on Dask (issue #7) — throughput vs Dask workers and topic partitions.
+"""Benchmark: scale-out on Dask — throughput vs Dask workers and topic partitions.
 
 One private broker; the real run-591 hits looped (daq64, 10,000 words per message) are written once per
 partition count (1, 4, 8; keyed by chamber, so with 8 partitions half of them stay empty) and then

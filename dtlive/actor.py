@@ -1,4 +1,4 @@
-"""The worker side of ``dtlive process --dask`` (design b): a Dask actor reading its own partitions.
+"""The worker side of ``dtlive process --dask``: a Dask actor reading its own partitions.
 
 A :class:`PartitionActor` lives on one Dask worker. It holds one confluent-kafka consumer ``assign()``-ed
 to a group of the input topic's partitions from given start offsets (no consumer group, no commits: the

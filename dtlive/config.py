@@ -40,6 +40,7 @@ class Config:
     alerts_group_id: str = "dtlive-alerts"  # the listener's stable consumer group
     status_topic: str = "dt.status"  # service heartbeats (dtlive.status/1), see dtlive.health
     status_interval_s: float = 2.0  # seconds between a service's heartbeats; 0 switches them off
+    watchdog_s: float = 60.0  # a service whose input waits with nothing processed this long exits non-zero (0: never)
     history_retention_days: float = 0.0  # history older than this is deleted by the recorder; 0 keeps everything
     dashboard_kernel_grace_s: float = 10.0  # a dashboard kernel with no page connected this long is shut down
     dashboard_kernel_idle_s: float = 3600.0  # a dashboard kernel idle this long is culled (connected pages keep it)
@@ -134,7 +135,7 @@ def load_config(
             values[name] = value
     cfg = Config(**{k: _coerce(k, v) for k, v in values.items()}, kafka=kafka)
     if not 1 <= cfg.window_s <= 5:
-        raise ValueError(f"window_s must be 1 to 5 seconds (DESIGN.md §3), got {cfg.window_s}")
+        raise ValueError(f"window_s must be 1 to 5 seconds, got {cfg.window_s}")
     if cfg.lateness_s < 0:
         raise ValueError(f"lateness_s must be >= 0, got {cfg.lateness_s}")
     if not 1024 <= cfg.dead_letter_max_bytes <= 900_000:

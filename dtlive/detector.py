@@ -1,4 +1,4 @@
-"""The drift-tube telescope: every detector fact in one place (DESIGN.md §1).
+"""The drift-tube telescope: every detector fact in one place.
 
 Nothing else in dtlive hard-codes a channel number, a geometry constant or a
 time unit; import them from here.

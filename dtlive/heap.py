@@ -1,14 +1,14 @@
 """Heap housekeeping for long-running services: a periodic glibc ``malloc_trim``, and start-up objects kept
 out of the garbage collector's way.
 
-Why (issue #2, measured with ``benchmarks/memory.py`` and heaptrack at 10k rows/s csv): the processor has
+Why (measured with ``benchmarks/memory.py`` and heaptrack at 10k rows/s csv): the processor has
 no native leak. What makes its RSS climb is the allocators keeping what a burst used: when the process
 stalls on a busy machine, the backlog arrives as one big consume call, and the memory it took (librdkafka's
 fetch queue in its threads' malloc arenas, holes in glibc's main heap, Python's object arenas) stays
 resident after it is freed. glibc gives back only the free top of its main heap on its own;
 ``malloc_trim(0)`` also releases the free pages inside every arena. It takes about 1 ms.
 
-Why :func:`freeze_startup_objects` (issue #2, csv at 100k one-row messages/s): every consume call makes
+Why :func:`freeze_startup_objects` (csv at 100k one-row messages/s): every consume call makes
 thousands of message objects that live long enough to reach the oldest generation, so full collections came
 2-3 times a second, and each walked the ~100k objects the imports made (pandas, xarray, dask): up to 0.2 s
 per collection, 30 % of the processor's CPU and the largest part of its result latency.

@@ -1,4 +1,4 @@
-"""The run bookkeeping ledger (issue #4): what ran, on which data, with which code and settings.
+"""The run bookkeeping ledger: what ran, on which data, with which code and settings.
 
 One database holds processing runs, the window results they published on ``dt.monitor`` (with the
 input offset ranges each window read), data-quality periods, annotations and tags, detector runs
@@ -578,11 +578,13 @@ def retry_unreachable(
     give_up_s: float | None = None,
     first_s: float = RETRY_FIRST_S,
     max_s: float = RETRY_MAX_S,
+    on_wait: Callable[[], None] | None = None,
 ) -> Any:
     """``fn()``, called again while the database is unreachable, waiting ``first_s`` doubling to ``max_s``.
 
     Other errors propagate at once. Raises :class:`LedgerUnavailable` when ``stop()`` turns true or
-    ``give_up_s`` seconds have passed while the database is still away.
+    ``give_up_s`` seconds have passed while the database is still away. ``on_wait()`` is called about
+    ten times a second while waiting (a service's watchdog: it is waiting on purpose, not stuck).
 
     >>> calls = []
     >>> def flaky():
@@ -606,6 +608,8 @@ def retry_unreachable(
             if give_up_s is not None:
                 wake = min(wake, started + give_up_s)
             while time.monotonic() < wake and not (stop is not None and stop()):
+                if on_wait is not None:
+                    on_wait()
                 time.sleep(min(0.1, max(0.0, wake - time.monotonic())))
             if (stop is not None and stop()) or (give_up_s is not None and time.monotonic() >= started + give_up_s):
                 raise LedgerUnavailable(outage.message(exc)) from exc
@@ -1704,8 +1708,9 @@ class RetryingLedger:
     Each call is retried with backoff (:func:`retry_unreachable`) while the database is unreachable,
     so a service blocks where it is and goes on when the database is back: nothing it had to write
     is skipped and nothing is written twice (each call is one transaction). When ``stop()`` turns
-    true during an outage the waiting call raises :class:`LedgerUnavailable`. Attributes that are
-    not methods (``url``, ``engine``, ``outage``) are the wrapped ledger's.
+    true during an outage the waiting call raises :class:`LedgerUnavailable`; ``on_wait()`` is called
+    while it waits (see :func:`retry_unreachable`). Attributes that are not methods (``url``,
+    ``engine``, ``outage``) are the wrapped ledger's.
 
     A write whose COMMIT was sent just as the connection died may have been applied; retrying it is
     harmless for the idempotent calls (``record_windows``, ``stop_run``, ``tag``) and appends a
@@ -1718,9 +1723,11 @@ class RetryingLedger:
 
     _AS_IS = frozenset({"close", "session"})
 
-    def __init__(self, ledger: Ledger | RetryingLedger, stop: Callable[[], bool] | None = None):
+    def __init__(self, ledger: Ledger | RetryingLedger, stop: Callable[[], bool] | None = None,
+                 on_wait: Callable[[], None] | None = None):
         self.ledger: Ledger = ledger.ledger if isinstance(ledger, RetryingLedger) else ledger
         self.stop = stop
+        self.on_wait = on_wait
 
     def __repr__(self) -> str:
         return f"RetryingLedger({self.ledger!r})"
@@ -1732,7 +1739,8 @@ class RetryingLedger:
 
         @functools.wraps(attr)
         def call(*args, **kwargs):
-            return retry_unreachable(lambda: attr(*args, **kwargs), outage=self.ledger.outage, stop=self.stop)
+            return retry_unreachable(lambda: attr(*args, **kwargs), outage=self.ledger.outage, stop=self.stop,
+                                     on_wait=self.on_wait)
 
         return call
 

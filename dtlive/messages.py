@@ -1,4 +1,4 @@
-"""The ``dtlive.monitor/1`` result message <-> xarray, both ways (DESIGN.md §3).
+"""The ``dtlive.monitor/1`` result message <-> xarray, both ways.
 
 >>> from dtlive.rows import Rows
 >>> from dtlive.products import compute_products

@@ -1,4 +1,4 @@
-"""Mergeable shares of a window's products (issue #7, design b). Pure: numpy in, numpy out.
+"""Mergeable shares of a window's products. Pure: numpy in, numpy out.
 
 When the hits of one window are spread over several consumers (the partitions read by different Dask
 workers), each consumer computes a :class:`Partial` of its share and keeps a little of its hits

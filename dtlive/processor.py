@@ -38,6 +38,7 @@ from dtlive.heap import HeapTrimmer
 from dtlive.kafka import ClusterWatch, client_config, ensure_topics, partition_ends, producer_config
 from dtlive.messages import message_bytes
 from dtlive.nodes import event_windows, from_kafka_batched_consumer, window_message
+from dtlive.watchdog import Watchdog
 from dtlive.windows import Window
 
 log = logging.getLogger(__name__)
@@ -260,6 +261,7 @@ class TransactionalPublisher:
         self._begin()
         self._dead_letter(window.meta.get("rejects", []))
         msg = msg if msg is not None else window_message(window, self.edges, self.provenance)
+        msg["provenance"]["result_seq"] = self.published + 1  # the recorder finds lost results by gaps in these
         self._produce(self.cfg.monitor_topic, message_bytes(msg), str(window.id).encode(),
                       [("schema", b"dtlive.monitor/1")])
         self.published += 1
@@ -388,12 +390,81 @@ class TransactionalPublisher:
             self._broken = exc
 
 
+class AlreadyRunning(SystemExit):
+    """Another live processor has the same identity: starting would fence it."""
+
+
+def running_twin(cfg: Config, bootstrap: str, beats: list[dict] | None = None) -> dict | None:
+    """The newest heartbeat of another live processor with this one's identity (``cfg.group_id``), or None.
+
+    Live: it beat within three heartbeat intervals and did not say it stopped; one on this host whose process is
+    gone (killed) does not count. ``beats``: heartbeats already read (default: read the status topic now).
+
+    >>> import os, socket, time
+    >>> cfg = load_config({"bootstrap": "127.0.0.1:9"}, env={})
+    >>> beat = {"service": "processor", "state": "running", "time": time.time(), "host": socket.gethostname(),
+    ...         "pid": os.getppid(), "detail": {"group_id": cfg.group_id}}
+    >>> running_twin(cfg, "127.0.0.1:9", [beat])["pid"] == os.getppid()
+    True
+    >>> running_twin(cfg, "127.0.0.1:9", [{**beat, "state": "stopped"}]) is None
+    True
+    """
+    import os
+
+    if cfg.status_interval_s <= 0:
+        return None
+    recent = 3 * cfg.status_interval_s
+    if beats is None:
+        from dtlive.health import StatusReader
+
+        reader = StatusReader(cfg, bootstrap, since_s=recent)
+        try:
+            beats = reader.read(timeout=2.0)
+        except Exception:  # noqa: BLE001 - no status topic yet, or the broker is slow: nothing known
+            beats = []
+        finally:
+            reader.close()
+    newest: dict[tuple, dict] = {}
+    for m in beats:
+        if m.get("service") in ("processor", "dask-processor") and \
+                (m.get("detail") or {}).get("group_id") == cfg.group_id:
+            newest[(m.get("host"), m.get("pid"))] = m
+    here = socket.gethostname()
+    for (host, pid), m in sorted(newest.items(), key=lambda kv: -kv[1].get("time", 0)):
+        if (host, pid) == (here, os.getpid()) or m.get("state") in ("stopped", "stopping"):
+            continue
+        if time.time() - m.get("time", 0) > recent:
+            continue
+        if host == here and not _pid_alive(pid):
+            continue
+        return m
+    return None
+
+
+def _pid_alive(pid) -> bool:
+    import os
+
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
+
+
 def open_publisher(cfg: Config, bootstrap: str, run_id: str) -> tuple[TransactionalPublisher, dict | None]:
     """The topics, the fenced transactional publisher of processor ``cfg.group_id`` and where it resumes.
 
     Returns the publisher and the state its previous run left (:func:`resume_state`; None on a first run).
-    Refuses (SystemExit) to continue a result series that was made with other processing settings.
+    Refuses (SystemExit) to continue a result series that was made with other processing settings, and to
+    start while another processor with the same identity is alive (:func:`running_twin`): taking over its
+    transactional id would fence it.
     """
+    twin = running_twin(cfg, bootstrap)
+    if twin is not None:
+        raise AlreadyRunning(
+            f"processor {cfg.group_id!r} is already running on {twin.get('host')} (pid {twin.get('pid')}, last "
+            f"heartbeat {time.time() - twin.get('time', 0):.0f} s ago); stop it first, or give this one its own "
+            "--group-id")
     topics = [cfg.hits_topic, cfg.monitor_topic, cfg.rejected_topic, checkpoint_topic(cfg)]
     ensure_topics(cfg, bootstrap, topics)
     provenance = {
@@ -474,6 +545,7 @@ class Processor:
         self.trimmer = HeapTrimmer(TRIM_INTERVAL_S if trim_interval_s is None else trim_interval_s)
         self.heartbeat = Heartbeat("processor", cfg, bootstrap, run_id=self.run_id, watch=HEALTH_LOGGERS)
         self._progress = Progress()
+        self.watchdog = Watchdog("processor", cfg.watchdog_s)
         self.ledger = ledger  # a dtlive.ledger.Ledger: the run, its configuration and inputs are recorded
         self.run_keeper = None  # keeps the run in the ledger in the background: a database outage never stalls us
         if ledger is not None:
@@ -543,9 +615,11 @@ class Processor:
         )
         started = time.monotonic()
         last_tick = 0.0
+        self.watchdog.start()
         while not self._stop:
             n = self.source.poll()
             now = time.monotonic()
+            self.watchdog.beat()
             if targets is not None and all(self.source.positions.get(p, 0) >= t for p, t in targets.items()):
                 self.windows.flush()
                 break
@@ -598,9 +672,11 @@ class Processor:
         if stalled > 2 * self.heartbeat.interval_s:
             fields["last_error"] = {"text": f"{lag['messages']} input messages waiting, none consumed for "
                                             f"{stalled:.0f} s", "time": time.time()}
+        self.watchdog.check(stalled, f"{lag['messages']} input messages waiting on {self.cfg.hits_topic}")
         return fields
 
     def close(self, status: str = "finished"):
+        self.watchdog.close()
         self.heartbeat.close(fields=self.health)
         self.source.close()
         self.publisher.producer.flush(10)

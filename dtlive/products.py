@@ -1,4 +1,4 @@
-"""The monitoring products of a set of hits, as a labelled xarray Dataset (DESIGN.md §2).
+"""The monitoring products of a set of hits, as a labelled xarray Dataset.
 
 Pure functions: cleansed hits in, counts out. Every product is a count, so the
 products of consecutive windows add up to the products of the whole span.

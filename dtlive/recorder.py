@@ -24,10 +24,12 @@ import time
 from collections.abc import Callable
 
 from dtlive.config import Config
-from dtlive.health import Heartbeat, partition_lag
+from dtlive.health import Heartbeat, Progress, partition_lag
 from dtlive.kafka import ClusterWatch, client_config, end_offsets, ensure_topics, producer_config
 from dtlive.messages import decode_message, iso_utc
 from dtlive.quality import Period, QualityMonitor
+from dtlive.reconcile import ResultGaps
+from dtlive.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,8 @@ class Recorder:
         self.bootstrap = bootstrap
         self._stop = False
         # every ledger call waits out a database outage; SIGTERM during one ends the wait (LedgerUnavailable)
-        self.ledger = RetryingLedger(ledger if ledger is not None else Ledger(), stop=lambda: self._stop)
+        self.ledger = RetryingLedger(ledger if ledger is not None else Ledger(), stop=lambda: self._stop,
+                                     on_wait=self._waiting)
         self.history = history if history is not None else HistoryStore(
             retention_days=cfg.history_retention_days or None)
         self.quality = quality or QualityMonitor()
@@ -82,13 +85,24 @@ class Recorder:
         self._last_orbit: int | None = None
         self._last_end: float | None = None
         self.heartbeat = Heartbeat("recorder", cfg, bootstrap, watch=("dtlive.recorder", "dtlive.librdkafka"))
+        self._progress = Progress()
+        self.gaps = ResultGaps()  # results published but never read here
+        self.watchdog = Watchdog("recorder", cfg.watchdog_s)
 
     def stop(self, *_):
         self._stop = True
 
+    def _waiting(self) -> None:
+        """Waiting for the ledger database is deliberate (and logged): the watchdog is told the loop is alive."""
+        if hasattr(self, "watchdog"):
+            self.watchdog.beat()
+
     def handle(self, records: list[tuple[dict, int, int]]) -> None:
         """Record one batch of ``(message, partition, offset)`` (pure bookkeeping; no consuming)."""
         msgs = [m for m, _, _ in records]
+        for run, first, last in self.gaps.add(msgs):
+            log.warning("recorder: results %d-%d of processing run %s were published but never reached the "
+                        "recorder (lost with a broker restart?)", first, last, run)
         for msg in msgs:
             self._detector_run(msg)
         self.history.append(msgs)  # idempotent, so first: the ledger's positions are where a restart resumes
@@ -169,7 +183,9 @@ class Recorder:
 
             self.consumer.assign([TopicPartition(self.cfg.monitor_topic, p, o) for p, o in self.positions.items()])
         started = time.monotonic()
+        self.watchdog.start()
         while not self._stop:
+            self.watchdog.beat()
             n = self.poll()
             self.heartbeat.maybe(None, self.health)
             if on_tick:
@@ -196,10 +212,13 @@ class Recorder:
                             topic=self.cfg.monitor_topic)
         busy = lag["messages"] or self.recorded > getattr(self, "_recorded_seen", 0)
         self._recorded_seen = self.recorded
-        return {"state": "running" if busy else "idle", "lag": lag,
-                "counts": {"windows": self.recorded, "periods": self.periods}}
+        stalled = self._progress.stalled_s(sum(self.positions.values()), lag["messages"], time.monotonic())
+        self.watchdog.check(stalled, f"{lag['messages']} results waiting on {self.cfg.monitor_topic}")
+        return {"state": "degraded" if stalled > 10 else "running" if busy else "idle", "lag": lag,
+                "counts": {"windows": self.recorded, "periods": self.periods, "results_lost": self.gaps.lost}}
 
     def close(self) -> None:
+        self.watchdog.close()
         self.heartbeat.close(fields=self.health)
         self.consumer.close()
         self.producer.flush(10)

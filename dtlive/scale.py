@@ -1,6 +1,6 @@
-"""Scale-out on Dask (issue #7): ``dtlive process --dask`` (and the client of ``dtlive replay --dask``).
+"""Scale-out on Dask: ``dtlive process --dask`` (and the client of ``dtlive replay --dask``).
 
-``dtlive process --dask`` (:class:`DaskProcessor`, design b, chosen by measurement: ``docs/scaling.md``):
+``dtlive process --dask`` (:class:`DaskProcessor`, chosen by measurement: ``docs/scaling.md``):
 the input topic's partitions are split into one group per worker; on each worker a long-lived Dask
 actor (:class:`dtlive.actor.PartitionActor`) reads its group with its own consumer and runs the
 processor's nodes (decode -> clean -> event-time windows). Hits never leave the worker: for each closed
@@ -73,7 +73,7 @@ def dask_client(address: str):
         yield client
 
 
-# ------------------------------------------------------------------ dtlive process --dask: the driver (design b)
+# ------------------------------------------------------------------ dtlive process --dask: the driver
 
 
 @dataclass

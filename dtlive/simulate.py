@@ -1,4 +1,4 @@
-"""Seeded cosmic-muon DAQ generator for the drift-tube telescope (DESIGN.md §1).
+"""Seeded cosmic-muon DAQ generator for the drift-tube telescope.
 
 It produces the rows the real DAQ would send, as :class:`~dtlive.rows.Rows`:
 

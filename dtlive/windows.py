@@ -1,4 +1,4 @@
-"""Event-time windows on ORBIT_CNT, closed by a watermark (DESIGN.md §3). Pure: no I/O.
+"""Event-time windows on ORBIT_CNT, closed by a watermark. Pure: no I/O.
 
 Windows are aligned to absolute orbit multiples: window ``k`` holds orbits
 ``[k * W, (k + 1) * W - 1]``. The watermark of a partition is the highest orbit

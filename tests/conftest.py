@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 
 import pytest
+from faults import free_port, own_broker, services  # noqa: F401  (fixtures for every test file)
 from pgserver import pg_db, pg_server  # noqa: F401  (fixtures: a private PostgreSQL server to stop and start)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,4 +1,4 @@
-"""Binder (issue #6), reproduced without Docker: what repo2docker does with binder/, step by step.
+"""Binder, reproduced without Docker: what repo2docker does with binder/, step by step.
 
 A copy of the repository (the files git would hand to Binder), a FRESH virtual environment with
 ``pip install -r binder/requirements.txt`` run from the repository root (as repo2docker does), then

@@ -1,4 +1,4 @@
-"""The dashboard in a real browser (issue #3): Chromium driven by Playwright, real broker, live pipeline.
+"""The dashboard in a real browser: Chromium driven by Playwright, real broker, live pipeline.
 
 * JupyterLab: the quickstart notebook, run cell by cell by the browser, starts the stack with
   ``ensure_stack`` and shows a live Dashboard;

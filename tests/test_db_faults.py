@@ -24,6 +24,7 @@ import pytest
 import sqlalchemy as sa
 
 from dtlive.ledger import Ledger, LedgerUnavailable, RetryingLedger, is_unreachable
+from dtlive.watchdog import Watchdog
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -315,6 +316,8 @@ def test_the_recorder_survives_a_10_s_outage_and_catches_up(broker, pg_db, feed_
     cfg, n = feed_topics, 300
     feed = ResultsFeed(broker, cfg.monitor_topic, n, rate=20.0, processor=cfg.group_id).start()
     rec = Recorder(cfg, broker, ledger=Ledger(url), history=HistoryStore(tmp_path / "history"))
+    exits: list[int] = []  # waiting for the database is not a stuck loop: its watchdog must not end it
+    rec.watchdog = Watchdog("recorder", stall_s=60, stuck_s=4, exit=exits.append)
     thread = threading.Thread(target=rec.run, daemon=True)
     thread.start()
     try:
@@ -330,7 +333,7 @@ def test_the_recorder_survives_a_10_s_outage_and_catches_up(broker, pg_db, feed_
         rec.stop()
         thread.join(30)
         rec.close()
-    assert not thread.is_alive()
+    assert not thread.is_alive() and exits == []
     assert_each_window_once(url, cfg.group_id, n, tmp_path / "history")
 
 
@@ -576,10 +579,12 @@ def alert_states(url: str, alert_id: str) -> list[str]:
         ledger.close()
 
 
-def run_listener_in_thread(settings: dict):
+def run_listener_in_thread(settings: dict, watchdog: Watchdog | None = None):
     from slow_analysis import listener
 
     service = listener(settings)
+    if watchdog is not None:
+        service.watchdog = watchdog
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
     return service, thread
@@ -593,7 +598,9 @@ def published(url: str, alert_ids: list[str]) -> bool:
 @pytest.mark.kafka
 def test_the_listener_survives_a_10_s_outage_and_handles_every_notice_once(alert_settings):
     url, server, b = alert_settings["ledger_url"], alert_settings["server"], alert_settings["bootstrap"]
-    service, thread = run_listener_in_thread(alert_settings)
+    exits: list[int] = []  # waiting for the database is not a stuck loop: its watchdog must not end it
+    service, thread = run_listener_in_thread(alert_settings,
+                                             watchdog=Watchdog("alerts", stall_s=60, stuck_s=4, exit=exits.append))
     try:
         send_notices(b, alert_settings["topic"], ["1", "2"])
         wait_for(lambda: published(url, ["1", "2"]), 60, "the first analyses published")
@@ -607,6 +614,7 @@ def test_the_listener_survives_a_10_s_outage_and_handles_every_notice_once(alert
         service.stop()
         thread.join(30)
         service.close()
+    assert exits == []
     for a in "12345":
         assert alert_states(url, a) == ["received", "matched"]
         assert list(job_states(url, a).values()) == [["queued", "running", "succeeded", "published"]]

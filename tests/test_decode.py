@@ -36,9 +36,9 @@ HEADER = b"HEAD,FPGA,TDC_CHANNEL,ORBIT_CNT,BX_COUNTER,TDC_MEAS"
 
 FAST = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-# Valid ranges of a hit, written out from DESIGN.md §1 (not taken from the code under test).
+# Valid ranges of a hit, written out from the detector's documentation (not taken from the code under test).
 HIT_LIMITS = {"fpga": (0, 1), "channel": (0, 138), "orbit": (0, 2**32 - 1), "bx": (0, 3563), "tdc": (0, 31)}
-# DESIGN.md §1: TDC bits 0-4, BX 5-16, ORBIT 17-48, CHANNEL 49-57, FPGA 58-60, HEAD 61-63.
+# TDC bits 0-4, BX 5-16, ORBIT 17-48, CHANNEL 49-57, FPGA 58-60, HEAD 61-63.
 BITS = {"tdc": (0, 5), "bx": (5, 12), "orbit": (17, 32), "channel": (49, 9), "fpga": (58, 3), "head": (61, 3)}
 
 
@@ -489,7 +489,7 @@ def test_ancillary_float_tdc_passes_through_csv(hits, anc, data):
     assert sorted(map(tuple, cleaned.to_pandas().values.tolist())) == sorted(map(tuple, hits))
 
 
-# --- the 64-bit word layout (DESIGN.md §1) -----------------------------------------------------------------
+# --- the 64-bit word layout -----------------------------------------------------------------
 
 
 def test_daq64_layout_against_hand_packed_word():

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from dtlive.config import load_config
 from dtlive.health import (
@@ -36,16 +37,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def beat(seq, t, service="processor", pid=1, state="running", run_id="r", interval_s=2.0, **kw):
     return status_message(service, run_id=run_id, state=state, seq=seq, now=t, host="h", pid=pid,
                           interval_s=interval_s, **kw)
-
-
-def wait_for(condition, timeout: float, every: float = 0.2, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = condition()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"{what} not met within {timeout} s")
 
 
 # ------------------------------------------------------------------------------------------------ pure
@@ -262,7 +253,7 @@ def test_processor_heartbeats_every_2s_with_lag_and_rates(broker, health_topics)
             seen.extend(m for m in reader.read(timeout=1.0) if m["run_id"] == proc.run_id)
             running = [m for m in seen if m["state"] in ("running", "idle")]
             return len(running) >= 5 and running[-1]["rates"].get("messages_per_s", 0) > 0
-        wait_for(enough, 60, every=0.5, what="5 processor heartbeats with an input rate")
+        wait_for(enough, 60, interval=0.5, what="5 processor heartbeats with an input rate")
     finally:
         proc.stop()
         runner.join(30)
@@ -307,7 +298,7 @@ def test_dtlive_status_shows_the_processor_then_marks_it_stale_after_kill(broker
             rows = json.loads(out.stdout) if out.stdout.strip() else []
             mine = [r for r in rows if r["pid"] == proc.pid and r["state"] in ("running", "idle")]
             return (out, mine) if out.returncode == 0 and mine else None
-        out, rows = wait_for(alive, 60, every=0.5, what="dtlive status showing the processor alive")
+        out, rows = wait_for(alive, 60, interval=0.5, what="dtlive status showing the processor alive")
         assert rows[0]["service"] == "processor" and rows[0]["lag_messages"] == 0 and not rows[0]["stale"]
         table = run_cli(["status"], env)
         assert table.returncode == 0 and "processor" in table.stdout and str(proc.pid) in table.stdout
@@ -319,7 +310,7 @@ def test_dtlive_status_shows_the_processor_then_marks_it_stale_after_kill(broker
         def stale():
             out = run_cli(["status"], env)
             return out if out.returncode == 1 and "STALE" in out.stdout else None
-        out = wait_for(stale, 30, every=0.5, what="dtlive status marking the killed processor stale")
+        out = wait_for(stale, 30, interval=0.5, what="dtlive status marking the killed processor stale")
         assert time.monotonic() - killed >= 5.0  # not before 3 intervals of 2 s
         line = [ln for ln in out.stdout.splitlines() if str(proc.pid) in ln][0]
         assert "processor" in line and "STALE" in line and "no heartbeat for" in line
@@ -380,9 +371,9 @@ def test_dashboard_shows_a_live_service_then_alarms_when_its_heartbeat_stops(bro
             hb.maybe(None, state="running", counts={"windows": 1})
             return "SERVICES OK (1)" in dash.services.widget.value and "data-state='running'" in \
                 dash.services.widget.value
-        wait_for(shown_alive, 30, every=0.1, what="the dashboard showing the recorder alive")
+        wait_for(shown_alive, 30, interval=0.1, what="the dashboard showing the recorder alive")
         stopped = time.monotonic()  # the service's loop "hangs": no more heartbeats
-        wait_for(lambda: dash.services.alarms, 15, every=0.1, what="an alarm for the missing heartbeat")
+        wait_for(lambda: dash.services.alarms, 15, interval=0.1, what="an alarm for the missing heartbeat")
         assert time.monotonic() - stopped >= 1.0  # not before 3 intervals of 0.5 s (give or take one interval)
         assert "no heartbeat for" in dash.services.alarms[0] and "ALARM" in dash.services.widget.value
         assert "data-state='stale'" in dash.services.widget.value and dash.status_feed.broker_ok
@@ -456,7 +447,7 @@ def test_heartbeats_survive_a_broker_restart(tmp_path):
     hb = Heartbeat("processor", cfg, first.bootstrap)
     second = None
     try:
-        wait_for(lambda: hb.maybe(None) and hb.sent >= 3, 20, every=0.05, what="heartbeats delivered")
+        wait_for(lambda: hb.maybe(None) and hb.sent >= 3, 20, interval=0.05, what="heartbeats delivered")
         first.stop()
         slowest, deadline = 0.0, time.monotonic() + 4
         while time.monotonic() < deadline:
@@ -472,7 +463,7 @@ def test_heartbeats_survive_a_broker_restart(tmp_path):
         def resumed():
             hb.maybe(None)
             return hb.sent > sent_before + 3
-        wait_for(resumed, 60, every=0.05, what="heartbeats delivered again after the restart")
+        wait_for(resumed, 60, interval=0.05, what="heartbeats delivered again after the restart")
         assert hb.publish_errors >= 1
         reader = StatusReader(cfg, second.bootstrap, since_s=60)
         got = reader.read(timeout=5)
@@ -534,7 +525,7 @@ def test_a_processor_that_stops_consuming_with_input_waiting_says_degraded(broke
         def found():
             seen.extend(reader.read(timeout=0.5))
             return next((m for m in reversed(seen) if m["run_id"] == proc.run_id and check(m)), None)
-        return wait_for(found, timeout, every=0.1, what="a heartbeat")
+        return wait_for(found, timeout, interval=0.1, what="a heartbeat")
 
     try:
         beat_where(lambda m: m["state"] == "idle", 30)

@@ -1,4 +1,4 @@
-"""JupyterHub (issue #6): jupyterhub_config.py, run for real.
+"""JupyterHub: jupyterhub_config.py, run for real.
 
 * the configuration itself (fast): PAM by default, the demo's DummyAuthenticator only on loopback, which
   services run with and without an external Kafka, what users' servers are given;

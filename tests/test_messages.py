@@ -1,4 +1,4 @@
-"""The dtlive.monitor/1 result message (DESIGN.md §3) <-> xarray."""
+"""The dtlive.monitor/1 result message <-> xarray."""
 
 from __future__ import annotations
 

@@ -151,7 +151,7 @@ def check_data_vs_simulation(text: str, env: dict) -> None:
     assert sim and 100_000 < int(sim.group(1).replace(",", "")) < 200_000, text
     assert "run 591: no drift times (no scintillator hits)" in text
     box = re.search(r"drift-time box from (-?\d+) ns to (\d+) ns", text)
-    assert box and -20 <= int(box.group(1)) <= 30 and 350 <= int(box.group(2)) <= 400, text  # DESIGN: ~0..390 ns
+    assert box and -20 <= int(box.group(1)) <= 30 and 350 <= int(box.group(2)) <= 400, text  # ~0..390 ns
 
 
 def check_provenance(text: str, env: dict) -> None:

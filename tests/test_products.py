@@ -1,4 +1,4 @@
-"""The six per-window products (DESIGN.md §2) against independent pandas computations and hand-made cases."""
+"""The six per-window products against independent pandas computations and hand-made cases."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from dtlive.products import compute_arrays, compute_products
 from dtlive.rows import Rows
 
-# DESIGN.md §1, written out here: per-chamber t0 offsets (ns) and time units.
+# Written out here from the detector's documentation: per-chamber t0 offsets (ns) and time units.
 OFFSET_NS = {0: 95.0 - 1.1, 1: 95.0 + 6.4, 2: 95.0 + 0.5, 3: 95.0 - 2.6}
 EDGES = np.arange(-100.0, 500.0 + 1e-9, 5.0)
 

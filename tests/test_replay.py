@@ -1,4 +1,4 @@
-"""``dtlive replay`` (issue #7): files cut in pieces, in one process and on Dask, give the same windows.
+"""``dtlive replay``: files cut in pieces, in one process and on Dask, give the same windows.
 
 Tiers: the pieces and the window bookkeeping are pure (any cut covers every line once; the plan replayed on
 summaries equals the event_windows node); the Dask driver runs in-process against an inline client (a fake

@@ -1,6 +1,6 @@
-"""Scale-out on Dask (issue #7): a LocalCluster of 2 worker processes gives exactly the single-process results.
+"""Scale-out on Dask: a LocalCluster of 2 worker processes gives exactly the single-process results.
 
-``dtlive process --dask`` (design b): partition actors on the workers, partial products merged by the driver.
+``dtlive process --dask``: partition actors on the workers, partial products merged by the driver.
 Also: a worker killed mid-replay (every hit still counted once), the CLI, kill -9 of the driver and a restart
 of the other kind. ``dtlive replay --dask`` is in test_replay.py.
 """

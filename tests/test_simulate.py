@@ -1,4 +1,4 @@
-"""Statistics of the cosmic-muon DAQ generator (dtlive.simulate) against the detector facts of DESIGN.md §1."""
+"""Statistics of the cosmic-muon DAQ generator (dtlive.simulate) against the detector facts."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def hits(rows) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def muon_hits(hits) -> pd.DataFrame:
-    """Chamber hits of orbits with a scintillator hit, with DRIFTIME from the DESIGN formula."""
+    """Chamber hits of orbits with a scintillator hit, with DRIFTIME from the detector's drift-time formula."""
     scint = hits[(hits.FPGA == det.SCINT_FPGA) & (hits.TDC_CHANNEL == det.SCINT_CHANNEL)]
     t_scint = scint.groupby("ORBIT_CNT").t.min()  # earliest scintillator hit per orbit
     m = hits[(hits.chamber >= 0) & hits.ORBIT_CNT.isin(t_scint.index)].copy()

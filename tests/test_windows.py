@@ -1,4 +1,4 @@
-"""Event-time windows on ORBIT_CNT (DESIGN.md §3): alignment, watermark, lateness, late hits, restarts."""
+"""Event-time windows on ORBIT_CNT: alignment, watermark, lateness, late hits, restarts."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from dtlive.rows import Rows
 from dtlive.windows import EventTimeWindows
 
-ORBIT_S = 3564 * 25e-9  # DESIGN.md §1: 1 orbit = 3564 BX of 25 ns
+ORBIT_S = 3564 * 25e-9  # 1 orbit = 3564 BX of 25 ns
 
 
 def hits(orbits, partition=0, offsets=None, channel=None) -> Rows:

@@ -1,4 +1,4 @@
-"""Alerts from GCN-like Kafka topics (issue #5): parsing notices into one normalised :class:`Alert`.
+"""Alerts from GCN-like Kafka topics: parsing notices into one normalised :class:`Alert`.
 
 >>> from dtlive.alerts import parse_notice
 >>> parse_notice(b'{"mission": "Super-Kamiokande", "id": "SN.1", "alert_tense": "test"}').is_test

@@ -1,4 +1,4 @@
-"""Canned analyses started by an alert (issue #5, part 4): one signature, a registry, plug-ins by entry point.
+"""Canned analyses started by an alert: one signature, a registry, plug-ins by entry point.
 
 An analysis is a callable ``(alert: Alert, ctx: AnalysisContext) -> AnalysisResult``. The context gives the
 ``history`` store (past windows), the ``ledger`` (bad periods, input provenance, task states), an

@@ -34,6 +34,7 @@ from dtlive.config import Config
 from dtlive.deadletter import dead_letter
 from dtlive.health import Heartbeat, partition_lag
 from dtlive.kafka import ClusterWatch, client_config, ensure_topics, producer_config
+from dtlive.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,8 @@ class AlertListener:
         self.bootstrap = bootstrap
         self._stop = False
         # every state is written before the notice's offset is committed; an outage is waited out (SIGTERM ends it)
-        self.ledger = RetryingLedger(ledger if ledger is not None else Ledger(ledger_url), stop=lambda: self._stop)
+        self.ledger = RetryingLedger(ledger if ledger is not None else Ledger(ledger_url), stop=lambda: self._stop,
+                                     on_wait=self._waiting)
         self.ledger_url = ledger_url or (str(self.ledger.engine.url.render_as_string(hide_password=False))
                                          if ledger is not None else default_url())
         self.history_path = history_path
@@ -120,9 +122,15 @@ class AlertListener:
         self.heartbeat = Heartbeat("alerts", cfg, bootstrap, watch=("dtlive.alerts", "dtlive.librdkafka"))
         self._received = self._received_notices()
         self._resume()
+        self.watchdog = Watchdog("alerts", cfg.watchdog_s)  # the loop must turn (analyses run in workers)
 
     def stop(self, *_):
         self._stop = True
+
+    def _waiting(self) -> None:
+        """Waiting for the ledger database is deliberate (and logged): the watchdog is told the loop is alive."""
+        if hasattr(self, "watchdog"):
+            self.watchdog.beat()
 
     def _subscribed_consumer(self):
         from confluent_kafka import Consumer
@@ -385,7 +393,9 @@ class AlertListener:
     def run(self, max_seconds: float | None = None, until=None) -> AlertListener:
         """Listen until stopped, ``max_seconds``, or ``until(listener)`` is true."""
         started = time.monotonic()
+        self.watchdog.start()
         while not self._stop:
+            self.watchdog.beat()
             self.poll()
             self.heartbeat.maybe(None, self.health)
             if until is not None and until(self):
@@ -415,6 +425,7 @@ class AlertListener:
                 "detail": {"analyses_pending": running}}
 
     def close(self) -> None:
+        self.watchdog.close()
         self.heartbeat.close(fields=self.health)
         self.consumer.close()
         self.producer.flush(10)

@@ -1,4 +1,4 @@
-"""Which canned analyses an alert starts: rules from a TOML file, and a pure decider (issue #5, part 3).
+"""Which canned analyses an alert starts: rules from a TOML file, and a pure decider.
 
 A rules file is a list of ``[[rule]]`` tables. Each rule names topic patterns (``fnmatch``, case-insensitive;
 default ``["*"]``), an optional predicate ``when`` over the alert's fields, the ``analyses`` to run and their

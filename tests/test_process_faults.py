@@ -1,0 +1,50 @@
+"""Process faults against the real broker: two processors with one identity, and a restart right after kill -9."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+from waiting import wait_for
+
+from dtlive.results import read_messages
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+def windows(bootstrap: str) -> list[dict]:
+    return read_messages(bootstrap, "dt.monitor", timeout=3)
+
+
+def test_a_second_processor_with_the_same_identity_refuses_and_the_first_goes_on(own_broker, services):
+    first = services.start("first", "process", "--no-ledger")
+    services.start("emulate", "emulate", "--simulate", "--rate", "1000")
+    wait_for(lambda: len(windows(own_broker.bootstrap)) >= 2, 120,
+             lambda: f"the first windows:\n{services.log('first')[-2000:]}")
+    second = subprocess.run([sys.executable, "-m", "dtlive.cli", "--bootstrap", own_broker.bootstrap, "process",
+                             "--no-ledger"], env=services.env, capture_output=True, text=True, timeout=120)
+    assert second.returncode != 0
+    assert "already running" in second.stderr and "Traceback" not in second.stderr, second.stderr[-2000:]
+    published = len(windows(own_broker.bootstrap))
+    wait_for(lambda: len(windows(own_broker.bootstrap)) >= published + 2, 60, "more windows from the first")
+    assert first.poll() is None
+    assert "fenced" not in services.log("first")
+    ids = [m["window"]["id"] for m in windows(own_broker.bootstrap)]
+    assert len(ids) == len(set(ids))
+
+
+def test_a_processor_killed_9_can_be_restarted_at_once(own_broker, services):
+    first = services.start("first", "process", "--no-ledger")
+    services.start("emulate", "emulate", "--simulate", "--rate", "1000")
+    wait_for(lambda: len(windows(own_broker.bootstrap)) >= 2, 120, "the first windows")
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    again = services.start("again", "process", "--no-ledger")  # its heartbeat is still fresh, its pid is gone
+    published = len(windows(own_broker.bootstrap))
+    wait_for(lambda: len(windows(own_broker.bootstrap)) >= published + 2, 120,
+             lambda: f"windows from the restarted processor:\n{services.log('again')[-2000:]}")
+    assert again.poll() is None
+    ids = [m["window"]["id"] for m in windows(own_broker.bootstrap)]
+    assert len(ids) == len(set(ids))
