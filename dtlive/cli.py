@@ -330,9 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a clear message, not a traceback, for expected failures
         from dtlive.broker import BrokerError
         from dtlive.kafka import NoBrokerError
+        from dtlive.ledger import LedgerUnavailable, is_unreachable
 
-        if isinstance(exc, (NoBrokerError, BrokerError, FileNotFoundError, ValueError)):
+        if isinstance(exc, (NoBrokerError, BrokerError, FileNotFoundError, ValueError, LedgerUnavailable)):
             print(f"dtlive {args.command}: error: {exc}", file=sys.stderr)
+            return 1
+        if is_unreachable(exc):  # the database went away during the command
+            print(f"dtlive {args.command}: error: {_ledger_unavailable(exc)}", file=sys.stderr)
             return 1
         raise
 
@@ -343,10 +347,28 @@ def cmd_broker(args) -> int:
     return run_foreground(port=args.port)
 
 
-def _ledger():
-    from dtlive.ledger import Ledger
+def _ledger(for_run: bool = False):
+    """The ledger (DTLIVE_DB); LedgerUnavailable, naming the database, when it cannot be reached.
 
-    return Ledger()
+    ``for_run``: a processor records its run in the background, so it starts even while the database is away.
+    """
+    from dtlive.ledger import Ledger, LedgerUnavailable, is_unreachable
+
+    if for_run:
+        return Ledger.for_service()
+    try:
+        return Ledger()
+    except Exception as exc:
+        if is_unreachable(exc):
+            raise LedgerUnavailable(_ledger_unavailable(exc)) from exc
+        raise
+
+
+def _ledger_unavailable(exc: BaseException) -> str:
+    from dtlive.ledger import Outage, default_url, normalize_url
+
+    return Outage(f"the ledger database {normalize_url(default_url()).render_as_string(hide_password=True)}"
+                  ).message(exc)
 
 
 def _producer(cfg, bootstrap, topics: dict[str, int] | None = None):
@@ -454,7 +476,7 @@ def cmd_process(args) -> int:
 
     def make():
         proc = Processor(cfg, bootstrap, from_beginning=args.from_beginning, batch_size=args.batch_size,
-                         ledger=None if args.no_ledger else _ledger())
+                         ledger=None if args.no_ledger else _ledger(for_run=True))
         proc.publisher._on_publish.append(summary.on_publish)
         return proc
 
@@ -472,7 +494,8 @@ def _process_on_dask(args, cfg, bootstrap) -> int:
 
     with StopOnSignal() as stop, dask_client(args.dask) as client:
         proc = _serve(lambda: DaskProcessor(cfg, bootstrap, client, from_beginning=args.from_beginning,
-                                            batch_size=args.batch_size, ledger=None if args.no_ledger else _ledger()),
+                                            batch_size=args.batch_size,
+                                            ledger=None if args.no_ledger else _ledger(for_run=True)),
                       stop, until_end=args.until_end)
         print(f"processed {proc.messages} messages with {len(proc.slots)} partition actors on "
               f"{len(client.nthreads())} Dask workers ({proc.lost_actors} lost and replaced), published "

@@ -34,12 +34,15 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import re
 import socket
 import subprocess
+import threading
+import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,7 +53,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -68,15 +72,22 @@ __all__ = [
     "AppendOnlyError",
     "Base",
     "Ledger",
+    "LedgerUnavailable",
+    "Outage",
     "Q",
+    "RetryingLedger",
+    "RunKeeper",
     "alembic_config",
     "current_revision",
     "default_url",
     "downgrade",
     "head_revision",
+    "is_unreachable",
     "make_engine",
     "normalize_url",
     "merge_offset_ranges",
+    "retry_unreachable",
+    "run_liveness",
     "source_git_commit",
     "to_utc",
     "upgrade",
@@ -89,11 +100,23 @@ UNKNOWN_PROCESSOR = "unknown"  # results published without a provenance.processo
 _PG_MIGRATION_LOCK = 0x64746C6976  # pg_advisory_xact_lock key serialising concurrent upgrades ("dtliv")
 _SECRET_KEY = re.compile(r"pass|secret|token|credential|private", re.IGNORECASE)
 
+CONNECT_TIMEOUT_S = 5  # a database host that does not answer is reported within seconds, not minutes
+RETRY_FIRST_S = 0.5  # backoff while the database is unreachable: 0.5 s, doubling ...
+RETRY_MAX_S = 30.0  # ... up to 30 s between attempts
+HEARTBEAT_S = 30.0  # a running service stamps its run this often
+STALE_HEARTBEATS = 4  # a run on another host silent for this many heartbeats is shown as "unknown"
+
+log = logging.getLogger(__name__)
+
 TimeLike = datetime | float | int | str
 
 
 class AppendOnlyError(RuntimeError):
     """Raised on an attempt to change or delete a row of an append-only table (task state history)."""
+
+
+class LedgerUnavailable(RuntimeError):
+    """The ledger database cannot be reached (server down, connection refused or lost, timeout)."""
 
 
 # --------------------------------------------------------------------------------------------- types
@@ -152,10 +175,12 @@ class ProcessingRun(Base):
     config_hash: Mapped[str | None] = mapped_column(index=True)
     inputs: Mapped[list | None] = mapped_column(JSONType)
     host: Mapped[str | None]
+    pid: Mapped[int | None]  # the run's process on ``host``: a "running" run whose process is gone died
     dtlive_version: Mapped[str | None]
     git_commit: Mapped[str | None]
     started_at: Mapped[datetime] = mapped_column(index=True)
     stopped_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]  # the last time the run's process said it was alive
 
 
 class WindowRecord(Base):
@@ -404,6 +429,26 @@ def normalize_url(url: str | URL) -> URL:
     return url.set(drivername="postgresql+psycopg") if url.drivername in ("postgres", "postgresql") else url
 
 
+def _libpq_timeouts(driver: str) -> dict[str, Any]:
+    """libpq options: give up connecting after a few seconds; notice a dead server instead of waiting forever."""
+    options: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, "keepalives": 1, "keepalives_idle": 10,
+                               "keepalives_interval": 5, "keepalives_count": 3}
+    try:
+        if driver == "psycopg":
+            import psycopg
+
+            version = psycopg.pq.version()
+        else:
+            import psycopg2.extensions
+
+            version = psycopg2.extensions.libpq_version()
+    except (ImportError, AttributeError):
+        return options
+    if version >= 120000:  # unacknowledged writes to a frozen server fail after 30 s (libpq 12+)
+        options["tcp_user_timeout"] = 30_000
+    return options
+
+
 def make_engine(url: str | URL, busy_timeout_s: float = 30.0) -> Engine:
     """A SQLAlchemy engine for the ledger; SQLite gets WAL, a busy timeout, foreign keys and real BEGINs.
 
@@ -412,7 +457,10 @@ def make_engine(url: str | URL, busy_timeout_s: float = 30.0) -> Engine:
     """
     url = normalize_url(url)
     if url.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True)
+        connect_args: dict[str, Any] = {}
+        if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg", "psycopg2"):
+            connect_args = _libpq_timeouts(url.get_driver_name())
+        return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     memory = url.database in (None, "", ":memory:")
     kwargs: dict[str, Any] = {"connect_args": {"timeout": busy_timeout_s, "check_same_thread": False}}
     if memory:
@@ -427,7 +475,7 @@ def make_engine(url: str | URL, busy_timeout_s: float = 30.0) -> Engine:
             cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             cur.execute("PRAGMA foreign_keys = ON")
             if not memory and cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                cur.execute("PRAGMA journal_mode = WAL")
+                _set_wal(cur, busy_timeout_s)
             cur.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL
         finally:
             cur.close()
@@ -437,6 +485,198 @@ def make_engine(url: str | URL, busy_timeout_s: float = 30.0) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("dtlive_write") else "BEGIN")
 
     return engine
+
+
+# ------------------------------------------------------------------------------ unreachable database
+
+_SQLITE_TRANSIENT = re.compile(r"database is locked|unable to open database|disk i/o error", re.IGNORECASE)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` means the database cannot be reached right now (a later attempt may work).
+
+    Connection refused, lost or timed out (``OperationalError``, ``InterfaceError``, an invalidated
+    connection, a pool timeout), a locked SQLite file, and :class:`LedgerUnavailable`; a constraint
+    violation, a bad query or a missing SQLite table is not.
+
+    >>> is_unreachable(OperationalError("SELECT 1", {}, ConnectionRefusedError("refused")))
+    True
+    >>> is_unreachable(IntegrityError("INSERT", {}, ValueError("duplicate key"))), is_unreachable(ValueError())
+    (False, False)
+    """
+    if isinstance(exc, LedgerUnavailable | PoolTimeoutError):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return False
+    orig = exc.orig
+    if type(orig).__module__ == "sqlite3":  # SQLite reports schema errors as OperationalError too
+        return bool(_SQLITE_TRANSIENT.search(str(orig)))
+    return True
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of what the driver said, without SQLAlchemy's boilerplate."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return (text.splitlines() or [type(exc).__name__])[0].strip()
+
+
+class Outage:
+    """Logs one line when a database becomes unreachable and one when it is back, not one per attempt.
+
+    >>> o = Outage("the ledger database sqlite://")
+    >>> o.failed(OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))); o.down
+    True
+    >>> o.recovered(); o.down
+    False
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self._since: float | None = None
+        self._attempts = 0
+        self._lock = threading.Lock()
+
+    @property
+    def down(self) -> bool:
+        """True between a failed attempt and the next successful one."""
+        return self._since is not None
+
+    def message(self, exc: BaseException) -> str:
+        """One line naming the database and what went wrong."""
+        return f"{self.name} is unreachable: {_reason(exc)}"
+
+    def failed(self, exc: BaseException) -> None:
+        """An attempt failed because the database is unreachable."""
+        with self._lock:
+            self._attempts += 1
+            first = self._since is None
+            if first:
+                self._since = time.monotonic()
+        if first:
+            log.warning("%s; retrying with backoff (%.1f s doubling to %.0f s)", self.message(exc), RETRY_FIRST_S,
+                        RETRY_MAX_S)
+
+    def recovered(self) -> None:
+        """An attempt worked."""
+        with self._lock:
+            if self._since is None:
+                return
+            seconds, attempts = time.monotonic() - self._since, self._attempts
+            self._since, self._attempts = None, 0
+        log.warning("%s is reachable again after %.1f s (%d failed attempts)", self.name, seconds, attempts)
+
+
+def retry_unreachable(
+    fn: Callable[[], Any],
+    *,
+    outage: Outage | None = None,
+    stop: Callable[[], bool] | None = None,
+    give_up_s: float | None = None,
+    first_s: float = RETRY_FIRST_S,
+    max_s: float = RETRY_MAX_S,
+    on_wait: Callable[[], None] | None = None,
+) -> Any:
+    """``fn()``, called again while the database is unreachable, waiting ``first_s`` doubling to ``max_s``.
+
+    Other errors propagate at once. Raises :class:`LedgerUnavailable` when ``stop()`` turns true or
+    ``give_up_s`` seconds have passed while the database is still away. ``on_wait()`` is called about
+    ten times a second while waiting (a service's watchdog: it is waiting on purpose, not stuck).
+
+    >>> calls = []
+    >>> def flaky():
+    ...     calls.append(1)
+    ...     if len(calls) < 3:
+    ...         raise OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
+    ...     return "written"
+    >>> retry_unreachable(flaky, first_s=0.01), len(calls)
+    ('written', 3)
+    """
+    outage = outage or Outage("the ledger database")
+    started, delay = time.monotonic(), first_s
+    while True:
+        try:
+            result = fn()
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            outage.failed(exc)
+            wake = time.monotonic() + delay
+            if give_up_s is not None:
+                wake = min(wake, started + give_up_s)
+            while time.monotonic() < wake and not (stop is not None and stop()):
+                if on_wait is not None:
+                    on_wait()
+                time.sleep(min(0.1, max(0.0, wake - time.monotonic())))
+            if (stop is not None and stop()) or (give_up_s is not None and time.monotonic() >= started + give_up_s):
+                raise LedgerUnavailable(outage.message(exc)) from exc
+            delay = min(2 * delay, max_s)
+        else:
+            outage.recovered()
+            return result
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill()
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
+
+
+def run_liveness(
+    run: Mapping,
+    *,
+    host: str,
+    now: datetime,
+    pid_alive: Callable[[int], bool] = _pid_alive,
+    stale_s: float = STALE_HEARTBEATS * HEARTBEAT_S,
+) -> str:
+    """The status a run really has: ``died`` for a ``running`` run whose process on this host is gone,
+    ``unknown`` for a ``running`` run on another host silent for ``stale_s`` seconds, else its stored status.
+
+    Runs recorded without a process id (before it was kept) keep their stored status.
+
+    >>> t0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
+    >>> run = {"status": "running", "host": "daq1", "pid": 4242, "heartbeat_at": t0, "started_at": t0}
+    >>> run_liveness(run, host="daq1", now=t0, pid_alive=lambda pid: False)
+    'died'
+    >>> from datetime import timedelta
+    >>> [run_liveness(run, host="ctrl", now=t0 + timedelta(seconds=s)) for s in (10, 600)]
+    ['running', 'unknown']
+    """
+    if run.get("status") != "running" or run.get("pid") is None:
+        return run.get("status")
+    if run.get("host") == host:
+        return "running" if pid_alive(int(run["pid"])) else "died"
+    last = run.get("heartbeat_at") or run.get("started_at")
+    return "unknown" if last is None or (now - last).total_seconds() > stale_s else "running"
+
+
+def _set_wal(cur, timeout_s: float) -> None:
+    """Switch a SQLite file to WAL; while another process creates the file this can be refused as "locked"
+    without the busy timeout being applied (SQLite's deadlock avoidance), so try again until ``timeout_s``."""
+    import sqlite3
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def alembic_config(url: str | URL | None = None):
@@ -717,8 +957,35 @@ class Ledger:
         self._write_engine = self.engine.execution_options(dtlive_write=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         event.listen(self._sessions, "do_orm_execute", _no_bulk_task_changes)
+        self.outage = Outage(f"the ledger database {self.url.render_as_string(hide_password=True)}")
+        self.upgrade_pending = False  # opened by for_service while the database was unreachable
         if migrate:
             upgrade(self.engine)
+            self.mark_dead_runs()  # a service starts: runs of this host whose process is gone died
+
+    @classmethod
+    def for_service(cls, url: str | URL | None = None) -> Ledger:
+        """Open the ledger for a service that must start even while the database is unreachable.
+
+        Then the ledger is returned unmigrated (``upgrade_pending``; one log line says so) and
+        :meth:`ensure_upgraded` (which :class:`RunKeeper` calls) migrates it once the database answers.
+        """
+        try:
+            return cls(url)
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            ledger = cls(url, migrate=False)
+            ledger.upgrade_pending = True
+            ledger.outage.failed(exc)
+            return ledger
+
+    def ensure_upgraded(self) -> None:
+        """Migrate now if the ledger was opened while its database was unreachable (see :meth:`for_service`)."""
+        if self.upgrade_pending:
+            upgrade(self.engine)
+            self.upgrade_pending = False
+            self.mark_dead_runs()
 
     def __repr__(self) -> str:
         return f"Ledger({self.url.render_as_string(hide_password=True)!r})"
@@ -769,6 +1036,7 @@ class Ledger:
         *,
         processor: str | None = None,
         host: str | None = None,
+        pid: int | None = _UNSET,
         dtlive_version: str | None = None,
         git_commit: str | None = _UNSET,
         at: TimeLike | None = None,
@@ -778,6 +1046,8 @@ class Ledger:
         ``config`` is a dict or a :class:`dtlive.config.Config` (then ``config_hash``, ``processor`` and
         ``inputs`` default from it); secrets in it are masked. Host, dtlive version and the git commit
         of the source checkout are filled in. A run only seen in results so far gets completed.
+        ``pid`` (default: this process, when ``host`` is this host) lets a run whose process is gone be
+        shown as ``died`` (see :meth:`mark_dead_runs`).
         """
         if hasattr(config, "as_dict") and hasattr(config, "config_hash"):  # a dtlive Config
             cfg = config
@@ -793,11 +1063,13 @@ class Ledger:
             config_hash=config_hash,
             inputs=_jsonable(inputs),
             host=host or socket.gethostname(),
+            pid=(os.getpid() if host in (None, socket.gethostname()) else None) if pid is _UNSET else pid,
             dtlive_version=dtlive_version or __version__,
             git_commit=source_git_commit() if git_commit is _UNSET else git_commit,
             started_at=to_utc(at) if at is not None else _now(),
             stopped_at=None,
         )
+        values["heartbeat_at"] = values["started_at"]
         run_id = run_id or uuid.uuid4().hex[:12]
 
         def write(s: Session) -> str:
@@ -826,13 +1098,41 @@ class Ledger:
                 return
             run.status, run.stopped_at = status, to_utc(at) if at is not None else _now()
 
+    def heartbeat(self, run_id: str, *, at: TimeLike | None = None) -> None:
+        """Stamp a running run as alive now (or ``at``); a stopped run is left alone."""
+        with self._tx() as s:
+            s.execute(sa.update(ProcessingRun)
+                      .where(ProcessingRun.run_id == run_id, ProcessingRun.status == "running")
+                      .values(heartbeat_at=to_utc(at) if at is not None else _now()))
+
+    def mark_dead_runs(self) -> list[str]:
+        """Mark ``died`` the runs still ``running`` on this host whose process is gone; returns their ids.
+
+        Their ``stopped_at`` is the last heartbeat (the last time the process was known alive).
+        Done whenever a service opens the ledger and when runs are listed.
+        """
+        host = socket.gethostname()
+        q = sa.select(ProcessingRun.run_id, ProcessingRun.pid).where(
+            ProcessingRun.status == "running", ProcessingRun.host == host, ProcessingRun.pid.is_not(None))
+        with self._tx(write=False) as s:
+            dead = [run_id for run_id, pid in s.execute(q) if not _pid_alive(int(pid))]
+        if not dead:
+            return []
+        with self._tx() as s:
+            for run in s.scalars(sa.select(ProcessingRun).where(ProcessingRun.run_id.in_(dead),
+                                                                ProcessingRun.status == "running")):
+                run.status, run.stopped_at = "died", run.heartbeat_at or run.started_at
+        log.warning("runs whose process on %s is gone, marked died: %s", host, ", ".join(dead))
+        return dead
+
     def run(self, run_id: str) -> dict:
-        """One processing run as a dict (KeyError if unknown)."""
+        """One processing run as a dict (KeyError if unknown); its ``status`` as :meth:`runs` shows it."""
+        self.mark_dead_runs()
         with self._tx(write=False) as s:
             run = s.get(ProcessingRun, run_id)
             if run is None:
                 raise KeyError(f"no run {run_id!r}")
-            return self._run_dict(run, self._tags_for(s, "run", [run_id]))
+            return self._shown(self._run_dict(run, self._tags_for(s, "run", [run_id])))
 
     def runs(
         self,
@@ -843,7 +1143,12 @@ class Ledger:
         start: TimeLike | None = None,
         end: TimeLike | None = None,
     ) -> list[dict]:
-        """Processing runs, oldest first, optionally filtered (``start``/``end``: runs overlapping that range)."""
+        """Processing runs, oldest first, optionally filtered (``start``/``end``: runs overlapping that range).
+
+        Runs of this host whose process is gone are marked ``died`` first; a ``running`` run on another
+        host without a heartbeat for a while is shown as ``unknown`` (see :func:`run_liveness`).
+        """
+        self.mark_dead_runs()
         q = sa.select(ProcessingRun).order_by(ProcessingRun.started_at, ProcessingRun.run_id)
         for col, value in ((ProcessingRun.kind, kind), (ProcessingRun.status, status),
                            (ProcessingRun.processor, processor)):
@@ -856,15 +1161,21 @@ class Ledger:
         with self._tx(write=False) as s:
             runs = s.scalars(q).all()
             tags = self._tags_for(s, "run", [r.run_id for r in runs])
-        return [self._run_dict(r, tags) for r in runs]
+        return [self._shown(self._run_dict(r, tags)) for r in runs]
+
+    @staticmethod
+    def _shown(run: dict) -> dict:
+        run["status"] = run_liveness(run, host=socket.gethostname(), now=_now())
+        return run
 
     @staticmethod
     def _run_dict(r: ProcessingRun, tags: Mapping[str, list[str]]) -> dict:
         return {
             "run_id": r.run_id, "kind": r.kind, "status": r.status, "processor": r.processor,
             "config_hash": r.config_hash, "config": r.config, "inputs": r.inputs, "host": r.host,
-            "dtlive_version": r.dtlive_version, "git_commit": r.git_commit, "started_at": r.started_at,
-            "stopped_at": r.stopped_at, "tags": tags.get(r.run_id, []),
+            "pid": r.pid, "dtlive_version": r.dtlive_version, "git_commit": r.git_commit,
+            "started_at": r.started_at, "stopped_at": r.stopped_at, "heartbeat_at": r.heartbeat_at,
+            "tags": tags.get(r.run_id, []),
         }  # fmt: skip
 
     # ------------------------------------------------------------------------------------ windows
@@ -1389,6 +1700,129 @@ class Ledger:
     def _state_dict(r: TaskState) -> dict:
         return {"id": r.id, "task_id": r.task_id, "task_kind": r.task_kind, "state": r.state, "detail": r.detail,
                 "at": r.at}
+
+
+class RetryingLedger:
+    """A :class:`Ledger` whose every call waits out database outages instead of failing (for services).
+
+    Each call is retried with backoff (:func:`retry_unreachable`) while the database is unreachable,
+    so a service blocks where it is and goes on when the database is back: nothing it had to write
+    is skipped and nothing is written twice (each call is one transaction). When ``stop()`` turns
+    true during an outage the waiting call raises :class:`LedgerUnavailable`; ``on_wait()`` is called
+    while it waits (see :func:`retry_unreachable`). Attributes that are not methods (``url``,
+    ``engine``, ``outage``) are the wrapped ledger's.
+
+    A write whose COMMIT was sent just as the connection died may have been applied; retrying it is
+    harmless for the idempotent calls (``record_windows``, ``stop_run``, ``tag``) and appends a
+    repeated row for the others (``append_state``, ``add_period``).
+
+    >>> led = RetryingLedger(Ledger("sqlite://"))
+    >>> led.append_state("task-1", "queued") > 0, led.current_state("task-1")
+    (True, 'queued')
+    """
+
+    _AS_IS = frozenset({"close", "session"})
+
+    def __init__(self, ledger: Ledger | RetryingLedger, stop: Callable[[], bool] | None = None,
+                 on_wait: Callable[[], None] | None = None):
+        self.ledger: Ledger = ledger.ledger if isinstance(ledger, RetryingLedger) else ledger
+        self.stop = stop
+        self.on_wait = on_wait
+
+    def __repr__(self) -> str:
+        return f"RetryingLedger({self.ledger!r})"
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.ledger, name)
+        if name.startswith("_") or name in self._AS_IS or not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            return retry_unreachable(lambda: attr(*args, **kwargs), outage=self.ledger.outage, stop=self.stop,
+                                     on_wait=self.on_wait)
+
+        return call
+
+
+class RunKeeper:
+    """A service's processing run in the ledger, kept without ever making the service wait on the database.
+
+    The run is started at once when the database answers; otherwise a background thread retries
+    with backoff until it does. The thread stamps a heartbeat every ``heartbeat_s`` seconds;
+    :meth:`stop` records the end, waiting at most ``timeout_s`` for an unreachable database (the
+    run then stays ``running`` and is marked ``died`` once its process is gone). ``start_kwargs``
+    go to :meth:`Ledger.start_run`.
+
+    >>> led = Ledger("sqlite://")
+    >>> keeper = RunKeeper(led, "run-1", heartbeat_s=0.05, config={"window_s": 2.0})
+    >>> led.run("run-1")["status"]
+    'running'
+    >>> keeper.stop("finished"), led.run("run-1")["status"]
+    (True, 'finished')
+    """
+
+    def __init__(self, ledger: Ledger | RetryingLedger, run_id: str, *, heartbeat_s: float = HEARTBEAT_S,
+                 **start_kwargs: Any):
+        self.ledger: Ledger = ledger.ledger if isinstance(ledger, RetryingLedger) else ledger
+        self.run_id = run_id
+        self.heartbeat_s = heartbeat_s
+        self.started = False
+        self.stopped = False
+        self._start_kwargs = dict(start_kwargs, run_id=run_id)
+        self._status = "finished"
+        self._deadline = float("inf")  # monotonic time after which an unreachable database is given up on
+        self._stopping = threading.Event()
+        try:
+            self._start()
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            self.ledger.outage.failed(exc)
+        self._thread = threading.Thread(target=self._work, name=f"ledger-run-{run_id}", daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        self.ledger.ensure_upgraded()
+        try:
+            self.ledger.start_run(**self._start_kwargs)
+        except ValueError:  # already there: fine if an earlier attempt, whose answer was lost, wrote it
+            run = self.ledger.run(self.run_id)
+            if (run["host"], run["pid"], run["status"]) != (socket.gethostname(), os.getpid(), "running"):
+                raise
+        self.started = True
+
+    def _retry(self, fn: Callable[[], Any]) -> bool:
+        try:
+            retry_unreachable(fn, outage=self.ledger.outage, stop=lambda: time.monotonic() > self._deadline)
+        except LedgerUnavailable as exc:
+            log.error("run %s: %s; giving up on recording it", self.run_id, exc)
+            return False
+        return True
+
+    def _work(self) -> None:
+        try:
+            if not self.started and not self._retry(self._start):
+                return
+            while not self._stopping.wait(self.heartbeat_s):
+                try:
+                    self.ledger.heartbeat(self.run_id)
+                    self.ledger.outage.recovered()
+                except Exception as exc:
+                    if not is_unreachable(exc):
+                        raise
+                    self.ledger.outage.failed(exc)
+            self.stopped = self._retry(lambda: self.ledger.stop_run(self.run_id, status=self._status))
+        except Exception:  # never let bookkeeping kill its service; say why
+            log.exception("run %s: recording it in the ledger failed", self.run_id)
+
+    def stop(self, status: str = "finished", timeout_s: float = 10.0) -> bool:
+        """Record the run's end with ``status``; wait at most ``timeout_s``; True once it is recorded."""
+        self._status = status
+        self._deadline = time.monotonic() + timeout_s
+        self._stopping.set()
+        self._thread.join(timeout_s + 1.0)
+        return self.stopped
 
 
 def _window_row(msg: dict, topic: str, partition: int, offset: int) -> tuple[dict, list[dict]]:

@@ -547,13 +547,16 @@ class Processor:
         self._progress = Progress()
         self.watchdog = Watchdog("processor", cfg.watchdog_s)
         self.ledger = ledger  # a dtlive.ledger.Ledger: the run, its configuration and inputs are recorded
+        self.run_keeper = None  # keeps the run in the ledger in the background: a database outage never stalls us
         if ledger is not None:
             from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+
+            from dtlive.ledger import RunKeeper
 
             named = {OFFSET_BEGINNING: "beginning", OFFSET_END: "end"}
             inputs = [{"topic": cfg.hits_topic, "partition": p, "start_offset": named.get(o, o)}
                       for p, o in sorted(self.source.start_offsets.items())]
-            ledger.start_run("processing", cfg, inputs=inputs, run_id=self.run_id)
+            self.run_keeper = RunKeeper(ledger, self.run_id, kind="processing", config=cfg, inputs=inputs)
 
     def stop(self, *_):
         self._stop = True
@@ -677,5 +680,5 @@ class Processor:
         self.heartbeat.close(fields=self.health)
         self.source.close()
         self.publisher.producer.flush(10)
-        if self.ledger is not None:
-            self.ledger.stop_run(self.run_id, status=status)
+        if self.run_keeper is not None:
+            self.run_keeper.stop(status)

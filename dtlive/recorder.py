@@ -8,7 +8,9 @@ turns the stream into data-quality periods, which go to the ledger and, as
 reset (ORBIT_CNT going backwards) closes the current detector run and opens a new one.
 
 Recording is idempotent, so the recorder simply restarts from the results it has not
-recorded yet (the ledger knows the last result offset per partition).
+recorded yet (the ledger knows the last result offset per partition). While the ledger database
+is unreachable the recorder waits (retrying with backoff) without reading further, and goes on
+where it was when the database is back.
 
 >>> quality_message(Period(1.7e9, 1.7e9 + 210, "data_gap", {"seconds": 210.0}))["reason"]
 'data_gap'
@@ -56,11 +58,14 @@ class Recorder:
         from confluent_kafka import Consumer, Producer, TopicPartition
 
         from dtlive.history import HistoryStore
-        from dtlive.ledger import Ledger
+        from dtlive.ledger import Ledger, RetryingLedger
 
         self.cfg = cfg
         self.bootstrap = bootstrap
-        self.ledger = ledger if ledger is not None else Ledger()
+        self._stop = False
+        # every ledger call waits out a database outage; SIGTERM during one ends the wait (LedgerUnavailable)
+        self.ledger = RetryingLedger(ledger if ledger is not None else Ledger(), stop=lambda: self._stop,
+                                     on_wait=self._waiting)
         self.history = history if history is not None else HistoryStore(
             retention_days=cfg.history_retention_days or None)
         self.quality = quality or QualityMonitor()
@@ -77,7 +82,6 @@ class Recorder:
         self.positions = dict(starts)
         self.recorded = 0
         self.periods = 0
-        self._stop = False
         self._last_orbit: int | None = None
         self._last_end: float | None = None
         self.heartbeat = Heartbeat("recorder", cfg, bootstrap, watch=("dtlive.recorder", "dtlive.librdkafka"))
@@ -88,6 +92,11 @@ class Recorder:
     def stop(self, *_):
         self._stop = True
 
+    def _waiting(self) -> None:
+        """Waiting for the ledger database is deliberate (and logged): the watchdog is told the loop is alive."""
+        if hasattr(self, "watchdog"):
+            self.watchdog.beat()
+
     def handle(self, records: list[tuple[dict, int, int]]) -> None:
         """Record one batch of ``(message, partition, offset)`` (pure bookkeeping; no consuming)."""
         msgs = [m for m, _, _ in records]
@@ -96,8 +105,8 @@ class Recorder:
                         "recorder (lost with a broker restart?)", first, last, run)
         for msg in msgs:
             self._detector_run(msg)
+        self.history.append(msgs)  # idempotent, so first: the ledger's positions are where a restart resumes
         self.ledger.record_windows([(m, self.cfg.monitor_topic, p, o) for m, p, o in records])
-        self.history.append(msgs)
         self._publish(self.quality.check(msgs))
         self.recorded += len(records)
 

@@ -170,11 +170,14 @@ class DaskProcessor:
         self.heartbeat = Heartbeat("dask-processor", cfg, bootstrap, run_id=self.run_id, watch=HEALTH_LOGGERS)
         self._start(list(range(n)))
         self.ledger = ledger
+        self.run_keeper = None  # keeps the run in the ledger in the background: a database outage never stalls us
         if ledger is not None:
+            from dtlive.ledger import RunKeeper
+
             named = {OFFSET_BEGINNING: "beginning", OFFSET_END: "end"}
             inputs = [{"topic": cfg.hits_topic, "partition": p, "start_offset": named.get(o, o)}
                       for p, o in sorted(self.start_offsets.items())]
-            ledger.start_run("processing", cfg, inputs=inputs, run_id=self.run_id)
+            self.run_keeper = RunKeeper(ledger, self.run_id, kind="processing", config=cfg, inputs=inputs)
 
     # -------------------------------------------------------------- actors
 
@@ -418,5 +421,5 @@ class DaskProcessor:
             s.actor = s.future = None
         self.consumer.close()
         self.publisher.producer.flush(10)
-        if self.ledger is not None:
-            self.ledger.stop_run(self.run_id, status=status)
+        if self.run_keeper is not None:
+            self.run_keeper.stop(status)

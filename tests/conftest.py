@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from faults import free_port, own_broker, services  # noqa: F401  (fixtures for every test file)
+from pgserver import pg_db, pg_server  # noqa: F401  (fixtures: a private PostgreSQL server to stop and start)
 
 
 @pytest.fixture(scope="session", autouse=True)

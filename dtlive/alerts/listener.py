@@ -9,6 +9,12 @@ Each notice is parsed (:mod:`dtlive.alerts.notices`), decided on by the rules
 ``timed_out`` / ``cancelled``, ``published`` (and ``retracted``). Broken notices are
 dead-lettered on ``dt.alerts.rejected`` with a reason and never stop the listener.
 
+The ledger is also what a restarted listener resumes from: a notice's offset is committed only
+after its states are written (while the database is unreachable the listener waits, retrying),
+analyses still queued or running when the listener died are queued again (their history says
+so), and a notice read again after a crash is not run twice (its analyses are named after its
+topic, partition and offset).
+
 >>> subscription(["gcn.notices.*", "igwn.gwalert"])
 ['^gcn\\\\.notices\\\\..*', 'igwn.gwalert']
 """
@@ -56,11 +62,13 @@ def run_job(analysis: str, alert: dict, params: dict, history_path: str | None, 
 
     from dtlive.alerts.analyses import AnalysisContext, get_analysis
     from dtlive.history import HistoryStore
-    from dtlive.ledger import Ledger
+    from dtlive.ledger import Ledger, RetryingLedger
 
     fn = get_analysis(analysis)
     attempt = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    ctx = AnalysisContext(history=HistoryStore(history_path), ledger=Ledger(ledger_url),
+    # no connection until the analysis asks the ledger something; then it waits out an outage (within its time limit)
+    ledger = RetryingLedger(Ledger(ledger_url, migrate=False))
+    ctx = AnalysisContext(history=HistoryStore(history_path), ledger=ledger,
                           artifacts_dir=Path(artifacts_dir) / attempt, params=params, now=time.time())
     ctx.artifacts_dir.mkdir(parents=True, exist_ok=False)
     result = fn(alert_from_dict(alert), ctx)
@@ -87,10 +95,14 @@ class AlertListener:
         from confluent_kafka import Producer
 
         from dtlive.alerts.rules import AlertDecider, default_rules
-        from dtlive.ledger import Ledger, default_url
+        from dtlive.ledger import Ledger, RetryingLedger, default_url
 
         self.cfg = cfg
-        self.ledger = ledger if ledger is not None else Ledger(ledger_url)
+        self.bootstrap = bootstrap
+        self._stop = False
+        # every state is written before the notice's offset is committed; an outage is waited out (SIGTERM ends it)
+        self.ledger = RetryingLedger(ledger if ledger is not None else Ledger(ledger_url), stop=lambda: self._stop,
+                                     on_wait=self._waiting)
         self.ledger_url = ledger_url or (str(self.ledger.engine.url.render_as_string(hide_password=False))
                                          if ledger is not None else default_url())
         self.history_path = history_path
@@ -99,7 +111,6 @@ class AlertListener:
         self.timeout_s = timeout_s
         self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else _default_artifacts()
         ensure_topics(cfg, bootstrap, [cfg.analyses_topic, cfg.alerts_rejected_topic])
-        self.bootstrap = bootstrap
         self.consumer = self._subscribed_consumer()
         self.producer = Producer(producer_config(cfg, bootstrap, **{"linger.ms": 5, "message.timeout.ms": 8000}))
         self.cluster = ClusterWatch.of(cfg, bootstrap, every_s=5.0)
@@ -108,12 +119,18 @@ class AlertListener:
         self.jobs: dict[str, dict] = {}  # job id -> {"alert": dict, "analysis": str, "state": str}
         self.by_alert: dict[tuple[str, bool], list[str]] = defaultdict(list)
         self._runs = 0
-        self._stop = False
         self.heartbeat = Heartbeat("alerts", cfg, bootstrap, watch=("dtlive.alerts", "dtlive.librdkafka"))
+        self._received = self._received_notices()
+        self._resume()
         self.watchdog = Watchdog("alerts", cfg.watchdog_s)  # the loop must turn (analyses run in workers)
 
     def stop(self, *_):
         self._stop = True
+
+    def _waiting(self) -> None:
+        """Waiting for the ledger database is deliberate (and logged): the watchdog is told the loop is alive."""
+        if hasattr(self, "watchdog"):
+            self.watchdog.beat()
 
     def _subscribed_consumer(self):
         from confluent_kafka import Consumer
@@ -149,10 +166,21 @@ class AlertListener:
             self._reject(value or b"", topic, partition, offset, exc)
             return None
         task = f"alert:{alert.id}#{alert.record_number}"
-        self._state(task, "received", {"topic": topic, "partition": partition, "offset": offset,
-                                       "type": alert.type, "tense": alert.tense}, kind="alert")
+        # read again after a crash: the same notice at the same place (after a broker restart loses its topics,
+        # another notice may come at a place seen before)
+        again = offset >= 0 and self._received.get((topic, partition, offset)) == task
+        if again:
+            self.counts["redelivered"] += 1
+        else:
+            self._state(task, "received", {"topic": topic, "partition": partition, "offset": offset,
+                                           "type": alert.type, "tense": alert.tense,
+                                           "group": self.cfg.alerts_group_id}, kind="alert")
+            if offset >= 0:
+                self._received[(topic, partition, offset)] = task
         decision = self.decider.decide(alert, run_tests=self.run_tests)
-        if decision.action == "cancel":
+        if again and decision.action != "run":
+            return alert  # its states are written already
+        if decision.action == "cancel" and not again:
             self._state(task, "matched", {"action": "cancel", "reason": decision.reason}, kind="alert")
             self.retract(alert)
             return alert
@@ -160,22 +188,99 @@ class AlertListener:
             self.counts[decision.action] += 1
             self._state(task, "ignored", {"action": decision.action, "reason": decision.reason}, kind="alert")
             return alert
-        self._state(task, "matched", {"reason": decision.reason,
-                                      "analyses": [j.analysis for j in decision.jobs]}, kind="alert")
+        if not again:
+            self._state(task, "matched", {"reason": decision.reason,
+                                          "analyses": [j.analysis for j in decision.jobs]}, kind="alert")
         self._runs += 1
+        # unique even when an alert without record numbers (IGWN) is updated and runs again; the same when a
+        # notice is read again after a crash, so its analyses are not run twice
+        where = f"{topic}:{partition}:{offset}" if offset >= 0 else f"run{self._runs}"
         for job in decision.jobs:
-            # unique even when an alert without record numbers (IGWN) is updated and runs again
-            job_id = f"{alert.id}#{alert.record_number}:{job.analysis}:{self._runs}"
-            info = {"alert": alert_to_dict(alert), "analysis": job.analysis, "state": "queued", "rule": job.rule}
-            self.jobs[job_id] = info
-            self.by_alert[(alert.id, alert.is_test)].append(job_id)
-            self._state(job_id, "queued", {"rule": job.rule, "params": job.params}, kind="analysis")
+            job_id = f"{alert.id}#{alert.record_number}:{job.analysis}:{where}"
+            if again and self.ledger.current_state(job_id) is not None:
+                continue  # queued before the crash: resumed at start if it had not finished
             out_dir = self.artifacts_dir / _safe(alert.id) / f"{alert.record_number}-{job.analysis}"
-            self.pool.submit(job_id, "dtlive.alerts.listener:run_job",
-                             (job.analysis, info["alert"], dict(job.params or {}), self.history_path,
-                              self.ledger_url, str(out_dir)), timeout_s=self.timeout_s)
+            self._queue(job_id, alert_to_dict(alert), job.analysis, job.rule, dict(job.params or {}), str(out_dir))
         self.counts["alerts_run"] += 1
         return alert
+
+    def _queue(self, job_id: str, alert: dict, analysis: str, rule: str | None, params: dict, out_dir: str,
+               resumed_from: str | None = None) -> None:
+        """Record an analysis as queued (with all it needs to be run again after a restart) and submit it."""
+        info = {"alert": alert, "analysis": analysis, "state": "queued", "rule": rule}
+        self.jobs[job_id] = info
+        self.by_alert[(alert["id"], bool(alert.get("is_test")))].append(job_id)
+        detail = {"rule": rule, "params": params, "analysis": analysis, "alert": alert, "out_dir": out_dir,
+                  "group": self.cfg.alerts_group_id}
+        if resumed_from is not None:
+            detail["resumed"] = f"the listener restarted while it was {resumed_from}"
+        self._state(job_id, "queued", detail, kind="analysis")
+        self.pool.submit(job_id, "dtlive.alerts.listener:run_job",
+                         (analysis, alert, params, self.history_path, self.ledger_url, out_dir),
+                         timeout_s=self.timeout_s)
+
+    # --- resuming after a restart ------------------------------------------------------------------------------
+    def _received_notices(self) -> dict[tuple[str, int, int], str]:
+        """(topic, partition, offset) -> alert task of every notice this listener's group recorded as received."""
+        return {(d["topic"], int(d["partition"]), int(d["offset"])): d["task_id"]
+                for d in self._details("alert", "received") if isinstance(d.get("offset"), int) and d["offset"] >= 0}
+
+    def _details(self, kind: str, state: str) -> list[dict]:
+        from sqlalchemy import select
+
+        from dtlive.ledger import TaskState
+
+        q = select(TaskState.task_id, TaskState.detail).where(TaskState.task_kind == kind, TaskState.state == state)
+        with self.ledger.session() as s:
+            rows = s.execute(q).all()
+        return [dict(d, task_id=t) for t, d in rows
+                if isinstance(d, dict) and d.get("group") == self.cfg.alerts_group_id]
+
+    def _resume(self) -> None:
+        """Queue again this group's analyses that were queued, running, or succeeded but not published."""
+        unfinished = {t["task_id"]: t["state"] for t in self.ledger.tasks(kind="analysis")
+                      if t["state"] in ("queued", "running", "succeeded")}
+        if not unfinished:
+            return
+        queued = {d["task_id"]: d for d in self._details("analysis", "queued")
+                  if d["task_id"] in unfinished and "alert" in d}
+        published = self._published_job_ids() if any(unfinished[j] == "succeeded" for j in queued) else set()
+        for job_id, d in queued.items():
+            if job_id in published:  # its result went out just before the listener died
+                self._state(job_id, "published", {"topic": self.cfg.analyses_topic, "found_after_restart": True},
+                            kind="analysis")
+                continue
+            self._queue(job_id, d["alert"], d["analysis"], d.get("rule"), d.get("params") or {}, d["out_dir"],
+                        resumed_from=unfinished[job_id])
+            self.counts["resumed"] += 1
+        if self.counts["resumed"]:
+            log.warning("resumed %d analyses left unfinished by a previous listener", self.counts["resumed"])
+
+    def _published_job_ids(self, timeout_s: float = 30.0) -> set[str]:
+        """Keys (job ids) of the results on the analyses topic (read once, from the beginning, bounded in time)."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        c = Consumer(client_config(self.cfg, self.bootstrap, **{"group.id": f"{self.cfg.alerts_group_id}-resume",
+                                                                "enable.auto.commit": False}))
+        try:
+            meta = c.list_topics(self.cfg.analyses_topic, timeout=10).topics.get(self.cfg.analyses_topic)
+            ends = {p: c.get_watermark_offsets(TopicPartition(self.cfg.analyses_topic, p), timeout=10)
+                    for p in (meta.partitions if meta is not None else {})}
+            todo = {p: high for p, (low, high) in ends.items() if high > low}
+            c.assign([TopicPartition(self.cfg.analyses_topic, p, ends[p][0]) for p in todo])
+            keys: set[str] = set()
+            deadline = time.monotonic() + timeout_s
+            while todo and time.monotonic() < deadline:
+                for m in c.consume(500, 0.5):
+                    if m.error():
+                        continue
+                    if m.key():
+                        keys.add(m.key().decode(errors="replace"))
+                    if m.offset() + 1 >= todo.get(m.partition(), 0):
+                        todo.pop(m.partition(), None)
+            return keys
+        finally:
+            c.close()
 
     def _reject(self, value: bytes, topic: str, partition: int, offset: int, exc: NoticeError) -> None:
         self.counts["rejected"] += 1
