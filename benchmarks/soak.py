@@ -117,7 +117,7 @@ class Follower(threading.Thread):
         self.arrivals: list[float] = []
         self.duplicates = 0
         self.restarts = 0
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def _consumer(self):
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -138,7 +138,7 @@ class Follower(threading.Thread):
 
     def run(self) -> None:
         consumer, cluster, asked = self._consumer(), self._cluster(), time.monotonic()
-        while not self._stop.is_set():
+        while not self._done.is_set():
             for m in consumer.consume(500, 0.5):
                 if m.error():
                     continue
@@ -160,7 +160,7 @@ class Follower(threading.Thread):
         consumer.close()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
 
 
 class Stack:

@@ -187,7 +187,8 @@ class WindowRecord(Base):
     """One published window result (one ``dtlive.monitor/1`` message)."""
 
     __tablename__ = "windows"
-    __table_args__ = (sa.UniqueConstraint("processor", "window_id"),)
+    # keyed by run too: a processor that starts a new series (its broker lost the old one) publishes ids again
+    __table_args__ = (sa.UniqueConstraint("processor", "run_id", "window_id"),)
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
     processor: Mapped[str]
@@ -212,6 +213,7 @@ class WindowRecord(Base):
     result_topic: Mapped[str]
     result_partition: Mapped[int] = mapped_column(sa.Integer)
     result_offset: Mapped[int]
+    result_cluster: Mapped[str | None]  # the broker's cluster id: a restarted broker counts offsets from 0 again
     provenance: Mapped[dict | None] = mapped_column(JSONType)  # the message's whole provenance block
     recorded_at: Mapped[datetime]
 
@@ -1187,26 +1189,32 @@ class Ledger:
         """
         return self.record_windows([(msg, topic, partition, offset)]) == 1
 
-    def record_windows(self, records: Iterable[tuple[dict | bytes | str, str, int, int]]) -> int:
-        """Record many results ``(msg, topic, partition, offset)`` in one transaction; returns how many were new."""
+    def record_windows(self, records: Iterable[tuple[dict | bytes | str, str, int, int]],
+                       cluster: str | None = None) -> int:
+        """Record many results ``(msg, topic, partition, offset)`` in one transaction; returns how many were new.
+
+        Idempotent on (processor, processing run, window id). ``cluster``: the cluster id of the broker the
+        results were read from (where their offsets belong).
+        """
         from dtlive.messages import decode_message
 
-        rows: dict[tuple[str, int], tuple[dict, list[dict]]] = {}
+        rows: dict[tuple[str, str | None, int], tuple[dict, list[dict]]] = {}
         for msg, topic, partition, offset in records:
             row, inputs = _window_row(decode_message(msg), topic, partition, offset)
-            rows.setdefault((row["processor"], row["window_id"]), (row, inputs))
+            row["result_cluster"] = cluster
+            rows.setdefault((row["processor"], row["run_id"], row["window_id"]), (row, inputs))
 
         def write(s: Session) -> int:
-            known: set[tuple[str, int]] = set()
+            known: set[tuple[str, str | None, int]] = set()
             by_processor: dict[str, list[int]] = {}
-            for proc, wid in rows:
+            for proc, _, wid in rows:
                 by_processor.setdefault(proc, []).append(wid)
             for proc, wids in by_processor.items():
-                for chunk in _chunks(wids):
-                    q = sa.select(WindowRecord.window_id).where(
+                for chunk in _chunks(sorted(set(wids))):
+                    q = sa.select(WindowRecord.run_id, WindowRecord.window_id).where(
                         WindowRecord.processor == proc, WindowRecord.window_id.in_(chunk)
                     )
-                    known.update((proc, w) for w in s.scalars(q))
+                    known.update((proc, run, w) for run, w in s.execute(q))
             new = [rows[k] for k in rows if k not in known]
             self._ensure_runs(s, [row for row, _ in new])
             s.add_all(WindowRecord(**row, inputs=[WindowInput(**i) for i in inputs]) for row, inputs in new)
@@ -1214,11 +1222,17 @@ class Ledger:
 
         return self._retry(write) if rows else 0
 
-    def result_positions(self, topic: str) -> dict[int, int]:
-        """Per partition of a results topic, the offset after the last recorded result (where to resume)."""
+    def result_positions(self, topic: str, cluster: str | None = None) -> dict[int, int]:
+        """Per partition of a results topic, the offset after the last recorded result (where to resume).
+
+        ``cluster``: only results read from the broker with this cluster id count (offsets of a broker that
+        was replaced mean nothing on its successor).
+        """
         with self._tx(write=False) as s:
             q = (sa.select(WindowRecord.result_partition, sa.func.max(WindowRecord.result_offset))
                  .where(WindowRecord.result_topic == topic).group_by(WindowRecord.result_partition))
+            if cluster is not None:
+                q = q.where(WindowRecord.result_cluster == cluster)
             return {int(p): int(o) + 1 for p, o in s.execute(q)}
 
     @staticmethod

@@ -76,7 +76,8 @@ class Recorder:
         self.producer = Producer(producer_config(cfg, bootstrap, **{"linger.ms": 5}))
         self.cluster = ClusterWatch.of(cfg, bootstrap, every_s=5.0)
         ends = end_offsets(self.consumer, cfg.monitor_topic)
-        done = self.ledger.result_positions(cfg.monitor_topic)  # partition -> next offset not yet recorded
+        # partition -> next offset not yet recorded, on this broker (a replaced one counts offsets from 0 again)
+        done = self.ledger.result_positions(cfg.monitor_topic, cluster=self.cluster.cluster_id)
         starts = {p: done.get(p, low if from_beginning else high) for p, (low, high) in ends.items()}
         self.consumer.assign([TopicPartition(cfg.monitor_topic, p, o) for p, o in starts.items()])
         self.positions = dict(starts)
@@ -106,7 +107,8 @@ class Recorder:
         for msg in msgs:
             self._detector_run(msg)
         self.history.append(msgs)  # idempotent, so first: the ledger's positions are where a restart resumes
-        self.ledger.record_windows([(m, self.cfg.monitor_topic, p, o) for m, p, o in records])
+        self.ledger.record_windows([(m, self.cfg.monitor_topic, p, o) for m, p, o in records],
+                                   cluster=self.cluster.cluster_id)
         self._publish(self.quality.check(msgs))
         self.recorded += len(records)
 

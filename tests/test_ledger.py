@@ -225,6 +225,21 @@ def test_runs_start_stop_and_listing(ledger):
 # ------------------------------------------------------------------------------------------ windows
 
 
+def test_a_new_series_after_a_broker_restart_never_collides_with_the_old_one(ledger):
+    """A processor whose broker lost its topics starts a new run that publishes the same window ids again (partial
+    windows); both are kept, re-reading either adds nothing, and result offsets are per broker (cluster id)."""
+    old = [(window_msg(i, run="run-1", total=10), "dt.monitor", 0, i) for i in range(3)]
+    new = [(window_msg(i, run="run-2", total=4), "dt.monitor", 0, n) for n, i in enumerate((2, 3))]  # from 0 again
+    assert ledger.record_windows(old, cluster="c1") == 3
+    assert ledger.record_windows(new, cluster="c2") == 2
+    assert ledger.record_windows(new, cluster="c2") == 0 and ledger.record_windows(old, cluster="c1") == 0
+    again = [(w["window_id"], w["run_id"], w["total_hits"]) for w in ledger.windows() if w["window_id"] == 2]
+    assert sorted(again) == [(2, "run-1", 10), (2, "run-2", 4)]
+    assert ledger.result_positions("dt.monitor", cluster="c1") == {0: 3}
+    assert ledger.result_positions("dt.monitor", cluster="c2") == {0: 2}
+    assert ledger.result_positions("dt.monitor", cluster="c3") == {}
+
+
 def test_record_window_is_idempotent_and_keeps_everything(ledger):
     assert ledger.record_window(window_msg(0), "dt.monitor", 0, 100) is True
     assert ledger.record_window(json.dumps(window_msg(0)).encode(), "dt.monitor", 0, 100) is False
