@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class RetryingProducer:
         self._make = make
         self._ensure = ensure
         self.give_up_s = give_up_s
-        self.failed: list = []  # messages whose delivery failed, in the order they were reported
+        self.failed: list = []  # (message, its headers) whose delivery failed, in the order they were reported
         self.fatal = None  # why the producer cannot go on
         self.recoveries = 0
         self.resent = 0
@@ -60,9 +61,9 @@ class RetryingProducer:
         return self._make({"delivery.report.only.error": True, "on_delivery": self._delivered,
                            "error_cb": self._error})
 
-    def _delivered(self, err, msg) -> None:
-        if err is not None:
-            self.failed.append(msg)
+    def _delivered(self, err, msg, headers=None) -> None:
+        if err is not None:  # a delivery report carries no headers: they come with the message's own callback
+            self.failed.append((msg, headers))
 
     def _error(self, err) -> None:
         if err.fatal():
@@ -71,12 +72,17 @@ class RetryingProducer:
     def produce(self, topic: str, value: bytes, **kwargs) -> None:
         from confluent_kafka import KafkaException
 
+        if kwargs.get("headers"):
+            kwargs["on_delivery"] = partial(self._delivered_headers, kwargs["headers"])
         try:
             self.producer.produce(topic, value, **kwargs)
         except KafkaException as exc:  # a stopped producer refuses new messages
             self.fatal = self.fatal or exc.args[0]
             self._recover()
             self.producer.produce(topic, value, **kwargs)
+
+    def _delivered_headers(self, headers, err, msg) -> None:
+        self._delivered(err, msg, headers)
 
     def poll(self, timeout: float = 0) -> int:
         n = self.producer.poll(timeout)
@@ -108,7 +114,7 @@ class RetryingProducer:
                 old.poll(0)
             except (KafkaException, AttributeError):
                 pass
-        why = self.fatal or (self.failed[0].error() if self.failed else None)
+        why = self.fatal or (self.failed[0][0].error() if self.failed else None)
         log.warning("delivery failed (%s): waiting for the broker, then sending %d messages again", why,
                     len(self.failed))
         deadline = time.monotonic() + self.give_up_s
@@ -123,9 +129,12 @@ class RetryingProducer:
                         self._watch.client = self.producer
                 done = 0
                 try:
-                    for msg in self.failed:
-                        where = {"partition": msg.partition()} if msg.partition() >= 0 else {}
-                        self.producer.produce(msg.topic(), msg.value(), key=msg.key(), headers=msg.headers(), **where)
+                    for msg, headers in self.failed:
+                        part = msg.partition()
+                        where = {"partition": part} if part is not None and part >= 0 else {}
+                        if headers:
+                            where.update(headers=headers, on_delivery=partial(self._delivered_headers, headers))
+                        self.producer.produce(msg.topic(), msg.value(), key=msg.key(), **where)
                         done += 1
                 finally:
                     self.failed = self.failed[done:]
@@ -133,7 +142,7 @@ class RetryingProducer:
                 self.recoveries += 1
                 log.warning("the broker is back: %d messages sent again", done)
                 return
-            except Exception as exc:  # noqa: BLE001 - the broker is not back yet
+            except (KafkaException, BufferError, RuntimeError, OSError) as exc:  # the broker is not back yet
                 if time.monotonic() + pause > deadline:
                     raise BrokerGone(f"the broker did not come back within {self.give_up_s:.0f} s ({exc}); "
                                      f"{len(self.failed)} messages were not delivered") from None

@@ -133,3 +133,29 @@ def test_result_gaps_are_found_inside_a_run_only():
     assert gaps.lost == 2
     assert gaps.add([{"provenance": {"run_id": "a", "result_seq": 9}}]) == [] and gaps.lost == 1
     assert gaps.add([{"provenance": {}}, {"provenance": {"run_id": "c"}}]) == []
+
+
+def test_undelivered_messages_are_sent_again_with_their_headers(own_broker):
+    """A delivery report carries no headers; the producer keeps them, so a message sent again keeps its format."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from dtlive.delivery import RetryingProducer
+    from dtlive.kafka import ensure_topics, producer_config
+
+    cfg = load_config({}, env={})
+    made = []
+
+    def make(extra):
+        made.append(Producer(producer_config(cfg, own_broker.bootstrap, **{"message.timeout.ms": 1500}, **extra)))
+        return made[-1]
+
+    p = RetryingProducer(make, ensure=lambda: ensure_topics(cfg, own_broker.bootstrap, {"t-headers": 1}),
+                         watch_every_s=None, give_up_s=20)
+    p.produce("t-headers", b"payload", headers=[("format", b"daq64")])  # no such topic yet: delivery fails
+    assert p.flush(30) == 0
+    assert p.resent == 1
+    c = Consumer({"bootstrap.servers": own_broker.bootstrap, "group.id": "t", "enable.auto.commit": False})
+    c.assign([TopicPartition("t-headers", 0, 0)])
+    got = wait_for(lambda: [m for m in c.consume(10, 0.5) if not m.error()], 30, "the message sent again")
+    c.close()
+    assert got[0].value() == b"payload" and got[0].headers() == [("format", b"daq64")]
