@@ -83,7 +83,7 @@ def producer(bootstrap: str):
     from dtlive.config import load_config
 
     p = _producer(load_config({"bootstrap": bootstrap}, env={}), bootstrap)
-    assert isinstance(p, Producer)
+    assert isinstance(p.producer, Producer)  # the emulator's producer sends again what a broker restart lost
     return p
 
 

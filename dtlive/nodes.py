@@ -538,7 +538,9 @@ class from_kafka_batched_consumer(Source):
             "enable.partition.eof": False,
             **consumer_config,
         }
-        self.consumer = Consumer(conf)
+        # an offset the broker calls out of range is reported, never silently reset to one end (that skips input)
+        self.consumer = Consumer({**conf, "auto.offset.reset": "error"})
+        self.offset_resets = 0
         meta = self.consumer.list_topics(topic, timeout=15)
         tmeta = meta.topics.get(topic)
         if tmeta is None or tmeta.error is not None or not tmeta.partitions:
@@ -600,6 +602,30 @@ class from_kafka_batched_consumer(Source):
             return None
         return False
 
+    def _out_of_range(self, partition: int, err) -> None:
+        """The broker refused our offset on ``partition``: read on from where we are if the log still holds it,
+        else from its start (retention removed what was not read yet: said, with how much). A broker that was
+        replaced is followed by its user (:meth:`restart_from_beginning`)."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        self.offset_resets += 1
+        position = self.positions.get(partition)
+        try:
+            low, _ = self.consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=2.0)
+        except KafkaException:
+            low = None
+        target = position if position is not None and (low is None or position >= low) else low
+        if target is None:
+            log.warning("offset out of range on %s/%s (%s) and no position known: waiting", self.topic, partition, err)
+            return
+        if position is not None and target > position:
+            log.warning("%s/%s: %d messages were removed before they were read (retention); reading on from %d",
+                        self.topic, partition, target - position, target)
+        else:
+            log.warning("%s/%s: the broker refused offset %s (%s); reading on from %d", self.topic, partition,
+                        position, err, target)
+        self.consumer.seek(TopicPartition(self.topic, partition, target))
+
     def restart_from_beginning(self) -> None:
         """Read every partition again from its beginning: the broker was replaced and the topic created anew,
         so the positions reached in the old one mean nothing (a fetch beyond a log's end just returns nothing)."""
@@ -615,7 +641,7 @@ class from_kafka_batched_consumer(Source):
         Decoding a whole consume call at once (up to ``batch_size`` messages of 80 kB) makes column arrays
         of hundreds of MB; pieces of a few MB stay in the CPU caches and decode 2-3x faster.
         """
-        from confluent_kafka import Message
+        from confluent_kafka import KafkaError, Message
 
         # consume(n, t) waits for n messages or t seconds: take what is queued now, and only when that is
         # nothing wait for the first message (so a short backlog is processed at once, not after t)
@@ -631,6 +657,8 @@ class from_kafka_batched_consumer(Source):
             for m, e in zip(msgs, errors):
                 if e is None:
                     good.append(m)
+                elif e.code() == KafkaError._AUTO_OFFSET_RESET:  # see auto.offset.reset in __init__
+                    self._out_of_range(m.partition(), e)
                 else:
                     self.errors += 1
                     log.warning("consume error: %s", e)

@@ -54,3 +54,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "broker" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.kafka)
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """One headless Chromium (Debian's, driven by Playwright) for the session: a second synchronous Playwright
+    cannot start in the same thread while one runs, so every browser test shares this one."""
+    from browser_fixtures import ensure_chromium
+    from playwright.sync_api import sync_playwright
+
+    path = ensure_chromium()
+    pw = sync_playwright().start()
+    browser = pw.chromium.launch(executable_path=path, args=["--no-sandbox"])
+    yield browser
+    browser.close()
+    pw.stop()

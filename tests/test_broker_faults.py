@@ -33,7 +33,7 @@ def sent_rows(log: str) -> int:
 def test_a_broker_stall_makes_no_hit_late_and_loses_none(own_broker, services):
     services.start("process", "process", "--no-ledger")
     emulator = services.start("emulate", "emulate", "--simulate", "--rate", "2000", "--duration", "40s")
-    wait_for(lambda: len(windows(own_broker.bootstrap)) >= 2, 90, "the first windows")
+    wait_for(lambda: len(windows(own_broker.bootstrap)) >= 2, 180, "the first windows")
     assert emulator.poll() is None, "the feed ended before the stall: the test would prove nothing"
     own_broker.pause()
     time.sleep(8)  # the fault itself: longer than the processor's idle time (3 s)
@@ -65,7 +65,7 @@ def test_a_broker_restart_is_noticed_and_followed_by_every_service(own_broker, s
     services.start("record", "record")
     services.start("alerts", "alerts", "listen")
     services.start("emulate", "emulate", "--simulate", "--rate", "1000", "--partitions", "2", "--key", "fpga")
-    wait_for(lambda: len(windows(own_broker.bootstrap)) >= 2, 120,
+    wait_for(lambda: len(windows(own_broker.bootstrap)) >= 2, 180,
              lambda: f"the first windows; processor log:\n{services.log('process')[-3000:]}")
     before = own_broker.partitions()
 
@@ -105,7 +105,7 @@ def test_a_broker_restart_is_noticed_and_followed_by_every_service(own_broker, s
 def test_sigterm_stops_the_processor_within_seconds_while_the_broker_does_not_answer(own_broker, services):
     services.start("process", "process", "--no-ledger")
     services.start("emulate", "emulate", "--simulate", "--rate", "1000")
-    wait_for(lambda: len(windows(own_broker.bootstrap)) >= 1, 90, "the first window")
+    wait_for(lambda: len(windows(own_broker.bootstrap)) >= 1, 180, "the first window")
     own_broker.pause()
     time.sleep(1)
     status, took = services.stop("process")

@@ -24,7 +24,6 @@ from browser_fixtures import (
     ROOT,
     SCREENSHOTS,
     LiveFeed,
-    ensure_chromium,
     figure,
     free_port,
     poll,
@@ -42,19 +41,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.browser]
 
 VIEWPORT = {"width": 1400, "height": 1000}
 OCC0 = "dtlive-c0-occupancy-bars"
-
-
-@pytest.fixture(scope="session")
-def chromium():
-    """One headless Chromium (Debian's, driven by Playwright) for the session."""
-    path = ensure_chromium()
-    from playwright.sync_api import sync_playwright
-
-    pw = sync_playwright().start()
-    browser = pw.chromium.launch(executable_path=path, args=["--no-sandbox"])
-    yield browser
-    browser.close()
-    pw.stop()
 
 
 @pytest.fixture(scope="module")

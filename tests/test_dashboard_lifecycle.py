@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from browser_fixtures import ensure_chromium, free_port, poll, stop_popen
+from browser_fixtures import free_port, poll, stop_popen
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -64,18 +64,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return fields[0] != "Z"
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    path = ensure_chromium()
-    from playwright.sync_api import sync_playwright
-
-    pw = sync_playwright().start()
-    browser = pw.chromium.launch(executable_path=path, args=["--no-sandbox"])
-    yield browser
-    browser.close()
-    pw.stop()
 
 
 @pytest.fixture

@@ -78,5 +78,5 @@ def test_services_freeze_their_startup_objects_before_running(monkeypatch):
         def close(self):
             calls.append("close")
 
-    cli._run_with_signals(Service(), until_end=True)
+    cli._serve(Service, until_end=True)
     assert calls == ["freeze", ("run", {"until_end": True}), "close"]

@@ -21,7 +21,7 @@ def windows(bootstrap: str) -> list[dict]:
 def test_a_second_processor_with_the_same_identity_refuses_and_the_first_goes_on(own_broker, services):
     first = services.start("first", "process", "--no-ledger")
     services.start("emulate", "emulate", "--simulate", "--rate", "1000")
-    wait_for(lambda: len(windows(own_broker.bootstrap)) >= 2, 120,
+    wait_for(lambda: len(windows(own_broker.bootstrap)) >= 2, 180,
              lambda: f"the first windows:\n{services.log('first')[-2000:]}")
     second = subprocess.run([sys.executable, "-m", "dtlive.cli", "--bootstrap", own_broker.bootstrap, "process",
                              "--no-ledger"], env=services.env, capture_output=True, text=True, timeout=120)
@@ -38,7 +38,7 @@ def test_a_second_processor_with_the_same_identity_refuses_and_the_first_goes_on
 def test_a_processor_killed_9_can_be_restarted_at_once(own_broker, services):
     first = services.start("first", "process", "--no-ledger")
     services.start("emulate", "emulate", "--simulate", "--rate", "1000")
-    wait_for(lambda: len(windows(own_broker.bootstrap)) >= 2, 120, "the first windows")
+    wait_for(lambda: len(windows(own_broker.bootstrap)) >= 2, 180, "the first windows")
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     again = services.start("again", "process", "--no-ledger")  # its heartbeat is still fresh, its pid is gone
@@ -54,7 +54,7 @@ def test_a_simulated_daq_killed_9_and_restarted_goes_on_where_the_clock_is(own_b
     """Its orbit counter follows the wall clock, so the restarted emulator's hits are never late."""
     services.start("process", "process", "--no-ledger")
     first = services.start("emulate", "emulate", "--simulate", "--rate", "1000")
-    wait_for(lambda: len(windows(own_broker.bootstrap)) >= 2, 120, "the first windows")
+    wait_for(lambda: len(windows(own_broker.bootstrap)) >= 2, 180, "the first windows")
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     published = len(windows(own_broker.bootstrap))
