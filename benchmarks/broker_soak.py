@@ -19,7 +19,9 @@ Every ``--interval`` seconds (default 10) a sample records:
   of the listener's group (``describe_consumer_groups``);
 * the end offset of every topic (the checkpoint topic grows by one record per processor transaction,
   so its rate is the transaction rate);
-* the processor's lag: the hits topic's end minus the offsets it committed in its transactions.
+* the processor's lag: the hits topic's end minus the offsets it committed in its transactions (the restart
+  offsets of its open window, so ~1-2 windows of input even when it keeps up; Tansu's ListOffsets answer can
+  leave out the newest multi-record batch, so it can be a few messages below 0).
 
 At the end the emulator is stopped, the processor drains, and the check is ``hits sent`` (the hits topic
 from the processor's first input offset, decoded: rows with HEAD == 2) ``= hits counted`` (``total_hits`` of
@@ -48,12 +50,16 @@ from benchmarks.common import RESULTS_DIR, cpu_seconds, free_port, loadavg, log,
 SERVICES = ("processor", "recorder", "alerts", "emulator")
 
 
-def _private_env(tmp: Path) -> None:
-    """This process's environment as a user's clean one, with every dtlive file inside ``tmp``."""
+def _private_env(tmp: Path, kafka: dict[str, str]) -> None:
+    """This process's environment as a user's clean one, with every dtlive file inside ``tmp``.
+
+    ``kafka``: librdkafka settings for every service, as a user sets them (``KAFKA_LINGER_MS=5``).
+    """
     for k in [k for k in os.environ if k.startswith(("DTLIVE_", "KAFKA_"))]:
         del os.environ[k]
     os.environ.update(DTLIVE_DB=f"sqlite:///{tmp / 'ledger.sqlite'}", DTLIVE_HISTORY=str(tmp / "history"),
                       DTLIVE_STATE_DIR=str(tmp / "state"), DTLIVE_ARTIFACTS=str(tmp / "artifacts"))
+    os.environ.update({"KAFKA_" + k.upper().replace(".", "_"): v for k, v in kafka.items()})
 
 
 class Probe:
@@ -258,7 +264,7 @@ def _wait_drained(probe: Probe, cfg, timeout: float) -> dict:
             key = (ends.get(cfg.monitor_topic), lag)
             if key != last:
                 last, stable_since = key, time.monotonic()
-            elif lag == 0 and time.monotonic() - stable_since > cfg.idle_s + 3:
+            elif lag <= 0 and time.monotonic() - stable_since > cfg.idle_s + 3:  # see processor_lag in the docs
                 return {"drained": True, "lag": lag}
         time.sleep(1.0)
     return {"drained": False, "lag": None if last is None else last[1]}
@@ -318,13 +324,13 @@ def _mean_rate(samples: list[dict], suffix: str) -> float | None:
 
 
 def run(minutes: float, rate: float, fmt: str, interval: float, viewers_every_min: float, viewers: int,
-        viewer_s: float, notices_every_min: float, keep: bool = False) -> dict:
+        viewer_s: float, notices_every_min: float, keep: bool = False, kafka: dict[str, str] | None = None) -> dict:
     from dtlive.broker import EmbeddedBroker
     from dtlive.config import load_config
     from dtlive.stack import ensure_stack
 
     tmp = Path(tempfile.mkdtemp(prefix="dtlive-soak-"))
-    _private_env(tmp)
+    _private_env(tmp, kafka or {})
     # the broker ensure_stack would start (same binary, same command line), on a free port so that a
     # soak never takes the default port from a user's stack; ensure_stack then finds and reuses it
     broker = EmbeddedBroker(port=free_port(), state_dir=tmp / "state", stop_at_exit=False).start()
@@ -333,7 +339,7 @@ def run(minutes: float, rate: float, fmt: str, interval: float, viewers_every_mi
     sampler = visitors = probe = None
     out: dict = {"minutes": minutes, "rate": rate, "format": fmt, "interval_s": interval,
                  "viewers_every_min": viewers_every_min, "viewers": viewers, "viewer_s": viewer_s,
-                 "notices_every_min": notices_every_min}
+                 "notices_every_min": notices_every_min, "kafka": kafka or {}}
     try:
         stack = ensure_stack(rate=rate, fmt=fmt, state_dir=str(tmp / "state"), wait_for_window_s=60)
         stack.started["broker"] = broker.pid
@@ -350,11 +356,13 @@ def run(minutes: float, rate: float, fmt: str, interval: float, viewers_every_mi
         visitors.start()
         deadline = time.monotonic() + minutes * 60
         while time.monotonic() < deadline:
-            dead = [s for s in SERVICES if not _alive(stack.started[s])]
-            if dead:
-                log(f"services exited: {dead}")
-                out["services_exited"] = dead
-                break
+            dead = [s for s in SERVICES if s not in out.setdefault("services_exited", {})
+                    and not _alive(stack.started[s])]
+            for name in dead:
+                log(f"{name} exited at t={time.monotonic() - sampler.t0:.0f} s")
+                out["services_exited"][name] = round(time.monotonic() - sampler.t0, 1)
+            if {"processor", "emulator"} & set(out["services_exited"]):
+                break  # without them there is nothing left to measure
             time.sleep(2.0)
         visitors.stop_event.set()
         visitors.join(viewer_s + 30)
@@ -414,7 +422,8 @@ def _tail(path: str, n: int = 3000) -> str:
 
 def print_table(r: dict) -> None:
     s = r.get("summary", {})
-    print(f"\n== broker soak: {r['minutes']:g} min at {r['rate']:g} rows/s {r['format']}, sampled every "
+    print(f"\n== broker soak ({r.get('kafka') or 'default client settings'}): {r['minutes']:g} min at "
+          f"{r['rate']:g} rows/s {r['format']}, sampled every "
           f"{r['interval_s']:g} s; dashboards every {r['viewers_every_min']:g} min, notices every "
           f"{r['notices_every_min']:g} min")
     print(f"  {'process':10} {'cpu% 1st 5 min':>15} {'cpu% last 5 min':>16} {'cpu%/min':>9} "
@@ -438,6 +447,55 @@ def print_table(r: dict) -> None:
           f"{c.get('duplicate_windows')} duplicated); drain {r.get('drain')}")
 
 
+def fetch_cost(sizes=(2_000, 8_000, 32_000), cycles: int = 200) -> list[dict]:
+    """Broker CPU per produce request and per fetch that returns data, against the batches stored in the partition.
+
+    A private broker; one partition filled with single-message batches (one produce request each) up to each of
+    ``sizes``; then ``cycles`` times: produce one message and flush (alone), and produce, flush and read it back
+    with an assigned consumer (together). The fetch's cost is the difference, in broker CPU ms.
+    """
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from benchmarks.common import private_broker
+    from dtlive.broker import create_topics
+
+    out = []
+    with private_broker() as broker:
+        bs, topic = broker.bootstrap, "fetch-cost"
+        create_topics(bs, {topic: 1})
+        prod = Producer({"bootstrap.servers": bs, "linger.ms": 0})
+        cons = Consumer({"bootstrap.servers": bs, "group.id": "fetch-cost", "enable.auto.commit": False,
+                         "fetch.wait.max.ms": 10, "log_level": 3})
+        stored = 0
+        for size in sizes:
+            while stored < size:
+                prod.produce(topic, b"x" * 100)
+                prod.flush(10)
+                stored += 1
+            cons.assign([TopicPartition(topic, 0, stored)])
+            cons.consume(1, 1.0)
+            cpu0 = cpu_seconds(broker.pid)
+            for _ in range(cycles):
+                prod.produce(topic, b"x" * 100)
+                prod.flush(10)
+            cpu1 = cpu_seconds(broker.pid)
+            for _ in range(cycles):
+                prod.produce(topic, b"x" * 100)
+                prod.flush(10)
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline and not [m for m in cons.consume(1, 0.5) if not m.error()]:
+                    pass
+            cpu2 = cpu_seconds(broker.pid)
+            stored += 2 * cycles
+            row = {"batches_stored": size, "produce_ms": round(1000 * (cpu1 - cpu0) / cycles, 3),
+                   "fetch_with_data_ms": round(1000 * ((cpu2 - cpu1) - (cpu1 - cpu0)) / cycles, 3),
+                   "broker_rss_mb": round(rss_mb(broker.pid)[0], 1)}
+            log(f"fetch cost: {row}")
+            out.append(row)
+        cons.close()
+    return out
+
+
 def main(argv=None) -> int:
     from benchmarks.run import code_state, environment
 
@@ -453,14 +511,30 @@ def main(argv=None) -> int:
     ap.add_argument("--notices-every", type=float, default=5.0, help="minutes between alert notices (0: none)")
     ap.add_argument("--name", default="broker_soak", help="results file name (default broker_soak)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, ledger)")
+    ap.add_argument("--kafka", action="append", default=[], metavar="KEY=VALUE",
+                    help="a librdkafka setting for every service, as KAFKA_* (e.g. linger.ms=5); repeatable")
+    ap.add_argument("--fetch-cost", action="store_true",
+                    help="instead: broker CPU per produce and per fetch against the batches stored (~2 min)")
     args = ap.parse_args(argv)
+    if args.fetch_cost:
+        rows = fetch_cost()
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        (RESULTS_DIR / "broker_fetch_cost.json").write_text(json.dumps({"environment": environment(), "rows": rows},
+                                                                       indent=1))
+        for r in rows:
+            print(f"  {r['batches_stored']:>7} batches stored: produce {r['produce_ms']} ms, fetch with data "
+                  f"{r['fetch_with_data_ms']} ms of broker CPU, RSS {r['broker_rss_mb']} MB")
+        return 0
     if args.minutes <= 0:
         ap.error("--minutes must be above 0")
+    if any("=" not in kv for kv in args.kafka):
+        ap.error("--kafka takes KEY=VALUE")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = {"command": " ".join(["python", "-m", "benchmarks.broker_soak", *(argv or sys.argv[1:])]),
            "environment": environment(), "code": code_state()}
     out["result"] = run(args.minutes, args.rate, args.format, args.interval, args.viewers_every, args.viewers,
-                        args.viewer_s, args.notices_every, args.keep)
+                        args.viewer_s, args.notices_every, args.keep,
+                        dict(kv.split("=", 1) for kv in args.kafka))
     path = RESULTS_DIR / f"{args.name}.json"
     path.write_text(json.dumps(out, indent=1, default=str))
     print_table(out["result"])

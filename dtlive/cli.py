@@ -322,12 +322,10 @@ def _ledger():
 def _producer(cfg, bootstrap):
     from confluent_kafka import Producer
 
-    from dtlive.kafka import client_config
+    from dtlive.kafka import producer_config
 
     return Producer(
-        client_config(
-            cfg, bootstrap, **{"linger.ms": 5, "queue.buffering.max.messages": 1_000_000, "enable.idempotence": True}
-        )
+        producer_config(cfg, bootstrap, **{"queue.buffering.max.messages": 1_000_000, "enable.idempotence": True})
     )
 
 
