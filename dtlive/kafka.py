@@ -19,7 +19,10 @@ from dtlive.config import Config
 # Tuning defaults of processing consumers; KAFKA_* settings override them.
 _CONSUMER_DEFAULTS = {
     "session.timeout.ms": 6000,  # Tansu: a group join waits about half of it, so keep it short
-    "fetch.wait.max.ms": 50,  # a quiet topic answers within 50 ms, not librdkafka's 500 ms
+    # The embedded Tansu broker holds every fetch for fetch.wait.max.ms, data or not, and each fetch that returns
+    # data lists every batch stored in the partition (~1-3 us each): at 50 ms a live processor made 20 such fetches
+    # a second. 200 ms makes 5 (results up to 0.2 s later on Tansu; a real Kafka answers as soon as data is there).
+    "fetch.wait.max.ms": 200,
     # librdkafka postpones the next fetch by fetch.queue.backoff.ms (default 1000) whenever its local queue
     # holds queued.min.messages (default 100k). At 100k one-row messages/s one stall of a second makes a fetch
     # of >100k messages, the 1 s pause then makes the next one as big, and every result stays ~1 s late
@@ -81,10 +84,10 @@ def consumer_config(cfg: Config, bootstrap: str, group_id: str, from_beginning: 
     isolation level that exactly-once processing relies on do not.
 
     >>> from dtlive.config import load_config
-    >>> cfg = load_config({}, env={"KAFKA_FETCH_WAIT_MAX_MS": "200", "KAFKA_ISOLATION_LEVEL": "read_uncommitted"})
+    >>> cfg = load_config({}, env={"KAFKA_FETCH_WAIT_MAX_MS": "100", "KAFKA_ISOLATION_LEVEL": "read_uncommitted"})
     >>> conf = consumer_config(cfg, "127.0.0.1:9092", group_id="g")
     >>> conf["fetch.wait.max.ms"], conf["isolation.level"], conf["fetch.queue.backoff.ms"]
-    ('200', 'read_committed', 20)
+    ('100', 'read_committed', 20)
     """
     return {"bootstrap.servers": bootstrap, **_CONSUMER_DEFAULTS, **cfg.kafka, **_CONSUMER_FIXED,
             "group.id": group_id, "auto.offset.reset": "earliest" if from_beginning else "latest"}
