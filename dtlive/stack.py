@@ -6,6 +6,10 @@ fresh window has been published lately, ``dtlive process``, ``dtlive record``,
 ``dtlive alerts listen`` and a simulated ``dtlive emulate`` as background processes. Their pids
 and logs live in the state directory, so a second notebook finds the same stack, not a new one.
 
+The embedded broker keeps every message in memory, and each fetch it answers costs more the more batches are
+stored: it suits demos and notebook sessions; for a long shift point ``DTLIVE_BOOTSTRAP`` at a real Kafka, or
+restart the stack between runs (benchmarks/README.md, "Broker soak", has the figures).
+
 >>> stack = ensure_stack(rate=1000)        # doctest: +SKIP
 >>> stack.bootstrap                        # doctest: +SKIP
 '127.0.0.1:9092'
