@@ -378,7 +378,7 @@ def _producer(cfg, bootstrap, topics: dict[str, int] | None = None):
     from dtlive.delivery import RetryingProducer
     from dtlive.kafka import ensure_topics, producer_config
 
-    settings = {"linger.ms": 5, "queue.buffering.max.messages": 1_000_000, "enable.idempotence": True}
+    settings = {"queue.buffering.max.messages": 1_000_000, "enable.idempotence": True}
     return RetryingProducer(lambda extra: Producer(producer_config(cfg, bootstrap, **settings, **extra)),
                             ensure=(lambda: ensure_topics(cfg, bootstrap, topics)) if topics else None)
 

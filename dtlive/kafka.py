@@ -83,7 +83,10 @@ LIBRDKAFKA_LOG.addFilter(RateLimit())
 # Tuning defaults of processing consumers; KAFKA_* settings override them.
 _CONSUMER_DEFAULTS = {
     "session.timeout.ms": 6000,  # Tansu: a group join waits about half of it, so keep it short
-    "fetch.wait.max.ms": 50,  # a quiet topic answers within 50 ms, not librdkafka's 500 ms
+    # The embedded Tansu broker holds every fetch for fetch.wait.max.ms, data or not, and each fetch that returns
+    # data lists every batch stored in the partition (~1-3 us each): at 50 ms a live processor made 20 such fetches
+    # a second. 200 ms makes 5 (results up to 0.2 s later on Tansu; a real Kafka answers as soon as data is there).
+    "fetch.wait.max.ms": 200,
     # librdkafka postpones the next fetch by fetch.queue.backoff.ms (default 1000) whenever its local queue
     # holds queued.min.messages (default 100k). At 100k one-row messages/s one stall of a second makes a fetch
     # of >100k messages, the 1 s pause then makes the next one as big, and every result stays ~1 s late
@@ -95,6 +98,11 @@ _CONSUMER_DEFAULTS = {
     "fetch.max.bytes": 64 * 1024 * 1024,
     "max.partition.fetch.bytes": 16 * 1024 * 1024,
 }
+# Producers of the input (``dtlive emulate``): the broker pays per produce request and the embedded Tansu broker
+# keeps every request's batch as one object that each later fetch of the partition lists, so a fetch costs time in
+# proportion to the batches stored. Messages paced 10 ms apart with linger.ms=5 go one batch each; 50 ms makes
+# ~5x fewer batches (and produce requests) for at most 50 ms more delay. KAFKA_LINGER_MS overrides it.
+_PRODUCER_DEFAULTS = {"linger.ms": 50}
 # What exactly-once processing relies on: not overridable.
 _CONSUMER_FIXED = {"enable.auto.commit": False, "isolation.level": "read_committed"}
 
@@ -125,19 +133,6 @@ def client_config(cfg: Config, bootstrap: str, **extra) -> dict:
     librdkafka's log lines go through Python logging (:data:`LIBRDKAFKA_LOG`, rate-limited).
     """
     return {"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG, **cfg.kafka, **extra}
-
-
-def producer_config(cfg: Config, bootstrap: str, **extra) -> dict:
-    """Settings of a dtlive producer: like :func:`client_config`, but a produce never creates a topic.
-
-    A broker that auto-creates a missing topic gives it its own default partition count; after a broker lost
-    its topics (an embedded broker keeps them in memory) dtlive recreates them with :func:`ensure_topics`.
-
-    >>> from dtlive.config import load_config
-    >>> producer_config(load_config({}, env={}), "127.0.0.1:9092")["allow.auto.create.topics"]
-    False
-    """
-    return client_config(cfg, bootstrap, **{"allow.auto.create.topics": False, **extra})
 
 
 class ClusterWatch:
@@ -202,6 +197,24 @@ class ClusterWatch:
         return False
 
 
+def producer_config(cfg: Config, bootstrap: str, **fixed) -> dict:
+    """Settings of a dtlive producer: ``_PRODUCER_DEFAULTS``, then the user's KAFKA_* settings, then ``fixed``.
+
+    A produce never creates a topic: a broker that auto-creates a missing one gives it its own default partition
+    count; after a broker lost its topics (an embedded broker keeps them in memory) dtlive creates them again
+    with :func:`ensure_topics`.
+
+    >>> from dtlive.config import load_config
+    >>> conf = producer_config(load_config({}, env={}), "127.0.0.1:9092")
+    >>> conf["linger.ms"], conf["allow.auto.create.topics"]
+    (50, False)
+    >>> producer_config(load_config({}, env={"KAFKA_LINGER_MS": "5"}), "127.0.0.1:9092")["linger.ms"]
+    '5'
+    """
+    return {**client_config(cfg, bootstrap), **_PRODUCER_DEFAULTS, **cfg.kafka, "allow.auto.create.topics": False,
+            **fixed}
+
+
 def consumer_config(cfg: Config, bootstrap: str, group_id: str, from_beginning: bool = False) -> dict:
     """Settings of a processing consumer (manual commits, read_committed, short session).
 
@@ -209,10 +222,10 @@ def consumer_config(cfg: Config, bootstrap: str, group_id: str, from_beginning: 
     isolation level that exactly-once processing relies on do not.
 
     >>> from dtlive.config import load_config
-    >>> cfg = load_config({}, env={"KAFKA_FETCH_WAIT_MAX_MS": "200", "KAFKA_ISOLATION_LEVEL": "read_uncommitted"})
+    >>> cfg = load_config({}, env={"KAFKA_FETCH_WAIT_MAX_MS": "100", "KAFKA_ISOLATION_LEVEL": "read_uncommitted"})
     >>> conf = consumer_config(cfg, "127.0.0.1:9092", group_id="g")
     >>> conf["fetch.wait.max.ms"], conf["isolation.level"], conf["fetch.queue.backoff.ms"]
-    ('200', 'read_committed', 20)
+    ('100', 'read_committed', 20)
     """
     return {"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG, **_CONSUMER_DEFAULTS, **cfg.kafka,
             **_CONSUMER_FIXED, "group.id": group_id, "auto.offset.reset": "earliest" if from_beginning else "latest"}

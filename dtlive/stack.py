@@ -8,6 +8,10 @@ finds the same stack, not a new one. A recorded service counts as running only w
 and still is that service (same command line, same start time); one that is not is started again and
 named in :attr:`Stack.restarted`. ``dtlive stop`` (:func:`stop_stack`) stops what was recorded.
 
+The embedded broker keeps every message in memory, and each fetch it answers costs more the more batches are
+stored: it suits demos and notebook sessions; for a long shift point ``DTLIVE_BOOTSTRAP`` at a real Kafka, or
+restart the stack between runs (benchmarks/README.md, "Broker soak", has the figures).
+
 >>> stack = ensure_stack(rate=1000)        # doctest: +SKIP
 >>> stack.bootstrap                        # doctest: +SKIP
 '127.0.0.1:9092'

@@ -123,6 +123,25 @@ class AlertListener:
         self._received = self._received_notices()
         self._resume()
         self.watchdog = Watchdog("alerts", cfg.watchdog_s)  # the loop must turn (analyses run in workers)
+        self._error_logged = 0.0
+
+    # --- group membership: librdkafka rejoins by itself on the next consume; say so, once per event ----------
+    def _assigned(self, consumer, partitions) -> None:
+        if self.counts["assignment_lost"]:
+            log.warning("alert listener: rejoined group %r, %d partition(s) assigned", self.cfg.alerts_group_id,
+                        len(partitions))
+
+    def _lost(self, consumer, partitions) -> None:
+        self.counts["assignment_lost"] += 1
+        log.warning("alert listener: lost its %d partition(s) of group %r (the broker did not hear from it within "
+                    "session.timeout.ms, or it did not poll within max.poll.interval.ms); rejoining",
+                    len(partitions), self.cfg.alerts_group_id)
+
+    def _consumer_error(self, err) -> None:
+        self.counts["consumer_errors"] += 1
+        if time.monotonic() - self._error_logged > 10:  # one line per 10 s, not one per poll
+            self._error_logged = time.monotonic()
+            log.warning("alert listener: consumer error: %s (%d so far)", err.str(), self.counts["consumer_errors"])
 
     def stop(self, *_):
         self._stop = True
@@ -138,7 +157,7 @@ class AlertListener:
         consumer = Consumer(client_config(self.cfg, self.bootstrap, **{
             "group.id": self.cfg.alerts_group_id, "enable.auto.commit": False, "auto.offset.reset": "earliest",
             "session.timeout.ms": 6000, "topic.metadata.refresh.interval.ms": 2000, "fetch.wait.max.ms": 50}))
-        consumer.subscribe(subscription(self.cfg.alert_topic_patterns()))
+        consumer.subscribe(subscription(self.cfg.alert_topic_patterns()), on_assign=self._assigned, on_lost=self._lost)
         return consumer
 
     def follow_broker(self) -> None:
@@ -380,11 +399,19 @@ class AlertListener:
         handled = 0
         for m in msgs:
             if m.error():
+                self._consumer_error(m.error())
                 continue
             self.handle(m.value(), m.topic(), m.partition(), m.offset())
             handled += 1
         if handled:
-            self.consumer.commit(asynchronous=False)  # after handling: a crash re-reads, duplicates run once
+            from confluent_kafka import KafkaException
+
+            try:
+                self.consumer.commit(asynchronous=False)  # after handling: a crash re-reads, duplicates run once
+            except KafkaException as exc:  # membership lost meanwhile: the rejoined member reads them again
+                self.counts["commit_failed"] += 1
+                log.warning("alert listener: offsets of %d notice(s) not committed (%s); they will be read again "
+                            "after the group is rejoined", handled, exc.args[0].str())
         elif self.cluster.replaced():
             self.follow_broker()
         self.collect(0.0)
