@@ -44,6 +44,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from dtlive.processes import pid_alive
+
 __all__ = [
     "DEFAULT_PORT",
     "BrokerError",
@@ -200,24 +202,6 @@ def _answers(bootstrap: str, cluster_id: str | None = None, timeout: float = 2.0
     except Exception:
         return False
     return cluster_id is None or found == cluster_id
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    # A zombie is not alive for our purposes.
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rpartition(")")[2].split()[0] != "Z"
-    return True
 
 
 def _pid_is_tansu(pid: int) -> bool | None:
@@ -521,7 +505,7 @@ def running_brokers(state_dir: str | os.PathLike[str] | None = None) -> list[dic
     directory = default_state_dir(state_dir)
     found = []
     for path, data in _read_states(directory):
-        if data is None or not _pid_alive(data["pid"]) or _pid_is_tansu(data["pid"]) is False:
+        if data is None or not pid_alive(data["pid"]) or _pid_is_tansu(data["pid"]) is False:
             path.unlink(missing_ok=True)
             continue
         if _answers(str(data["bootstrap"]), data.get("cluster_id")):
@@ -554,7 +538,7 @@ def stop_running(state_dir: str | os.PathLike[str] | None = None, timeout: float
     directory = default_state_dir(state_dir)
     stopped = []
     for path, data in _read_states(directory):
-        if data is None or not _pid_alive(data["pid"]) or _pid_is_tansu(data["pid"]) is False:
+        if data is None or not pid_alive(data["pid"]) or _pid_is_tansu(data["pid"]) is False:
             path.unlink(missing_ok=True)
             continue
         pid = data["pid"]
@@ -563,9 +547,9 @@ def stop_running(state_dir: str | os.PathLike[str] | None = None, timeout: float
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
             end = time.monotonic() + max(0.2, (deadline - time.monotonic()) * share)
-            while _pid_alive(pid) and time.monotonic() < end:
+            while pid_alive(pid) and time.monotonic() < end:
                 time.sleep(0.02)
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 break
         path.unlink(missing_ok=True)
         stopped.append(str(data["bootstrap"]))

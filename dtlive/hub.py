@@ -313,7 +313,8 @@ def wait_for_kafka(bootstrap: str, timeout: float = 120.0) -> bool:
 
 def record_pid(state_dir: Path, name: str, pid: int) -> None:
     """Record ``name -> pid`` in ``stack.json`` (where ``ensure_stack`` looks for a running stack)."""
-    from dtlive.broker import _pid_alive, _state_lock
+    from dtlive.broker import _state_lock
+    from dtlive.processes import pid_alive
 
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "stack.json"
@@ -322,7 +323,7 @@ def record_pid(state_dir: Path, name: str, pid: int) -> None:
             pids = json.loads(path.read_text())
         except (OSError, ValueError):
             pids = {}
-        pids = {k: v for k, v in pids.items() if isinstance(v, int) and _pid_alive(v) and v != pid}
+        pids = {k: v for k, v in pids.items() if isinstance(v, int) and pid_alive(v) and v != pid}
         pids[name] = pid
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(pids))

@@ -67,6 +67,7 @@ from sqlalchemy.orm import (
 )
 
 from dtlive import __version__
+from dtlive.processes import pid_alive
 
 __all__ = [
     "AppendOnlyError",
@@ -621,27 +622,12 @@ def retry_unreachable(
             return result
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this host (a zombie, killed but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc: trust kill()
-    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
-
-
 def run_liveness(
     run: Mapping,
     *,
     host: str,
     now: datetime,
-    pid_alive: Callable[[int], bool] = _pid_alive,
+    pid_alive: Callable[[int], bool] = pid_alive,
     stale_s: float = STALE_HEARTBEATS * HEARTBEAT_S,
 ) -> str:
     """The status a run really has: ``died`` for a ``running`` run whose process on this host is gone,
@@ -1117,7 +1103,7 @@ class Ledger:
         q = sa.select(ProcessingRun.run_id, ProcessingRun.pid).where(
             ProcessingRun.status == "running", ProcessingRun.host == host, ProcessingRun.pid.is_not(None))
         with self._tx(write=False) as s:
-            dead = [run_id for run_id, pid in s.execute(q) if not _pid_alive(int(pid))]
+            dead = [run_id for run_id, pid in s.execute(q) if not pid_alive(int(pid))]
         if not dead:
             return []
         with self._tx() as s:

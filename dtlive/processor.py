@@ -38,6 +38,7 @@ from dtlive.heap import HeapTrimmer
 from dtlive.kafka import ClusterWatch, client_config, ensure_topics, partition_ends, producer_config
 from dtlive.messages import message_bytes
 from dtlive.nodes import event_windows, from_kafka_batched_consumer, window_message
+from dtlive.processes import pid_alive
 from dtlive.watchdog import Watchdog
 from dtlive.windows import Window
 
@@ -435,20 +436,10 @@ def running_twin(cfg: Config, bootstrap: str, beats: list[dict] | None = None) -
             continue
         if time.time() - m.get("time", 0) > recent:
             continue
-        if host == here and not _pid_alive(pid):
+        if host == here and not pid_alive(pid):
             continue
         return m
     return None
-
-
-def _pid_alive(pid) -> bool:
-    import os
-
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, TypeError, ValueError):
-        return False
-    return True
 
 
 def open_publisher(cfg: Config, bootstrap: str, run_id: str) -> tuple[TransactionalPublisher, dict | None]:

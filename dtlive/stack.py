@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dtlive.broker import _pid_alive, _state_lock, default_state_dir, find_running
+from dtlive.broker import _state_lock, default_state_dir, find_running
 from dtlive.config import load_config
+from dtlive.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def is_service(name: str, pid: int, identity: dict[str, Any] | None = None) -> b
     >>> is_service("processor", os.getpid(), {"cmdline": ["not", "this"], "start": 0})
     False
     """
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         return False
     now = process_identity(pid)
     if now is None:
@@ -164,7 +165,7 @@ def sweep_group(pgid: int, since: int | None) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
     deadline = time.monotonic() + 5.0  # a killed process takes a moment to exit (freeing its memory)
-    while any(_pid_alive(p) for p in left) and time.monotonic() < deadline:
+    while any(pid_alive(p) for p in left) and time.monotonic() < deadline:
         for p in left:
             _reap(p)
         time.sleep(0.02)
@@ -182,10 +183,10 @@ def stop_process(pid: int, timeout: float = 10.0, since: int | None = None) -> s
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _pid_alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         _reap(pid)
         time.sleep(0.05)
-    if _pid_alive(pid):
+    if pid_alive(pid):
         how = "SIGKILL"
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -193,7 +194,7 @@ def stop_process(pid: int, timeout: float = 10.0, since: int | None = None) -> s
     if left and how == "SIGTERM":
         how = f"SIGTERM; {left} leftover process(es) of its group killed"
     end = time.monotonic() + 5.0
-    while _pid_alive(pid) and time.monotonic() < end:
+    while pid_alive(pid) and time.monotonic() < end:
         _reap(pid)
         time.sleep(0.02)
     return how
