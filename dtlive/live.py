@@ -214,6 +214,7 @@ class ResultsFeed:
         self.error: str | None = None
         self.received = 0
         self.skipped = 0
+        self.cluster_id: str | None = None  # of the broker read from: a new one (restarted empty) is followed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -299,8 +300,13 @@ class ResultsFeed:
                     self.on_messages(parsed)
                 elif time.monotonic() - last_check > self.check_every_s:
                     last_check = time.monotonic()
-                    consumer.list_topics(self.topic, timeout=1)  # raises while the broker is away
+                    cluster = consumer.list_topics(self.topic, timeout=1).cluster_id  # raises while it is away
                     self.broker_ok = True
+                    if self.cluster_id is not None and cluster != self.cluster_id:  # restarted empty: start over
+                        log.warning("dashboard feed: the broker was replaced; reading %s there", self.topic)
+                        consumer.close()
+                        consumer, assigned = None, False
+                    self.cluster_id = cluster
             except Exception as exc:  # noqa: BLE001  (keep retrying: the dashboard must recover by itself)
                 self.broker_ok, self.error = False, f"broker {self.bootstrap} unreachable: {exc}"
                 self._stop.wait(1.0)

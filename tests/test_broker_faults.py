@@ -68,6 +68,12 @@ def test_a_broker_restart_is_noticed_and_followed_by_every_service(own_broker, s
     wait_for(lambda: len(windows(own_broker.bootstrap)) >= 2, 180,
              lambda: f"the first windows; processor log:\n{services.log('process')[-3000:]}")
     before = own_broker.partitions()
+    from dtlive.live import ResultsFeed
+
+    seen: list[dict] = []
+    feed = ResultsFeed(own_broker.bootstrap, on_messages=seen.extend, check_every_s=0.5).start()  # a dashboard's
+    wait_for(lambda: seen and feed.cluster_id, 30, "the dashboard feed reading results")
+    old_cluster = feed.cluster_id
 
     own_broker.restart()
     restarted = time.monotonic()
@@ -82,6 +88,11 @@ def test_a_broker_restart_is_noticed_and_followed_by_every_service(own_broker, s
     for topic in ("dt.hits", "dt.monitor", "dt.monitor.checkpoints", "dt.hits.rejected"):
         assert after.get(topic) == before[topic], (topic, before, after)
     assert before["dt.hits"] == 2
+    # the dashboard's feed follows the new broker and shows its results
+    wait_for(lambda: feed.cluster_id != old_cluster and any(m["window"]["id"] == msgs[-1]["window"]["id"]
+                                                             and m["provenance"] == msgs[-1]["provenance"]
+                                                             for m in seen), 60, "the dashboard feed after the restart")
+    feed.stop()
 
     # the alert listener publishes results on the new broker
     sent = subprocess.run([sys.executable, "-m", "dtlive.cli", "--bootstrap", own_broker.bootstrap, "alerts", "send",
