@@ -400,6 +400,11 @@ def cmd_emulate(args) -> int:
     bootstrap, _ = resolve_bootstrap(cfg)
     topic = args.topic or cfg.hits_topic
     ensure_topics(cfg, bootstrap, [topic], partitions=max(1, args.partitions))
+    have = topic_partitions(cfg, bootstrap, [topic]).get(topic, 0)
+    if have < args.partitions:
+        print(f"dtlive emulate: error: topic {topic} has {have} partition(s), --partitions {args.partitions} needs "
+              "as many (delete the topic or give another --topic)", file=sys.stderr)
+        return 2
     heartbeat = _heartbeat("emulator", cfg, bootstrap)
     stats = emulate(
         _producer(cfg, bootstrap, topic_partitions(cfg, bootstrap, [topic])),
@@ -417,10 +422,11 @@ def cmd_emulate(args) -> int:
     heartbeat.close()
     print(
         f"sent {stats.rows} rows in {stats.messages} messages to {topic} in {stats.elapsed:.2f} s "
-        f"({stats.rate:,.0f} rows/s)",
+        f"({stats.rate:,.0f} rows/s)" + (f"; {stats.undelivered} messages NOT confirmed by the broker"
+                                         if stats.undelivered else ""),
         file=sys.stderr,
     )
-    return 0
+    return 1 if stats.undelivered else 0
 
 
 def _heartbeat(service: str, cfg, bootstrap: str):

@@ -225,6 +225,7 @@ def chunk_messages(chunk: Chunk, fmt: str, rows_per_message: int, with_epoch: li
 class EmulatorStats:
     rows: int = 0
     messages: int = 0
+    undelivered: int = 0  # messages the broker had not confirmed when the emulator stopped waiting for it
     started: float = 0.0
     finished: float = 0.0
 
@@ -245,14 +246,15 @@ def _health(stats: EmulatorStats) -> dict:
 def emulate(producer, topic: str, chunks: Iterator[Chunk], *, rate: float | None = 1000.0, fmt: str = "csv",
             rows_per_message: int | None = None, limit: int | None = None, max_seconds: float | None = None,
             progress: bool | None = None, stop=lambda: False, partition: int | None = None,
-            partitions: int | None = None, key: str = "fpga", heartbeat=None) -> EmulatorStats:
+            partitions: int | None = None, key: str = "fpga", heartbeat=None, flush_s: float = 120.0) -> EmulatorStats:
     """Send chunks to ``topic`` with a confluent-kafka ``producer`` at ``rate`` rows/s (None: as fast as possible).
 
     Stops after ``limit`` rows, ``max_seconds``, the end of the input, or when ``stop()`` is true.
     With ``partitions`` (> 1) the rows are spread over that many partitions by ``key`` ("fpga" or
     "chamber", see :func:`split_by_key`): each message holds rows of one key only and carries it as its key.
     ``heartbeat``: a :class:`dtlive.health.Heartbeat` given the running totals from the send loop (the caller
-    closes it).
+    closes it). ``flush_s``: how long to wait at the end for the broker to confirm what was sent; what it did
+    not is counted in ``undelivered``.
     """
     from tqdm import tqdm
 
@@ -303,7 +305,7 @@ def emulate(producer, topic: str, chunks: Iterator[Chunk], *, rate: float | None
                     if heartbeat is not None:
                         heartbeat.maybe(None, lambda: _health(stats))
     finally:
-        producer.flush(30)
+        stats.undelivered = producer.flush(flush_s)  # a broker that was stalled may need a while to take the rest
         stats.finished = time.perf_counter()
         bar.update(stats.rows - bar.n)
         bar.close()

@@ -305,17 +305,17 @@ def test_dtlive_status_shows_the_processor_then_marks_it_stale_after_kill(broker
         assert "STALE" not in table.stdout
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
-        killed = time.monotonic()
 
         def stale():
             out = run_cli(["status"], env)
             return out if out.returncode == 1 and "STALE" in out.stdout else None
         out = wait_for(stale, 30, interval=0.5, what="dtlive status marking the killed processor stale")
-        assert time.monotonic() - killed >= 5.0  # not before 3 intervals of 2 s
         line = [ln for ln in out.stdout.splitlines() if str(proc.pid) in ln][0]
         assert "processor" in line and "STALE" in line and "no heartbeat for" in line
         rows = json.loads(run_cli(["status", "--json"], env).stdout)
-        assert [r["state"] for r in rows if r["pid"] == proc.pid] == ["stale"]
+        mine = [r for r in rows if r["pid"] == proc.pid]
+        assert [r["state"] for r in mine] == ["stale"]
+        assert mine[0]["age_s"] >= 6.0  # stale only after 3 intervals of 2 s without a heartbeat
     finally:
         if proc.poll() is None:
             proc.kill()
