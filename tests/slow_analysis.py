@@ -15,7 +15,7 @@ import time
 from dtlive.alerts.analyses import AnalysisResult, analysis
 
 
-@analysis(name="slow_probe", version="1", defaults={"seconds": 3.0})
+@analysis(name="slow_probe", version="1", defaults={"seconds": 3.0}, replace=True)  # imported under two names
 def slow_probe(alert, ctx) -> AnalysisResult:
     """Sleeps ``seconds``, then reports the alert id and when it ran."""
     time.sleep(float(ctx.params["seconds"]))
