@@ -382,6 +382,7 @@ class TransactionalPublisher:
                     return
             if self.on_recover is not None:
                 self.on_recover()
+                self._broken = None  # a replacement found now is the broker the new producer already talks to
         try:
             self.producer.begin_transaction()
             for topic, value, key, headers in self._pending:
