@@ -161,19 +161,19 @@ class AlertListener:
         return consumer
 
     def follow_broker(self) -> None:
-        """The broker was replaced (restarted empty): topics created again, and a new consumer joins the group
-        there (it has no committed offsets: every notice on the new broker is read)."""
-        log.warning("alerts: the broker lost its topics (restarted?); creating %s and %s again and joining anew",
-                    self.cfg.analyses_topic, self.cfg.alerts_rejected_topic)
+        """The broker was replaced (restarted empty): its topics are created again.
+
+        The consumer stays: librdkafka joins the group on the new broker by itself, finds no committed offsets
+        there and reads every notice from the start. A new consumer would race the old one's join, and a
+        member that leaves while joining can stay the group's leader on the embedded broker, so that no other
+        member is ever given the partitions.
+        """
+        log.warning("alerts: the broker lost its topics (restarted?); creating %s and %s again; the group is "
+                    "joined anew there", self.cfg.analyses_topic, self.cfg.alerts_rejected_topic)
         try:
             ensure_topics(self.cfg, self.bootstrap, [self.cfg.analyses_topic, self.cfg.alerts_rejected_topic])
         except Exception as exc:  # noqa: BLE001 - results are sent with their topic created again anyway
             log.warning("alerts: could not create the topics yet: %s", exc)
-        old, self.consumer = self.consumer, self._subscribed_consumer()
-        try:
-            old.close()
-        except Exception as exc:  # noqa: BLE001 - it belonged to a broker that is gone
-            log.info("alerts: closing the old consumer: %s", exc)
 
     # --- notices in --------------------------------------------------------------------------------------
     def handle(self, value: bytes | None, topic: str, partition: int = 0, offset: int = -1) -> Alert | None:
