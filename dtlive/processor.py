@@ -645,7 +645,7 @@ class Processor:
         if sum(high.values()) <= sum(src.positions.get(p, 0) for p in high) and \
                 src.messages == self._progress.consumed:  # looks idle: ask the broker, the cache may be old
             high = {**high, **_fresh_high(src)}
-        lag = partition_lag(high, src.positions, getattr(win.state, "_max_orbit", None), win.orbit_epoch,
+        lag = partition_lag(high, src.positions, win.state.peaks, win.orbit_epoch,
                             topic=self.cfg.hits_topic)
         errors = {"consume": src.errors, "windows": win.errors}
         failing, self._errors_seen = sum(errors.values()) > getattr(self, "_errors_seen", 0), sum(errors.values())

@@ -33,7 +33,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from streamz import Stream
@@ -46,7 +46,7 @@ from dtlive.partials import Answer, Kept, Partial, Request, answer, merge_answer
 from dtlive.processor import drift_edges
 from dtlive.products import compute_arrays
 from dtlive.rows import Rows
-from dtlive.windows import Window
+from dtlive.windows import Window, WindowBook
 
 log = logging.getLogger(__name__)
 
@@ -189,14 +189,13 @@ class Closing:
     restart_offsets: dict[int, int]
 
 
-@dataclass
 class WindowPlan:
     """The event_windows node's bookkeeping replayed on piece summaries, in piece order (no hits).
 
-    Like :class:`dtlive.windows.EventTimeWindows` on one partition: hits of windows up to the last closed
-    one are late; after each piece the windows whose last orbit is below the watermark (highest orbit
-    minus the lateness allowance) close; the counts since the previous closed window go with the first
-    window closed.
+    The same :class:`~dtlive.windows.WindowBook` as :class:`~dtlive.windows.EventTimeWindows`, holding piece
+    numbers instead of rows, on one partition: hits of windows up to the last closed one are late; after
+    each piece the windows whose last orbit is below the watermark close; the counts since the previous
+    closed window go with the first window closed.
 
     >>> plan = WindowPlan(window_orbits=100, lateness_orbits=0)
     >>> s = lambda ids, top: Summary(np.array(ids), np.ones(len(ids), int), top, Counter(rows=len(ids)), 0, 0)
@@ -206,50 +205,42 @@ class WindowPlan:
     (0, [(1, [0], 1)])
     """
 
-    window_orbits: int
-    lateness_orbits: int
-    last_closed: int = -1
-    max_orbit: int | None = None
-    open: dict[int, list[int]] = field(default_factory=dict)  # window -> pieces with hits in it
-    counts: Counter = field(default_factory=Counter)
-    closed: list[Closing] = field(default_factory=list)  # of the last add()/flush()
-    _position: int = 0
+    def __init__(self, window_orbits: int, lateness_orbits: int):
+        self.book: WindowBook[int] = WindowBook(window_orbits, lateness_orbits)
+        self.counts: Counter = Counter()
+        self.closed: list[Closing] = []  # of the last add()/flush()
+        self._position = 0
 
     def add(self, index: int, s: Summary) -> int:
         """Account piece ``index``; return the last closed window before it (its hits up to it are late)."""
-        before = self.last_closed
+        before = self.book.last_closed
         self.counts.update(s.counts)
         self._position = index + 1
         self.closed = []
         if not len(s.ids):
             return before
-        late = s.ids <= before
+        late = self.book.late(s.ids)
         n_late = int(s.hits[late].sum())
         if n_late:
             self.counts.update({"late_hits": n_late, "rejected.late": n_late})
         if not late.all():  # the highest orbit is a hit that is not late
             for wid in s.ids[~late].tolist():
-                self.open.setdefault(wid, []).append(index)
-            self.max_orbit = s.max_orbit if self.max_orbit is None else max(self.max_orbit, s.max_orbit)
-        self._close(self.max_orbit - self.lateness_orbits if self.max_orbit is not None else None, flush=False)
+                self.book.put(wid, index)
+            self.book.saw(0, s.max_orbit)
+        if self.book.watermark is not None:
+            self._close(self.book.watermark)
         return before
 
     def flush(self) -> None:
         """Close every open window (the end of the input)."""
         self.closed = []
-        self._close(None, flush=True)
+        self._close(None)
 
-    def _close(self, watermark: int | None, flush: bool) -> None:
-        if watermark is None and not flush:
-            return
-        for wid in sorted(self.open):
-            if not flush and (wid + 1) * self.window_orbits - 1 >= watermark:
-                break
-            pieces = self.open.pop(wid)
+    def _close(self, watermark: int | None) -> None:
+        for wid, pieces in self.book.close(watermark):
             counts, self.counts = self.counts, Counter()
             self.closed.append(Closing(wid, pieces, counts, {0: self._position}, {}))
-            self.last_closed = wid
-        restart = min((p for ps in self.open.values() for p in ps), default=self._position)
+        restart = min((p for ps in self.book.items.values() for p in ps), default=self._position)
         for c in self.closed:
             c.restart_offsets = {0: restart}
 

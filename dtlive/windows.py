@@ -31,12 +31,14 @@ make the real hits after it late, and a real jump of the DAQ is followed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 
 from dtlive import detector as det
 from dtlive.rows import Rows, by_partition, partitions_of
 
+T = TypeVar("T")
 JUMP_EVIDENCE_ROWS = 50  # rows far ahead at the end of one batch that are enough evidence of a real jump
 
 
@@ -52,8 +54,63 @@ class Window:
     meta: dict = field(default_factory=dict)  # bookkeeping added by the stream node (counts, rejects, ...)
 
 
+class WindowBook(Generic[T]):
+    """The bookkeeping of aligned event-time windows, whatever they hold.
+
+    Which windows are open and what each holds so far (``items``: rows of hits in a processor, piece
+    numbers in the replay driver), the highest orbit seen per partition, the watermark (the lowest of
+    those minus the lateness allowance), which window ids are late (at or below the last closed one)
+    and which windows close.
+
+    >>> book = WindowBook(window_orbits=100, lateness_orbits=10)
+    >>> book.put(0, "a"); book.put(1, "b"); book.saw(0, 150)
+    >>> book.watermark, book.close(book.watermark), book.late(np.array([0, 1])).tolist()
+    (140, [(0, ['a'])], [True, False])
+    >>> book.close(None), book.last_closed
+    ([(1, ['b'])], 1)
+    """
+
+    def __init__(self, window_orbits: int, lateness_orbits: int, last_closed: int = -1):
+        self.window_orbits = int(window_orbits)
+        self.lateness_orbits = int(lateness_orbits)
+        self.last_closed = int(last_closed)
+        self.items: dict[int, list[T]] = {}  # open window id -> what it holds
+        self.peaks: dict[int, int] = {}  # partition -> highest orbit seen on it
+
+    @property
+    def watermark(self) -> int | None:
+        """Lowest orbit that may still arrive without being late (None before any hit)."""
+        return min(self.peaks.values()) - self.lateness_orbits if self.peaks else None
+
+    @property
+    def open_ids(self) -> list[int]:
+        return sorted(self.items)
+
+    def late(self, ids: np.ndarray) -> np.ndarray:
+        """Which window ids belong to windows closed already."""
+        return ids <= self.last_closed
+
+    def put(self, wid: int, item: T) -> None:
+        self.items.setdefault(wid, []).append(item)
+
+    def saw(self, partition: int, orbit: int) -> None:
+        """A partition delivered hits up to ``orbit``."""
+        self.peaks[partition] = max(orbit, self.peaks.get(partition, orbit))
+
+    def close(self, watermark: int | None) -> list[tuple[int, list[T]]]:
+        """Close the open windows whose last orbit lies below ``watermark`` (None: all of them), in order."""
+        closed = []
+        for wid in sorted(self.items):
+            if watermark is not None and (wid + 1) * self.window_orbits - 1 >= watermark:
+                break
+            closed.append((wid, self.items.pop(wid)))
+            self.last_closed = wid
+        return closed
+
+
 class EventTimeWindows:
-    """Assigns hits to aligned orbit windows and closes them by watermark."""
+    """Assigns hits to aligned orbit windows and closes them by watermark (the bookkeeping is a
+    :class:`WindowBook` of the windows' rows; this class adds late and far-ahead hits and input offsets)."""
 
     def __init__(
         self,
@@ -71,15 +128,11 @@ class EventTimeWindows:
             raise ValueError("window_orbits must be >= 1 and lateness_orbits >= 0")
         if (max_jump_orbits is not None and max_jump_orbits < 1) or jump_evidence_rows < 1:
             raise ValueError("max_jump_orbits must be >= 1 (or None) and jump_evidence_rows >= 1")
-        self.window_orbits = int(window_orbits)
-        self.lateness_orbits = int(lateness_orbits)
-        self.last_closed = int(last_closed)
+        self.book: WindowBook[Rows] = WindowBook(window_orbits, lateness_orbits, last_closed)
         self.published_before = int(last_closed)  # windows up to here were published by an earlier run
         self.max_jump_orbits = None if max_jump_orbits is None else int(max_jump_orbits)
         self.jump_evidence_rows = int(jump_evidence_rows)
-        self._open: dict[int, list[Rows]] = {}
         self._low: dict[int, dict[int, int]] = {}  # open window -> partition -> lowest input offset in it
-        self._max_orbit: dict[int, int] = {}
         self._held: dict[int, tuple[Rows, np.ndarray]] = {}  # partition -> rows far ahead, their published mask
         self._out_of_range: list[Rows] = []
         self._undecided = {int(p): np.asarray(sorted(o), np.int64) for p, o in (undecided or {}).items()}
@@ -101,15 +154,34 @@ class EventTimeWindows:
                    undecided=undecided)
 
     @property
+    def window_orbits(self) -> int:
+        return self.book.window_orbits
+
+    @property
+    def lateness_orbits(self) -> int:
+        return self.book.lateness_orbits
+
+    @property
     def watermark(self) -> int | None:
         """Lowest orbit that may still arrive without being late (None before any hit)."""
-        if not self._max_orbit:
-            return None
-        return min(self._max_orbit.values()) - self.lateness_orbits
+        return self.book.watermark
 
     @property
     def open_ids(self) -> list[int]:
-        return sorted(self._open)
+        return self.book.open_ids
+
+    @property
+    def peaks(self) -> dict[int, int]:
+        """Highest orbit seen per partition."""
+        return self.book.peaks
+
+    @property
+    def last_closed(self) -> int:
+        return self.book.last_closed
+
+    @last_closed.setter
+    def last_closed(self, wid: int) -> None:
+        self.book.last_closed = int(wid)
 
     def add(self, hits: Rows, already_published: np.ndarray | None = None) -> tuple[list[Window], Rows]:
         """Add cleansed hits; return the windows this closes and the late hits.
@@ -123,7 +195,7 @@ class EventTimeWindows:
         if len(hits) == 0:
             return [], Rows.empty()
         ids = hits.orbit // self.window_orbits
-        late = ids <= self.last_closed
+        late = self.book.late(ids)
         if late.any():
             if already_published is not None:
                 keep = ~(late & already_published & (ids <= self.published_before))
@@ -145,7 +217,7 @@ class EventTimeWindows:
                     part = hits.select(slice(a, b)) if in_order else hits.select(order[a:b])
                     self._put(int(sorted_ids[a]), part)
             for part, peak in by_partition(hits.partition, hits.orbit, np.maximum).items():
-                self._max_orbit[part] = max(peak, self._max_orbit.get(part, peak))
+                self.book.saw(part, peak)
         return ([] if self.waiting else self._close_until(self.watermark)), late_rows
 
     def flush(self) -> list[Window]:
@@ -194,7 +266,7 @@ class EventTimeWindows:
     def _level(self, part: int, orbits: np.ndarray) -> int:
         """What a partition has shown so far: its highest accepted orbit; before that, its first rows' lowest
         (a far-ahead row among them is then a step up like any other, whichever place it has in the batch)."""
-        return self._max_orbit[part] if part in self._max_orbit else int(orbits.min())
+        return self.book.peaks[part] if part in self.book.peaks else int(orbits.min())
 
     def _steps(self, orbits: np.ndarray, level: int) -> np.ndarray:
         """Rows more than ``max_jump_orbits`` above everything before them (and ``level``)."""
@@ -261,7 +333,7 @@ class EventTimeWindows:
             self._out_of_range.append(rows)
 
     def _put(self, wid: int, rows: Rows) -> None:
-        self._open.setdefault(wid, []).append(rows)
+        self.book.put(wid, rows)
         low = self._low.setdefault(wid, {})
         for p, off in by_partition(rows.partition, rows.offset, np.minimum).items():
             low[p] = min(off, low.get(p, off))
@@ -286,15 +358,11 @@ class EventTimeWindows:
 
     def _close_until(self, watermark: int | None) -> list[Window]:
         closed = []
-        for wid in sorted(self._open):
-            last_orbit = (wid + 1) * self.window_orbits - 1
-            if watermark is not None and last_orbit >= watermark:
-                break
-            hits = Rows.concat(self._open.pop(wid))
+        for wid, parts in self.book.close(watermark):
+            hits = Rows.concat(parts)
             self._low.pop(wid, None)
             first = by_partition(hits.partition, hits.offset, np.minimum)
             last = by_partition(hits.partition, hits.offset, np.maximum)
             inputs = {p: (first[p], last[p]) for p in first}
-            closed.append(Window(wid, wid * self.window_orbits, last_orbit, hits, inputs))
-            self.last_closed = wid
+            closed.append(Window(wid, wid * self.window_orbits, (wid + 1) * self.window_orbits - 1, hits, inputs))
         return closed
