@@ -24,7 +24,7 @@ from dtlive import nodes as _nodes  # noqa: F401  (registers the node methods on
 from dtlive.config import Config
 from dtlive.decode import Reject
 from dtlive.kafka import consumer_config
-from dtlive.nodes import from_kafka_batched_consumer
+from dtlive.nodes import dt_from_kafka_batched_consumer
 from dtlive.partials import Answer, Kept, Partial, Request, answer, share
 from dtlive.processor import BATCH_SIZE, drift_edges
 from dtlive.windows import Window
@@ -68,18 +68,19 @@ class PartitionActor:
         self.cfg = cfg
         self.edges = drift_edges(cfg)
         conf = consumer_config(cfg, bootstrap, group_id=f"{cfg.group_id}.dask", from_beginning=True)
-        self.source = from_kafka_batched_consumer(cfg.hits_topic, conf, batch_size=batch_size,
-                                                  start_offsets=dict(start_offsets), partitions=list(partitions))
+        self.source = dt_from_kafka_batched_consumer(cfg.hits_topic, conf, batch_size=batch_size,
+                                                     start_offsets=dict(start_offsets), partitions=list(partitions))
         resume = dict(resume or {})
         self.windows = (
-            self.source.decode_hits(default_format=cfg.default_format, resume=resume)
-            .clean_hits()
-            .event_windows(window_s=cfg.window_s, lateness_s=cfg.lateness_s, idle_s=cfg.idle_s,
-                           last_closed=last_closed, orbit_epoch=orbit_epoch, max_jump_s=cfg.max_orbit_jump_s)
+            self.source.dt_decode_hits(default_format=cfg.default_format, resume=resume)
+            .dt_clean_hits()
+            .dt_event_windows(window_s=cfg.window_s, lateness_s=cfg.lateness_s, idle_s=cfg.idle_s,
+                              last_closed=last_closed, orbit_epoch=orbit_epoch, max_jump_s=cfg.max_orbit_jump_s)
         )
         self.windows.positions.update(resume)
         self.closed: list[Window] = []
         self.windows.sink(self.closed.append)
+        self.source.connect()  # the driver learns at once when its topic cannot be read
         self.kept: dict[int, Kept] = {}
         self.targets: dict[int, int] | None = None
         self.done = False

@@ -1,23 +1,32 @@
 """Importable streamz nodes: Kafka source, decode, clean, event-time windows, histogram.
 
-Each node is small and does one thing; services and notebooks wire them together.
-A user's own graph in a notebook looks like this (``bootstrap`` from ``dtlive broker``)::
+Each node is small and does one thing; services and notebooks wire them together. They are streamz
+plug-ins (entry points ``streamz.sources`` and ``streamz.nodes``), so ``Stream.dt_decode_hits`` and the
+others are there as soon as streamz is imported; the ``dt_`` prefix keeps them apart from other
+libraries' nodes. A user's own graph in a notebook looks like this (``bootstrap`` from ``dtlive broker``)::
 
-    from dtlive import nodes
-    src = nodes.from_kafka_batched_consumer("dt.hits", {"bootstrap.servers": bootstrap})
-    windows = src.decode_hits().clean_hits().event_windows(window_s=2)
-    products = windows.histogram()            # one xarray.Dataset per closed window
+    from streamz import Stream
+    src = Stream.dt_from_kafka_batched_consumer("dt.hits", {"bootstrap.servers": bootstrap})
+    windows = src.dt_decode_hits().dt_clean_hits().dt_event_windows(window_s=2)
+    products = windows.dt_histogram()          # one xarray.Dataset per closed window
     products.sink(lambda ds: print(ds.attrs["window_id"], int(ds.total_hits)))
-    src.start()                                # polls on the notebook's event loop
+    src.start()                                # connects, then polls on the notebook's event loop
 
+streamz's own ``Stream.from_kafka_batched`` feeds the same nodes through :class:`dt_payload_batch`.
 The same graph without Kafka, from in-memory payloads:
 
 >>> from streamz import Stream
 >>> src = Stream()
->>> out = src.decode_hits().clean_hits().event_windows(window_s=2, lateness_s=0).histogram().sink_to_list()
+>>> windows = src.dt_decode_hits().dt_clean_hits().dt_event_windows(window_s=2, lateness_s=0)
+>>> out = windows.dt_histogram().sink_to_list()
 >>> src.emit(Batch.from_payloads([b"2,0,5,100,7,3", b"2,0,6,900000,0,0"], "csv"))
 >>> [int(ds.total_hits) for ds in out]
 [1]
+
+The nodes keep streamz's contract: none changes what it receives (every branch of a graph sees the
+same data), and metadata travels with the data. :class:`dt_event_windows` retains the metadata of each
+batch until everything made of it is emitted (its hits in closed windows, its counts and rejects with
+one), so a checkpointing source such as ``from_kafka_batched`` commits only offsets whose windows are out.
 
 Exceptions while handling one batch never stop the graph: the node logs them,
 counts them in ``node.errors`` and turns the batch into rejects with reason ``error``.
@@ -29,9 +38,9 @@ import asyncio
 import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from streamz import Source, Stream
@@ -176,7 +185,8 @@ class Decoded:
 
 
 def _guarded(method):
-    """Run a node's own step; on an exception log it, count it and hand the batch on as rejects.
+    """Run a node's own step and emit its result with the input's metadata; on an exception log it, count it
+    and hand the batch on as rejects.
 
     Only the node's own work is guarded (``method`` returns what to emit, or None);
     what nodes downstream raise propagates to the caller of ``emit``/``poll``, so a
@@ -189,25 +199,65 @@ def _guarded(method):
         except Exception as exc:  # noqa: BLE001 - one bad batch must never stop the graph
             self.errors += 1
             log.exception("%s failed on one batch; its input is dead-lettered", type(self).__name__)
-            batch = x.batch if isinstance(x, Decoded) else x
-            if not isinstance(batch, Batch) or type(self) is event_windows:
-                return None
-            rejects = [
-                Reject("error", p, int(a), int(b), repr(exc)[:200])
-                for p, a, b in zip(batch.payloads, batch.partitions, batch.offsets)
-            ]
-            out = Decoded(Rows.empty(), rejects, Counter({"rows": len(rejects), "rejected.error": len(rejects)}), batch)
-        if out is None:
-            return None
-        if type(self) is event_windows:
-            return self._emit_windows(out)
-        return self._emit(out)
+            out = _as_rejects(x, exc)
+        return None if out is None else self._emit(out, metadata=metadata)
 
     return update
 
 
+def _as_rejects(x: Batch | Decoded, exc: Exception) -> Decoded | None:
+    """Every message of the batch behind ``x`` as a reject with reason ``error`` (None: no batch behind it)."""
+    batch = x.batch if isinstance(x, Decoded) else x
+    if not isinstance(batch, Batch):
+        return None
+    rejects = [Reject("error", p, int(a), int(b), repr(exc)[:200])
+               for p, a, b in zip(batch.payloads, batch.partitions, batch.offsets)]
+    return Decoded(Rows.empty(), rejects, Counter({"rows": len(rejects), "rejected.error": len(rejects)}), batch)
+
+
 @Stream.register_api()
-class decode_hits(Stream):
+class dt_payload_batch(Stream):
+    """Message values -> :class:`Batch`: feeds streamz's own ``Stream.from_kafka_batched`` into dtlive's nodes.
+
+    ``from_kafka_batched`` emits, per partition and poll, the list of the messages' values (with
+    ``keys=True``, dicts holding a ``"value"``). Only the values reach this node, so a batch made here
+    lacks what :class:`dt_from_kafka_batched_consumer` reads from each message:
+
+    - partitions and offsets: every batch is put on partition 0 and its messages are numbered by a running
+      count of the messages this node has seen. ``Window.inputs``, positions and restart offsets count
+      those, not Kafka offsets, and hits of all partitions share one watermark (a partition far ahead
+      makes another's hits late). Offsets stay streamz's business: the metadata goes on with the batch,
+      and ``from_kafka_batched`` commits them once :class:`dt_event_windows` has emitted what they hold.
+    - headers: the ``format`` header (``fmt`` applies to every message, else the decoder's
+      ``default_format``) and the ``orbit_epoch`` header (``orbit_epoch`` if given, else the arrival time
+      of the first batch with hits anchors the time axis, as for messages without the header).
+
+    >>> from streamz import Stream
+    >>> src = Stream()
+    >>> out = src.dt_payload_batch(fmt="csv").sink_to_list()
+    >>> src.emit([b"2,0,5,100,7,3", b"2,0,6,101,0,0"]); src.emit([{"key": None, "value": b"2,0,5,102,7,3"}])
+    >>> [(b.payloads, b.formats, b.offsets.tolist()) for b in out][1]
+    ([b'2,0,5,102,7,3'], ['csv'], [2])
+    """
+
+    def __init__(self, upstream, fmt: str | None = None, topic: str = "", orbit_epoch: float | None = None,
+                 **kwargs):
+        self.fmt = fmt
+        self.topic = topic
+        self.orbit_epoch = orbit_epoch
+        self.messages = 0
+        super().__init__(upstream, **kwargs)
+
+    def update(self, values: list, who=None, metadata=None):
+        payloads = [(v.get("value") if isinstance(v, dict) else v) or b"" for v in values]
+        batch = Batch.from_payloads(payloads, self.fmt, self.topic, first_offset=self.messages,
+                                    orbit_epoch=self.orbit_epoch)
+        self.messages += len(payloads)
+        return self._emit(batch, metadata=metadata)
+
+
+@Stream.register_api()
+class dt_decode_hits(Stream):
     """Batch -> Decoded: payloads to numpy columns, grouped by their ``format`` header.
 
     Messages without a header are read as ``default_format``; rejects carry a reason. A message whose
@@ -251,7 +301,7 @@ class decode_hits(Stream):
 
 
 @Stream.register_api()
-class clean_hits(Stream):
+class dt_clean_hits(Stream):
     """Decoded -> Decoded with only hit rows (HEAD == 2); ancillary rows are counted and dropped."""
 
     def __init__(self, upstream, **kwargs):
@@ -262,13 +312,27 @@ class clean_hits(Stream):
     def update(self, d: Decoded) -> Decoded:
         hits, _ = clean(d.rows)
         fresh_all, fresh_hits = d.fresh(d.rows), d.fresh(hits)
-        d.counts["ancillary"] += int(fresh_all.sum() - fresh_hits.sum())
-        d.rows = hits
-        return d
+        counts = Counter(d.counts)
+        counts["ancillary"] += int(fresh_all.sum() - fresh_hits.sum())
+        return replace(d, rows=hits, counts=counts)
+
+
+@dataclass
+class _Kept:
+    """The metadata a window node retains for one input batch, and what it waits for before releasing it."""
+
+    metadata: list[dict]
+    windows: set[int] = field(default_factory=set)  # windows holding hits of the batch, not emitted yet
+    held: bool = False  # far-ahead rows were held back when it came or since (its own may be among them)
+    counted: bool = False  # its counts and rejects went out with a window
+
+    @property
+    def done(self) -> bool:
+        return self.counted and not self.windows and not self.held
 
 
 @Stream.register_api()
-class event_windows(Stream):
+class dt_event_windows(Stream):
     """Decoded hits -> closed :class:`~dtlive.windows.Window` objects, in window order.
 
     Windows are ``window_s`` long on ORBIT_CNT, aligned to orbit multiples, closed by
@@ -278,6 +342,23 @@ class event_windows(Stream):
     that far ahead of their partition need evidence before they move the watermark (see
     :mod:`dtlive.windows`); those without become rejects with reason ``orbit_out_of_range``.
     ``held``: the ``held_offsets`` of the checkpoint this node resumes from.
+
+    Metadata (streamz's reference counting): the metadata of a batch is retained while its hits sit in
+    open windows, while far-ahead rows wait for evidence, and until its counts went out with a window. A
+    closed window is emitted with the metadata of the batches whose hits it holds (the first window closed
+    at a time also with those whose counts it carries); afterwards the metadata of finished batches is
+    released, in arrival order, so a source committing offsets on release never commits past a batch
+    still in use.
+
+    >>> from streamz import RefCounter, Stream
+    >>> src = Stream()
+    >>> windows = src.dt_decode_hits().dt_clean_hits().dt_event_windows(window_s=2, lateness_s=0)
+    >>> refs = [RefCounter(), RefCounter()]
+    >>> src.emit(Batch.from_payloads([b"2,0,5,100,7,3"], "csv"), metadata=[{"ref": refs[0]}])
+    >>> second = Batch.from_payloads([b"2,0,5,900000,7,3"], "csv", first_offset=1)
+    >>> src.emit(second, metadata=[{"ref": refs[1]}])
+    >>> [r.count for r in refs]  # window 0 is out, the second batch's hits sit in an open window
+    [0, 1]
     """
 
     def __init__(
@@ -304,10 +385,40 @@ class event_windows(Stream):
         self.last_input = time.monotonic()
         self.held_since_idle = 0  # idle checks that found input waiting (or no answer) since the last input
         self.errors = 0
+        self._kept: deque[_Kept] = deque()  # metadata retained, in arrival order
         super().__init__(upstream, **kwargs)
 
-    @_guarded
-    def update(self, d: Decoded) -> list[Window]:
+    def update(self, d: Decoded, who=None, metadata=None):
+        kept = None
+        if metadata:
+            kept = _Kept(list(metadata))
+            self._retain_refs(kept.metadata)
+            self._kept.append(kept)
+        try:
+            closed = self._add(d)
+        except Exception:  # noqa: BLE001 - one bad batch must never stop the graph
+            self.errors += 1
+            log.exception("%s failed on one batch; its input is dead-lettered", type(self).__name__)
+            closed = []
+        if self._kept:
+            self._track(kept, closed)
+        return self._emit_windows(closed)
+
+    def _track(self, new: _Kept | None, closed: list[Window]) -> None:
+        """Note the windows that hits of retained batches went into in the last add."""
+        filled = self.state.filled & {*self.state.open_ids, *(w.id for w in closed)}
+        for k in self._kept:
+            if k is new or k.held:  # rows held back earlier may have gone into windows now
+                k.windows |= filled
+        if self.state.holding:
+            if new is not None:
+                new.held = True
+        else:
+            for k in self._kept:
+                if k.held:  # its held rows went into windows or became rejects (counted with the next window)
+                    k.held = k.counted = False
+
+    def _add(self, d: Decoded) -> list[Window]:
         self.last_input = time.monotonic()
         self.held_since_idle = 0
         self.positions.update(d.batch.positions)
@@ -349,6 +460,9 @@ class event_windows(Stream):
         """Close and emit every open window now."""
         closed = self.state.flush()
         self._take_out_of_range()
+        for k in self._kept:
+            if k.held:  # its held rows are rejects now
+                k.held = k.counted = False
         return self._emit_windows(closed)
 
     def flush_if_idle(self, now: float | None = None, input_waiting: Callable[[], bool | None] | None = None) -> bool:
@@ -360,7 +474,7 @@ class event_windows(Stream):
         answer is not False the idle clock starts again, so the question is asked at most once per ``idle_s``.
 
         >>> from streamz import Stream
-        >>> w = Stream().event_windows(window_s=2)
+        >>> w = Stream().dt_event_windows(window_s=2)
         >>> w.state.add(Rows.from_columns(head=[2], fpga=[0], channel=[1], orbit=[5], bx=[0], tdc=[0]))[0]
         []
         >>> w.flush_if_idle(now=time.monotonic() + 60, input_waiting=lambda: None), w.state.open_ids
@@ -397,8 +511,20 @@ class event_windows(Stream):
                 "restart_offsets": dict(restart),
             }
             self.rejects = []
-            results += self._emit(w) or []
+            metadata = [m for k in self._kept if w.id in k.windows or (w is closed[0] and not k.counted)
+                        for m in k.metadata]
+            results += self._emit(w, metadata=metadata) or []
+        if closed and self._kept:
+            self._release_done({w.id for w in closed})
         return results
+
+    def _release_done(self, emitted: set[int]) -> None:
+        """Windows ``emitted`` went out (the first with all counts): release finished batches in arrival order."""
+        for k in self._kept:
+            k.windows -= emitted
+            k.counted = True
+        while self._kept and self._kept[0].done:
+            self._release_refs(self._kept.popleft().metadata)
 
     def _drain_counts(self) -> Counter:
         counts, self.counts = self.counts, Counter()
@@ -484,7 +610,7 @@ def window_dataset(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, pro
 
 
 @Stream.register_api()
-class histogram(Stream):
+class dt_histogram(Stream):
     """Window -> ``xarray.Dataset`` of the six products (see :func:`window_dataset`)."""
 
     def __init__(self, upstream, drift_edges: np.ndarray = DRIFT_EDGES_NS, provenance: dict | None = None, **kwargs):
@@ -500,11 +626,11 @@ class histogram(Stream):
             self.errors += 1
             log.exception("histogram failed for window %s", getattr(w, "id", "?"))
             return None
-        return self._emit(ds)
+        return self._emit(ds, metadata=metadata)
 
 
 @Stream.register_api(staticmethod)
-class from_kafka_batched_consumer(Source):
+class dt_from_kafka_batched_consumer(Source):
     """Source: one long-lived confluent-kafka consumer, ``assign()``-ed, batched ``consume()``.
 
     Emits the messages of one consume call (at most ``batch_size``) as batches (:class:`Batch`) of at
@@ -512,6 +638,14 @@ class from_kafka_batched_consumer(Source):
     maps partition -> offset (default: the group's committed offsets, else ``auto.offset.reset``).
     ``partitions``: read only these (a share of the topic, e.g. on a Dask worker); default all.
     Use :meth:`poll` to drive it synchronously, or ``start()`` on an event loop.
+
+    Making the source touches nothing: it connects (:meth:`connect`) in ``start()`` or at the first
+    :meth:`poll`, so a graph can be built before its broker or topic exists.
+
+    >>> from streamz import Stream
+    >>> src = Stream.dt_from_kafka_batched_consumer("dt.hits", {"bootstrap.servers": "127.0.0.1:9"})
+    >>> src.consumer is None, src.partitions
+    (True, [])
     """
 
     def __init__(
@@ -525,48 +659,75 @@ class from_kafka_batched_consumer(Source):
         partitions: list[int] | None = None,
         **kwargs,
     ):
-        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
-
         self.topic = topic
         self.batch_size = batch_size
         self.max_batch_bytes = max(1, int(max_batch_bytes))
         self.poll_timeout = poll_timeout
-        conf = {
+        self.config = {
             "group.id": "dtlive-viewer",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "enable.partition.eof": False,
             **consumer_config,
         }
-        # an offset the broker calls out of range is reported, never silently reset to one end (that skips input)
-        self.consumer = Consumer({**conf, "auto.offset.reset": "error"})
-        self.offset_resets = 0
-        meta = self.consumer.list_topics(topic, timeout=15)
-        tmeta = meta.topics.get(topic)
-        if tmeta is None or tmeta.error is not None or not tmeta.partitions:
-            raise RuntimeError(f"topic {topic!r} is not available on {conf.get('bootstrap.servers')}")
-        self.partitions = sorted(tmeta.partitions if partitions is None else partitions)
-        reset = OFFSET_BEGINNING if conf["auto.offset.reset"] in ("earliest", "beginning", "smallest") else OFFSET_END
-        committed = {}
-        if start_offsets is None:
-            got = self.consumer.committed([TopicPartition(topic, p) for p in self.partitions], timeout=15)
-            committed = {tp.partition: tp.offset for tp in got if tp.offset >= 0}
-        offsets = {p: (start_offsets or committed).get(p, reset) for p in self.partitions}
-        # Partitions with input before their end: event-time windows wait until each has delivered something,
-        # so a replay of a multi-partition topic stays exact whichever partition is fetched first.
+        self.consumer = None
+        self._share = None if partitions is None else sorted(partitions)  # the partitions to read; None: all
+        self._start_at = None if start_offsets is None else dict(start_offsets)
+        self.partitions: list[int] = []
+        self.start_offsets: dict[int, int] = {}  # where reading started (negative: librdkafka's logical offsets)
+        self.positions: dict[int, int] = {}
         self.waiting: set[int] = set()
-        if len(self.partitions) > 1 or partitions is not None:  # a share waits for each of its partitions too
-            from dtlive.kafka import end_offsets
-
-            ends = end_offsets(self.consumer, topic)
-            self.waiting = {p for p, o in offsets.items() if p in ends and ends[p][1] > max(o, ends[p][0])
-                            and o != OFFSET_END}
-        self.consumer.assign([TopicPartition(topic, p, o) for p, o in offsets.items()])
-        self.start_offsets = dict(offsets)  # where reading started (negative: librdkafka's logical offsets)
-        self.positions = {p: o for p, o in offsets.items() if o >= 0}
+        self.offset_resets = 0
         self.messages = 0
         self.errors = 0
         super().__init__(**kwargs)
+
+    def connect(self) -> None:
+        """Make the consumer, find the partitions and where to read them, and assign them (once).
+
+        Raises RuntimeError when the topic is not available; the source can then be connected again later.
+        """
+        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+
+        if self.consumer is not None:
+            return
+        topic, conf = self.topic, self.config
+        # an offset the broker calls out of range is reported, never silently reset to one end (that skips input)
+        consumer = Consumer({**conf, "auto.offset.reset": "error"})
+        try:
+            meta = consumer.list_topics(topic, timeout=15)
+            tmeta = meta.topics.get(topic)
+            if tmeta is None or tmeta.error is not None or not tmeta.partitions:
+                raise RuntimeError(f"topic {topic!r} is not available on {conf.get('bootstrap.servers')}")
+            partitions = sorted(tmeta.partitions) if self._share is None else self._share
+            reset = OFFSET_BEGINNING if conf["auto.offset.reset"] in ("earliest", "beginning", "smallest") \
+                else OFFSET_END
+            committed = {}
+            if self._start_at is None:
+                got = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=15)
+                committed = {tp.partition: tp.offset for tp in got if tp.offset >= 0}
+            offsets = {p: (self._start_at or committed).get(p, reset) for p in partitions}
+            # Partitions with input before their end: event-time windows wait until each has delivered something,
+            # so a replay of a multi-partition topic stays exact whichever partition is fetched first.
+            waiting = set()
+            if len(partitions) > 1 or self._share is not None:  # a share waits for each of its partitions too
+                from dtlive.kafka import end_offsets
+
+                ends = end_offsets(consumer, topic)
+                waiting = {p for p, o in offsets.items() if p in ends and ends[p][1] > max(o, ends[p][0])
+                           and o != OFFSET_END}
+            consumer.assign([TopicPartition(topic, p, o) for p, o in offsets.items()])
+        except BaseException:
+            consumer.close()
+            raise
+        self.consumer, self.partitions, self.waiting = consumer, partitions, waiting
+        self.start_offsets = dict(offsets)
+        self.positions = {p: o for p, o in offsets.items() if o >= 0}
+
+    def start(self) -> None:
+        """Connect, then poll on streamz's event loop."""
+        self.connect()
+        super().start()
 
     def high_watermarks(self) -> dict[int, int]:
         """Current end offset of every partition (cached by librdkafka, refreshed by consume)."""
@@ -588,6 +749,8 @@ class from_kafka_batched_consumer(Source):
         """
         from confluent_kafka import KafkaException, TopicPartition
 
+        if self.consumer is None:
+            return None
         deadline = time.monotonic() + timeout
         try:
             for p in self.partitions:
@@ -686,7 +849,11 @@ class from_kafka_batched_consumer(Source):
         return batches
 
     def poll(self, timeout: float | None = None) -> int:
-        """Consume once and emit the batches downstream (synchronously); return the number of messages."""
+        """Consume once and emit the batches downstream (synchronously); return the number of messages.
+
+        Connects first if not connected yet.
+        """
+        self.connect()
         n = 0
         for batch in self._next_batches(timeout):
             self._emit(batch)  # in the caller's thread (``emit`` would hop to streamz's event-loop thread and wait)
@@ -716,4 +883,5 @@ class from_kafka_batched_consumer(Source):
 
     def close(self) -> None:
         self.stop()
-        self.consumer.close()
+        if self.consumer is not None:
+            self.consumer.close()

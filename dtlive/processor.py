@@ -1,6 +1,6 @@
 """``dtlive process``: thin wiring of :mod:`dtlive.nodes` into an exactly-once service.
 
-Graph: Kafka source -> decode_hits -> clean_hits -> event_windows -> :class:`TransactionalPublisher`.
+Graph: Kafka source -> dt_decode_hits -> dt_clean_hits -> dt_event_windows -> :class:`TransactionalPublisher`.
 With a ledger, the run (configuration, code version, start offsets) is recorded there.
 
 Exactly once. Every publication is one Kafka transaction holding the window result(s),
@@ -37,7 +37,7 @@ from dtlive.health import Heartbeat, Progress, partition_lag
 from dtlive.heap import HeapTrimmer
 from dtlive.kafka import ClusterWatch, client_config, ensure_topics, partition_ends, producer_config
 from dtlive.messages import message_bytes
-from dtlive.nodes import event_windows, from_kafka_batched_consumer, window_message
+from dtlive.nodes import dt_event_windows, dt_from_kafka_batched_consumer, window_message
 from dtlive.processes import pid_alive
 from dtlive.watchdog import Watchdog
 from dtlive.windows import Window
@@ -179,8 +179,8 @@ class TransactionalPublisher:
     cfg: Config
     bootstrap: str
     provenance: dict
-    source: from_kafka_batched_consumer | None = None
-    windows: event_windows | None = None
+    source: dt_from_kafka_batched_consumer | None = None
+    windows: dt_event_windows | None = None
     commit_interval_s: float = 0.25
     window_delay_s: float = 0.05  # while a backlog is read, windows wait this long to share one commit
     recover_s: float = 120.0  # how long a transaction may fail to commit before the processor gives up
@@ -503,7 +503,7 @@ class Processor:
         resume = {int(k): v for k, v in (ckpt or {}).get("positions", {}).items()}
         self.resumed = ckpt is not None
         self.broker_suspect = False  # a client lost its connection: ask the broker who it is before committing
-        self.source = from_kafka_batched_consumer(
+        self.source = dt_from_kafka_batched_consumer(
             cfg.hits_topic,
             {**consumer_config(cfg, bootstrap, group_id=cfg.group_id, from_beginning=from_beginning),
              "error_cb": self._on_client_error},
@@ -512,10 +512,10 @@ class Processor:
             # transaction's offset commit without its records (Tansu does), so group offsets are not trusted.
             start_offsets={int(k): v for k, v in ckpt["restart_offsets"].items()} if ckpt else None,
         )
-        self.decoder = self.source.decode_hits(default_format=cfg.default_format, resume=resume)
+        self.decoder = self.source.dt_decode_hits(default_format=cfg.default_format, resume=resume)
         self.windows = (
-            self.decoder.clean_hits()
-            .event_windows(
+            self.decoder.dt_clean_hits()
+            .dt_event_windows(
                 window_s=cfg.window_s,
                 lateness_s=cfg.lateness_s,
                 idle_s=cfg.idle_s,
@@ -529,6 +529,7 @@ class Processor:
         self.windows.positions.update(resume)
         self.publisher.source, self.publisher.windows = self.source, self.windows
         self.windows.sink(self.publisher.publish)
+        self.source.connect()  # where reading starts is recorded below, and a missing topic fails the start
         self.cluster = ClusterWatch.of(cfg, bootstrap, every_s=cfg.idle_s)
         self.publisher.on_recover = lambda: self.follow_broker(force=True)
         self.publisher.on_client_error = self._on_client_error

@@ -139,9 +139,9 @@ def piece_batch(piece: Piece, data: bytes, orbit_epoch: float | None = None) -> 
 
 
 def decode_piece(piece: Piece, orbit_epoch: float | None = None) -> Decoded:
-    """Read, decode and clean one piece (the processor's decode_hits -> clean_hits nodes)."""
+    """Read, decode and clean one piece (the processor's dt_decode_hits -> dt_clean_hits nodes)."""
     src, out = Stream(), []
-    src.decode_hits(default_format="csv-batch").clean_hits().sink(out.append)
+    src.dt_decode_hits(default_format="csv-batch").dt_clean_hits().sink(out.append)
     src.emit(piece_batch(piece, read_piece(piece), orbit_epoch))
     return out[0]
 
@@ -152,7 +152,7 @@ def decode_piece(piece: Piece, orbit_epoch: float | None = None) -> Decoded:
 def _replay_local(pieces: list[Piece], cfg: Config, edges: np.ndarray, provenance: dict,
                   orbit_epoch: float | None, progress: Callable[[int], None]) -> list[dict]:
     src = Stream()
-    windows = src.decode_hits(default_format="csv-batch").clean_hits().event_windows(
+    windows = src.dt_decode_hits(default_format="csv-batch").dt_clean_hits().dt_event_windows(
         window_s=cfg.window_s, lateness_s=cfg.lateness_s, idle_s=cfg.idle_s)
     msgs: list[dict] = []
     windows.sink(lambda w: msgs.append(window_message(w, edges, provenance)))
@@ -190,7 +190,7 @@ class Closing:
 
 
 class WindowPlan:
-    """The event_windows node's bookkeeping replayed on piece summaries, in piece order (no hits).
+    """The dt_event_windows node's bookkeeping replayed on piece summaries, in piece order (no hits).
 
     The same :class:`~dtlive.windows.WindowBook` as :class:`~dtlive.windows.EventTimeWindows`, holding piece
     numbers instead of rows, on one partition: hits of windows up to the last closed one are late; after
@@ -367,7 +367,7 @@ def replay_on_dask(client, pieces: list[Piece], cfg: Config, edges: np.ndarray, 
         summaries = client.gather([client.submit(summary_of, f, pure=False) for f in loaded])
         befores, closing = [], []
         for p, s in zip(chunk, summaries):
-            if epoch is None and s.first_orbit is not None:  # as the event_windows node: the first hit's batch
+            if epoch is None and s.first_orbit is not None:  # as the dt_event_windows node: the first hit's batch
                 epoch = s.timestamp_ms / 1000 - s.first_orbit * det.ORBIT_S
             befores.append(plan.add(p.index, s))
             closing += plan.closed

@@ -22,8 +22,8 @@ make the real hits after it late, and a real jump of the DAQ is followed.
 >>> w = EventTimeWindows(window_orbits=100, lateness_orbits=10)
 >>> closed, late = w.add(Rows.from_columns(head=[2, 2], fpga=[0, 0], channel=[1, 1], orbit=[5, 150], bx=[0, 0],
 ...                                        tdc=[0, 0]))
->>> [c.id for c in closed], len(late)
-([0], 0)
+>>> [c.id for c in closed], len(late), sorted(w.filled)
+([0], 0, [0, 1])
 >>> [c.id for c in w.flush()]
 [1]
 """
@@ -137,6 +137,7 @@ class EventTimeWindows:
         self._out_of_range: list[Rows] = []
         self._undecided = {int(p): np.asarray(sorted(o), np.int64) for p, o in (undecided or {}).items()}
         self.waiting: frozenset[int] = frozenset()  # partitions with input not read yet: nothing closes before them
+        self.filled: set[int] = set()  # windows the last :meth:`add` put hits into (closed by it or still open)
 
     @classmethod
     def from_seconds(
@@ -183,6 +184,11 @@ class EventTimeWindows:
     def last_closed(self, wid: int) -> None:
         self.book.last_closed = int(wid)
 
+    @property
+    def holding(self) -> bool:
+        """Whether rows far ahead are held back, waiting for evidence (see :meth:`held_offsets`)."""
+        return bool(self._held)
+
     def add(self, hits: Rows, already_published: np.ndarray | None = None) -> tuple[list[Window], Rows]:
         """Add cleansed hits; return the windows this closes and the late hits.
 
@@ -190,6 +196,7 @@ class EventTimeWindows:
         after restart): those whose window that run published are dropped silently
         instead of being reported late.
         """
+        self.filled = set()
         if self.max_jump_orbits is not None and (len(hits) or self._held):
             hits, already_published = self._screen(hits, already_published)
         if len(hits) == 0:
@@ -334,6 +341,7 @@ class EventTimeWindows:
 
     def _put(self, wid: int, rows: Rows) -> None:
         self.book.put(wid, rows)
+        self.filled.add(wid)
         low = self._low.setdefault(wid, {})
         for p, off in by_partition(rows.partition, rows.offset, np.minimum).items():
             low[p] = min(off, low.get(p, off))

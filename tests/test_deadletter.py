@@ -287,7 +287,7 @@ def test_an_oversized_broken_notice_is_dead_lettered_cut(broker, tmp_path):
 
 
 def test_a_partition_actor_rejects_far_ahead_orbits_too(broker, topics):
-    """The Dask partition actor runs the same event_windows node with the configured jump rule (used here
+    """The Dask partition actor runs the same dt_event_windows node with the configured jump rule (used here
     directly, as an ordinary object, on two partitions of the real broker)."""
     from dtlive.actor import PartitionActor
 

@@ -8,8 +8,8 @@ from dtlive.nodes import Batch
 
 def test_a_batch_that_breaks_decoding_is_counted_and_dead_lettered_and_the_graph_goes_on(monkeypatch):
     src = Stream()
-    dec = src.decode_hits()
-    windows = dec.clean_hits().event_windows(window_s=2, lateness_s=0)
+    dec = src.dt_decode_hits()
+    windows = dec.dt_clean_hits().dt_event_windows(window_s=2, lateness_s=0)
     real_decode = nodes.decode
 
     def broken(*a, **k):
@@ -23,15 +23,15 @@ def test_a_batch_that_breaks_decoding_is_counted_and_dead_lettered_and_the_graph
     assert {k: v for k, v in state["pending_counts"].items() if v} == {"rows": 2, "rejected.error": 2}
 
     monkeypatch.setattr(nodes, "decode", real_decode)  # the graph still works afterwards
-    out = windows.histogram().sink_to_list()
+    out = windows.dt_histogram().sink_to_list()
     src.emit(Batch.from_payloads([b"2,0,5,100,7,3", b"2,0,6,900000,0,0"], "csv", first_offset=2))
     assert [int(ds.total_hits) for ds in out] == [1]
 
 
 def test_orbit_epoch_from_a_header_replaces_the_provisional_one_until_a_window_closes():
     src = Stream()
-    windows = src.decode_hits().clean_hits().event_windows(window_s=2, lateness_s=0)
-    out = windows.histogram().sink_to_list()
+    windows = src.dt_decode_hits().dt_clean_hits().dt_event_windows(window_s=2, lateness_s=0)
+    out = windows.dt_histogram().sink_to_list()
     first = Batch.from_payloads([b"2,0,5,100,7,3"], "csv")  # no epoch header: broker time anchors for now
     src.emit(first)
     provisional = windows.orbit_epoch
@@ -46,7 +46,7 @@ def test_orbit_epoch_from_a_header_replaces_the_provisional_one_until_a_window_c
 
 def test_a_failing_sink_is_reported_as_itself_not_as_bad_input():
     src = Stream()
-    windows = src.decode_hits().clean_hits().event_windows(window_s=2, lateness_s=0)
+    windows = src.dt_decode_hits().dt_clean_hits().dt_event_windows(window_s=2, lateness_s=0)
 
     def broken_sink(window):
         raise ValueError("my sink is broken")

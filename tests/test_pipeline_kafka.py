@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from datafiles import RUN_CSV, SAMPLE_CSV
+from streamz import Stream
 
 from dtlive.config import load_config
 from dtlive.emulator import emulate, file_chunks, simulated_chunks
@@ -141,14 +142,12 @@ def test_simulated_drift_time_box_through_the_pipeline(broker, topics):
 
 def test_users_own_streamz_graph_from_dtlive_nodes(broker, topics):
     """The documented notebook recipe: wire dtlive nodes into a custom graph on the real broker."""
-    from dtlive import nodes
-
     ensure_topics(load_config({}, env={}), broker, [topics["hits_topic"]])
     produce_file(broker, topics["hits_topic"], RUN_CSV, "daq64", rows_per_message=5000)
-    src = nodes.from_kafka_batched_consumer(topics["hits_topic"], {"bootstrap.servers": broker,
-                                                                   "auto.offset.reset": "earliest"})
-    windows = src.decode_hits().clean_hits().event_windows(window_s=2, lateness_s=0.2)
-    noisy = windows.histogram().map(lambda ds: ds.channel_occupancy.stack(ch=("chamber", "channel"))
+    src = Stream.dt_from_kafka_batched_consumer(topics["hits_topic"], {"bootstrap.servers": broker,
+                                                                       "auto.offset.reset": "earliest"})
+    windows = src.dt_decode_hits().dt_clean_hits().dt_event_windows(window_s=2, lateness_s=0.2)
+    noisy = windows.dt_histogram().map(lambda ds: ds.channel_occupancy.stack(ch=("chamber", "channel"))
                                     .pipe(lambda o: o.tdc_channel.values[int(o.argmax())]))
     found = noisy.sink_to_list()
     while src.poll(timeout=1.0):
@@ -163,16 +162,14 @@ def test_source_cuts_a_consume_call_into_pieces_of_bounded_bytes_and_does_not_wa
     """Big daq64 backlogs are decoded in pieces of <= max_batch_bytes; a backlog is taken at once."""
     import time
 
-    from dtlive import nodes
-
     ensure_topics(load_config({}, env={}), broker, [topics["hits_topic"]])
     produce_file(broker, topics["hits_topic"], RUN_CSV, "daq64", rows_per_message=1000)  # 8,000 B per message
-    src = nodes.from_kafka_batched_consumer(topics["hits_topic"], {"bootstrap.servers": broker,
-                                                                   "auto.offset.reset": "earliest"},
-                                            batch_size=1000, poll_timeout=30.0, max_batch_bytes=20_000)
+    src = Stream.dt_from_kafka_batched_consumer(topics["hits_topic"], {"bootstrap.servers": broker,
+                                                                       "auto.offset.reset": "earliest"},
+                                                batch_size=1000, poll_timeout=30.0, max_batch_bytes=20_000)
     batches = src.sink_to_list()
-    windows = src.decode_hits().clean_hits().event_windows(window_s=2, lateness_s=0.2)
-    totals = windows.histogram().map(lambda ds: int(ds.total_hits)).sink_to_list()
+    windows = src.dt_decode_hits().dt_clean_hits().dt_event_windows(window_s=2, lateness_s=0.2)
+    totals = windows.dt_histogram().map(lambda ds: int(ds.total_hits)).sink_to_list()
     t0 = time.monotonic()
     polls = 0
     while sum(len(b.payloads) for b in batches) < 160 and polls < 50:
@@ -194,14 +191,12 @@ def test_users_graph_runs_in_the_background_with_start(broker, topics):
     """``src.start()`` polls on streamz's event loop; idle windows close by themselves."""
     import time
 
-    from dtlive import nodes
-
     ensure_topics(load_config({}, env={}), broker, [topics["hits_topic"]])
     produce_file(broker, topics["hits_topic"], SAMPLE_CSV, "csv")
-    src = nodes.from_kafka_batched_consumer(topics["hits_topic"], {"bootstrap.servers": broker,
-                                                                   "auto.offset.reset": "earliest"})
-    totals = src.decode_hits().clean_hits().event_windows(window_s=2, lateness_s=0.2, idle_s=0.5).histogram() \
-        .map(lambda ds: int(ds.total_hits)).sink_to_list()
+    src = Stream.dt_from_kafka_batched_consumer(topics["hits_topic"], {"bootstrap.servers": broker,
+                                                                       "auto.offset.reset": "earliest"})
+    windows = src.dt_decode_hits().dt_clean_hits().dt_event_windows(window_s=2, lateness_s=0.2, idle_s=0.5)
+    totals = windows.dt_histogram().map(lambda ds: int(ds.total_hits)).sink_to_list()
     src.start()
     deadline = time.monotonic() + 20
     expected = expected_products(SAMPLE_CSV)["total"]

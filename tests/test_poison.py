@@ -226,7 +226,7 @@ def test_plausible_epochs_pass():
 
 def graph():
     src = Stream()
-    windows = src.decode_hits().clean_hits().event_windows(window_s=2, lateness_s=0, max_jump_s=30)
+    windows = src.dt_decode_hits().dt_clean_hits().dt_event_windows(window_s=2, lateness_s=0, max_jump_s=30)
     out = windows.sink_to_list()
     return src, windows, out
 
@@ -269,14 +269,14 @@ def test_far_hits_become_counted_dead_letters_in_the_node():
 def test_a_row_held_when_the_processor_stopped_is_judged_and_counted_once_after_the_restart():
     """The checkpoint names the held rows; the next run re-reads them (restart offset) and decides on them."""
     src = Stream()
-    first = src.decode_hits().clean_hits().event_windows(window_s=2, lateness_s=0, max_jump_s=30)
+    first = src.dt_decode_hits().dt_clean_hits().dt_event_windows(window_s=2, lateness_s=0, max_jump_s=30)
     src.emit(Batch.from_payloads([b"2,0,5,100,7,3", b"2,0,5,101,7,3", b"2,0,5,4000000000,7,3"], "csv"))
     state, rejects = first.checkpoint()
     assert state["held_offsets"] == {"0": [2]} and state["restart_offsets"] == {"0": 0} and rejects == []
 
     src = Stream()  # the restarted processor, resuming from that checkpoint
     resume = {int(k): v for k, v in state["positions"].items()}
-    second = src.decode_hits(resume=resume).clean_hits().event_windows(
+    second = src.dt_decode_hits(resume=resume).dt_clean_hits().dt_event_windows(
         window_s=2, lateness_s=0, max_jump_s=30, held=state["held_offsets"], pending=state["pending_counts"])
     out = second.sink_to_list()
     src.emit(Batch.from_payloads([b"2,0,5,100,7,3", b"2,0,5,101,7,3", b"2,0,5,4000000000,7,3",

@@ -1,7 +1,7 @@
 """``dtlive replay``: files cut in pieces, in one process and on Dask, give the same windows.
 
 Tiers: the pieces and the window bookkeeping are pure (any cut covers every line once; the plan replayed on
-summaries equals the event_windows node); the Dask driver runs in-process against an inline client (a fake
+summaries equals the dt_event_windows node); the Dask driver runs in-process against an inline client (a fake
 of ``distributed.Client``), and on a real ``LocalCluster`` of 2 worker processes.
 """
 
