@@ -59,10 +59,10 @@ import xarray as xr
 
 from dtlive.alerts.notices import Alert, alert_to_dict
 from dtlive.history import HistoryStore, overlaps
+from dtlive.messages import ANALYSIS_SCHEMA
 
 __all__ = [
     "GROUP",
-    "RESULT_SCHEMA",
     "TEMPLATE",
     "Analysis",
     "AnalysisContext",
@@ -87,7 +87,6 @@ __all__ = [
 ]
 
 GROUP = "dtlive.analyses"  # entry-point group of analysis plug-ins
-RESULT_SCHEMA = "dtlive.analysis/1"
 ENV_ARTIFACTS = "DTLIVE_ARTIFACTS"
 TEMPLATE = Path(__file__).with_name("alert_template.ipynb")
 MAX_WINDOW_S = 10.0  # windows are 1-5 s long: look this far back for windows overlapping a range
@@ -195,7 +194,7 @@ class AnalysisResult:
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready message of this result (``"schema": "dtlive.analysis/1"``; ``data`` by its names)."""
         return _jsonable({
-            "schema": RESULT_SCHEMA, "analysis": self.name, "version": self.version, "status": self.status,
+            "schema": ANALYSIS_SCHEMA, "analysis": self.name, "version": self.version, "status": self.status,
             "alert": self.provenance.get("alert"), "summary": self.summary,
             "artifacts": [str(a) for a in self.artifacts], "data_vars": sorted(map(str, self.data.data_vars)),
             "provenance": self.provenance,
