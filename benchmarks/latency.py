@@ -15,7 +15,7 @@ the run the hits topic is read back and decoded with ``dtlive.decode.decode``, w
 orbit and produce time. For every published window:
 
 * ``last_hit_latency``  = result available - produce time of the window's last-produced hit
-  (the definition in the brief; target <= window + lateness + 0.5 s = 3.0 s);
+  (the latency the target is set on: <= window + lateness + 0.5 s = 3.0 s);
 * ``first_hit_latency`` = result available - produce time of its first-produced hit (the longest any
   hit waits for its window's result: about window + lateness + processing);
 * ``data_age`` = result available - wall time of the window's end (orbit_epoch + (last_orbit+1) orbits).
