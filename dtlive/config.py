@@ -27,8 +27,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dtlive.deadletter import DEFAULT_MAX_BYTES
-
 # Settings that change the numbers a processor publishes: they make up the config hash.
 PROCESSING_KEYS = ("window_s", "lateness_s", "default_format", "drift_bin_ns", "drift_min_ns", "drift_max_ns")
 
@@ -60,7 +58,7 @@ class Config:
     drift_min_ns: float = -100.0
     drift_max_ns: float = 500.0
     group_id: str = "dtlive-processor"  # consumer group and transactional-id stem of the processor
-    dead_letter_max_bytes: int = DEFAULT_MAX_BYTES  # dead-letter values are cut to this (size, sha256 in headers)
+    dead_letter_max_bytes: int = 64 * 1024  # dead letters are cut to this, far below librdkafka's 1 MB message limit
     max_orbit_jump_s: float = 30.0  # hits this far ahead of their partition's stream need evidence (0: no check)
     kafka: dict[str, str] = field(default_factory=dict)  # librdkafka settings from KAFKA_* variables
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dtlive import detector as det
-from dtlive.decode import decode, encode_csv, encode_daq64
+from dtlive.decode import FORMATS, decode, encode_csv, encode_daq64
 from dtlive.messages import EPOCH_HEADER, FORMAT_HEADER
 from dtlive.rows import Rows
 
@@ -190,7 +190,7 @@ def encode_chunk(chunk: Chunk, fmt: str, rows_per_message: int) -> tuple[list[by
         payloads = encode_daq64(chunk.rows, rows_per_message)
         lines = chunk.rows.head
     else:
-        raise ValueError(f"unknown format {fmt!r}; choose one of csv, csv-batch, daq64")
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     n = len(lines)
     sizes = np.full(len(payloads), rows_per_message, np.int64)
     if len(payloads):
