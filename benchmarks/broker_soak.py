@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS_DIR, cpu_seconds, free_port, loadavg, log, read_topic, rss_mb, slope_per_minute
+from dtlive.config import Config
 
 SERVICES = ("processor", "recorder", "alerts", "emulator")
 
@@ -225,6 +226,7 @@ def count_hits(bootstrap: str, cfg, expect_messages: int) -> dict:
     """Hits sent (decoded from the hits topic) against hits counted and rejected in the published windows."""
     from dtlive import detector as det
     from dtlive.decode import decode
+    from dtlive.messages import FORMAT_HEADER
     from dtlive.results import read_messages
 
     windows = [m for m in read_messages(bootstrap, cfg.monitor_topic, cfg=cfg, timeout=120)
@@ -238,7 +240,7 @@ def count_hits(bootstrap: str, cfg, expect_messages: int) -> dict:
     bad = 0
     for i in range(0, len(msgs), 2000):
         part = msgs[i:i + 2000]
-        fmt = dict(part[0].headers() or []).get("format", cfg.default_format.encode()).decode()
+        fmt = dict(part[0].headers() or []).get(FORMAT_HEADER, cfg.default_format.encode()).decode()
         out = decode([m.value() for m in part], fmt, np.zeros(len(part), np.int64),
                      np.array([m.offset() for m in part], np.int64))
         sent += int((out.rows.head == det.HIT_HEAD).sum())
@@ -309,8 +311,8 @@ def summarise(samples: list[dict], minutes_each: float = 5.0) -> dict:
     states = [f"{s.get('alerts_group_state')}/{s.get('alerts_group_members')}" for s in samples]
     out["alerts_group_states_seen"] = sorted(set(states))
     out["checkpoint_records_per_s"] = _mean_rate(samples, "checkpoints")
-    out["monitor_records_per_s"] = _mean_rate(samples, "dt.monitor")
-    out["hits_messages_per_s"] = _mean_rate(samples, "dt.hits")
+    out["monitor_records_per_s"] = _mean_rate(samples, Config.monitor_topic)
+    out["hits_messages_per_s"] = _mean_rate(samples, Config.hits_topic)
     return out
 
 

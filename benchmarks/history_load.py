@@ -43,6 +43,7 @@ import numpy as np
 
 from benchmarks.checks import count_check, verdict
 from dtlive import detector as det
+from dtlive.config import Config
 from dtlive.history import HistoryStore, _columns, _dataset, _dedup_sorted
 from dtlive.messages import decode_message, encode_message, iso_utc
 from dtlive.nodes import window_dataset
@@ -76,13 +77,12 @@ def template(seconds: float = 20.0) -> tuple[dict, dict]:
     hist = msgs[0]["histograms"]
     means = {}
     for name in ("channel_occupancy", "active_channels_per_orbit", "scint_channel_occupancy", "drift_time_ns"):
-        means[name] = np.mean([[m["histograms"][name][f"chamber_{c}"]["bin_counts"] for c in range(4)]
+        means[name] = np.mean([[m["histograms"][name][f"chamber_{c}"]["bin_counts"] for c in range(det.N_CHAMBERS)]
                                for m in msgs], axis=0)
     means["special"] = np.mean([m["counts"]["special_channel_hits"] for m in msgs])
-    means["under"] = np.mean([[m["histograms"]["drift_time_ns"][f"chamber_{c}"]["underflow"] for c in range(4)]
-                              for m in msgs], axis=0)
-    means["over"] = np.mean([[m["histograms"]["drift_time_ns"][f"chamber_{c}"]["overflow"] for c in range(4)]
-                             for m in msgs], axis=0)
+    drift = [[m["histograms"]["drift_time_ns"][f"chamber_{c}"] for c in range(det.N_CHAMBERS)] for m in msgs]
+    means["under"] = np.mean([[d["underflow"] for d in per] for per in drift], axis=0)
+    means["over"] = np.mean([[d["overflow"] for d in per] for per in drift], axis=0)
     log(f"template: {len(msgs)} simulated windows, {np.mean([m['total_hits'] for m in msgs]):.0f} hits/window, "
         f"{len(hist['drift_time_ns']['chamber_0']['bin_counts'])} drift bins")
     return msgs[0], means
@@ -107,7 +107,7 @@ def messages(tmpl: dict, counts: dict, first: int, n: int) -> list[dict]:
         hist = {}
         for name in ("channel_occupancy", "active_channels_per_orbit", "scint_channel_occupancy", "drift_time_ns"):
             per = {}
-            for c in range(4):
+            for c in range(det.N_CHAMBERS):
                 entry = {"bin_edges": h[name][f"chamber_{c}"]["bin_edges"],
                          "bin_counts": counts[name][i, c].tolist()}
                 if name == "drift_time_ns":
@@ -120,10 +120,10 @@ def messages(tmpl: dict, counts: dict, first: int, n: int) -> list[dict]:
             "schema": tmpl["schema"],
             "window": {"id": i, "first_orbit": i * orbits, "last_orbit": (i + 1) * orbits - 1,
                        "start": iso_utc(T0 + WINDOW_S * i), "end": iso_utc(T0 + WINDOW_S * (i + 1))},
-            "provenance": {"inputs": [{"topic": "dt.hits", "partition": 0, "first_offset": 5000 * i,
+            "provenance": {"inputs": [{"topic": Config.hits_topic, "partition": 0, "first_offset": 5000 * i,
                                        "last_offset": 5000 * i + total - 1}],
                            "dtlive_version": "bench", "config_hash": "0123abcd", "run_id": "bench-run",
-                           "processor": "dtlive-processor", "orbit_epoch": T0},
+                           "processor": Config.group_id, "orbit_epoch": T0},
             "total_hits": total,
             "hits_per_chamber": counts["hits_per_chamber"][i].tolist(),
             "counts": {"rows": total, "rejected": {"late": 1} if i % 97 == 0 else {}, "ancillary": 0,
@@ -210,9 +210,10 @@ class ZarrStore:
         if part is None:
             return None
         cols = {}
-        shapes = {"hits_per_chamber": (4,), "channel_occupancy": (4, 64), "active_channels_per_orbit": (4, 64),
-                  "scint_channel_occupancy": (4, 64), "drift_time_ns_underflow": (4,), "drift_time_ns_overflow": (4,),
-                  "drift_time_ns": (4, -1)}
+        nc, nch = det.N_CHAMBERS, det.CHANNELS_PER_CHAMBER
+        shapes = {"hits_per_chamber": (nc,), "channel_occupancy": (nc, nch), "active_channels_per_orbit": (nc, nch),
+                  "scint_channel_occupancy": (nc, nch), "drift_time_ns_underflow": (nc,),
+                  "drift_time_ns_overflow": (nc,), "drift_time_ns": (nc, -1)}
         for k in part.data_vars:
             v = part[k].values
             if k in shapes:

@@ -12,7 +12,7 @@ buffers), and over the second half of the run: the heap keeps filling for a few 
 allocators' high-water marks after the first bursts of input, see dtlive.heap), so the second half says whether
 RSS has levelled off. The machine's highest 1-minute load is recorded too: stalls make bursts, bursts steps.
 Flat means |slope| small against the level, e.g. well below 1 MB/min; the full-run
-figures are the ones to compare with the issue's 10-minute requirement. The run only counts if every hit
+figures are the ones to compare with the 10-minute target. The run only counts if every hit
 the emulator wrote (counted from its input) is in a published window: else "not met: N hits missing".
 """
 

@@ -35,9 +35,10 @@ def write_files(folder: Path, rows: int, files: int) -> tuple[list[str], int]:
     Returns the paths and the hits (HEAD 2 rows) written, counted as they are written: what every replay
     must count.
     """
+    from dtlive import detector as det
     from dtlive.decode import encode_csv
 
-    header = b"HEAD,FPGA,TDC_CHANNEL,ORBIT_CNT,BX_COUNTER,TDC_MEAS\n"
+    header = det.CSV_HEADER.encode() + b"\n"
     per_file = -(-rows // files)
     counted = CountedInput(file_source(), rows)
     paths = [str(folder / f"replay_{k:03d}.csv") for k in range(files)]

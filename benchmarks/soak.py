@@ -35,6 +35,8 @@ import uuid
 from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, free_port, log, rss_mb
+from dtlive.config import Config
+from dtlive.messages import EPOCH_HEADER, FORMAT_HEADER
 
 FAULTS = ("broker_stall", "broker_restart", "processor_kill", "database_outage", "poison")
 PG = "postgresql://postgres@127.0.0.1:5432"
@@ -110,7 +112,7 @@ class CuttableProxy:
 class Follower(threading.Thread):
     """Reads every committed result, following the broker when it is replaced (a restart starts it empty)."""
 
-    def __init__(self, bootstrap: str, topic: str = "dt.monitor"):
+    def __init__(self, bootstrap: str, topic: str = Config.monitor_topic):
         super().__init__(daemon=True)
         self.bootstrap, self.topic = bootstrap, topic
         self.windows: dict[tuple, dict] = {}  # (window id, run id, rows, hits) -> first arrival
@@ -233,11 +235,11 @@ def poison(bootstrap: str) -> int:
     messages = [
         (b"2,0,5,notanumber,0,0", []), (b"9,9,9", []), (b"\xff\xfe\x00garbage", []), (b"2,0,5,100,7", []),
         (b"x" * 2_000_000, []),  # one 2 MB line
-        (b"2,0,5,100,7,3", [("orbit_epoch", b"1e30")]),  # an absurd epoch
+        (b"2,0,5,100,7,3", [(EPOCH_HEADER, b"1e30")]),  # an absurd epoch
         (b"2,0,5,999999999999,0,0", []),  # one hit far ahead of the stream
     ]
     for value, headers in messages:
-        p.produce("dt.hits", value, headers=[("format", b"csv"), *headers],
+        p.produce(Config.hits_topic, value, headers=[(FORMAT_HEADER, b"csv"), *headers],
                   on_delivery=lambda err, msg: delivered.append(err is None))
     p.flush(30)
     return sum(delivered)
@@ -338,8 +340,10 @@ def main(argv: list[str] | None = None) -> int:
 def _checkpoint_state(bootstrap: str) -> str:
     from dtlive.config import load_config
     from dtlive.kafka import partition_ends
+    from dtlive.processor import checkpoint_topic
 
-    ends = partition_ends(load_config({}, env={}), bootstrap, "dt.monitor.checkpoints", timeout=3)
+    cfg = load_config({}, env={})
+    ends = partition_ends(cfg, bootstrap, checkpoint_topic(cfg), timeout=3)
     return "fence" if any(high > 0 for _, high in ends.values()) else ""
 
 

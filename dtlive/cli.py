@@ -15,6 +15,10 @@ import threading
 import time
 
 from dtlive import __version__
+from dtlive import detector as det
+from dtlive.config import Config
+from dtlive.decode import FORMATS
+from dtlive.messages import STATUS_SCHEMA
 from dtlive.shutdown import StopOnSignal
 
 EPILOG = """\
@@ -28,7 +32,7 @@ Typical session:
   dtlive broker &                              # or piece by piece
   dtlive process &
   dtlive emulate --simulate --rate 1000
-  dtlive emulate ../shared/data/run000591_hits.csv --format daq64 --rate max
+  dtlive emulate run000591_hits.csv --format daq64 --rate max
   dtlive results --last 5                      # what the processor published
 """
 
@@ -101,12 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--rate", type=rate_arg, default=1000.0, help="rows per second, or 'max' (default 1000)")
     e.add_argument(
         "--format",
-        choices=("csv", "csv-batch", "daq64"),
+        choices=FORMATS,
         default="csv",
         help="payload format (default csv: one row per message)",
     )
     e.add_argument("--rows-per-message", type=int, help="rows per message for csv-batch/daq64 (default rate/100)")
-    e.add_argument("--topic", help="topic (default: the configured hits topic, dt.hits)")
+    e.add_argument("--topic", help=f"topic (default: the configured hits topic, {Config.hits_topic})")
     e.add_argument("--limit", type=int, help="stop after this many rows")
     e.add_argument("--duration", type=duration_s, help="stop after this long")
     e.add_argument("--loop", action="store_true", help="replay the files forever (orbits keep increasing)")
@@ -142,8 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
         "history store (DTLIVE_HISTORY) and record the run with its configuration in the ledger (DTLIVE_DB).",
     )
     rp.add_argument("files", nargs="+", help="CSV files or URLs with the HEAD,FPGA,... header")
-    rp.add_argument("--window", dest="window_s", type=duration_s, help="window length, 1-5 s (default 2s)")
-    rp.add_argument("--lateness", dest="lateness_s", type=duration_s, help="lateness allowance (default 0.5s)")
+    rp.add_argument("--window", dest="window_s", type=duration_s,
+                    help=f"window length, 1-5 s (default {Config.window_s:g}s)")
+    rp.add_argument("--lateness", dest="lateness_s", type=duration_s,
+                    help=f"lateness allowance (default {Config.lateness_s:g}s)")
     rp.add_argument("--dask", metavar="ADDRESS", help="read, decode and histogram the pieces on Dask workers (a "
                     "scheduler address, or local:N worker processes); same results as without")
     rp.add_argument("--piece-mb", type=piece_mb, default=4.0, help="the files are cut into pieces of this many MB at "
@@ -158,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _processing_args(d)
     d.add_argument("--rate", type=rate_arg, default=1000.0, help="emulator rows per second (default 1000)")
-    d.add_argument("--format", choices=("csv", "csv-batch", "daq64"), default="csv")
+    d.add_argument("--format", choices=FORMATS, default="csv")
     d.add_argument("--files", nargs="*", default=[], help="replay these files (looping) instead of simulating")
     d.add_argument("--duration", type=duration_s, help="stop after this long (default: run until Ctrl-C)")
     d.add_argument("--dashboard-port", type=int, default=8866, help="Voila dashboard port (default 8866)")
@@ -171,11 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
         "and print its URL. The dashboard reads the monitor topic of the configured or embedded broker.",
     )
     db.add_argument("--port", type=int, default=8866, help="port (default 8866; a free one if taken)")
-    db.add_argument("--topic", help="monitor topic (default dt.monitor)")
+    db.add_argument("--topic", help=f"monitor topic (default {Config.monitor_topic})")
     db.add_argument("--kernel-grace", dest="dashboard_kernel_grace_s", type=duration_s,
-                    help="shut a page's kernel down this long after the page went away (default 10s)")
+                    help="shut a page's kernel down this long after the page went away "
+                    f"(default {Config.dashboard_kernel_grace_s:g}s)")
     db.add_argument("--kernel-idle", dest="dashboard_kernel_idle_s", type=duration_s,
-                    help="cull kernels idle this long, connected pages excepted (default 3600s)")
+                    help="cull kernels idle this long, connected pages excepted "
+                    f"(default {Config.dashboard_kernel_idle_s:g}s)")
 
     st = sub.add_parser(
         "stop",
@@ -190,15 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     rec = sub.add_parser(
         "record",
-        help="follow the results into the ledger and the history store; flag bad data on dt.quality",
+        help=f"follow the results into the ledger and the history store; flag bad data on {Config.quality_topic}",
         description="Record every committed window of the monitor topic in the ledger (DTLIVE_DB) with "
         "where its result landed, append it to the history store (DTLIVE_HISTORY), detect data gaps, "
-        "silent chambers, noisy channels and rate jumps, and publish them on dt.quality.",
+        f"silent chambers, noisy channels and rate jumps, and publish them on {Config.quality_topic}.",
     )
     rec.add_argument("--until-end", action="store_true", help="stop once the results present at start are in")
-    rec.add_argument("--input", dest="hits_topic", help="hits topic the results came from (default dt.hits)")
-    rec.add_argument("--output", dest="monitor_topic", help="results topic to follow (default dt.monitor)")
-    rec.add_argument("--quality-topic", dest="quality_topic", help="where quality periods go (default dt.quality)")
+    rec.add_argument("--input", dest="hits_topic",
+                     help=f"hits topic the results came from (default {Config.hits_topic})")
+    rec.add_argument("--output", dest="monitor_topic",
+                     help=f"results topic to follow (default {Config.monitor_topic})")
+    rec.add_argument("--quality-topic", dest="quality_topic",
+                     help=f"where quality periods go (default {Config.quality_topic})")
 
     runs = sub.add_parser("runs", help="list processing runs (and detector runs) from the ledger",
                           description="Processing runs with their configuration hash, code version and "
@@ -227,31 +238,33 @@ def build_parser() -> argparse.ArgumentParser:
     al = sub.add_parser("alerts", help="listen to GCN-style alert topics and run canned analyses; inject notices",
                         description="`listen`: subscribe to GCN-style topics (gcn-kafka conventions: KAFKA_* "
                         "settings, a stable group id, commit after handling), run the canned analyses the rules "
-                        "choose in time-limited workers and publish results on dt.analyses. `send`: inject a "
-                        "notice (a file or a built-in template) with its trigger time set to now or --trigger-time.")
+                        f"choose in time-limited workers and publish results on {Config.analyses_topic}. "
+                        "`send`: inject a notice (a file or a built-in template) with its trigger time set to now "
+                        "or --trigger-time.")
     alsub = al.add_subparsers(dest="alerts_command", metavar="ACTION")
     li = alsub.add_parser("listen", help="run the alert listener")
     li.add_argument("--rules", help="rules TOML file (default: built-in rules)")
     li.add_argument("--topics", dest="alert_topics", help="comma-separated topic patterns "
-                    "(default gcn.notices.*,gcn.classic.voevent.*,igwn.gwalert)")
+                    f"(default {Config.alert_topics})")
     li.add_argument("--run-tests", action="store_true", help="also run analyses for test/injection notices")
     li.add_argument("--workers", type=int, default=2, help="analysis worker processes (default 2)")
     li.add_argument("--timeout", type=duration_s, default=120.0, help="time limit per analysis (default 120s)")
     li.add_argument("--duration", type=duration_s, help="stop after this long")
     se = alsub.add_parser("send", help="inject a notice")
-    se.add_argument("notice", help="a notice file (e.g. ../shared/alerts/swift_bat_Guano.json) or a template: "
+    se.add_argument("notice", help="a notice file (e.g. swift_bat_Guano.json) or a template: "
                     "superk-sn, icecube-track")
     se.add_argument("--topic", help="topic (default: from the notice's $schema, e.g. gcn.notices.swift.bat.guano)")
     se.add_argument("--trigger-time", help="ISO UTC or UNIX seconds (default: now)")
 
     st = sub.add_parser(
         "status", help="which services are alive: their heartbeats as a table, stale ones marked",
-        description="Read the service heartbeats (dtlive.status/1) of the last --since seconds from the status "
-        "topic (dt.status) and print one row per service instance: service, host, pid, state, age of its last "
-        "heartbeat, input lag (messages and seconds of event time), rates, errors and the last error. A service "
-        "with no heartbeat for more than 3 of its intervals is STALE (stuck or dead); one whose heartbeats come "
-        "with gaps or go missing is marked irregular. Exit status: 0 when every service is alive and well, 1 when "
-        "any is stale or reports an error state (degraded, failed), or none was heard from: usable in scripts.")
+        description=f"Read the service heartbeats ({STATUS_SCHEMA}) of the last --since seconds from the status topic "
+        f"({Config.status_topic}) and print one row per service instance: service, host, pid, state, age of its "
+        "last heartbeat, input lag (messages and seconds of event time), rates, errors and the last error. A "
+        "service with no heartbeat for more than 3 of its intervals is STALE (stuck or dead); one whose "
+        "heartbeats come with gaps or go missing is marked irregular. Exit status: 0 when every service is alive "
+        "and well, 1 when any is stale or reports an error state (degraded, failed), or none was heard from: "
+        "usable in scripts.")
     st.add_argument("--json", action="store_true", help="JSON rows instead of a table")
     st.add_argument("--watch", action="store_true", help="refresh every 2 s until Ctrl-C")
     st.add_argument("--since", type=duration_s, default=30.0, help="heartbeats of the last ... (default 30s)")
@@ -262,20 +275,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read result messages from the monitor topic, print a table and optionally "
         "save them stacked along time as NetCDF.",
     )
-    r.add_argument("--topic", help="monitor topic (default dt.monitor)")
+    r.add_argument("--topic", help=f"monitor topic (default {Config.monitor_topic})")
     r.add_argument("--last", type=int, default=10, help="how many recent windows (default 10; 0 = all)")
     r.add_argument("--netcdf", help="also write the stacked Dataset to this .nc file")
     return p
 
 
 def _processing_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", dest="hits_topic", help="hits topic (default dt.hits)")
-    p.add_argument("--output", dest="monitor_topic", help="results topic (default dt.monitor)")
-    p.add_argument("--rejected", dest="rejected_topic", help="dead-letter topic (default dt.hits.rejected)")
-    p.add_argument("--window", dest="window_s", type=duration_s, help="window length, 1-5 s (default 2s)")
-    p.add_argument("--lateness", dest="lateness_s", type=duration_s, help="lateness allowance (default 0.5s)")
-    p.add_argument("--idle", dest="idle_s", type=duration_s, help="flush open windows after this long idle (3s)")
-    p.add_argument("--group-id", dest="group_id", help="consumer group / processor identity (dtlive-processor)")
+    p.add_argument("--input", dest="hits_topic", help=f"hits topic (default {Config.hits_topic})")
+    p.add_argument("--output", dest="monitor_topic", help=f"results topic (default {Config.monitor_topic})")
+    p.add_argument("--rejected", dest="rejected_topic", help=f"dead-letter topic (default {Config.rejected_topic})")
+    p.add_argument("--window", dest="window_s", type=duration_s,
+                   help=f"window length, 1-5 s (default {Config.window_s:g}s)")
+    p.add_argument("--lateness", dest="lateness_s", type=duration_s,
+                   help=f"lateness allowance (default {Config.lateness_s:g}s)")
+    p.add_argument("--idle", dest="idle_s", type=duration_s,
+                   help=f"flush open windows after this long idle ({Config.idle_s:g}s)")
+    p.add_argument("--group-id", dest="group_id", help=f"consumer group / processor identity ({Config.group_id})")
 
 
 def _config(args):
@@ -461,7 +477,7 @@ class Summary:
         if msg is not None:
             w = msg["window"]
             age = (
-                time.time() - proc.windows.orbit_epoch - (w["last_orbit"] + 1) * 89.1e-6
+                time.time() - proc.windows.orbit_epoch - (w["last_orbit"] + 1) * det.ORBIT_S
                 if proc.windows.orbit_epoch
                 else float("nan")
             )

@@ -5,6 +5,12 @@ TOML file (``--config FILE`` or ``DTLIVE_CONFIG``), which beats the defaults.
 librdkafka settings pass through from ``KAFKA_*`` variables, as in gcn-kafka:
 ``KAFKA_SASL_MECHANISM=PLAIN`` becomes ``sasl.mechanism=PLAIN``.
 
+The defaults of :class:`Config` are the only place a topic name, consumer group or service default is
+written down: a service reads them from its ``Config``, and code that needs a default without one
+(a function's default argument, a help text) names the class attribute (``Config.monitor_topic``), so a
+renamed topic changes everywhere at once. Schema ids and header names are not settings: they live in
+:mod:`dtlive.messages`; detector facts in :mod:`dtlive.detector`.
+
 >>> cfg = load_config({"window_s": 3}, env={"DTLIVE_WINDOW_S": "4", "KAFKA_LINGER_MS": "5"})
 >>> cfg.window_s, cfg.kafka
 (3.0, {'linger.ms': '5'})
@@ -52,7 +58,7 @@ class Config:
     drift_min_ns: float = -100.0
     drift_max_ns: float = 500.0
     group_id: str = "dtlive-processor"  # consumer group and transactional-id stem of the processor
-    dead_letter_max_bytes: int = 64 * 1024  # dead-letter values are cut to this (original size and sha256 in headers)
+    dead_letter_max_bytes: int = 64 * 1024  # dead letters are cut to this, far below librdkafka's 1 MB message limit
     max_orbit_jump_s: float = 30.0  # hits this far ahead of their partition's stream need evidence (0: no check)
     kafka: dict[str, str] = field(default_factory=dict)  # librdkafka settings from KAFKA_* variables
 

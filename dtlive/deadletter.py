@@ -19,9 +19,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from dtlive.config import Config
+
 __all__ = ["DEFAULT_MAX_BYTES", "MAX_DETAIL_BYTES", "DeadLetter", "dead_letter"]
 
-DEFAULT_MAX_BYTES = 64 * 1024  # far below librdkafka's default message.max.bytes (1,000,000)
+DEFAULT_MAX_BYTES = Config.dead_letter_max_bytes  # the configured default (64 KiB)
 MAX_DETAIL_BYTES = 512  # the free-text detail header is cut to this many bytes
 _MAX_TOPIC_BYTES = 249  # Kafka's longest topic name
 

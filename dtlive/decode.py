@@ -31,7 +31,6 @@ from dtlive import detector as det
 from dtlive.rows import COLUMNS, Rows
 
 FORMATS = ("csv", "csv-batch", "daq64")
-FORMAT_HEADER = "format"
 MAX_CSV_ROW_BYTES = 256
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 

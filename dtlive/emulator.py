@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dtlive import detector as det
-from dtlive.decode import FORMAT_HEADER, decode, encode_csv, encode_daq64
-from dtlive.nodes import EPOCH_HEADER
+from dtlive.decode import FORMATS, decode, encode_csv, encode_daq64
+from dtlive.messages import EPOCH_HEADER, FORMAT_HEADER
 from dtlive.rows import Rows
 
 
@@ -41,9 +41,6 @@ class Chunk:
 
 class DataFileError(ValueError):
     """A file that cannot be replayed: missing, unreadable, or holding no DAQ rows (the message says which)."""
-
-
-DAQ_HEADER = b"HEAD,FPGA,TDC_CHANNEL,ORBIT_CNT,BX_COUNTER,TDC_MEAS"
 
 
 def read_data_file(path: str) -> tuple[list[bytes], Rows]:
@@ -77,9 +74,10 @@ def read_data_file(path: str) -> tuple[list[bytes], Rows]:
     if not lines:
         raise DataFileError(f"{path} is empty: no DAQ rows to send")
     first = lines[0]
-    if first[:1].isalpha() and b"," in first and first.isascii() and first.replace(b" ", b"").upper() != DAQ_HEADER:
+    columns = first.replace(b" ", b"").upper()
+    if first[:1].isalpha() and b"," in first and first.isascii() and columns != det.CSV_HEADER.encode():
         shown = first[:60].decode(errors="replace")
-        raise DataFileError(f"{path} has the columns {shown!r}, not {DAQ_HEADER.decode()}")
+        raise DataFileError(f"{path} has the columns {shown!r}, not {det.CSV_HEADER}")
     lines = [ln for ln in lines if not ln.upper().startswith(b"HEAD")]
     decoded = decode(lines, "csv")
     if not len(decoded.rows):
@@ -192,7 +190,7 @@ def encode_chunk(chunk: Chunk, fmt: str, rows_per_message: int) -> tuple[list[by
         payloads = encode_daq64(chunk.rows, rows_per_message)
         lines = chunk.rows.head
     else:
-        raise ValueError(f"unknown format {fmt!r}; choose one of csv, csv-batch, daq64")
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     n = len(lines)
     sizes = np.full(len(payloads), rows_per_message, np.int64)
     if len(payloads):

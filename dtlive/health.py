@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 
 from dtlive import __version__
 from dtlive import detector as det
+from dtlive.messages import SCHEMA_HEADER, STATUS_SCHEMA
 
 log = logging.getLogger(__name__)
 
-STATUS_SCHEMA = "dtlive.status/1"
 SERVICES = ("processor", "dask-processor", "recorder", "alerts", "emulator")
 #: What a service can say about itself. ``degraded``: running, but errors in the last interval.
 STATES = ("starting", "running", "idle", "degraded", "stopping", "stopped", "failed")
@@ -424,7 +424,7 @@ class Heartbeat:
         msg = self.message(**fields)
         try:
             self.producer.produce(self.topic, json.dumps(msg, default=str).encode(), key=msg["instance"].encode(),
-                                  headers=[("schema", STATUS_SCHEMA.encode())], on_delivery=self._delivered)
+                                  headers=[(SCHEMA_HEADER, STATUS_SCHEMA.encode())], on_delivery=self._delivered)
         except BufferError:
             self._failed("status heartbeat dropped: local queue full (broker away?)")
         except Exception as exc:  # noqa: BLE001 - a heartbeat must never stop the service

@@ -68,7 +68,7 @@ import pyarrow.parquet as pq
 import xarray as xr
 
 from dtlive import detector as det
-from dtlive.messages import COUNTS, SCHEMA, decode_message, message_arrays
+from dtlive.messages import COUNTS, MONITOR_SCHEMA, decode_message, message_arrays
 from dtlive.products import _ATTRS, NCH, PRODUCTS, arrays_to_dataset
 
 ENV_PATH = "DTLIVE_HISTORY"
@@ -575,7 +575,7 @@ def _dataset(cols: dict[str, np.ndarray]) -> xr.Dataset:
         provenance=("time", cols["provenance"], {"long_name": "provenance block of each window (JSON)"}),
         reason=("reason", np.array(reasons, dtype=object)),
     )
-    return xr.Dataset(data_vars, coords=coords, attrs={"schema": SCHEMA})
+    return xr.Dataset(data_vars, coords=coords, attrs={"schema": MONITOR_SCHEMA})
 
 
 def _dictionary(values: np.ndarray) -> tuple[np.ndarray, list[str]]:

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import xarray as xr
 
+from dtlive import detector as det
+from dtlive.config import Config
 from dtlive.messages import COUNTS, decode_message, message_arrays, utc_seconds
 from dtlive.products import DRIFT_EDGES_NS, PRODUCTS, arrays_to_dataset
 
@@ -151,7 +153,7 @@ class LiveWindows:
             "time": np.array([p.start * 1000 for p in pts], "float64").astype("datetime64[ms]"),
             "window_id": np.array([p.id for p in pts], np.int64),
             "total_hits": np.array([p.total_hits for p in pts], np.int64),
-            "hits_per_chamber": np.array([p.hits_per_chamber for p in pts], np.int64).reshape(len(pts), 4),
+            "hits_per_chamber": np.array([p.hits_per_chamber for p in pts], np.int64).reshape(len(pts), det.N_CHAMBERS),
         }
 
     def status(self, now: float | None = None, stale_after_s: float = 10.0) -> dict:
@@ -197,7 +199,7 @@ class ResultsFeed:
         self,
         bootstrap: str,
         on_messages: Callable[[list[dict]], None],
-        topic: str = "dt.monitor",
+        topic: str = Config.monitor_topic,
         backfill: int = 30,
         kafka: dict | None = None,
         check_every_s: float = 2.0,

@@ -1,4 +1,11 @@
-"""The ``dtlive.monitor/1`` result message <-> xarray, both ways.
+"""The wire contracts of dtlive: every schema id and header name, and the ``dtlive.monitor/1`` result <-> xarray.
+
+Every message dtlive puts on Kafka names its kind with a versioned schema id (``"schema": "dtlive.<kind>/<n>"``
+in its JSON), and the hits topic carries two headers. They are defined here, once, next to the one message
+every consumer reads (the window result), so that the producer and the consumers of a message import the
+same name and cannot drift apart; the services that build the other messages (:mod:`dtlive.health`,
+:mod:`dtlive.recorder`, :mod:`dtlive.alerts`) import their schema id from here. Dead-letter headers are
+the exception: one function builds them all, in :mod:`dtlive.deadletter`.
 
 >>> from dtlive.rows import Rows
 >>> from dtlive.products import compute_products
@@ -24,7 +31,16 @@ import xarray as xr
 from dtlive import detector as det
 from dtlive.products import _ATTRS, NCH, PRODUCTS, arrays_to_dataset
 
-SCHEMA = "dtlive.monitor/1"
+MONITOR_SCHEMA = "dtlive.monitor/1"  # one window's histograms, on ``monitor_topic`` (this module)
+STATUS_SCHEMA = "dtlive.status/1"  # a service's heartbeat, on ``status_topic`` (dtlive.health)
+QUALITY_SCHEMA = "dtlive.quality/1"  # an automatic data-quality period, on ``quality_topic`` (dtlive.recorder)
+ALERT_SCHEMA = "dtlive.alert/1"  # a parsed alert notice as JSON (dtlive.alerts.notices)
+ANALYSIS_SCHEMA = "dtlive.analysis/1"  # a canned analysis' result, on ``analyses_topic`` (dtlive.alerts)
+
+SCHEMA_HEADER = "schema"  # on results and heartbeats: their schema id, to route a record without parsing it
+FORMAT_HEADER = "format"  # on hits: the payload format (dtlive.decode.FORMATS); absent: ``default_format``
+EPOCH_HEADER = "orbit_epoch"  # on hits: UNIX seconds of ORBIT_CNT == 0, set by the emulator or the DAQ
+
 COUNTS = ("rows", "ancillary", "special_channel_hits", "late_hits")
 _PER_CHAMBER = ("channel_occupancy", "active_channels_per_orbit", "scint_channel_occupancy", "drift_time_ns")
 
@@ -55,7 +71,7 @@ def encode_message(ds: xr.Dataset) -> bytes:
 def message_bytes(msg: dict) -> bytes:
     """A message dict as compact JSON bytes (orjson: ~10x faster than ``json`` on these messages).
 
-    >>> message_bytes({"schema": SCHEMA, "total_hits": np.int64(3), "hits_per_chamber": [1, 2, 0, 0]})
+    >>> message_bytes({"schema": MONITOR_SCHEMA, "total_hits": np.int64(3), "hits_per_chamber": [1, 2, 0, 0]})
     b'{"schema":"dtlive.monitor/1","total_hits":3,"hits_per_chamber":[1,2,0,0]}'
     """
     return orjson.dumps(msg, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -94,7 +110,7 @@ def message_from_arrays(arrays: dict, drift_edges: np.ndarray, attrs: dict) -> d
     counts = {k: int(arrays.get(k, 0)) for k in COUNTS}
     counts["rejected"] = dict(json.loads(a.get("rejected_by_reason", "{}")))
     return {
-        "schema": SCHEMA,
+        "schema": MONITOR_SCHEMA,
         "window": {
             "id": int(a.get("window_id", -1)),
             "first_orbit": int(a.get("first_orbit", -1)),
@@ -118,8 +134,9 @@ def message_from_arrays(arrays: dict, drift_edges: np.ndarray, attrs: dict) -> d
 def decode_message(value: bytes | str | dict) -> dict:
     """Parse and check one result message; raises ValueError with the reason when it is not one."""
     msg = value if isinstance(value, dict) else orjson.loads(value)
-    if not isinstance(msg, dict) or msg.get("schema") != SCHEMA:
-        raise ValueError(f"not a {SCHEMA} message (schema={msg.get('schema') if isinstance(msg, dict) else None!r})")
+    if not isinstance(msg, dict) or msg.get("schema") != MONITOR_SCHEMA:
+        found = msg.get("schema") if isinstance(msg, dict) else None
+        raise ValueError(f"not a {MONITOR_SCHEMA} message (schema={found!r})")
     return msg
 
 
@@ -130,9 +147,9 @@ def message_arrays(msg: dict) -> dict[str, np.ndarray]:
         name: np.array([h[name][f"chamber_{c}"]["bin_counts"] for c in range(det.N_CHAMBERS)], np.int64)
         for name in _PER_CHAMBER
     }
-    drift = h["drift_time_ns"]
-    arrays["drift_time_ns_underflow"] = np.array([drift[f"chamber_{c}"].get("underflow", 0) for c in range(4)])
-    arrays["drift_time_ns_overflow"] = np.array([drift[f"chamber_{c}"].get("overflow", 0) for c in range(4)])
+    drift = [h["drift_time_ns"][f"chamber_{c}"] for c in range(det.N_CHAMBERS)]
+    arrays["drift_time_ns_underflow"] = np.array([d.get("underflow", 0) for d in drift])
+    arrays["drift_time_ns_overflow"] = np.array([d.get("overflow", 0) for d in drift])
     arrays["total_hits"] = np.int64(msg["total_hits"])
     arrays["hits_per_chamber"] = np.array(msg["hits_per_chamber"], np.int64)
     counts = msg.get("counts", {})
@@ -188,7 +205,7 @@ def to_dataset(messages: Iterable[bytes | str | dict], stack: bool | None = None
         {"units": "1", "long_name": "rejected input rows by reason"},
     )
     coords["reason"] = ("reason", np.array(reasons, dtype=object))
-    return xr.Dataset(data_vars, coords=coords, attrs={"schema": SCHEMA})
+    return xr.Dataset(data_vars, coords=coords, attrs={"schema": MONITOR_SCHEMA})
 
 
 def _times(values: list[str | None]) -> np.ndarray:
@@ -199,7 +216,7 @@ def _times(values: list[str | None]) -> np.ndarray:
 def _window_attrs(msg: dict) -> dict:
     w = msg["window"]
     return {
-        "schema": SCHEMA,
+        "schema": MONITOR_SCHEMA,
         "window_id": w["id"],
         "first_orbit": w["first_orbit"],
         "last_orbit": w["last_orbit"],

@@ -47,14 +47,13 @@ from streamz import Source, Stream
 
 from dtlive import __version__
 from dtlive import detector as det
-from dtlive.decode import FORMAT_HEADER, Reject, decode, encode_csv
-from dtlive.messages import COUNTS, iso_utc, message_from_arrays
+from dtlive.decode import Reject, decode, encode_csv
+from dtlive.messages import COUNTS, EPOCH_HEADER, FORMAT_HEADER, MONITOR_SCHEMA, iso_utc, message_from_arrays
 from dtlive.products import DRIFT_EDGES_NS, arrays_to_dataset, compute_arrays
 from dtlive.rows import Rows, clean, partitions_of
 from dtlive.windows import EventTimeWindows, Window
 
 log = logging.getLogger(__name__)
-EPOCH_HEADER = "orbit_epoch"  # UNIX seconds of ORBIT_CNT == 0, set by the emulator / DAQ
 
 
 @dataclass
@@ -580,7 +579,7 @@ def window_products(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, pr
         {"topic": topic, "partition": p, "offset": o} for p, o in sorted(window.meta.get("restart_offsets", {}).items())
     ]
     attrs = {
-        "schema": "dtlive.monitor/1",
+        "schema": MONITOR_SCHEMA,
         "window_id": window.id,
         "first_orbit": window.first_orbit,
         "last_orbit": window.last_orbit,

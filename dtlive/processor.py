@@ -36,7 +36,7 @@ from dtlive.decode import Reject
 from dtlive.health import Heartbeat, Progress, partition_lag
 from dtlive.heap import HeapTrimmer
 from dtlive.kafka import ClusterWatch, client_config, ensure_topics, partition_ends, producer_config
-from dtlive.messages import message_bytes
+from dtlive.messages import MONITOR_SCHEMA, SCHEMA_HEADER, message_bytes
 from dtlive.nodes import dt_event_windows, dt_from_kafka_batched_consumer, window_message
 from dtlive.processes import pid_alive
 from dtlive.watchdog import Watchdog
@@ -264,7 +264,7 @@ class TransactionalPublisher:
         msg = msg if msg is not None else window_message(window, self.edges, self.provenance)
         msg["provenance"]["result_seq"] = self.published + 1  # the recorder finds lost results by gaps in these
         self._produce(self.cfg.monitor_topic, message_bytes(msg), str(window.id).encode(),
-                      [("schema", b"dtlive.monitor/1")])
+                      [(SCHEMA_HEADER, MONITOR_SCHEMA.encode())])
         self.published += 1
         self._windows_in_txn += 1
         self.producer.poll(0)

@@ -26,14 +26,13 @@ from collections.abc import Callable
 from dtlive.config import Config
 from dtlive.health import Heartbeat, Progress, partition_lag
 from dtlive.kafka import ClusterWatch, client_config, end_offsets, ensure_topics, producer_config
-from dtlive.messages import decode_message, iso_utc
+from dtlive.messages import QUALITY_SCHEMA, decode_message, iso_utc
 from dtlive.quality import Period, QualityMonitor
 from dtlive.reconcile import ResultGaps
 from dtlive.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
-QUALITY_SCHEMA = "dtlive.quality/1"
 ORBIT_RESET_TOLERANCE = 1_000_000  # orbits a window may go back (late windows) before it counts as a counter reset
 
 

@@ -1,4 +1,4 @@
-"""Read ``dt.monitor`` result messages back as xarray, without parsing JSON by hand.
+"""Read the monitor topic's result messages back as xarray, without parsing JSON by hand.
 
 >>> ds = read_results("127.0.0.1:9092", last=20)   # doctest: +SKIP
 >>> ds.hits_per_chamber.plot.line(x="time")        # doctest: +SKIP
@@ -17,16 +17,17 @@ from dtlive.messages import decode_message, to_dataset
 
 
 def read_messages(
-    bootstrap: str, topic: str = "dt.monitor", last: int | None = None, cfg: Config | None = None, timeout: float = 10.0
+    bootstrap: str, topic: str | None = None, last: int | None = None, cfg: Config | None = None, timeout: float = 10.0
 ) -> list[dict]:
     """Committed result messages of ``topic`` (all, or the ``last`` N per partition), parsed, in window order.
 
-    Uses its own assigned consumer (no consumer group join). Messages that are not
-    ``dtlive.monitor/1`` are skipped.
+    ``topic`` defaults to the configured ``monitor_topic``. Uses its own assigned consumer (no consumer group
+    join). Messages that are not ``dtlive.monitor/1`` are skipped.
     """
     from confluent_kafka import Consumer, TopicPartition
 
     cfg = cfg or load_config({})
+    topic = topic or cfg.monitor_topic
     bounds = partition_ends(cfg, bootstrap, topic, timeout)
     ends = {p: high for p, (low, high) in bounds.items() if high > low}
     if not ends:
@@ -67,7 +68,7 @@ def read_messages(
 
 
 def read_results(
-    bootstrap: str, topic: str = "dt.monitor", last: int | None = None, cfg: Config | None = None, timeout: float = 10.0
+    bootstrap: str, topic: str | None = None, last: int | None = None, cfg: Config | None = None, timeout: float = 10.0
 ) -> xr.Dataset | None:
     """Result windows stacked along ``time`` as one Dataset (None when there are none)."""
     msgs = read_messages(bootstrap, topic, last, cfg, timeout)

@@ -38,6 +38,7 @@ import xarray as xr
 from dtlive import detector as det
 from dtlive.health import parse_status
 from dtlive.live import VIEWS, LiveWindows, ResultsFeed
+from dtlive.messages import ANALYSIS_SCHEMA, QUALITY_SCHEMA
 
 CHAMBER_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
 _MARGIN = {"top": 30, "bottom": 35, "left": 50, "right": 10}
@@ -152,7 +153,8 @@ class OccupancyView(_BarsView):
             [bq.Axis(scale=self.cells.scales["x"], label="x [mm]", num_ticks=4),
              bq.Axis(scale=self.cells.scales["y"], side="left", label="layer z [mm]", num_ticks=4),
              bq.ColorAxis(scale=self.color_scale, side="right", num_ticks=3, tick_format=".2s")],
-            f"{title} map (4 layers x 16 cells)".strip(), css=f"{css}-map" if css else None, **size)
+            f"{title} map ({det.N_LAYERS} layers x {det.CELLS_PER_LAYER} cells)".strip(),
+            css=f"{css}-map" if css else None, **size)
         self.map_figure.fig_margin = {**_MARGIN, "right": 60}
         self.widget = W.HBox([self.bars_figure, self.map_figure])
 
@@ -235,7 +237,7 @@ def parse_quality(value: bytes) -> dict:
     import json
 
     msg = json.loads(value)
-    if not isinstance(msg, dict) or msg.get("schema") != "dtlive.quality/1":
+    if not isinstance(msg, dict) or msg.get("schema") != QUALITY_SCHEMA:
         raise ValueError("not a dtlive.quality/1 message")
     return msg
 
@@ -282,7 +284,7 @@ def parse_analysis(value: bytes) -> dict:
     import json
 
     msg = json.loads(value)
-    if not isinstance(msg, dict) or msg.get("schema") != "dtlive.analysis/1":
+    if not isinstance(msg, dict) or msg.get("schema") != ANALYSIS_SCHEMA:
         raise ValueError("not a dtlive.analysis/1 message")
     return msg
 

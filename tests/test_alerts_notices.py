@@ -1,8 +1,8 @@
 """dtlive.alerts.notices: GCN JSON, GCN Classic VOEvent and IGWN notices -> one normalised Alert.
 
-The GCN JSON examples are read in place from ../shared/alerts (never copied). The VOEvent and IGWN payloads
-below are written for these tests from the public formats (VOEvent 2.0 as sent by GCN Classic; the
-igwn-gwalert-schema JSON alert); their numbers are made up.
+The GCN JSON examples are read in place from the alert examples folder (``datafiles.ALERTS``, never
+copied). The VOEvent and IGWN payloads below are written for these tests from the public formats
+(VOEvent 2.0 as sent by GCN Classic; the igwn-gwalert-schema JSON alert); their numbers are made up.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dtlive.alerts.notices import REASONS, parse_time
 FILES = sorted(ALERTS.glob("*.json")) if ALERTS.exists() else []
 needs_files = pytest.mark.skipif(not FILES, reason="shared alert examples not available")
 
-# file -> (topic it arrives on at GCN (../shared/alerts/README.md), mission, instrument, type, tense)
+# file -> (topic it arrives on at GCN, mission, instrument, type, tense)
 EXPECTED = {
     "einstein_probe_wxt_alert.json": ("gcn.notices.einstein_probe.wxt.alert", "Einstein Probe", "WXT",
                                       "initial", "observation"),

@@ -1,6 +1,7 @@
 """dtlive.alerts.rules: rules files, the predicate language, matching and the alert decider.
 
-The GCN examples are read in place from ../shared/alerts; the other alerts are built here (numbers made up).
+The GCN examples are read in place from the alert examples folder (``datafiles.ALERTS``); the other alerts
+are built here (numbers made up).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dtlive.alerts.rules import (
     load_rules,
 )
 
-TOPICS = {  # ../shared/alerts/README.md
+TOPICS = {  # the GCN topic each example arrives on
     "einstein_probe_wxt_alert.json": "gcn.notices.einstein_probe.wxt.alert",
     "fermi_gbm_trigger.alert.json": "gcn.notices.fermi.gbm.alert",
     "icecube_lvk_nu_track_search.json": "gcn.notices.icecube.lvk_nu_track_search",

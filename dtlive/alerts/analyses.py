@@ -51,18 +51,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import xarray as xr
+from scipy.special import gammainc, gammaln, hyp1f1, ndtri_exp, xlogy
 
 from dtlive.alerts.notices import Alert, alert_to_dict
 from dtlive.history import HistoryStore, overlaps
+from dtlive.messages import ANALYSIS_SCHEMA
 
 __all__ = [
     "GROUP",
-    "RESULT_SCHEMA",
     "TEMPLATE",
     "Analysis",
     "AnalysisContext",
@@ -87,7 +87,6 @@ __all__ = [
 ]
 
 GROUP = "dtlive.analyses"  # entry-point group of analysis plug-ins
-RESULT_SCHEMA = "dtlive.analysis/1"
 ENV_ARTIFACTS = "DTLIVE_ARTIFACTS"
 TEMPLATE = Path(__file__).with_name("alert_template.ipynb")
 MAX_WINDOW_S = 10.0  # windows are 1-5 s long: look this far back for windows overlapping a range
@@ -195,7 +194,7 @@ class AnalysisResult:
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready message of this result (``"schema": "dtlive.analysis/1"``; ``data`` by its names)."""
         return _jsonable({
-            "schema": RESULT_SCHEMA, "analysis": self.name, "version": self.version, "status": self.status,
+            "schema": ANALYSIS_SCHEMA, "analysis": self.name, "version": self.version, "status": self.status,
             "alert": self.provenance.get("alert"), "summary": self.summary,
             "artifacts": [str(a) for a in self.artifacts], "data_vars": sorted(map(str, self.data.data_vars)),
             "provenance": self.provenance,
@@ -410,67 +409,47 @@ def li_ma_significance(n_on, n_off, alpha):
     """Li & Ma (1983, eq. 17) significance of ``n_on`` counts over ``alpha * n_off`` expected, signed
     (negative for a deficit); ``alpha`` = on exposure / background exposure. Works on numpy arrays.
 
+    Eq. 17 is the likelihood-ratio test of one common background rate against free on and off rates;
+    ``scipy.special.xlogy`` gives its ``n log(...)`` terms with ``0 log 0 = 0`` for empty counts.
+
     >>> round(float(li_ma_significance(130, 1000, 0.1)), 3), float(li_ma_significance(100, 1000, 0.1))
     (2.721, 0.0)
     """
     n_on, n_off, alpha = (np.asarray(x, float) for x in (n_on, n_off, alpha))
     tot = n_on + n_off
     with np.errstate(divide="ignore", invalid="ignore"):
-        t_on = np.where(n_on > 0, n_on * np.log((1 + alpha) / alpha * n_on / tot), 0.0)
-        t_off = np.where(n_off > 0, n_off * np.log((1 + alpha) * n_off / tot), 0.0)
-    s = np.sqrt(np.maximum(2.0 * (t_on + t_off), 0.0))
+        log_ratio = xlogy(n_on, (1 + alpha) / alpha * n_on / tot) + xlogy(n_off, (1 + alpha) * n_off / tot)
+    s = np.sqrt(np.maximum(2.0 * log_ratio, 0.0))
     out = np.where(tot > 0, np.sign(n_on - alpha * n_off) * s, 0.0)
     return out if out.ndim else out[()]
 
 
-def _log_gammp(a: float, x: float) -> float:
-    """log of the regularized lower incomplete gamma function P(a, x) (series or continued fraction)."""
-    if x <= 0:
-        return -math.inf
-    log_front = -x + a * math.log(x) - math.lgamma(a)
-    if x < a + 1:  # series: P = front * sum
-        ap, term = a, 1.0 / a
-        total = term
-        for _ in range(1_000_000):
-            ap += 1.0
-            term *= x / ap
-            total += term
-            if term < total * 1e-16:
-                break
-        return log_front + math.log(total)
-    # continued fraction for Q = 1 - P (modified Lentz)
-    tiny = 1e-300
-    b = x + 1.0 - a
-    c, d = 1.0 / tiny, 1.0 / b
-    h = d
-    for i in range(1, 1_000_000):
-        an = -i * (i - a)
-        b += 2.0
-        d = an * d + b
-        d = tiny if abs(d) < tiny else d
-        c = b + an / c
-        c = tiny if abs(c) < tiny else c
-        d = 1.0 / d
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-16:
-            break
-    q = math.exp(log_front) * h
-    return math.log1p(-min(q, 1.0)) if q < 1.0 else -math.inf
+_TINY = float(np.finfo(float).tiny)  # smallest normal double: below it gammainc loses precision, then underflows
 
 
 def poisson_log_sf(k: int, mu: float) -> float:
-    """log P(N >= k) for N ~ Poisson(mu), accurate far into the tail (no scipy needed).
+    """log P(N >= k) for N ~ Poisson(mu), accurate far into the tail.
+
+    P(N >= k) is the regularized lower incomplete gamma function P(k, mu) (``scipy.special.gammainc``).
+    Where that underflows (beyond ~1e-308), the same tail is ``pmf(k) * 1F1(1; k + 1; mu)`` (Kummer's
+    function, ``scipy.special.hyp1f1``, close to 1 there), taken in logs: ``log pmf(k) = k log mu - mu -
+    log k!`` (as ``scipy.stats.poisson.logpmf`` computes it, without importing ``scipy.stats``).
 
     >>> round(math.exp(poisson_log_sf(3, 1.0)), 6), poisson_log_sf(0, 5.0)
     (0.080301, 0.0)
+    >>> round(poisson_log_sf(3000, 300.0), 3)     # a p-value of ~1e-1830
+    -4212.572
     """
     k = int(k)
     if k <= 0:
         return 0.0
     if mu <= 0:
         return -math.inf
-    return _log_gammp(float(k), float(mu))
+    p = float(gammainc(k, mu))
+    if p >= _TINY:
+        return math.log(p)
+    log_pmf = float(xlogy(k, mu) - mu - gammaln(k + 1.0))
+    return log_pmf + math.log(float(hyp1f1(1.0, k + 1.0, mu)))
 
 
 def poisson_sf(k: int, mu: float) -> float:
@@ -481,18 +460,15 @@ def poisson_sf(k: int, mu: float) -> float:
 def sigma_from_log_p(log_p: float) -> float:
     """The one-sided Gaussian significance of a p-value given as its log (0 for p >= 0.5; works below 1e-300).
 
+    ``scipy.special.ndtri_exp`` inverts the normal CDF from the log of a probability, so the far tail
+    (p far below the smallest double) needs no exponentiation.
+
     >>> round(sigma_from_log_p(math.log(2.866516e-7)), 4), sigma_from_log_p(0.0)
     (5.0, 0.0)
     """
     if log_p >= math.log(0.5):
         return 0.0
-    if log_p > -700:
-        return -NormalDist().inv_cdf(math.exp(log_p))
-    # far tail: solve log Q(z) = log_p with Q(z) ~ phi(z) / z
-    z = math.sqrt(-2.0 * log_p)
-    for _ in range(50):
-        z = math.sqrt(max(-2.0 * log_p - 2.0 * math.log(z) - math.log(2 * math.pi), 1.0))
-    return z
+    return -float(ndtri_exp(log_p))
 
 
 # -------------------------------------------------------------------------------------------- built-ins

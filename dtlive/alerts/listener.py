@@ -34,11 +34,10 @@ from dtlive.config import Config
 from dtlive.deadletter import dead_letter
 from dtlive.health import Heartbeat, partition_lag
 from dtlive.kafka import ClusterWatch, client_config, ensure_topics, producer_config
+from dtlive.messages import ANALYSIS_SCHEMA
 from dtlive.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
-
-ANALYSIS_SCHEMA = "dtlive.analysis/1"
 
 
 def subscription(patterns: list[str]) -> list[str]:

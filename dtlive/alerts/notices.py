@@ -41,10 +41,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from dtlive.messages import ALERT_SCHEMA
+
 __all__ = [
     "FORMATS",
     "REASONS",
-    "SCHEMA",
     "TEST_TENSES",
     "Alert",
     "NoticeError",
@@ -55,7 +56,6 @@ __all__ = [
     "parse_time",
 ]
 
-SCHEMA = "dtlive.alert/1"
 FORMATS = ("json", "voevent", "igwn")
 #: machine reasons carried by :class:`NoticeError`
 REASONS = frozenset({
@@ -839,7 +839,7 @@ def alert_to_dict(alert: Alert) -> dict[str, Any]:
         except UnicodeDecodeError:
             raw_text, encoding = base64.b64encode(bytes(raw)).decode("ascii"), "base64"
     return {
-        "schema": SCHEMA, "id": alert.id, "record_number": alert.record_number, "mission": alert.mission,
+        "schema": ALERT_SCHEMA, "id": alert.id, "record_number": alert.record_number, "mission": alert.mission,
         "instrument": alert.instrument, "topic": alert.topic, "format": alert.format,
         "type": alert.type, "tense": alert.tense, "is_retraction": alert.is_retraction, "is_test": alert.is_test,
         "trigger_time": alert.trigger_time, "trigger_time_iso": _iso(alert.trigger_time),
