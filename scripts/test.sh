@@ -6,4 +6,5 @@ bash scripts/setup.sh
 bash scripts/install_browser.sh   # Debian chromium for the Playwright browser tests
 bash scripts/install_hub.sh       # JupyterHub, its idle culler and configurable-http-proxy for tests/test_hub.py
 .venv/bin/ruff check .
+.venv/bin/lint-imports --no-cache  # the layering contract in pyproject.toml
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

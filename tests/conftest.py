@@ -50,10 +50,34 @@ def topics():
             "group_id": f"proc-{tag}"}
 
 
+# Test tiers (markers, see pyproject.toml): by the real parts a test needs, then by the files whose tests run for
+# seconds each. What needs none of them is a unit test (``pytest -m unit``: the tier to run while editing).
+_TIER_BY_FIXTURE = {"broker": "kafka", "own_broker": "kafka", "services": "kafka", "chromium": "browser",
+                    "pg_server": "pg", "pg_db": "pg", "pg_admin": "pg"}
+_TIER_BY_FILE = {
+    "test_hub.py": ("hub", "slow"), "test_binder.py": ("hub", "slow"),
+    "test_browser.py": ("browser", "slow"), "test_dashboard_lifecycle.py": ("browser", "slow"),
+    "test_notebooks.py": ("kafka", "slow"), "test_alerts_analyses.py": ("kafka",),
+    "test_broker.py": ("kafka",), "test_broker_faults.py": ("kafka", "slow"),
+    "test_process_faults.py": ("kafka", "slow"),
+    "test_db_faults.py": ("kafka", "pg", "slow"), "test_exactly_once.py": ("kafka", "slow"),
+    "test_scale.py": ("kafka", "slow"), "test_stack_stop.py": ("kafka", "slow"), "test_health.py": ("kafka",),
+    "test_live.py": ("kafka",), "test_poison_cli.py": ("kafka",), "test_deadletter.py": ("kafka",),
+    "test_alerts_rejoin.py": ("kafka", "slow"), "test_watchdog.py": ("kafka",),
+}
+TIERS = ("kafka", "browser", "hub", "pg", "slow")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "broker" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.kafka)
+        tiers = set(_TIER_BY_FILE.get(item.path.name, ()))
+        tiers |= {t for f, t in _TIER_BY_FIXTURE.items() if f in getattr(item, "fixturenames", ())}
+        if "[postgresql" in item.name or "-postgresql" in item.name:
+            tiers.add("pg")
+        if item.get_closest_marker("slow"):
+            tiers.add("slow")
+        for tier in tiers or ("unit",):
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
 import numpy as np
+import pytest
 import xarray as xr
 from test_alerts_analyses import N_WIN, alert, window_message
 
@@ -23,6 +24,7 @@ from dtlive.history import HistoryStore
 from dtlive.ledger import Ledger
 
 
+@pytest.mark.slow
 def test_two_attempts_two_complete_files_and_no_partial_read(tmp_path):
     history = HistoryStore(tmp_path / "history")
     msgs = [window_message(w) for w in range(N_WIN)]

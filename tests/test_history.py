@@ -201,6 +201,7 @@ def _writer(path: str, first: int, last: int, seed: int) -> int:
     return n
 
 
+@pytest.mark.slow
 def test_two_processes_append_at_once(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(2, mp_context=ctx) as pool:
