@@ -118,7 +118,7 @@ def processor_run(bootstrap: str, topic: str, tag: str, profile: bool = False) -
         totals["late"] += int(item["message"]["counts"]["late_hits"])
         totals["windows"] += 1
 
-    proc.publisher._on_publish.append(on_publish)
+    proc.publisher.on_publish.append(on_publish)
     setup = time.perf_counter() - t_setup
     if setup < 1.0:
         time.sleep(1.0 - setup)

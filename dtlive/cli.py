@@ -499,7 +499,7 @@ def cmd_process(args) -> int:
     def make():
         proc = Processor(cfg, bootstrap, from_beginning=args.from_beginning, batch_size=args.batch_size,
                          ledger=None if args.no_ledger else _ledger(for_run=True))
-        proc.publisher._on_publish.append(summary.on_publish)
+        proc.publisher.on_publish.append(summary.on_publish)
         return proc
 
     proc = _serve(make, until_end=args.until_end, on_tick=summary if args.verbose or sys.stderr.isatty() else None)
@@ -602,7 +602,7 @@ def cmd_demo(args) -> int:
         )
         emu.start()
         summary = Summary()
-        proc.publisher._on_publish.append(summary.on_publish)
+        proc.publisher.on_publish.append(summary.on_publish)
         if not args.no_dashboard:
             voila, url = start_dashboard(bootstrap, cfg.monitor_topic, args.dashboard_port,
                                          kernel_grace_s=cfg.dashboard_kernel_grace_s,
