@@ -403,11 +403,11 @@ def run(minutes: float, rate: float, fmt: str, interval: float, viewers_every_mi
 
 
 def _alive(pid: int) -> bool:
-    from dtlive.broker import _pid_alive
+    from dtlive.processes import pid_alive
 
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    return _pid_alive(pid)
+    return pid_alive(pid)
 
 
 def _wait_pid(pid: int, timeout: float) -> None:

@@ -76,13 +76,13 @@ def bench_config(bootstrap: str, tag: str | None = None, **overrides):
 
 
 def producer(bootstrap: str):
-    """A producer configured like ``dtlive emulate`` (dtlive.cli._producer)."""
+    """A producer configured like ``dtlive emulate`` (:func:`dtlive.emulator.emulator_producer`)."""
     from confluent_kafka import Producer
 
-    from dtlive.cli import _producer
     from dtlive.config import load_config
+    from dtlive.emulator import emulator_producer
 
-    p = _producer(load_config({"bootstrap": bootstrap}, env={}), bootstrap)
+    p = emulator_producer(load_config({"bootstrap": bootstrap}, env={}), bootstrap)
     assert isinstance(p.producer, Producer)  # the emulator's producer sends again what a broker restart lost
     return p
 

@@ -90,7 +90,7 @@ def run_processor(bootstrap: str, topic: str, client=None, broker_pid: int | Non
         hits["n"] += item["message"]["total_hits"]
         hits["late"] += item["message"]["counts"]["late_hits"]
 
-    proc.publisher._on_publish.append(on_publish)
+    proc.publisher.on_publish.append(on_publish)
     wcpu0 = client.run(_cpu) if client is not None else {}
     b0 = cpu_seconds(broker_pid) if broker_pid else 0.0
     cpu0, t0 = time.process_time(), time.perf_counter()

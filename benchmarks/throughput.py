@@ -118,11 +118,11 @@ def processor_run(bootstrap: str, topic: str, tag: str, profile: bool = False) -
         totals["late"] += int(item["message"]["counts"]["late_hits"])
         totals["windows"] += 1
 
-    proc.publisher._on_publish.append(on_publish)
+    proc.publisher.on_publish.append(on_publish)
     setup = time.perf_counter() - t_setup
     if setup < 1.0:
         time.sleep(1.0 - setup)
-    freeze_startup_objects()  # as `dtlive process` does before its loop (dtlive.cli._serve)
+    freeze_startup_objects()  # as `dtlive process` does before its loop (dtlive.shutdown.serve)
     cpu0, t0 = time.process_time(), time.perf_counter()
     prof = None
     try:

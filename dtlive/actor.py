@@ -20,9 +20,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from dtlive import nodes as _nodes  # noqa: F401  (registers the node methods on Stream)
+from dtlive.checkpoint import Checkpoint
 from dtlive.config import Config
 from dtlive.decode import Reject
+from dtlive.graph import window_graph
 from dtlive.kafka import consumer_config
 from dtlive.nodes import dt_from_kafka_batched_consumer
 from dtlive.partials import Answer, Kept, Partial, Request, answer, share
@@ -70,14 +71,9 @@ class PartitionActor:
         conf = consumer_config(cfg, bootstrap, group_id=f"{cfg.group_id}.dask", from_beginning=True)
         self.source = dt_from_kafka_batched_consumer(cfg.hits_topic, conf, batch_size=batch_size,
                                                      start_offsets=dict(start_offsets), partitions=list(partitions))
-        resume = dict(resume or {})
-        self.windows = (
-            self.source.dt_decode_hits(default_format=cfg.default_format, resume=resume)
-            .dt_clean_hits()
-            .dt_event_windows(window_s=cfg.window_s, lateness_s=cfg.lateness_s, idle_s=cfg.idle_s,
-                              last_closed=last_closed, orbit_epoch=orbit_epoch, max_jump_s=cfg.max_orbit_jump_s)
-        )
-        self.windows.positions.update(resume)
+        # the driver holds the counts not yet published: the actor's windows start with none
+        start = Checkpoint(last_window=last_closed, positions=dict(resume or {}), orbit_epoch=orbit_epoch)
+        self.windows = window_graph(self.source, cfg, start)
         self.closed: list[Window] = []
         self.windows.sink(self.closed.append)
         self.source.connect()  # the driver learns at once when its topic cannot be read

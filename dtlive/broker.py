@@ -557,8 +557,15 @@ def stop_running(state_dir: str | os.PathLike[str] | None = None, timeout: float
 
 
 @contextlib.contextmanager
-def _state_lock(directory: Path) -> Iterator[None]:
-    """Exclusive lock on the state directory (so two processes do not both start a broker)."""
+def state_lock(directory: Path) -> Iterator[None]:
+    """Exclusive lock on the state directory (so two processes do not both start a broker).
+
+    >>> import tempfile
+    >>> directory = Path(tempfile.mkdtemp())
+    >>> with state_lock(directory):
+    ...     (directory / ".lock").exists()
+    True
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
@@ -583,7 +590,7 @@ def ensure_broker(state_dir: str | os.PathLike[str] | None = None) -> tuple[str,
     '127.0.0.1:9092'
     """
     directory = default_state_dir(state_dir)
-    with _state_lock(directory):
+    with state_lock(directory):
         found = find_running(directory)
         if found is not None:
             return found, None

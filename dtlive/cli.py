@@ -19,7 +19,7 @@ from dtlive import detector as det
 from dtlive.config import Config
 from dtlive.decode import FORMATS
 from dtlive.messages import STATUS_SCHEMA
-from dtlive.shutdown import StopOnSignal
+from dtlive.shutdown import StopOnSignal, serve
 
 EPILOG = """\
 Where is Kafka?  --bootstrap HOST:PORT or DTLIVE_BOOTSTRAP points every command at any real Kafka;
@@ -387,20 +387,8 @@ def _ledger_unavailable(exc: BaseException) -> str:
                   ).message(exc)
 
 
-def _producer(cfg, bootstrap, topics: dict[str, int] | None = None):
-    """The emulator's producer: idempotent, and it sends again what a broker restart lost (topics re-created)."""
-    from confluent_kafka import Producer
-
-    from dtlive.delivery import RetryingProducer
-    from dtlive.kafka import ensure_topics, producer_config
-
-    settings = {"queue.buffering.max.messages": 1_000_000, "enable.idempotence": True}
-    return RetryingProducer(lambda extra: Producer(producer_config(cfg, bootstrap, **settings, **extra)),
-                            ensure=(lambda: ensure_topics(cfg, bootstrap, topics)) if topics else None)
-
-
 def cmd_emulate(args) -> int:
-    from dtlive.emulator import clock_orbit, emulate, file_chunks, simulated_chunks
+    from dtlive.emulator import clock_orbit, emulate, emulator_producer, file_chunks, simulated_chunks
     from dtlive.kafka import ensure_topics, resolve_bootstrap, topic_partitions
 
     if not args.files and not args.simulate:
@@ -423,7 +411,7 @@ def cmd_emulate(args) -> int:
         return 2
     heartbeat = _heartbeat("emulator", cfg, bootstrap)
     stats = emulate(
-        _producer(cfg, bootstrap, topic_partitions(cfg, bootstrap, [topic])),
+        emulator_producer(cfg, bootstrap, topic_partitions(cfg, bootstrap, [topic])),
         topic,
         chunks,
         rate=args.rate,
@@ -499,10 +487,10 @@ def cmd_process(args) -> int:
     def make():
         proc = Processor(cfg, bootstrap, from_beginning=args.from_beginning, batch_size=args.batch_size,
                          ledger=None if args.no_ledger else _ledger(for_run=True))
-        proc.publisher._on_publish.append(summary.on_publish)
+        proc.publisher.on_publish.append(summary.on_publish)
         return proc
 
-    proc = _serve(make, until_end=args.until_end, on_tick=summary if args.verbose or sys.stderr.isatty() else None)
+    proc = serve(make, until_end=args.until_end, on_tick=summary if args.verbose or sys.stderr.isatty() else None)
     print(
         f"\nprocessed {proc.source.messages} messages, published {proc.publisher.published} windows, "
         f"dead-lettered {proc.publisher.dead_lettered}",
@@ -515,7 +503,7 @@ def _process_on_dask(args, cfg, bootstrap) -> int:
     from dtlive.scale import DaskProcessor, dask_client
 
     with StopOnSignal() as stop, dask_client(args.dask) as client:
-        proc = _serve(lambda: DaskProcessor(cfg, bootstrap, client, from_beginning=args.from_beginning,
+        proc = serve(lambda: DaskProcessor(cfg, bootstrap, client, from_beginning=args.from_beginning,
                                             batch_size=args.batch_size,
                                             ledger=None if args.no_ledger else _ledger(for_run=True)),
                       stop, until_end=args.until_end)
@@ -547,29 +535,8 @@ def cmd_replay(args) -> int:
     return 0
 
 
-def _serve(make, stopper: StopOnSignal | None = None, **kwargs):
-    """Make a service (processor, recorder, listener), run it until done or SIGINT/SIGTERM, then close it.
-
-    Signals are handled from before the service is made (its set-up may wait on a broker), and a service that
-    has not stopped :data:`dtlive.shutdown.STOP_GRACE_S` seconds after the signal is ended. What the set-up
-    made is frozen out of garbage collection first (:func:`dtlive.heap.freeze_startup_objects`).
-    """
-    from dtlive.heap import freeze_startup_objects
-
-    with contextlib.nullcontext(stopper) if stopper is not None else StopOnSignal() as stop:
-        service = make()
-        stop.on_stop(service.stop)
-        freeze_startup_objects()
-        try:
-            if not stop.requested:
-                service.run(**kwargs)
-        finally:
-            service.close()
-    return service
-
-
 def cmd_demo(args) -> int:
-    from dtlive.emulator import clock_orbit, emulate, file_chunks, simulated_chunks
+    from dtlive.emulator import clock_orbit, emulate, emulator_producer, file_chunks, simulated_chunks
     from dtlive.kafka import ensure_topics, resolve_bootstrap
     from dtlive.processor import Processor
 
@@ -596,13 +563,13 @@ def cmd_demo(args) -> int:
             target=emulate,
             daemon=True,
             name="emulator",
-            args=(_producer(cfg, bootstrap, {cfg.hits_topic: 1}), cfg.hits_topic, chunks),
+            args=(emulator_producer(cfg, bootstrap, {cfg.hits_topic: 1}), cfg.hits_topic, chunks),
             kwargs={"rate": args.rate, "fmt": args.format, "progress": False, "stop": stop.is_set,
                     "heartbeat": (emu_heartbeat := _heartbeat("emulator", cfg, bootstrap))},
         )
         emu.start()
         summary = Summary()
-        proc.publisher._on_publish.append(summary.on_publish)
+        proc.publisher.on_publish.append(summary.on_publish)
         if not args.no_dashboard:
             voila, url = start_dashboard(bootstrap, cfg.monitor_topic, args.dashboard_port,
                                          kernel_grace_s=cfg.dashboard_kernel_grace_s,
@@ -614,7 +581,7 @@ def cmd_demo(args) -> int:
         )
         if voila is not None:
             print(f"dtlive demo: dashboard at {url}", file=sys.stderr)
-        _serve(lambda: proc, on_tick=summary, max_seconds=args.duration)
+        serve(lambda: proc, on_tick=summary, max_seconds=args.duration)
         stop.set()
         emu.join(10)
         emu_heartbeat.close()
@@ -812,7 +779,7 @@ def cmd_record(args) -> int:
 
     cfg = _config(args)
     bootstrap, _ = resolve_bootstrap(cfg)
-    rec = _serve(lambda: Recorder(cfg, bootstrap, ledger=_ledger()), until_end=args.until_end)
+    rec = serve(lambda: Recorder(cfg, bootstrap, ledger=_ledger()), until_end=args.until_end)
     print(f"recorded {rec.recorded} windows, {rec.periods} quality periods", file=sys.stderr)
     return 0
 
@@ -910,7 +877,7 @@ def cmd_alerts(args) -> int:
     rules = load_rules(args.rules) if args.rules else None
     print(f"dtlive alerts: listening to {cfg.alert_topics} on {bootstrap}; results -> {cfg.analyses_topic}",
           file=sys.stderr)
-    listener = _serve(lambda: AlertListener(cfg, bootstrap, ledger=_ledger(), rules=rules, run_tests=args.run_tests,
+    listener = serve(lambda: AlertListener(cfg, bootstrap, ledger=_ledger(), rules=rules, run_tests=args.run_tests,
                                             workers=args.workers, timeout_s=args.timeout),
                       max_seconds=args.duration)
     print(f"dtlive alerts: {dict(listener.counts)}", file=sys.stderr)

@@ -308,3 +308,21 @@ def emulate(producer, topic: str, chunks: Iterator[Chunk], *, rate: float | None
         bar.update(stats.rows - bar.n)
         bar.close()
     return stats
+
+
+def emulator_producer(cfg, bootstrap: str, topics: dict[str, int] | None = None):
+    """The emulator's producer: idempotent, and it sends again what a broker restart lost (``topics``, name ->
+    partitions, are created again first). Making it connects to nothing yet.
+
+    >>> from dtlive.config import load_config
+    >>> type(emulator_producer(load_config({}, env={}), "127.0.0.1:9")).__name__
+    'RetryingProducer'
+    """
+    from confluent_kafka import Producer
+
+    from dtlive.delivery import RetryingProducer
+    from dtlive.kafka import ensure_topics, producer_config
+
+    settings = {"queue.buffering.max.messages": 1_000_000, "enable.idempotence": True}
+    return RetryingProducer(lambda extra: Producer(producer_config(cfg, bootstrap, **settings, **extra)),
+                            ensure=(lambda: ensure_topics(cfg, bootstrap, topics)) if topics else None)

@@ -313,12 +313,12 @@ def wait_for_kafka(bootstrap: str, timeout: float = 120.0) -> bool:
 
 def record_pid(state_dir: Path, name: str, pid: int) -> None:
     """Record ``name -> pid`` in ``stack.json`` (where ``ensure_stack`` looks for a running stack)."""
-    from dtlive.broker import _state_lock
+    from dtlive.broker import state_lock
     from dtlive.processes import pid_alive
 
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "stack.json"
-    with _state_lock(state_dir):
+    with state_lock(state_dir):
         try:
             pids = json.loads(path.read_text())
         except (OSError, ValueError):

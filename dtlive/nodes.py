@@ -47,6 +47,7 @@ from streamz import Source, Stream
 
 from dtlive import __version__
 from dtlive import detector as det
+from dtlive.checkpoint import Checkpoint
 from dtlive.decode import Reject, decode, encode_csv
 from dtlive.messages import COUNTS, EPOCH_HEADER, FORMAT_HEADER, MONITOR_SCHEMA, iso_utc, message_from_arrays
 from dtlive.products import DRIFT_EDGES_NS, arrays_to_dataset, compute_arrays
@@ -529,18 +530,18 @@ class dt_event_windows(Stream):
         counts, self.counts = self.counts, Counter()
         return counts
 
-    def checkpoint(self) -> tuple[dict, list[Reject]]:
-        """State to persist (JSON-ready) and the rejects not yet handed on (drained)."""
+    def checkpoint(self) -> tuple[Checkpoint, list[Reject]]:
+        """State to persist and the rejects not yet handed on (drained)."""
         rejects, self.rejects = self.rejects, []
-        state = {
-            "last_window": self.state.last_closed,
-            "window_orbits": self.state.window_orbits,
-            "positions": {str(k): v for k, v in self.positions.items()},
-            "restart_offsets": {str(k): v for k, v in self.commit_offsets().items()},
-            "pending_counts": dict(self.counts),
-            "orbit_epoch": self.orbit_epoch,
-            "held_offsets": {str(k): v for k, v in self.state.held_offsets().items()},
-        }
+        state = Checkpoint(
+            last_window=self.state.last_closed,
+            window_orbits=self.state.window_orbits,
+            positions=dict(self.positions),
+            restart_offsets=self.commit_offsets(),
+            pending_counts=dict(self.counts),
+            orbit_epoch=self.orbit_epoch,
+            held_offsets=self.state.held_offsets(),
+        )
         return state, rejects
 
     def commit_offsets(self) -> dict[int, int]:

@@ -1,6 +1,7 @@
 """``dtlive process``: thin wiring of :mod:`dtlive.nodes` into an exactly-once service.
 
-Graph: Kafka source -> dt_decode_hits -> dt_clean_hits -> dt_event_windows -> :class:`TransactionalPublisher`.
+Graph: Kafka source -> :func:`dtlive.graph.window_graph` (dt_decode_hits -> dt_clean_hits -> dt_event_windows)
+-> :class:`TransactionalPublisher`.
 With a ledger, the run (configuration, code version, start offsets) is recorded there.
 
 Exactly once. Every publication is one Kafka transaction holding the window result(s),
@@ -23,24 +24,30 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from confluent_kafka import KafkaError, KafkaException
 
 from dtlive import __version__
 from dtlive import nodes as _nodes  # noqa: F401  (registers the node methods on Stream)
+from dtlive.checkpoint import Checkpoint
 from dtlive.config import Config, load_config  # noqa: F401  (load_config: doctest)
 from dtlive.deadletter import dead_letter
 from dtlive.decode import Reject
+from dtlive.graph import upstream_of, window_graph
 from dtlive.health import Heartbeat, Progress, partition_lag
 from dtlive.heap import HeapTrimmer
 from dtlive.kafka import ClusterWatch, client_config, ensure_topics, partition_ends, producer_config
 from dtlive.messages import MONITOR_SCHEMA, SCHEMA_HEADER, message_bytes
-from dtlive.nodes import dt_event_windows, dt_from_kafka_batched_consumer, window_message
+from dtlive.nodes import dt_decode_hits, dt_event_windows, dt_from_kafka_batched_consumer, window_message
 from dtlive.processes import pid_alive
 from dtlive.watchdog import Watchdog
 from dtlive.windows import Window
+
+if TYPE_CHECKING:
+    from confluent_kafka import Producer
 
 log = logging.getLogger(__name__)
 # Every 30 s the processor hands freed heap pages back to the OS (glibc malloc_trim, ~1 ms), see dtlive.heap:
@@ -77,10 +84,11 @@ def drift_edges(cfg: Config) -> np.ndarray:
     return np.linspace(cfg.drift_min_ns, cfg.drift_min_ns + n * cfg.drift_bin_ns, n + 1)
 
 
-def read_checkpoint(cfg: Config, bootstrap: str, timeout: float = 10.0) -> dict | None:
+def read_checkpoint(cfg: Config, bootstrap: str, timeout: float = 10.0) -> Checkpoint | None:
     """The newest committed checkpoint of this processor (``cfg.group_id``), or None.
 
-    Reads the checkpoint topic backwards in growing chunks, so a long history costs little.
+    Reads the checkpoint topic backwards in growing chunks, so a long history costs little. The fence
+    record (key ``<group_id>.fence``) is not a checkpoint and is skipped.
     """
     from confluent_kafka import Consumer, TopicPartition
 
@@ -98,7 +106,7 @@ def read_checkpoint(cfg: Config, bootstrap: str, timeout: float = 10.0) -> dict 
         )
     )
     try:
-        newest: tuple[float, dict] | None = None
+        newest: Checkpoint | None = None
         for p, (low, high) in partition_ends(cfg, bootstrap, topic, timeout).items():
             end, step = high, 256
             while end > low:
@@ -111,20 +119,20 @@ def read_checkpoint(cfg: Config, bootstrap: str, timeout: float = 10.0) -> dict 
                         quiet_since = time.monotonic()
                     for m in msgs:
                         if m.offset() < end and m.key() == key:
-                            found = json.loads(m.value())
+                            found = Checkpoint.from_json(json.loads(m.value()))
                     if c.position([TopicPartition(topic, p)])[0].offset >= end:
                         break
                 if found is not None:
-                    if newest is None or found.get("time", 0) > newest[0]:
-                        newest = (found.get("time", 0), found)
+                    if newest is None or found.time > newest.time:
+                        newest = found
                     break
                 end, step = start, step * 4
-        return newest[1] if newest else None
+        return newest
     finally:
         c.close()
 
 
-def resume_state(cfg: Config, bootstrap: str) -> dict | None:
+def resume_state(cfg: Config, bootstrap: str) -> Checkpoint | None:
     """Where a restarted processor resumes: the newer of its checkpoint and its last published window."""
     from dtlive.results import read_messages
 
@@ -134,18 +142,9 @@ def resume_state(cfg: Config, bootstrap: str) -> dict | None:
         for m in read_messages(bootstrap, cfg.monitor_topic, last=50, cfg=cfg, timeout=5)
         if m["provenance"].get("processor") == cfg.group_id
     ]
-    if not mine or (ckpt and ckpt.get("last_window", -1) >= mine[-1]["window"]["id"]):
+    if not mine or (ckpt and ckpt.last_window >= mine[-1]["window"]["id"]):
         return ckpt
-    last = mine[-1]
-    prov = last["provenance"]
-    return {
-        "last_window": last["window"]["id"],
-        "config_hash": prov.get("config_hash"),
-        "positions": {str(x["partition"]): x["offset"] for x in prov.get("input_position", [])},
-        "restart_offsets": {str(x["partition"]): x["offset"] for x in prov.get("restart_offsets", [])},
-        "pending_counts": {},
-        "orbit_epoch": prov.get("orbit_epoch"),
-    }
+    return Checkpoint.from_provenance(mine[-1]["window"]["id"], mine[-1]["provenance"])
 
 
 # librdkafka errors that say a client lost its broker: the broker may have restarted, perhaps empty
@@ -166,27 +165,93 @@ def _fenced(err) -> bool:
     return err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
 
 
+def processor_topics(cfg: Config) -> list[str]:
+    """The topics a processor reads and writes: input, results, dead letters, checkpoints."""
+    return [cfg.hits_topic, cfg.monitor_topic, cfg.rejected_topic, checkpoint_topic(cfg)]
+
+
+def transactional_producer(cfg: Config, bootstrap: str, timeout: float = 30.0,
+                           on_error: Callable | None = None) -> Producer:
+    """A producer with processor ``cfg.group_id``'s transactional id, its transactions initialised (which
+    fences an earlier producer with that id). ``on_error``: librdkafka's error callback."""
+    from confluent_kafka import Producer
+
+    producer = Producer(producer_config(cfg, bootstrap, **{
+        "transactional.id": f"{cfg.group_id}:{cfg.hits_topic}",
+        "linger.ms": 5,
+        "transaction.timeout.ms": 60000,
+        "error_cb": on_error or (lambda err: None),
+    }))
+    producer.init_transactions(timeout)
+    return producer
+
+
+def fence(producer: Producer, cfg: Config) -> None:
+    """Settle a crashed predecessor's open transaction before reading state.
+
+    Real Kafka aborts it in ``init_transactions``; Tansu instead makes its records visible
+    at our first commit. Committing an empty marker first makes both brokers settle now,
+    so the state read afterwards is final. The marker (key ``<group_id>.fence``) is no checkpoint.
+    """
+    producer.begin_transaction()
+    producer.produce(checkpoint_topic(cfg), b'{"fence": true}', key=f"{cfg.group_id}.fence".encode())
+    producer.commit_transaction(30)
+
+
+class StreamState(Protocol):
+    """What a :class:`TransactionalPublisher` commits with each transaction, asked of the processing it serves."""
+
+    def checkpoint(self) -> tuple[Checkpoint, list[Reject]]:
+        """The state to commit and the dead letters not yet handed on (drained)."""
+
+    def commit_offsets(self) -> dict[int, int]:
+        """Per input partition, the offset from which a restart must re-read to lose nothing."""
+
+    def consumer_group_metadata(self) -> object:
+        """The input consumer's group metadata (``send_offsets_to_transaction`` commits offsets in its group)."""
+
+
+@dataclass
+class GraphState:
+    """The single processor's :class:`StreamState`: its window node's state and its source's consumer group."""
+
+    source: dt_from_kafka_batched_consumer
+    windows: dt_event_windows
+
+    def checkpoint(self) -> tuple[Checkpoint, list[Reject]]:
+        return self.windows.checkpoint()
+
+    def commit_offsets(self) -> dict[int, int]:
+        return self.windows.commit_offsets()
+
+    def consumer_group_metadata(self) -> object:
+        return self.source.consumer.consumer_group_metadata()
+
+
 @dataclass
 class TransactionalPublisher:
     """Publishes closed windows, dead letters and checkpoints in Kafka transactions.
 
+    ``producer``: the fenced transactional producer (:func:`open_producer`); ``state``: what each
+    transaction commits with its results (the checkpoint, the input offsets, the consumer group).
     Everything produced in the open transaction is also kept until the commit succeeds, so a transaction the
     broker lost (it restarted, or aborted it) is produced again in a new one, with a new producer when the old
     one cannot go on. Only a fence by another processor with the same identity ends it (:class:`ProcessorFenced`),
-    and a broker that lets nothing commit for ``recover_s`` seconds (:class:`BrokerLost`).
+    and a broker that lets nothing commit for ``recover_s`` seconds (:class:`BrokerLost`). Each published window
+    is handed to the callables in ``on_publish`` (``{"window": ..., "message": ...}``).
     """
 
     cfg: Config
     bootstrap: str
     provenance: dict
-    source: dt_from_kafka_batched_consumer | None = None
-    windows: dt_event_windows | None = None
+    producer: Producer
+    state: StreamState
     commit_interval_s: float = 0.25
     window_delay_s: float = 0.05  # while a backlog is read, windows wait this long to share one commit
     recover_s: float = 120.0  # how long a transaction may fail to commit before the processor gives up
-    topics: dict[str, int] = field(default_factory=dict)  # what to create again when the broker lost its topics
     on_recover: Callable[[], None] | None = None  # called once a new producer is in place (the broker restarted?)
-    on_client_error: Callable | None = None  # librdkafka's error callback of the producer
+    on_client_error: Callable | None = None  # librdkafka's error callback of the producers made after the first
+    on_publish: list[Callable[[dict], None]] = field(default_factory=list)
     published: int = 0
     dead_lettered: int = 0
     recoveries: int = 0
@@ -195,40 +260,17 @@ class TransactionalPublisher:
     _windows_in_txn: int = 0
     _pending: list[tuple] = field(default_factory=list)  # (topic, value, key, headers) of the open transaction
     _broken: Exception | None = None  # why the producer cannot go on (a new one is made at commit)
-    _on_publish: list[Callable[[dict], None]] = field(default_factory=list)
 
     def __post_init__(self):
         self.edges = drift_edges(self.cfg)
-        self.producer = self._new_producer(30)
+        listed = self.producer.list_topics(timeout=10).topics
+        # what to create again when the broker lost its topics
+        self.topics = {t: len(listed[t].partitions) for t in processor_topics(self.cfg)
+                       if t in listed and listed[t].partitions}
 
-    def _new_producer(self, timeout: float):
-        from confluent_kafka import Producer
-
-        producer = Producer(
-            producer_config(
-                self.cfg,
-                self.bootstrap,
-                **{
-                    "transactional.id": f"{self.cfg.group_id}:{self.cfg.hits_topic}",
-                    "linger.ms": 5,
-                    "transaction.timeout.ms": 60000,
-                    "error_cb": lambda err: self.on_client_error and self.on_client_error(err),
-                },
-            )
-        )
-        producer.init_transactions(timeout)
-        return producer
-
-    def fence(self) -> None:
-        """Settle a crashed predecessor's open transaction before reading state.
-
-        Real Kafka aborts it in ``init_transactions``; Tansu instead makes its records visible
-        at our first commit. Committing an empty marker first makes both brokers settle now,
-        so the state read afterwards is final.
-        """
-        self.producer.begin_transaction()
-        self.producer.produce(checkpoint_topic(self.cfg), b'{"fence": true}', key=f"{self.cfg.group_id}.fence".encode())
-        self.producer.commit_transaction(30)
+    def _new_producer(self, timeout: float) -> Producer:
+        return transactional_producer(self.cfg, self.bootstrap, timeout,
+                                      lambda err: self.on_client_error and self.on_client_error(err))
 
     def _begin(self):
         if not self._in_txn:
@@ -268,7 +310,7 @@ class TransactionalPublisher:
         self.published += 1
         self._windows_in_txn += 1
         self.producer.poll(0)
-        for callback in self._on_publish:
+        for callback in self.on_publish:
             callback({"window": window, "message": msg})
 
     def _dead_letter(self, rejects: list[Reject]) -> None:
@@ -299,22 +341,22 @@ class TransactionalPublisher:
         """A transaction is open (something waits to be committed)."""
         return self._in_txn
 
+    @property
+    def windows_in_transaction(self) -> int:
+        """Windows published in the open transaction."""
+        return self._windows_in_txn
+
     def commit(self) -> None:
         """Write the checkpoint and the safe input offsets, then commit the transaction."""
-        state, rejects = self.windows.checkpoint()
-        offsets = self.windows.commit_offsets()
+        state, rejects = self.state.checkpoint()
+        offsets = self.state.commit_offsets()
         if not (self._in_txn or rejects or offsets):
             return
         self._begin()
         self._dead_letter(rejects)
-        state.update(
-            processor=self.cfg.group_id,
-            config_hash=self.cfg.config_hash,
-            input_topic=self.cfg.hits_topic,
-            run_id=self.provenance.get("run_id"),
-            time=time.time(),
-        )
-        self._produce(checkpoint_topic(self.cfg), json.dumps(state).encode(), self.cfg.group_id.encode())
+        state = replace(state, processor=self.cfg.group_id, config_hash=self.cfg.config_hash,
+                        input_topic=self.cfg.hits_topic, run_id=self.provenance.get("run_id"), time=time.time())
+        self._produce(checkpoint_topic(self.cfg), state.to_bytes(), self.cfg.group_id.encode())
         self._commit(offsets)
         self._in_txn = False
         self._windows_in_txn = 0
@@ -333,7 +375,7 @@ class TransactionalPublisher:
                 if offsets:
                     self.producer.send_offsets_to_transaction(
                         [TopicPartition(self.cfg.hits_topic, p, o) for p, o in offsets.items()],
-                        self.source.consumer.consumer_group_metadata(),
+                        self.state.consumer_group_metadata(),
                         30,
                     )
                 self.producer.commit_transaction(60)
@@ -356,7 +398,7 @@ class TransactionalPublisher:
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)
                 self._reproduce(err)
-                offsets = self.windows.commit_offsets()  # the source may have read its topic anew meanwhile
+                offsets = self.state.commit_offsets()  # the source may have read its topic anew meanwhile
 
     def _reproduce(self, err) -> None:
         """A new transaction with everything the failed one held: after an abort if the producer can go on,
@@ -443,23 +485,13 @@ def running_twin(cfg: Config, bootstrap: str, beats: list[dict] | None = None) -
     return None
 
 
-def open_publisher(cfg: Config, bootstrap: str, run_id: str) -> tuple[TransactionalPublisher, dict | None]:
-    """The topics, the fenced transactional publisher of processor ``cfg.group_id`` and where it resumes.
+def run_provenance(cfg: Config, run_id: str) -> dict:
+    """What every result of processor ``cfg.group_id``'s run ``run_id`` says of its making.
 
-    Returns the publisher and the state its previous run left (:func:`resume_state`; None on a first run).
-    Refuses (SystemExit) to continue a result series that was made with other processing settings, and to
-    start while another processor with the same identity is alive (:func:`running_twin`): taking over its
-    transactional id would fence it.
+    >>> sorted(run_provenance(load_config({"bootstrap": "127.0.0.1:9"}, env={}), "r1"))
+    ['config_hash', 'dtlive_version', 'host', 'processor', 'run_id', 'topic']
     """
-    twin = running_twin(cfg, bootstrap)
-    if twin is not None:
-        raise AlreadyRunning(
-            f"processor {cfg.group_id!r} is already running on {twin.get('host')} (pid {twin.get('pid')}, last "
-            f"heartbeat {time.time() - twin.get('time', 0):.0f} s ago); stop it first, or give this one its own "
-            "--group-id")
-    topics = [cfg.hits_topic, cfg.monitor_topic, cfg.rejected_topic, checkpoint_topic(cfg)]
-    ensure_topics(cfg, bootstrap, topics)
-    provenance = {
+    return {
         "topic": cfg.hits_topic,
         "dtlive_version": __version__,
         "config_hash": cfg.config_hash,
@@ -467,17 +499,33 @@ def open_publisher(cfg: Config, bootstrap: str, run_id: str) -> tuple[Transactio
         "processor": cfg.group_id,
         "host": socket.gethostname(),
     }
-    publisher = TransactionalPublisher(cfg, bootstrap, provenance)
-    listed = publisher.producer.list_topics(timeout=10).topics
-    publisher.topics = {t: len(listed[t].partitions) for t in topics if t in listed and listed[t].partitions}
-    publisher.fence()
+
+
+def open_producer(cfg: Config, bootstrap: str, on_error: Callable | None = None) -> tuple[Producer, Checkpoint | None]:
+    """The topics, the fenced transactional producer of processor ``cfg.group_id`` and where it resumes.
+
+    Returns the producer (for :class:`TransactionalPublisher`) and the state its previous run left
+    (:func:`resume_state`; None on a first run), read after the fence so that it is final. Refuses
+    (SystemExit) to continue a result series that was made with other processing settings, and to start while
+    another processor with the same identity is alive (:func:`running_twin`, :class:`AlreadyRunning`):
+    taking over its transactional id would fence it. ``on_error``: librdkafka's error callback of the producer.
+    """
+    twin = running_twin(cfg, bootstrap)
+    if twin is not None:
+        raise AlreadyRunning(
+            f"processor {cfg.group_id!r} is already running on {twin.get('host')} (pid {twin.get('pid')}, last "
+            f"heartbeat {time.time() - twin.get('time', 0):.0f} s ago); stop it first, or give this one its own "
+            "--group-id")
+    ensure_topics(cfg, bootstrap, processor_topics(cfg))
+    producer = transactional_producer(cfg, bootstrap, 30, on_error)
+    fence(producer, cfg)
     ckpt = resume_state(cfg, bootstrap)
-    if ckpt and ckpt.get("config_hash") != cfg.config_hash:
+    if ckpt and ckpt.config_hash != cfg.config_hash:
         raise SystemExit(
             f"processor {cfg.group_id!r} last ran with other processing settings (config hash "
-            f"{ckpt.get('config_hash')} != {cfg.config_hash}); give a new --group-id to start a new series"
+            f"{ckpt.config_hash} != {cfg.config_hash}); give a new --group-id to start a new series"
         )
-    return publisher, ckpt
+    return producer, ckpt
 
 
 class Processor:
@@ -499,10 +547,9 @@ class Processor:
         self.cfg = cfg
         self.bootstrap = bootstrap
         self.run_id = run_id or uuid.uuid4().hex[:12]
-        self.publisher, ckpt = open_publisher(cfg, bootstrap, self.run_id)
-        resume = {int(k): v for k, v in (ckpt or {}).get("positions", {}).items()}
-        self.resumed = ckpt is not None
         self.broker_suspect = False  # a client lost its connection: ask the broker who it is before committing
+        producer, ckpt = open_producer(cfg, bootstrap, on_error=self._on_client_error)
+        self.resumed = ckpt is not None
         self.source = dt_from_kafka_batched_consumer(
             cfg.hits_topic,
             {**consumer_config(cfg, bootstrap, group_id=cfg.group_id, from_beginning=from_beginning),
@@ -510,29 +557,16 @@ class Processor:
             batch_size=batch_size,
             # Our own committed state says where to re-read from; a broker may have applied a crashed
             # transaction's offset commit without its records (Tansu does), so group offsets are not trusted.
-            start_offsets={int(k): v for k, v in ckpt["restart_offsets"].items()} if ckpt else None,
+            start_offsets=dict(ckpt.restart_offsets) if ckpt else None,
         )
-        self.decoder = self.source.dt_decode_hits(default_format=cfg.default_format, resume=resume)
-        self.windows = (
-            self.decoder.dt_clean_hits()
-            .dt_event_windows(
-                window_s=cfg.window_s,
-                lateness_s=cfg.lateness_s,
-                idle_s=cfg.idle_s,
-                last_closed=(ckpt or {}).get("last_window", -1),
-                orbit_epoch=(ckpt or {}).get("orbit_epoch"),
-                pending=(ckpt or {}).get("pending_counts"),
-                max_jump_s=cfg.max_orbit_jump_s,
-                held=(ckpt or {}).get("held_offsets"),
-            )
-        )
-        self.windows.positions.update(resume)
-        self.publisher.source, self.publisher.windows = self.source, self.windows
+        self.windows = window_graph(self.source, cfg, ckpt)
+        self.decoder = upstream_of(self.windows, dt_decode_hits)
+        self.publisher = TransactionalPublisher(
+            cfg, bootstrap, run_provenance(cfg, self.run_id), producer, GraphState(self.source, self.windows),
+            on_recover=lambda: self.follow_broker(force=True), on_client_error=self._on_client_error)
         self.windows.sink(self.publisher.publish)
         self.source.connect()  # where reading starts is recorded below, and a missing topic fails the start
         self.cluster = ClusterWatch.of(cfg, bootstrap, every_s=cfg.idle_s)
-        self.publisher.on_recover = lambda: self.follow_broker(force=True)
-        self.publisher.on_client_error = self._on_client_error
         self._stop = False
         self.input_restarts = 0
         self.trimmer = HeapTrimmer(TRIM_INTERVAL_S if trim_interval_s is None else trim_interval_s)

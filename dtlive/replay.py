@@ -33,14 +33,14 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from streamz import Stream
 
 from dtlive import detector as det
-from dtlive import nodes as _nodes  # noqa: F401  (registers the node methods on Stream)
 from dtlive.config import Config
+from dtlive.graph import hit_graph, window_graph
 from dtlive.nodes import Batch, Decoded, window_message
 from dtlive.partials import Answer, Kept, Partial, Request, answer, merge_answers, plan_requests, share
 from dtlive.processor import drift_edges
@@ -141,7 +141,7 @@ def piece_batch(piece: Piece, data: bytes, orbit_epoch: float | None = None) -> 
 def decode_piece(piece: Piece, orbit_epoch: float | None = None) -> Decoded:
     """Read, decode and clean one piece (the processor's dt_decode_hits -> dt_clean_hits nodes)."""
     src, out = Stream(), []
-    src.dt_decode_hits(default_format="csv-batch").dt_clean_hits().sink(out.append)
+    hit_graph(src, default_format="csv-batch").sink(out.append)
     src.emit(piece_batch(piece, read_piece(piece), orbit_epoch))
     return out[0]
 
@@ -152,8 +152,8 @@ def decode_piece(piece: Piece, orbit_epoch: float | None = None) -> Decoded:
 def _replay_local(pieces: list[Piece], cfg: Config, edges: np.ndarray, provenance: dict,
                   orbit_epoch: float | None, progress: Callable[[int], None]) -> list[dict]:
     src = Stream()
-    windows = src.dt_decode_hits(default_format="csv-batch").dt_clean_hits().dt_event_windows(
-        window_s=cfg.window_s, lateness_s=cfg.lateness_s, idle_s=cfg.idle_s)
+    # no holding back of far-ahead rows: the Dask replay's plan (WindowPlan) has none, and both give one result
+    windows = window_graph(src, replace(cfg, max_orbit_jump_s=0), default_format="csv-batch")
     msgs: list[dict] = []
     windows.sink(lambda w: msgs.append(window_message(w, edges, provenance)))
     for piece in pieces:

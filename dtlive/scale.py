@@ -29,12 +29,20 @@ from dataclasses import dataclass, field
 
 from dtlive import detector as det
 from dtlive.actor import Report, Share
+from dtlive.checkpoint import Checkpoint
 from dtlive.config import Config
 from dtlive.health import Heartbeat, partition_lag
 from dtlive.kafka import consumer_config, partition_ends
 from dtlive.nodes import window_message
 from dtlive.partials import Answer, Request, merge_answers, plan_requests
-from dtlive.processor import BATCH_SIZE, HEALTH_LOGGERS, drift_edges, open_publisher
+from dtlive.processor import (
+    BATCH_SIZE,
+    HEALTH_LOGGERS,
+    TransactionalPublisher,
+    drift_edges,
+    open_producer,
+    run_provenance,
+)
 from dtlive.rows import Rows
 from dtlive.windows import Window
 
@@ -131,9 +139,9 @@ class DaskProcessor:
         self.cfg, self.bootstrap, self.client = cfg, bootstrap, client
         self.batch_size, self.step_seconds, self.step_timeout = batch_size, step_seconds, step_timeout
         self.run_id = run_id or uuid.uuid4().hex[:12]
-        self.publisher, ckpt = open_publisher(cfg, bootstrap, self.run_id)
-        ckpt = ckpt or {}
-        self.resumed = bool(ckpt)
+        producer, ckpt = open_producer(cfg, bootstrap)
+        self.resumed = ckpt is not None
+        ckpt = ckpt or Checkpoint()
         # in the processor's group: its metadata goes with the offsets committed in each transaction
         self.consumer = Consumer(consumer_config(cfg, bootstrap, group_id=cfg.group_id, from_beginning=from_beginning))
         meta = self.consumer.list_topics(cfg.hits_topic, timeout=15).topics.get(cfg.hits_topic)
@@ -141,17 +149,17 @@ class DaskProcessor:
             raise RuntimeError(f"topic {cfg.hits_topic!r} is not available on {bootstrap}")
         partitions = sorted(meta.partitions)
         reset = OFFSET_BEGINNING if from_beginning else OFFSET_END
-        if ckpt:  # our own committed state, not the group offsets (see Processor)
-            known = {int(k): v for k, v in ckpt.get("restart_offsets", {}).items()}
+        if self.resumed:  # our own committed state, not the group offsets (see Processor)
+            known = dict(ckpt.restart_offsets)
         else:
             got = self.consumer.committed([TopicPartition(cfg.hits_topic, p) for p in partitions], timeout=15)
             known = {tp.partition: tp.offset for tp in got if tp.offset >= 0}
         self.start_offsets = {p: known.get(p, reset) for p in partitions}
-        resume = {int(k): v for k, v in ckpt.get("positions", {}).items()}
-        self.published_through = int(ckpt.get("last_window", -1))
+        resume = ckpt.positions
+        self.published_through = ckpt.last_window
         self.window_orbits = det.orbits_for_seconds(cfg.window_s)
-        self.orbit_epoch = ckpt.get("orbit_epoch")
-        self.counts = Counter(ckpt.get("pending_counts") or {})
+        self.orbit_epoch = ckpt.orbit_epoch
+        self.counts = Counter(ckpt.pending_counts)
         self.rejects: list = []
         self.edges = drift_edges(cfg)
         self.pending: dict[int, _Pending] = {}
@@ -162,7 +170,7 @@ class DaskProcessor:
             self.slots.append(_Slot(mine, {p: self.start_offsets[p] for p in mine},
                                     positions={p: resume[p] for p in mine if p in resume},
                                     holding=self.published_through + 1))  # all, until its first report
-        self.publisher.source, self.publisher.windows = self, self  # commit() asks us for offsets and state
+        self.publisher = TransactionalPublisher(cfg, bootstrap, run_provenance(cfg, self.run_id), producer, self)
         self.messages = 0
         self.lost_actors = 0
         self.targets: dict[int, int] | None = None
@@ -357,7 +365,7 @@ class DaskProcessor:
                               "positions": self.positions(), "restart_offsets": self.commit_offsets()})
         self.publisher.publish(window, window_message(window, self.edges, self.publisher.provenance, arrays))
 
-    # -------------------------------------------------------------- state for TransactionalPublisher.commit
+    # -------------------------------------------------------------- StreamState: what each transaction commits
 
     def positions(self) -> dict[int, int]:
         """Per partition, the next offset the actors have accounted for."""
@@ -377,18 +385,17 @@ class DaskProcessor:
             out.update(low)
         return out
 
-    def checkpoint(self) -> tuple[dict, list]:
-        """The state to commit (the single processor's checkpoint form) and the dead letters to write (drained)."""
+    def checkpoint(self) -> tuple[Checkpoint, list]:
+        """The state to commit (the single processor's checkpoint) and the dead letters to write (drained)."""
         rejects, self.rejects = self.rejects, []
-        state = {
-            "last_window": self.published_through,
-            "window_orbits": self.window_orbits,
-            "positions": {str(k): v for k, v in self.positions().items()},
-            "restart_offsets": {str(k): v for k, v in self.commit_offsets().items()},
-            "pending_counts": dict(self.counts),
-            "orbit_epoch": self.orbit_epoch,
-        }
+        state = Checkpoint(last_window=self.published_through, window_orbits=self.window_orbits,
+                           positions=self.positions(), restart_offsets=self.commit_offsets(),
+                           pending_counts=dict(self.counts), orbit_epoch=self.orbit_epoch)
         return state, rejects
+
+    def consumer_group_metadata(self) -> object:
+        """The driver's consumer's group metadata: the offsets committed in each transaction go to its group."""
+        return self.consumer.consumer_group_metadata()
 
     def health(self) -> dict:
         """Heartbeat fields (:mod:`dtlive.health`): state, input lag per partition, running totals, actors."""

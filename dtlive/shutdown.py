@@ -113,3 +113,35 @@ class StopOnSignal:
                   self.grace_s, self.requested)
         logging.shutdown()
         self._exit(EXIT_NOT_STOPPED)
+
+
+def serve(make: Callable[[], object], stopper: StopOnSignal | None = None, **kwargs):
+    """Make a service (processor, recorder, listener), run it until done or SIGINT/SIGTERM, then close it.
+
+    Signals are handled from before the service is made (its set-up may wait on a broker), and a service that
+    has not stopped :data:`STOP_GRACE_S` seconds after the signal is ended. What the set-up made is frozen out
+    of garbage collection first (:func:`dtlive.heap.freeze_startup_objects`). ``kwargs`` go to its ``run``;
+    returns the service.
+
+    >>> class Service:
+    ...     def stop(self, *_): pass
+    ...     def run(self, **kwargs): print("run", kwargs)
+    ...     def close(self): print("closed")
+    >>> _ = serve(Service, until_end=True)
+    run {'until_end': True}
+    closed
+    """
+    import contextlib
+
+    from dtlive.heap import freeze_startup_objects
+
+    with contextlib.nullcontext(stopper) if stopper is not None else StopOnSignal() as stop:
+        service = make()
+        stop.on_stop(service.stop)
+        freeze_startup_objects()
+        try:
+            if not stop.requested:
+                service.run(**kwargs)
+        finally:
+            service.close()
+    return service

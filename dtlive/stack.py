@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dtlive.broker import _state_lock, default_state_dir, find_running
+from dtlive.broker import default_state_dir, find_running, state_lock
 from dtlive.config import load_config
 from dtlive.processes import pid_alive
 
@@ -270,7 +270,7 @@ def ensure_stack(rate: float = 1000.0, fmt: str = "daq64", state_dir: str | None
     cfg = load_config({})
     directory = default_state_dir(state_dir)
     env = {**os.environ, "DTLIVE_STATE_DIR": str(directory)}
-    with _state_lock(directory):
+    with state_lock(directory):
         record = read_record(directory)
         idents = record.get("identity") if isinstance(record.get("identity"), dict) else {}
         stack = Stack(bootstrap=cfg.bootstrap or find_running(directory) or "")
@@ -284,12 +284,12 @@ def ensure_stack(rate: float = 1000.0, fmt: str = "daq64", state_dir: str | None
                 why["broker"] = "did not answer"
             broker = EmbeddedBroker(state_dir=directory, stop_at_exit=False).start()
             stack.bootstrap = broker.bootstrap
-            stack.started["broker"] = broker._proc.pid
+            stack.started["broker"] = broker.pid
             stack.logs["broker"] = str(broker.log_path)
             if "broker" in record:
                 stack.restarted.append("broker")
                 log.warning("dtlive stack: broker (pid %s) %s; started again as pid %s at %s", record["broker"],
-                            why.get("broker", "was not running"), broker._proc.pid, stack.bootstrap)
+                            why.get("broker", "was not running"), broker.pid, stack.bootstrap)
         else:
             stack.reused.append("broker")
         if record.get("bootstrap") and (record["bootstrap"] != stack.bootstrap or "broker" in stack.started):
@@ -350,7 +350,7 @@ def stop_stack(state_dir: str | os.PathLike[str] | None = None, timeout: float =
     """
     directory = default_state_dir(state_dir)
     done: list[Stopped] = []
-    with _state_lock(directory):
+    with state_lock(directory):
         record = read_record(directory)
         identity = record.get("identity") if isinstance(record.get("identity"), dict) else {}
         pids = _pids(record)

@@ -52,9 +52,9 @@ def _made(service):
 
 
 if __name__ == "__main__":
-    from dtlive.cli import _serve
+    from dtlive.shutdown import serve
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with open(sys.argv[1]) as f:
         settings = json.load(f)
-    _serve(lambda: _made(listener(settings)))
+    serve(lambda: _made(listener(settings)))

@@ -62,7 +62,7 @@ def alert(id: str = "IceCube:1", record: int = 1, topic: str = "gcn.notices.icec
 
 def holds(expr: str, **fields) -> bool:
     p = Predicate(expr)
-    assert p(fields) is p._evaluate(fields)
+    assert p(fields) is p.evaluate(fields)
     return p(fields)
 
 
@@ -458,7 +458,7 @@ def test_memory_is_bounded():
     decider = AlertDecider(load_rules('[[rule]]\nname = "all"\nanalyses = ["snapshot"]'), max_keys=50)
     for i in range(500):
         assert decider.decide(alert(f"X:{i}", record=1)).action == "run"
-    assert len(decider) == 50 and len(decider._streams) == 50
+    assert len(decider) == 50 and decider.streams_remembered == 50
     assert decider.decide(alert("X:499", record=1)).action == "ignore_duplicate"  # recent ones are remembered
     assert decider.decide(alert("X:0", record=1)).action == "run"  # the oldest were forgotten
     with pytest.raises(ValueError):
@@ -507,8 +507,8 @@ def test_random_expressions_load_or_value_error_and_evaluation_never_raises(toke
     text = " ".join(tokens)
     predicate = compile_or_value_error(text)
     if predicate is not None:
-        assert predicate._evaluate(fields) in (True, False)  # no safety net needed
-        assert predicate(fields) is predicate._evaluate(fields)
+        assert predicate.evaluate(fields) in (True, False)  # no safety net needed
+        assert predicate(fields) is predicate.evaluate(fields)
     toml_text = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     try:
         load_rules(f'[[rule]]\nname = "fuzz"\nwhen = "{toml_text}"\nanalyses = ["snapshot"]\n')
@@ -542,9 +542,9 @@ def conditions(draw, depth: int = 0) -> str:
 @given(conditions(), FIELDS)
 def test_well_formed_expressions_compile_and_evaluate(text, fields):
     predicate = Predicate(text)
-    assert predicate._evaluate(fields) in (True, False)
+    assert predicate.evaluate(fields) in (True, False)
     negated = Predicate(f"not ({text})")
-    assert negated._evaluate(fields) is (not predicate._evaluate(fields))
+    assert negated.evaluate(fields) is (not predicate.evaluate(fields))
 
 
 @settings(max_examples=100, deadline=None)

@@ -63,7 +63,7 @@ def test_freeze_keeps_startup_objects_out_of_collections_and_still_collects_new_
 
 
 def test_services_freeze_their_startup_objects_before_running(monkeypatch):
-    from dtlive import cli
+    from dtlive.shutdown import serve
 
     calls = []
     monkeypatch.setattr(heap, "freeze_startup_objects", lambda: calls.append("freeze") or 0)
@@ -78,5 +78,5 @@ def test_services_freeze_their_startup_objects_before_running(monkeypatch):
         def close(self):
             calls.append("close")
 
-    cli._serve(Service, until_end=True)
+    serve(Service, until_end=True)
     assert calls == ["freeze", ("run", {"until_end": True}), "close"]

@@ -20,7 +20,7 @@ def test_a_batch_that_breaks_decoding_is_counted_and_dead_lettered_and_the_graph
     state, rejects = windows.checkpoint()
     assert dec.errors == 1
     assert [r.reason for r in rejects] == ["error", "error"] and "boom" in rejects[0].detail
-    assert {k: v for k, v in state["pending_counts"].items() if v} == {"rows": 2, "rejected.error": 2}
+    assert {k: v for k, v in state.pending_counts.items() if v} == {"rows": 2, "rejected.error": 2}
 
     monkeypatch.setattr(nodes, "decode", real_decode)  # the graph still works afterwards
     out = windows.dt_histogram().sink_to_list()

@@ -17,6 +17,8 @@ from dtlive.emulator import emulate, file_chunks, simulated_chunks
 from dtlive.kafka import ensure_topics
 from dtlive.processor import Processor
 from dtlive.results import read_messages, read_results
+from dtlive.rows import Rows
+from dtlive.windows import Window
 
 pytestmark = pytest.mark.kafka
 
@@ -286,7 +288,6 @@ def test_batch_from_messages_reads_each_messages_format_and_the_first_epoch(brok
 
 def test_a_backlog_shares_commits_among_windows_and_a_live_window_commits_at_once(broker, topics):
     """Reading a backlog (full consume calls) windows wait <= window_delay_s for one commit; results stay whole."""
-    import time
 
     ensure_topics(load_config({}, env={}), broker, [topics["hits_topic"]])
     produce_file(broker, topics["hits_topic"], RUN_CSV, "daq64", rows_per_message=100)  # 1,597 messages
@@ -294,15 +295,17 @@ def test_a_backlog_shares_commits_among_windows_and_a_live_window_commits_at_onc
     proc = Processor(cfg, broker, from_beginning=True, batch_size=50)
     commits = []
     commit = proc.publisher.commit
-    proc.publisher.commit = lambda: commits.append(proc.publisher._windows_in_txn) or commit()
+    proc.publisher.commit = lambda: commits.append(proc.publisher.windows_in_transaction) or commit()
     proc.run(until_end=True, max_seconds=120)
-    proc.close()
     assert sum(commits) == proc.publisher.published > 10
     assert max(commits) > 1 and len([c for c in commits if c]) < proc.publisher.published
     assert int(read_results(broker, topics["monitor_topic"]).total_hits.sum()) == 159_616
-    live = proc.publisher
-    live._in_txn, live._windows_in_txn = True, 1
-    live._txn_started = time.monotonic()
+    live = proc.publisher  # a window closed while nothing more is read: committed at once, not after the delay
+    live.window_delay_s = 60.0
+    live.publish(Window(10**6, 0, 0, Rows.empty(), {}))
+    assert live.windows_in_transaction == 1
     assert live.due(backlog=False) and not live.due(backlog=True)
-    live._txn_started -= live.window_delay_s
+    live.window_delay_s = 0.0
     assert live.due(backlog=True)
+    live.producer.abort_transaction(10)
+    proc.close()

@@ -5,6 +5,7 @@ Pure parts (no broker): the windows' evidence rule for far-ahead hits, the epoch
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from streamz import Stream
 
 from dtlive import detector as det
+from dtlive.checkpoint import Checkpoint
 from dtlive.nodes import Batch, plausible_epoch
 from dtlive.rows import Rows
 from dtlive.windows import EventTimeWindows
@@ -272,12 +274,13 @@ def test_a_row_held_when_the_processor_stopped_is_judged_and_counted_once_after_
     first = src.dt_decode_hits().dt_clean_hits().dt_event_windows(window_s=2, lateness_s=0, max_jump_s=30)
     src.emit(Batch.from_payloads([b"2,0,5,100,7,3", b"2,0,5,101,7,3", b"2,0,5,4000000000,7,3"], "csv"))
     state, rejects = first.checkpoint()
-    assert state["held_offsets"] == {"0": [2]} and state["restart_offsets"] == {"0": 0} and rejects == []
+    wire = state.to_json()
+    assert wire["held_offsets"] == {"0": [2]} and wire["restart_offsets"] == {"0": 0} and rejects == []
+    state = Checkpoint.from_json(json.loads(json.dumps(wire)))  # as read back from the checkpoint topic
 
     src = Stream()  # the restarted processor, resuming from that checkpoint
-    resume = {int(k): v for k, v in state["positions"].items()}
-    second = src.dt_decode_hits(resume=resume).dt_clean_hits().dt_event_windows(
-        window_s=2, lateness_s=0, max_jump_s=30, held=state["held_offsets"], pending=state["pending_counts"])
+    second = src.dt_decode_hits(resume=state.positions).dt_clean_hits().dt_event_windows(
+        window_s=2, lateness_s=0, max_jump_s=30, held=state.held_offsets, pending=state.pending_counts)
     out = second.sink_to_list()
     src.emit(Batch.from_payloads([b"2,0,5,100,7,3", b"2,0,5,101,7,3", b"2,0,5,4000000000,7,3",
                                   b"2,0,5,30000,7,3"], "csv"))

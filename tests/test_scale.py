@@ -127,15 +127,13 @@ def test_worker_killed_mid_replay_counts_every_hit_once(broker, topics, client):
     victim = proc.slots[0].where["pid"]
     assert victim in client.run(os.getpid).values()
     killed = []
-    ingest = proc._ingest
 
-    def kill_half_way(i, report):  # the actor of partitions 0 and 2 while it still reads, windows published
-        ingest(i, report)
-        if i == 0 and not killed and proc.publisher.published >= 2 and not report.done:
+    def kill_half_way(_):  # the actor of partitions 0 and 2 while it still reads, windows published
+        if not killed and proc.publisher.published >= 2 and not proc.slots[0].done:
             os.kill(victim, signal.SIGKILL)
             killed.append(proc.publisher.published)
 
-    proc._ingest = kill_half_way
+    proc.publisher.on_publish.append(kill_half_way)
     proc.run(until_end=True, max_seconds=90)
     proc.close()
     assert killed and proc.lost_actors == 1 and proc.slots[0].where["pid"] != victim

@@ -441,14 +441,19 @@ class Predicate:
 
     # -- evaluating
 
-    def _evaluate(self, fields: Mapping[str, Any]) -> bool:
-        """Evaluate without the safety net (tests use it to show evaluation never needs one)."""
+    def evaluate(self, fields: Mapping[str, Any]) -> bool:
+        """Evaluate on ``fields`` without the safety net of calling the predicate (which answers False where
+        evaluating raises); with JSON-like values evaluation never raises.
+
+        >>> Predicate("p_value < 0.01").evaluate({"p_value": 0.001})
+        True
+        """
         return bool(self._root.test(fields))
 
     def __call__(self, alert: Alert | Mapping[str, Any]) -> bool:
         fields = alert if isinstance(alert, Mapping) else alert_fields(alert)
         try:
-            return self._evaluate(fields)
+            return self.evaluate(fields)
         except Exception:  # unreachable with JSON-like field values; odd user objects must not break matching
             return False
 
@@ -778,6 +783,11 @@ class AlertDecider:
     def __len__(self) -> int:
         """Number of notice keys remembered (at most ``max_keys``)."""
         return len(self._handled)
+
+    @property
+    def streams_remembered(self) -> int:
+        """Number of alert streams whose history is remembered (at most ``max_keys``)."""
+        return len(self._streams)
 
     @staticmethod
     def notice_key(alert: Alert) -> tuple:
