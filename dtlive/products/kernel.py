@@ -21,7 +21,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
@@ -72,7 +71,10 @@ DEFAULT_SETTINGS = Settings()
 
 
 class Hits:
-    """One share's cleansed hits and the derived columns the products use, each computed once when first asked.
+    """One share's cleansed hits and the derived columns every product uses, computed once.
+
+    ``chamber_rows``: the rows of the chamber hits (channels 0-127; ``slice(None)`` when every hit is one),
+    ``cell``: ``chamber * 64 + local channel`` and ``orbit`` of each chamber hit.
 
     >>> h = Hits(Rows.from_columns(head=[2, 2], fpga=[1, 1], channel=[70, 128], orbit=[4, 4], bx=[2, 0], tdc=[3, 0]))
     >>> h.cell.tolist(), h.orbit.tolist(), h.chamber_rows.tolist()
@@ -81,22 +83,10 @@ class Hits:
 
     def __init__(self, rows: Rows):
         self.rows = rows
-
-    @cached_property
-    def chamber_rows(self) -> slice | np.ndarray:
-        """The rows of the chamber hits (channels 0-127): ``slice(None)`` when every hit is one."""
-        inside = self.rows.channel < det.CHAMBER_CHANNELS
-        return slice(None) if inside.all() else np.flatnonzero(inside)
-
-    @cached_property
-    def cell(self) -> np.ndarray:
-        """``chamber * 64 + local channel`` of each chamber hit."""
-        return (self.rows.fpga * det.CHAMBER_CHANNELS + self.rows.channel)[self.chamber_rows]
-
-    @cached_property
-    def orbit(self) -> np.ndarray:
-        """The orbit of each chamber hit."""
-        return self.rows.orbit[self.chamber_rows]
+        inside = rows.channel < det.CHAMBER_CHANNELS
+        self.chamber_rows: slice | np.ndarray = slice(None) if inside.all() else np.flatnonzero(inside)
+        self.cell = (rows.fpga * det.CHAMBER_CHANNELS + rows.channel)[self.chamber_rows]
+        self.orbit = rows.orbit[self.chamber_rows]
 
 
 class Product(ABC):

@@ -62,7 +62,8 @@ class Multiplicity(Product):
         keys = np.sort((orbit - low) * N_CELLS + hits.cell, kind="stable")
         keys = keys[first_of_runs(keys)]
         orbit_chamber = keys >> CELL_BITS
-        bounds = np.flatnonzero(np.concatenate((first_of_runs(orbit_chamber), [True])))  # run starts, then the end
+        # the start of each (orbit, chamber) run, then the end
+        bounds = np.flatnonzero(np.concatenate(([True], orbit_chamber[1:] != orbit_chamber[:-1], [True])))
         starts, counts = bounds[:-1], bounds[1:] - bounds[:-1]
         hist = np.bincount((orbit_chamber[starts] % NCHAMB) * (NCH + 1) + counts, minlength=NCHAMB * (NCH + 1))
         return hist.reshape(NCHAMB, NCH + 1), Distinct(low, keys)
