@@ -258,11 +258,13 @@ def slope_per_minute(t_s, values) -> float | None:
 def _hotspots(prof: cProfile.Profile, wall: float, top: int) -> dict:
     st = pstats.Stats(prof, stream=io.StringIO())
 
-    def name(func) -> str:
+    def name(func) -> str:  # dtlive/<module path>, else the file's folder and name
         path, line, fname = func
         if path == "~":
             return fname
-        return f"{'/'.join(Path(path).parts[-2:])}:{line}:{fname}"
+        parts = Path(path).parts
+        start = max((i for i, part in enumerate(parts[:-1]) if part == "dtlive"), default=len(parts) - 2)
+        return f"{'/'.join(parts[start:])}:{line}:{fname}"
 
     rows = [
         {"function": name(func), "calls": nc, "own_s": round(tt, 4), "cum_s": round(ct, 4),

@@ -4,10 +4,10 @@ A :class:`PartitionActor` lives on one Dask worker. It holds one confluent-kafka
 to a group of the input topic's partitions from given start offsets (no consumer group, no commits: the
 driver, :class:`dtlive.scale.DaskProcessor`, owns the offsets) and runs the processor's own nodes on
 them: decode -> clean -> event-time windows, whose watermark is the minimum over its partitions. Hits never
-leave the worker. For each window it closes, :meth:`PartitionActor.step` returns a
-:class:`~dtlive.partials.Partial` (a :class:`Share`); the window's chamber hits stay here until the driver
-sends the merged scintillator table (a :class:`~dtlive.partials.Request`) and get back a drift part (an
-:class:`~dtlive.partials.Answer`).
+leave the worker. For each window it closes, :meth:`PartitionActor.step` returns the products' summaries of
+its share (a :class:`~dtlive.products.Partial`, in a :class:`Share`); what the products keep of the window
+stays here until the driver sends its :class:`~dtlive.products.Request`, answered in a later step (an
+:class:`~dtlive.products.Answer`).
 
 Used directly (no Dask) it is an ordinary object; the driver creates it with
 ``client.submit(PartitionActor, ..., actor=True)``.
@@ -26,14 +26,14 @@ from dtlive.decode import Reject
 from dtlive.graph import window_graph
 from dtlive.kafka import consumer_config
 from dtlive.nodes import dt_from_kafka_batched_consumer
-from dtlive.partials import Answer, Kept, Partial, Request, answer, share
-from dtlive.processor import BATCH_SIZE, drift_edges
+from dtlive.processor import BATCH_SIZE
+from dtlive.products import Answer, Kept, Partial, Request, Settings, answer, share
 from dtlive.windows import Window
 
 
 @dataclass
 class Share:
-    """An actor's share of one closed window: its partial products and where its hits came from."""
+    """An actor's share of one closed window: the products' summaries and where its hits came from."""
 
     partial: Partial
     inputs: dict[int, tuple[int, int]]  # partition -> (first, last) offset
@@ -67,7 +67,7 @@ class PartitionActor:
                  resume: dict[int, int] | None = None, last_closed: int = -1, orbit_epoch: float | None = None,
                  batch_size: int = BATCH_SIZE):
         self.cfg = cfg
-        self.edges = drift_edges(cfg)
+        self.settings = Settings.from_config(cfg)
         conf = consumer_config(cfg, bootstrap, group_id=f"{cfg.group_id}.dask", from_beginning=True)
         self.source = dt_from_kafka_batched_consumer(cfg.hits_topic, conf, batch_size=batch_size,
                                                      start_offsets=dict(start_offsets), partitions=list(partitions))
@@ -104,13 +104,13 @@ class PartitionActor:
         state = self.windows.state
         if not any(w <= published for w in state.open_ids):
             state.last_closed = max(state.last_closed, published)
-        rep = Report(answers={wid: answer(self.kept[wid], r, self.edges) for wid, r in requests.items()
+        rep = Report(answers={wid: answer(self.kept[wid], r, self.settings) for wid, r in requests.items()
                              if wid in self.kept})
         if targets is not None:
             self.targets = targets
         self._consume(max_seconds)
         for w in self.closed:
-            partial, kept = share(w.hits)
+            partial, kept = share(w.hits, self.settings)
             self.kept[w.id] = kept
             rep.shares[w.id] = Share(partial, w.inputs, w.meta.get("orbit_epoch"))
             rep.counts.update(w.meta.get("counts", {}))

@@ -554,14 +554,13 @@ def window_products(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, pr
                     arrays: dict[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """Product and count arrays of a closed window, and its attrs (window, provenance, rejects), without xarray.
 
-    ``arrays``: the products when they were computed elsewhere (:func:`dtlive.products.compute_arrays`, or
-    merged shares of :mod:`dtlive.partials`); the window's own hits are then not used.
+    ``arrays``: the products when they were computed elsewhere (merged shares, :func:`dtlive.products.merge`);
+    the window's own hits are then not used. The counts the products do not give come from the window.
     """
     arrays = compute_arrays(window.hits, drift_edges) if arrays is None else dict(arrays)
     counts = Counter(window.meta.get("counts", {}))
-    arrays["special_channel_hits"] = np.int64(int(arrays["total_hits"]) - int(arrays["hits_per_chamber"].sum()))
     for k in COUNTS:
-        if k != "special_channel_hits":
+        if k not in arrays:
             arrays[k] = np.int64(counts.get(k, 0))
     rejected = {k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith("rejected.") and v}
     epoch = window.meta.get("orbit_epoch")

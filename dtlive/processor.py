@@ -43,6 +43,7 @@ from dtlive.kafka import ClusterWatch, client_config, ensure_topics, partition_e
 from dtlive.messages import MONITOR_SCHEMA, SCHEMA_HEADER, message_bytes
 from dtlive.nodes import dt_decode_hits, dt_event_windows, dt_from_kafka_batched_consumer, window_message
 from dtlive.processes import pid_alive
+from dtlive.products import Settings
 from dtlive.watchdog import Watchdog
 from dtlive.windows import Window
 
@@ -80,8 +81,7 @@ def checkpoint_topic(cfg: Config) -> str:
 
 
 def drift_edges(cfg: Config) -> np.ndarray:
-    n = int(round((cfg.drift_max_ns - cfg.drift_min_ns) / cfg.drift_bin_ns))
-    return np.linspace(cfg.drift_min_ns, cfg.drift_min_ns + n * cfg.drift_bin_ns, n + 1)
+    return Settings.from_config(cfg).drift_edges
 
 
 def read_checkpoint(cfg: Config, bootstrap: str, timeout: float = 10.0) -> Checkpoint | None:

@@ -10,7 +10,7 @@ message k of partition 0, so a window's provenance says which pieces fed it.
   itself, so nothing per hit crosses the network. The driver replays the windows' bookkeeping on small
   per-piece summaries (:class:`WindowPlan`: which rows are late, which windows close after which piece,
   which counts go with them); the workers compute the products of each window that lies in one piece and
-  mergeable shares (:mod:`dtlive.partials`) of each window that spans pieces; the driver merges those.
+  the products' shares (:mod:`dtlive.products`) of each window that spans pieces; the driver merges those.
   The messages equal the one-process replay's (tests/test_replay.py).
 
 >>> import pathlib, tempfile
@@ -42,9 +42,7 @@ from dtlive import detector as det
 from dtlive.config import Config
 from dtlive.graph import hit_graph, window_graph
 from dtlive.nodes import Batch, Decoded, window_message
-from dtlive.partials import Answer, Kept, Partial, Request, answer, merge_answers, plan_requests, share
-from dtlive.processor import drift_edges
-from dtlive.products import compute_arrays
+from dtlive.products import Answer, Kept, Partial, Request, Settings, answer, compute, merge, plan_requests, share
 from dtlive.rows import Rows
 from dtlive.windows import Window, WindowBook
 
@@ -283,7 +281,7 @@ def summary_of(loaded: _Loaded) -> Summary:
     return loaded.summary
 
 
-def share_piece(loaded: _Loaded, last_closed: int, whole: frozenset[int], edges: np.ndarray) -> _Shared:
+def share_piece(loaded: _Loaded, last_closed: int, whole: frozenset[int], settings: Settings) -> _Shared:
     """Drop the late hits; the products of the ``whole`` windows, shares of the others (on a worker)."""
     hits, ids = loaded.hits, loaded.ids
     keep = ids > last_closed
@@ -298,9 +296,9 @@ def share_piece(loaded: _Loaded, last_closed: int, whole: frozenset[int], edges:
     for a, b in zip(bounds[:-1], bounds[1:]):
         wid, rows = int(ids[a]), hits.select(order[a:b])
         if wid in whole:
-            out.whole[wid] = compute_arrays(rows, edges)
+            out.whole[wid] = compute(rows, settings)
         else:
-            out.partials[wid], out.kept[wid] = share(rows)
+            out.partials[wid], out.kept[wid] = share(rows, settings)
     return out
 
 
@@ -309,14 +307,14 @@ def parts_of(shared: _Shared) -> tuple[dict[int, dict[str, np.ndarray]], dict[in
     return shared.whole, shared.partials
 
 
-def answers_of(shared: _Shared, requests: dict[int, Request], edges: np.ndarray) -> dict[int, Answer]:
-    return {wid: answer(shared.kept[wid], r, edges) for wid, r in requests.items()}
+def answers_of(shared: _Shared, requests: dict[int, Request], settings: Settings) -> dict[int, Answer]:
+    return {wid: answer(shared.kept[wid], r, settings) for wid, r in requests.items()}
 
 
 # ------------------------------------------------------------------ on Dask: the driver
 
 
-def replay_on_dask(client, pieces: list[Piece], cfg: Config, edges: np.ndarray, provenance: dict,
+def replay_on_dask(client, pieces: list[Piece], cfg: Config, settings: Settings, provenance: dict,
                    orbit_epoch: float | None = None, progress: Callable[[int], None] = lambda done: None,
                    group: int | None = None) -> list[dict]:
     """The one-process replay's messages, with reading, decoding and products on the client's workers.
@@ -337,9 +335,9 @@ def replay_on_dask(client, pieces: list[Piece], cfg: Config, edges: np.ndarray, 
         asked: dict[int, dict[int, Request]] = {}  # piece -> window -> request
         for c in closing:
             if c.id not in whole:
-                for i, r in plan_requests(shares[c.id]).items():
+                for i, r in plan_requests(shares[c.id], settings).items():
                     asked.setdefault(i, {})[c.id] = r
-        futures = [client.submit(answers_of, held[i], reqs, edges, pure=False) for i, reqs in asked.items()]
+        futures = [client.submit(answers_of, held[i], reqs, settings, pure=False) for i, reqs in asked.items()]
         answers = dict(zip(asked, client.gather(futures)))
         for c in closing:
             if c.id in whole:
@@ -347,12 +345,12 @@ def replay_on_dask(client, pieces: list[Piece], cfg: Config, edges: np.ndarray, 
             else:
                 parts = shares.pop(c.id)
                 answered = [answers[i][c.id] for i in parts if c.id in asked.get(i, {})]
-                arrays = merge_answers(list(parts.values()), answered, edges)
+                arrays = merge(list(parts.values()), answered, settings)
             window = Window(c.id, c.id * window_orbits, (c.id + 1) * window_orbits - 1, Rows.empty(),
                             {0: (min(c.pieces), max(c.pieces))},
                             meta={"counts": c.counts, "orbit_epoch": epoch, "positions": c.positions,
                                   "restart_offsets": c.restart_offsets})
-            msgs.append(window_message(window, edges, provenance, arrays))
+            msgs.append(window_message(window, settings.drift_edges, provenance, arrays))
         still = {i for parts in shares.values() for i in parts}
         for i in [i for i in held if i not in still]:
             del held[i]
@@ -372,7 +370,7 @@ def replay_on_dask(client, pieces: list[Piece], cfg: Config, edges: np.ndarray, 
             befores.append(plan.add(p.index, s))
             closing += plan.closed
         whole_in = {p.index: frozenset(c.id for c in closing if c.pieces == [p.index]) for p in chunk}
-        shared = [client.submit(share_piece, f, b, whole_in[p.index], edges, pure=False)
+        shared = [client.submit(share_piece, f, b, whole_in[p.index], settings, pure=False)
                   for f, p, b in zip(loaded, chunk, befores)]
         del loaded
         whole: dict[int, dict[str, np.ndarray]] = {}
@@ -410,7 +408,7 @@ def replay(paths: list[str], cfg: Config, client=None, ledger=None, store=None, 
     processor = f"replay-{run_id}"
     if ledger is not None:
         ledger.start_run("replay", cfg, inputs=[{"file": p} for p in paths], run_id=run_id, processor=processor)
-    edges = drift_edges(cfg)
+    settings = Settings.from_config(cfg)
     provenance = {"topic": ",".join(paths), "config_hash": cfg.config_hash, "run_id": run_id, "processor": processor}
     store = store if store is not None else HistoryStore()
     done = (lambda n: progress(n, len(pieces))) if progress is not None else (lambda n: None)
@@ -418,9 +416,9 @@ def replay(paths: list[str], cfg: Config, client=None, ledger=None, store=None, 
     t0 = time.perf_counter()
     try:
         if client is None:
-            msgs = _replay_local(pieces, cfg, edges, provenance, orbit_epoch, done)
+            msgs = _replay_local(pieces, cfg, settings.drift_edges, provenance, orbit_epoch, done)
         else:
-            msgs = replay_on_dask(client, pieces, cfg, edges, provenance, orbit_epoch, done)
+            msgs = replay_on_dask(client, pieces, cfg, settings, provenance, orbit_epoch, done)
         store.append(msgs)
         status = "finished"
     finally:

@@ -4,8 +4,8 @@
 the input topic's partitions are split into one group per worker; on each worker a long-lived Dask
 actor (:class:`dtlive.actor.PartitionActor`) reads its group with its own consumer and runs the
 processor's nodes (decode -> clean -> event-time windows). Hits never leave the worker: for each closed
-window it returns the mergeable partial products of :mod:`dtlive.partials`, and the driver merges them into
-exactly the single processor's message and publishes it in its one Kafka transaction, exactly once.
+window it returns the products' summaries of its share (:mod:`dtlive.products`), and the driver merges them
+into exactly the single processor's message and publishes it in its one Kafka transaction, exactly once.
 
 ``dtlive replay --dask`` (files, no Kafka) is :mod:`dtlive.replay`: the workers read, decode and cut
 pieces of the files into the same mergeable shares.
@@ -34,15 +34,8 @@ from dtlive.config import Config
 from dtlive.health import Heartbeat, partition_lag
 from dtlive.kafka import consumer_config, partition_ends
 from dtlive.nodes import window_message
-from dtlive.partials import Answer, Request, merge_answers, plan_requests
-from dtlive.processor import (
-    BATCH_SIZE,
-    HEALTH_LOGGERS,
-    TransactionalPublisher,
-    drift_edges,
-    open_producer,
-    run_provenance,
-)
+from dtlive.processor import BATCH_SIZE, HEALTH_LOGGERS, TransactionalPublisher, open_producer, run_provenance
+from dtlive.products import Answer, Request, Settings, merge, plan_requests
 from dtlive.rows import Rows
 from dtlive.windows import Window
 
@@ -120,7 +113,7 @@ class DaskProcessor:
     dead letters reported by the actors, and per partition the offsets a restart must re-read from. It keeps
     one :meth:`~dtlive.actor.PartitionActor.step` call in flight per actor (a new one as soon as a report is
     in, so no actor waits for a slower one), publishes meanwhile the windows every actor has closed and whose
-    exchange is complete, merged with :func:`dtlive.partials.merge`, and commits. A window's message
+    exchange is complete, merged with :func:`dtlive.products.merge`, and commits. A window's message
     equals the single processor's.
 
     An actor whose step fails (its worker died) is replaced: its shares of unpublished windows are dropped
@@ -161,7 +154,7 @@ class DaskProcessor:
         self.orbit_epoch = ckpt.orbit_epoch
         self.counts = Counter(ckpt.pending_counts)
         self.rejects: list = []
-        self.edges = drift_edges(cfg)
+        self.settings = Settings.from_config(cfg)
         self.pending: dict[int, _Pending] = {}
         n = max(1, min(workers or len(client.nthreads()), len(partitions)))
         self.slots = []
@@ -318,7 +311,7 @@ class DaskProcessor:
         self.rejects += rep.rejects
         for wid, sh in rep.shares.items():
             if wid <= self.published_through:  # closed by an actor that was idle while the others moved on
-                n = int(sh.partial.total_hits)
+                n = sh.partial.hits
                 self.counts.update({"late_hits": n, "rejected.late": n})
                 log.warning("%d hits of window %d arrived after it was published: counted late", n, wid)
                 continue
@@ -339,7 +332,7 @@ class DaskProcessor:
                 pw.ready = False
                 continue
             if pw.asked is None:
-                pw.asked = plan_requests({i: sh.partial for i, sh in pw.shares.items()})
+                pw.asked = plan_requests({i: sh.partial for i, sh in pw.shares.items()}, self.settings)
             pw.ready = all(i in pw.answers for i in pw.asked)
 
     def _publish_ready(self) -> None:
@@ -351,7 +344,7 @@ class DaskProcessor:
 
     def _publish(self, wid: int, pw: _Pending) -> None:
         shares = [pw.shares[i] for i in sorted(pw.shares)]
-        arrays = merge_answers([sh.partial for sh in shares], [pw.answers[i] for i in sorted(pw.answers)], self.edges)
+        arrays = merge([sh.partial for sh in shares], [pw.answers[i] for i in sorted(pw.answers)], self.settings)
         if self.orbit_epoch is None:
             self.orbit_epoch = next((sh.orbit_epoch for sh in shares if sh.orbit_epoch is not None), None)
         inputs: dict[int, tuple[int, int]] = {}
@@ -363,7 +356,8 @@ class DaskProcessor:
         window = Window(wid, wid * self.window_orbits, (wid + 1) * self.window_orbits - 1, Rows.empty(), inputs,
                         meta={"counts": counts, "rejects": rejects, "orbit_epoch": self.orbit_epoch,
                               "positions": self.positions(), "restart_offsets": self.commit_offsets()})
-        self.publisher.publish(window, window_message(window, self.edges, self.publisher.provenance, arrays))
+        self.publisher.publish(window, window_message(window, self.settings.drift_edges, self.publisher.provenance,
+                                                      arrays))
 
     # -------------------------------------------------------------- StreamState: what each transaction commits
 
