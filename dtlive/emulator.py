@@ -312,7 +312,8 @@ def emulate(producer, topic: str, chunks: Iterator[Chunk], *, rate: float | None
 
 def emulator_producer(cfg, bootstrap: str, topics: dict[str, int] | None = None):
     """The emulator's producer: idempotent, and it sends again what a broker restart lost (``topics``, name ->
-    partitions, are created again first). Making it connects to nothing yet.
+    partitions, are created again first). Making it asks the broker for its cluster id (waiting up to 10 s for an
+    answer), so that a broker replaced later is noticed.
 
     >>> from dtlive.config import load_config
     >>> type(emulator_producer(load_config({}, env={}), "127.0.0.1:9")).__name__

@@ -65,12 +65,13 @@ _TIER_BY_FILE = {
     "test_live.py": ("kafka",), "test_poison_cli.py": ("kafka",), "test_deadletter.py": ("kafka",),
     "test_alerts_rejoin.py": ("kafka", "slow"), "test_watchdog.py": ("kafka",),
 }
+_TIER_BY_DOCTEST = {"dtlive.emulator.emulator_producer": ("kafka", "slow")}  # waits 10 s for a broker that is not there
 TIERS = ("kafka", "browser", "hub", "pg", "slow")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        tiers = set(_TIER_BY_FILE.get(item.path.name, ()))
+        tiers = set(_TIER_BY_FILE.get(item.path.name, ())) | set(_TIER_BY_DOCTEST.get(item.name, ()))
         tiers |= {t for f, t in _TIER_BY_FIXTURE.items() if f in getattr(item, "fixturenames", ())}
         if "[postgresql" in item.name or "-postgresql" in item.name:
             tiers.add("pg")
