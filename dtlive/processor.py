@@ -528,6 +528,27 @@ def open_producer(cfg: Config, bootstrap: str, on_error: Callable | None = None)
     return producer, ckpt
 
 
+def processing_run(ledger, run_id: str, cfg: Config, start_offsets: dict[int, int]):
+    """Keep processing run ``run_id`` in ``ledger`` in the background (a ``dtlive.ledger.RunKeeper``, so that a
+    database outage never stalls processing): its configuration and where it starts reading each input partition
+    (librdkafka's logical offsets by name). None without a ledger.
+
+    >>> from dtlive.config import load_config
+    >>> processing_run(None, "run-1", load_config({}, env={}), {0: 0}) is None
+    True
+    """
+    if ledger is None:
+        return None
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+
+    from dtlive.ledger import RunKeeper
+
+    named = {OFFSET_BEGINNING: "beginning", OFFSET_END: "end"}
+    inputs = [{"topic": cfg.hits_topic, "partition": p, "start_offset": named.get(o, o)}
+              for p, o in sorted(start_offsets.items())]
+    return RunKeeper(ledger, run_id, kind="processing", config=cfg, inputs=inputs)
+
+
 class Processor:
     """The running service: source, nodes and publisher, driven by :meth:`run`."""
 
@@ -574,16 +595,7 @@ class Processor:
         self._progress = Progress()
         self.watchdog = Watchdog("processor", cfg.watchdog_s)
         self.ledger = ledger  # a dtlive.ledger.Ledger: the run, its configuration and inputs are recorded
-        self.run_keeper = None  # keeps the run in the ledger in the background: a database outage never stalls us
-        if ledger is not None:
-            from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
-
-            from dtlive.ledger import RunKeeper
-
-            named = {OFFSET_BEGINNING: "beginning", OFFSET_END: "end"}
-            inputs = [{"topic": cfg.hits_topic, "partition": p, "start_offset": named.get(o, o)}
-                      for p, o in sorted(self.source.start_offsets.items())]
-            self.run_keeper = RunKeeper(ledger, self.run_id, kind="processing", config=cfg, inputs=inputs)
+        self.run_keeper = processing_run(ledger, self.run_id, cfg, self.source.start_offsets)
 
     def stop(self, *_):
         self._stop = True

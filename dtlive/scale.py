@@ -34,7 +34,14 @@ from dtlive.config import Config
 from dtlive.health import Heartbeat, partition_lag
 from dtlive.kafka import consumer_config, partition_ends
 from dtlive.nodes import window_message
-from dtlive.processor import BATCH_SIZE, HEALTH_LOGGERS, TransactionalPublisher, open_producer, run_provenance
+from dtlive.processor import (
+    BATCH_SIZE,
+    HEALTH_LOGGERS,
+    TransactionalPublisher,
+    open_producer,
+    processing_run,
+    run_provenance,
+)
 from dtlive.products import Answer, Request, Settings, merge, plan_requests
 from dtlive.rows import Rows
 from dtlive.windows import Window
@@ -171,14 +178,7 @@ class DaskProcessor:
         self.heartbeat = Heartbeat("dask-processor", cfg, bootstrap, run_id=self.run_id, watch=HEALTH_LOGGERS)
         self._start(list(range(n)))
         self.ledger = ledger
-        self.run_keeper = None  # keeps the run in the ledger in the background: a database outage never stalls us
-        if ledger is not None:
-            from dtlive.ledger import RunKeeper
-
-            named = {OFFSET_BEGINNING: "beginning", OFFSET_END: "end"}
-            inputs = [{"topic": cfg.hits_topic, "partition": p, "start_offset": named.get(o, o)}
-                      for p, o in sorted(self.start_offsets.items())]
-            self.run_keeper = RunKeeper(ledger, self.run_id, kind="processing", config=cfg, inputs=inputs)
+        self.run_keeper = processing_run(ledger, self.run_id, cfg, self.start_offsets)
 
     # -------------------------------------------------------------- actors
 
