@@ -33,7 +33,12 @@ PROCESSING_KEYS = ("window_s", "lateness_s", "default_format", "drift_bin_ns", "
 
 @dataclass(frozen=True)
 class Config:
-    """Everything a dtlive service can be told."""
+    """Everything a dtlive service can be told.
+
+    >>> cfg = Config(window_s=4.0)
+    >>> cfg.window_s, cfg.monitor_topic, len(cfg.config_hash) > 0
+    (4.0, 'dt.monitor', True)
+    """
 
     bootstrap: str | None = None  # Kafka bootstrap; None: the embedded broker recorded by `dtlive broker`
     hits_topic: str = "dt.hits"
@@ -112,7 +117,12 @@ def _coerce(name: str, value):
 def load_config(
     cli: Mapping | None = None, env: Mapping[str, str] | None = None, file: str | Path | None = None
 ) -> Config:
-    """Build the :class:`Config` from CLI values (None = not given), environment and file."""
+    """Build the :class:`Config` from CLI values (None = not given), environment and file.
+
+    >>> cfg = load_config({"window_s": 3}, env={"DTLIVE_WINDOW_S": "4", "DTLIVE_LATENESS_S": "1"})
+    >>> cfg.window_s, cfg.lateness_s  # the CLI value wins over the environment
+    (3.0, 1.0)
+    """
     env = os.environ if env is None else env
     names = [f.name for f in dataclasses.fields(Config) if f.name != "kafka"]
     values: dict = {}

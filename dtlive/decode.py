@@ -372,6 +372,12 @@ def read_csv(path_or_url: str, **storage_options) -> Rows:
     """Read a DAQ CSV file (local path or any fsspec URL, e.g. ``s3://...``) into :class:`Rows`.
 
     Rows that do not decode are dropped here; use :func:`decode` to see why.
+
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "hits.csv"
+    >>> _ = path.write_text("HEAD,FPGA,TDC_CHANNEL,ORBIT_CNT,BX_COUNTER,TDC_MEAS\\n2,0,1,100,5,6\\n")
+    >>> read_csv(str(path)).orbit.tolist()
+    [100]
     """
     import fsspec
 

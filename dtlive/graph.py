@@ -36,6 +36,13 @@ def window_graph(source: Stream, cfg: Config, checkpoint: Checkpoint | None = No
     resuming from ``checkpoint`` (default: a first run).
 
     ``default_format``: payload format of messages without a format header (default ``cfg.default_format``).
+
+    >>> from dtlive.config import load_config
+    >>> source = Stream()
+    >>> windows = window_graph(source, load_config({}, env={}))
+    >>> closed = windows.sink_to_list()
+    >>> type(windows).__name__
+    'dt_event_windows'
     """
     ckpt = checkpoint or Checkpoint()
     windows = hit_graph(source, default_format or cfg.default_format, ckpt.positions).dt_event_windows(

@@ -117,6 +117,11 @@ class HistoryStore:
     ``path`` defaults to :func:`default_path`. With ``retention_days`` the store deletes, in whole
     hours, the data older than that (:meth:`enforce_retention`, also run by :meth:`append` whenever it
     opens a new hour). ``compact_parts`` is how many files an hour may hold before it is compacted.
+
+    >>> import tempfile
+    >>> store = HistoryStore(tempfile.mkdtemp())
+    >>> store.load() is None  # nothing stored yet
+    True
     """
 
     file_format = "arrow"  # or "parquet": the layout the benchmark compares against (same logic, other files)

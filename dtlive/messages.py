@@ -132,7 +132,13 @@ def message_from_arrays(arrays: dict, drift_edges: np.ndarray, attrs: dict) -> d
 
 
 def decode_message(value: bytes | str | dict) -> dict:
-    """Parse and check one result message; raises ValueError with the reason when it is not one."""
+    """Parse and check one result message; raises ValueError with the reason when it is not one.
+
+    >>> decode_message(b'{"schema": "something/1"}')
+    Traceback (most recent call last):
+    ...
+    ValueError: not a dtlive.monitor/1 message (schema='something/1')
+    """
     msg = value if isinstance(value, dict) else orjson.loads(value)
     if not isinstance(msg, dict) or msg.get("schema") != MONITOR_SCHEMA:
         found = msg.get("schema") if isinstance(msg, dict) else None
@@ -166,6 +172,13 @@ def to_dataset(messages: Iterable[bytes | str | dict], stack: bool | None = None
     ``window_id``, ``first_orbit``, ``last_orbit`` and ``window_end`` as coordinates).
     One message gives a Dataset without the time dimension unless ``stack=True``.
     Accepts raw values (bytes/str), parsed dicts, or confluent-kafka messages.
+
+    >>> from dtlive.products import compute_products
+    >>> from dtlive.rows import Rows
+    >>> ds = compute_products(Rows.from_columns(head=[2], fpga=[0], channel=[3], orbit=[7], bx=[0], tdc=[0]))
+    >>> ds.attrs.update(window_id=4, first_orbit=0, last_orbit=99)
+    >>> to_dataset([encode_message(ds)] * 2).sizes["time"]
+    2
     """
     msgs = [decode_message(m.value() if hasattr(m, "value") and callable(m.value) else m) for m in messages]
     if not msgs:

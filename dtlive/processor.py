@@ -550,7 +550,12 @@ def processing_run(ledger, run_id: str, cfg: Config, start_offsets: dict[int, in
 
 
 class Processor:
-    """The running service: source, nodes and publisher, driven by :meth:`run`."""
+    """The running service: source, nodes and publisher, driven by :meth:`run`.
+
+    >>> from dtlive.config import load_config
+    >>> proc = Processor(load_config({}), "127.0.0.1:9092")   # doctest: +SKIP
+    >>> proc.run(until_end=True).close()                      # doctest: +SKIP
+    """
 
     def __init__(
         self,

@@ -27,6 +27,10 @@ class Rows:
     Hit fields are int64 once cleaned; ancillary rows may carry floats.
     ``partition``/``offset`` locate the Kafka message of each row (file row index
     when the rows did not come from Kafka).
+
+    >>> r = Rows.from_columns(head=[2, 2], fpga=[0, 1], channel=[5, 6], orbit=[1, 1], bx=[3, 3], tdc=[4, 4])
+    >>> len(r), r.channel.tolist(), len(r.select(r.fpga == 1))
+    (2, [5, 6], 1)
     """
 
     head: np.ndarray
@@ -77,7 +81,13 @@ class Rows:
 
 
 def clean(rows: Rows) -> tuple[Rows, int]:
-    """Keep only hit rows (HEAD == 2) with int64 fields; return them and the ancillary count."""
+    """Keep only hit rows (HEAD == 2) with int64 fields; return them and the ancillary count.
+
+    >>> rows = Rows.from_columns(head=[2, 1], fpga=[0, 0], channel=[5, 139], orbit=[1, 1], bx=[0, 0], tdc=[0, 0])
+    >>> hits, ancillary = clean(rows)
+    >>> len(hits), ancillary
+    (1, 1)
+    """
     is_hit = rows.head == det.HIT_HEAD
     hits = rows.select(is_hit) if not is_hit.all() else rows
     if any(getattr(hits, c).dtype != np.int64 for c in COLUMNS):

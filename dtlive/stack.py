@@ -266,6 +266,10 @@ def ensure_stack(rate: float = 1000.0, fmt: str = "daq64", state_dir: str | None
     No simulated DAQ is added to a running stack started elsewhere (the hub's). When nothing is recorded but fresh
     windows arrive, a stack started elsewhere (``dtlive demo``) runs: its processor is reused, nothing
     is started. Waits up to ``wait_for_window_s`` for the first window when a processor was started.
+
+    >>> stack = ensure_stack(rate=1000)   # doctest: +SKIP
+    >>> stack.bootstrap                    # doctest: +SKIP
+    '127.0.0.1:9092'
     """
     cfg = load_config({})
     directory = default_state_dir(state_dir)

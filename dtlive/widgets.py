@@ -445,6 +445,8 @@ class Dashboard(W.VBox):
     ``Dashboard()`` finds the broker like every dtlive command (``DTLIVE_BOOTSTRAP`` or the
     embedded broker); it shows the newest ``backfill`` windows at once, then updates live.
     ``start=False`` builds it without a feed (feed it with :meth:`add_messages`).
+
+    >>> Dashboard(bootstrap="127.0.0.1:9092")   # doctest: +SKIP
     """
 
     def __init__(self, bootstrap: str | None = None, topic: str | None = None, backfill: int = 30,

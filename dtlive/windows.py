@@ -44,7 +44,12 @@ JUMP_EVIDENCE_ROWS = 50  # rows far ahead at the end of one batch that are enoug
 
 @dataclass
 class Window:
-    """The hits of one closed event-time window and where they came from."""
+    """The hits of one closed event-time window and where they came from.
+
+    >>> w = Window(3, 300, 399, Rows.empty())
+    >>> w.id, w.last_orbit - w.first_orbit + 1, len(w.hits)
+    (3, 100, 0)
+    """
 
     id: int
     first_orbit: int
@@ -110,7 +115,14 @@ class WindowBook(Generic[T]):
 
 class EventTimeWindows:
     """Assigns hits to aligned orbit windows and closes them by watermark (the bookkeeping is a
-    :class:`WindowBook` of the windows' rows; this class adds late and far-ahead hits and input offsets)."""
+    :class:`WindowBook` of the windows' rows; this class adds late and far-ahead hits and input offsets).
+
+    >>> w = EventTimeWindows(window_orbits=100, lateness_orbits=10)
+    >>> closed, late = w.add(Rows.from_columns(head=[2, 2], fpga=[0, 0], channel=[1, 1], orbit=[5, 150], bx=[0, 0],
+    ...                                        tdc=[0, 0]))
+    >>> [(c.id, len(c.hits)) for c in closed], w.open_ids, len(late)
+    ([(0, 1)], [1], 0)
+    """
 
     def __init__(
         self,

@@ -92,6 +92,12 @@ def arrays_to_dataset(arrays: dict[str, np.ndarray], drift_edges: np.ndarray = D
 
 
 def compute_products(hits: Rows, drift_edges: np.ndarray = DRIFT_EDGES_NS, attrs: dict | None = None) -> xr.Dataset:
-    """All monitoring products of cleansed hits as an ``xarray.Dataset`` with named dims and units."""
+    """All monitoring products of cleansed hits as an ``xarray.Dataset`` with named dims and units.
+
+    >>> hits = Rows.from_columns(head=[2, 2], fpga=[0, 0], channel=[3, 3], orbit=[7, 8], bx=[0, 0], tdc=[0, 0])
+    >>> ds = compute_products(hits)
+    >>> int(ds.channel_occupancy.sel(chamber=0, channel=3)), ds.drift_time.attrs["units"]
+    (2, 'ns')
+    """
     settings = Settings(drift_edges)
     return REGISTRY.finish(REGISTRY.compute(hits, settings), settings, attrs)

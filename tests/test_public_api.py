@@ -1,0 +1,31 @@
+"""The curated public API of ``dtlive``: every name resolves, carries a docstring with an example, and importing
+the package loads none of the heavy libraries a name may need."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import pytest
+
+import dtlive
+
+
+@pytest.mark.parametrize("name", [n for n in dtlive.__all__ if n != "__version__"])
+def test_every_public_name_resolves_and_has_an_example(name):
+    obj = getattr(dtlive, name)
+    doc = inspect.getdoc(obj) if (inspect.isclass(obj) or callable(obj)) else inspect.getdoc(type(obj))
+    assert doc and ">>>" in doc, f"{name}: no docstring with an example"
+
+
+def test_importing_dtlive_loads_no_kafka_streamz_database_or_widgets():
+    code = ("import sys, dtlive; heavy = {'confluent_kafka', 'streamz', 'sqlalchemy', 'ipywidgets', 'bqplot', "
+            "'distributed', 'xarray'}; print(sorted(heavy & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_an_unknown_name_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        dtlive.nothing_here  # noqa: B018
