@@ -22,8 +22,9 @@ from dtlive.messages import STATUS_SCHEMA
 from dtlive.shutdown import StopOnSignal, serve
 
 EPILOG = """\
-Where is Kafka?  --bootstrap HOST:PORT or DTLIVE_BOOTSTRAP points every command at any real Kafka;
-librdkafka settings pass through from KAFKA_* variables (KAFKA_SECURITY_PROTOCOL=SASL_SSL -> security.protocol).
+Where is Kafka?  --bootstrap HOST:PORT (before or after the command) or DTLIVE_BOOTSTRAP points every command
+at any real Kafka; librdkafka settings pass through from KAFKA_* variables
+(KAFKA_SECURITY_PROTOCOL=SASL_SSL -> security.protocol).
 Without them, commands use the embedded broker that `dtlive broker` (or `dtlive demo`) started.
 Settings come from CLI flags, then DTLIVE_<NAME> variables, then a TOML file (--config / DTLIVE_CONFIG).
 
@@ -77,12 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"dtlive {__version__}")
-    p.add_argument(
-        "--bootstrap", help="Kafka bootstrap HOST:PORT (default: DTLIVE_BOOTSTRAP, else the embedded broker)"
-    )
-    p.add_argument("--config", help="TOML settings file (default: DTLIVE_CONFIG)")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    _global_args(p, top=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_args(common, top=False)
+    sub = _SubParsers(p.add_subparsers(dest="command", metavar="COMMAND"), common)
 
     b = sub.add_parser(
         "broker",
@@ -241,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"choose in time-limited workers and publish results on {Config.analyses_topic}. "
                         "`send`: inject a notice (a file or a built-in template) with its trigger time set to now "
                         "or --trigger-time.")
-    alsub = al.add_subparsers(dest="alerts_command", metavar="ACTION")
+    alsub = _SubParsers(al.add_subparsers(dest="alerts_command", metavar="ACTION"), sub.common)
     li = alsub.add_parser("listen", help="run the alert listener")
     li.add_argument("--rules", help="rules TOML file (default: built-in rules)")
     li.add_argument("--topics", dest="alert_topics", help="comma-separated topic patterns "
@@ -279,6 +278,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--last", type=int, default=10, help="how many recent windows (default 10; 0 = all)")
     r.add_argument("--netcdf", help="also write the stacked Dataset to this .nc file")
     return p
+
+
+def _global_args(p: argparse.ArgumentParser, top: bool) -> None:
+    """The options every command takes, before or after its name.
+
+    Below the top level they default to ``SUPPRESS``: given there they win, left out they keep the top level's value.
+    """
+    keep = {} if top else {"default": argparse.SUPPRESS}
+    p.add_argument("--bootstrap", **({"default": None} | keep),
+                   help="Kafka bootstrap HOST:PORT (default: DTLIVE_BOOTSTRAP, else the embedded broker)")
+    p.add_argument("--config", **({"default": None} | keep), help="TOML settings file (default: DTLIVE_CONFIG)")
+    p.add_argument("-v", "--verbose", action="count", **({"default": 0} | keep),
+                   help="more log output (-vv for debug)")
+
+
+class _SubParsers:
+    """``add_subparsers()`` whose commands all take the global options."""
+
+    def __init__(self, action, common: argparse.ArgumentParser):
+        self.action, self.common = action, common
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        return self.action.add_parser(name, parents=[self.common], **kwargs)
 
 
 def _processing_args(p: argparse.ArgumentParser) -> None:

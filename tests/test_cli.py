@@ -1,0 +1,59 @@
+"""The ``dtlive`` command line itself: where its options go and what its commands say when they cannot work."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from faults import free_port
+
+from dtlive.cli import build_parser
+
+
+def dtlive(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``python -m dtlive.cli ARGS`` as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "dtlive.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "CI": "true"})
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    (["-v", "process"], ["process", "-v"]),
+    (["-vv", "process"], ["process", "-vv"]),
+    (["--bootstrap", "h:1", "status", "--json"], ["status", "--bootstrap", "h:1", "--json"]),
+    (["--config", "a.toml", "--bootstrap", "h:2", "results", "--last", "3"],
+     ["results", "--last", "3", "--config", "a.toml", "--bootstrap", "h:2"]),
+    (["--bootstrap", "h:3", "-v", "alerts", "send", "n.json"],
+     ["alerts", "send", "n.json", "--bootstrap", "h:3", "-v"]),
+])
+def test_global_options_before_or_after_the_command_mean_the_same(before, after):
+    parser = build_parser()
+    assert vars(parser.parse_args(before)) == vars(parser.parse_args(after))
+
+
+def test_global_options_keep_their_defaults_and_top_level_values():
+    parser = build_parser()
+    plain = parser.parse_args(["process"])
+    assert (plain.bootstrap, plain.config, plain.verbose) == (None, None, 0)
+    top = parser.parse_args(["--bootstrap", "h:1", "-v", "process", "--until-end"])
+    assert (top.bootstrap, top.verbose, top.until_end) == ("h:1", 1, True)  # not overwritten by the command's level
+    both = parser.parse_args(["--bootstrap", "h:1", "process", "--bootstrap", "h:2"])
+    assert both.bootstrap == "h:2"  # the nearer one wins
+
+
+def test_command_help_lists_the_global_options(capsys):
+    for command in (["process"], ["status"], ["alerts", "listen"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*command, "--help"])
+        text = capsys.readouterr().out
+        assert "--bootstrap" in text and "--config" in text and "--verbose" in text, (command, text)
+
+
+def test_status_with_bootstrap_after_the_command_reports_the_broker_unreachable():
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    out = dtlive("status", "--bootstrap", address)
+    assert out.returncode == 1, out
+    assert "usage:" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+    mine = [ln for ln in out.stderr.splitlines() if ln.startswith("dtlive status: error:")]
+    assert len(mine) == 1 and address in mine[0] and "unreachable" in mine[0], out.stderr
