@@ -21,6 +21,8 @@ from dtlive.decode import FORMATS
 from dtlive.messages import STATUS_SCHEMA
 from dtlive.shutdown import StopOnSignal, serve
 
+DASHBOARD_PORT = 8866  # where `dtlive dashboard` serves unless told or taken
+
 EPILOG = """\
 Where is Kafka?  --bootstrap HOST:PORT (before or after the command) or DTLIVE_BOOTSTRAP points every command
 at any real Kafka; librdkafka settings pass through from KAFKA_* variables
@@ -175,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the live dashboard (dtlive.widgets.Dashboard) as a Voila web app on loopback "
         "and print its URL. The dashboard reads the monitor topic of the configured or embedded broker.",
     )
-    db.add_argument("--port", type=int, default=8866, help="port (default 8866; a free one if taken)")
+    db.add_argument("--port", type=int, help="serve on this port; an error when it is taken "
+                    f"(default {DASHBOARD_PORT}, or a free one if that is taken)")
     db.add_argument("--topic", help=f"monitor topic (default {Config.monitor_topic})")
     db.add_argument("--kernel-grace", dest="dashboard_kernel_grace_s", type=duration_s,
                     help="shut a page's kernel down this long after the page went away "
@@ -633,6 +636,40 @@ def _free_port(preferred: int) -> int:
     raise OSError("no free port")
 
 
+def port_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` of 127.0.0.1 now (as Voila binds: address reuse on).
+
+    >>> import socket
+    >>> with socket.socket() as s:
+    ...     s.bind(("127.0.0.1", 0)); s.listen()
+    ...     port_free(s.getsockname()[1])
+    False
+    """
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def dashboard_port(requested: int | None) -> int:
+    """The port to serve the dashboard on: ``requested`` if free (OSError if taken), else the default or a free one.
+
+    >>> dashboard_port(None) > 0
+    True
+    """
+    if requested is None:
+        return DASHBOARD_PORT if port_free(DASHBOARD_PORT) else _free_port(0)
+    if not port_free(requested):
+        raise OSError(f"port {requested} on 127.0.0.1 is taken (another dashboard?); give another --port, "
+                      "or none for a free one")
+    return requested
+
+
 def voila_command(port: int, kernel_grace_s: float = 10.0, kernel_idle_s: float = 3600.0) -> list[str]:
     """The Voila command line serving the packaged dashboard notebook on loopback.
 
@@ -740,9 +777,13 @@ def cmd_dashboard(args) -> int:
 
     from dtlive.kafka import resolve_bootstrap
 
+    try:
+        port = dashboard_port(args.port)  # before anything starts
+    except OSError as exc:
+        print(f"dtlive dashboard: error: {exc}", file=sys.stderr)
+        return 1
     cfg = _config(args)
     bootstrap, _ = resolve_bootstrap(cfg)
-    port = _free_port(args.port)
     grace = args.dashboard_kernel_grace_s
     idle = args.dashboard_kernel_idle_s
     env = {**os.environ, "DTLIVE_BOOTSTRAP": bootstrap, "DTLIVE_MONITOR_TOPIC": args.topic or cfg.monitor_topic}

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 from faults import free_port
 
-from dtlive.cli import build_parser
+from dtlive.cli import DASHBOARD_PORT, build_parser, dashboard_port, port_free
 
 
 def dtlive(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -57,3 +58,31 @@ def test_status_with_bootstrap_after_the_command_reports_the_broker_unreachable(
     assert "usage:" not in out.stderr and "Traceback" not in out.stderr, out.stderr
     mine = [ln for ln in out.stderr.splitlines() if ln.startswith("dtlive status: error:")]
     assert len(mine) == 1 and address in mine[0] and "unreachable" in mine[0], out.stderr
+
+
+def test_dashboard_on_a_taken_port_says_so_and_starts_nothing():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = dtlive("dashboard", "--port", str(port), "--bootstrap", f"127.0.0.1:{free_port()}", timeout=30)
+    assert out.returncode == 1, out
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("dtlive dashboard: error:") and f"port {port}" in lines[0], lines
+    assert "http://" not in out.stderr + out.stdout  # no URL: nothing was served
+
+
+def test_dashboard_port_is_the_one_asked_for_or_the_default_or_a_free_one():
+    port = free_port()
+    assert dashboard_port(port) == port
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError, match=f"port {taken.getsockname()[1]} "):
+            dashboard_port(taken.getsockname()[1])
+    default_free = port_free(DASHBOARD_PORT)
+    chosen = dashboard_port(None)
+    if default_free:
+        assert chosen == DASHBOARD_PORT
+    else:
+        assert chosen != DASHBOARD_PORT and port_free(chosen)
