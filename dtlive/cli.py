@@ -37,6 +37,7 @@ Typical session:
   dtlive emulate --simulate --rate 1000
   dtlive emulate run000591_hits.csv --format daq64 --rate max
   dtlive results --last 5                      # what the processor published
+  dtlive results --follow                      # and each new window as it comes
 """
 
 
@@ -273,13 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser(
         "results",
-        help="read published windows back as xarray",
-        description="Read result messages from the monitor topic, print a table and optionally "
-        "save them stacked along time as NetCDF.",
+        help="print published windows as a table, one line each; save them as NetCDF",
+        description="Read the result messages of the monitor topic and print one line per window with its "
+        "scalars (window id, start, input rows, hits in all and per chamber, rejected rows, late hits) under "
+        "one header line. --follow then prints each new window as it is published, each window once. "
+        "--netcdf saves the printed windows stacked along time (xarray).",
     )
     r.add_argument("--topic", help=f"monitor topic (default {Config.monitor_topic})")
     r.add_argument("--last", type=int, default=10, help="how many recent windows (default 10; 0 = all)")
-    r.add_argument("--netcdf", help="also write the stacked Dataset to this .nc file")
+    r.add_argument("--follow", action="store_true", help="then print each new window as it comes, until Ctrl-C")
+    r.add_argument("--duration", type=duration_s, help="with --follow: stop after this long")
+    r.add_argument("--netcdf", help="also write the printed windows stacked along time to this .nc file")
     return p
 
 
@@ -819,20 +824,42 @@ def cmd_stop(args) -> int:
 
 
 def cmd_results(args) -> int:
+    import queue
+
     from dtlive.kafka import resolve_bootstrap
-    from dtlive.results import read_results
+    from dtlive.live import ResultsFeed
+    from dtlive.messages import to_dataset
+    from dtlive.results import ResultsTable, read_messages
 
     cfg = _config(args)
     bootstrap, _ = resolve_bootstrap(cfg)
-    ds = read_results(bootstrap, topic=args.topic or cfg.monitor_topic, last=args.last or None, cfg=cfg)
-    if ds is None:
+    topic = args.topic or cfg.monitor_topic
+    msgs = read_messages(bootstrap, topic=topic, last=args.last or None, cfg=cfg)
+    table = ResultsTable()
+    table.add(msgs)
+    if args.follow:  # from a little before where the read ended (no window lost in between), each window once
+        arrived: queue.Queue[list[dict]] = queue.Queue()
+        feed = ResultsFeed(bootstrap, arrived.put, topic=topic, backfill=2 * max(args.last, 10) + 10,
+                           kafka=cfg.kafka).start()
+        deadline = None if args.duration is None else time.monotonic() + args.duration
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                with contextlib.suppress(queue.Empty):
+                    batch = arrived.get(timeout=0.2)
+                    if table.add(batch):
+                        msgs += batch
+        except KeyboardInterrupt:
+            pass
+        finally:
+            feed.stop()
+    if not table.printed:
         print("no result messages yet", file=sys.stderr)
         return 1
-    table = ds[["total_hits", "hits_per_chamber", "rows", "rejected"]].to_dataframe().unstack("chamber")
-    print(table.to_string())
     if args.netcdf:
+        ds = to_dataset({m["window"]["id"]: m for m in msgs if m["window"]["id"] in table.printed}.values(),
+                        stack=True)
         ds.to_netcdf(args.netcdf)
-        print(json.dumps({"written": args.netcdf, "windows": int(ds.sizes["time"])}))
+        print(json.dumps({"written": args.netcdf, "windows": int(ds.sizes["time"])}), flush=True)
     return 0
 
 

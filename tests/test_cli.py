@@ -6,11 +6,15 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from faults import free_port
 
 from dtlive.cli import DASHBOARD_PORT, build_parser, dashboard_port, port_free
+from dtlive.config import load_config
+from dtlive.kafka import ensure_topics
+from dtlive.results import COLUMNS
 
 
 def dtlive(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -86,3 +90,61 @@ def test_dashboard_port_is_the_one_asked_for_or_the_default_or_a_free_one():
         assert chosen == DASHBOARD_PORT
     else:
         assert chosen != DASHBOARD_PORT and port_free(chosen)
+
+
+def _columns(line: str) -> dict[str, str]:
+    return dict(zip(COLUMNS, line.split(), strict=True))
+
+
+@pytest.mark.kafka
+def test_results_prints_each_window_once_with_its_scalars_and_follows_live(broker, topics, capsys):
+    import threading
+
+    from confluent_kafka import Producer
+    from test_live import encode_message_dict, message
+
+    from dtlive.cli import main
+
+    topic = topics["monitor_topic"]
+    ensure_topics(load_config({}, env={}), broker, [topic])
+    producer = Producer({"bootstrap.servers": broker})
+
+    def publish(*windows: int) -> dict[int, dict]:
+        sent = {w: message(w, 10 * w + 1, chamber_channel=w % 4 * 16) for w in windows}
+        for m in sent.values():
+            producer.produce(topic, encode_message_dict(m))
+        producer.flush(10)
+        return sent
+
+    sent = publish(1, 2, 3, 2)  # window 2 twice (published again)
+    assert main(["results", "--bootstrap", broker, "--topic", topic, "--last", "0"]) == 0
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header.split() == [w for name in COLUMNS for w in name.split()]
+    rows = [_columns(ln) for ln in lines]
+    assert [int(r["window"]) for r in rows] == [1, 2, 3]
+    for r in rows:
+        m = sent[int(r["window"])]
+        assert int(r["hits"]) == m["total_hits"] == int(r["rows"])
+        assert [int(r[f"ch{c}"]) for c in range(4)] == m["hits_per_chamber"]
+
+    follow = subprocess.Popen([sys.executable, "-m", "dtlive.cli", "results", "--bootstrap", broker, "--topic", topic,
+                               "--last", "2", "--follow", "--duration", "12"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "CI": "true"})
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(follow.stdout), daemon=True)
+    reader.start()
+    try:
+        for _ in range(300):  # until the windows present at start are printed (at most 30 s)
+            if len(out) >= 3 or follow.poll() is not None:
+                break
+            time.sleep(0.1)
+        more = publish(4, 3, 5, 4)  # new windows, and windows already printed published again
+        follow.wait(60)
+    finally:
+        follow.kill()
+    reader.join(10)
+    assert follow.returncode == 0, follow.stderr.read()
+    assert [ln.split() for ln in out[:1]] == [header.split()] and all(ln.split()[0].isdigit() for ln in out[1:])
+    printed = [_columns(ln) for ln in out[1:]]
+    assert [int(r["window"]) for r in printed] == [2, 3, 4, 5]
+    assert [int(r["hits"]) for r in printed[2:]] == [more[4]["total_hits"], more[5]["total_hits"]]
