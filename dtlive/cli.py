@@ -21,9 +21,12 @@ from dtlive.decode import FORMATS
 from dtlive.messages import STATUS_SCHEMA
 from dtlive.shutdown import StopOnSignal, serve
 
+DASHBOARD_PORT = 8866  # where `dtlive dashboard` serves unless told or taken
+
 EPILOG = """\
-Where is Kafka?  --bootstrap HOST:PORT or DTLIVE_BOOTSTRAP points every command at any real Kafka;
-librdkafka settings pass through from KAFKA_* variables (KAFKA_SECURITY_PROTOCOL=SASL_SSL -> security.protocol).
+Where is Kafka?  --bootstrap HOST:PORT (before or after the command) or DTLIVE_BOOTSTRAP points every command
+at any real Kafka; librdkafka settings pass through from KAFKA_* variables
+(KAFKA_SECURITY_PROTOCOL=SASL_SSL -> security.protocol).
 Without them, commands use the embedded broker that `dtlive broker` (or `dtlive demo`) started.
 Settings come from CLI flags, then DTLIVE_<NAME> variables, then a TOML file (--config / DTLIVE_CONFIG).
 
@@ -34,6 +37,7 @@ Typical session:
   dtlive emulate --simulate --rate 1000
   dtlive emulate run000591_hits.csv --format daq64 --rate max
   dtlive results --last 5                      # what the processor published
+  dtlive results --follow                      # and each new window as it comes
 """
 
 
@@ -77,12 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"dtlive {__version__}")
-    p.add_argument(
-        "--bootstrap", help="Kafka bootstrap HOST:PORT (default: DTLIVE_BOOTSTRAP, else the embedded broker)"
-    )
-    p.add_argument("--config", help="TOML settings file (default: DTLIVE_CONFIG)")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    _global_args(p, top=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_args(common, top=False)
+    sub = _SubParsers(p.add_subparsers(dest="command", metavar="COMMAND"), common)
 
     b = sub.add_parser(
         "broker",
@@ -176,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the live dashboard (dtlive.widgets.Dashboard) as a Voila web app on loopback "
         "and print its URL. The dashboard reads the monitor topic of the configured or embedded broker.",
     )
-    db.add_argument("--port", type=int, default=8866, help="port (default 8866; a free one if taken)")
+    db.add_argument("--port", type=int, help="serve on this port; an error when it is taken "
+                    f"(default {DASHBOARD_PORT}, or a free one if that is taken)")
     db.add_argument("--topic", help=f"monitor topic (default {Config.monitor_topic})")
     db.add_argument("--kernel-grace", dest="dashboard_kernel_grace_s", type=duration_s,
                     help="shut a page's kernel down this long after the page went away "
@@ -241,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"choose in time-limited workers and publish results on {Config.analyses_topic}. "
                         "`send`: inject a notice (a file or a built-in template) with its trigger time set to now "
                         "or --trigger-time.")
-    alsub = al.add_subparsers(dest="alerts_command", metavar="ACTION")
+    alsub = _SubParsers(al.add_subparsers(dest="alerts_command", metavar="ACTION"), sub.common)
     li = alsub.add_parser("listen", help="run the alert listener")
     li.add_argument("--rules", help="rules TOML file (default: built-in rules)")
     li.add_argument("--topics", dest="alert_topics", help="comma-separated topic patterns "
@@ -271,14 +274,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser(
         "results",
-        help="read published windows back as xarray",
-        description="Read result messages from the monitor topic, print a table and optionally "
-        "save them stacked along time as NetCDF.",
+        help="print published windows as a table, one line each; save them as NetCDF",
+        description="Read the result messages of the monitor topic and print one line per window with its "
+        "scalars (window id, start, input rows, hits in all and per chamber, rejected rows, late hits) under "
+        "one header line. --follow then prints each new window as it is published, each window once. "
+        "--netcdf saves the printed windows stacked along time (xarray).",
     )
     r.add_argument("--topic", help=f"monitor topic (default {Config.monitor_topic})")
     r.add_argument("--last", type=int, default=10, help="how many recent windows (default 10; 0 = all)")
-    r.add_argument("--netcdf", help="also write the stacked Dataset to this .nc file")
+    r.add_argument("--follow", action="store_true", help="then print each new window as it comes, until Ctrl-C")
+    r.add_argument("--duration", type=duration_s, help="with --follow: stop after this long")
+    r.add_argument("--netcdf", help="also write the printed windows stacked along time to this .nc file")
     return p
+
+
+def _global_args(p: argparse.ArgumentParser, top: bool) -> None:
+    """The options every command takes, before or after its name.
+
+    Below the top level they default to ``SUPPRESS``: given there they win, left out they keep the top level's value.
+    """
+    keep = {} if top else {"default": argparse.SUPPRESS}
+    p.add_argument("--bootstrap", **({"default": None} | keep),
+                   help="Kafka bootstrap HOST:PORT (default: DTLIVE_BOOTSTRAP, else the embedded broker)")
+    p.add_argument("--config", **({"default": None} | keep), help="TOML settings file (default: DTLIVE_CONFIG)")
+    p.add_argument("-v", "--verbose", action="count", **({"default": 0} | keep),
+                   help="more log output (-vv for debug)")
+
+
+class _SubParsers:
+    """``add_subparsers()`` whose commands all take the global options."""
+
+    def __init__(self, action, common: argparse.ArgumentParser):
+        self.action, self.common = action, common
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        return self.action.add_parser(name, parents=[self.common], **kwargs)
 
 
 def _processing_args(p: argparse.ArgumentParser) -> None:
@@ -611,6 +641,40 @@ def _free_port(preferred: int) -> int:
     raise OSError("no free port")
 
 
+def port_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` of 127.0.0.1 now (as Voila binds: address reuse on).
+
+    >>> import socket
+    >>> with socket.socket() as s:
+    ...     s.bind(("127.0.0.1", 0)); s.listen()
+    ...     port_free(s.getsockname()[1])
+    False
+    """
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def dashboard_port(requested: int | None) -> int:
+    """The port to serve the dashboard on: ``requested`` if free (OSError if taken), else the default or a free one.
+
+    >>> dashboard_port(None) > 0
+    True
+    """
+    if requested is None:
+        return DASHBOARD_PORT if port_free(DASHBOARD_PORT) else _free_port(0)
+    if not port_free(requested):
+        raise OSError(f"port {requested} on 127.0.0.1 is taken (another dashboard?); give another --port, "
+                      "or none for a free one")
+    return requested
+
+
 def voila_command(port: int, kernel_grace_s: float = 10.0, kernel_idle_s: float = 3600.0) -> list[str]:
     """The Voila command line serving the packaged dashboard notebook on loopback.
 
@@ -718,9 +782,13 @@ def cmd_dashboard(args) -> int:
 
     from dtlive.kafka import resolve_bootstrap
 
+    try:
+        port = dashboard_port(args.port)  # before anything starts
+    except OSError as exc:
+        print(f"dtlive dashboard: error: {exc}", file=sys.stderr)
+        return 1
     cfg = _config(args)
     bootstrap, _ = resolve_bootstrap(cfg)
-    port = _free_port(args.port)
     grace = args.dashboard_kernel_grace_s
     idle = args.dashboard_kernel_idle_s
     env = {**os.environ, "DTLIVE_BOOTSTRAP": bootstrap, "DTLIVE_MONITOR_TOPIC": args.topic or cfg.monitor_topic}
@@ -756,20 +824,42 @@ def cmd_stop(args) -> int:
 
 
 def cmd_results(args) -> int:
+    import queue
+
     from dtlive.kafka import resolve_bootstrap
-    from dtlive.results import read_results
+    from dtlive.live import ResultsFeed
+    from dtlive.messages import to_dataset
+    from dtlive.results import ResultsTable, read_messages
 
     cfg = _config(args)
     bootstrap, _ = resolve_bootstrap(cfg)
-    ds = read_results(bootstrap, topic=args.topic or cfg.monitor_topic, last=args.last or None, cfg=cfg)
-    if ds is None:
+    topic = args.topic or cfg.monitor_topic
+    msgs = read_messages(bootstrap, topic=topic, last=args.last or None, cfg=cfg)
+    table = ResultsTable()
+    table.add(msgs)
+    if args.follow:  # from a little before where the read ended (no window lost in between), each window once
+        arrived: queue.Queue[list[dict]] = queue.Queue()
+        feed = ResultsFeed(bootstrap, arrived.put, topic=topic, backfill=2 * max(args.last, 10) + 10,
+                           kafka=cfg.kafka).start()
+        deadline = None if args.duration is None else time.monotonic() + args.duration
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                with contextlib.suppress(queue.Empty):
+                    batch = arrived.get(timeout=0.2)
+                    if table.add(batch):
+                        msgs += batch
+        except KeyboardInterrupt:
+            pass
+        finally:
+            feed.stop()
+    if not table.printed:
         print("no result messages yet", file=sys.stderr)
         return 1
-    table = ds[["total_hits", "hits_per_chamber", "rows", "rejected"]].to_dataframe().unstack("chamber")
-    print(table.to_string())
     if args.netcdf:
+        ds = to_dataset({m["window"]["id"]: m for m in msgs if m["window"]["id"] in table.printed}.values(),
+                        stack=True)
         ds.to_netcdf(args.netcdf)
-        print(json.dumps({"written": args.netcdf, "windows": int(ds.sizes["time"])}))
+        print(json.dumps({"written": args.netcdf, "windows": int(ds.sizes["time"])}), flush=True)
     return 0
 
 

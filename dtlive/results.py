@@ -1,4 +1,4 @@
-"""Read the monitor topic's result messages back as xarray, without parsing JSON by hand.
+"""Read the monitor topic's result messages back as xarray, without parsing JSON by hand; print them as a table.
 
 >>> ds = read_results("127.0.0.1:9092", last=20)   # doctest: +SKIP
 >>> ds.hits_per_chamber.plot.line(x="time")        # doctest: +SKIP
@@ -7,10 +7,14 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
+from collections.abc import Iterable
+from typing import TextIO
 
 import xarray as xr
 
+from dtlive import detector as det
 from dtlive.config import Config, load_config
 from dtlive.kafka import client_config, partition_ends
 from dtlive.messages import decode_message, to_dataset
@@ -73,3 +77,68 @@ def read_results(
     """Result windows stacked along ``time`` as one Dataset (None when there are none)."""
     msgs = read_messages(bootstrap, topic, last, cfg, timeout)
     return to_dataset(msgs, stack=True) if msgs else None
+
+
+#: The columns of :class:`ResultsTable` and their widths.
+COLUMNS = {"window": 9, "start (UTC)": 24, "rows": 10, "hits": 10, **{f"ch{c}": 9 for c in range(det.N_CHAMBERS)},
+           "rejected": 9, "late": 7}
+
+
+def window_scalars(msg: dict) -> dict[str, object]:
+    """The scalars of one parsed result message, by :data:`COLUMNS` name.
+
+    >>> msg = {"window": {"id": 7, "start": "2026-12-05T08:00:00.000Z"}, "total_hits": 10,
+    ...        "hits_per_chamber": [1, 2, 3, 4], "counts": {"rows": 12, "late_hits": 1, "rejected": {"bad_head": 2}}}
+    >>> window_scalars(msg)["hits"], window_scalars(msg)["ch3"], window_scalars(msg)["rejected"]
+    (10, 4, 2)
+    """
+    w, counts = msg["window"], msg.get("counts", {})
+    row: dict[str, object] = {"window": w["id"], "start (UTC)": (w.get("start") or "-").rstrip("Z"),
+                              "rows": counts.get("rows", 0), "hits": msg["total_hits"]}
+    row.update({f"ch{c}": n for c, n in enumerate(msg["hits_per_chamber"])})
+    row.update(rejected=sum(counts.get("rejected", {}).values()), late=counts.get("late_hits", 0))
+    return row
+
+
+class ResultsTable:
+    """Result windows as a text table: the header once, then one line per window, each window once.
+
+    Windows come in any batches, again or out of order (a live feed that re-reads): a window already printed is
+    left out, and so is one older than the first printed (it belongs above the table's start).
+
+    >>> msg = {"window": {"id": 7, "start": "2026-12-05T08:00:00.000Z"}, "total_hits": 10,
+    ...        "hits_per_chamber": [1, 2, 3, 4], "counts": {"rows": 12, "rejected": {"bad_head": 2}}}
+    >>> table = ResultsTable()
+    >>> table.add([msg, msg])
+       window             start (UTC)      rows      hits      ch0      ch1      ch2      ch3 rejected   late
+            7 2026-12-05T08:00:00.000        12        10        1        2        3        4        2      0
+    1
+    >>> table.add([msg, {**msg, "window": {"id": 6}}])
+    0
+    """
+
+    def __init__(self, out: TextIO | None = None):
+        self.out = out
+        self.printed: set[int] = set()
+        self.first: int | None = None
+
+    def add(self, msgs: Iterable[dict]) -> int:
+        """Print the lines of the windows not printed yet (in window order); return how many."""
+        out = self.out or sys.stdout
+        fresh = {}
+        for m in msgs:
+            wid = m["window"]["id"]
+            if wid not in self.printed and (self.first is None or wid > self.first):
+                fresh[wid] = m
+        for wid in sorted(fresh):
+            if self.first is None:
+                self.first = wid
+                print(self._line(dict(zip(COLUMNS, COLUMNS, strict=True))), file=out)
+            self.printed.add(wid)
+            print(self._line(window_scalars(fresh[wid])), file=out)
+        out.flush()
+        return len(fresh)
+
+    @staticmethod
+    def _line(values: dict) -> str:
+        return "".join(f"{values[name]!s:>{width}}" for name, width in COLUMNS.items())
