@@ -1,7 +1,8 @@
 """The :class:`Ledger` API: runs, windows, periods, annotations and tags, detector runs, task state history.
 
-Bigger than the other modules: :class:`Ledger` is one class whose methods share its sessions and
-transactions; each section of it is one kind of record.
+This module is bigger than the others (about 900 lines) because :class:`Ledger` is one class: its
+sections (processing runs, windows, periods, annotations and tags, detector runs, task states) share
+its sessions, transactions and tag look-ups, and cutting it into mixins would only scatter that.
 """
 
 from __future__ import annotations
@@ -19,11 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import (
-    Session,
-    selectinload,
-    sessionmaker,
-)
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from dtlive import __version__
 from dtlive.ledger.engine import default_url, make_engine, normalize_url, upgrade
