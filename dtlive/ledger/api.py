@@ -74,6 +74,14 @@ class Ledger:
 
     Every query returns plain dicts (``pandas.DataFrame(ledger.windows())`` works); times are
     timezone-aware UTC datetimes, and every time argument also takes UNIX seconds or ISO strings.
+
+    >>> import tempfile
+    >>> from dtlive.config import load_config
+    >>> ledger = Ledger(f"sqlite:///{tempfile.mkdtemp()}/ledger.sqlite")
+    >>> run = ledger.start_run("processing", load_config({}, env={}), run_id="run-1")
+    >>> ledger.stop_run("run-1")
+    >>> [(r["run_id"], r["status"]) for r in ledger.runs()]
+    [('run-1', 'finished')]
     """
 
     def __init__(self, url: str | URL | None = None, *, migrate: bool = True, busy_timeout_s: float = 30.0):
