@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from dtlive.checkpoint import Checkpoint
 from dtlive.config import Config
 from dtlive.decode import Reject
-from dtlive.graph import window_graph
+from dtlive.graph import read_input_again, window_graph
 from dtlive.kafka import consumer_config
 from dtlive.nodes import dt_from_kafka_batched_consumer
 from dtlive.processor import BATCH_SIZE
@@ -125,6 +125,11 @@ class PartitionActor:
         rep.holding, rep.done = self._holding(), self.done
         rep.messages, self._messages = self._messages, 0
         return rep
+
+    def read_input_again(self) -> None:
+        """The broker was replaced: read the partitions again from their beginning (open windows keep their
+        hits; see :func:`dtlive.graph.read_input_again`)."""
+        read_input_again(self.windows)
 
     def close(self) -> None:
         self.source.close()

@@ -21,7 +21,7 @@ from streamz import Stream
 from dtlive import nodes as _nodes  # noqa: F401  (registers the node methods on Stream)
 from dtlive.checkpoint import Checkpoint
 from dtlive.config import Config
-from dtlive.nodes import dt_clean_hits, dt_event_windows
+from dtlive.nodes import dt_clean_hits, dt_decode_hits, dt_event_windows, dt_from_kafka_batched_consumer
 
 
 def hit_graph(source: Stream, default_format: str = "csv", resume: dict[int, int] | None = None) -> dt_clean_hits:
@@ -57,6 +57,17 @@ def window_graph(source: Stream, cfg: Config, checkpoint: Checkpoint | None = No
     )
     windows.positions.update(ckpt.positions)
     return windows
+
+
+def read_input_again(windows: dt_event_windows) -> None:
+    """The broker was replaced and the input topic created anew: read every partition of the graph's Kafka source
+    again from its beginning. Offsets remembered from the old topic mean nothing there (a fetch beyond a log's end
+    just returns nothing, so they would skip what the new topic holds); open windows keep their hits.
+    """
+    source = upstream_of(windows, dt_from_kafka_batched_consumer)
+    source.restart_from_beginning()
+    windows.restart_input(source.partitions)
+    upstream_of(windows, dt_decode_hits).resume.clear()
 
 
 def upstream_of(node: Stream, kind: type) -> Stream:

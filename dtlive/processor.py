@@ -36,12 +36,12 @@ from dtlive.checkpoint import Checkpoint
 from dtlive.config import Config, load_config  # noqa: F401  (load_config: doctest)
 from dtlive.deadletter import dead_letter
 from dtlive.decode import Reject
-from dtlive.graph import upstream_of, window_graph
+from dtlive.graph import read_input_again, window_graph
 from dtlive.health import Heartbeat, Progress, partition_lag
 from dtlive.heap import HeapTrimmer
 from dtlive.kafka import ClusterWatch, client_config, ensure_topics, partition_ends, producer_config
 from dtlive.messages import MONITOR_SCHEMA, SCHEMA_HEADER, message_bytes
-from dtlive.nodes import dt_decode_hits, dt_event_windows, dt_from_kafka_batched_consumer, window_message
+from dtlive.nodes import dt_event_windows, dt_from_kafka_batched_consumer, window_message
 from dtlive.processes import pid_alive
 from dtlive.products import Settings
 from dtlive.watchdog import Watchdog
@@ -336,6 +336,15 @@ class TransactionalPublisher:
         """Make a new producer before the next commit (the broker was replaced: the old one is stuck with it)."""
         self._broken = self._broken or KafkaException(KafkaError(KafkaError._TRANSPORT, why))
 
+    def broker_replaced(self) -> None:
+        """The broker was replaced (restarted empty): create the topics again, and a new producer before the
+        next commit."""
+        try:
+            ensure_topics(self.cfg, self.bootstrap, self.topics)
+        except Exception as exc:  # noqa: BLE001 - they are created again with the new producer too
+            log.warning("could not create the topics yet: %s", exc)
+        self.replace_producer("the broker was replaced")
+
     @property
     def in_transaction(self) -> bool:
         """A transaction is open (something waits to be committed)."""
@@ -586,7 +595,6 @@ class Processor:
             start_offsets=dict(ckpt.restart_offsets) if ckpt else None,
         )
         self.windows = window_graph(self.source, cfg, ckpt)
-        self.decoder = upstream_of(self.windows, dt_decode_hits)
         self.publisher = TransactionalPublisher(
             cfg, bootstrap, run_provenance(cfg, self.run_id), producer, GraphState(self.source, self.windows),
             on_recover=lambda: self.follow_broker(force=True), on_client_error=self._on_client_error)
@@ -631,14 +639,8 @@ class Processor:
             return False
         log.warning("processor %r: the broker at %s lost its topics (restarted?); creating them again and reading "
                     "%s from its beginning", self.cfg.group_id, self.bootstrap, self.cfg.hits_topic)
-        try:
-            ensure_topics(self.cfg, self.bootstrap, self.publisher.topics)
-        except Exception as exc:  # noqa: BLE001 - the publisher creates them again before it produces
-            log.warning("could not create the topics yet: %s", exc)
-        self.publisher.replace_producer("the broker was replaced")
-        self.source.restart_from_beginning()
-        self.windows.restart_input(self.source.partitions)
-        self.decoder.resume.clear()
+        self.publisher.broker_replaced()
+        read_input_again(self.windows)
         self.input_restarts += 1
         return True
 

@@ -32,7 +32,7 @@ from dtlive.actor import Report, Share
 from dtlive.checkpoint import Checkpoint
 from dtlive.config import Config
 from dtlive.health import Heartbeat, partition_lag
-from dtlive.kafka import consumer_config, partition_ends
+from dtlive.kafka import ClusterWatch, consumer_config, partition_ends
 from dtlive.nodes import window_message
 from dtlive.processor import (
     BATCH_SIZE,
@@ -170,7 +170,10 @@ class DaskProcessor:
             self.slots.append(_Slot(mine, {p: self.start_offsets[p] for p in mine},
                                     positions={p: resume[p] for p in mine if p in resume},
                                     holding=self.published_through + 1))  # all, until its first report
-        self.publisher = TransactionalPublisher(cfg, bootstrap, run_provenance(cfg, self.run_id), producer, self)
+        self.publisher = TransactionalPublisher(cfg, bootstrap, run_provenance(cfg, self.run_id), producer, self,
+                                                on_recover=lambda: self.follow_broker(force=True))
+        self.cluster = ClusterWatch.of(cfg, bootstrap, every_s=cfg.idle_s)
+        self.input_restarts = 0
         self.messages = 0
         self.lost_actors = 0
         self.targets: dict[int, int] | None = None
@@ -234,6 +237,28 @@ class DaskProcessor:
             pw.restart_exchange()
         self._start(indices)
 
+    def follow_broker(self, now: float | None = None, force: bool = False) -> bool:
+        """When the broker was replaced (it restarted empty), every actor reads its partitions again from their
+        beginning, as the single processor does. Asked at most once per ``idle_s``, and whenever the publisher
+        needed a new producer. True if the input was restarted."""
+        from confluent_kafka import OFFSET_BEGINNING
+
+        if not self.cluster.replaced(now, force=force):
+            return False
+        log.warning("dask processor %r: the broker at %s lost its topics (restarted?); creating them again and "
+                    "reading %s from its beginning", self.cfg.group_id, self.bootstrap, self.cfg.hits_topic)
+        self.publisher.broker_replaced()
+        for s in self.slots:  # an actor started later reads the new topic from its beginning too
+            s.start, s.positions, s.restart = {p: OFFSET_BEGINNING for p in s.partitions}, {}, {}
+        for pw in self.pending.values():  # offsets in the old topic mean nothing in the new one
+            for sh in pw.shares.values():
+                sh.inputs = {}
+        calls = [s.actor.read_input_again() for s in self.slots if s.actor is not None]
+        for call in calls:
+            call.result(timeout=60)
+        self.input_restarts += 1
+        return True
+
     # -------------------------------------------------------------- the loop
 
     def stop(self, *_):
@@ -276,6 +301,7 @@ class DaskProcessor:
                 on_tick(self)
                 last_tick = now
             self.heartbeat.maybe(now, self.health)
+            self.follow_broker(now)
             if max_seconds is not None and now - started > max_seconds:
                 break
         for call, _ in calls.values():  # let the last steps end before the actors are closed

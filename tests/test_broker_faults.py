@@ -66,6 +66,32 @@ def test_a_broker_stall_makes_no_hit_late(own_broker, services):
     assert status == 0 and took < 6
 
 
+def test_the_dask_processor_reads_its_input_again_after_a_broker_restart(own_broker, services):
+    services.start("emulate", "emulate", "--simulate", "--rate", "1000", "--partitions", "2", "--key", "fpga")
+    wait_for(lambda: own_broker.partitions().get("dt.hits") == 2, 60, "the emulator's topic of 2 partitions")
+    services.start("process", "process", "--dask", "local:1", "--no-ledger")
+    before = wait_for(lambda: len(windows(own_broker.bootstrap)) >= 5 and windows(own_broker.bootstrap), 180,
+                      lambda: f"the first windows; processor log:\n{services.log('process')[-3000:]}")
+    reached = {x["partition"]: x["offset"] for x in before[-1]["provenance"]["input_position"]}
+
+    own_broker.restart()
+    restarted = time.monotonic()
+    assert windows(own_broker.bootstrap) == []  # the restarted broker starts empty
+    msgs = wait_for(lambda: len(windows(own_broker.bootstrap)) >= 3 and windows(own_broker.bootstrap), 90,
+                    lambda: f"windows after the restart; processor log:\n{services.log('process')[-3000:]}")
+    assert time.monotonic() - restarted < 60
+    assert "lost its topics" in services.log("process") and "from its beginning" in services.log("process")
+    ids = [m["window"]["id"] for m in msgs]
+    assert ids == sorted(set(ids))  # in order, none twice
+    # the new topic is read from its beginning: the first window after the restart was made from fewer messages
+    # than the old topic had given by then (positions kept from the old topic would skip the new one's start)
+    first = {x["partition"]: x["offset"] for x in msgs[0]["provenance"]["input_position"]}
+    assert first and all(first[p] < reached[p] for p in first), (first, reached)
+    assert services.procs["process"].poll() is None, services.log("process")[-2000:]
+    status, took = services.stop("process")
+    assert took < 8 and status in (0, 3, -signal.SIGTERM), (status, services.log("process")[-2000:])
+
+
 def test_a_broker_restart_is_noticed_and_followed_by_every_service(own_broker, services):
     services.start("emulate", "emulate", "--simulate", "--rate", "1000", "--partitions", "2", "--key", "fpga")
     wait_for(lambda: own_broker.partitions().get("dt.hits") == 2, 60, "the emulator's topic of 2 partitions")
