@@ -27,6 +27,7 @@ import numpy as np
 import xarray as xr
 
 from dtlive import detector as det
+from dtlive.config import Config
 from dtlive.rows import Rows
 
 NCH = det.CHANNELS_PER_CHAMBER
@@ -34,7 +35,20 @@ NCHAMB = det.N_CHAMBERS
 N_CELLS = NCHAMB * NCH  # cell = chamber * 64 + local channel
 CELL_BITS = 6  # cell >> CELL_BITS == chamber
 assert 1 << CELL_BITS == NCH
-DRIFT_EDGES_NS = np.arange(-100.0, 500.0 + 1e-9, 5.0)  # default drift-time binning
+
+
+def drift_edges(min_ns: float, max_ns: float, bin_ns: float) -> np.ndarray:
+    """Drift-time bin edges (ns) from ``min_ns`` in steps of ``bin_ns`` up to ``max_ns``.
+
+    >>> drift_edges(-10, 10, 5).tolist()
+    [-10.0, -5.0, 0.0, 5.0, 10.0]
+    """
+    n = int(round((max_ns - min_ns) / bin_ns))
+    return np.linspace(min_ns, min_ns + n * bin_ns, n + 1)
+
+
+_DEFAULTS = Config()
+DRIFT_EDGES_NS = drift_edges(_DEFAULTS.drift_min_ns, _DEFAULTS.drift_max_ns, _DEFAULTS.drift_bin_ns)  # the defaults
 
 Variable = tuple[tuple[str, ...], dict]  # a Dataset variable's dims and attrs
 Kept = dict[str, Any]  # product name -> what one share keeps for its answer
@@ -63,8 +77,7 @@ class Settings:
         >>> Settings.from_config(load_config({"drift_max_ns": 100}, env={})).drift_edges[[0, -1]].tolist()
         [-100.0, 100.0]
         """
-        n = int(round((cfg.drift_max_ns - cfg.drift_min_ns) / cfg.drift_bin_ns))
-        return cls(np.linspace(cfg.drift_min_ns, cfg.drift_min_ns + n * cfg.drift_bin_ns, n + 1))
+        return cls(drift_edges(cfg.drift_min_ns, cfg.drift_max_ns, cfg.drift_bin_ns))
 
 
 DEFAULT_SETTINGS = Settings()
