@@ -452,6 +452,7 @@ def cmd_emulate(args) -> int:
         partitions=args.partitions,
         key=args.key,
         heartbeat=heartbeat,
+        total=None if args.simulate or args.loop else chunks.rows,
     )
     heartbeat.close()
     print(

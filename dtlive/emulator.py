@@ -86,14 +86,30 @@ def read_data_file(path: str) -> tuple[list[bytes], Rows]:
     return lines, decoded.rows
 
 
-def file_chunks(paths: list[str], loop: bool = False, chunk_rows: int = 50_000) -> Iterator[Chunk]:
-    """Chunks of the given CSV files (local paths or fsspec URLs), optionally looping forever.
+class FileChunks:
+    """Chunks of the given CSV files (local paths or fsspec URLs), optionally looping forever (an iterator).
 
     The files are read and checked at once (:func:`read_data_file`; a bad file raises
-    :class:`DataFileError` before anything is sent). On every further pass the orbits are
-    shifted past the end of the previous pass so event time keeps increasing.
+    :class:`DataFileError` before anything is sent); ``rows`` is how many rows one pass sends. On every
+    further pass the orbits are shifted past the end of the previous pass so event time keeps increasing.
     """
-    return _chunks([read_data_file(path) for path in paths], loop, chunk_rows)
+
+    def __init__(self, paths: list[str], loop: bool = False, chunk_rows: int = 50_000):
+        loaded = [read_data_file(path) for path in paths]
+        self.rows = sum(len(rows) for _, rows in loaded)
+        self.loop = loop
+        self._chunks = _chunks(loaded, loop, chunk_rows)
+
+    def __iter__(self) -> FileChunks:
+        return self
+
+    def __next__(self) -> Chunk:
+        return next(self._chunks)
+
+
+def file_chunks(paths: list[str], loop: bool = False, chunk_rows: int = 50_000) -> FileChunks:
+    """The :class:`FileChunks` of ``paths``."""
+    return FileChunks(paths, loop, chunk_rows)
 
 
 def _chunks(loaded: list[tuple[list[bytes], Rows]], loop: bool, chunk_rows: int) -> Iterator[Chunk]:
@@ -244,7 +260,8 @@ def _health(stats: EmulatorStats) -> dict:
 def emulate(producer, topic: str, chunks: Iterator[Chunk], *, rate: float | None = 1000.0, fmt: str = "csv",
             rows_per_message: int | None = None, limit: int | None = None, max_seconds: float | None = None,
             progress: bool | None = None, stop=lambda: False, partition: int | None = None,
-            partitions: int | None = None, key: str = "fpga", heartbeat=None, flush_s: float = 120.0) -> EmulatorStats:
+            partitions: int | None = None, key: str = "fpga", heartbeat=None, flush_s: float = 120.0,
+            total: int | None = None) -> EmulatorStats:
     """Send chunks to ``topic`` with a confluent-kafka ``producer`` at ``rate`` rows/s (None: as fast as possible).
 
     Stops after ``limit`` rows, ``max_seconds``, the end of the input, or when ``stop()`` is true.
@@ -252,7 +269,8 @@ def emulate(producer, topic: str, chunks: Iterator[Chunk], *, rate: float | None
     "chamber", see :func:`split_by_key`): each message holds rows of one key only and carries it as its key.
     ``heartbeat``: a :class:`dtlive.health.Heartbeat` given the running totals from the send loop (the caller
     closes it). ``flush_s``: how long to wait at the end for the broker to confirm what was sent; what it did
-    not is counted in ``undelivered``.
+    not is counted in ``undelivered``. ``total``: rows the input holds, if known (the progress bar then shows
+    the share sent and the time left); ``progress``: show the bar (None: when stderr is a terminal).
     """
     from tqdm import tqdm
 
@@ -260,8 +278,11 @@ def emulate(producer, topic: str, chunks: Iterator[Chunk], *, rate: float | None
         rows_per_message = 1 if fmt == "csv" else int(min(10_000, max(1, (rate or 1e6) / 100)))
     stats = EmulatorStats()
     epoch: float | None = None
-    bar = tqdm(total=limit, unit="rows", unit_scale=True, disable=progress is False if progress is not None else None,
+    known = [n for n in (limit, total) if n is not None]
+    bar = tqdm(total=min(known) if known else None, unit="rows", unit_scale=True,
+               disable=progress is False if progress is not None else None,
                desc=f"emulate -> {topic}", smoothing=0.1, mininterval=0.5)
+    bar.refresh()  # shown at once, before the first chunk is encoded
     headers_base = [(FORMAT_HEADER, fmt.encode())]
     extra = {} if partition is None else {"partition": partition}
     stats.started = time.perf_counter()
