@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import re
+import shutil
 import sys
 import threading
 import time
@@ -472,7 +473,11 @@ def _heartbeat(service: str, cfg, bootstrap: str):
 
 
 class Summary:
-    """A live one-line terminal summary of a running processor."""
+    """A live one-line terminal summary of a running processor.
+
+    On a terminal the line is redrawn in place, cut to the terminal's width and cleared to its end, so a
+    shorter line leaves nothing of a longer one behind; elsewhere (a log file) each summary is a line of its own.
+    """
 
     def __init__(self, stream=sys.stderr):
         self.stream = stream
@@ -482,27 +487,31 @@ class Summary:
     def on_publish(self, item: dict) -> None:
         self.latest = item
 
-    def __call__(self, proc) -> None:
+    def line(self, proc) -> str:
+        """The summary of ``proc`` now: input rate, lag, windows, rejects, the newest window and its data age."""
         now = time.monotonic()
         rate = (proc.source.messages - self.last[1]) / max(now - self.last[0], 1e-9)
         self.last = (now, proc.source.messages)
         high = proc.source.high_watermarks()
         lag = sum(max(high[p] - proc.source.positions.get(p, 0), 0) for p in high)
-        line = (
-            f"in {rate:8,.0f} msg/s | lag {lag:6d} | windows out {proc.publisher.published:5d} | "
-            f"rejects {proc.publisher.dead_lettered:4d}"
-        )
+        line = (f"in {rate:,.0f} msg/s  lag {lag:,}  windows {proc.publisher.published:,}  "
+                f"rejects {proc.publisher.dead_lettered:,}")
         msg = self.latest.get("message")
         if msg is not None:
             w = msg["window"]
-            age = (
-                time.time() - proc.windows.orbit_epoch - (w["last_orbit"] + 1) * det.ORBIT_S
-                if proc.windows.orbit_epoch
-                else float("nan")
-            )
-            line += f" | window {w['id']} hits/chamber {msg['hits_per_chamber']} | data age {age:4.1f} s"
-        end = "\r" if self.stream.isatty() else "\n"
-        print(line.ljust(120), end=end, file=self.stream, flush=True)
+            epoch = proc.windows.orbit_epoch
+            age = time.time() - epoch - (w["last_orbit"] + 1) * det.ORBIT_S if epoch else float("nan")
+            line += f"  #{w['id']} hits {'/'.join(str(h) for h in msg['hits_per_chamber'])}  age {age:.1f} s"
+        return line
+
+    def __call__(self, proc) -> None:
+        line = self.line(proc)
+        if self.stream.isatty():
+            width = shutil.get_terminal_size((80, 24)).columns
+            self.stream.write("\r" + line[: max(width - 1, 1)] + "\x1b[K")
+            self.stream.flush()
+        else:
+            print(line, file=self.stream, flush=True)
 
 
 def cmd_process(args) -> int:

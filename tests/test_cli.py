@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 from faults import free_port
 
-from dtlive.cli import DASHBOARD_PORT, build_parser, dashboard_port, port_free
+from dtlive.cli import DASHBOARD_PORT, Summary, build_parser, dashboard_port, port_free
 from dtlive.config import load_config
 from dtlive.kafka import ensure_topics
 from dtlive.results import COLUMNS
@@ -148,3 +150,43 @@ def test_results_prints_each_window_once_with_its_scalars_and_follows_live(broke
     printed = [_columns(ln) for ln in out[1:]]
     assert [int(r["window"]) for r in printed] == [2, 3, 4, 5]
     assert [int(r["hits"]) for r in printed[2:]] == [more[4]["total_hits"], more[5]["total_hits"]]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def _running_processor():
+    return SimpleNamespace(
+        source=SimpleNamespace(messages=123_456, high_watermarks=lambda: {0: 2_000, 1: 3_000},
+                               positions={0: 1_500, 1: 3_000}),
+        publisher=SimpleNamespace(published=4_321, dead_lettered=17),
+        windows=SimpleNamespace(orbit_epoch=time.time() - 1_000.0))
+
+
+def test_the_live_summary_redraws_in_place_within_80_columns(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    term = _Terminal()
+    summary = Summary(term)
+    proc = _running_processor()
+    summary(proc)
+    summary.on_publish({"message": {"window": {"id": 98_765, "last_orbit": 10_000_000},
+                                    "hits_per_chamber": [12_345, 23_456, 34_567, 45_678]}})
+    summary(proc)
+    draws = term.getvalue().split("\r")[1:]
+    assert len(draws) == 2
+    for draw in draws:
+        assert draw.endswith("\x1b[K")  # cleared to the end: a shorter line leaves nothing behind
+        assert len(draw.removesuffix("\x1b[K")) <= 79 and "\n" not in draw
+    assert "lag 500" in draws[0] and "windows 4,321" in draws[0]
+    assert "#98765 hits 12345/" in draws[1]
+
+
+def test_the_summary_in_a_log_is_a_line_each():
+    log = io.StringIO()
+    summary = Summary(log)
+    summary(_running_processor())
+    summary(_running_processor())
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 2 and all(line.startswith("in ") and "\r" not in line for line in lines)
