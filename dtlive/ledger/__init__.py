@@ -9,8 +9,10 @@ a :class:`Ledger` brings the schema to the newest Alembic revision (``dtlive/mig
 The package, one job a module: :mod:`~dtlive.ledger.models` (tables), :mod:`~dtlive.ledger.values`
 (pure helpers), :mod:`~dtlive.ledger.engine` (URLs, engines, migrations), :mod:`~dtlive.ledger.queries`
 (run liveness, the :class:`Q` filter), :mod:`~dtlive.ledger.outage` (an unreachable database),
-:mod:`~dtlive.ledger.api` (:class:`Ledger`) and :mod:`~dtlive.ledger.resilience` (:class:`RetryingLedger`,
-:class:`RunKeeper`). Every name is importable from ``dtlive.ledger`` itself.
+:mod:`~dtlive.ledger.api` (:class:`Ledger`: runs and windows), :mod:`~dtlive.ledger.periods` (its periods,
+annotations, tags and detector runs), :mod:`~dtlive.ledger.tasks` (its task state history) and
+:mod:`~dtlive.ledger.resilience` (:class:`RetryingLedger`, :class:`RunKeeper`). Every name is importable from
+``dtlive.ledger`` itself.
 
 >>> from datetime import UTC, datetime
 >>> led = Ledger("sqlite://")  # in memory; Ledger() opens DTLIVE_DB or the default SQLite file

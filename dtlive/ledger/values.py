@@ -1,4 +1,7 @@
-"""Pure helpers of the ledger: times to UTC, JSON values, secrets masked, offset ranges merged, the source commit."""
+"""Pure helpers of the ledger: times to UTC, JSON values, secrets masked, offset ranges merged, the source commit.
+
+``_UNSET`` marks an argument that was not given (where None is a value).
+"""
 
 from __future__ import annotations
 
@@ -95,3 +98,11 @@ def source_git_commit() -> str | None:
 def _chunks(items: Sequence, n: int = 500) -> Iterator[Sequence]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
+
+
+class _Unset:
+    def __repr__(self):
+        return "<unset>"
+
+
+_UNSET: Any = _Unset()
