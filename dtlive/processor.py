@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
 from confluent_kafka import KafkaError, KafkaException
 
 from dtlive import __version__
@@ -78,10 +77,6 @@ def _fresh_high(source, timeout: float = 0.2) -> dict[int, int]:
 
 def checkpoint_topic(cfg: Config) -> str:
     return f"{cfg.monitor_topic}.checkpoints"
-
-
-def drift_edges(cfg: Config) -> np.ndarray:
-    return Settings.from_config(cfg).drift_edges
 
 
 def read_checkpoint(cfg: Config, bootstrap: str, timeout: float = 10.0) -> Checkpoint | None:
@@ -262,7 +257,7 @@ class TransactionalPublisher:
     _broken: Exception | None = None  # why the producer cannot go on (a new one is made at commit)
 
     def __post_init__(self):
-        self.edges = drift_edges(self.cfg)
+        self.edges = Settings.from_config(self.cfg).drift_edges
         listed = self.producer.list_topics(timeout=10).topics
         # what to create again when the broker lost its topics
         self.topics = {t: len(listed[t].partitions) for t in processor_topics(self.cfg)
