@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from dtlive.messages import ALERT_SCHEMA
+from dtlive.core.messages import ALERT_SCHEMA
 
 __all__ = [
     "FORMATS",
