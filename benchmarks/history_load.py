@@ -48,7 +48,7 @@ from dtlive.core.messages import decode_message, encode_message, iso_utc
 from dtlive.core.rows import clean
 from dtlive.core.simulate import simulate
 from dtlive.core.windows import EventTimeWindows
-from dtlive.storage.history import HistoryStore, _columns, _dataset, _dedup_sorted
+from dtlive.storage.history import HistoryStore, columns_dataset, first_copies_sorted, window_columns
 from dtlive.streaming.nodes import window_dataset
 
 RESULTS = Path(__file__).resolve().parent / "results" / "history_load.json"
@@ -177,7 +177,7 @@ class ZarrStore:
         return xr.Dataset(data)
 
     def append(self, msgs: list[dict], timed_keys: bool = True) -> int:
-        cols = _columns(msgs)
+        cols = window_columns(msgs)
         if self.path.exists() and timed_keys:  # idempotence: the stored keys
             import xarray as xr
 
@@ -221,7 +221,7 @@ class ZarrStore:
             elif v.dtype.kind in "UOT":
                 v = v.astype(object)
             cols[k] = v
-        return _dataset(_dedup_sorted(cols))
+        return columns_dataset(first_copies_sorted(cols))
 
 
 # ---------------------------------------------------------------------- measurement

@@ -1,6 +1,9 @@
 """The ``dtlive`` command line: demo, broker, emulate, process, dashboard, record, runs, periods, provenance, results.
 
 Run ``dtlive --help`` or ``dtlive COMMAND --help``.
+
+Long on purpose: it is the parser of every subcommand with its help text, in one place so that options and
+``--help`` stay consistent; each handler is a thin call into the package that does the work.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ Tansu facts this module relies on (v0.6.0): it is ready ~10 ms after spawn; when
 logs ``AddrInUse`` and exits with status **0**; on SIGTERM it drains open client connections for ~5 s,
 while SIGINT exits at once, so :meth:`EmbeddedBroker.stop` sends SIGINT first. Tansu does not validate
 topic names or partition counts, so :func:`create_topics` does.
+
+Long on purpose: starting, finding, watching and stopping a broker subprocess safely (state file, ports,
+restarts, orphans) is one concern with many failure cases.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ heartbeats). The I/O shell: :class:`Heartbeat`, with its own non-blocking produc
 [('processor', 'running', False)]
 >>> [(r["service"], r["stale"]) for r in health.rows(now=107.0)], health.alarms(now=107.0)
 ([('processor', True)], ['processor on h (pid 7): no heartbeat for 7 s'])
+
+Long on purpose: the heartbeat message, the pure staleness bookkeeping, the services' heartbeat thread
+and the ``dtlive status`` table all read one message format and change together.
 """
 
 from __future__ import annotations

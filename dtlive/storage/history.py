@@ -45,6 +45,9 @@ True
 ([1, 2, 3], 3)
 >>> store.load(exclude_bad=True, bad_intervals=[(1.7e9 + 3, 1.7e9 + 4)]).window_id.values.tolist()
 [0, 2, 3, 4, 5]
+
+Long on purpose: the on-disk layout, atomic appends, compaction, retention and the xarray load are one
+storage format and change together.
 """
 
 from __future__ import annotations
@@ -151,7 +154,7 @@ class HistoryStore:
         parsed = [decode_message(m) for m in msgs]
         if not parsed:
             return 0
-        cols = _columns(parsed)
+        cols = window_columns(parsed)
         hours = np.where(cols["start_ms"] == NAT, -1, cols["start_ms"] // HOUR_MS)
         written = 0
         for hour in np.unique(hours):
@@ -228,18 +231,18 @@ class HistoryStore:
             keep &= (cols["start_ms"] != NAT) & (cols["start_ms"] < hi)
         if not keep.all():
             cols = {k: v[keep] for k, v in cols.items()}
-        cols = _dedup_sorted(cols)
+        cols = first_copies_sorted(cols)
         if exclude_bad and len(cols["window_id"]):
             good = ~self._bad_mask(cols, bad_intervals, lo, hi)
             cols = {k: v[good] for k, v in cols.items()}
         if not len(cols["window_id"]):
             return None
-        return _dataset(cols)
+        return columns_dataset(cols)
 
     def windows(self) -> int:
         """How many distinct windows the store holds (reads only the key columns)."""
         cols = self._read(None, None, columns=[*_KEY_COLUMNS, "start_ms"])
-        return 0 if cols is None else len(_dedup_sorted(cols)["window_id"])
+        return 0 if cols is None else len(first_copies_sorted(cols)["window_id"])
 
     # ------------------------------------------------------------------ internals
 
@@ -362,7 +365,7 @@ class HistoryStore:
         if len(files) < 2:
             return False
         cols = _concat([_from_table(self._read_file(f)) for f in files])
-        cols = _dedup_sorted(cols)
+        cols = first_copies_sorted(cols)
         names = set()
         for edges in dict.fromkeys(cols["drift_edges"]):
             part = cols["drift_edges"] == edges
@@ -437,7 +440,7 @@ def load(start: TimeLike = None, end: TimeLike = None, exclude_bad: bool = True,
     return store.load(start, end, exclude_bad=True, bad_intervals=bad)
 
 
-def _columns(msgs: list[dict]) -> dict[str, np.ndarray]:
+def window_columns(msgs: list[dict]) -> dict[str, np.ndarray]:
     """Parsed messages -> one numpy column per stored field (row = window)."""
     per = [message_arrays(m) for m in msgs]
     cols: dict[str, np.ndarray] = {k: np.stack([p[k] for p in per]) for k in (*_LISTS, *_SCALARS)}
@@ -535,7 +538,7 @@ def _ragged(v: np.ndarray | list) -> np.ndarray:
     return out
 
 
-def _dedup_sorted(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def first_copies_sorted(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """First copy of each (processor, window id), sorted by start time, window id, processor."""
     n = len(cols["window_id"])
     if n == 0:
@@ -550,7 +553,7 @@ def _dedup_sorted(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v[order] for k, v in cols.items()}
 
 
-def _dataset(cols: dict[str, np.ndarray]) -> xr.Dataset:
+def columns_dataset(cols: dict[str, np.ndarray]) -> xr.Dataset:
     """Numpy columns -> the Dataset :func:`dtlive.core.messages.to_dataset` makes of the same messages."""
     n = len(cols["window_id"])
     edges = np.array(json.loads(cols["drift_edges"][0]), float)

@@ -30,6 +30,10 @@ one), so a checkpointing source such as ``from_kafka_batched`` commits only offs
 
 Exceptions while handling one batch never stop the graph: the node logs them,
 counts them in ``node.errors`` and turns the batch into rejects with reason ``error``.
+
+Long on purpose: every ``dt_`` node keeps the streamz contract (metadata retained while buffered and
+released on emit, inputs never mutated) next to its docstring example, and the ``streamz.nodes`` entry
+points and readers of a graph find them all here.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ counted twice.
 >>> cfg = load_config({"bootstrap": "127.0.0.1:9"})
 >>> checkpoint_topic(cfg)
 'dt.monitor.checkpoints'
+
+Long on purpose: the exactly-once publisher and its restart logic (transactions, checkpoints, broker
+replacement, fencing) belong together; the graph and the products live elsewhere.
 """
 
 from __future__ import annotations

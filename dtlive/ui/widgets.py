@@ -22,6 +22,9 @@ In a notebook::
 
     from dtlive.ui.widgets import Dashboard
     Dashboard()          # finds the embedded broker (or DTLIVE_BOOTSTRAP) and updates live
+
+Long on purpose: each view owns its bqplot marks, scales and axes; they share the helpers for scales,
+colours and status text kept here.
 """
 
 from __future__ import annotations

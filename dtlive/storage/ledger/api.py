@@ -2,6 +2,8 @@
 
 Its other sections live in mixins it inherits: data-quality periods, annotations and tags and detector
 runs in :mod:`~dtlive.storage.ledger.periods`, the task state history in :mod:`~dtlive.storage.ledger.tasks`.
+
+Just over 500 lines: runs and windows share the session and transaction handling defined here.
 """
 
 from __future__ import annotations
