@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from dtlive.core import detector as det
 from dtlive.core.rows import COLUMNS, Rows
@@ -226,6 +225,8 @@ def _parse_numbers(t: _Lines, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     """Parse the given 6-field lines to float64 (n, 6); also return a mask of rows that are not all finite."""
     if not len(rows):
         return np.zeros((0, 6)), np.zeros(0, bool)
+    import pandas as pd  # its C parser; imported on first use so that daq64 services never load it
+
     try:
         values = pd.read_csv(
             io.BytesIO(t.joined(rows)),

@@ -23,10 +23,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
-import xarray as xr
+
+if TYPE_CHECKING:  # imported where a Dataset is made, so that importing this module stays light
+    import xarray as xr
 
 from dtlive.core import detector as det
 from dtlive.core.products import _ATTRS, NCH, PRODUCTS, arrays_to_dataset
@@ -218,6 +221,8 @@ def to_dataset(messages: Iterable[bytes | str | dict], stack: bool | None = None
         {"units": "1", "long_name": "rejected input rows by reason"},
     )
     coords["reason"] = ("reason", np.array(reasons, dtype=object))
+    import xarray as xr
+
     return xr.Dataset(data_vars, coords=coords, attrs={"schema": MONITOR_SCHEMA})
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import logging
 import re
@@ -414,6 +415,11 @@ def _ledger(for_run: bool = False):
         raise
 
 
+def _ledger_for_run():
+    """The ledger for a service's run (see :func:`_ledger`)."""
+    return _ledger(for_run=True)
+
+
 def _ledger_unavailable(exc: BaseException) -> str:
     from dtlive.storage.ledger import Outage, default_url, normalize_url
 
@@ -517,25 +523,52 @@ class Summary:
             print(line, file=self.stream, flush=True)
 
 
+def _streamz_without_dask() -> None:
+    """Import streamz without ``dask.distributed`` in a process that has no use for it.
+
+    streamz imports ``distributed`` only to run on a Dask client's event loop when one exists; a single
+    ``dtlive process`` has none, and the import is a third of a second of its start-up. Blocking the name for
+    the duration of the import makes streamz take "no Dask" for an answer; afterwards ``distributed`` imports
+    as usual. Nothing changes when streamz or distributed is already imported.
+    """
+    if "streamz" in sys.modules or "distributed" in sys.modules:
+        return
+    sys.modules["distributed"] = None  # type: ignore[assignment]  # ImportError for streamz's optional import
+    try:
+        import streamz  # noqa: F401
+    finally:
+        del sys.modules["distributed"]
+
+
 def cmd_process(args) -> int:
     from dtlive.kafka.clients import resolve_bootstrap
-    from dtlive.streaming.processor import Processor
 
     cfg = _config(args)
     bootstrap, _ = resolve_bootstrap(cfg)
     if args.dask:
         return _process_on_dask(args, cfg, bootstrap)
+    # pandas parses csv input; its import overlaps the set-up's round trips to the broker instead of the first batch
+    threading.Thread(target=importlib.import_module, args=("pandas",), name="import-pandas", daemon=True).start()
+    _streamz_without_dask()
+    from dtlive.streaming.processor import Processor
+
     summary = Summary()
 
     def make():
         proc = Processor(cfg, bootstrap, from_beginning=args.from_beginning, batch_size=args.batch_size,
-                         ledger=None if args.no_ledger else _ledger(for_run=True))
+                         ledger=None if args.no_ledger else _ledger_for_run)  # opened in the background
         proc.publisher.on_publish.append(summary.on_publish)
         return proc
 
     proc = serve(make, until_end=args.until_end, on_tick=summary if args.verbose or sys.stderr.isatty() else None)
+    timing = proc.timing()
+    took = ""
+    if timing["input_s"] is not None:
+        rate = proc.source.messages / max(timing["input_s"], 1e-9)
+        took = f" in {timing['input_s']:.2f} s ({rate:,.0f} msg/s"
+        took += f", first input {timing['first_input_s']:.2f} s after start)" if timing["first_input_s"] else ")"
     print(
-        f"\nprocessed {proc.source.messages} messages, published {proc.publisher.published} windows, "
+        f"\nprocessed {proc.source.messages} messages{took}, published {proc.publisher.published} windows, "
         f"dead-lettered {proc.publisher.dead_lettered}",
         file=sys.stderr,
     )

@@ -10,9 +10,10 @@ import contextlib
 import sys
 import time
 from collections.abc import Iterable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-import xarray as xr
+if TYPE_CHECKING:  # imported where a Dataset is made, so that importing this module stays light
+    import xarray as xr
 
 from dtlive.config import Config, load_config
 from dtlive.core import detector as det

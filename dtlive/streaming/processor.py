@@ -24,11 +24,12 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException
 
@@ -43,7 +44,7 @@ from dtlive.kafka.clients import ClusterWatch, client_config, ensure_topics, par
 from dtlive.kafka.deadletter import dead_letter
 from dtlive.kafka.health import Heartbeat, Progress, partition_lag
 from dtlive.service.heap import HeapTrimmer
-from dtlive.service.processes import pid_alive
+from dtlive.service.processes import pid_alive, process_age_s
 from dtlive.service.watchdog import Watchdog
 from dtlive.streaming import nodes as _nodes  # noqa: F401  (registers the node methods on Stream)
 from dtlive.streaming.graph import read_input_again, window_graph
@@ -133,14 +134,14 @@ def read_checkpoint(cfg: Config, bootstrap: str, timeout: float = 10.0) -> Check
 
 def resume_state(cfg: Config, bootstrap: str) -> Checkpoint | None:
     """Where a restarted processor resumes: the newer of its checkpoint and its last published window."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from dtlive.kafka.results import read_messages
 
-    ckpt = read_checkpoint(cfg, bootstrap)
-    mine = [
-        m
-        for m in read_messages(bootstrap, cfg.monitor_topic, last=50, cfg=cfg, timeout=5)
-        if m["provenance"].get("processor") == cfg.group_id
-    ]
+    with ThreadPoolExecutor(2, thread_name_prefix="resume") as pool:  # two independent reads, each a round trip
+        newest = pool.submit(read_messages, bootstrap, cfg.monitor_topic, last=50, cfg=cfg, timeout=5)
+        ckpt = read_checkpoint(cfg, bootstrap)
+        mine = [m for m in newest.result() if m["provenance"].get("processor") == cfg.group_id]
     if not mine or (ckpt and ckpt.last_window >= mine[-1]["window"]["id"]):
         return ckpt
     return Checkpoint.from_provenance(mine[-1]["window"]["id"], mine[-1]["provenance"])
@@ -518,13 +519,17 @@ def open_producer(cfg: Config, bootstrap: str, on_error: Callable | None = None)
     another processor with the same identity is alive (:func:`running_twin`, :class:`AlreadyRunning`):
     taking over its transactional id would fence it. ``on_error``: librdkafka's error callback of the producer.
     """
-    twin = running_twin(cfg, bootstrap)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="topics") as pool:  # independent round trips, side by side
+        topics = pool.submit(ensure_topics, cfg, bootstrap, processor_topics(cfg))
+        twin = running_twin(cfg, bootstrap)
+        topics.result()
     if twin is not None:
         raise AlreadyRunning(
             f"processor {cfg.group_id!r} is already running on {twin.get('host')} (pid {twin.get('pid')}, last "
             f"heartbeat {time.time() - twin.get('time', 0):.0f} s ago); stop it first, or give this one its own "
             "--group-id")
-    ensure_topics(cfg, bootstrap, processor_topics(cfg))
     producer = transactional_producer(cfg, bootstrap, 30, on_error)
     fence(producer, cfg)
     ckpt = resume_state(cfg, bootstrap)
@@ -541,6 +546,10 @@ def processing_run(ledger, run_id: str, cfg: Config, start_offsets: dict[int, in
     database outage never stalls processing): its configuration and where it starts reading each input partition
     (librdkafka's logical offsets by name). None without a ledger.
 
+    ``ledger`` may also be a function that opens one: then the ledger is opened (SQLAlchemy imported, the
+    database migrated) and the run started in a thread of its own, so that processing starts without waiting
+    for any of it (:class:`BackgroundRun`).
+
     >>> from dtlive.config import load_config
     >>> processing_run(None, "run-1", load_config({}, env={}), {0: 0}) is None
     True
@@ -549,12 +558,50 @@ def processing_run(ledger, run_id: str, cfg: Config, start_offsets: dict[int, in
         return None
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
-    from dtlive.storage.ledger import RunKeeper
-
     named = {OFFSET_BEGINNING: "beginning", OFFSET_END: "end"}
     inputs = [{"topic": cfg.hits_topic, "partition": p, "start_offset": named.get(o, o)}
               for p, o in sorted(start_offsets.items())]
+    if callable(ledger):
+        return BackgroundRun(ledger, run_id, kind="processing", config=cfg, inputs=inputs)
+    from dtlive.storage.ledger import RunKeeper
+
     return RunKeeper(ledger, run_id, kind="processing", config=cfg, inputs=inputs)
+
+
+class BackgroundRun:
+    """A ``RunKeeper`` whose ledger is opened, and whose run is started, in a thread: the service never waits.
+
+    ``open_ledger()`` returns a :class:`dtlive.storage.ledger.Ledger`; :meth:`stop` waits (at most
+    ``timeout_s``) for the opening, then stops the run like ``RunKeeper.stop``.
+
+    >>> from dtlive.storage.ledger import Ledger
+    >>> led = Ledger("sqlite://")
+    >>> run = BackgroundRun(lambda: led, "run-1", config={"window_s": 2.0})
+    >>> run.stop("finished"), led.run("run-1")["status"]
+    (True, 'finished')
+    """
+
+    def __init__(self, open_ledger: Callable[[], Any], run_id: str, **keeper_kwargs: Any):
+        self.keeper = None
+        self._thread = threading.Thread(target=self._open, args=(open_ledger, run_id, keeper_kwargs),
+                                        name=f"ledger-open-{run_id}", daemon=True)
+        self._thread.start()
+
+    def _open(self, open_ledger: Callable[[], Any], run_id: str, keeper_kwargs: dict) -> None:
+        try:
+            from dtlive.storage.ledger import RunKeeper
+
+            self.keeper = RunKeeper(open_ledger(), run_id, **keeper_kwargs)
+        except Exception:  # never let bookkeeping kill its service; say why
+            log.exception("run %s: the ledger could not be opened; the run is not recorded", run_id)
+
+    def stop(self, status: str = "finished", timeout_s: float = 10.0) -> bool:
+        """Record the run's end with ``status``; True once it is recorded."""
+        deadline = time.monotonic() + timeout_s
+        self._thread.join(timeout_s)
+        if self.keeper is None:
+            return False
+        return self.keeper.stop(status, timeout_s=max(deadline - time.monotonic(), 0.1))
 
 
 class Processor:
@@ -582,6 +629,9 @@ class Processor:
         self.bootstrap = bootstrap
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.broker_suspect = False  # a client lost its connection: ask the broker who it is before committing
+        self.first_input_s: float | None = None  # process age at the first input (see timing())
+        self.first_input_at: float | None = None
+        self.input_done_at: float | None = None
         producer, ckpt = open_producer(cfg, bootstrap, on_error=self._on_client_error)
         self.resumed = ckpt is not None
         self.source = dt_from_kafka_batched_consumer(
@@ -664,6 +714,8 @@ class Processor:
         while not self._stop:
             n = self.source.poll()
             now = time.monotonic()
+            if n and self.first_input_s is None:
+                self.first_input_s, self.first_input_at = process_age_s(), now
             self.watchdog.beat()
             if targets is not None and all(self.source.positions.get(p, 0) >= t for p, t in targets.items()):
                 self.windows.flush()
@@ -686,7 +738,16 @@ class Processor:
                 break
         self.settle()
         self.publisher.commit()
+        self.input_done_at = time.monotonic()
         return self
+
+    def timing(self) -> dict:
+        """Start-up and input time of the last :meth:`run`: ``first_input_s`` (seconds from the process' start to
+        its first input messages: interpreter, imports, set-up, first fetch) and ``input_s`` (from the first
+        input to the end of the run, its last commit included); None where not known."""
+        done = self.input_done_at if self.input_done_at is not None else time.monotonic()
+        return {"first_input_s": self.first_input_s,
+                "input_s": None if self.first_input_at is None else done - self.first_input_at}
 
     def health(self) -> dict:
         """Heartbeat fields (:mod:`dtlive.kafka.health`): state, input lag per partition, running totals, errors.

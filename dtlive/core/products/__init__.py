@@ -26,8 +26,12 @@ True
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import xarray as xr
+
+if TYPE_CHECKING:  # imported where a Dataset is made, so that importing this module stays light
+    import xarray as xr
 
 from dtlive.core.products.counts import Counts
 from dtlive.core.products.drift import DriftTime

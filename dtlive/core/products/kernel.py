@@ -21,10 +21,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import xarray as xr
+
+if TYPE_CHECKING:  # imported where a Dataset is made, so that importing this module stays light
+    import xarray as xr
 
 from dtlive.config import Config
 from dtlive.core import detector as det
@@ -222,6 +224,8 @@ class Registry:
         for p in self.products:
             data_vars.update(p.finish(arrays, settings))
             coords.update(p.coords(settings))
+        import xarray as xr
+
         return xr.Dataset(data_vars, coords=coords, attrs=dict(attrs or {}))
 
     def combine(self, parts: Sequence[Rows], settings: Settings = DEFAULT_SETTINGS) -> dict[str, np.ndarray]:
