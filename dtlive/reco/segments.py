@@ -1,0 +1,419 @@
+"""Local segments: straight lines through the hits of one muon in one chamber.
+
+Input is one row per hit, as plain arrays of equal length:
+
+- ``event``: an integer that groups the hits of one muon (any values; hits of an event need not be adjacent);
+- ``chamber`` (0-3), ``layer`` (1 = bottom ... 4 = top), ``cell`` (0-15), as :mod:`dtlive.detector` gives
+  them from a channel (``chamber_of``, ``layer_of``, ``cell_of``);
+- ``drift_ns``: the hit time minus the event's t0 (the time the muon crossed the chamber).
+
+A hit gives a drift distance ``d = drift_ns * DRIFT_VELOCITY_MM_PER_NS`` (clipped to 0 .. half a cell) and
+two candidate positions ``wire_x - d`` and ``wire_x + d`` at its layer's z, in the chamber's local frame
+(z = 0 at the chamber's centre, x along the measured coordinate: global x for chambers 0, 2, 3, global y
+for the rotated chamber 1). Hits whose drift time is outside ``drift_window_ns`` are not used at all.
+
+:func:`fit_segments` builds, per (event, chamber), every candidate with one hit on each of >= ``min_hits``
+distinct layers (a layer with several hits contributes each of its first ``max_hits_per_layer`` hits in turn,
+or none), resolves the left/right ambiguity by trying the 2^4 sign choices of every candidate at once, fits
+``x = a + b z`` by weighted least squares with one resolution ``sigma_mm`` per hit (default 0.25 mm), and
+keeps per (event, chamber) the candidate with the most hits, then the lowest chi2, among those with
+chi2/ndof <= ``max_chi2_ndof``. Residuals are given both biased (hit in the fit) and unbiased (the same
+hits, the same signs, the fit without that hit: the exact leave-one-out residual ``r / (1 - h)``, h the
+hit's leverage). Efficiency (:func:`layer_efficiency`) and the residual summaries are counts indexed by
+(chamber, layer, ...), so they add up over shares and windows.
+
+>>> z = np.array([-19.5, -6.5, 6.5, 19.5])  # a track x = 100 + 0.2 z through the four layers
+>>> layer, x = np.arange(1, 5), 100 + 0.2 * z
+>>> shift = np.array([-294.0, -315.0, -294.0, -315.0])
+>>> cell = np.rint((x - shift) / 42).astype(int)
+>>> drift = np.abs(x - (cell * 42 + shift)) / 53.8e-3
+>>> seg = fit_segments(np.zeros(4, int), np.zeros(4, int), layer, cell, drift)
+>>> len(seg), seg.n_hits.tolist(), round(float(seg.position_mm[0]), 6), round(float(seg.slope[0]), 6)
+(1, [4], 100.0, 0.2)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from dtlive import detector as det
+
+DEFAULT_SIGMA_MM = 0.25  # per-hit resolution of the fit
+DEFAULT_MAX_CHI2_NDOF = 5.0
+DEFAULT_MAX_HITS_PER_LAYER = 3  # combinations per (event, chamber) are bounded by (3 + 1)^4 = 256
+DRIFT_WINDOW_NS = (-30.0, det.MAX_DRIFT_NS + 40.0)  # hits outside are not the muon's
+NEIGHBOUR_CELLS = 1  # efficiency: a hit this many cells from the predicted one counts as found
+
+LAYER_Z = np.array([det.LAYER_Z_MM[k] for k in range(1, det.N_LAYERS + 1)])  # index layer - 1
+LAYER_SHIFT = np.array([det.LAYER_X_SHIFT_MM[k] for k in range(1, det.N_LAYERS + 1)])
+HALF_CELL_MM = det.CELL_WIDTH_MM / 2
+_NL = det.N_LAYERS
+_SIGNS = ((np.arange(1 << _NL)[:, None] >> np.arange(_NL)) & 1) * 2.0 - 1.0  # (16, 4) of -1/+1
+
+
+@dataclass(frozen=True, eq=False)
+class Segments:
+    """Fitted segments (one per (event, chamber) at most) and the hits each one uses.
+
+    Per segment: ``event``, ``chamber``, ``n_hits`` (3 or 4), ``position_mm`` (x at the chamber's centre,
+    z = 0), ``slope`` (dx/dz), ``chi2``, ``ndof`` (n_hits - 2); :attr:`angle_deg` and :attr:`chi2_ndof`
+    derive from them. Per hit of a segment (``hit_*``, grouped by segment): ``hit_segment`` (index of its
+    segment), ``hit_index`` (row in the input arrays), ``hit_layer``, ``hit_cell``, ``hit_x_mm`` (the chosen
+    side: wire x +- drift distance), ``hit_z_mm``, ``residual_mm`` (hit minus fitted line, biased) and
+    ``residual_unbiased_mm`` (hit minus the line fitted without it).
+
+    >>> s = Segments.empty()
+    >>> len(s), s.angle_deg.shape
+    (0, (0,))
+    """
+
+    event: np.ndarray
+    chamber: np.ndarray
+    n_hits: np.ndarray
+    position_mm: np.ndarray
+    slope: np.ndarray
+    chi2: np.ndarray
+    ndof: np.ndarray
+    hit_segment: np.ndarray
+    hit_index: np.ndarray
+    hit_layer: np.ndarray
+    hit_cell: np.ndarray
+    hit_x_mm: np.ndarray
+    hit_z_mm: np.ndarray
+    residual_mm: np.ndarray
+    residual_unbiased_mm: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.event)
+
+    @property
+    def angle_deg(self) -> np.ndarray:
+        """Angle of the segment to the vertical in its chamber's view, degrees (arctan of the slope)."""
+        return np.degrees(np.arctan(self.slope))
+
+    @property
+    def chi2_ndof(self) -> np.ndarray:
+        """chi2 per degree of freedom."""
+        return self.chi2 / self.ndof
+
+    @classmethod
+    def empty(cls) -> Segments:
+        """No segment."""
+        ints = ("event", "chamber", "n_hits", "ndof", "hit_segment", "hit_index", "hit_layer", "hit_cell")
+        return cls(**{f.name: np.zeros(0, np.int64 if f.name in ints else np.float64) for f in fields(cls)})
+
+
+def fit_segments(
+    event: np.ndarray,
+    chamber: np.ndarray,
+    layer: np.ndarray,
+    cell: np.ndarray,
+    drift_ns: np.ndarray,
+    *,
+    sigma_mm: float = DEFAULT_SIGMA_MM,
+    min_hits: int = 3,
+    max_chi2_ndof: float = DEFAULT_MAX_CHI2_NDOF,
+    max_hits_per_layer: int = DEFAULT_MAX_HITS_PER_LAYER,
+    drift_window_ns: tuple[float, float] = DRIFT_WINDOW_NS,
+) -> Segments:
+    """The best segment of every (event, chamber) with hits on >= ``min_hits`` layers (see the module doc).
+
+    Parameters
+    ----------
+    event, chamber, layer, cell, drift_ns
+        One entry per hit (see the module doc).
+    sigma_mm
+        Resolution of one hit, the weight of the fit and the scale of chi2.
+    min_hits
+        Fewest distinct layers (hits) of a segment, 3 or 4.
+    max_chi2_ndof
+        Candidates above this chi2/ndof are rejected; an (event, chamber) without any gives no segment.
+    max_hits_per_layer
+        Hits of one layer (of an event and chamber) tried, in (cell, drift time) order; the others are
+        ignored.
+    drift_window_ns
+        Hits with a drift time outside ``[lo, hi]`` are ignored.
+
+    Returns
+    -------
+    Segments
+        Ordered by event, then chamber.
+
+    Examples
+    --------
+    Three hits of a vertical track 10 mm right of the wires of cells 7 (layers 1, 3) and left of cell 8
+    (layer 2), and a noise hit in layer 4 far off: the segment keeps the three aligned hits.
+
+    >>> seg = fit_segments(np.zeros(4, int), np.ones(4, int), np.array([1, 2, 3, 4]), np.array([7, 8, 7, 0]),
+    ...                    np.array([10, 11, 10, 200]) / 53.8e-3)
+    >>> seg.chamber.tolist(), seg.n_hits.tolist(), seg.hit_layer.tolist(), np.round(seg.hit_x_mm, 3).tolist()
+    ([1], [3], [1, 2, 3], [10.0, 10.0, 10.0])
+    """
+    event, chamber, layer, cell, drift_ns = (np.asarray(a) for a in (event, chamber, layer, cell, drift_ns))
+    if not 3 <= min_hits <= _NL:
+        raise ValueError(f"min_hits must be 3 or 4, got {min_hits}")
+    groups = _group_hits(event, chamber, layer, cell, drift_ns, drift_window_ns, max_hits_per_layer, min_hits)
+    if groups is None:
+        return Segments.empty()
+    order, counts, start, g_event, g_chamber = groups
+    cand_group, digit = _candidates(counts, min_hits)
+    used = digit > 0
+    pos = np.where(used, start[cand_group] + digit - 1, 0)  # index into ``order``
+    rows = order[pos]
+    xw = cell[rows] * det.CELL_WIDTH_MM + LAYER_SHIFT
+    d = np.clip(drift_ns[rows] * det.DRIFT_VELOCITY_MM_PER_NS, 0.0, HALF_CELL_MM)
+    fit = _fit_all_signs(xw, d, used, sigma_mm)
+    n = used.sum(axis=1)
+    ok = fit["chi2"] <= max_chi2_ndof * (n - 2)
+    best = _best_per_group(cand_group, n, fit["chi2"], ok)
+    if not len(best):
+        return Segments.empty()
+    return _assemble(best, cand_group, used, rows, xw, d, fit, n, g_event, g_chamber, cell, sigma_mm)
+
+
+def _group_hits(event, chamber, layer, cell, drift_ns, window, max_per_layer, min_hits):
+    """Usable hits sorted by (event, chamber, layer, cell, drift); per (event, chamber) group and layer the
+    number of hits kept and the first one's position in that order."""
+    valid = (drift_ns >= window[0]) & (drift_ns <= window[1]) & (layer >= 1) & (layer <= _NL)
+    valid &= (cell >= 0) & (cell < det.CELLS_PER_LAYER) & (chamber >= 0) & (chamber < det.N_CHAMBERS)
+    idx = np.flatnonzero(valid)
+    if not len(idx):
+        return None
+    order = idx[np.lexsort((drift_ns[idx], cell[idx], layer[idx], chamber[idx], event[idx]))]
+    ev, ch, la = event[order], chamber[order], layer[order]
+    new_group = np.ones(len(order), bool)
+    new_group[1:] = (ev[1:] != ev[:-1]) | (ch[1:] != ch[:-1])
+    group = np.cumsum(new_group) - 1
+    key = group * _NL + la - 1
+    rank = _rank_in_runs(key)
+    keep = rank < max_per_layer
+    order, key = order[keep], key[keep]
+    n_groups = int(group[-1]) + 1
+    counts = np.bincount(key, minlength=n_groups * _NL)
+    start = (np.cumsum(counts) - counts).reshape(n_groups, _NL)
+    counts = counts.reshape(n_groups, _NL)
+    first = np.flatnonzero(new_group)
+    if not ((counts > 0).sum(axis=1) >= min_hits).any():
+        return None
+    return order, counts, start, ev[first], ch[first]
+
+
+def _rank_in_runs(key: np.ndarray) -> np.ndarray:
+    """Position of every element inside its run of equal consecutive keys."""
+    new = np.ones(len(key), bool)
+    new[1:] = key[1:] != key[:-1]
+    first = np.flatnonzero(new)
+    return np.arange(len(key)) - np.repeat(first, np.diff(np.append(first, len(key))))
+
+
+def _candidates(counts: np.ndarray, min_hits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every choice of one hit or none per layer with >= ``min_hits`` layers: its group and, per layer, the
+    digit (0: layer unused, j: the j-th hit of the layer), enumerated in mixed radix per group."""
+    opts = counts + 1
+    n_comb = np.where((counts > 0).sum(axis=1) >= min_hits, opts.prod(axis=1), 0)
+    group = np.repeat(np.arange(len(counts)), n_comb)
+    k = np.arange(len(group)) - np.repeat(np.cumsum(n_comb) - n_comb, n_comb)
+    stride = np.cumprod(np.hstack([np.ones((len(counts), 1), counts.dtype), opts[:, :-1]]), axis=1)
+    digit = (k[:, None] // stride[group]) % opts[group]
+    ok = (digit > 0).sum(axis=1) >= min_hits
+    return group[ok], digit[ok]
+
+
+def _fit_all_signs(xw: np.ndarray, d: np.ndarray, used: np.ndarray, sigma_mm: float) -> dict:
+    """Weighted straight-line fits of (M, 4) candidates for all 16 sign choices; the best choice of each.
+
+    Positions are centred on the weighted mean wire position ``ref`` of the candidate (precision). Returns
+    ``ref``, ``a`` (at z = 0, relative to ref), ``b``, ``chi2``, ``signs`` (M, 4) and the sums S, Sz, Szz, D.
+    """
+    w = used / sigma_mm**2
+    s0, sz, szz = w.sum(axis=1), w @ LAYER_Z, w @ LAYER_Z**2
+    det_ = s0 * szz - sz**2
+    ref = (w * xw).sum(axis=1) / s0
+    xc = np.where(used, xw - ref[:, None], 0.0)
+    wd = w * d
+    sx = (w * xc).sum(axis=1)[:, None] + wd @ _SIGNS.T  # (M, 16)
+    sxz = (w * xc * LAYER_Z).sum(axis=1)[:, None] + (wd * LAYER_Z) @ _SIGNS.T
+    sxx = (w * (xc**2 + d**2)).sum(axis=1)[:, None] + 2.0 * (wd * xc) @ _SIGNS.T
+    b = (s0[:, None] * sxz - sz[:, None] * sx) / det_[:, None]
+    a = (szz[:, None] * sx - sz[:, None] * sxz) / det_[:, None]
+    chi2 = np.maximum(sxx - a * sx - b * sxz, 0.0)  # the normal equations' identity
+    pick = chi2.argmin(axis=1)
+    rows = np.arange(len(pick))
+    return {"ref": ref, "a": a[rows, pick], "b": b[rows, pick], "chi2": chi2[rows, pick], "signs": _SIGNS[pick],
+            "s0": s0, "sz": sz, "szz": szz, "det": det_}  # fmt: skip
+
+
+def _best_per_group(group: np.ndarray, n: np.ndarray, chi2: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Index of the accepted candidate with the most hits, then the lowest chi2, of every group having one."""
+    idx = np.flatnonzero(ok)
+    idx = idx[np.lexsort((chi2[idx], -n[idx], group[idx]))]
+    first = np.ones(len(idx), bool)
+    first[1:] = group[idx][1:] != group[idx][:-1]
+    return idx[first]
+
+
+def _assemble(best, cand_group, used, rows, xw, d, fit, n, g_event, g_chamber, cell, sigma_mm) -> Segments:
+    a, b, ref = fit["a"][best], fit["b"][best], fit["ref"][best]
+    u = used[best]
+    seg, col = np.nonzero(u)  # hits of the segments, grouped by segment, in layer order
+    z = LAYER_Z[col]
+    x = xw[best][seg, col] + fit["signs"][best][seg, col] * d[best][seg, col]
+    resid = x - (ref[seg] + a[seg] + b[seg] * z)
+    s0, sz, szz, det_ = (fit[k][best][seg] for k in ("s0", "sz", "szz", "det"))
+    leverage = (szz - 2.0 * z * sz + z**2 * s0) / det_ / sigma_mm**2
+    hit_rows = rows[best][seg, col]
+    g = cand_group[best]
+    return Segments(
+        event=g_event[g].astype(np.int64), chamber=g_chamber[g].astype(np.int64), n_hits=n[best].astype(np.int64),
+        position_mm=ref + a, slope=b, chi2=fit["chi2"][best], ndof=(n[best] - 2).astype(np.int64),
+        hit_segment=seg.astype(np.int64), hit_index=hit_rows.astype(np.int64), hit_layer=(col + 1).astype(np.int64),
+        hit_cell=np.asarray(cell)[hit_rows].astype(np.int64), hit_x_mm=x, hit_z_mm=z, residual_mm=resid,
+        residual_unbiased_mm=resid / (1.0 - leverage),
+    )  # fmt: skip
+
+
+# --- efficiency -------------------------------------------------------------------------------------------------
+
+
+def layer_efficiency(
+    event: np.ndarray,
+    chamber: np.ndarray,
+    layer: np.ndarray,
+    cell: np.ndarray,
+    drift_ns: np.ndarray,
+    *,
+    neighbours: int = NEIGHBOUR_CELLS,
+    **fit_options,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Expected and found counts per (chamber, layer, cell) by the "other layers" method.
+
+    For each tested layer, a segment is fitted (:func:`fit_segments`, ``fit_options`` passed on) to the hits
+    of the three other layers of every (event, chamber), one hit on each; the line predicts the cell it
+    crosses in the tested layer. If that cell exists, it is *expected*; it is *found* if the event has a hit
+    in the tested layer (drift time inside the window) in that cell or up to ``neighbours`` cells from it.
+    Both counts go to the predicted cell. Events are independent, so counts of disjoint sets of events add
+    up exactly; efficiency = found / expected (:func:`efficiency`).
+
+    Returns
+    -------
+    expected, found : ndarray of int64, shape (N_CHAMBERS, N_LAYERS, CELLS_PER_LAYER)
+
+    Examples
+    --------
+    A vertical track at x = 10 mm in chamber 2 with hits on all four layers: each layer is expected and found
+    once, in the crossed cell (7 in layers 1, 3; 8 in layers 2, 4).
+
+    >>> expected, found = layer_efficiency(np.zeros(4, int), np.full(4, 2), np.arange(1, 5),
+    ...                                    np.array([7, 8, 7, 8]), np.array([10, 11, 10, 11]) / 53.8e-3)
+    >>> np.argwhere(expected[2]).tolist(), bool((found == expected).all())
+    ([[0, 7], [1, 8], [2, 7], [3, 8]], True)
+    """
+    event, chamber, layer, cell, drift_ns = (np.asarray(a) for a in (event, chamber, layer, cell, drift_ns))
+    shape = (det.N_CHAMBERS, _NL, det.CELLS_PER_LAYER)
+    expected = np.zeros(int(np.prod(shape)), np.int64)
+    found = np.zeros_like(expected)
+    lo, hi = fit_options.get("drift_window_ns", DRIFT_WINDOW_NS)
+    usable = (drift_ns >= lo) & (drift_ns <= hi) & (layer >= 1) & (layer <= _NL) & (chamber >= 0)
+    usable &= (chamber < det.N_CHAMBERS) & (cell >= 0) & (cell < det.CELLS_PER_LAYER)
+    events, code = np.unique(event, return_inverse=True)
+    hit_keys = np.unique(_cell_key(code[usable], chamber[usable], layer[usable], cell[usable]))
+    for tested in range(1, _NL + 1):
+        other = layer != tested
+        seg = fit_segments(event[other], chamber[other], layer[other], cell[other], drift_ns[other],
+                           min_hits=_NL - 1, **fit_options)  # fmt: skip
+        x = seg.position_mm + seg.slope * LAYER_Z[tested - 1]
+        pred = np.rint((x - LAYER_SHIFT[tested - 1]) / det.CELL_WIDTH_MM).astype(np.int64)
+        inside = (pred >= 0) & (pred < det.CELLS_PER_LAYER)
+        seg_code = np.searchsorted(events, seg.event)
+        hit = np.zeros(len(seg), bool)
+        for delta in range(-neighbours, neighbours + 1):
+            c = pred + delta
+            hit |= (c >= 0) & (c < det.CELLS_PER_LAYER) & np.isin(_cell_key(seg_code, seg.chamber, tested, c), hit_keys)
+        flat = (seg.chamber * _NL + tested - 1) * det.CELLS_PER_LAYER + pred
+        expected += np.bincount(flat[inside], minlength=len(expected))
+        found += np.bincount(flat[inside & hit], minlength=len(found))
+    return expected.reshape(shape), found.reshape(shape)
+
+
+def _cell_key(code, chamber, layer, cell) -> np.ndarray:
+    return (
+        (np.asarray(code, np.int64) * det.N_CHAMBERS + chamber) * _NL + np.asarray(layer) - 1
+    ) * det.CELLS_PER_LAYER + cell
+
+
+def efficiency(found: np.ndarray, expected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Efficiency found / expected and its binomial standard error (NaN where nothing was expected).
+
+    >>> eff, err = efficiency(np.array([90, 0]), np.array([100, 0]))
+    >>> eff.round(3).tolist()[0], err.round(3).tolist()[0], bool(np.isnan(eff[1]))
+    (0.9, 0.03, True)
+    """
+    found, expected = np.asarray(found, float), np.asarray(expected, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        eff = found / expected
+        err = np.sqrt(eff * (1.0 - eff) / expected)
+    return eff, err
+
+
+# --- residuals --------------------------------------------------------------------------------------------------
+
+
+def residual_histogram(
+    segments: Segments, edges: np.ndarray, *, unbiased: bool = True, min_hits: int = 4
+) -> np.ndarray:
+    """Counts of residuals per (chamber, layer) on ``edges`` with under- and overflow, of segments with at
+    least ``min_hits`` hits (default 4: one leverage per layer, comparable widths).
+
+    Returns an int64 array of shape (N_CHAMBERS, N_LAYERS, len(edges) + 1): index 0 is the underflow, the
+    last one the overflow. The unbiased residual is the default: its width is the hit resolution combined
+    with the uncertainty of the line fitted without the hit; the biased one is narrower.
+
+    >>> seg = fit_segments(np.zeros(4, int), np.zeros(4, int), np.arange(1, 5), np.array([7, 8, 7, 8]),
+    ...                    np.array([10.1, 11, 10, 11]) / 53.8e-3)
+    >>> residual_histogram(seg, np.array([-1.0, 0.0, 1.0]))[0].tolist()  # layer 1's hit is 0.1 mm right
+    [[0, 0, 1, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]
+    """
+    edges = np.asarray(edges, float)
+    width = len(edges) + 1
+    keep = segments.n_hits[segments.hit_segment] >= min_hits
+    r = (segments.residual_unbiased_mm if unbiased else segments.residual_mm)[keep]
+    plane = segments.chamber[segments.hit_segment[keep]] * _NL + segments.hit_layer[keep] - 1
+    b = np.searchsorted(edges, r, side="right")
+    counts = np.bincount(plane * width + b, minlength=det.N_CHAMBERS * _NL * width)
+    return counts.reshape(det.N_CHAMBERS, _NL, width)
+
+
+def residual_moments(segments: Segments, *, min_hits: int = 4) -> np.ndarray:
+    """Additive sums per (chamber, layer) of segments with >= ``min_hits`` hits: [n, sum r, sum r^2, sum u,
+    sum u^2] of the biased (r) and unbiased (u) residuals, shape (N_CHAMBERS, N_LAYERS, 5); see
+    :func:`hit_resolution`.
+
+    >>> residual_moments(Segments.empty()).shape
+    (4, 4, 5)
+    """
+    keep = segments.n_hits[segments.hit_segment] >= min_hits
+    r, u = segments.residual_mm[keep], segments.residual_unbiased_mm[keep]
+    plane = segments.chamber[segments.hit_segment[keep]] * _NL + segments.hit_layer[keep] - 1
+    n_planes = det.N_CHAMBERS * _NL
+    sums = [np.bincount(plane, weights=v, minlength=n_planes) for v in (np.ones_like(r), r, r**2, u, u**2)]
+    return np.stack(sums, axis=-1).reshape(det.N_CHAMBERS, _NL, 5)
+
+
+def hit_resolution(moments: np.ndarray) -> np.ndarray:
+    """Hit resolution per (chamber, layer) from :func:`residual_moments`: (var_biased x var_unbiased)^(1/4).
+
+    With a hit's leverage h, var_biased = sigma^2 (1 - h) and var_unbiased = sigma^2 / (1 - h), so their
+    geometric mean is sigma^2 whatever the fit's lever arm (exact when every segment of the sums has the
+    same layers, as 4-hit segments do). NaN with fewer than 2 residuals.
+
+    >>> m = np.zeros((4, 4, 5)); m[0, 0] = [2, 0, 2 * 0.5**2, 0, 2 * 2.0**2]
+    >>> float(hit_resolution(m)[0, 0])
+    1.0
+    """
+    n = moments[..., 0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var_b = moments[..., 2] / n - (moments[..., 1] / n) ** 2
+        var_u = moments[..., 4] / n - (moments[..., 3] / n) ** 2
+        return np.where(n >= 2, np.sqrt(np.sqrt(np.maximum(var_b * var_u, 0.0))), np.nan)
