@@ -42,14 +42,17 @@ from dtlive import detector as det
 
 DEFAULT_SIGMA_MM = 0.25  # per-hit resolution of the fit
 DEFAULT_MAX_CHI2_NDOF = 5.0
+DEFAULT_AMBIGUITY_CHI2 = 1.0
 DEFAULT_MAX_HITS_PER_LAYER = 3  # combinations per (event, chamber) are bounded by (3 + 1)^4 = 256
 DRIFT_WINDOW_NS = (-30.0, det.MAX_DRIFT_NS + 40.0)  # hits outside are not the muon's
 NEIGHBOUR_CELLS = 1  # efficiency: a hit this many cells from the predicted one counts as found
+EFFICIENCY_MAX_SLOPE = 1.0  # efficiency: only segments within 45 degrees of the vertical predict
 
 LAYER_Z = np.array([det.LAYER_Z_MM[k] for k in range(1, det.N_LAYERS + 1)])  # index layer - 1
 LAYER_SHIFT = np.array([det.LAYER_X_SHIFT_MM[k] for k in range(1, det.N_LAYERS + 1)])
 HALF_CELL_MM = det.CELL_WIDTH_MM / 2
 _NL = det.N_LAYERS
+_MIRROR_MIN_DSLOPE = 0.1  # a mirror image's slope differs from the track's by more than this
 _SIGNS = ((np.arange(1 << _NL)[:, None] >> np.arange(_NL)) & 1) * 2.0 - 1.0  # (16, 4) of -1/+1
 
 
@@ -117,6 +120,7 @@ def fit_segments(
     max_chi2_ndof: float = DEFAULT_MAX_CHI2_NDOF,
     max_hits_per_layer: int = DEFAULT_MAX_HITS_PER_LAYER,
     drift_window_ns: tuple[float, float] = DRIFT_WINDOW_NS,
+    ambiguity_chi2: float = DEFAULT_AMBIGUITY_CHI2,
 ) -> Segments:
     """The best segment of every (event, chamber) with hits on >= ``min_hits`` layers (see the module doc).
 
@@ -131,10 +135,14 @@ def fit_segments(
     max_chi2_ndof
         Candidates above this chi2/ndof are rejected; an (event, chamber) without any gives no segment.
     max_hits_per_layer
-        Hits of one layer (of an event and chamber) tried, in (cell, drift time) order; the others are
-        ignored.
+        Hits of one layer (of an event and chamber) tried, in (cell, input) order; the others are ignored.
     drift_window_ns
         Hits with a drift time outside ``[lo, hi]`` are ignored.
+    ambiguity_chi2
+        A track crossing a staircase of staggered cells (steeper than ~45 degrees) fits its hits exactly
+        with every sign flipped too (a mirror image, with a slope differing by > 0.1); a sign choice whose
+        chi2 is within this of the best and whose line is that much nearer the vertical is kept instead
+        (cosmic muons prefer the vertical).
 
     Returns
     -------
@@ -158,30 +166,37 @@ def fit_segments(
     if groups is None:
         return Segments.empty()
     order, counts, start, g_event, g_chamber = groups
-    cand_group, digit = _candidates(counts, min_hits)
-    used = digit > 0
-    pos = np.where(used, start[cand_group] + digit - 1, 0)  # index into ``order``
-    rows = order[pos]
-    xw = cell[rows] * det.CELL_WIDTH_MM + LAYER_SHIFT
-    d = np.clip(drift_ns[rows] * det.DRIFT_VELOCITY_MM_PER_NS, 0.0, HALF_CELL_MM)
-    fit = _fit_all_signs(xw, d, used, sigma_mm)
-    n = used.sum(axis=1)
-    ok = fit["chi2"] <= max_chi2_ndof * (n - 2)
-    best = _best_per_group(cand_group, n, fit["chi2"], ok)
-    if not len(best):
+    n_layers = (counts > 0).sum(axis=1)
+    ctx = (order, start, cell, drift_ns, sigma_mm, max_chi2_ndof, ambiguity_chi2)
+    # candidates with a hit on every layer that has one first; smaller subsets only where none of them is
+    # accepted (a candidate with more hits always wins, so this is the same choice as trying all at once)
+    chosen = [_choose(*_candidates(counts, n_layers >= min_hits, min_hits, skip=False), ctx)]
+    retry = n_layers > min_hits
+    retry[chosen[0]["group"]] = False
+    if retry.any():
+        chosen.append(_choose(*_candidates(counts, retry, min_hits, skip=True), ctx))
+    best = {k: np.concatenate([c[k] for c in chosen]) for k in chosen[0]}
+    if not len(best["group"]):
         return Segments.empty()
-    return _assemble(best, cand_group, used, rows, xw, d, fit, n, g_event, g_chamber, cell, sigma_mm)
+    by_group = np.argsort(best["group"], kind="stable")
+    return _assemble({k: v[by_group] for k, v in best.items()}, g_event, g_chamber, cell, sigma_mm)
 
 
 def _group_hits(event, chamber, layer, cell, drift_ns, window, max_per_layer, min_hits):
-    """Usable hits sorted by (event, chamber, layer, cell, drift); per (event, chamber) group and layer the
-    number of hits kept and the first one's position in that order."""
+    """Usable hits sorted by (event, chamber, layer, cell, input order); per (event, chamber) group and layer
+    the number of hits kept and the first one's position in that order."""
     valid = (drift_ns >= window[0]) & (drift_ns <= window[1]) & (layer >= 1) & (layer <= _NL)
     valid &= (cell >= 0) & (cell < det.CELLS_PER_LAYER) & (chamber >= 0) & (chamber < det.N_CHAMBERS)
     idx = np.flatnonzero(valid)
     if not len(idx):
         return None
-    order = idx[np.lexsort((drift_ns[idx], cell[idx], layer[idx], chamber[idx], event[idx]))]
+    ev = event[idx].astype(np.int64)
+    ev -= ev.min()
+    if ev.max() < 1 << 52:  # one int64 key: a single sort
+        key = ((ev * det.N_CHAMBERS + chamber[idx]) * _NL + layer[idx] - 1) * det.CELLS_PER_LAYER + cell[idx]
+        order = idx[np.argsort(key, kind="stable")]
+    else:
+        order = idx[np.lexsort((cell[idx], layer[idx], chamber[idx], event[idx]))]
     ev, ch, la = event[order], chamber[order], layer[order]
     new_group = np.ones(len(order), bool)
     new_group[1:] = (ev[1:] != ev[:-1]) | (ch[1:] != ch[:-1])
@@ -208,21 +223,74 @@ def _rank_in_runs(key: np.ndarray) -> np.ndarray:
     return np.arange(len(key)) - np.repeat(first, np.diff(np.append(first, len(key))))
 
 
-def _candidates(counts: np.ndarray, min_hits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every choice of one hit or none per layer with >= ``min_hits`` layers: its group and, per layer, the
-    digit (0: layer unused, j: the j-th hit of the layer), enumerated in mixed radix per group."""
-    opts = counts + 1
-    n_comb = np.where((counts > 0).sum(axis=1) >= min_hits, opts.prod(axis=1), 0)
+def _candidates(counts: np.ndarray, active: np.ndarray, min_hits: int, skip: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates of the ``active`` groups: their group and, per layer, a digit (0: layer unused, j: its j-th
+    hit), enumerated in mixed radix per group. ``skip=False``: one hit on every layer that has one;
+    ``skip=True``: the proper subsets of those layers with >= ``min_hits`` layers."""
+    opts = counts + 1 if skip else np.maximum(counts, 1)
+    n_comb = np.where(active, opts.prod(axis=1), 0)
     group = np.repeat(np.arange(len(counts)), n_comb)
     k = np.arange(len(group)) - np.repeat(np.cumsum(n_comb) - n_comb, n_comb)
     stride = np.cumprod(np.hstack([np.ones((len(counts), 1), counts.dtype), opts[:, :-1]]), axis=1)
     digit = (k[:, None] // stride[group]) % opts[group]
-    ok = (digit > 0).sum(axis=1) >= min_hits
+    if not skip:
+        return group, np.where(counts[group] > 0, digit + 1, 0)
+    n = (digit > 0).sum(axis=1)
+    ok = (n >= min_hits) & (n < (counts[group] > 0).sum(axis=1))
     return group[ok], digit[ok]
 
 
-def _fit_all_signs(xw: np.ndarray, d: np.ndarray, used: np.ndarray, sigma_mm: float) -> dict:
-    """Weighted straight-line fits of (M, 4) candidates for all 16 sign choices; the best choice of each.
+def _choose(cand_group: np.ndarray, digit: np.ndarray, ctx: tuple) -> dict:
+    """Fit the candidates; of every group the accepted one with the most hits, then the lowest chi2."""
+    order, start, cell, drift_ns, sigma_mm, max_chi2_ndof, ambiguity_chi2 = ctx
+    used = digit > 0
+    rows = order[np.where(used, start[cand_group] + digit - 1, 0)]
+    xw = cell[rows] * det.CELL_WIDTH_MM + LAYER_SHIFT
+    d = np.clip(drift_ns[rows] * det.DRIFT_VELOCITY_MM_PER_NS, 0.0, HALF_CELL_MM)
+    fit = _fit_by_pattern(xw, d, used, sigma_mm, ambiguity_chi2)
+    n = used.sum(axis=1)
+    if not len(n):
+        return {k: np.zeros((0, _NL) if k in _PER_LAYER else 0) for k in (*_PER_LAYER, *_PER_CANDIDATE)}
+    ok = fit["chi2"] <= max_chi2_ndof * (n - 2)
+    idx = np.flatnonzero(ok)
+    idx = idx[np.lexsort((fit["chi2"][idx], cand_group[idx] * (_NL + 1) + _NL - n[idx]))]
+    first = np.ones(len(idx), bool)
+    first[1:] = cand_group[idx][1:] != cand_group[idx][:-1]
+    best = idx[first]
+    out = {"group": cand_group[best], "n": n[best], "used": used[best], "rows": rows[best], "xw": xw[best],
+           "d": d[best]}  # fmt: skip
+    return out | {k: v[best] for k, v in fit.items()}
+
+
+_CHUNK = 1 << 14
+
+
+def _fit_by_pattern(xw: np.ndarray, d: np.ndarray, used: np.ndarray, sigma_mm: float, ambiguity_chi2: float) -> dict:
+    """:func:`_fit_all_signs` of the candidates by their pattern of used layers (at most 16; the signs of unused
+    layers stay +1, so a 3-hit candidate tries 8 choices) and in chunks (the (chunk, 16) arrays stay in cache)."""
+    m = len(used)
+    fit = {k: np.empty(m) for k in ("ref", "a", "b", "chi2", "s0", "sz", "szz", "det")}
+    fit["signs"] = np.empty((m, _NL))
+    pattern = used.astype(np.int64) @ (1 << np.arange(_NL))
+    for p in np.flatnonzero(np.bincount(pattern, minlength=1 << _NL)):
+        mask = (p >> np.arange(_NL)) & 1 == 1
+        signs = _SIGNS[(_SIGNS[:, ~mask] > 0).all(axis=1)]
+        idx = np.flatnonzero(pattern == p)
+        for i in range(0, len(idx), _CHUNK):
+            sub = idx[i : i + _CHUNK]
+            part = _fit_all_signs(xw[sub], d[sub], used[sub], signs, np.flatnonzero(mask), sigma_mm, ambiguity_chi2)
+            for k, v in part.items():
+                fit[k][sub] = v
+    return fit
+
+
+_PER_LAYER = ("used", "rows", "xw", "d", "signs")
+_PER_CANDIDATE = ("group", "n", "ref", "a", "b", "chi2", "s0", "sz", "szz", "det")
+
+
+def _fit_all_signs(xw, d, used, signs: np.ndarray, cols: np.ndarray, sigma_mm: float, ambiguity_chi2: float) -> dict:
+    """Weighted straight-line fits of (M, 4) candidates, all using the layers ``cols``, for every sign choice
+    of ``signs`` (P, 4); the best choice of each.
 
     Positions are centred on the weighted mean wire position ``ref`` of the candidate (precision). Returns
     ``ref``, ``a`` (at z = 0, relative to ref), ``b``, ``chi2``, ``signs`` (M, 4) and the sums S, Sz, Szz, D.
@@ -233,41 +301,48 @@ def _fit_all_signs(xw: np.ndarray, d: np.ndarray, used: np.ndarray, sigma_mm: fl
     ref = (w * xw).sum(axis=1) / s0
     xc = np.where(used, xw - ref[:, None], 0.0)
     wd = w * d
-    sx = (w * xc).sum(axis=1)[:, None] + wd @ _SIGNS.T  # (M, 16)
-    sxz = (w * xc * LAYER_Z).sum(axis=1)[:, None] + (wd * LAYER_Z) @ _SIGNS.T
-    sxx = (w * (xc**2 + d**2)).sum(axis=1)[:, None] + 2.0 * (wd * xc) @ _SIGNS.T
+    sx = (w * xc).sum(axis=1)[:, None] + _signed(wd, signs, cols)  # (M, P)
+    sxz = (w * xc * LAYER_Z).sum(axis=1)[:, None] + _signed(wd * LAYER_Z, signs, cols)
+    sxx = (w * (xc**2 + d**2)).sum(axis=1)[:, None] + 2.0 * _signed(wd * xc, signs, cols)
     b = (s0[:, None] * sxz - sz[:, None] * sx) / det_[:, None]
     a = (szz[:, None] * sx - sz[:, None] * sxz) / det_[:, None]
     chi2 = np.maximum(sxx - a * sx - b * sxz, 0.0)  # the normal equations' identity
-    pick = chi2.argmin(axis=1)
-    rows = np.arange(len(pick))
-    return {"ref": ref, "a": a[rows, pick], "b": b[rows, pick], "chi2": chi2[rows, pick], "signs": _SIGNS[pick],
+    # a track crossing a staircase of staggered cells fits its hits as well with every sign flipped (its mirror
+    # image about the line of the wires, far steeper or flatter): of such images within ``ambiguity_chi2`` of
+    # the best, take the nearest to vertical (cosmics prefer it). Flipping a hit near its wire only tilts the
+    # line a little and is left to chi2.
+    best = chi2.argmin(axis=1)
+    rows = np.arange(len(best))
+    tied = chi2 <= chi2[rows, best][:, None] + ambiguity_chi2
+    flatter = tied & (np.abs(b) < np.abs(b[rows, best])[:, None] - _MIRROR_MIN_DSLOPE)
+    alt = np.where(flatter, np.abs(b), np.inf).argmin(axis=1)
+    pick = np.where(flatter[rows, alt], alt, best)
+    return {"ref": ref, "a": a[rows, pick], "b": b[rows, pick], "chi2": chi2[rows, pick], "signs": signs[pick],
             "s0": s0, "sz": sz, "szz": szz, "det": det_}  # fmt: skip
 
 
-def _best_per_group(group: np.ndarray, n: np.ndarray, chi2: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """Index of the accepted candidate with the most hits, then the lowest chi2, of every group having one."""
-    idx = np.flatnonzero(ok)
-    idx = idx[np.lexsort((chi2[idx], -n[idx], group[idx]))]
-    first = np.ones(len(idx), bool)
-    first[1:] = group[idx][1:] != group[idx][:-1]
-    return idx[first]
+def _signed(v: np.ndarray, signs: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``v @ signs.T`` over the columns ``cols`` (the others of ``v`` are 0), (M, 4) -> (M, P), by broadcast
+    products (a BLAS call with an inner size of 4 is slower, and its threads compete with the caller's)."""
+    out = v[:, cols[0] : cols[0] + 1] * signs[:, cols[0]]
+    for k in cols[1:]:
+        out += v[:, k : k + 1] * signs[:, k]
+    return out
 
 
-def _assemble(best, cand_group, used, rows, xw, d, fit, n, g_event, g_chamber, cell, sigma_mm) -> Segments:
-    a, b, ref = fit["a"][best], fit["b"][best], fit["ref"][best]
-    u = used[best]
-    seg, col = np.nonzero(u)  # hits of the segments, grouped by segment, in layer order
+def _assemble(best: dict, g_event, g_chamber, cell, sigma_mm) -> Segments:
+    a, b, ref, n = best["a"], best["b"], best["ref"], best["n"]
+    seg, col = np.nonzero(best["used"])  # hits of the segments, grouped by segment, in layer order
     z = LAYER_Z[col]
-    x = xw[best][seg, col] + fit["signs"][best][seg, col] * d[best][seg, col]
+    x = best["xw"][seg, col] + best["signs"][seg, col] * best["d"][seg, col]
     resid = x - (ref[seg] + a[seg] + b[seg] * z)
-    s0, sz, szz, det_ = (fit[k][best][seg] for k in ("s0", "sz", "szz", "det"))
+    s0, sz, szz, det_ = (best[k][seg] for k in ("s0", "sz", "szz", "det"))
     leverage = (szz - 2.0 * z * sz + z**2 * s0) / det_ / sigma_mm**2
-    hit_rows = rows[best][seg, col]
-    g = cand_group[best]
+    hit_rows = best["rows"][seg, col]
+    g = best["group"]
     return Segments(
-        event=g_event[g].astype(np.int64), chamber=g_chamber[g].astype(np.int64), n_hits=n[best].astype(np.int64),
-        position_mm=ref + a, slope=b, chi2=fit["chi2"][best], ndof=(n[best] - 2).astype(np.int64),
+        event=g_event[g].astype(np.int64), chamber=g_chamber[g].astype(np.int64), n_hits=n.astype(np.int64),
+        position_mm=ref + a, slope=b, chi2=best["chi2"], ndof=(n - 2).astype(np.int64),
         hit_segment=seg.astype(np.int64), hit_index=hit_rows.astype(np.int64), hit_layer=(col + 1).astype(np.int64),
         hit_cell=np.asarray(cell)[hit_rows].astype(np.int64), hit_x_mm=x, hit_z_mm=z, residual_mm=resid,
         residual_unbiased_mm=resid / (1.0 - leverage),
@@ -285,6 +360,7 @@ def layer_efficiency(
     drift_ns: np.ndarray,
     *,
     neighbours: int = NEIGHBOUR_CELLS,
+    max_slope: float = EFFICIENCY_MAX_SLOPE,
     **fit_options,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Expected and found counts per (chamber, layer, cell) by the "other layers" method.
@@ -293,8 +369,11 @@ def layer_efficiency(
     of the three other layers of every (event, chamber), one hit on each; the line predicts the cell it
     crosses in the tested layer. If that cell exists, it is *expected*; it is *found* if the event has a hit
     in the tested layer (drift time inside the window) in that cell or up to ``neighbours`` cells from it.
-    Both counts go to the predicted cell. Events are independent, so counts of disjoint sets of events add
-    up exactly; efficiency = found / expected (:func:`efficiency`).
+    Both counts go to the predicted cell. Only segments within ``max_slope`` (|dx/dz|, default 1: 45 degrees)
+    predict: steeper ones may have taken the mirror image of their track (see ``ambiguity_chi2``). A track
+    that leaves the chamber through its side (along the wires, which one view cannot see) between the
+    tested layer and the others counts as an inefficiency of the outer layers. Events are independent, so
+    counts of disjoint sets of events add up exactly; efficiency = found / expected (:func:`efficiency`).
 
     Returns
     -------
@@ -317,24 +396,36 @@ def layer_efficiency(
     lo, hi = fit_options.get("drift_window_ns", DRIFT_WINDOW_NS)
     usable = (drift_ns >= lo) & (drift_ns <= hi) & (layer >= 1) & (layer <= _NL) & (chamber >= 0)
     usable &= (chamber < det.N_CHAMBERS) & (cell >= 0) & (cell < det.CELLS_PER_LAYER)
-    events, code = np.unique(event, return_inverse=True)
-    hit_keys = np.unique(_cell_key(code[usable], chamber[usable], layer[usable], cell[usable]))
+    events = np.sort(event)
+    events = events[np.r_[True, events[1:] != events[:-1]]] if len(events) else events
+    code = np.searchsorted(events, event)
+    hit_keys = np.sort(_cell_key(code[usable], chamber[usable], layer[usable], cell[usable]))
     for tested in range(1, _NL + 1):
         other = layer != tested
         seg = fit_segments(event[other], chamber[other], layer[other], cell[other], drift_ns[other],
                            min_hits=_NL - 1, **fit_options)  # fmt: skip
         x = seg.position_mm + seg.slope * LAYER_Z[tested - 1]
         pred = np.rint((x - LAYER_SHIFT[tested - 1]) / det.CELL_WIDTH_MM).astype(np.int64)
-        inside = (pred >= 0) & (pred < det.CELLS_PER_LAYER)
+        inside = (pred >= 0) & (pred < det.CELLS_PER_LAYER) & (np.abs(seg.slope) <= max_slope)
         seg_code = np.searchsorted(events, seg.event)
         hit = np.zeros(len(seg), bool)
         for delta in range(-neighbours, neighbours + 1):
             c = pred + delta
-            hit |= (c >= 0) & (c < det.CELLS_PER_LAYER) & np.isin(_cell_key(seg_code, seg.chamber, tested, c), hit_keys)
+            hit |= (
+                (c >= 0) & (c < det.CELLS_PER_LAYER) & _contains(hit_keys, _cell_key(seg_code, seg.chamber, tested, c))
+            )
         flat = (seg.chamber * _NL + tested - 1) * det.CELLS_PER_LAYER + pred
         expected += np.bincount(flat[inside], minlength=len(expected))
         found += np.bincount(flat[inside & hit], minlength=len(found))
     return expected.reshape(shape), found.reshape(shape)
+
+
+def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Whether each key is in the sorted array (a binary search; ``np.isin`` hashes, slower here)."""
+    if not len(sorted_keys):
+        return np.zeros(len(keys), bool)
+    i = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[i] == keys
 
 
 def _cell_key(code, chamber, layer, cell) -> np.ndarray:
