@@ -219,3 +219,32 @@ def test_simulated_muons_give_segments_efficiency_resolution_and_a_cos2_like_ang
     assert min(chi2, key=chi2.get) == 2 and chi2[2] < 2 * (len(edges) - 1), chi2
     tracks = fit_tracks(seg)
     assert len(tracks) > 300 and np.median(tracks.cos_theta) > 0.97  # the four chambers see near-vertical muons
+
+
+def test_segments_of_disjoint_events_are_those_of_all_of_them():
+    g = generate(3000, seed=9, sigma_mm=0.2)
+    whole = S.fit_segments(*hit_arrays(g))
+    half = g.event % 3 == 0
+    parts = [S.fit_segments(*(v[m] for v in hit_arrays(g))) for m in (half, ~half)]
+    key = np.concatenate([p.event * 4 + p.chamber for p in parts])
+    order = np.argsort(key)
+    assert np.array_equal(key[order], whole.event * 4 + whole.chamber)
+    assert np.array_equal(np.concatenate([p.slope for p in parts])[order], whole.slope)
+    four = S.fit_segments(*hit_arrays(g), min_hits=4)
+    assert set(four.n_hits) == {4} and len(four) == (whole.n_hits == 4).sum()
+
+
+def test_a_crowded_layer_is_bounded_and_the_track_still_found():
+    x = -100.0 + 0.1 * S.LAYER_Z
+    cell = np.rint((x - S.LAYER_SHIFT) / det.CELL_WIDTH_MM).astype(int)
+    drift = np.abs(x - cell * det.CELL_WIDTH_MM - S.LAYER_SHIFT) / det.DRIFT_VELOCITY_MM_PER_NS
+    rng = np.random.default_rng(10)
+    far = np.arange(cell[1] + 3, 16)  # a burst of hits in layer 2, right of the track's cell
+    layer = np.r_[np.arange(1, 5), np.full(len(far), 2)]
+    cells = np.r_[cell, far]
+    drifts = np.r_[drift, rng.uniform(0, det.MAX_DRIFT_NS, len(far))]
+    seg = S.fit_segments(np.zeros(len(layer), int), np.zeros(len(layer), int), layer, cells, drifts)
+    assert seg.n_hits.tolist() == [4] and seg.slope[0] == pytest.approx(0.1)
+    bounded = S.fit_segments(np.zeros(len(layer), int), np.zeros(len(layer), int), layer, cells, drifts,
+                             max_hits_per_layer=1)  # fmt: skip
+    assert bounded.n_hits.tolist() == [4]  # the track's hit is the first of layer 2 in cell order
