@@ -4,7 +4,7 @@ The simulator's muons, each event being the chamber hits of an orbit with a scin
 it (``drift = t_hit - (t_scint - T0_OFFSET_NS[chamber])``), built once before any timing: 60 s at the
 telescope's rates (140 Hz of muons, 5 kHz of hits) and 10 s of a dense stream (2 kHz of muons, 60 kHz of
 hits, so noise hits join many events). Timed with ``timeit`` (best and median of ``--repeat`` rounds):
-:func:`~dtlive.reco.segments.fit_segments`, :func:`~dtlive.reco.segments.layer_efficiency` (four fits on three
+:func:`~dtlive.reco.segments.fit_segments`, :func:`~dtlive.reco.efficiency.layer_efficiency` (four fits on three
 layers each) and :func:`~dtlive.reco.tracks.fit_tracks` (on the segments). Rates are per second of one
 core's work: input hits/s and segments (or tracks) out/s.
 
@@ -56,7 +56,8 @@ def timed(fn, repeat: int) -> dict:
 
 
 def run(repeat: int = 5) -> dict:
-    from dtlive.reco.segments import fit_segments, layer_efficiency
+    from dtlive.reco.efficiency import layer_efficiency
+    from dtlive.reco.segments import fit_segments
     from dtlive.reco.tracks import fit_tracks
     from dtlive.simulate import SimConfig
 

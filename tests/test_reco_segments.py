@@ -8,6 +8,7 @@ import pytest
 from reco_generator import generate, hit_arrays
 
 from dtlive import detector as det
+from dtlive.reco import efficiency as E
 from dtlive.reco import segments as S
 from dtlive.reco.tracks import cos_theta_histogram, fit_tracks
 from dtlive.rows import clean
@@ -99,28 +100,28 @@ def test_efficiency_of_cells_made_inefficient_is_recovered():
     eff[1, 0] = 0.8  # chamber 1, layer 1
     eff[0, 3, 4:8] = 0.9  # chamber 0, layer 4, cells 4-7
     g = generate(40000, seed=5, sigma_mm=0.2, efficiency=eff, wire_halflength=np.inf, max_zenith_deg=45)
-    expected, found = S.layer_efficiency(*hit_arrays(g))
-    measured, _ = S.efficiency(found, expected)
+    expected, found = E.layer_efficiency(*hit_arrays(g))
+    measured, _ = E.efficiency(found, expected)
     filled = expected >= 100
     assert filled[2, 2, 7] and filled[1, 0].all() and filled[0, 3, 4:8].all()
     spread = np.sqrt(expected * eff * (1 - eff))  # binomial, in counts
     # + 0.5 %: a track predicted within the line's error (~0.3 mm) of a cell border may have crossed the
     # neighbour; near an inefficient cell or the layer's edge a few such tracks are lost (measured <= 0.4 %)
     assert (np.abs(found - eff * expected)[filled] <= 4 * spread[filled] + 0.005 * expected[filled]).all()
-    layer_eff, layer_err = S.efficiency(found.sum(axis=2), expected.sum(axis=2))
+    layer_eff, layer_err = E.efficiency(found.sum(axis=2), expected.sum(axis=2))
     assert layer_eff[1, 0] == pytest.approx(0.8, abs=3 * layer_err[1, 0])
     assert layer_eff[2, [0, 1, 3]] == pytest.approx(1.0, abs=1e-3)
     # counts of disjoint halves of the events add up to those of all of them, exactly
     half = g.event % 2 == 0
-    a = S.layer_efficiency(*(v[half] for v in hit_arrays(g)))
-    b = S.layer_efficiency(*(v[~half] for v in hit_arrays(g)))
+    a = E.layer_efficiency(*(v[half] for v in hit_arrays(g)))
+    b = E.layer_efficiency(*(v[~half] for v in hit_arrays(g)))
     assert np.array_equal(a[0] + b[0], expected) and np.array_equal(a[1] + b[1], found)
 
 
 def test_efficiency_of_perfect_square_chambers_loses_only_tracks_leaving_through_a_side():
     g = generate(20000, seed=6, sigma_mm=0.2)  # all angles, wires as long as a layer is wide
-    expected, found = S.layer_efficiency(*hit_arrays(g))
-    layer_eff, _ = S.efficiency(found.sum(axis=2), expected.sum(axis=2))
+    expected, found = E.layer_efficiency(*hit_arrays(g))
+    layer_eff, _ = E.efficiency(found.sum(axis=2), expected.sum(axis=2))
     assert (layer_eff > 0.98).all() and (layer_eff[:, 1:3] > 0.998).all()  # inner layers see no side exit
 
 
@@ -200,8 +201,8 @@ def test_simulated_muons_give_segments_efficiency_resolution_and_a_cos2_like_ang
     assert np.isin(candidates, seg.event * 4 + seg.chamber).mean() > 0.995  # measured 99.99 %
     assert len(np.unique(seg.event)) / n_muon_events > 0.97  # measured 99.3 %
     cfg = SimConfig()
-    expected, found = S.layer_efficiency(**ev)
-    layer_eff, _ = S.efficiency(found.sum(axis=2), expected.sum(axis=2))
+    expected, found = E.layer_efficiency(**ev)
+    layer_eff, _ = E.efficiency(found.sum(axis=2), expected.sum(axis=2))
     assert ((layer_eff > cfg.efficiency - 0.025) & (layer_eff < cfg.efficiency + 0.015)).all()
     jitter_mm = cfg.time_resolution_ns * det.DRIFT_VELOCITY_MM_PER_NS  # 0.108 mm
     assert S.hit_resolution(S.residual_moments(seg)) == pytest.approx(jitter_mm, rel=0.1)
