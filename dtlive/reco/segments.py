@@ -14,13 +14,13 @@ for the rotated chamber 1). Hits whose drift time is outside ``drift_window_ns``
 
 :func:`fit_segments` builds, per (event, chamber), every candidate with one hit on each of >= ``min_hits``
 distinct layers (a layer with several hits contributes each of its first ``max_hits_per_layer`` hits in turn,
-or none), resolves the left/right ambiguity by trying the 2^4 sign choices of every candidate at once, fits
-``x = a + b z`` by weighted least squares with one resolution ``sigma_mm`` per hit (default 0.25 mm), and
-keeps per (event, chamber) the candidate with the most hits, then the lowest chi2, among those with
-chi2/ndof <= ``max_chi2_ndof``. Residuals are given both biased (hit in the fit) and unbiased (the same
-hits, the same signs, the fit without that hit: the exact leave-one-out residual ``r / (1 - h)``, h the
-hit's leverage). The residual summaries (and the efficiency of :mod:`dtlive.reco.efficiency`) are counts indexed by
-(chamber, layer, ...), so they add up over shares and windows.
+or none), resolves the left/right ambiguity by fitting all 2^n sign choices of its n hits (all candidates
+at once, vectorised), fits ``x = a + b z`` by weighted least squares with one resolution ``sigma_mm`` per hit
+(default 0.25 mm), and keeps per (event, chamber) the candidate with the most hits, then the lowest chi2,
+among those with chi2/ndof <= ``max_chi2_ndof``. Residuals are given both biased (hit in the fit) and
+unbiased (the same hits, the same signs, the fit without that hit: the exact leave-one-out residual
+``r / (1 - h)``, h the hit's leverage). The residual summaries here and the efficiency counts of
+:mod:`dtlive.reco.efficiency` are indexed by (chamber, layer, ...) and add up over shares and windows.
 
 >>> z = np.array([-19.5, -6.5, 6.5, 19.5])  # a track x = 100 + 0.2 z through the four layers
 >>> layer, x = np.arange(1, 5), 100 + 0.2 * z
