@@ -1,11 +1,11 @@
-"""Benchmark: local segments, efficiency and 3D tracks (``dtlive.reco``) in one process.
+"""Benchmark: local segments, efficiency and 3D tracks (``dtlive.core.reco``) in one process.
 
 The simulator's muons, each event being the chamber hits of an orbit with a scintillator hit, timed from
 it (``drift = t_hit - (t_scint - T0_OFFSET_NS[chamber])``), built once before any timing: 60 s at the
 telescope's rates (140 Hz of muons, 5 kHz of hits) and 10 s of a dense stream (2 kHz of muons, 60 kHz of
 hits, so noise hits join many events). Timed with ``timeit`` (best and median of ``--repeat`` rounds):
-:func:`~dtlive.reco.segments.fit_segments`, :func:`~dtlive.reco.efficiency.layer_efficiency` (four fits on three
-layers each) and :func:`~dtlive.reco.tracks.fit_tracks` (on the segments). Rates are per second of one
+:func:`~dtlive.core.reco.segments.fit_segments`, :func:`~dtlive.core.reco.efficiency.layer_efficiency`
+(four fits on three layers each) and :func:`~dtlive.core.reco.tracks.fit_tracks` (on the segments). Rates are per second of one
 core's work: input hits/s and segments (or tracks) out/s.
 
     .venv/bin/python -m benchmarks.segments_speed [--repeat 5]      # -> results/segments_speed.json
@@ -25,9 +25,9 @@ from benchmarks.common import RESULTS_DIR, loadavg, log
 
 def scintillator_events(duration_s: float, seed: int, config=None) -> dict[str, np.ndarray]:
     """Chamber hits of the orbits with a scintillator hit, as the plain arrays ``fit_segments`` takes."""
-    from dtlive import detector as det
-    from dtlive.rows import clean
-    from dtlive.simulate import simulate
+    from dtlive.core import detector as det
+    from dtlive.core.rows import clean
+    from dtlive.core.simulate import simulate
 
     hits, _ = clean(simulate(duration_s, seed=seed, config=config))
     t = det.time_in_orbit_ns(hits.bx, hits.tdc)
@@ -56,10 +56,10 @@ def timed(fn, repeat: int) -> dict:
 
 
 def run(repeat: int = 5) -> dict:
-    from dtlive.reco.efficiency import layer_efficiency
-    from dtlive.reco.segments import fit_segments
-    from dtlive.reco.tracks import fit_tracks
-    from dtlive.simulate import SimConfig
+    from dtlive.core.reco.efficiency import layer_efficiency
+    from dtlive.core.reco.segments import fit_segments
+    from dtlive.core.reco.tracks import fit_tracks
+    from dtlive.core.simulate import SimConfig
 
     inputs = {
         "sim 60 s": scintillator_events(60.0, seed=1),

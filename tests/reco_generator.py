@@ -3,7 +3,7 @@
 Tracks as the simulator draws them (uniform x, y at the telescope's mid-height over +-``halfwidth``,
 cos^n zenith through a horizontal plane, uniform azimuth); every layer crossed records the cell whose wire is
 nearest with the exact drift distance, optionally smeared by a Gaussian of ``sigma_mm`` and thinned by a
-per-(chamber, layer, cell) efficiency. Returned as the plain hit arrays of :mod:`dtlive.reco.segments`.
+per-(chamber, layer, cell) efficiency. Returned as the plain hit arrays of :mod:`dtlive.core.reco.segments`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dtlive import detector as det
-from dtlive.reco.segments import LAYER_SHIFT, LAYER_Z
-from dtlive.reco.tracks import Z_REF_MM
+from dtlive.core import detector as det
+from dtlive.core.reco.segments import LAYER_SHIFT, LAYER_Z
+from dtlive.core.reco.tracks import Z_REF_MM
 
 PLANE_CHAMBER = np.repeat(np.arange(det.N_CHAMBERS), det.N_LAYERS)
 PLANE_LAYER = np.tile(np.arange(1, det.N_LAYERS + 1), det.N_CHAMBERS)

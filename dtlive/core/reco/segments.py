@@ -3,7 +3,7 @@
 Input is one row per hit, as plain arrays of equal length:
 
 - ``event``: an integer that groups the hits of one muon (any values; hits of an event need not be adjacent);
-- ``chamber`` (0-3), ``layer`` (1 = bottom ... 4 = top), ``cell`` (0-15), as :mod:`dtlive.detector` gives
+- ``chamber`` (0-3), ``layer`` (1 = bottom ... 4 = top), ``cell`` (0-15), as :mod:`dtlive.core.detector` gives
   them from a channel (``chamber_of``, ``layer_of``, ``cell_of``);
 - ``drift_ns``: the hit time minus the event's t0 (the time the muon crossed the chamber).
 
@@ -20,7 +20,7 @@ at once, vectorised), fits ``x = a + b z`` by weighted least squares with one re
 among those with chi2/ndof <= ``max_chi2_ndof``. Residuals are given both biased (hit in the fit) and
 unbiased (the same hits, the same signs, the fit without that hit: the exact leave-one-out residual
 ``r / (1 - h)``, h the hit's leverage). The residual summaries here and the efficiency counts of
-:mod:`dtlive.reco.efficiency` are indexed by (chamber, layer, ...) and add up over shares and windows.
+:mod:`dtlive.core.reco.efficiency` are indexed by (chamber, layer, ...) and add up over shares and windows.
 
 >>> z = np.array([-19.5, -6.5, 6.5, 19.5])  # a track x = 100 + 0.2 z through the four layers
 >>> layer, x = np.arange(1, 5), 100 + 0.2 * z
@@ -38,7 +38,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from dtlive import detector as det
+from dtlive.core import detector as det
 
 DEFAULT_SIGMA_MM = 0.25  # per-hit resolution of the fit
 DEFAULT_MAX_CHI2_NDOF = 5.0

@@ -8,7 +8,7 @@ positions, up to 12 hits), the y view is the rotated chamber's segment. The line
 (tx, ty, 1): zenith angle ``theta`` with ``cos(theta) = 1 / sqrt(1 + tx^2 + ty^2)`` and azimuth
 ``phi = atan2(ty, tx)`` (from +x towards +y), the angles the simulator draws.
 
->>> from dtlive.reco.segments import Segments
+>>> from dtlive.core.reco.segments import Segments
 >>> tracks = fit_tracks(Segments.empty())
 >>> len(tracks), tracks.cos_theta.shape
 (0, (0,))
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dtlive import detector as det
-from dtlive.reco.segments import DEFAULT_SIGMA_MM, Segments
+from dtlive.core import detector as det
+from dtlive.core.reco.segments import DEFAULT_SIGMA_MM, Segments
 
 Z_REF_MM = float(det.CHAMBER_HEIGHT_MM.min() + det.CHAMBER_HEIGHT_MM.max()) / 2  # mid-height of the telescope
 _X_CHAMBERS = np.array([c for c in range(det.N_CHAMBERS) if c != det.ROTATED_CHAMBER])
@@ -76,14 +76,14 @@ class Tracks:
 def fit_tracks(segments: Segments, *, sigma_mm: float = DEFAULT_SIGMA_MM, z_ref_mm: float = Z_REF_MM) -> Tracks:
     """The 3D track of every event of ``segments`` with a segment in each of the four chambers.
 
-    ``segments`` must hold at most one segment per (event, chamber), as :func:`~dtlive.reco.segments.fit_segments`
+    ``segments`` must hold at most one segment per (event, chamber), as :func:`~dtlive.core.reco.segments.fit_segments`
     gives (concatenations of its results over disjoint events too).
 
     Examples
     --------
     A track x = 30 + 0.1 (z - z_ref), y = -20 - 0.2 (z - z_ref), its hits made from the geometry:
 
-    >>> from dtlive.reco.segments import LAYER_SHIFT, LAYER_Z, fit_segments
+    >>> from dtlive.core.reco.segments import LAYER_SHIFT, LAYER_Z, fit_segments
     >>> ch = np.repeat(np.arange(4), 4); lay = np.tile(np.arange(1, 5), 4)
     >>> z = det.CHAMBER_HEIGHT_MM[ch] + LAYER_Z[lay - 1]
     >>> local = np.where(ch == 1, -20 - 0.2 * (z - Z_REF_MM), 30 + 0.1 * (z - Z_REF_MM))

@@ -1,4 +1,4 @@
-"""Local segments, residuals, efficiency and 3D tracks (dtlive.reco) against an exact geometric generator
+"""Local segments, residuals, efficiency and 3D tracks (dtlive.core.reco) against an exact geometric generator
 (tests/reco_generator.py) and end to end on the simulator's output."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from reco_generator import generate, hit_arrays
 
-from dtlive import detector as det
-from dtlive.reco import efficiency as E
-from dtlive.reco import segments as S
-from dtlive.reco.tracks import cos_theta_histogram, fit_tracks
-from dtlive.rows import clean
-from dtlive.simulate import SimConfig, simulate
+from dtlive.core import detector as det
+from dtlive.core.reco import efficiency as E
+from dtlive.core.reco import segments as S
+from dtlive.core.reco.tracks import cos_theta_histogram, fit_tracks
+from dtlive.core.rows import clean
+from dtlive.core.simulate import SimConfig, simulate
 
 SUM_Z2 = float((S.LAYER_Z**2).sum())  # 845 mm^2: the lever arm of a 4-hit segment
 LEVERAGE = 1.0 / det.N_LAYERS + S.LAYER_Z**2 / SUM_Z2  # of each layer's hit in a 4-hit fit (0.7 outer, 0.3 inner)

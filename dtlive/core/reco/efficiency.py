@@ -3,7 +3,7 @@
 For each tested layer, a segment fitted to the three other layers of an event's chamber predicts the cell
 crossed in the tested layer; a hit there (or in a neighbour) is found. The counts, per (chamber, layer, cell),
 add up over windows and shares; :func:`efficiency` turns them into efficiencies with binomial errors. The hits
-are the plain arrays of :mod:`dtlive.reco.segments`.
+are the plain arrays of :mod:`dtlive.core.reco.segments`.
 
 >>> expected, found = layer_efficiency([0, 0, 0], [1, 1, 1], [1, 2, 3], [7, 8, 7], [186.0, 204.5, 186.0])
 >>> np.argwhere(expected).tolist(), int(found.sum())  # a vertical track at x = 10 mm missed by layer 4
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dtlive import detector as det
-from dtlive.reco.segments import DRIFT_WINDOW_NS, LAYER_SHIFT, LAYER_Z, fit_segments
+from dtlive.core import detector as det
+from dtlive.core.reco.segments import DRIFT_WINDOW_NS, LAYER_SHIFT, LAYER_Z, fit_segments
 
 NEIGHBOUR_CELLS = 1  # a hit this many cells from the predicted one counts as found
 EFFICIENCY_MAX_SLOPE = 1.0  # only segments within 45 degrees of the vertical predict
