@@ -5,7 +5,8 @@ it (``drift = t_hit - (t_scint - T0_OFFSET_NS[chamber])``), built once before an
 telescope's rates (140 Hz of muons, 5 kHz of hits) and 10 s of a dense stream (2 kHz of muons, 60 kHz of
 hits, so noise hits join many events). Timed with ``timeit`` (best and median of ``--repeat`` rounds):
 :func:`~dtlive.core.reco.segments.fit_segments`, :func:`~dtlive.core.reco.efficiency.layer_efficiency`
-(four fits on three layers each) and :func:`~dtlive.core.reco.tracks.fit_tracks` (on the segments). Rates are per second of one
+(four fits on three layers each) and :func:`~dtlive.core.reco.tracks.fit_tracks` (on the segments).
+Rates are per second of one
 core's work: input hits/s and segments (or tracks) out/s.
 
     .venv/bin/python -m benchmarks.segments_speed [--repeat 5]      # -> results/segments_speed.json
