@@ -57,6 +57,7 @@ from dtlive.core.messages import COUNTS, EPOCH_HEADER, FORMAT_HEADER, MONITOR_SC
 from dtlive.core.products import DRIFT_EDGES_NS, arrays_to_dataset, compute_arrays
 from dtlive.core.rows import Rows, clean, partitions_of
 from dtlive.core.windows import EventTimeWindows, Window
+from dtlive.service.processes import process_age_s
 
 log = logging.getLogger(__name__)
 
@@ -682,6 +683,8 @@ class dt_from_kafka_batched_consumer(Source):
         self.waiting: set[int] = set()
         self.offset_resets = 0
         self.messages = 0
+        self.first_input_at: float | None = None  # when the first messages came (monotonic), and the process age
+        self.first_input_age_s: float | None = None
         self.errors = 0
         super().__init__(**kwargs)
 
@@ -830,6 +833,8 @@ class dt_from_kafka_batched_consumer(Source):
                     log.warning("consume error: %s", e)
         if not good:
             return []
+        if self.first_input_at is None:  # start-up is over: see the processor's timing()
+            self.first_input_at, self.first_input_age_s = time.monotonic(), process_age_s()
         sizes = list(map(len, good))
         bounds = [0]
         if sum(sizes) > self.max_batch_bytes:

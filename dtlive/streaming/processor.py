@@ -44,7 +44,7 @@ from dtlive.kafka.clients import ClusterWatch, client_config, ensure_topics, par
 from dtlive.kafka.deadletter import dead_letter
 from dtlive.kafka.health import Heartbeat, Progress, partition_lag
 from dtlive.service.heap import HeapTrimmer
-from dtlive.service.processes import pid_alive, process_age_s
+from dtlive.service.processes import pid_alive
 from dtlive.service.watchdog import Watchdog
 from dtlive.streaming import nodes as _nodes  # noqa: F401  (registers the node methods on Stream)
 from dtlive.streaming.graph import read_input_again, window_graph
@@ -629,9 +629,7 @@ class Processor:
         self.bootstrap = bootstrap
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.broker_suspect = False  # a client lost its connection: ask the broker who it is before committing
-        self.first_input_s: float | None = None  # process age at the first input (see timing())
-        self.first_input_at: float | None = None
-        self.input_done_at: float | None = None
+        self.input_done_at: float | None = None  # see timing()
         producer, ckpt = open_producer(cfg, bootstrap, on_error=self._on_client_error)
         self.resumed = ckpt is not None
         self.source = dt_from_kafka_batched_consumer(
@@ -714,8 +712,6 @@ class Processor:
         while not self._stop:
             n = self.source.poll()
             now = time.monotonic()
-            if n and self.first_input_s is None:
-                self.first_input_s, self.first_input_at = process_age_s(), now
             self.watchdog.beat()
             if targets is not None and all(self.source.positions.get(p, 0) >= t for p, t in targets.items()):
                 self.windows.flush()
@@ -746,8 +742,8 @@ class Processor:
         its first input messages: interpreter, imports, set-up, first fetch) and ``input_s`` (from the first
         input to the end of the run, its last commit included); None where not known."""
         done = self.input_done_at if self.input_done_at is not None else time.monotonic()
-        return {"first_input_s": self.first_input_s,
-                "input_s": None if self.first_input_at is None else done - self.first_input_at}
+        first = self.source.first_input_at
+        return {"first_input_s": self.source.first_input_age_s, "input_s": None if first is None else done - first}
 
     def health(self) -> dict:
         """Heartbeat fields (:mod:`dtlive.kafka.health`): state, input lag per partition, running totals, errors.
