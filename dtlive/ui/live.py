@@ -157,25 +157,38 @@ class LiveWindows:
         }
 
     def status(self, now: float | None = None, stale_after_s: float = 10.0) -> dict:
-        """Last window, data age, input rate, windows/s and rejects, and a one-word state."""
+        """Last window, data age, input rate, windows/s and rejects, and a one-word state.
+
+        The figures never contradict each other. ``state`` is ``live`` only while windows keep coming (one
+        within ``stale_after_s``) and their data is fresh (it ended at most ``stale_after_s`` plus a window
+        ago); windows that keep coming with older data are ``behind`` (a backlog, a replay); no window for
+        ``stale_after_s`` is ``stale``, and then both rates are 0. Rates are numbers, never NaN (0 where they
+        cannot be known); ``data_age_s`` is never negative: a window that ends after ``now`` (a clock ahead)
+        has age 0 and ``clock_ahead_s`` says by how much.
+        """
         now = time.time() if now is None else now
         if not self.points:
             return {"state": "waiting", "windows": 0}
         last = self.points[-1]
         recent = [p for p in self.points if now - p.received <= 30]
         span = (recent[-1].received - recent[0].received) if len(recent) > 1 else 0.0
-        duration = last.end - last.start if np.isfinite(last.end - last.start) else float("nan")
+        duration = last.end - last.start if np.isfinite(last.end - last.start) and last.end > last.start else 0.0
         age = now - last.end if np.isfinite(last.end) else now - last.received
+        since_last = now - last.received
+        fresh = age <= stale_after_s + duration
+        state = "stale" if since_last > stale_after_s else "live" if fresh else "behind"
+        flowing = state != "stale"
         return {
-            "state": "live" if now - last.received <= stale_after_s else "stale",
+            "state": state,
             "windows": len(self.points),
             "window_id": last.id,
             "window_start": last.start,
             "window_end": last.end,
-            "data_age_s": age,
-            "since_last_s": now - last.received,
-            "input_rows_per_s": last.rows / duration if duration and duration > 0 else float("nan"),
-            "windows_per_s": (len(recent) - 1) / span if span > 0 else float("nan"),
+            "data_age_s": max(age, 0.0),
+            "clock_ahead_s": max(-age, 0.0),
+            "since_last_s": since_last,
+            "input_rows_per_s": last.rows / duration if flowing and duration > 0 else 0.0,
+            "windows_per_s": (len(recent) - 1) / span if flowing and span > 0 else 0.0,
             "rejected_last": last.rejected,
             "rejected_total": sum(p.rejected for p in self.points),
         }

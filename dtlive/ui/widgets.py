@@ -245,6 +245,19 @@ def parse_quality(value: bytes) -> dict:
     return msg
 
 
+def _duration(seconds: float) -> str:
+    """A duration as people read it: ``4.2 s``, ``3 min 20 s``, ``2 h 05 min``.
+
+    >>> _duration(4.24), _duration(200), _duration(7500)
+    ('4.2 s', '3 min 20 s', '2 h 05 min')
+    """
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
 def status_html(status: dict, broker: str, broker_ok: bool | None, error: str | None, paused: bool,
                 view: str, now: float | None = None, newest: int | None = None) -> str:
     """The status header as HTML (pure, so tests can check its wording).
@@ -258,7 +271,9 @@ def status_html(status: dict, broker: str, broker_ok: bool | None, error: str | 
     elif status["state"] == "waiting":
         badge, color = "WAITING FOR DATA", "#ef6c00"
     elif status["state"] == "stale":
-        badge, color = f"NO NEW DATA for {status['since_last_s']:.0f} s (processor or DAQ stopped?)", "#ef6c00"
+        badge, color = f"NO NEW DATA for {_duration(status['since_last_s'])} (processor or DAQ stopped?)", "#ef6c00"
+    elif status["state"] == "behind":
+        badge, color = f"BEHIND: newest data {_duration(status['data_age_s'])} old (catching up)", "#f9a825"
     else:
         badge, color = "LIVE", "#2e7d32"
     if paused:
@@ -268,7 +283,8 @@ def status_html(status: dict, broker: str, broker_ok: bool | None, error: str | 
         end = time.strftime("%H:%M:%S", time.gmtime(status["window_end"])) if np.isfinite(status["window_end"]) else "?"
         parts += [
             f"<b>window</b> <span class='dtlive-window-id'>{status['window_id']}</span> (ends {end} UTC)",
-            f"<b>data age</b> {status['data_age_s']:.1f} s",
+            f"<b>data age</b> {_duration(status['data_age_s'])}"
+            + (f" (clock {status['clock_ahead_s']:.0f} s ahead)" if status.get("clock_ahead_s", 0) >= 1 else ""),
             f"<b>input</b> {status['input_rows_per_s']:,.0f} rows/s",
             f"<b>windows/s</b> {status['windows_per_s']:.2f}",
             f"<b>rejects</b> {status['rejected_last']} last / {status['rejected_total']} total",

@@ -54,7 +54,29 @@ def test_series_and_status():
     assert st["input_rows_per_s"] == pytest.approx(300 / 2)
     assert st["rejected_last"] == 3 and st["rejected_total"] == 6
     assert st["data_age_s"] == pytest.approx(11 - 8)
-    assert live.status(now=T0 + 25)["state"] == "stale"
+    stale = live.status(now=T0 + 25)
+    assert stale["state"] == "stale" and stale["input_rows_per_s"] == 0 and stale["windows_per_s"] == 0
+
+
+def test_the_status_never_contradicts_itself():
+    """No negative data age, no NaN rate, LIVE only for fresh data: old data arriving now is BEHIND."""
+    live = LiveWindows()
+    live.add([message(1, 10)], received=T0 + 5)
+    ahead = live.status(now=T0 + 2)  # the window ends at T0 + 4: a DAQ clock 2 s ahead of this one
+    assert ahead["data_age_s"] == 0 and ahead["clock_ahead_s"] == pytest.approx(2)
+    assert ahead["windows_per_s"] == 0  # one window: no rate yet, and not NaN
+    assert all(np.isfinite(v) for v in ahead.values() if isinstance(v, float))
+    assert "clock 2 s ahead" in status_html(ahead, "h:1", True, None, paused=False, view="last")
+    assert live.status(now=T0 + 6)["state"] == "live"
+    live2 = LiveWindows()  # the same window arriving 10 minutes late (a backlog being read)
+    live2.add([message(1, 10)], received=T0 + 600)
+    backlog = live2.status(now=T0 + 600)
+    assert backlog["state"] == "behind" and backlog["data_age_s"] == pytest.approx(596)
+    html = status_html(backlog, "h:1", True, None, paused=False, view="last")
+    assert "BEHIND: newest data 9 min 56 s old" in html and "LIVE" not in html
+    gone = live2.status(now=T0 + 700)
+    assert gone["state"] == "stale" and gone["input_rows_per_s"] == 0
+    assert "NO NEW DATA for 1 min 40 s" in status_html(gone, "h:1", True, None, paused=False, view="last")
 
 
 @pytest.mark.parametrize(("kwargs", "badge"), [
@@ -70,7 +92,7 @@ def test_status_badge_stale_and_paused():
     live = LiveWindows()
     live.add([message(1, 5)], received=T0)
     html = status_html(live.status(now=T0 + 30), "h:1", True, None, paused=True, view="cumulative")
-    assert "NO NEW DATA for 30 s" in html and "PAUSED" in html and ">1<" in html and "cumulative" in html
+    assert "NO NEW DATA for 30.0 s" in html and "PAUSED" in html and ">1<" in html and "cumulative" in html
 
 
 def test_occupancy_map_puts_each_channel_at_its_wire():
