@@ -570,8 +570,9 @@ def processed_line(messages: int, windows: int, dead_lettered: int, input_s: flo
                    first_input_s: float | None = None) -> str:
     """The last line of ``dtlive process``: what it did, how fast, and when its first input came.
 
-    >>> processed_line(1000, 3, 0, input_s=0.5, first_input_s=1.2)
-    'processed 1000 messages in 0.50 s (2,000 msg/s, first input 1.20 s after start), published 3 windows, dead-lettered 0'
+    >>> print(processed_line(1000, 3, 0, input_s=0.5, first_input_s=1.2).replace(", p", ",\\n p"))
+    processed 1000 messages in 0.50 s (2,000 msg/s, first input 1.20 s after start),
+     published 3 windows, dead-lettered 0
     """
     took = ""
     if input_s is not None:
