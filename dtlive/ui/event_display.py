@@ -258,7 +258,8 @@ class EventDisplay:
                                       stroke_width=2)
         axes = [bq.Axis(scale=self.x_scale, label="x (chambers 0, 2, 3) or y (chamber 1) [mm]",
                         tick_values=_ticks(self.x_scale, _TICK_MM)),
-                bq.Axis(scale=self.y_scale, side="left", label="height z [mm]", tick_values=_ticks(self.y_scale, _TICK_MM))]
+                bq.Axis(scale=self.y_scale, side="left", label="height z [mm]",
+                        tick_values=_ticks(self.y_scale, _TICK_MM))]
         self.figure = bq.Figure(
             marks=[getattr(self, name) for name in self.MARK_NAMES],
             axes=axes, title="event display", fig_margin=dict(_MARGIN), min_aspect_ratio=0.01,
