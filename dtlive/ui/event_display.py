@@ -45,7 +45,7 @@ DEFAULT_CAPACITY = 50
 CIRCLE_POINTS = 41  # points of a drift circle's polygon (the first repeated at the end)
 CHAMBER_HALF_HEIGHT_MM = det.N_LAYERS * det.CELL_HEIGHT_MM / 2  # a segment is drawn across this +- local z
 USED_COLOR, UNUSED_COLOR, SEGMENT_COLOR, CELL_COLOR = "#1f77b4", "#a0a0a0", "#d62728", "#c8c8c8"
-_MARGIN = {"top": 40, "bottom": 50, "left": 65, "right": 15}
+_MARGIN = {"top": 40, "bottom": 50, "left": 70, "right": 15}
 _LABEL_ROOM_MM = 300.0  # right of the cells, for the chamber names
 _TICK_MM = 200.0
 _PER_SEGMENT = ("event", "chamber", "n_hits", "position_mm", "slope", "chi2", "ndof")
@@ -258,7 +258,7 @@ class EventDisplay:
                                       stroke_width=2)
         axes = [bq.Axis(scale=self.x_scale, label="x (chambers 0, 2, 3) or y (chamber 1) [mm]",
                         tick_values=_ticks(self.x_scale, _TICK_MM)),
-                bq.Axis(scale=self.y_scale, side="left", label="height z [mm]",
+                bq.Axis(scale=self.y_scale, side="left", label="height z [mm]", label_offset="52px",
                         tick_values=_ticks(self.y_scale, _TICK_MM))]
         self.figure = bq.Figure(
             marks=[getattr(self, name) for name in self.MARK_NAMES],

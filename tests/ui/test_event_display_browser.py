@@ -17,7 +17,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from browser_fixtures import ROOT, free_port, poll, screenshot
+from browser_fixtures import ROOT, SCREENSHOTS, free_port, poll, screenshot
 from display_events import simulated_events
 
 from dtlive.core import detector as det
@@ -106,6 +106,7 @@ def page(chromium, tmp_path_factory):
 
 
 def test_event_display_draws_hits_and_segments_and_steps(page):
+    (SCREENSHOTS / "event-display-FAILED.png").unlink(missing_ok=True)  # from an earlier run
     events = simulated_events(SECONDS, seed=SEED)
     n = len(events)
     first, second = events[0], events[1]
