@@ -6,7 +6,7 @@ chamber measures, x for chambers 0, 2, 3 and y for the rotated chamber 1 (labell
 event shown it draws a drift circle per hit (centred on its wire, radius the drift distance as the
 reconstruction uses it: ``drift_ns * DRIFT_VELOCITY_MM_PER_NS`` clipped to 0 .. half a cell), the position
 each segment chose for its hits, and each fitted segment as a line piece across its chamber. Hits used by a
-segment are drawn in colour, the others in grey.
+segment are drawn in colour, the others in grey. The mouse wheel zooms (both axes alike), dragging pans.
 
 :class:`EventDisplay` keeps the last ``capacity`` events in a ring with Previous / Next buttons and an
 "event k of N" label; stepping and adding events change the marks' data, the figure stays the same.
@@ -157,6 +157,12 @@ class DisplayEvent:
             object.__setattr__(self, name, np.atleast_1d(np.asarray(getattr(self, name), dtype)))
         if not len(self.chamber) == len(self.layer) == len(self.cell) == len(self.drift_ns):
             raise ValueError("chamber, layer, cell and drift_ns must have one entry per hit")
+        for name, hi in (("chamber", det.N_CHAMBERS - 1), ("layer", det.N_LAYERS), ("cell", det.CELLS_PER_LAYER - 1)):
+            lo = 1 if name == "layer" else 0
+            if ((getattr(self, name) < lo) | (getattr(self, name) > hi)).any():
+                raise ValueError(f"{name} outside {lo} .. {hi}")
+        if not np.isfinite(self.drift_ns).all():
+            raise ValueError("drift_ns must be finite")
 
     @property
     def n_hits(self) -> int:

@@ -197,5 +197,11 @@ def test_simulated_muons_mostly_give_segments_in_several_chambers(events):
 def test_display_event_checks_its_arrays():
     with pytest.raises(ValueError, match="one entry per hit"):
         DisplayEvent([0, 0], [1], [3, 3], [10.0, 20.0])
+    for bad in ({"chamber": [4]}, {"layer": [0]}, {"layer": [5]}, {"cell": [16]}, {"cell": [-1]}):
+        hit = {"chamber": [0], "layer": [1], "cell": [3], "drift_ns": [10.0]} | bad
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} outside"):
+            DisplayEvent(**hit)
+    with pytest.raises(ValueError, match="finite"):
+        DisplayEvent([0], [1], [3], [np.nan])
     with pytest.raises(ValueError):
         EventDisplay(capacity=0)
