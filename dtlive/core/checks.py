@@ -104,8 +104,9 @@ def _gate(o: np.ndarray, r: np.ndarray | None, params: dict) -> Outcome | None:
 def chi2_test(obs: np.ndarray, ref: np.ndarray, ctx: Context, params: dict) -> Outcome:
     """Two-histogram chi2 of shapes: ``sum (N_r o_i - N_o r_i)^2 / (o_i + r_i) / (N_o N_r)``, ndf = bins - 1.
 
-    Bins empty in both and masked bins are left out. ``details``: chi2, ndf and the centres of the bins
-    that contribute most (``worst``).
+    Bins empty in both and masked bins are left out; bins expecting fewer than ``min_bin_expected`` entries
+    in the smaller histogram are summed into one (the chi2 distribution holds for large counts only).
+    ``details``: chi2, ndf and the centres of the bins that contribute most (``worst``; NaN: the summed bin).
 
     >>> ctx = Context(centres=np.arange(3.0), mask=np.array([False, False, True]))
     >>> out = chi2_test(np.array([50, 50, 900]), np.array([500, 500, 0]), ctx, {"min_reference_entries": 10})
@@ -120,6 +121,11 @@ def chi2_test(obs: np.ndarray, ref: np.ndarray, ctx: Context, params: dict) -> O
     used = (o + r) > 0
     o, r, centres = o[used], r[used], ctx.centres[keep][used]
     no, nr = o.sum(), r.sum()
+    sparse = (o + r) * min(no, nr) / (no + nr) < params.get("min_bin_expected", 5.0)
+    if sparse.sum() > 1:  # bins expecting few entries in the smaller histogram make one bin together
+        o = np.append(o[~sparse], o[sparse].sum())
+        r = np.append(r[~sparse], r[sparse].sum())
+        centres = np.append(centres[~sparse], np.nan)
     terms = (nr * o - no * r) ** 2 / (o + r) / (no * nr)
     chi2, ndf = float(terms.sum()), int(used.sum()) - 1
     if ndf < 1:
@@ -131,7 +137,8 @@ def chi2_test(obs: np.ndarray, ref: np.ndarray, ctx: Context, params: dict) -> O
     reason = f"shape {what} the reference: chi2/ndf = {chi2:.1f}/{ndf} (p = {p:.2g})"
     if status != OK:
         reason += f", most at {_bins(worst, ctx)}"
-    return Outcome(status, p, reason, {"chi2": round(chi2, 3), "ndf": ndf, "worst": worst.tolist()})
+    return Outcome(status, p, reason, {"chi2": round(chi2, 3), "ndf": ndf,
+                                       "worst": [None if not np.isfinite(w) else float(w) for w in worst]})
 
 
 def ks_test(obs: np.ndarray, ref: np.ndarray, ctx: Context, params: dict) -> Outcome:
@@ -164,8 +171,9 @@ def range_test(obs: np.ndarray, ref: np.ndarray | None, ctx: Context, params: di
     ``"ratio"`` (observed over the reference's entries scaled by the exposure).
 
     ``warning``/``error``: ``[low, high]`` (either may be omitted). For a ratio, a deviation also needs
-    ``min_sigma`` Poisson standard deviations of the expectation, and ``min_entries`` gates on the expected
-    entries (a chamber that went silent is judged).
+    ``min_sigma`` standard deviations ``sqrt(dispersion x expected)`` (``dispersion`` > 1 when entries come
+    in clusters: a muon leaves ~4 hits in a chamber), and ``min_entries`` gates on the expected entries
+    (a chamber that went silent is judged).
 
     >>> ctx = Context(centres=np.zeros(1), mask=np.zeros(1, bool), scale=0.01, seconds=2.0)
     >>> p = {"quantity": "ratio", "warning": [0.8, 1.25], "error": [0.6, 1.6]}
@@ -185,7 +193,7 @@ def range_test(obs: np.ndarray, ref: np.ndarray | None, ctx: Context, params: di
             return _nes(f"{expected:.0f} entries expected from the reference, fewer than "
                         f"{params.get('min_entries', 100)}", expected=expected)
         value, unit = n / expected, " of the reference"
-        sigma_ok = abs(n - expected) > params.get("min_sigma", 5.0) * np.sqrt(expected)
+        sigma_ok = abs(n - expected) > params.get("min_sigma", 5.0) * np.sqrt(params.get("dispersion", 1.0) * expected)
         details = {"entries": n, "expected": round(expected, 1)}
     elif quantity == "rate":
         if not np.isfinite(ctx.seconds) or ctx.seconds <= 0:
@@ -350,9 +358,9 @@ def _moments(counts: np.ndarray, centres: np.ndarray) -> tuple[float, float]:
 
 def _bins(values, ctx: Context) -> str:
     values = np.asarray(values, float)
-    if ctx.channel_axis:
-        return "channel " + ", ".join(str(int(v)) for v in values)
-    return ", ".join(f"{v:g}" for v in values)
+    names = ["the sparse bins" if not np.isfinite(v) else str(int(v)) if ctx.channel_axis else f"{v:g}"
+             for v in values]
+    return ("channel " if ctx.channel_axis else "") + ", ".join(names)
 
 
 KINDS: dict[str, tuple[Callable[..., Outcome], bool, bool]] = {
