@@ -291,6 +291,8 @@ def mean_width_test(obs: np.ndarray, ref: np.ndarray | None, ctx: Context, param
     o, c = np.asarray(obs, float)[keep], ctx.centres[keep]
     r = None if ref is None else np.asarray(ref, float)[keep]
     needs_ref = "mean_tolerance" in params or "width_tolerance" in params
+    if needs_ref and r is None and not (params.get("mean") or params.get("width")):
+        return _nes("no reference for the tolerances")
     gated = _gate(o, r if needs_ref else None, params)
     if gated:
         return gated

@@ -60,7 +60,7 @@ import xarray as xr
 from dtlive.core import detector as det
 from dtlive.core.checks import ERROR, KINDS, NES, OK, WARNING, Context, Outcome
 from dtlive.core.messages import QUALITY_TESTS_SCHEMA
-from dtlive.core.references import accumulate, exposure_s
+from dtlive.core.references import accumulate, check_bins, exposure_s
 
 DEFAULT_CONFIG = "quality_tests.toml"
 Masks = Mapping[int, Iterable[int]]
@@ -174,9 +174,12 @@ def run_tests(acc: xr.Dataset, reference: xr.Dataset | None, config: ChecksConfi
     """Every configured test on every product it matches, per chamber, of one accumulation (or window).
 
     A product whose shape does not fit the kind (a number where a histogram is needed, or a histogram
-    with more than one axis) is skipped. Tests that need a reference give ``not_enough_statistics`` without one.
+    with more than one axis) is skipped. Tests that need a reference give ``not_enough_statistics`` without one;
+    a reference binned otherwise than the windows (another drift-time binning) raises ValueError.
     """
     mask_of = _masks(config.masks, masks)
+    if reference is not None:
+        check_bins(acc, reference)
     seconds, ref_seconds = exposure_s(acc), exposure_s(reference) if reference is not None else math.nan
     if np.isfinite(seconds) and np.isfinite(ref_seconds):
         scale = seconds / ref_seconds
@@ -277,22 +280,27 @@ def judge(windows: xr.Dataset | list[xr.Dataset], reference: xr.Dataset | None,
     chambers = {}
     for c, st in statuses.items():
         chambers[f"chamber_{c}"] = {**st, "tests": [r.to_dict() for r in results if r.chamber == c]}
+    wide = [r for r in results if r.chamber is None]
+    wide_level = max((r.level for r in wide if r.status != NES), default=None)
     known = [s["status"] for s in statuses.values() if s["status"] is not None]
+    known += [min(wide_level, len(cfg.status.labels) - 1)] if wide_level is not None else []
     a = acc.attrs
     ref = reference.attrs if reference is not None else {}
-    return {
+    return _clean({
         "schema": QUALITY_TESTS_SCHEMA,
         "status": max(known) if known else None,
-        "windows": {"count": int(a.get("windows", 0)), "ids": _ids(a.get("window_ids")),
+        "windows": {"count": a.get("windows", 0), "ids": _ids(a.get("window_ids")),
                     "start": a.get("first_start") or None, "end": a.get("last_end") or None,
-                    "seconds": _num(exposure_s(acc))},
+                    "seconds": exposure_s(acc)},
         "reference": {k: ref.get(k) for k in ("label", "created", "windows", "first_start", "last_end")} | {
-            "seconds": _num(exposure_s(reference)) if reference is not None else None,
+            "seconds": exposure_s(reference) if reference is not None else None,
             "detector": _json(ref.get("detector")), "window_ids": _ids(ref.get("window_ids"))},
         "config": {"hash": cfg.hash, "masks": {str(c): list(v) for c, v in all_masks.items()}},
         "chambers": chambers,
-        "detector": {"tests": [r.to_dict() for r in results if r.chamber is None]},
-    }
+        "detector": {"status": wide_level, "reasons": [f"{r.test} ({r.product}): {r.outcome.reason}"
+                                                        for r in wide if r.level > 0],
+                     "tests": [r.to_dict() for r in wide]},
+    })
 
 
 def judge_blocks(windows: xr.Dataset, reference: xr.Dataset | None, block: int = 1,
@@ -316,14 +324,17 @@ def _num(x) -> float | None:
 
 
 def _clean(d):
+    """JSON-ready copy: numpy scalars and arrays as Python numbers and lists, NaN as None."""
     if isinstance(d, dict):
         return {str(k): _clean(v) for k, v in d.items()}
-    if isinstance(d, list | tuple):
+    if isinstance(d, list | tuple | np.ndarray):
         return [_clean(v) for v in d]
     if isinstance(d, float | np.floating):
         return _num(d)
-    if isinstance(d, np.integer):
-        return int(d)
+    if isinstance(d, np.integer | np.bool_):
+        return d.item()
+    if isinstance(d, np.str_):
+        return str(d)
     return d
 
 

@@ -80,6 +80,7 @@ def accumulate(windows: Windows) -> xr.Dataset:
     sums: dict[str, np.ndarray] = {}
     info: list[dict] = []
     for ds in parts:
+        check_bins(parts[0], ds)
         names = [k for k in (*PRODUCTS, *_EXTRA) if k in ds.data_vars]
         stacked = "time" in ds.dims
         for k in names:
@@ -145,6 +146,7 @@ def merge_references(*refs: xr.Dataset, label: str | None = None) -> xr.Dataset:
         raise ValueError("no references to merge")
     out = refs[0].copy(deep=True)
     for r in refs[1:]:
+        check_bins(out, r)
         for k in out.data_vars:
             out[k] = out[k] + r[k]
     attrs = [r.attrs for r in refs]
@@ -193,6 +195,20 @@ def save_reference(ref: xr.Dataset, path: str | os.PathLike) -> None:
 def load_reference(path: str | os.PathLike) -> xr.Dataset:
     """Read a reference written by :func:`save_reference` (into memory: the file is closed on return)."""
     return xr.load_dataset(path, engine="h5netcdf")
+
+
+def check_bins(a: xr.Dataset, b: xr.Dataset) -> None:
+    """Raise ValueError unless the bins (dimension coordinates other than ``time``) shared by two Datasets agree.
+
+    >>> check_bins(xr.Dataset(coords={"drift_time": [1.0, 2.0]}), xr.Dataset(coords={"drift_time": [1.0, 3.0]}))
+    Traceback (most recent call last):
+    ...
+    ValueError: the drift_time bins differ: [1.0, 2.0] ... and [1.0, 3.0] ...
+    """
+    for dim in set(a.dims) & set(b.dims) - {"time", "reason"}:
+        if dim in a.coords and dim in b.coords and not np.array_equal(a[dim].values, b[dim].values):
+            raise ValueError(f"the {dim} bins differ: {a[dim].values[:3].tolist()} ... and "
+                             f"{b[dim].values[:3].tolist()} ...")
 
 
 def exposure_s(ds: xr.Dataset) -> float:

@@ -194,7 +194,9 @@ def test_a_reference_survives_netcdf_and_gives_the_same_verdicts(sim, tmp_path):
     assert back.attrs["windows"] == N_REF and json.loads(back.attrs["detector"]) == {
         "simulator_seed": SEED, "config_hash": ["sim"]}
     w = sim["clean"][0]
-    assert judge(w, back, sim["config"]) == judge(w, sim["reference"], sim["config"])
+    verdict = judge(w, back, sim["config"])
+    assert verdict == judge(w, sim["reference"], sim["config"])
+    assert json.loads(json.dumps(verdict, allow_nan=False))["reference"]["windows"] == N_REF
 
 
 def test_references_merge_and_windows_from_messages_are_judged(sim):
@@ -256,3 +258,26 @@ def test_neighbour_mean_skips_masked_channels():
     mask[8] = True
     assert neighbour_mean(occ, mask)[4] == 10 and neighbour_mean(occ)[4] > 300
 
+
+
+def test_without_a_reference_only_the_tests_that_need_none_judge(sim):
+    v = judge(sim["clean"][0], None, sim["config"])
+    judged = {t["kind"] for c in v["chambers"].values() for t in c["tests"] if t["status"] != "not_enough_statistics"}
+    assert judged == {"range", "noisy"} and problems(v) == []
+    assert {c["status"] for c in v["chambers"].values()} == {0} and v["reference"]["seconds"] is None
+
+
+def test_a_reference_binned_otherwise_is_refused(sim):
+    other = compute_products(sim["hits"][N_REF], drift_edges=np.linspace(-100.0, 500.0, 61))
+    with pytest.raises(ValueError, match="drift_time bins differ"):
+        judge(other, sim["reference"], sim["config"])
+    with pytest.raises(ValueError, match="drift_time bins differ"):
+        merge_references(sim["reference"], make_reference(other))
+
+
+def test_a_detector_wide_error_sets_the_verdict_status(sim):
+    k = N_REF
+    hits = sim["hits"][k]
+    v = judge(window(hits.select(chamber_hits(hits) < 0), k), sim["reference"], sim["config"])  # chambers empty
+    assert v["detector"]["status"] == 2 and v["detector"]["reasons"][0].startswith("total_rate (total_hits)")
+    assert v["status"] == 4
