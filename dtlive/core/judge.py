@@ -60,7 +60,7 @@ import xarray as xr
 from dtlive.core import detector as det
 from dtlive.core.checks import ERROR, KINDS, NES, OK, WARNING, Context, Outcome
 from dtlive.core.messages import QUALITY_TESTS_SCHEMA
-from dtlive.core.references import accumulate, check_bins, exposure_s
+from dtlive.core.references import ACCUMULATION_KIND, accumulate, check_bins, exposure_s
 
 DEFAULT_CONFIG = "quality_tests.toml"
 Masks = Mapping[int, Iterable[int]]
@@ -173,6 +173,13 @@ def run_tests(acc: xr.Dataset, reference: xr.Dataset | None, config: ChecksConfi
               ) -> list[Result]:
     """Every configured test on every product it matches, per chamber, of one accumulation (or window).
 
+    >>> from dtlive.core.products import compute_products
+    >>> from dtlive.core.rows import Rows
+    >>> w = compute_products(Rows.from_columns(head=[2], fpga=[0], channel=[3], orbit=[7], bx=[0], tdc=[0]))
+    >>> cfg = load_tests_config('[[tests]]\\nname = "rate"\\nkind = "range"\\nproducts = ["hits_*"]\\nerror = [0, 0]')
+    >>> [(r.chamber, r.status, r.outcome.reason) for r in run_tests(w, None, cfg)][:2]
+    [(0, 'error', 'sum 1 entries outside [0, 0]'), (1, 'ok', 'sum 0 entries within bounds')]
+
     A product whose shape does not fit the kind (a number where a histogram is needed, or a histogram
     with more than one axis) is skipped. Tests that need a reference give ``not_enough_statistics`` without one;
     a reference binned otherwise than the windows (another drift-time binning) raises ValueError.
@@ -264,17 +271,35 @@ def judge(windows: xr.Dataset | list[xr.Dataset], reference: xr.Dataset | None,
           config: ChecksConfig | str | os.PathLike | None = None, masks: Masks | None = None) -> dict:
     """The ``dtlive.quality/2`` verdict (JSON-ready dict) of one window or the sum of several.
 
-    ``windows``: a window's Dataset, a stacked one (all its windows summed) or a list; ``config``: a
-    :class:`ChecksConfig`, TOML text, a TOML file or None (the packaged defaults); ``masks``: known-bad
-    channels (chamber -> local channels) added to the configuration's.
+    ``windows``: a window's Dataset, a stacked one (all its windows summed), a list, or an accumulation
+    from :func:`~dtlive.core.references.accumulate`; ``config``: a :class:`ChecksConfig`, TOML text, a TOML
+    file or None (the packaged defaults); ``masks``: known-bad channels (chamber -> local channels) added to
+    the configuration's. The verdict::
+
+        {"schema": "dtlive.quality/2",
+         "status": worst status 0..4 of the chambers and the detector-wide tests (None: nothing judged),
+         "windows": {"count", "ids": [first, last], "start", "end", "seconds"},
+         "reference": {"label", "created", "windows", "first_start", "last_end", "seconds", "detector",
+                       "window_ids": [first, last]},
+         "config": {"hash": of the TOML text, "masks": {"chamber": [channels]}},
+         "chambers": {"chamber_0": {"status", "label", "reasons": [...], "working_fraction",
+                                    "bad_channels": [...],
+                                    "tests": [{"test", "kind", "product", "status", "score", "reason",
+                                               "details"}, ...]}, ...},
+         "detector": {"status", "reasons", "tests": [...]}}   # tests of products without a chamber
+
+    >>> from dtlive.core.products import compute_products
+    >>> from dtlive.core.rows import Rows
+    >>> w = compute_products(Rows.from_columns(head=[2], fpga=[0], channel=[3], orbit=[7], bx=[0], tdc=[0]))
+    >>> v = judge(w, None)
+    >>> v["schema"], v["windows"]["count"], v["chambers"]["chamber_0"]["tests"][0]["status"]
+    ('dtlive.quality/2', 1, 'not_enough_statistics')
     """
     cfg = config if isinstance(config, ChecksConfig) else load_tests_config(config)
-    acc = windows if windows is not None and isinstance(windows, xr.Dataset) and windows.attrs.get(
-        "kind") == "dtlive.accumulation" else accumulate(windows)
+    is_sum = isinstance(windows, xr.Dataset) and windows.attrs.get("kind") == ACCUMULATION_KIND
+    acc = windows if is_sum else accumulate(windows)
     results = run_tests(acc, reference, cfg, masks)
-    all_masks = {**cfg.masks}
-    for c, chans in (masks or {}).items():
-        all_masks[int(c)] = tuple(sorted({*all_masks.get(int(c), ()), *map(int, chans)}))
+    all_masks = {c: sorted(v) for c, v in _masks(cfg.masks, masks).items()}
     statuses = chamber_status(results, cfg.status, all_masks,
                               acc["chamber"].values if "chamber" in acc.coords else det.CHAMBERS)
     chambers = {}
@@ -306,7 +331,19 @@ def judge(windows: xr.Dataset | list[xr.Dataset], reference: xr.Dataset | None,
 def judge_blocks(windows: xr.Dataset, reference: xr.Dataset | None, block: int = 1,
                  config: ChecksConfig | str | os.PathLike | None = None, masks: Masks | None = None) -> list[dict]:
     """The verdicts of consecutive blocks of ``block`` windows of a stacked Dataset (a last partial block is
-    left out: it waits for its windows)."""
+    left out: it waits for its windows).
+
+    >>> from dtlive.core.messages import decode_message, encode_message, to_dataset
+    >>> from dtlive.core.products import compute_products
+    >>> from dtlive.core.rows import Rows
+    >>> def message(i):
+    ...     ds = compute_products(Rows.from_columns(head=[2], fpga=[0], channel=[3], orbit=[i], bx=[0], tdc=[0]))
+    ...     ds.attrs.update(window_id=i, first_orbit=100 * i, last_orbit=100 * i + 99)
+    ...     return decode_message(encode_message(ds))
+    >>> stacked = to_dataset([message(i) for i in range(5)])
+    >>> [v["windows"]["ids"] for v in judge_blocks(stacked, None, block=2)]
+    [[0, 1], [2, 3]]
+    """
     cfg = config if isinstance(config, ChecksConfig) else load_tests_config(config)
     n = windows.sizes["time"] // block
     return [judge(windows.isel(time=slice(i * block, (i + 1) * block)), reference, cfg, masks) for i in range(n)]
