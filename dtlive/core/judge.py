@@ -227,7 +227,8 @@ def chamber_status(results: list[Result], rules: StatusRules = StatusRules(), ma
     """Status 0 (ok) .. 4 (bad) of each chamber from the tests' results, with the reasons behind it.
 
     Returns ``{chamber: {"status", "label", "reasons", "working_fraction", "bad_channels"}}``; ``status``
-    is None when none of the chamber's tests had enough statistics.
+    is None when none of the chamber's tests had enough statistics. The channels that do not work are the
+    masked ones and those a judged test lists as ``bad_channels`` (dead, noisy) or ``reference_empty``.
 
     >>> from dtlive.core.checks import Outcome
     >>> dead = Result("dead_channels", "dead", "channel_occupancy", 0,
@@ -243,8 +244,8 @@ def chamber_status(results: list[Result], rules: StatusRules = StatusRules(), ma
         mine = [r for r in results if r.chamber == c]
         judged = [r for r in mine if r.status != NES]
         bad = set(mask_of.get(c, ()))
-        for r in judged:
-            bad |= set(r.outcome.details.get("bad_channels", ()))
+        for r in judged:  # dead or noisy now, or without a single entry in the reference
+            bad |= set(r.outcome.details.get("bad_channels", ())) | set(r.outcome.details.get("reference_empty", ()))
         n = det.CHANNELS_PER_CHAMBER
         fraction = 1.0 - len(bad) / n
         if not judged:

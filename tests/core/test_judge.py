@@ -281,3 +281,11 @@ def test_a_detector_wide_error_sets_the_verdict_status(sim):
     v = judge(window(hits.select(chamber_hits(hits) < 0), k), sim["reference"], sim["config"])  # chambers empty
     assert v["detector"]["status"] == 2 and v["detector"]["reasons"][0].startswith("total_rate (total_hits)")
     assert v["status"] == 4
+
+
+def test_a_channel_empty_in_the_reference_counts_as_not_working(sim):
+    ref = make_reference([window(dead_channel(h, k), k) for k, h in enumerate(sim["hits"][:10])])
+    k = N_REF
+    v = judge(window(dead_channel(sim["hits"][k], k), k), ref, sim["config"])
+    c = v["chambers"][f"chamber_{DEAD[0]}"]
+    assert c["bad_channels"] == [DEAD[1]] and c["working_fraction"] == round(63 / 64, 4) and c["status"] == 0
