@@ -102,10 +102,14 @@ def _gate(o: np.ndarray, r: np.ndarray | None, params: dict) -> Outcome | None:
 
 
 def chi2_test(obs: np.ndarray, ref: np.ndarray, ctx: Context, params: dict) -> Outcome:
-    """Two-histogram chi2 of shapes: ``sum (N_r o_i - N_o r_i)^2 / (o_i + r_i) / (N_o N_r)``, ndf = bins - 1.
+    """Two-histogram chi2 of shapes: ``sum (N_r o_i - N_o r_i)^2 / (o_i + r_i) / (N_o N_r)``, ndf = bins - 1
+    (``sum (o_i - e_i)^2 / var_i`` with ``e_i = r_i N_o / N_r`` and ``var_i = (o_i + r_i) N_o / N_r``).
 
     Bins empty in both and masked bins are left out; bins expecting fewer than ``min_bin_expected`` entries
     in the smaller histogram are summed into one (the chi2 distribution holds for large counts only).
+    ``systematic``: a relative uncertainty of the reference's shape added to each bin's variance
+    (``(systematic x expected)^2``), so that large samples are judged at that level and not at their
+    ever smaller statistical one.
     ``details``: chi2, ndf and the centres of the bins that contribute most (``worst``; NaN: the summed bin).
 
     >>> ctx = Context(centres=np.arange(3.0), mask=np.array([False, False, True]))
@@ -126,7 +130,9 @@ def chi2_test(obs: np.ndarray, ref: np.ndarray, ctx: Context, params: dict) -> O
         o = np.append(o[~sparse], o[sparse].sum())
         r = np.append(r[~sparse], r[sparse].sum())
         centres = np.append(centres[~sparse], np.nan)
-    terms = (nr * o - no * r) ** 2 / (o + r) / (no * nr)
+    expected = r * no / nr
+    variance = (o + r) * no / nr + (params.get("systematic", 0.0) * expected) ** 2
+    terms = (o - expected) ** 2 / variance
     chi2, ndf = float(terms.sum()), int(used.sum()) - 1
     if ndf < 1:
         return _nes("fewer than two bins to compare", entries=float(no))
