@@ -37,6 +37,7 @@ from dtlive.core.products import _ATTRS, NCH, PRODUCTS, arrays_to_dataset
 MONITOR_SCHEMA = "dtlive.monitor/1"  # one window's histograms, on ``monitor_topic`` (this module)
 STATUS_SCHEMA = "dtlive.status/1"  # a service's heartbeat, on ``status_topic`` (dtlive.kafka.health)
 QUALITY_SCHEMA = "dtlive.quality/1"  # an automatic data-quality period, on ``quality_topic`` (dtlive.storage.recorder)
+QUALITY_TESTS_SCHEMA = "dtlive.quality/2"  # per-chamber verdicts of tests against a reference (dtlive.core.judge)
 ALERT_SCHEMA = "dtlive.alert/1"  # a parsed alert notice as JSON (dtlive.alerts.notices)
 ANALYSIS_SCHEMA = "dtlive.analysis/1"  # a canned analysis' result, on ``analyses_topic`` (dtlive.alerts)
 
