@@ -2,7 +2,8 @@
 
 Pure functions: cleansed hits in, counts out. Each product is a :class:`~dtlive.products.kernel.Product`
 in its own module (:mod:`~dtlive.products.counts`, :mod:`~dtlive.products.multiplicity`,
-:mod:`~dtlive.products.drift`), listed once in :data:`REGISTRY`. The single processor, the Dask partition
+:mod:`~dtlive.products.drift`; the reconstruction products :mod:`~dtlive.products.events`,
+:mod:`~dtlive.products.timebox`, :mod:`~dtlive.products.t0diff` on :mod:`~dtlive.products.eventbase`), listed once in :data:`REGISTRY`. The single processor, the Dask partition
 actors and their driver, and the file replay all run the registry's exchange (:mod:`dtlive.products.kernel`):
 ``share`` -> ``plan_requests`` -> ``answer`` -> ``merge`` -> ``finish``; in one process that is
 :func:`compute_arrays` / :func:`compute_products`, the exchange on a single share.
@@ -31,6 +32,7 @@ import xarray as xr
 
 from dtlive.products.counts import Counts
 from dtlive.products.drift import DriftTime
+from dtlive.products.events import EventCounts
 from dtlive.products.kernel import (
     DRIFT_EDGES_NS,
     NCH,
@@ -43,10 +45,12 @@ from dtlive.products.kernel import (
     Settings,
 )
 from dtlive.products.multiplicity import Multiplicity
+from dtlive.products.t0diff import T0Difference
+from dtlive.products.timebox import TimeBoxes
 from dtlive.rows import Rows
 
 #: Every window product, in message and Dataset order. A new product: its module and one entry here.
-REGISTRY = Registry((Counts(), Multiplicity(), DriftTime()))
+REGISTRY = Registry((Counts(), Multiplicity(), DriftTime(), EventCounts(), TimeBoxes(), T0Difference()))
 
 #: The Dataset variables of the products, and their attrs.
 PRODUCTS = REGISTRY.variables

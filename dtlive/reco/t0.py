@@ -1,0 +1,192 @@
+"""t0 of each event and chamber, three ways: scintillator, trigger word, meantimer.
+
+Every t0 is in ns after the event's ``start`` (:class:`~dtlive.reco.events.Events`), an array of shape
+``(n_events, N_CHAMBERS)`` with NaN where the event gives none.
+
+- scintillator: ``t_scint - T0_OFFSET_NS[c]`` (the drift product's formula);
+- trigger word: ``t_trigger - TRIGGER_T0_OFFSET_NS[c]`` with the trigger word of the chamber's FPGA
+  (:func:`calibrate_trigger_offset` measures the offsets from data);
+- meantimer: for a straight track through three consecutive layers whose middle wire sits half a cell beside
+  the outer two (staggered triplet), ``(t1 + t3) / 2 + t2 = Tmax`` with ``t_i = T_i - t0``, hence
+  ``t0 = ((T1 + T3) / 2 + T2 - Tmax) / 2``; the mean over the triplets of the chamber whose three drift times
+  come out in ``[-tolerance, Tmax + tolerance]``.
+
+>>> from dtlive.rows import Rows
+>>> from dtlive.reco.events import build_events
+>>> # layers 1, 2, 3 of chamber 0, cells 0 (half cells 1, 0, 1): drift 100, 290, 100 ns after a t0 at BX 100
+>>> hits = Rows.from_columns(head=[2] * 3, fpga=[0] * 3, channel=[3, 1, 2], orbit=[7] * 3, bx=[104, 111, 104],
+...                          tdc=[0, 18, 0])
+>>> ev = build_events(hits)
+>>> t0 = meantimer_t0(ev, tmax_ns=390.0)
+>>> round(float(t0[0, 0]), 2), bool(np.isnan(t0[0, 1:]).all())  # the event starts at BX 104: t0 = -100 ns
+(-100.0, True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dtlive import detector as det
+from dtlive.reco.events import NO_TIME, Events
+
+_HX = 2 * det.CELLS_PER_LAYER + 2  # half-cell positions per layer in a key, room for -1 .. 32
+MEANTIMER_TOLERANCE_NS = 15.0
+
+
+def scint_t0(ev: Events) -> np.ndarray:
+    """t0 (ns after the event start) per event and chamber from the scintillator hit (NaN without one).
+
+    >>> from dtlive.rows import Rows
+    >>> from dtlive.reco.events import build_events
+    >>> ev = build_events(Rows.from_columns(head=[2] * 4, fpga=[1, 0, 0, 0], channel=[128, 3, 1, 2], orbit=[7] * 4,
+    ...                                     bx=[100, 104, 108, 104], tdc=[0] * 4))
+    >>> scint_t0(ev)[0].tolist() == (-det.T0_OFFSET_NS).tolist()
+    True
+    """
+    rel = np.where(ev.scint == NO_TIME, np.nan, (ev.scint - ev.start) * det.TDC_NS)
+    return rel[:, None] - det.T0_OFFSET_NS[None, :]
+
+
+def trigger_t0(ev: Events, offset_ns: np.ndarray = det.TRIGGER_T0_OFFSET_NS) -> np.ndarray:
+    """t0 (ns after the event start) per event and chamber from the trigger word of the chamber's FPGA.
+
+    >>> from dtlive.rows import Rows
+    >>> from dtlive.reco.events import build_events
+    >>> ev = build_events(Rows.from_columns(head=[2] * 4, fpga=[0, 0, 0, 0], channel=[3, 1, 2, 138], orbit=[7] * 4,
+    ...                                     bx=[104, 108, 104, 110], tdc=[0] * 4))
+    >>> trigger_t0(ev, np.full(4, 200.0))[0].tolist()  # FPGA 0 serves chambers 0 and 1
+    [-50.0, -50.0, nan, nan]
+    """
+    fpga_of_chamber = det.CHAMBERS // (det.N_CHAMBERS // det.N_FPGA)
+    trig = ev.trigger[:, fpga_of_chamber]
+    rel = np.where(trig == NO_TIME, np.nan, (trig - ev.start[:, None]) * det.TDC_NS)
+    return rel - np.asarray(offset_ns, float)[None, :]
+
+
+def meantimer_t0(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS,
+                 tolerance_ns: float = MEANTIMER_TOLERANCE_NS) -> np.ndarray:
+    """t0 (ns after the event start) per event and chamber from the meantimer of staggered triplets.
+
+    Parameters
+    ----------
+    ev : Events
+        The events and their chamber hits.
+    tmax_ns : float
+        Maximum drift time (half a cell / drift velocity).
+    tolerance_ns : float
+        A triplet counts when its three drift times lie in ``[-tolerance_ns, tmax_ns + tolerance_ns]``.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_events, N_CHAMBERS), NaN where a chamber has no good triplet.
+
+    Examples
+    --------
+    >>> from dtlive.rows import Rows
+    >>> from dtlive.reco.events import build_events
+    >>> # layers 2, 3, 4 of chamber 2: cells 3 (half cell 6), 2 (5), 3 (6)
+    >>> fpga, ch = det.channel_of(np.array([2, 2, 2]), np.array([2, 3, 4]), np.array([3, 2, 3]))
+    >>> ev = build_events(Rows.from_columns(head=[2] * 3, fpga=fpga, channel=ch, orbit=[7] * 3, bx=[10, 12, 10],
+    ...                                     tdc=[0, 0, 0]))
+    >>> meantimer_t0(ev, tmax_ns=100.0)[0, 2].item()  # ((0 + 0) / 2 + 50 - 100) / 2
+    -25.0
+    """
+    out = np.full((ev.n_events, det.N_CHAMBERS), np.nan)
+    triplets = meantimer_triplets(ev, tmax_ns, tolerance_ns)
+    if len(triplets.group):
+        size = ev.n_events * det.N_CHAMBERS
+        n = np.bincount(triplets.group, minlength=size)
+        total = np.bincount(triplets.group, weights=triplets.t0_ns, minlength=size)
+        has = n > 0
+        out.ravel()[has] = total[has] / n[has]
+    return out
+
+
+@dataclass(frozen=True)
+class Triplets:
+    """Good staggered triplets: ``group`` = event * N_CHAMBERS + chamber, ``t0_ns`` after the event start."""
+
+    group: np.ndarray
+    t0_ns: np.ndarray
+
+
+def meantimer_triplets(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS,
+                       tolerance_ns: float = MEANTIMER_TOLERANCE_NS) -> Triplets:
+    """Every good staggered triplet of every event and chamber (the earliest hit of a repeated cell counts).
+
+    >>> from dtlive.rows import Rows
+    >>> from dtlive.reco.events import build_events
+    >>> ev = build_events(Rows.from_columns(head=[2] * 4, fpga=[0] * 4, channel=[3, 1, 2, 0], orbit=[7] * 4,
+    ...                                     bx=[104, 108, 104, 112], tdc=[0] * 4))  # layers 1-4, one column
+    >>> meantimer_triplets(ev, tmax_ns=190.0).t0_ns.tolist()  # layers 1-2-3 only: 2-3-4 gives a 220 ns drift
+    [-45.0]
+    """
+    idx = ev.in_events()
+    if not len(idx):
+        return Triplets(np.zeros(0, np.int64), np.zeros(0))
+    rel = ev.ticks[idx] - ev.start[ev.event[idx]]  # TDC counts after the event start, exact
+    group = ev.event[idx] * det.N_CHAMBERS + ev.chamber[idx]
+    key = (group * det.N_LAYERS + ev.layer[idx] - 1) * _HX + det.half_cell_of(ev.channel[idx]) + 1
+    order = np.lexsort((rel, key))
+    key, rel = key[order], rel[order]
+    first = np.concatenate(([True], key[1:] != key[:-1]))  # the earliest hit of each cell
+    key, rel = key[first], rel[first]
+    layer = (key // _HX) % det.N_LAYERS + 1
+    middle = np.flatnonzero((layer == 2) | (layer == 3))
+    groups, t0s = [], []
+    tmax = tmax_ns / det.TDC_NS
+    tol = tolerance_ns / det.TDC_NS
+    for side in (-1, 1):
+        below, above = _find(key, key[middle] - _HX + side), _find(key, key[middle] + _HX + side)
+        ok = (below >= 0) & (above >= 0)
+        m, b, a = middle[ok], below[ok], above[ok]
+        t1, t2, t3 = rel[b].astype(float), rel[m].astype(float), rel[a].astype(float)
+        t0 = ((t1 + t3) / 2 + t2 - tmax) / 2
+        drift = np.stack([t1 - t0, t2 - t0, t3 - t0])
+        good = ((drift >= -tol) & (drift <= tmax + tol)).all(axis=0)
+        groups.append(key[m][good] // (_HX * det.N_LAYERS))
+        t0s.append(t0[good] * det.TDC_NS)
+    group, t0 = np.concatenate(groups), np.concatenate(t0s)
+    order = np.argsort(group, kind="stable")
+    return Triplets(group[order], t0[order])
+
+
+def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Index of each key in the sorted distinct ``sorted_keys``, or -1."""
+    i = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return np.where(sorted_keys[i] == keys, i, -1)
+
+
+@dataclass(frozen=True)
+class TriggerOffset:
+    """Per chamber: the median of trigger-word time minus meantimer t0 (ns), its uncertainty, the events used."""
+
+    offset_ns: np.ndarray
+    error_ns: np.ndarray
+    n: np.ndarray
+
+
+def calibrate_trigger_offset(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS) -> TriggerOffset:
+    """Measure ``TRIGGER_T0_OFFSET_NS`` from data: per chamber the median of ``t_trigger - t0_meantimer``.
+
+    The uncertainty is that of a median, ``1.2533 x sigma / sqrt(n)`` with sigma from the interquartile range.
+
+    >>> from dtlive.simulate import simulate
+    >>> from dtlive.rows import clean
+    >>> from dtlive.reco.events import build_events
+    >>> cal = calibrate_trigger_offset(build_events(clean(simulate(2.0, seed=1))[0]))
+    >>> bool((cal.n > 50).all()), bool((cal.error_ns < 10).all()), bool((np.abs(cal.offset_ns - 380) < 30).all())
+    (True, True, True)
+    """
+    diff = trigger_t0(ev, np.zeros(det.N_CHAMBERS)) - meantimer_t0(ev, tmax_ns)
+    offset, error, n = (np.full(det.N_CHAMBERS, np.nan) for _ in range(3))
+    for c in range(det.N_CHAMBERS):  # four chambers
+        d = diff[:, c][~np.isnan(diff[:, c])]
+        n[c] = len(d)
+        if len(d):
+            q1, offset[c], q3 = np.percentile(d, [25, 50, 75])
+            error[c] = 1.2533 * (q3 - q1) / 1.349 / np.sqrt(len(d))
+    return TriggerOffset(offset, error, n.astype(np.int64))
