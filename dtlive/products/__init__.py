@@ -3,8 +3,9 @@
 Pure functions: cleansed hits in, counts out. Each product is a :class:`~dtlive.products.kernel.Product`
 in its own module (:mod:`~dtlive.products.counts`, :mod:`~dtlive.products.multiplicity`,
 :mod:`~dtlive.products.drift`; the reconstruction products :mod:`~dtlive.products.events`,
-:mod:`~dtlive.products.timebox`, :mod:`~dtlive.products.t0diff` on :mod:`~dtlive.products.eventbase`), listed once in :data:`REGISTRY`. The single processor, the Dask partition
-actors and their driver, and the file replay all run the registry's exchange (:mod:`dtlive.products.kernel`):
+:mod:`~dtlive.products.timebox`, :mod:`~dtlive.products.t0diff` on :mod:`~dtlive.products.eventbase`),
+listed once in :data:`REGISTRY`. The single processor, the Dask partition actors and their driver, and the
+file replay all run the registry's exchange (:mod:`dtlive.products.kernel`):
 ``share`` -> ``plan_requests`` -> ``answer`` -> ``merge`` -> ``finish``; in one process that is
 :func:`compute_arrays` / :func:`compute_products`, the exchange on a single share.
 

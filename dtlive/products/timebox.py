@@ -37,8 +37,8 @@ class TimeBoxes(EventProduct):
         for name, var in {
             f"timebox_{kind}": (("chamber", "drift_time"),
                                 {"long_name": f"drift times of event hits from the {kind} t0", "units": "1"}),
-            f"timebox_{kind}_underflow": (("chamber",), {"long_name": "drift times below the first edge", "units": "1"}),
-            f"timebox_{kind}_overflow": (("chamber",), {"long_name": "drift times above the last edge", "units": "1"}),
+            f"timebox_{kind}_underflow": (("chamber",), {"long_name": "drift times below the edges", "units": "1"}),
+            f"timebox_{kind}_overflow": (("chamber",), {"long_name": "drift times above the edges", "units": "1"}),
         }.items()
     }
 
