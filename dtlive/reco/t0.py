@@ -8,8 +8,9 @@ Every t0 is in ns after the event's ``start`` (:class:`~dtlive.reco.events.Event
   (:func:`calibrate_trigger_offset` measures the offsets from data);
 - meantimer: for a straight track through three consecutive layers whose middle wire sits half a cell beside
   the outer two (staggered triplet), ``(t1 + t3) / 2 + t2 = Tmax`` with ``t_i = T_i - t0``, hence
-  ``t0 = ((T1 + T3) / 2 + T2 - Tmax) / 2``; the mean over the triplets of the chamber whose three drift times
-  come out in ``[-tolerance, Tmax + tolerance]``.
+  ``t0 = ((T1 + T3) / 2 + T2 - Tmax) / 2``; the earliest over the triplets of the chamber whose three drift
+  times come out in ``[-tolerance, Tmax + tolerance]`` (a track crossing the plane of the outer wires between
+  the outer layers breaks the relation and gives a later t0).
 
 >>> from dtlive.rows import Rows
 >>> from dtlive.reco.events import build_events
@@ -96,12 +97,10 @@ def meantimer_t0(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS,
     """
     out = np.full((ev.n_events, det.N_CHAMBERS), np.nan)
     triplets = meantimer_triplets(ev, tmax_ns, tolerance_ns)
-    if len(triplets.group):
-        size = ev.n_events * det.N_CHAMBERS
-        n = np.bincount(triplets.group, minlength=size)
-        total = np.bincount(triplets.group, weights=triplets.t0_ns, minlength=size)
-        has = n > 0
-        out.ravel()[has] = total[has] / n[has]
+    if len(triplets.group):  # a triplet crossed by the track on the wrong side of a wire gives a later t0
+        earliest = np.full(ev.n_events * det.N_CHAMBERS, np.inf)
+        np.minimum.at(earliest, triplets.group, triplets.t0_ns)
+        out.ravel()[np.isfinite(earliest)] = earliest[np.isfinite(earliest)]
     return out
 
 
