@@ -67,7 +67,7 @@ EVENT_GAP_NS = 1.1 * MAX_DRIFT_NS  # hits of one muon lie closer than this to th
 EVENT_MIN_LAYERS = 3  # a time cluster is a muon event with this many layers of one chamber (or a trigger word)
 # Trigger word (FPGA f, channel 138) time minus the meantimer t0 of chamber c of the same muon: the trigger t0 of
 # chamber c is t_trigger - TRIGGER_T0_OFFSET_NS[c] (calibrated on run 591, dtlive.reco.t0.calibrate_trigger_offset).
-TRIGGER_T0_OFFSET_NS = np.array([346.7, 339.1, 356.4, 352.0])  # +- 3-4 ns; per event the spread is ~80 ns
+TRIGGER_T0_OFFSET_NS = np.array([350.3, 336.4, 357.9, 355.1])  # +- 3-4 ns; per event the spread is ~80 ns
 TRIGGER_JITTER_NS = 10.0  # spread of a fixed-latency (meantimer) trigger word around t0 + offset, simulated
 
 # --- rates (for the simulator and sanity checks) --------------------------------

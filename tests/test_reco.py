@@ -61,7 +61,8 @@ def test_meantimer_t0_is_within_a_few_ns_of_the_truth(sim):
     err = (mt - true_rel)[ok]
     assert ok.sum(axis=0).min() > 300  # every chamber has meantimer events
     assert abs(np.median(err)) < 1.5, np.median(err)
-    assert np.mean(np.abs(err) < 4.0) > 0.7, np.mean(np.abs(err) < 4.0)  # the rest: steep tracks, a later t0
+    assert np.mean(np.abs(err) < 4.0) > 0.8, np.mean(np.abs(err) < 4.0)
+    assert np.percentile(np.abs(err), 90) < 10.0  # the tail: a lone triplet of a steep track, a later t0
     assert np.mean(err < -10.0) < 0.01  # never much earlier than the truth
 
 

@@ -8,9 +8,10 @@ Every t0 is in ns after the event's ``start`` (:class:`~dtlive.reco.events.Event
   (:func:`calibrate_trigger_offset` measures the offsets from data);
 - meantimer: for a straight track through three consecutive layers whose middle wire sits half a cell beside
   the outer two (staggered triplet), ``(t1 + t3) / 2 + t2 = Tmax`` with ``t_i = T_i - t0``, hence
-  ``t0 = ((T1 + T3) / 2 + T2 - Tmax) / 2``; the earliest over the triplets of the chamber whose three drift
-  times come out in ``[-tolerance, Tmax + tolerance]`` (a track crossing the plane of the outer wires between
-  the outer layers breaks the relation and gives a later t0).
+  ``t0 = ((T1 + T3) / 2 + T2 - Tmax) / 2``. A steep track may cross the plane of the outer wires between
+  the outer layers: then ``|t3 - t1| / 2 + t2 = Tmax``. Each triplet gives the solutions whose drift times
+  come out in ``[-tolerance, Tmax + tolerance]``; with both triplets of a chamber (layers 1-2-3, 2-3-4) the
+  two closest solutions that agree give the t0, with one triplet the earliest between-the-wires solution.
 
 >>> from dtlive.rows import Rows
 >>> from dtlive.reco.events import build_events
@@ -34,6 +35,8 @@ from dtlive.reco.events import NO_TIME, Events
 
 _HX = 2 * det.CELLS_PER_LAYER + 2  # half-cell positions per layer in a key, room for -1 .. 32
 MEANTIMER_TOLERANCE_NS = 15.0
+MEANTIMER_AGREE_NS = 8.0  # two triplets of a chamber agree on t0 within this
+MEANTIMER_REFERENCE_NS = 15.0  # a lone triplet's solution this close to the event's agreed t0 is taken
 
 
 def scint_t0(ev: Events) -> np.ndarray:
@@ -66,8 +69,8 @@ def trigger_t0(ev: Events, offset_ns: np.ndarray = det.TRIGGER_T0_OFFSET_NS) -> 
     return rel - np.asarray(offset_ns, float)[None, :]
 
 
-def meantimer_t0(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS,
-                 tolerance_ns: float = MEANTIMER_TOLERANCE_NS) -> np.ndarray:
+def meantimer_t0(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS, tolerance_ns: float = MEANTIMER_TOLERANCE_NS,
+                 agree_ns: float = MEANTIMER_AGREE_NS, reference_ns: float = MEANTIMER_REFERENCE_NS) -> np.ndarray:
     """t0 (ns after the event start) per event and chamber from the meantimer of staggered triplets.
 
     Parameters
@@ -78,6 +81,13 @@ def meantimer_t0(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS,
         Maximum drift time (half a cell / drift velocity).
     tolerance_ns : float
         A triplet counts when its three drift times lie in ``[-tolerance_ns, tmax_ns + tolerance_ns]``.
+    agree_ns : float
+        With both triplets (layers 1-2-3 and 2-3-4), the t0 is the mean of their two closest solutions
+        (:func:`meantimer_candidates`) when these agree within ``agree_ns``.
+    reference_ns : float
+        Otherwise the solution closest to the mean t0 of the event's chambers with agreeing triplets (chamber
+        delays differ by a few ns only), if within ``reference_ns``; else the earliest solution with the track
+        between the wires.
 
     Returns
     -------
@@ -95,37 +105,95 @@ def meantimer_t0(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS,
     >>> meantimer_t0(ev, tmax_ns=100.0)[0, 2].item()  # ((0 + 0) / 2 + 50 - 100) / 2
     -25.0
     """
+    return meantimer_solutions(ev, tmax_ns, tolerance_ns, agree_ns, reference_ns)[0]
+
+
+def meantimer_solutions(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS,
+                        tolerance_ns: float = MEANTIMER_TOLERANCE_NS, agree_ns: float = MEANTIMER_AGREE_NS,
+                        reference_ns: float = MEANTIMER_REFERENCE_NS) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`meantimer_t0` and a mask of the t0s on which two triplets agree (the unambiguous ones).
+
+    >>> from dtlive.rows import Rows
+    >>> from dtlive.reco.events import build_events
+    >>> ev = build_events(Rows.from_columns(head=[2] * 3, fpga=[0] * 3, channel=[3, 1, 2], orbit=[7] * 3,
+    ...                                     bx=[104, 111, 104], tdc=[0, 18, 0]))
+    >>> t0, paired = meantimer_solutions(ev); paired.tolist()  # one triplet only
+    [[False, False, False, False]]
+    """
     out = np.full((ev.n_events, det.N_CHAMBERS), np.nan)
-    triplets = meantimer_triplets(ev, tmax_ns, tolerance_ns)
-    if len(triplets.group):  # a triplet crossed by the track on the wrong side of a wire gives a later t0
-        earliest = np.full(ev.n_events * det.N_CHAMBERS, np.inf)
-        np.minimum.at(earliest, triplets.group, triplets.t0_ns)
-        out.ravel()[np.isfinite(earliest)] = earliest[np.isfinite(earliest)]
-    return out
+    paired = np.zeros(out.shape, bool)
+    c = meantimer_candidates(ev, tmax_ns, tolerance_ns)
+    if not len(c.group):
+        return out, paired
+    # single triplets: the earliest track-between-the-wires solution (the others come later for steep tracks)
+    single = c.hypothesis == 0
+    earliest = np.full(ev.n_events * det.N_CHAMBERS, np.inf)
+    np.minimum.at(earliest, c.group[single], c.t0_ns[single])
+    has = np.isfinite(earliest)
+    out.ravel()[has] = earliest[has]
+    # two triplets (layers 1-2-3 and 2-3-4): the two solutions closest to each other, when they agree
+    order = np.lexsort((c.t0_ns, c.group))
+    g, t0, mid = c.group[order], c.t0_ns[order], c.middle[order]
+    pair = np.flatnonzero((g[1:] == g[:-1]) & (mid[1:] != mid[:-1]))
+    if len(pair):
+        diff = t0[pair + 1] - t0[pair]
+        best = np.lexsort((diff, g[pair]))
+        best = best[np.concatenate(([True], g[pair][best][1:] != g[pair][best][:-1]))]
+        agree = diff[best] <= agree_ns
+        chosen = pair[best][agree]
+        out.ravel()[g[chosen]] = (t0[chosen] + t0[chosen + 1]) / 2
+        paired.ravel()[g[chosen]] = True
+    # a chamber with one triplet: the solution closest to the t0 the event's paired chambers agree on
+    n_paired = paired.sum(axis=1)
+    reference = np.where(n_paired > 0, np.where(paired, out, 0.0).sum(axis=1) / np.maximum(n_paired, 1), np.nan)
+    event = c.group // det.N_CHAMBERS
+    near = ~paired.ravel()[c.group] & (np.abs(c.t0_ns - reference[event]) <= reference_ns)
+    if near.any():
+        dist = np.abs(c.t0_ns[near] - reference[event[near]])
+        g = c.group[near]
+        best = np.lexsort((dist, g))
+        best = best[np.concatenate(([True], g[best][1:] != g[best][:-1]))]
+        out.ravel()[g[best]] = c.t0_ns[near][best]
+    return out, paired
 
 
 @dataclass(frozen=True)
-class Triplets:
-    """Good staggered triplets: ``group`` = event * N_CHAMBERS + chamber, ``t0_ns`` after the event start."""
+class Candidates:
+    """Meantimer t0 solutions of staggered triplets.
+
+    ``group`` = event * N_CHAMBERS + chamber, ``t0_ns`` after the event start, ``middle`` the middle layer
+    of the triplet (2 or 3), ``hypothesis``: 0 the track passes between the outer wires' plane and the middle
+    wire in all three layers, 1 (2) it crosses the outer wires' plane between the layers with the lower
+    (upper) outer layer on the far side.
+    """
 
     group: np.ndarray
     t0_ns: np.ndarray
+    middle: np.ndarray
+    hypothesis: np.ndarray
 
 
-def meantimer_triplets(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS,
-                       tolerance_ns: float = MEANTIMER_TOLERANCE_NS) -> Triplets:
-    """Every good staggered triplet of every event and chamber (the earliest hit of a repeated cell counts).
+def meantimer_candidates(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS,
+                         tolerance_ns: float = MEANTIMER_TOLERANCE_NS) -> Candidates:
+    """Every t0 solution of every staggered triplet whose drift times come out in range.
+
+    With the outer wires at x = 0, the middle wire at x = h (half a cell) and the track at x1, x2, x3:
+    between the wires ``(t1 + t3) / 2 + t2 = Tmax``; crossing x = 0 between layers 1 and 3 with x1 < 0,
+    ``(t3 - t1) / 2 + t2 = Tmax`` (and t3 >= t1); with x3 < 0, ``(t1 - t3) / 2 + t2 = Tmax`` (t1 >= t3).
+    The earliest hit of a cell counts.
 
     >>> from dtlive.rows import Rows
     >>> from dtlive.reco.events import build_events
     >>> ev = build_events(Rows.from_columns(head=[2] * 4, fpga=[0] * 4, channel=[3, 1, 2, 0], orbit=[7] * 4,
     ...                                     bx=[104, 108, 104, 112], tdc=[0] * 4))  # layers 1-4, one column
-    >>> meantimer_triplets(ev, tmax_ns=190.0).t0_ns.tolist()  # layers 1-2-3 only: 2-3-4 gives a 220 ns drift
-    [-45.0]
+    >>> c = meantimer_candidates(ev, tmax_ns=190.0)
+    >>> c.t0_ns.tolist(), c.middle.tolist(), c.hypothesis.tolist()  # 2-3-4 gives a 220 ns drift
+    ([-90.0, -90.0, -45.0], [2, 2, 2], [1, 2, 0])
     """
     idx = ev.in_events()
     if not len(idx):
-        return Triplets(np.zeros(0, np.int64), np.zeros(0))
+        z = np.zeros(0, np.int64)
+        return Candidates(z, np.zeros(0), z, z)
     rel = ev.ticks[idx] - ev.start[ev.event[idx]]  # TDC counts after the event start, exact
     group = ev.event[idx] * det.N_CHAMBERS + ev.chamber[idx]
     key = (group * det.N_LAYERS + ev.layer[idx] - 1) * _HX + det.half_cell_of(ev.channel[idx]) + 1
@@ -135,7 +203,7 @@ def meantimer_triplets(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS,
     key, rel = key[first], rel[first]
     layer = (key // _HX) % det.N_LAYERS + 1
     middle = np.flatnonzero((layer == 2) | (layer == 3))
-    groups, t0s = [], []
+    parts = []
     tmax = tmax_ns / det.TDC_NS
     tol = tolerance_ns / det.TDC_NS
     for side in (-1, 1):
@@ -143,14 +211,16 @@ def meantimer_triplets(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS,
         ok = (below >= 0) & (above >= 0)
         m, b, a = middle[ok], below[ok], above[ok]
         t1, t2, t3 = rel[b].astype(float), rel[m].astype(float), rel[a].astype(float)
-        t0 = ((t1 + t3) / 2 + t2 - tmax) / 2
-        drift = np.stack([t1 - t0, t2 - t0, t3 - t0])
-        good = ((drift >= -tol) & (drift <= tmax + tol)).all(axis=0)
-        groups.append(key[m][good] // (_HX * det.N_LAYERS))
-        t0s.append(t0[good] * det.TDC_NS)
-    group, t0 = np.concatenate(groups), np.concatenate(t0s)
-    order = np.argsort(group, kind="stable")
-    return Triplets(group[order], t0[order])
+        for hyp, t0, order_ok in ((0, ((t1 + t3) / 2 + t2 - tmax) / 2, True),
+                                  (1, (t3 - t1) / 2 + t2 - tmax, t3 >= t1),
+                                  (2, (t1 - t3) / 2 + t2 - tmax, t1 >= t3)):
+            drift = np.stack([t1 - t0, t2 - t0, t3 - t0])
+            good = ((drift >= -tol) & (drift <= tmax + tol)).all(axis=0) & order_ok
+            parts.append((key[m][good] // (_HX * det.N_LAYERS), t0[good] * det.TDC_NS, layer[m][good],
+                          np.full(int(good.sum()), hyp)))
+    group, t0, mid, hyp = (np.concatenate(x) for x in zip(*parts))
+    order = np.lexsort((hyp, mid, t0, group))
+    return Candidates(group[order], t0[order], mid[order], hyp[order])
 
 
 def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
