@@ -34,6 +34,8 @@ NO_TIME = -1  # no trigger word / scintillator hit in an event
 _BIG = np.iinfo(np.int64).max
 _CHAMBER, _TRIGGER, _SCINT, _OTHER = 0, 1, 2, 3
 _NIBBLE_BITS = np.array([bin(i).count("1") for i in range(16)], np.int64)
+_KEY_BITS = 11  # FPGA (3 bits) and channel (8 bits) below the time in a sort key
+_TICKS_PER_ORBIT = det.BX_PER_ORBIT * det.TDC_PER_BX
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,51 +121,71 @@ def build_events(hits: Rows, gap_ns: float = det.EVENT_GAP_NS, min_layers: int =
     >>> build_events(two).event.tolist(), build_events(two, min_layers=4).event.tolist()
     ([0, 0, 0], [-1, -1, -1])
     """
-    fpga, channel = np.asarray(hits.fpga, np.int64), np.asarray(hits.channel, np.int64)
-    kind = element_kind(fpga, channel)
-    use = np.flatnonzero(kind != _OTHER)
-    ticks = det.hit_ticks(hits.orbit[use], hits.bx[use], hits.tdc[use])
-    fpga, channel, kind, orbit = fpga[use], channel[use], kind[use], np.asarray(hits.orbit[use], np.int64)
-    # a total order (time, then FPGA and channel): the events do not depend on the order the hits came in
-    order = np.argsort((ticks * det.N_FPGA * 4 + fpga) * 256 + channel, kind="stable")
-    ticks, fpga, channel, kind, orbit = ticks[order], fpga[order], channel[order], kind[order], orbit[order]
-    n = len(ticks)
+    channel = np.asarray(hits.channel, np.int64)
+    use = slice(None)
+    special = np.flatnonzero(channel >= det.CHAMBER_CHANNELS)
+    if len(special):  # few: keep the trigger words and scintillator hits among them
+        unused = element_kind(hits.fpga[special], channel[special]) == _OTHER
+        if unused.any():
+            keep = np.ones(len(channel), bool)
+            keep[special[unused]] = False
+            use = np.flatnonzero(keep)
+    # one int64 key: time in TDC counts, FPGA, channel; its order is a total order of the hits (the events do
+    # not depend on the order the hits came in) and the sorted key gives back every field
+    key = np.left_shift(det.hit_ticks(hits.orbit[use], hits.bx[use], hits.tdc[use]), _KEY_BITS)
+    key |= np.left_shift(np.asarray(hits.fpga[use], np.int64), 8) | channel[use]
+    key = key[np.argsort(key, kind="stable")]
+    n = len(key)
     if n == 0:
         return _no_events()
+    ticks = np.right_shift(key, _KEY_BITS)
     new = np.empty(n, bool)
     new[0] = True
-    np.greater(np.diff(ticks), gap_ns / det.TDC_NS, out=new[1:])
+    np.greater(np.diff(ticks), int(gap_ns / det.TDC_NS), out=new[1:])
     first = np.flatnonzero(new)
-    cluster = np.cumsum(new) - 1
-
-    is_chamber = kind == _CHAMBER
-    chamber = np.where(is_chamber, det.chamber_of(fpga, np.minimum(channel, det.CHAMBER_CHANNELS - 1)), 0)
-    layer = det.layer_of(channel)
-    bits = np.where(is_chamber, np.left_shift(1, chamber * det.N_LAYERS + layer - 1), 0)
-    layers = np.bitwise_or.reduceat(bits, first)
+    size = np.diff(np.append(first, n))
+    # only clusters of two or more can be events (most hits are lone noise hits)
+    multi = np.flatnonzero(size >= 2)
+    sub = np.flatnonzero(np.repeat(size >= 2, size))
+    sub_first = np.concatenate(([0], np.cumsum(size[multi])[:-1])).astype(np.int64)
+    sub_key = key[sub]
+    sub_channel = sub_key & 255
+    sub_fpga = np.right_shift(sub_key, 8) & 7
+    is_chamber = sub_channel < det.CHAMBER_CHANNELS
+    bits = np.where(is_chamber, np.left_shift(1, ((2 * sub_fpga + np.right_shift(sub_channel, 6)) * det.N_LAYERS
+                                                  + det.LAYER_OF_CHANNEL_MOD4[sub_channel & 3] - 1) & 63), 0)
+    layers = np.bitwise_or.reduceat(bits, sub_first) if len(sub) else np.zeros(0, np.int64)
     most_layers = np.max([_NIBBLE_BITS[(layers >> (4 * c)) & 15] for c in range(det.N_CHAMBERS)], axis=0)
-    n_chamber = np.add.reduceat(is_chamber.astype(np.int64), first)
-    is_trigger = kind == _TRIGGER
-    has_trigger = np.add.reduceat(is_trigger.astype(np.int64), first) > 0
+    n_chamber = np.add.reduceat(is_chamber.astype(np.int64), sub_first) if len(sub) else np.zeros(0, np.int64)
+    is_trigger = sub_channel == det.TRIGGER_CHANNEL
+    has_trigger = np.add.reduceat(is_trigger.astype(np.int64), sub_first) > 0 if len(sub) else n_chamber > 0
     is_event = (most_layers >= min_layers) | (has_trigger & (n_chamber >= 2))
+    event_of_multi = np.where(is_event, np.cumsum(is_event) - 1, -1)
+    sub_event = np.repeat(event_of_multi, size[multi])
+    event = np.full(n, -1, np.int64)
+    event[sub] = sub_event
+    n_events = int(is_event.sum())
+    start_index = first[multi[is_event]]
 
-    event_of_cluster = np.where(is_event, np.cumsum(is_event) - 1, -1)
-    event = event_of_cluster[cluster]
-    trigger = np.stack([_first_of(ticks, is_trigger & (fpga == f), first)[is_event] for f in range(det.N_FPGA)],
-                       axis=1).reshape(-1, det.N_FPGA)
-    keep = np.flatnonzero(is_chamber)
+    trigger = np.full((n_events, det.N_FPGA), _BIG, np.int64)
+    scint = np.full(n_events, _BIG, np.int64)
+    special = np.flatnonzero((sub_channel >= det.CHAMBER_CHANNELS) & (sub_event >= 0))
+    if len(special):
+        ev_s, ch_s, t_s = sub_event[special], sub_channel[special], ticks[sub[special]]
+        trig = ch_s == det.TRIGGER_CHANNEL
+        np.minimum.at(trigger, (ev_s[trig], sub_fpga[special][trig]), t_s[trig])
+        np.minimum.at(scint, ev_s[~trig], t_s[~trig])
+    keep = np.flatnonzero((key & 255) < det.CHAMBER_CHANNELS)
+    k = key[keep]
+    channel, fpga = k & 255, np.right_shift(k, 8) & 7
+    hit_ticks = ticks[keep]
     return Events(
-        ticks=ticks[keep], orbit=orbit[keep], fpga=fpga[keep], channel=channel[keep], chamber=chamber[keep],
-        layer=layer[keep], event=event[keep], start=ticks[first[is_event]], event_orbit=orbit[first[is_event]],
-        n_hits=n_chamber[is_event], trigger=trigger, scint=_first_of(ticks, kind == _SCINT, first)[is_event],
-        element_ticks=ticks,
+        ticks=hit_ticks, orbit=hit_ticks // _TICKS_PER_ORBIT, fpga=fpga, channel=channel,
+        chamber=2 * fpga + np.right_shift(channel, 6), layer=det.LAYER_OF_CHANNEL_MOD4[channel & 3],
+        event=event[keep], start=ticks[start_index], event_orbit=ticks[start_index] // _TICKS_PER_ORBIT,
+        n_hits=n_chamber[is_event], trigger=np.where(trigger == _BIG, NO_TIME, trigger),
+        scint=np.where(scint == _BIG, NO_TIME, scint), element_ticks=ticks,
     )  # fmt: skip
-
-
-def _first_of(ticks: np.ndarray, mask: np.ndarray, first: np.ndarray) -> np.ndarray:
-    """Per cluster (starting at ``first``) the earliest ticks where ``mask``, or NO_TIME."""
-    t = np.minimum.reduceat(np.where(mask, ticks, _BIG), first)
-    return np.where(t == _BIG, NO_TIME, t)
 
 
 def _no_events() -> Events:

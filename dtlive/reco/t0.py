@@ -34,6 +34,7 @@ from dtlive import detector as det
 from dtlive.reco.events import NO_TIME, Events
 
 _HX = 2 * det.CELLS_PER_LAYER + 2  # half-cell positions per layer in a key, room for -1 .. 32
+_REL_BITS = 24  # TDC counts after the event start below the cell in a sort key
 MEANTIMER_TOLERANCE_NS = 15.0
 MEANTIMER_AGREE_NS = 8.0  # two triplets of a chamber agree on t0 within this
 MEANTIMER_REFERENCE_NS = 15.0  # a lone triplet's solution this close to the event's agreed t0 is taken
@@ -180,7 +181,7 @@ def meantimer_candidates(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS,
     With the outer wires at x = 0, the middle wire at x = h (half a cell) and the track at x1, x2, x3:
     between the wires ``(t1 + t3) / 2 + t2 = Tmax``; crossing x = 0 between layers 1 and 3 with x1 < 0,
     ``(t3 - t1) / 2 + t2 = Tmax`` (and t3 >= t1); with x3 < 0, ``(t1 - t3) / 2 + t2 = Tmax`` (t1 >= t3).
-    The earliest hit of a cell counts.
+    The earliest hit of a cell counts. The order of the solutions follows the cells' (deterministic).
 
     >>> from dtlive.rows import Rows
     >>> from dtlive.reco.events import build_events
@@ -188,7 +189,7 @@ def meantimer_candidates(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS,
     ...                                     bx=[104, 108, 104, 112], tdc=[0] * 4))  # layers 1-4, one column
     >>> c = meantimer_candidates(ev, tmax_ns=190.0)
     >>> c.t0_ns.tolist(), c.middle.tolist(), c.hypothesis.tolist()  # 2-3-4 gives a 220 ns drift
-    ([-90.0, -90.0, -45.0], [2, 2, 2], [1, 2, 0])
+    ([-45.0, -90.0, -90.0], [2, 2, 2], [0, 1, 2])
     """
     idx = ev.in_events()
     if not len(idx):
@@ -197,30 +198,36 @@ def meantimer_candidates(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS,
     rel = ev.ticks[idx] - ev.start[ev.event[idx]]  # TDC counts after the event start, exact
     group = ev.event[idx] * det.N_CHAMBERS + ev.chamber[idx]
     key = (group * det.N_LAYERS + ev.layer[idx] - 1) * _HX + det.half_cell_of(ev.channel[idx]) + 1
-    order = np.lexsort((rel, key))
-    key, rel = key[order], rel[order]
+    if int(rel.max()) < 1 << _REL_BITS:  # one int64 sort key: cell, then time
+        both = np.sort(np.left_shift(key, _REL_BITS) | rel, kind="stable")
+        key, rel = np.right_shift(both, _REL_BITS), both & ((1 << _REL_BITS) - 1)
+    else:
+        order = np.lexsort((rel, key))
+        key, rel = key[order], rel[order]
     first = np.concatenate(([True], key[1:] != key[:-1]))  # the earliest hit of each cell
     key, rel = key[first], rel[first]
     layer = (key // _HX) % det.N_LAYERS + 1
     middle = np.flatnonzero((layer == 2) | (layer == 3))
     parts = []
     tmax = tmax_ns / det.TDC_NS
-    tol = tolerance_ns / det.TDC_NS
+    lo, hi = -tolerance_ns / det.TDC_NS, (tmax_ns + tolerance_ns) / det.TDC_NS
     for side in (-1, 1):
         below, above = _find(key, key[middle] - _HX + side), _find(key, key[middle] + _HX + side)
-        ok = (below >= 0) & (above >= 0)
+        ok = np.flatnonzero((below >= 0) & (above >= 0))
         m, b, a = middle[ok], below[ok], above[ok]
         t1, t2, t3 = rel[b].astype(float), rel[m].astype(float), rel[a].astype(float)
-        for hyp, t0, order_ok in ((0, ((t1 + t3) / 2 + t2 - tmax) / 2, True),
+        for hyp, t0, order_ok in ((0, ((t1 + t3) / 2 + t2 - tmax) / 2, None),
                                   (1, (t3 - t1) / 2 + t2 - tmax, t3 >= t1),
                                   (2, (t1 - t3) / 2 + t2 - tmax, t1 >= t3)):
-            drift = np.stack([t1 - t0, t2 - t0, t3 - t0])
-            good = ((drift >= -tol) & (drift <= tmax + tol)).all(axis=0) & order_ok
-            parts.append((key[m][good] // (_HX * det.N_LAYERS), t0[good] * det.TDC_NS, layer[m][good],
-                          np.full(int(good.sum()), hyp)))
+            lowest, highest = np.minimum(np.minimum(t1, t2), t3) - t0, np.maximum(np.maximum(t1, t2), t3) - t0
+            good = (lowest >= lo) & (highest <= hi)
+            if order_ok is not None:
+                good &= order_ok
+            good = np.flatnonzero(good)
+            parts.append((key[m[good]] // (_HX * det.N_LAYERS), t0[good] * det.TDC_NS, layer[m[good]],
+                          np.full(len(good), hyp)))
     group, t0, mid, hyp = (np.concatenate(x) for x in zip(*parts))
-    order = np.lexsort((hyp, mid, t0, group))
-    return Candidates(group[order], t0[order], mid[order], hyp[order])
+    return Candidates(group, t0, mid, hyp)
 
 
 def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
