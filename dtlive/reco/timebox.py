@@ -122,7 +122,7 @@ def fit_timebox(counts: np.ndarray, edges: np.ndarray, min_entries: int = 200) -
     background = float(min(np.median(counts[:3]), np.median(counts[-3:])))
     t0, t1 = t[above[0]], t[above[-1]]
     guess = [background, max(peak - background, 1.0), 0.0, t0, bin_ns, max(t1 - t0, 10 * bin_ns), bin_ns]
-    lower = [0.0, 0.0, -2.0, t[0], 0.2, 0.0, 0.2]
+    lower = [0.0, 0.0, -2.0, t[0], bin_ns / 4, 0.0, bin_ns / 4]  # edges sharper than a bin: t0 undetermined
     upper = [np.inf, np.inf, 2.0, t[-1], 100.0, t[-1] - t[0], 100.0]
     try:
         with warnings.catch_warnings():
@@ -131,7 +131,7 @@ def fit_timebox(counts: np.ndarray, edges: np.ndarray, min_entries: int = 200) -
                                bounds=(lower, upper), max_nfev=5000)
     except (RuntimeError, ValueError):
         return _failed(entries)
-    if not np.isfinite(cov).all():
+    if not np.isfinite(cov).all() or not (np.sqrt(np.diag(cov))[[3, 5]] < t[-1] - t[0]).all():
         return _failed(entries)
     tmax, var_tmax = p[5], cov[5, 5]
     velocity = det.HALF_CELL_MM / tmax * 1e3
