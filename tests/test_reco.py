@@ -131,6 +131,25 @@ def test_products_split_by_fpga_equal_one_share_on_simulation(sim):
     assert whole["events"] > 100 and whole["timebox_meantimer"].sum() > 500 and whole["timebox_trigger"].sum() > 500
 
 
+def test_products_split_at_random_and_across_an_orbit_boundary_equal_one_share(sim):
+    hits, _, ev = sim
+    # a window that starts with a muon straddling an orbit boundary, if the simulation has one
+    straddle = np.flatnonzero(np.bincount(ev.event[ev.event >= 0],
+                                          weights=(ev.orbit[ev.event >= 0] != ev.event_orbit[ev.event[ev.event >= 0]]))
+                              > 0)
+    assert len(straddle)  # ~0.5 % of 1,400 muons cross an orbit boundary
+    first = int(ev.event_orbit[straddle[0]])
+    part = hits.select((hits.orbit >= first - 2000) & (hits.orbit < first + 2000))
+    whole = REGISTRY.compute(part)
+    rng = np.random.default_rng(3)
+    for k in (2, 3, 5):
+        share = rng.integers(0, k, len(part))
+        split = REGISTRY.combine([part.select(share == i) for i in range(k)])
+        for name in whole:
+            assert np.array_equal(whole[name], split[name]), (k, name)
+    assert whole["events"] > 10
+
+
 @pytest.fixture(scope="module")
 def run591():
     if not RUN_CSV.is_file():
