@@ -240,4 +240,11 @@ def histogram_index(chamber: np.ndarray, values: np.ndarray, edges: np.ndarray) 
     >>> histogram_index(np.array([0, 1]), np.array([-1.0, 5.0]), np.array([0.0, 10.0])).tolist()  # 3 columns
     [0, 4]
     """
-    return chamber * (len(edges) + 1) + np.searchsorted(edges, values, side="right")
+    width = (edges[-1] - edges[0]) / (len(edges) - 1) if len(edges) > 2 else 0.0
+    if width > 0 and np.allclose(np.diff(edges), width, rtol=1e-9, atol=0.0):  # even bins: arithmetic, then the
+        b = np.clip(np.floor((values - edges[0]) / width), -1, len(edges) - 1).astype(np.int64) + 1  # exact edges
+        b -= (b > 0) & (values < edges[np.maximum(b - 1, 0)])
+        b += (b < len(edges)) & (values >= edges[np.minimum(b, len(edges) - 1)])
+    else:
+        b = np.searchsorted(edges, values, side="right")
+    return chamber * (len(edges) + 1) + b

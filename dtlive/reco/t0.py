@@ -35,6 +35,7 @@ from dtlive.reco.events import NO_TIME, Events
 
 _HX = 2 * det.CELLS_PER_LAYER + 2  # half-cell positions per layer in a key, room for -1 .. 32
 _REL_BITS = 24  # TDC counts after the event start below the cell in a sort key
+_DENSE_KEYS = 1 << 22  # cell keys up to this are looked up in a table
 MEANTIMER_TOLERANCE_NS = 15.0
 MEANTIMER_AGREE_NS = 8.0  # two triplets of a chamber agree on t0 within this
 MEANTIMER_REFERENCE_NS = 15.0  # a lone triplet's solution this close to the event's agreed t0 is taken
@@ -211,8 +212,9 @@ def meantimer_candidates(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS,
     parts = []
     tmax = tmax_ns / det.TDC_NS
     lo, hi = -tolerance_ns / det.TDC_NS, (tmax_ns + tolerance_ns) / det.TDC_NS
+    find = _lookup(key)
     for side in (-1, 1):
-        below, above = _find(key, key[middle] - _HX + side), _find(key, key[middle] + _HX + side)
+        below, above = find(key[middle] - _HX + side), find(key[middle] + _HX + side)
         ok = np.flatnonzero((below >= 0) & (above >= 0))
         m, b, a = middle[ok], below[ok], above[ok]
         t1, t2, t3 = rel[b].astype(float), rel[m].astype(float), rel[a].astype(float)
@@ -228,6 +230,16 @@ def meantimer_candidates(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS,
                           np.full(len(good), hyp)))
     group, t0, mid, hyp = (np.concatenate(x) for x in zip(*parts))
     return Candidates(group, t0, mid, hyp)
+
+
+def _lookup(sorted_keys: np.ndarray):
+    """A function giving the index of keys (0 .. max + _HX + 1) in the sorted distinct ``sorted_keys``, or -1."""
+    span = int(sorted_keys[-1]) + _HX + 2 if len(sorted_keys) else 0
+    if span > _DENSE_KEYS:
+        return lambda keys: _find(sorted_keys, keys)
+    table = np.full(span, -1, np.int64)
+    table[sorted_keys] = np.arange(len(sorted_keys))
+    return table.__getitem__
 
 
 def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
