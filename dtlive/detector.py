@@ -66,8 +66,9 @@ HALF_CELL_MM = CELL_WIDTH_MM / 2  # alternate layers are shifted by this much
 EVENT_GAP_NS = 1.1 * MAX_DRIFT_NS  # hits of one muon lie closer than this to the previous one
 EVENT_MIN_LAYERS = 3  # a time cluster is a muon event with this many layers of one chamber (or a trigger word)
 # Trigger word (FPGA f, channel 138) time minus the meantimer t0 of chamber c of the same muon: the trigger t0 of
-# chamber c is t_trigger - TRIGGER_T0_OFFSET_NS[c] (calibrated on run 591, dtlive.reco.t0.calibrate_trigger_offset).
-TRIGGER_T0_OFFSET_NS = np.array([350.3, 336.4, 357.9, 355.1])  # +- 3-4 ns; per event the spread is ~80 ns
+# chamber c is t_trigger - TRIGGER_T0_OFFSET_NS[c] (dtlive.reco.t0.calibrate_trigger_offset on run 591 up to its
+# 210 s pause, 26 s of data; after it the trigger word comes ~150 ns earlier: recalibrate for each setting).
+TRIGGER_T0_OFFSET_NS = np.array([372.8, 374.3, 375.8, 375.6])  # +- 2 ns; per event the spread is ~40 ns
 TRIGGER_JITTER_NS = 10.0  # spread of a fixed-latency (meantimer) trigger word around t0 + offset, simulated
 
 # --- rates (for the simulator and sanity checks) --------------------------------

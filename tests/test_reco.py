@@ -8,6 +8,7 @@ from datafiles import RUN_CSV
 
 from dtlive import detector as det
 from dtlive.products import REGISTRY, Settings
+from dtlive.products.t0diff import T0_DIFFERENCE_EDGES_NS
 from dtlive.reco.events import build_events
 from dtlive.reco.t0 import calibrate_trigger_offset, meantimer_t0, scint_t0, trigger_t0
 from dtlive.reco.timebox import drift_times, fit_timebox, fit_timeboxes
@@ -172,18 +173,39 @@ def test_run_591_time_boxes_are_filled_from_trigger_word_and_meantimer(run591):
     assert (np.abs(fits["tmax_ns"] - 350) < 30).all()  # run 591's box: ~350 ns, faster than 53.8 um/ns
 
 
+def _parts_of_591(hits):
+    """Run 591 before and after its 210 s pause (two trigger settings)."""
+    orbits = np.unique(hits.orbit)
+    last_before = orbits[np.argmax(np.diff(orbits))]
+    return hits.select(hits.orbit <= last_before), hits.select(hits.orbit > last_before)
+
+
 def test_run_591_trigger_and_meantimer_t0_agree_within_uncertainties(run591):
     """Calibrated on the even events, the trigger t0 of the odd ones agrees with their meantimer t0."""
-    ev = build_events(run591)
-    assert np.allclose(calibrate_trigger_offset(ev).offset_ns, det.TRIGGER_T0_OFFSET_NS, atol=0.5)  # the fact
-    diff = trigger_t0(ev, np.zeros(4)) - meantimer_t0(ev)
-    even, odd = diff[0::2], diff[1::2]
-    for c in range(det.N_CHAMBERS):
-        a, b = even[:, c][~np.isnan(even[:, c])], odd[:, c][~np.isnan(odd[:, c])]
-        assert len(a) > 300 and len(b) > 300
-        q = [np.percentile(x, [25, 50, 75]) for x in (a, b)]
-        err = [1.2533 * (x[2] - x[0]) / 1.349 / np.sqrt(len(y)) for x, y in zip(q, (a, b))]
-        assert abs(q[1][1] - q[0][1]) < 3 * np.hypot(*err), (c, q, err)
+    before, after = _parts_of_591(run591)
+    assert np.allclose(calibrate_trigger_offset(build_events(before)).offset_ns, det.TRIGGER_T0_OFFSET_NS, atol=0.5)
+    for part in (before, after):
+        ev = build_events(part)
+        diff = trigger_t0(ev, np.zeros(4)) - meantimer_t0(ev)
+        even, odd = diff[0::2], diff[1::2]
+        for c in range(det.N_CHAMBERS):
+            a, b = even[:, c][~np.isnan(even[:, c])], odd[:, c][~np.isnan(odd[:, c])]
+            assert len(a) > 100 and len(b) > 100
+            q = [np.percentile(x, [25, 50, 75]) for x in (a, b)]
+            err = [1.2533 * (x[2] - x[0]) / 1.349 / np.sqrt(len(y)) for x, y in zip(q, (a, b))]
+            assert abs(q[1][1] - q[0][1]) < 3 * np.hypot(*err), (c, q, err)
+
+
+def test_run_591_t0_difference_shows_the_trigger_setting_change(run591):
+    """A 2 s window on each side of the pause: the trigger word moves ~150 ns against the meantimer."""
+    centre = (T0_DIFFERENCE_EDGES_NS[:-1] + T0_DIFFERENCE_EDGES_NS[1:]) / 2
+    medians = []
+    for part in _parts_of_591(run591):
+        window = part.select(part.orbit < part.orbit.min() + det.orbits_for_seconds(2.0))
+        h = REGISTRY.compute(window)["t0_trigger_minus_meantimer"].sum(axis=0)
+        assert h.sum() > 20
+        medians.append(centre[np.searchsorted(np.cumsum(h), h.sum() / 2)])
+    assert abs(medians[0]) < 30 and medians[0] - medians[1] > 100, medians
 
 
 def test_fit_of_an_empty_or_tiny_box_fails_cleanly():
