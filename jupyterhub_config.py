@@ -9,7 +9,7 @@
 # processor, the recorder, the alert listener and, in demo mode only, the simulated DAQ. Every user's server
 # gets the stream's address and settings (DTLIVE_BOOTSTRAP, topics, DTLIVE_DB, ...) and starts in JupyterLab
 # on the quickstart notebook, from its own copy of notebooks/. All settings and their defaults:
-# `python -c "import dtlive.hub; help(dtlive.hub)"`.
+# `python -c "import dtlive.deploy.hub; help(dtlive.deploy.hub)"`.
 #
 # Authentication is safe by default: PAM (the machine's own accounts), only members of the Unix group
 # DTLIVE_HUB_GROUP (default "dtlive") or DTLIVE_HUB_ADMINS may log in. DTLIVE_HUB_DEMO=1 switches to a
@@ -19,7 +19,7 @@ import os
 
 from jupyterhub.spawner import LocalProcessSpawner, SimpleLocalProcessSpawner
 
-from dtlive import hub
+from dtlive.deploy import hub
 
 c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
 

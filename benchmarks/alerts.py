@@ -3,10 +3,10 @@
 Set-up (all in temporary directories, nothing of the user's dtlive state is touched):
 
 * a private embedded broker on a free loopback port (``benchmarks.common.private_broker``);
-* a :class:`~dtlive.history.HistoryStore` and a SQLite :class:`~dtlive.ledger.Ledger` holding the last
+* a :class:`~dtlive.storage.history.HistoryStore` and a SQLite :class:`~dtlive.storage.ledger.Ledger` holding the last
   ~12 minutes of 2 s windows ending now (360 windows, appended 30 at a time like ``dtlive record``, each
   also recorded in the ledger with its input offsets, so the analysis' provenance queries are real). The
-  windows are real ``dtlive.monitor/1`` messages of simulated data (``dtlive.simulate``, ~5 kHz of hits over
+  windows are real ``dtlive.monitor/1`` messages of simulated data (``dtlive.core.simulate``, ~5 kHz of hits over
   the 4 chambers: ~10k hits per window) made with the pipeline's functions (``clean`` -> ``compute_arrays``
   -> ``message_from_arrays``). A *feeder* thread keeps appending the window that just closed (0.5 s after
   its end, one window per 2 s, to history and ledger, as the recorder would), so the history keeps ending
@@ -99,10 +99,10 @@ class Windows:
     """
 
     def __init__(self, cfg, run_id: str, end: float, distinct: int = 20):
-        from dtlive import detector as det
-        from dtlive.products import compute_arrays
-        from dtlive.rows import clean
-        from dtlive.simulate import DEFAULT_START_ORBIT, simulate
+        from dtlive.core import detector as det
+        from dtlive.core.products import compute_arrays
+        from dtlive.core.rows import clean
+        from dtlive.core.simulate import DEFAULT_START_ORBIT, simulate
 
         self.cfg, self.run_id = cfg, run_id
         self.orbits = int(round(WINDOW_S / det.ORBIT_S))
@@ -125,8 +125,8 @@ class Windows:
     def message(self, k: int) -> dict:
         """Window ``k`` (negative: before ``end``): its message as the processor publishes it."""
         from dtlive import __version__
-        from dtlive.messages import decode_message, iso_utc, message_from_arrays
-        from dtlive.products import DRIFT_EDGES_NS
+        from dtlive.core.messages import decode_message, iso_utc, message_from_arrays
+        from dtlive.core.products import DRIFT_EDGES_NS
 
         arrays = self.samples[k % len(self.samples)]
         wid = 1_000_000 + k
@@ -147,7 +147,7 @@ def expected_background(windows: Windows, trigger: float, on_before_s: float = 1
     """The background of ``rate_excess`` as the input holds it: the windows lying inside
     [T - on_before - gap - background, T - on_before - gap) and their hits per chamber (window times as stored:
     ISO strings with milliseconds)."""
-    from dtlive.messages import iso_utc, utc_seconds
+    from dtlive.core.messages import iso_utc, utc_seconds
 
     bg1 = trigger - on_before_s - gap_s
     bg0 = bg1 - background_s
@@ -414,9 +414,9 @@ def run(quick: bool = False, n: int | None = None, profile: str = "missed", prof
     from dtlive.alerts.listener import AlertListener
     from dtlive.alerts.rules import load_rules
     from dtlive.alerts.send import TEMPLATES
-    from dtlive.history import HistoryStore
-    from dtlive.kafka import client_config, ensure_topics
-    from dtlive.ledger import Ledger
+    from dtlive.kafka.clients import client_config, ensure_topics
+    from dtlive.storage.history import HistoryStore
+    from dtlive.storage.ledger import Ledger
 
     n = n or (10 if quick else 20)
     template = dict(TEMPLATES["superk-sn"])

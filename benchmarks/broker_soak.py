@@ -5,10 +5,10 @@
 
 The stack is started the way users start it: an embedded Tansu broker (the same command line
 ``ensure_stack`` uses, on a free loopback port, state in a temporary directory), then
-:func:`dtlive.stack.ensure_stack`: ``dtlive process``, ``dtlive record``, ``dtlive alerts listen`` and
+:func:`dtlive.deploy.stack.ensure_stack`: ``dtlive process``, ``dtlive record``, ``dtlive alerts listen`` and
 ``dtlive emulate --simulate`` (1,000 rows/s daq64 by default) as subprocesses. Ledger, history and
 artifacts live in the temporary directory too. Every ``--viewers-every`` minutes, dashboards come and go
-(``--viewers`` :class:`dtlive.live.ResultsFeed` for ``--viewer-s`` seconds, plus one notebook-style
+(``--viewers`` :class:`dtlive.ui.live.ResultsFeed` for ``--viewer-s`` seconds, plus one notebook-style
 ``read_results(last=20)``), and every ``--notices-every`` minutes ``dtlive alerts send superk-sn`` injects a
 notice.
 
@@ -180,8 +180,8 @@ class Visitors(threading.Thread):
         self.t0 = time.monotonic()
 
     def _dashboards(self) -> dict:
-        from dtlive.live import ResultsFeed
-        from dtlive.results import read_results
+        from dtlive.kafka.results import read_results
+        from dtlive.ui.live import ResultsFeed
 
         got = []
         feeds = [ResultsFeed(self.bootstrap, on_messages=got.extend, topic=self.cfg.monitor_topic, backfill=30).start()
@@ -196,7 +196,7 @@ class Visitors(threading.Thread):
                 "read_results_windows": 0 if ds is None else int(ds.sizes["time"]), "read_results_s": round(read_s, 2)}
 
     def _notice(self) -> dict:
-        proc = subprocess.run([sys.executable, "-m", "dtlive.cli", "alerts", "send", "superk-sn"],
+        proc = subprocess.run([sys.executable, "-m", "dtlive", "alerts", "send", "superk-sn"],
                               capture_output=True, text=True, timeout=60)
         return {"what": "notice", "exit": proc.returncode, "stderr": proc.stderr.strip()[-300:]}
 
@@ -224,10 +224,10 @@ class Visitors(threading.Thread):
 
 def count_hits(bootstrap: str, cfg, expect_messages: int) -> dict:
     """Hits sent (decoded from the hits topic) against hits counted and rejected in the published windows."""
-    from dtlive import detector as det
-    from dtlive.decode import decode
-    from dtlive.messages import FORMAT_HEADER
-    from dtlive.results import read_messages
+    from dtlive.core import detector as det
+    from dtlive.core.decode import decode
+    from dtlive.core.messages import FORMAT_HEADER
+    from dtlive.kafka.results import read_messages
 
     windows = [m for m in read_messages(bootstrap, cfg.monitor_topic, cfg=cfg, timeout=120)
                if m["provenance"].get("processor") == cfg.group_id]
@@ -327,9 +327,9 @@ def _mean_rate(samples: list[dict], suffix: str) -> float | None:
 
 def run(minutes: float, rate: float, fmt: str, interval: float, viewers_every_min: float, viewers: int,
         viewer_s: float, notices_every_min: float, keep: bool = False, kafka: dict[str, str] | None = None) -> dict:
-    from dtlive.broker import EmbeddedBroker
     from dtlive.config import load_config
-    from dtlive.stack import ensure_stack
+    from dtlive.deploy.stack import ensure_stack
+    from dtlive.kafka.broker import EmbeddedBroker
 
     tmp = Path(tempfile.mkdtemp(prefix="dtlive-soak-"))
     _private_env(tmp, kafka or {})
@@ -403,7 +403,7 @@ def run(minutes: float, rate: float, fmt: str, interval: float, viewers_every_mi
 
 
 def _alive(pid: int) -> bool:
-    from dtlive.processes import pid_alive
+    from dtlive.service.processes import pid_alive
 
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
@@ -460,7 +460,7 @@ def fetch_cost(sizes=(2_000, 8_000, 16_000), cycles: int = 200) -> list[dict]:
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     from benchmarks.common import private_broker
-    from dtlive.broker import create_topics
+    from dtlive.kafka.broker import create_topics
 
     out = []
     with private_broker() as broker:

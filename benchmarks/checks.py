@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-HIT_HEAD = 2  # dtlive.detector.HIT_HEAD: rows with this HEAD are hits, every other row is ancillary
+HIT_HEAD = 2  # dtlive.core.detector.HIT_HEAD: rows with this HEAD are hits, every other row is ancillary
 
 
 def count_hits(head: np.ndarray) -> int:
@@ -25,13 +25,13 @@ def count_hits(head: np.ndarray) -> int:
 
 
 class CountedInput:
-    """Iterate ``chunks`` (``dtlive.emulator.Chunk``), cut to ``rows`` rows in all if given, counting hits.
+    """Iterate ``chunks`` (``dtlive.kafka.emulator.Chunk``), cut to ``rows`` rows in all if given, counting hits.
 
     ``rows_seen`` and ``hits`` are what was handed out; :meth:`hits_in_first` gives the hits among the first
     ``n`` rows (an emulator stopped by time sends a prefix of what it was given, one message at a time).
 
-    >>> from dtlive.emulator import Chunk
-    >>> from dtlive.rows import Rows
+    >>> from dtlive.kafka.emulator import Chunk
+    >>> from dtlive.core.rows import Rows
     >>> def chunk(heads):
     ...     zeros = {c: np.zeros(len(heads)) for c in ("fpga", "channel", "orbit", "bx", "tdc")}
     ...     return Chunk(Rows.from_columns(head=np.array(heads), **zeros))
@@ -49,7 +49,7 @@ class CountedInput:
         self._is_hit: list[np.ndarray] = []  # packed bits, one array per chunk
 
     def __iter__(self) -> Iterator:
-        from dtlive.emulator import Chunk
+        from dtlive.kafka.emulator import Chunk
 
         for chunk in self.chunks:
             if self.limit is not None and self.rows_seen >= self.limit:

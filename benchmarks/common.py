@@ -47,7 +47,7 @@ def free_port() -> int:
 @contextlib.contextmanager
 def private_broker() -> Iterator:
     """A fresh embedded Tansu broker on a free loopback port with a temporary state dir."""
-    from dtlive.broker import EmbeddedBroker
+    from dtlive.kafka.broker import EmbeddedBroker
 
     state = tempfile.mkdtemp(prefix="dtlive-bench-")
     broker = EmbeddedBroker(port=free_port(), state_dir=state).start()
@@ -76,11 +76,11 @@ def bench_config(bootstrap: str, tag: str | None = None, **overrides):
 
 
 def producer(bootstrap: str):
-    """A producer configured like ``dtlive emulate`` (:func:`dtlive.emulator.emulator_producer`)."""
+    """A producer configured like ``dtlive emulate`` (:func:`dtlive.kafka.emulator.emulator_producer`)."""
     from confluent_kafka import Producer
 
     from dtlive.config import load_config
-    from dtlive.emulator import emulator_producer
+    from dtlive.kafka.emulator import emulator_producer
 
     p = emulator_producer(load_config({"bootstrap": bootstrap}, env={}), bootstrap)
     assert isinstance(p.producer, Producer)  # the emulator's producer sends again what a broker restart lost
@@ -129,7 +129,7 @@ def read_topic(bootstrap: str, topic: str, expect: int | None = None, timeout: f
 
 def file_source():
     """The real run-591 hits (all HEAD 2), replayed in a loop with increasing orbits."""
-    from dtlive.emulator import file_chunks
+    from dtlive.kafka.emulator import file_chunks
 
     return file_chunks([str(DATA_FILE)], loop=True)
 
@@ -141,7 +141,7 @@ def matched_sim_config(rows_per_s: float):
     would, so 2 s windows last 2 s of wall time. ~96 % hits (HEAD 2), ~4 % ancillary rows;
     the muon rate is the real 140 Hz, capped to stay below 30 % of the hits.
     """
-    from dtlive.simulate import SimConfig
+    from dtlive.core.simulate import SimConfig
 
     hits = 0.96 * rows_per_s
     hits_per_muon = 11.0
@@ -158,9 +158,9 @@ def sim_chunks(rows_per_s: float, seed: int = 0, chunk_s: float = 0.25, encode_c
     With ``encode_csv_lines`` every chunk carries its CSV lines already (like a file replay), so
     the emulator does not stall encoding a chunk inside its paced loop.
     """
-    from dtlive.decode import encode_csv
-    from dtlive.emulator import Chunk
-    from dtlive.simulate import stream
+    from dtlive.core.decode import encode_csv
+    from dtlive.core.simulate import stream
+    from dtlive.kafka.emulator import Chunk
 
     for rows in stream(chunk_s=chunk_s, seed=seed, config=matched_sim_config(rows_per_s)):
         yield Chunk(rows, encode_csv(rows) if encode_csv_lines else None)
@@ -218,7 +218,7 @@ def dtlive_cli(*args: str, private_dir: str | os.PathLike[str], **popen) -> subp
     private = Path(private_dir)
     env.update(DTLIVE_DB=f"sqlite:///{private / 'ledger.sqlite'}", DTLIVE_HISTORY=str(private / "history"),
                DTLIVE_STATE_DIR=str(private / "state"))
-    return subprocess.Popen([sys.executable, "-m", "dtlive.cli", *args], env=env, **popen)
+    return subprocess.Popen([sys.executable, "-m", "dtlive", *args], env=env, **popen)
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 30) -> int | None:

@@ -1,13 +1,13 @@
 """Benchmark: the live dashboard.
 
-1. **Kernel time per update** (target p99 <= 50 ms): a ``dtlive.widgets.Dashboard(start=False)`` with every
+1. **Kernel time per update** (target p99 <= 50 ms): a ``dtlive.ui.widgets.Dashboard(start=False)`` with every
    plot (4 chambers), fed real result messages one window at a time through ``add_messages`` (what the
    feed thread calls). Messages are made with the pipeline's pure functions: ``simulate`` -> ``clean`` ->
    ``compute_products`` (+ window attrs) -> ``encode_message`` -> ``decode_message``. Widget state is
    serialised as in a kernel; only the send is a no-op (no frontend). Per view mode, and once with an
    hour of history (1800 windows) in the time series.
 2. **Result produced -> plot changed in the browser** (target p99 <= 1 s): a private embedded broker,
-   Voilà (``dtlive.cli.start_dashboard``) on a fresh monitor topic, headless Chromium (Playwright). This
+   Voilà (``dtlive.deploy.cli.start_dashboard``) on a fresh monitor topic, headless Chromium (Playwright). This
    process produces result messages (increasing window ids, distinct hits) and a MutationObserver in the
    page stamps ``Date.now()`` when the header shows the new window id and when chamber 0's occupancy
    bars change; latency = that stamp - ``time.time()`` just before ``produce()`` (same host clock).
@@ -67,11 +67,11 @@ def free_port() -> int:
 
 def make_messages(n: int, window_s: float = 2.0, processor: str = "bench-dashboard") -> list[dict]:
     """``n`` consecutive parsed result messages of simulated data (distinct hits in each window)."""
-    from dtlive import detector as det
-    from dtlive.messages import decode_message, encode_message, iso_utc
-    from dtlive.products import compute_products
-    from dtlive.rows import clean
-    from dtlive.simulate import DEFAULT_START_ORBIT, simulate
+    from dtlive.core import detector as det
+    from dtlive.core.messages import decode_message, encode_message, iso_utc
+    from dtlive.core.products import compute_products
+    from dtlive.core.rows import clean
+    from dtlive.core.simulate import DEFAULT_START_ORBIT, simulate
 
     orbits = int(round(window_s / det.ORBIT_S))
     now = time.time()
@@ -92,7 +92,7 @@ def make_messages(n: int, window_s: float = 2.0, processor: str = "bench-dashboa
 
 def with_id(msg: dict, window_id: int, end: float | None = None, window_s: float = 2.0) -> dict:
     """A copy of a parsed message with another window id (and, optionally, window times ending at ``end``)."""
-    from dtlive.messages import iso_utc
+    from dtlive.core.messages import iso_utc
 
     window = dict(msg["window"], id=int(window_id))
     if end is not None:
@@ -105,7 +105,7 @@ def with_id(msg: dict, window_id: int, end: float | None = None, window_s: float
 
 def kernel_updates(n: int = 60, history: int = 1800, distinct: int = 30) -> dict:
     """Wall time of ``Dashboard.add_messages([one window])`` per view mode (ms), and of its ``refresh``."""
-    from dtlive.widgets import Dashboard
+    from dtlive.ui.widgets import Dashboard
 
     t0 = time.perf_counter()
     messages = make_messages(distinct)
@@ -198,11 +198,11 @@ def browser_latency(n: int = 20, interval_s: float = 1.0, distinct: int = 10) ->
     from confluent_kafka import Producer
     from playwright.sync_api import sync_playwright
 
-    from dtlive.broker import EmbeddedBroker
-    from dtlive.cli import start_dashboard
     from dtlive.config import load_config
-    from dtlive.kafka import ensure_topics
-    from dtlive.live import ResultsFeed
+    from dtlive.deploy.cli import start_dashboard
+    from dtlive.kafka.broker import EmbeddedBroker
+    from dtlive.kafka.clients import ensure_topics
+    from dtlive.ui.live import ResultsFeed
 
     chromium = _chromium()
     messages = make_messages(distinct)

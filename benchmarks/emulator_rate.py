@@ -3,7 +3,7 @@
 For each requested rate (1k, 10k, 100k rows/s) and format, a fresh embedded broker and the CLI exactly
 as a user runs it, as a **subprocess**: ``dtlive emulate --simulate --rate R --duration D --format F``.
 Afterwards the topic is read back; every message's CreateTime (stamped by the producer client at
-``produce()``, ms resolution) and its number of rows (decoded with ``dtlive.decode.decode``) give the
+``produce()``, ms resolution) and its number of rows (decoded with ``dtlive.core.decode.decode``) give the
 achieved rate::
 
     achieved = rows sent before the last message / (CreateTime of last message - CreateTime of first)
@@ -41,7 +41,7 @@ TOLERANCE = 0.01
 
 
 def run_case(rate: float, fmt: str, duration: float) -> dict:
-    from dtlive.kafka import ensure_topics
+    from dtlive.kafka.clients import ensure_topics
 
     with private_broker() as broker, tempfile.TemporaryDirectory(prefix="dtlive-bench-emu-") as tmp:
         bs = broker.bootstrap
@@ -82,8 +82,8 @@ def with_count(out: dict, sent_rows: int) -> dict:
 
 def run_control(rate: float, fmt: str, duration: float) -> dict:
     """Control: ``emulate()`` in this process on chunks generated beforehand (no cold start in the loop)."""
-    from dtlive.emulator import emulate
-    from dtlive.kafka import ensure_topics
+    from dtlive.kafka.clients import ensure_topics
+    from dtlive.kafka.emulator import emulate
 
     with private_broker() as broker:
         bs = broker.bootstrap
@@ -100,7 +100,7 @@ def run_control(rate: float, fmt: str, duration: float) -> dict:
 
 
 def measure(bs: str, topic: str, fmt: str, rate: float, sent_msgs: int) -> dict:
-    from dtlive.decode import decode
+    from dtlive.core.decode import decode
 
     msgs = read_topic(bs, topic, expect=sent_msgs)
     ts = np.array([x.timestamp()[1] for x in msgs], np.int64) / 1000.0

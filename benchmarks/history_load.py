@@ -4,14 +4,14 @@
     .venv/bin/python -m benchmarks.history_load --hours 2   # quicker look
 
 Data: the per-window mean of every product is taken from 20 s of the cosmic-muon simulator
-(``dtlive.simulate``, 3 noisy channels, scintillator, ~5 kHz) cut into real 2 s windows; the day's
+(``dtlive.core.simulate``, 3 noisy channels, scintillator, ~5 kHz) cut into real 2 s windows; the day's
 windows are Poisson draws around those means (running the simulator for a day would take hours and
 measure the simulator). Windows become ``dtlive.monitor/1`` message dicts just before each append, as a
 service that consumes ``dt.monitor`` would hand them over, and are appended 30 at a time (a minute).
 
-Layouts compared (same messages, same ``load`` contract: the Dataset of ``dtlive.messages.to_dataset``):
+Layouts compared (same messages, same ``load`` contract: the Dataset of ``dtlive.core.messages.to_dataset``):
 
-* ``arrow-hourly``: :class:`dtlive.history.HistoryStore` as shipped: Arrow IPC (Feather v2, zstd) files, one
+* ``arrow-hourly``: :class:`dtlive.storage.history.HistoryStore` as shipped: Arrow IPC (Feather v2, zstd) files, one
   per append, compacted by hour;
 * ``arrow-parts``: the same files never compacted (1,440 files a day);
 * ``parquet-hourly``: the shipped store writing Parquet (zstd) instead of Arrow IPC, compacted by hour;
@@ -42,14 +42,14 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.checks import count_check, verdict
-from dtlive import detector as det
 from dtlive.config import Config
-from dtlive.history import HistoryStore, _columns, _dataset, _dedup_sorted
-from dtlive.messages import decode_message, encode_message, iso_utc
-from dtlive.nodes import window_dataset
-from dtlive.rows import clean
-from dtlive.simulate import simulate
-from dtlive.windows import EventTimeWindows
+from dtlive.core import detector as det
+from dtlive.core.messages import decode_message, encode_message, iso_utc
+from dtlive.core.rows import clean
+from dtlive.core.simulate import simulate
+from dtlive.core.windows import EventTimeWindows
+from dtlive.storage.history import HistoryStore, columns_dataset, first_copies_sorted, window_columns
+from dtlive.streaming.nodes import window_dataset
 
 RESULTS = Path(__file__).resolve().parent / "results" / "history_load.json"
 T0 = 1_700_000_000.0  # UNIX seconds of the first window (aligned to an hour)
@@ -177,7 +177,7 @@ class ZarrStore:
         return xr.Dataset(data)
 
     def append(self, msgs: list[dict], timed_keys: bool = True) -> int:
-        cols = _columns(msgs)
+        cols = window_columns(msgs)
         if self.path.exists() and timed_keys:  # idempotence: the stored keys
             import xarray as xr
 
@@ -221,7 +221,7 @@ class ZarrStore:
             elif v.dtype.kind in "UOT":
                 v = v.astype(object)
             cols[k] = v
-        return _dataset(_dedup_sorted(cols))
+        return columns_dataset(first_copies_sorted(cols))
 
 
 # ---------------------------------------------------------------------- measurement
@@ -323,7 +323,7 @@ def check_equal(root: Path, tmpl: dict, counts: dict, layouts: list[str]) -> boo
     """The stores give back what to_dataset makes of the same messages (first hour)."""
     import xarray as xr
 
-    from dtlive.messages import to_dataset
+    from dtlive.core.messages import to_dataset
 
     ref = to_dataset(messages(tmpl, counts, 0, min(1800, len(counts["total_hits"]))))
     ok = True

@@ -2,16 +2,16 @@
 
 Per case (rate, format) a fresh embedded broker; ``dtlive process`` runs as its own **subprocess**
 (the CLI, default window 2 s and lateness 0.5 s, ``--from-beginning`` on a new topic); this process
-runs the emulator (``dtlive.emulator.emulate``, paced at ``rate`` rows/s) and, in a thread, an
+runs the emulator (``dtlive.kafka.emulator.emulate``, paced at ``rate`` rows/s) and, in a thread, an
 observer: a read_committed consumer assigned to the result topic that stamps ``time.time()`` on
 every result message as soon as it can read it (``fetch.wait.max.ms=10``).
 
-The simulated hits come from ``dtlive.simulate`` configured so the detector's own row rate equals
+The simulated hits come from ``dtlive.core.simulate`` configured so the detector's own row rate equals
 the emulator rate, i.e. event time runs at wall-clock speed as with a real DAQ (at 100k rows/s a
 2 s window holds ~200k rows). Chunks are generated, and CSV-encoded, before the clock starts.
 
 Produce times are the messages' CreateTime, stamped by the producer client at ``produce()``: after
-the run the hits topic is read back and decoded with ``dtlive.decode.decode``, which gives every hit's
+the run the hits topic is read back and decoded with ``dtlive.core.decode.decode``, which gives every hit's
 orbit and produce time. For every published window:
 
 * ``last_hit_latency``  = result available - produce time of the window's last-produced hit
@@ -96,8 +96,8 @@ def wait_for(predicate, timeout: float, step: float = 0.2) -> bool:
 
 def processor_fenced(cfg, bootstrap: str) -> bool:
     """True once the processor committed its start-up fence marker on its checkpoint topic."""
-    from dtlive.kafka import partition_ends
-    from dtlive.processor import checkpoint_topic
+    from dtlive.kafka.clients import partition_ends
+    from dtlive.streaming.processor import checkpoint_topic
 
     try:
         ends = partition_ends(cfg, bootstrap, checkpoint_topic(cfg), timeout=2)
@@ -108,10 +108,10 @@ def processor_fenced(cfg, bootstrap: str) -> bool:
 
 def hit_produce_times(bootstrap: str, topic: str, messages: int) -> tuple[np.ndarray, np.ndarray]:
     """(orbit, produce time s) of every hit on the topic, sorted by orbit."""
-    from dtlive import detector as det
     from dtlive.config import Config
-    from dtlive.decode import decode
-    from dtlive.messages import FORMAT_HEADER
+    from dtlive.core import detector as det
+    from dtlive.core.decode import decode
+    from dtlive.core.messages import FORMAT_HEADER
 
     msgs = read_topic(bootstrap, topic, expect=messages)
     fmt = dict(msgs[0].headers() or []).get(FORMAT_HEADER, Config.default_format.encode()).decode()
@@ -142,9 +142,9 @@ def start_processor(cfg, bootstrap: str, private_dir: str):
 
 
 def run_case(rate: float, fmt: str, duration: float, warmup_s: float = 3.0) -> dict:
-    from dtlive import detector as det
-    from dtlive.emulator import emulate
-    from dtlive.kafka import ensure_topics
+    from dtlive.core import detector as det
+    from dtlive.kafka.clients import ensure_topics
+    from dtlive.kafka.emulator import emulate
 
     name = f"{fmt}@{rate:g}"
     with private_broker() as broker, tempfile.TemporaryDirectory(prefix="dtlive-bench-lat-") as tmp:

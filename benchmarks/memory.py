@@ -9,7 +9,7 @@ Tansu keeps every message in memory, so it grows by design).
 Reported: RSS at the first sample, peak (max sample and VmHWM), at the end, and the least-squares slope in
 MB per minute over the samples after the first ``warmup_s`` seconds (imports, first windows, librdkafka
 buffers), and over the second half of the run: the heap keeps filling for a few minutes after the warm-up (the
-allocators' high-water marks after the first bursts of input, see dtlive.heap), so the second half says whether
+allocators' high-water marks after the first bursts of input, see dtlive.service.heap), so the second half says whether
 RSS has levelled off. The machine's highest 1-minute load is recorded too: stalls make bursts, bursts steps.
 Flat means |slope| small against the level, e.g. well below 1 MB/min; the full-run
 figures are the ones to compare with the 10-minute target. The run only counts if every hit
@@ -71,8 +71,8 @@ def published_hits(bootstrap: str, topic: str) -> tuple[int, int]:
 
 def run(quick: bool = False, duration: float | None = None, rate: float = 10_000, fmt: str = "csv",
         interval: float | None = None) -> dict:
-    from dtlive.emulator import emulate
-    from dtlive.kafka import ensure_topics
+    from dtlive.kafka.clients import ensure_topics
+    from dtlive.kafka.emulator import emulate
 
     duration = duration or (60.0 if quick else 600.0)
     interval = interval or (2.0 if duration <= 120 else 5.0)

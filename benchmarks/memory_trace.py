@@ -38,7 +38,7 @@ def child(bootstrap: str, tag: str, duration: float, warmup: float, out: str) ->
     import tracemalloc
 
     tracemalloc.start(10)
-    from dtlive.processor import Processor
+    from dtlive.streaming.processor import Processor
 
     cfg = bench_config(bootstrap, tag=tag)
     proc = Processor(cfg, bootstrap, from_beginning=True)
@@ -88,8 +88,8 @@ def main(argv=None) -> int:
     if args.child:
         child(args.child[0], args.child[1], args.duration, args.warmup, args.child[2])
         return 0
-    from dtlive.emulator import emulate
-    from dtlive.kafka import ensure_topics
+    from dtlive.kafka.clients import ensure_topics
+    from dtlive.kafka.emulator import emulate
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     with private_broker() as broker, tempfile.TemporaryDirectory(prefix="dtlive-bench-trace-") as tmp:

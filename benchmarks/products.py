@@ -1,11 +1,11 @@
-"""Benchmark: the window products in one process (``dtlive.products``), per window.
+"""Benchmark: the window products in one process (``dtlive.core.products``), per window.
 
 Realistic 2 s windows, built once before any timing: the busiest 2 s of run 591 (real hits, no
 scintillator), a simulated window at the telescope's rates (5 kHz of hits, 140 Hz of muons with their
 scintillator hits) and a dense simulated one (250 kHz of hits, 5 kHz of muons). Timed with ``timeit``:
-:func:`~dtlive.products.compute_arrays` (the processor's per-window products: the registry's exchange on
-one share), :func:`~dtlive.products.compute_products` (the same plus the labelled Dataset) and
-:func:`~dtlive.products.combine` of the dense window split at random over 4 shares (the Dask exchange in
+:func:`~dtlive.core.products.compute_arrays` (the processor's per-window products: the registry's exchange on
+one share), :func:`~dtlive.core.products.compute_products` (the same plus the labelled Dataset) and
+:func:`~dtlive.core.products.combine` of the dense window split at random over 4 shares (the Dask exchange in
 one process). The best and the median of ``--repeat`` rounds are reported (the best is the least disturbed
 by other work on the machine), and whether the 4-share merge equals the one-share arrays.
 
@@ -26,10 +26,10 @@ from benchmarks.common import DATA_FILE, RESULTS_DIR, loadavg, log
 
 def windows() -> dict:
     """The hits of the benchmark's windows, by name."""
-    from dtlive import detector as det
-    from dtlive.decode import read_csv
-    from dtlive.rows import clean
-    from dtlive.simulate import SimConfig, simulate
+    from dtlive.core import detector as det
+    from dtlive.core.decode import read_csv
+    from dtlive.core.rows import clean
+    from dtlive.core.simulate import SimConfig, simulate
 
     run, _ = clean(read_csv(str(DATA_FILE)))
     wid = run.orbit // det.orbits_for_seconds(2.0)
@@ -52,7 +52,7 @@ def timed(fn, repeat: int) -> dict:
 
 
 def run(repeat: int = 7) -> dict:
-    from dtlive.products import combine, compute_arrays, compute_products
+    from dtlive.core.products import combine, compute_arrays, compute_products
 
     hits = windows()
     dense = hits["dense"]

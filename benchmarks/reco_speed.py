@@ -12,11 +12,11 @@ import time
 
 import numpy as np
 
-from dtlive import detector as det
-from dtlive.products import REGISTRY, Registry
-from dtlive.products.eventbase import EventProduct
-from dtlive.rows import clean
-from dtlive.simulate import simulate
+from dtlive.core import detector as det
+from dtlive.core.products import REGISTRY, Registry
+from dtlive.core.products.eventbase import EventProduct
+from dtlive.core.rows import clean
+from dtlive.core.simulate import simulate
 
 RUN_CSV = "/work/shared/data/run000591_hits.csv"
 BASE = Registry([p for p in REGISTRY.products if not isinstance(p, EventProduct)])
@@ -46,7 +46,7 @@ def rate(registry: Registry, parts, repeat: int = 7) -> float:
 def main() -> None:
     sources = {"simulate(20 s)": clean(simulate(20.0, seed=1))[0]}
     try:
-        from dtlive.decode import read_csv
+        from dtlive.core.decode import read_csv
 
         sources["run 591"] = clean(read_csv(RUN_CSV))[0]
     except FileNotFoundError:

@@ -2,7 +2,7 @@
 
 The real run-591 hits looped with increasing orbits (nothing late) are written once as CSV files into a
 temporary directory (``--rows`` in all, ``--files`` files), then replayed into a throw-away history store by
-:func:`dtlive.replay.replay`: in this process, and on a ``LocalCluster`` of 1 and 2 worker processes
+:func:`dtlive.streaming.replay.replay`: in this process, and on a ``LocalCluster`` of 1 and 2 worker processes
 (one thread each). Each case runs ``--repeat`` times; the median is reported with its spread.
 
 Reported: rows/s, seconds, CPU of this process (the driver) and of the workers per wall second, and
@@ -35,8 +35,8 @@ def write_files(folder: Path, rows: int, files: int) -> tuple[list[str], int]:
     Returns the paths and the hits (HEAD 2 rows) written, counted as they are written: what every replay
     must count.
     """
-    from dtlive import detector as det
-    from dtlive.decode import encode_csv
+    from dtlive.core import detector as det
+    from dtlive.core.decode import encode_csv
 
     header = det.CSV_HEADER.encode() + b"\n"
     per_file = -(-rows // files)
@@ -66,8 +66,8 @@ def _cpu() -> float:
 
 def one_case(paths: list[str], client=None) -> dict:
     from dtlive.config import load_config
-    from dtlive.history import HistoryStore
-    from dtlive.replay import replay
+    from dtlive.storage.history import HistoryStore
+    from dtlive.streaming.replay import replay
 
     with tempfile.TemporaryDirectory() as store_dir:
         w0 = client.run(_cpu) if client is not None else {}
@@ -85,7 +85,7 @@ def one_case(paths: list[str], client=None) -> dict:
 
 
 def run(rows: int = 3_000_000, files: int = 4, repeat: int = 3) -> dict:
-    from dtlive.scale import dask_client
+    from dtlive.streaming.dask_driver import dask_client
 
     cases = []
     with tempfile.TemporaryDirectory() as folder:

@@ -44,7 +44,7 @@ def environment() -> dict:
     import confluent_kafka
 
     import dtlive
-    from dtlive.broker import broker_binary
+    from dtlive.kafka.broker import broker_binary
 
     cpu = None
     with contextlib.suppress(OSError, StopIteration):

@@ -6,8 +6,8 @@ processed to the end of the topic (``run(until_end=True)``) by:
 
 * ``raw``: a plain confluent-kafka consumer with the processor's settings reading every partition and
   doing nothing else, timed from its assign() (no head start): the broker's limit;
-* ``single``: :class:`dtlive.processor.Processor` in this process (the baseline, one core);
-* ``dask-b`` with 1 and 2 workers: :class:`dtlive.scale.DaskProcessor` on a ``LocalCluster`` (processes,
+* ``single``: :class:`dtlive.streaming.processor.Processor` in this process (the baseline, one core);
+* ``dask-b`` with 1 and 2 workers: :class:`dtlive.streaming.dask_driver.DaskProcessor` on a ``LocalCluster`` (processes,
   one thread each, loopback): one partition actor per worker reads, decodes and windows its share of the
   partitions; the driver merges the per-window partial products and publishes — exact, exactly once.
   With 1 partition only one actor can work (the second worker stays idle).
@@ -57,8 +57,8 @@ def fill(bootstrap: str, topic: str, partitions: int, rows: int, fmt: str = "daq
     chunk's messages, which are in orbit order per key, so the rows sent would not be its first ones).
     """
     from dtlive.config import load_config
-    from dtlive.emulator import emulate
-    from dtlive.kafka import ensure_topics
+    from dtlive.kafka.clients import ensure_topics
+    from dtlive.kafka.emulator import emulate
 
     ensure_topics(load_config({}, env={}), bootstrap, {topic: partitions})
     if fmt == "daq64-dense":
@@ -78,8 +78,8 @@ def _cpu() -> float:
 
 
 def run_processor(bootstrap: str, topic: str, client=None, broker_pid: int | None = None) -> dict:
-    from dtlive.processor import Processor
-    from dtlive.scale import DaskProcessor
+    from dtlive.streaming.dask_driver import DaskProcessor
+    from dtlive.streaming.processor import Processor
 
     cfg = bench_config(bootstrap, hits_topic=topic)
     kw = {"from_beginning": True, "batch_size": BATCH_SIZE}
@@ -135,7 +135,7 @@ def median(runs: list[dict], expected_hits: int) -> dict:
 
 
 def run(quick: bool = False, rows: int | None = None, fmt: str = "daq64", repeat: int = 3) -> dict:
-    from dtlive.scale import dask_client
+    from dtlive.streaming.dask_driver import dask_client
 
     rows = rows or (2_000_000 if quick else 12_000_000) // (6 if fmt == "csv-batch" else 1)
     partition_counts = (1, 4, 8)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, free_port, log, rss_mb
 from dtlive.config import Config
-from dtlive.messages import EPOCH_HEADER, FORMAT_HEADER
+from dtlive.core.messages import EPOCH_HEADER, FORMAT_HEADER
 
 FAULTS = ("broker_stall", "broker_restart", "processor_kill", "database_outage", "poison")
 PG = "postgresql://postgres@127.0.0.1:5432"
@@ -169,7 +169,7 @@ class Stack:
     """Broker, processor, recorder and emulator; restarts a service that exits (the benchmark is the supervisor)."""
 
     def __init__(self, work: Path, db_url: str, rate: float, seconds: float):
-        from dtlive.broker import EmbeddedBroker
+        from dtlive.kafka.broker import EmbeddedBroker
 
         self.work, self.db_url, self.rate, self.seconds = work, db_url, rate, seconds
         self.port = free_port()
@@ -188,7 +188,7 @@ class Stack:
 
     def start(self, name: str, *args: str) -> None:
         out = open(self.work / f"{name}.log", "ab")  # noqa: SIM115 - the process owns it
-        self.procs[name] = subprocess.Popen([sys.executable, "-m", "dtlive.cli", "--bootstrap", self.bootstrap, *args],
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", "dtlive", "--bootstrap", self.bootstrap, *args],
                                             env=self.env, stdout=subprocess.DEVNULL, stderr=out)
         self.args = getattr(self, "args", {})
         self.args[name] = args
@@ -202,7 +202,7 @@ class Stack:
                 self.start(name, *self.args[name])
 
     def restart_broker(self) -> None:
-        from dtlive.broker import EmbeddedBroker
+        from dtlive.kafka.broker import EmbeddedBroker
 
         self.broker.stop()
         self.broker = EmbeddedBroker(port=self.port, state_dir=self.work / "state").start()
@@ -339,8 +339,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _checkpoint_state(bootstrap: str) -> str:
     from dtlive.config import load_config
-    from dtlive.kafka import partition_ends
-    from dtlive.processor import checkpoint_topic
+    from dtlive.kafka.clients import partition_ends
+    from dtlive.streaming.processor import checkpoint_topic
 
     cfg = load_config({}, env={})
     ends = partition_ends(cfg, bootstrap, checkpoint_topic(cfg), timeout=3)

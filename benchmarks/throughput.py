@@ -8,12 +8,12 @@ are HEAD-2 hits; the file is replayed in a loop with increasing orbits). Then, a
 * **raw**: a plain ``confluent_kafka.Consumer`` (same settings as the processor's consumer:
   read_committed, same fetch sizes, same batch size), ``assign()``-ed at the beginning, batched
   ``consume()`` until every message is in; nothing else is done with the messages;
-* **processor**: ``dtlive.processor.Processor(cfg, bootstrap, from_beginning=True).run(until_end=True)``
+* **processor**: ``dtlive.streaming.processor.Processor(cfg, bootstrap, from_beginning=True).run(until_end=True)``
   **in this process** (what ``dtlive process --from-beginning --until-end`` runs), a new group id and
   output topic each time. Its published windows are summed and compared with the hits counted in the input as
   it was written (never with another run): a run that misses or adds a hit fails the target.
   Like ``dtlive process``, the run starts with the set-up's objects frozen out of garbage collection
-  (:func:`dtlive.heap.freeze_startup_objects`).
+  (:func:`dtlive.service.heap.freeze_startup_objects`).
 
 Both consumers are created and assigned >= 1 s before their clock starts (the processor's own set-up
 takes that long; the raw consumer sleeps), so both start with librdkafka's prefetch queue warm.
@@ -45,15 +45,15 @@ from benchmarks.common import (
 
 TARGET_CSV_RATIO = 0.5
 TARGET_DAQ64_HITS_PER_S = 10e6
-BATCH_SIZE = 5_000  # dtlive process's default (dtlive.processor.BATCH_SIZE)
+BATCH_SIZE = 5_000  # dtlive process's default (dtlive.streaming.processor.BATCH_SIZE)
 DENSE_RATE = 2_000_000  # event-time density of the "dense" daq64 variant (rows per second of detector time)
 
 
 def prefill(bootstrap: str, topic: str, fmt: str, rows: int, rows_per_message: int, source: str) -> dict:
     """Write exactly ``rows`` rows; ``hits``: the hits among them, counted from the input as it is sent."""
     from dtlive.config import load_config
-    from dtlive.emulator import emulate
-    from dtlive.kafka import ensure_topics
+    from dtlive.kafka.clients import ensure_topics
+    from dtlive.kafka.emulator import emulate
 
     ensure_topics(load_config({}, env={}), bootstrap, [topic])
     if source == "file":
@@ -80,7 +80,7 @@ def raw_consume(bootstrap: str, topic: str, messages: int, timeout: float, batch
     """
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    from dtlive.kafka import consumer_config
+    from dtlive.kafka.clients import consumer_config
 
     cfg = bench_config(bootstrap)
     conf = consumer_config(cfg, bootstrap, group_id=f"bench-raw-{time.monotonic_ns()}", from_beginning=True)
@@ -105,8 +105,8 @@ def raw_consume(bootstrap: str, topic: str, messages: int, timeout: float, batch
 
 def processor_run(bootstrap: str, topic: str, tag: str, profile: bool = False) -> dict:
     """``dtlive process --from-beginning --until-end`` in this process, timed around run()."""
-    from dtlive.heap import freeze_startup_objects
-    from dtlive.processor import Processor
+    from dtlive.service.heap import freeze_startup_objects
+    from dtlive.streaming.processor import Processor
 
     cfg = bench_config(bootstrap, tag=tag, hits_topic=topic)
     t_setup = time.perf_counter()
@@ -122,7 +122,7 @@ def processor_run(bootstrap: str, topic: str, tag: str, profile: bool = False) -
     setup = time.perf_counter() - t_setup
     if setup < 1.0:
         time.sleep(1.0 - setup)
-    freeze_startup_objects()  # as `dtlive process` does before its loop (dtlive.shutdown.serve)
+    freeze_startup_objects()  # as `dtlive process` does before its loop (dtlive.service.shutdown.serve)
     cpu0, t0 = time.process_time(), time.perf_counter()
     prof = None
     try:

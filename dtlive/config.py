@@ -9,7 +9,7 @@ The defaults of :class:`Config` are the only place a topic name, consumer group 
 written down: a service reads them from its ``Config``, and code that needs a default without one
 (a function's default argument, a help text) names the class attribute (``Config.monitor_topic``), so a
 renamed topic changes everywhere at once. Schema ids and header names are not settings: they live in
-:mod:`dtlive.messages`; detector facts in :mod:`dtlive.detector`.
+:mod:`dtlive.core.messages`; detector facts in :mod:`dtlive.core.detector`.
 
 >>> cfg = load_config({"window_s": 3}, env={"DTLIVE_WINDOW_S": "4", "KAFKA_LINGER_MS": "5"})
 >>> cfg.window_s, cfg.kafka
@@ -49,7 +49,7 @@ class Config:
     alert_topics: str = "gcn.notices.*,gcn.classic.voevent.*,igwn.gwalert"  # comma-separated topic patterns
     alerts_rejected_topic: str = "dt.alerts.rejected"  # broken or unknown notices, with a reason header
     alerts_group_id: str = "dtlive-alerts"  # the listener's stable consumer group
-    status_topic: str = "dt.status"  # service heartbeats (dtlive.status/1), see dtlive.health
+    status_topic: str = "dt.status"  # service heartbeats (dtlive.status/1), see dtlive.kafka.health
     status_interval_s: float = 2.0  # seconds between a service's heartbeats; 0 switches them off
     watchdog_s: float = 60.0  # a service whose input waits with nothing processed this long exits non-zero (0: never)
     history_retention_days: float = 0.0  # history older than this is deleted by the recorder; 0 keeps everything

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what jupyterhub_config.py needs: JupyterHub and jupyterhub-idle-culler (pip: the `hub` extra) into
-# .venv, and configurable-http-proxy (npm) into the project-local .node/ (found there by dtlive.hub).
+# .venv, and configurable-http-proxy (npm) into the project-local .node/ (found there by dtlive.deploy.hub).
 # Idempotent: does nothing when both are there. Node/npm come from Debian when missing (root or sudo -n).
 set -euo pipefail
 cd "$(dirname "$0")/.."

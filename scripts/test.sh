@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/install_browser.sh   # Debian chromium for the Playwright browser tests
-bash scripts/install_hub.sh       # JupyterHub, its idle culler and configurable-http-proxy for tests/test_hub.py
+bash scripts/install_hub.sh       # JupyterHub, its idle culler and configurable-http-proxy for tests/deploy/test_hub.py
 .venv/bin/ruff check .
 .venv/bin/lint-imports --no-cache  # the layering contract in pyproject.toml
 .venv/bin/pylint --disable=all --enable=duplicate-code --score=n dtlive  # no repeated logic in the package

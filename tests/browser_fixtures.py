@@ -1,8 +1,8 @@
-"""Helpers of the browser tests (tests/test_browser.py): Chromium, a live feed, servers, SVG readings.
+"""Helpers of the browser tests (tests/ui/test_browser.py): Chromium, a live feed, servers, SVG readings.
 
 Everything runs on loopback and every wait is bounded. The live feed is the real pipeline in
-threads of the test process: ``dtlive.emulator.emulate`` (simulated DAQ, daq64) and a
-``dtlive.processor.Processor`` with 1 s windows, on unique topics of the session broker.
+threads of the test process: ``dtlive.kafka.emulator.emulate`` (simulated DAQ, daq64) and a
+``dtlive.streaming.processor.Processor`` with 1 s windows, on unique topics of the session broker.
 """
 
 from __future__ import annotations
@@ -81,9 +81,9 @@ class LiveFeed:
         from confluent_kafka import Producer
 
         from dtlive.config import load_config
-        from dtlive.emulator import emulate, simulated_chunks
-        from dtlive.kafka import ensure_topics
-        from dtlive.processor import Processor
+        from dtlive.kafka.clients import ensure_topics
+        from dtlive.kafka.emulator import emulate, simulated_chunks
+        from dtlive.streaming.processor import Processor
 
         tag = uuid.uuid4().hex[:8]
         self.cfg = load_config({"bootstrap": bootstrap, "hits_topic": f"bhits-{tag}", "monitor_topic": f"bmon-{tag}",

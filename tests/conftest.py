@@ -33,7 +33,7 @@ def private_data_dirs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory):
     """A real Tansu broker on a free loopback port for the whole test session (tests pass its address explicitly)."""
-    from dtlive.broker import EmbeddedBroker
+    from dtlive.kafka.broker import EmbeddedBroker
 
     state = tmp_path_factory.mktemp("broker-state")
     b = EmbeddedBroker(port=free_port(), state_dir=state)  # never 9092: a developer's own broker may want it
@@ -65,7 +65,8 @@ _TIER_BY_FILE = {
     "test_live.py": ("kafka",), "test_poison_cli.py": ("kafka",), "test_deadletter.py": ("kafka",),
     "test_alerts_rejoin.py": ("kafka", "slow"), "test_watchdog.py": ("kafka",),
 }
-_TIER_BY_DOCTEST = {"dtlive.emulator.emulator_producer": ("kafka", "slow")}  # waits 10 s for a broker that is not there
+# waits 10 s for a broker that is not there
+_TIER_BY_DOCTEST = {"dtlive.kafka.emulator.emulator_producer": ("kafka", "slow")}
 TIERS = ("kafka", "browser", "hub", "pg", "slow")
 
 

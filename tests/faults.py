@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from dtlive.broker import EmbeddedBroker
+from dtlive.kafka.broker import EmbeddedBroker
 
 
 def free_port() -> int:
@@ -76,7 +76,7 @@ class Services:
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
         err = open(self.tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        self.procs[name] = subprocess.Popen([sys.executable, "-m", "dtlive.cli", "--bootstrap", self.bootstrap, *args],
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", "dtlive", "--bootstrap", self.bootstrap, *args],
                                             env=self.env, stdout=subprocess.DEVNULL, stderr=err)
         return self.procs[name]
 

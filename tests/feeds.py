@@ -1,6 +1,6 @@
 """A throttled feed of the real run for kill tests: the input is still arriving when the kill happens.
 
-:class:`ThrottledFeed` replays ``run000591_hits.csv`` with :func:`dtlive.emulator.emulate` at a fixed rate in a
+:class:`ThrottledFeed` replays ``run000591_hits.csv`` with :func:`dtlive.kafka.emulator.emulate` at a fixed rate in a
 thread. The rows after the first ``hold_after_windows`` windows of the run wait until :meth:`ThrottledFeed.release`
 (bounded by ``hold_timeout``), so however fast the machine, a test that kills a service before releasing kills it
 mid-stream: part of the input is provably not sent yet.
@@ -14,8 +14,8 @@ import numpy as np
 from confluent_kafka import Producer
 from datafiles import RUN_CSV
 
-from dtlive import detector as det
-from dtlive.emulator import Chunk, emulate, file_chunks
+from dtlive.core import detector as det
+from dtlive.kafka.emulator import Chunk, emulate, file_chunks
 
 RUN_ROWS = 159_616  # rows (all hits) of run000591_hits.csv
 

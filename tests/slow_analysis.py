@@ -52,7 +52,7 @@ def _made(service):
 
 
 if __name__ == "__main__":
-    from dtlive.shutdown import serve
+    from dtlive.service.shutdown import serve
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with open(sys.argv[1]) as f:

@@ -17,8 +17,8 @@ from datafiles import RUN_CSV
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks package lives next to tests/
 
 from benchmarks.checks import CountedInput, count_check, count_hits, verdict  # noqa: E402
-from dtlive.emulator import Chunk, file_chunks  # noqa: E402
-from dtlive.simulate import simulate  # noqa: E402
+from dtlive.core.simulate import simulate  # noqa: E402
+from dtlive.kafka.emulator import Chunk, file_chunks  # noqa: E402
 
 RUN_ROWS = 159_616
 

@@ -34,8 +34,22 @@ def test_the_core_keeps_its_layer(tmp_path):
 
 def test_a_core_module_importing_kafka_breaks_the_contract(tmp_path):
     tree = copy_of_the_project(tmp_path)
-    windows = tree / "dtlive" / "windows.py"
+    windows = tree / "dtlive" / "core" / "windows.py"
     windows.write_text(windows.read_text() + "\nimport confluent_kafka  # noqa: E402,F401\n")
     result = lint(tree)
     assert result.returncode != 0
-    assert "dtlive.windows -> confluent_kafka" in result.stdout and "1 broken" in result.stdout
+    assert "dtlive.core.windows -> confluent_kafka" in result.stdout and "1 broken" in result.stdout
+
+
+def test_a_module_over_500_lines_says_why_at_its_top():
+    """Modules stay small; one that is not says why in its docstring (``Long on purpose: ...``)."""
+    import ast
+
+    unexplained = []
+    for path in sorted((ROOT / "dtlive").rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > 500:
+            doc = ast.get_docstring(ast.parse(text)) or ""
+            if "Long on purpose" not in doc and "Just over 500 lines" not in doc:
+                unexplained.append(str(path.relative_to(ROOT)))
+    assert unexplained == []

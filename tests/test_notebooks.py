@@ -91,7 +91,7 @@ def notebook_broker(tmp_path_factory):
     names (``gcn.notices.*``) other tests write to as well, from the beginning."""
     from conftest import free_port
 
-    from dtlive.broker import EmbeddedBroker
+    from dtlive.kafka.broker import EmbeddedBroker
 
     b = EmbeddedBroker(port=free_port(), state_dir=tmp_path_factory.mktemp("notebook-broker")).start()
     yield b.bootstrap

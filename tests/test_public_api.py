@@ -29,3 +29,19 @@ def test_importing_dtlive_loads_no_kafka_streamz_database_or_widgets():
 def test_an_unknown_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
         dtlive.nothing_here  # noqa: B018
+
+
+def test_the_processor_command_loads_only_what_processing_needs():
+    """``dtlive process`` starts in about a second: the command line and the processor import no pandas (csv
+    parsing imports it on first use), xarray, SQLAlchemy (the ledger opens in the background), widgets, and
+    streamz comes without dask.distributed."""
+    code = ("import sys; from dtlive.deploy import cli; cli._streamz_without_dask(); "
+            "import dtlive.streaming.processor, streamz; "
+            "heavy = {'pandas', 'xarray', 'sqlalchemy', 'alembic', 'ipywidgets', 'bqplot', 'distributed', 'scipy'}; "
+            "print(sorted(heavy & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+    # afterwards, a Dask import works as usual
+    code = "from dtlive.deploy import cli; cli._streamz_without_dask(); import distributed; print(distributed.Client)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert "distributed.client.Client" in out.stdout

@@ -5,7 +5,7 @@ An analysis is a callable ``(alert: Alert, ctx: AnalysisContext) -> AnalysisResu
 ``artifacts_dir`` for files, the rule's ``params`` (already merged with the analysis' defaults) and ``now``.
 The result carries a JSON-ready ``summary`` (what goes back to Kafka), an xarray ``data`` Dataset, the
 ``artifacts`` written and a ``provenance`` block (analysis, version, code, params, alert, the windows and
-time ranges used, and their inputs from :meth:`dtlive.ledger.Ledger.provenance`).
+time ranges used, and their inputs from :meth:`dtlive.storage.ledger.Ledger.provenance`).
 
 Register with the :func:`analysis` decorator; other packages add theirs through the entry-point group
 ``dtlive.analyses`` (``my_rate = "mypkg.mod:my_rate"`` under ``[project.entry-points."dtlive.analyses"]``),
@@ -19,7 +19,7 @@ by :func:`broken_analyses`; the others keep working. Built-ins (registered throu
 
 >>> import tempfile
 >>> from dtlive.alerts import parse_notice
->>> from dtlive.history import HistoryStore
+>>> from dtlive.storage.history import HistoryStore
 >>> {"rate_excess", "snapshot", "notebook"} <= set(available_analyses())
 True
 >>> @analysis(name="doc_example", version="0.1", defaults={"factor": 2}, register=False)
@@ -32,6 +32,9 @@ True
 ('doc_example', '0.1', {'status': 'ok', 'alert': 'IceCube:7', 'answer': 42}, {'factor': 2})
 >>> get_analysis("rate_excess")(alert, ctx).summary["status"]     # an empty history: no data, no exception
 'no_data'
+
+Long on purpose: it holds the registry and the built-in analyses with their statistics and provenance;
+a new analysis is a plug-in in its own package, not an edit here.
 """
 
 from __future__ import annotations
@@ -58,8 +61,8 @@ import xarray as xr
 from scipy.special import gammainc, gammaln, hyp1f1, ndtri_exp, xlogy
 
 from dtlive.alerts.notices import Alert, alert_to_dict
-from dtlive.history import HistoryStore, overlaps
-from dtlive.messages import ANALYSIS_SCHEMA
+from dtlive.core.messages import ANALYSIS_SCHEMA
+from dtlive.storage.history import HistoryStore, overlaps
 
 __all__ = [
     "GROUP",
@@ -109,8 +112,9 @@ def default_artifacts_dir() -> Path:
 class AnalysisContext:
     """What an analysis may use besides the alert.
 
-    ``history``: a :class:`~dtlive.history.HistoryStore`; ``ledger``: a :class:`~dtlive.ledger.Ledger` or None
-    (then no bad periods and no input provenance); ``artifacts_dir``: where files go (created on first use);
+    ``history``: a :class:`~dtlive.storage.history.HistoryStore`; ``ledger``: a
+    :class:`~dtlive.storage.ledger.Ledger` or None (then no bad periods and no input provenance);
+    ``artifacts_dir``: where files go (created on first use);
     ``params``: the rule's parameters (the registry merges them with the analysis' defaults before the call);
     ``now``: UNIX seconds of the run (default: the wall clock); ``run``: filled by the registry with the
     common provenance of this run (analysis, version, code, params, alert, ran_at).
@@ -131,7 +135,7 @@ class AnalysisContext:
     @classmethod
     def default(cls, **kwargs) -> AnalysisContext:
         """The default history store, the default ledger (``DTLIVE_DB``) and artifacts directory."""
-        from dtlive.ledger import Ledger
+        from dtlive.storage.ledger import Ledger
 
         kwargs.setdefault("history", HistoryStore())
         kwargs.setdefault("ledger", Ledger())
@@ -163,7 +167,7 @@ class AnalysisContext:
         if self.ledger is None or not end > start:
             return {}
         if processor == "":
-            from dtlive.ledger import UNKNOWN_PROCESSOR
+            from dtlive.storage.ledger import UNKNOWN_PROCESSOR
 
             processor = UNKNOWN_PROCESSOR
         return _jsonable(self.ledger.provenance(start=start, end=end, processor=processor))
@@ -781,7 +785,7 @@ def _alert_brief(alert: Alert) -> dict:
 @functools.lru_cache(maxsize=1)
 def _code_version() -> dict:
     import dtlive
-    from dtlive.ledger import source_git_commit
+    from dtlive.storage.ledger import source_git_commit
 
     return {"dtlive_version": dtlive.__version__, "git_commit": source_git_commit()}
 

@@ -31,11 +31,11 @@ from dtlive import __version__
 from dtlive.alerts.notices import Alert, NoticeError, alert_from_dict, alert_to_dict, parse_notice
 from dtlive.alerts.workers import WorkerPool
 from dtlive.config import Config
-from dtlive.deadletter import dead_letter
-from dtlive.health import Heartbeat, partition_lag
-from dtlive.kafka import ClusterWatch, client_config, ensure_topics, producer_config
-from dtlive.messages import ANALYSIS_SCHEMA
-from dtlive.watchdog import Watchdog
+from dtlive.core.messages import ANALYSIS_SCHEMA
+from dtlive.kafka.clients import ClusterWatch, client_config, ensure_topics, producer_config
+from dtlive.kafka.deadletter import dead_letter
+from dtlive.kafka.health import Heartbeat, partition_lag
+from dtlive.service.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ def run_job(analysis: str, alert: dict, params: dict, history_path: str | None, 
     import uuid
 
     from dtlive.alerts.analyses import AnalysisContext, get_analysis
-    from dtlive.history import HistoryStore
-    from dtlive.ledger import Ledger, RetryingLedger
+    from dtlive.storage.history import HistoryStore
+    from dtlive.storage.ledger import Ledger, RetryingLedger
 
     fn = get_analysis(analysis)
     attempt = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -94,7 +94,7 @@ class AlertListener:
         from confluent_kafka import Producer
 
         from dtlive.alerts.rules import AlertDecider, default_rules
-        from dtlive.ledger import Ledger, RetryingLedger, default_url
+        from dtlive.storage.ledger import Ledger, RetryingLedger, default_url
 
         self.cfg = cfg
         self.bootstrap = bootstrap
@@ -246,7 +246,7 @@ class AlertListener:
     def _details(self, kind: str, state: str) -> list[dict]:
         from sqlalchemy import select
 
-        from dtlive.ledger import TaskState
+        from dtlive.storage.ledger import TaskState
 
         q = select(TaskState.task_id, TaskState.detail).where(TaskState.task_kind == kind, TaskState.state == state)
         with self.ledger.session() as s:
@@ -431,7 +431,8 @@ class AlertListener:
         return self
 
     def health(self) -> dict:
-        """Heartbeat fields (:mod:`dtlive.health`): state, lag of the assigned notice partitions, totals, errors."""
+        """Heartbeat fields (:mod:`dtlive.kafka.health`): state, lag of the assigned notice partitions, totals,
+        errors."""
         self.producer.poll(0)  # serves its delivery reports and librdkafka log lines
         high, positions = {}, {}
         try:

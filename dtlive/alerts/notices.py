@@ -26,6 +26,9 @@ True
 Traceback (most recent call last):
 ...
 dtlive.alerts.notices.NoticeError: not_json: Expecting ',' delimiter: line 1 column 20 (char 19)
+
+Long on purpose: it maps three notice families and their many field spellings onto one :class:`Alert`;
+the mapping tables are easier to check side by side than apart.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from dtlive.messages import ALERT_SCHEMA
+from dtlive.core.messages import ALERT_SCHEMA
 
 __all__ = [
     "FORMATS",

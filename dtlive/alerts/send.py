@@ -15,7 +15,7 @@ import re
 import time
 from pathlib import Path
 
-from dtlive.messages import iso_utc
+from dtlive.core.messages import iso_utc
 
 TEMPLATES = {  # built-in notices (gcn-schema shaped) for demos without the example files
     "superk-sn": {"$schema": "https://gcn.nasa.gov/schema/main/gcn/notices/superk/sn_alert.schema.json",

@@ -1,1 +1,0 @@
-"""Alembic migrations of the run bookkeeping ledger (:mod:`dtlive.ledger`); applied by ``Ledger()``."""

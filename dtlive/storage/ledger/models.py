@@ -1,0 +1,227 @@
+"""The ledger's tables (SQLAlchemy 2 declarative models) and the append-only guard of the task state history."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, ORMExecuteState, mapped_column, relationship
+
+from dtlive.storage.ledger.values import to_utc
+
+TARGETS = ("run", "period", "detector_run")  # what annotations and tags can be attached to
+UNKNOWN_PROCESSOR = "unknown"  # results published without a provenance.processor
+
+
+class AppendOnlyError(RuntimeError):
+    """Raised on an attempt to change or delete a row of an append-only table (task state history)."""
+
+
+# --------------------------------------------------------------------------------------------- types
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive, in UTC)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        value = to_utc(value)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the ledger tables."""
+
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), str: sa.String(), int: sa.BigInteger(), float: sa.Float()}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ProcessingRun(Base):
+    """One run of a dtlive service (processor, reprocessing, emulator...)."""
+
+    __tablename__ = "processing_runs"
+
+    run_id: Mapped[str] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(index=True)
+    status: Mapped[str]  # running, finished, failed, ... ; "observed": only seen in published results
+    processor: Mapped[str | None] = mapped_column(index=True)
+    config: Mapped[dict | None] = mapped_column(JSONType)
+    config_hash: Mapped[str | None] = mapped_column(index=True)
+    inputs: Mapped[list | None] = mapped_column(JSONType)
+    host: Mapped[str | None]
+    pid: Mapped[int | None]  # the run's process on ``host``: a "running" run whose process is gone died
+    dtlive_version: Mapped[str | None]
+    git_commit: Mapped[str | None]
+    started_at: Mapped[datetime] = mapped_column(index=True)
+    stopped_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]  # the last time the run's process said it was alive
+
+
+class WindowRecord(Base):
+    """One published window result (one ``dtlive.monitor/1`` message)."""
+
+    __tablename__ = "windows"
+    # keyed by run too: a processor that starts a new series (its broker lost the old one) publishes ids again
+    __table_args__ = (sa.UniqueConstraint("processor", "run_id", "window_id"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    processor: Mapped[str]
+    window_id: Mapped[int]
+    run_id: Mapped[str | None] = mapped_column(sa.ForeignKey("processing_runs.run_id"), index=True)
+    first_orbit: Mapped[int]
+    last_orbit: Mapped[int]
+    start_time: Mapped[datetime | None] = mapped_column(index=True)
+    end_time: Mapped[datetime | None]
+    orbit_epoch: Mapped[float | None]
+    total_hits: Mapped[int]
+    hits_per_chamber: Mapped[list | None] = mapped_column(JSONType)
+    rows: Mapped[int]
+    rejected: Mapped[int]
+    rejected_by_reason: Mapped[dict | None] = mapped_column(JSONType)
+    late_hits: Mapped[int]
+    ancillary: Mapped[int]
+    special_channel_hits: Mapped[int]
+    config_hash: Mapped[str | None]
+    dtlive_version: Mapped[str | None]
+    host: Mapped[str | None]
+    result_topic: Mapped[str]
+    result_partition: Mapped[int] = mapped_column(sa.Integer)
+    result_offset: Mapped[int]
+    result_cluster: Mapped[str | None]  # the broker's cluster id: a restarted broker counts offsets from 0 again
+    provenance: Mapped[dict | None] = mapped_column(JSONType)  # the message's whole provenance block
+    recorded_at: Mapped[datetime]
+
+    inputs: Mapped[list[WindowInput]] = relationship(
+        back_populates="window", cascade="all, delete-orphan", order_by="WindowInput.id", passive_deletes=True
+    )
+
+
+class WindowInput(Base):
+    """One input offset range (one topic partition) read by a window."""
+
+    __tablename__ = "window_inputs"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    window_pk: Mapped[int] = mapped_column(sa.Integer, sa.ForeignKey("windows.id", ondelete="CASCADE"), index=True)
+    topic: Mapped[str]
+    partition: Mapped[int] = mapped_column(sa.Integer)
+    first_offset: Mapped[int]
+    last_offset: Mapped[int]
+
+    window: Mapped[WindowRecord] = relationship(back_populates="inputs")
+
+
+class DQPeriod(Base):
+    """A data-quality period: a time interval flagged bad (or good, warning...) with a reason."""
+
+    __tablename__ = "dq_periods"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(index=True)
+    start_time: Mapped[datetime] = mapped_column(index=True)
+    end_time: Mapped[datetime | None]  # None: still going on
+    reason: Mapped[str] = mapped_column(sa.Text)
+    automatic: Mapped[bool]
+    who: Mapped[str | None]
+    detail: Mapped[dict | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class DetectorRun(Base):
+    """A detector run: starts on an orbit-counter reset or a run change."""
+
+    __tablename__ = "detector_runs"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    start_time: Mapped[datetime] = mapped_column(index=True)
+    end_time: Mapped[datetime | None]
+    first_orbit: Mapped[int]
+    last_orbit: Mapped[int | None]
+    meta: Mapped[dict] = mapped_column(JSONType)
+    created_at: Mapped[datetime]
+
+
+class Annotation(Base):
+    """Free text attached to a run, a period or a detector run."""
+
+    __tablename__ = "annotations"
+    __table_args__ = (sa.Index("ix_annotations_target", "target", "target_id"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    target: Mapped[str]
+    target_id: Mapped[str]
+    text: Mapped[str] = mapped_column(sa.Text)
+    who: Mapped[str | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Tag(Base):
+    """A short label attached to a run, a period or a detector run."""
+
+    __tablename__ = "tags"
+    __table_args__ = (sa.UniqueConstraint("target", "target_id", "tag"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    target: Mapped[str]
+    target_id: Mapped[str]
+    tag: Mapped[str] = mapped_column(index=True)
+
+
+class TaskState(Base):
+    """One state change of a long task; append-only (never updated, never deleted)."""
+
+    __tablename__ = "task_states"
+    __table_args__ = (sa.Index("ix_task_states_task_at", "task_id", "at"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    task_id: Mapped[str]
+    task_kind: Mapped[str | None] = mapped_column(index=True)
+    state: Mapped[str]
+    detail: Mapped[dict | None] = mapped_column(JSONType)
+    at: Mapped[datetime]
+
+
+_TARGET_MODELS: dict[str, type[Base]] = {"run": ProcessingRun, "period": DQPeriod, "detector_run": DetectorRun}
+
+
+@event.listens_for(TaskState, "before_update")
+def _no_task_update(mapper, connection, target):
+    raise AppendOnlyError(f"task_states is append-only: cannot update state row {target.id}")
+
+
+@event.listens_for(TaskState, "before_delete")
+def _no_task_delete(mapper, connection, target):
+    raise AppendOnlyError(f"task_states is append-only: cannot delete state row {target.id}")
+
+
+def _no_bulk_task_changes(state: ORMExecuteState) -> None:
+    if (state.is_update or state.is_delete) and any(m.class_ is TaskState for m in state.all_mappers):
+        raise AppendOnlyError("task_states is append-only: bulk UPDATE/DELETE refused")

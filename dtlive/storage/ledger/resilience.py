@@ -1,0 +1,141 @@
+"""Services and an unreachable database: :class:`RetryingLedger` waits outages out, :class:`RunKeeper` keeps a run."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from dtlive.storage.ledger.api import Ledger
+from dtlive.storage.ledger.outage import LedgerUnavailable, is_unreachable, retry_unreachable
+from dtlive.storage.ledger.queries import HEARTBEAT_S
+
+log = logging.getLogger("dtlive.storage.ledger")  # one logger for the whole ledger package
+
+
+class RetryingLedger:
+    """A :class:`Ledger` whose every call waits out database outages instead of failing (for services).
+
+    Each call is retried with backoff (:func:`retry_unreachable`) while the database is unreachable,
+    so a service blocks where it is and goes on when the database is back: nothing it had to write
+    is skipped and nothing is written twice (each call is one transaction). When ``stop()`` turns
+    true during an outage the waiting call raises :class:`LedgerUnavailable`; ``on_wait()`` is called
+    while it waits (see :func:`retry_unreachable`). Attributes that are not methods (``url``,
+    ``engine``, ``outage``) are the wrapped ledger's.
+
+    A write whose COMMIT was sent just as the connection died may have been applied; retrying it is
+    harmless for the idempotent calls (``record_windows``, ``stop_run``, ``tag``) and appends a
+    repeated row for the others (``append_state``, ``add_period``).
+
+    >>> led = RetryingLedger(Ledger("sqlite://"))
+    >>> led.append_state("task-1", "queued") > 0, led.current_state("task-1")
+    (True, 'queued')
+    """
+
+    _AS_IS = frozenset({"close", "session"})
+
+    def __init__(self, ledger: Ledger | RetryingLedger, stop: Callable[[], bool] | None = None,
+                 on_wait: Callable[[], None] | None = None):
+        self.ledger: Ledger = ledger.ledger if isinstance(ledger, RetryingLedger) else ledger
+        self.stop = stop
+        self.on_wait = on_wait
+
+    def __repr__(self) -> str:
+        return f"RetryingLedger({self.ledger!r})"
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.ledger, name)
+        if name.startswith("_") or name in self._AS_IS or not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            return retry_unreachable(lambda: attr(*args, **kwargs), outage=self.ledger.outage, stop=self.stop,
+                                     on_wait=self.on_wait)
+
+        return call
+
+
+class RunKeeper:
+    """A service's processing run in the ledger, kept without ever making the service wait on the database.
+
+    The run is started at once when the database answers; otherwise a background thread retries
+    with backoff until it does. The thread stamps a heartbeat every ``heartbeat_s`` seconds;
+    :meth:`stop` records the end, waiting at most ``timeout_s`` for an unreachable database (the
+    run then stays ``running`` and is marked ``died`` once its process is gone). ``start_kwargs``
+    go to :meth:`Ledger.start_run`.
+
+    >>> led = Ledger("sqlite://")
+    >>> keeper = RunKeeper(led, "run-1", heartbeat_s=0.05, config={"window_s": 2.0})
+    >>> led.run("run-1")["status"]
+    'running'
+    >>> keeper.stop("finished"), led.run("run-1")["status"]
+    (True, 'finished')
+    """
+
+    def __init__(self, ledger: Ledger | RetryingLedger, run_id: str, *, heartbeat_s: float = HEARTBEAT_S,
+                 **start_kwargs: Any):
+        self.ledger: Ledger = ledger.ledger if isinstance(ledger, RetryingLedger) else ledger
+        self.run_id = run_id
+        self.heartbeat_s = heartbeat_s
+        self.started = False
+        self.stopped = False
+        self._start_kwargs = dict(start_kwargs, run_id=run_id)
+        self._status = "finished"
+        self._deadline = float("inf")  # monotonic time after which an unreachable database is given up on
+        self._stopping = threading.Event()
+        try:
+            self._start()
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            self.ledger.outage.failed(exc)
+        self._thread = threading.Thread(target=self._work, name=f"ledger-run-{run_id}", daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        self.ledger.ensure_upgraded()
+        try:
+            self.ledger.start_run(**self._start_kwargs)
+        except ValueError:  # already there: fine if an earlier attempt, whose answer was lost, wrote it
+            run = self.ledger.run(self.run_id)
+            if (run["host"], run["pid"], run["status"]) != (socket.gethostname(), os.getpid(), "running"):
+                raise
+        self.started = True
+
+    def _retry(self, fn: Callable[[], Any]) -> bool:
+        try:
+            retry_unreachable(fn, outage=self.ledger.outage, stop=lambda: time.monotonic() > self._deadline)
+        except LedgerUnavailable as exc:
+            log.error("run %s: %s; giving up on recording it", self.run_id, exc)
+            return False
+        return True
+
+    def _work(self) -> None:
+        try:
+            if not self.started and not self._retry(self._start):
+                return
+            while not self._stopping.wait(self.heartbeat_s):
+                try:
+                    self.ledger.heartbeat(self.run_id)
+                    self.ledger.outage.recovered()
+                except Exception as exc:
+                    if not is_unreachable(exc):
+                        raise
+                    self.ledger.outage.failed(exc)
+            self.stopped = self._retry(lambda: self.ledger.stop_run(self.run_id, status=self._status))
+        except Exception:  # never let bookkeeping kill its service; say why
+            log.exception("run %s: recording it in the ledger failed", self.run_id)
+
+    def stop(self, status: str = "finished", timeout_s: float = 10.0) -> bool:
+        """Record the run's end with ``status``; wait at most ``timeout_s``; True once it is recorded."""
+        self._status = status
+        self._deadline = time.monotonic() + timeout_s
+        self._stopping.set()
+        self._thread.join(timeout_s + 1.0)
+        return self.stopped

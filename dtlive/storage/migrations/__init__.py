@@ -1,0 +1,1 @@
+"""Alembic migrations of the run bookkeeping ledger (:mod:`dtlive.storage.ledger`); applied by ``Ledger()``."""

@@ -1,0 +1,330 @@
+"""Live results for dashboards: a pure window accumulator and a background ``dt.monitor`` feed.
+
+:class:`LiveWindows` (pure, no I/O) keeps the recent windows and answers the three views
+a shifter wants: the ``last`` window, the ``cumulative`` sum since the last reset, and the
+``rolling`` sum of the last N windows, plus the per-window time series and a status.
+:class:`ResultsFeed` is the thin I/O shell: one background thread with its own consumer
+that starts from the newest windows (a short backfill, so a view is never empty), hands
+parsed messages to a callback, and reports plainly when the broker or the data is gone.
+The same feed follows the services' heartbeats on ``dt.status`` (``parse=dtlive.kafka.health.parse_status``);
+:class:`dtlive.kafka.health.ServiceHealth` is their pure state (who is alive, stale or irregular).
+
+>>> from dtlive.core.messages import encode_message, decode_message
+>>> from dtlive.core.products import compute_products
+>>> from dtlive.core.rows import Rows
+>>> def window(i, n):
+...     ds = compute_products(Rows.from_columns(head=[2] * n, fpga=[0] * n, channel=[3] * n, orbit=[i] * n,
+...                                             bx=[0] * n, tdc=[0] * n))
+...     ds.attrs.update(window_id=i, first_orbit=i, last_orbit=i)
+...     return decode_message(encode_message(ds))
+>>> live = LiveWindows(rolling=2)
+>>> live.add([window(0, 5), window(1, 1), window(2, 2)])
+3
+>>> [int(live.view(mode).total_hits) for mode in ("last", "rolling", "cumulative")]
+[2, 3, 8]
+>>> live.reset(); int(live.view("cumulative").total_hits)
+0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import xarray as xr
+
+from dtlive.config import Config
+from dtlive.core import detector as det
+from dtlive.core.messages import COUNTS, decode_message, message_arrays, utc_seconds
+from dtlive.core.products import DRIFT_EDGES_NS, PRODUCTS, arrays_to_dataset
+
+log = logging.getLogger(__name__)
+
+VIEWS = ("last", "cumulative", "rolling")
+
+
+@dataclass
+class WindowPoint:
+    """What the time series keep of one window."""
+
+    id: int
+    start: float  # UNIX seconds
+    end: float
+    total_hits: int
+    hits_per_chamber: np.ndarray
+    rows: int
+    rejected: int
+    received: float  # wall clock when the dashboard got it
+
+
+@dataclass
+class LiveWindows:
+    """Recent windows, summed three ways, and their time series. Pure: feed it parsed messages."""
+
+    rolling: int = 10
+    history: int = 1800  # windows kept for the time series (an hour of 2 s windows)
+    drift_edges: np.ndarray = field(default_factory=lambda: DRIFT_EDGES_NS.copy())
+    points: deque = field(init=False)
+    _recent: deque = field(init=False)
+    _cumulative: dict | None = field(default=None, init=False)
+    _seen: set = field(default_factory=set, init=False)
+    windows_since_reset: int = field(default=0, init=False)
+
+    def __post_init__(self):
+        self.points = deque(maxlen=self.history)
+        self._recent = deque(maxlen=max(1, self.rolling))
+
+    def set_rolling(self, n: int) -> None:
+        """Change how many windows the rolling view sums (keeps what fits)."""
+        self.rolling = max(1, int(n))
+        self._recent = deque(self._recent, maxlen=max(self.rolling, 1))
+
+    def add(self, messages: list[dict], received: float | None = None) -> int:
+        """Add parsed ``dtlive.monitor/1`` messages (any order; repeats ignored); return how many were new."""
+        received = time.time() if received is None else received
+        new = 0
+        for msg in sorted(messages, key=lambda m: m["window"]["id"]):
+            key = (msg["provenance"].get("processor"), msg["window"]["id"])
+            if key in self._seen:
+                continue
+            self._seen.add(key)
+            if len(self._seen) > 4 * self.history:  # forget the oldest keys; windows only move forward
+                self._seen = set(sorted(self._seen, key=lambda k: k[1])[-self.history :])
+            arrays = message_arrays(msg)
+            if len(msg["histograms"]["drift_time_ns"]["chamber_0"]["bin_edges"]) != len(self.drift_edges):
+                self.drift_edges = np.array(msg["histograms"]["drift_time_ns"]["chamber_0"]["bin_edges"], float)
+                self._cumulative, self._recent = None, deque(maxlen=self.rolling)
+            self._recent.append(arrays)
+            if self._cumulative is None:
+                self._cumulative = {k: np.array(v, copy=True) for k, v in arrays.items()}
+            else:
+                for k, v in arrays.items():
+                    self._cumulative[k] = self._cumulative[k] + v
+            w = msg["window"]
+            self.points.append(
+                WindowPoint(w["id"], utc_seconds(w.get("start")), utc_seconds(w.get("end")), int(arrays["total_hits"]),
+                            arrays["hits_per_chamber"], int(arrays["rows"]), int(arrays["rejected"]), received)
+            )
+            self.windows_since_reset += 1
+            new += 1
+        return new
+
+    def reset(self) -> None:
+        """Start the cumulative view again from zero (the time series are kept)."""
+        self._cumulative = None
+        self.windows_since_reset = 0
+
+    def arrays(self, mode: str = "last") -> dict[str, np.ndarray] | None:
+        """Product arrays of a view (None while there is nothing to show)."""
+        if mode not in VIEWS:
+            raise ValueError(f"unknown view {mode!r}; choose one of {', '.join(VIEWS)}")
+        if mode == "cumulative":
+            return self._cumulative
+        if not self._recent:
+            return None
+        if mode == "last":
+            return self._recent[-1]
+        return {k: sum(a[k] for a in self._recent) for k in self._recent[-1]}
+
+    def view(self, mode: str = "last") -> xr.Dataset:
+        """A view as the labelled Dataset of :mod:`dtlive.core.products` (zeros while empty)."""
+        arrays = self.arrays(mode)
+        if arrays is None:
+            from dtlive.core.products import compute_arrays
+            from dtlive.core.rows import Rows
+
+            arrays = {**compute_arrays(Rows.empty(), self.drift_edges), **{k: 0 for k in (*COUNTS, "rejected")}}
+        ds = arrays_to_dataset({k: arrays[k] for k in PRODUCTS}, self.drift_edges)
+        for k in (*COUNTS, "rejected"):
+            ds[k] = ((), np.int64(arrays[k]))
+        ds.attrs["view"] = mode
+        return ds
+
+    def series(self) -> dict[str, np.ndarray]:
+        """Per-window time series: ``time`` (datetime64 of window start), ``total_hits``, ``hits_per_chamber``."""
+        pts = list(self.points)
+        return {
+            "time": np.array([p.start * 1000 for p in pts], "float64").astype("datetime64[ms]"),
+            "window_id": np.array([p.id for p in pts], np.int64),
+            "total_hits": np.array([p.total_hits for p in pts], np.int64),
+            "hits_per_chamber": np.array([p.hits_per_chamber for p in pts], np.int64).reshape(len(pts), det.N_CHAMBERS),
+        }
+
+    def status(self, now: float | None = None, stale_after_s: float = 10.0) -> dict:
+        """Last window, data age, input rate, windows/s and rejects, and a one-word state.
+
+        The figures never contradict each other. ``state`` is ``live`` only while windows keep coming (one
+        within ``stale_after_s``) and their data is fresh (it ended at most ``stale_after_s`` plus a window
+        ago); windows that keep coming with older data are ``behind`` (a backlog, a replay); no window for
+        ``stale_after_s`` is ``stale``, and then both rates are 0. Rates are numbers, never NaN (0 where they
+        cannot be known); ``data_age_s`` is never negative: a window that ends after ``now`` (a clock ahead)
+        has age 0 and ``clock_ahead_s`` says by how much.
+        """
+        now = time.time() if now is None else now
+        if not self.points:
+            return {"state": "waiting", "windows": 0}
+        last = self.points[-1]
+        recent = [p for p in self.points if now - p.received <= 30]
+        span = (recent[-1].received - recent[0].received) if len(recent) > 1 else 0.0
+        duration = last.end - last.start if np.isfinite(last.end - last.start) and last.end > last.start else 0.0
+        age = now - last.end if np.isfinite(last.end) else now - last.received
+        since_last = now - last.received
+        fresh = age <= stale_after_s + duration
+        state = "stale" if since_last > stale_after_s else "live" if fresh else "behind"
+        flowing = state != "stale"
+        return {
+            "state": state,
+            "windows": len(self.points),
+            "window_id": last.id,
+            "window_start": last.start,
+            "window_end": last.end,
+            "data_age_s": max(age, 0.0),
+            "clock_ahead_s": max(-age, 0.0),
+            "since_last_s": since_last,
+            "input_rows_per_s": last.rows / duration if flowing and duration > 0 else 0.0,
+            "windows_per_s": (len(recent) - 1) / span if flowing and span > 0 else 0.0,
+            "rejected_last": last.rejected,
+            "rejected_total": sum(p.rejected for p in self.points),
+        }
+
+
+class ResultsFeed:
+    """Background consumer of a results topic: newest windows first, then live.
+
+    ``parse`` turns a message value into a dict (default: a ``dtlive.monitor/1`` result;
+    it raises ValueError for values to skip), so the same feed follows ``dt.quality``.
+
+    ``on_messages`` gets lists of parsed messages from the feed's thread; ``broker_ok``
+    and ``error`` tell whether the broker answers. The feed never stops on its own:
+    when the broker goes away it keeps retrying and resumes when it returns.
+
+    >>> feed = ResultsFeed("127.0.0.1:9092", on_messages=print, backfill=30)  # doctest: +SKIP
+    >>> feed.start(); ...; feed.stop()                                        # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        on_messages: Callable[[list[dict]], None],
+        topic: str = Config.monitor_topic,
+        backfill: int = 30,
+        kafka: dict | None = None,
+        check_every_s: float = 2.0,
+        parse: Callable[[bytes], dict] = decode_message,
+    ):
+        self.parse = parse
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.backfill = backfill
+        self.on_messages = on_messages
+        self.kafka = dict(kafka or {})
+        self.check_every_s = check_every_s
+        self.broker_ok: bool | None = None
+        self.error: str | None = None
+        self.received = 0
+        self.skipped = 0
+        self.cluster_id: str | None = None  # of the broker read from: a new one (restarted empty) is followed
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> ResultsFeed:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name=f"dtlive-feed-{self.topic}", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _consumer(self):
+        from confluent_kafka import Consumer
+
+        from dtlive.kafka.clients import LIBRDKAFKA_LOG
+
+        def on_error(err):
+            self.error = str(err)
+            if err.code() in (-187, -195):  # _ALL_BROKERS_DOWN, _TRANSPORT
+                self.broker_ok = False
+
+        return Consumer({
+            "bootstrap.servers": self.bootstrap,
+            "group.id": "dtlive-dashboard",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 100,  # also makes the end-offset check quick
+            "reconnect.backoff.max.ms": 1000,
+            "error_cb": on_error,
+            "logger": LIBRDKAFKA_LOG,  # rate-limited: a dead broker gives one line, not one per reconnect
+            **self.kafka,
+        })
+
+    def _assign(self, consumer) -> bool:
+        """Assign every partition of the topic at its end minus the backfill; False if not there yet."""
+        from confluent_kafka import TopicPartition
+
+        from dtlive.kafka.clients import end_offsets
+
+        ends = end_offsets(consumer, self.topic, timeout=2)
+        self.broker_ok = True
+        if not ends:
+            return False
+        starts = {p: max(low, high - self.backfill) for p, (low, high) in ends.items()}
+        consumer.assign([TopicPartition(self.topic, p, start) for p, start in starts.items()])
+        return True
+
+    def _run(self) -> None:
+        consumer, assigned, last_check = None, False, 0.0
+        while not self._stop.is_set():
+            try:
+                if consumer is None:
+                    consumer = self._consumer()
+                if not assigned:
+                    assigned = self._assign(consumer)
+                    if not assigned:
+                        self.error = f"topic {self.topic!r} does not exist yet (is the processor running?)"
+                        self._stop.wait(1.0)
+                        continue
+                    self.error = None
+                msgs = consumer.consume(1, 0.25)  # wake up on the first message, then take what is there
+                if msgs:
+                    msgs += consumer.consume(1000, 0)
+                parsed = []
+                for m in msgs:
+                    if m.error():
+                        continue
+                    try:
+                        parsed.append(self.parse(m.value()))
+                    except ValueError:
+                        self.skipped += 1
+                if parsed:
+                    self.broker_ok, self.error = True, None
+                    self.received += len(parsed)
+                    self.on_messages(parsed)
+                elif time.monotonic() - last_check > self.check_every_s:
+                    last_check = time.monotonic()
+                    cluster = consumer.list_topics(self.topic, timeout=1).cluster_id  # raises while it is away
+                    self.broker_ok = True
+                    if self.cluster_id is not None and cluster != self.cluster_id:  # restarted empty: start over
+                        log.warning("dashboard feed: the broker was replaced; reading %s there", self.topic)
+                        consumer.close()
+                        consumer, assigned = None, False
+                    self.cluster_id = cluster
+            except Exception as exc:  # noqa: BLE001  (keep retrying: the dashboard must recover by itself)
+                self.broker_ok, self.error = False, f"broker {self.bootstrap} unreachable: {exc}"
+                self._stop.wait(1.0)
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                consumer.close()

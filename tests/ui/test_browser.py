@@ -1,0 +1,258 @@
+"""The dashboard in a real browser: Chromium driven by Playwright, real broker, live pipeline.
+
+* JupyterLab: the quickstart notebook, run cell by cell by the browser, starts the stack with
+  ``ensure_stack`` and shows a live Dashboard;
+* Voilà (``dtlive.deploy.cli.start_dashboard``) on a live feed (emulator + processor threads, 1 s windows):
+  plots render, the window id advances, Pause/Resume, cumulative view and Reset, log scale, and the
+  NO NEW DATA badge once the processor stops (that test stops the feed's processor, so it runs last).
+
+Screenshots go to ``artifacts/screenshots/`` (git-ignored). Chromium is Debian's (/usr/bin/chromium,
+``scripts/install_browser.sh``); without it these tests skip, or fail when ``CI`` is set.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+import uuid
+from types import SimpleNamespace
+
+import pytest
+from browser_fixtures import (
+    ROOT,
+    SCREENSHOTS,
+    LiveFeed,
+    figure,
+    free_port,
+    poll,
+    run_all_cells,
+    screenshot,
+    start_jupyterlab,
+    state_text,
+    stop_popen,
+    stop_stack_pids,
+    wait_window_id,
+    window_id,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.browser]
+
+VIEWPORT = {"width": 1400, "height": 1000}
+OCC0 = "dtlive-c0-occupancy-bars"
+
+
+@pytest.fixture(scope="module")
+def dashboard(broker, chromium):
+    """A live feed on unique topics, Voilà serving the dashboard on it, and the page open in Chromium."""
+    from dtlive.deploy.cli import start_dashboard
+
+    feed = LiveFeed(broker).start()
+    voila, url = start_dashboard(broker, feed.monitor_topic, free_port())
+    page = chromium.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(url, timeout=60_000)
+        page.wait_for_selector(".dtlive-window-id", timeout=60_000)
+        yield SimpleNamespace(page=page, feed=feed, url=url)
+    finally:
+        page.close()
+        stop_popen(voila)
+        feed.stop()
+
+
+# ---------------------------------------------------------------- JupyterLab
+
+
+def test_jupyterlab_quickstart_runs_and_updates(broker, chromium, tmp_path):
+    """Run All Cells of notebooks/01-quickstart.ipynb in JupyterLab: ensure_stack starts processor and
+    emulator on unique topics, the Dashboard renders and its window id advances."""
+    tag = uuid.uuid4().hex[:8]
+    notebooks, state = tmp_path / "notebooks", tmp_path / "state"
+    notebooks.mkdir()
+    state.mkdir()
+    # a copy, so JupyterLab can never autosave outputs into the repository's notebook
+    shutil.copy(ROOT / "notebooks" / "01-quickstart.ipynb", notebooks)
+    env = {**os.environ, "DTLIVE_BOOTSTRAP": broker, "DTLIVE_STATE_DIR": str(state),
+           "DTLIVE_HITS_TOPIC": f"labhits-{tag}", "DTLIVE_MONITOR_TOPIC": f"labmon-{tag}",
+           "DTLIVE_REJECTED_TOPIC": f"labrej-{tag}", "DTLIVE_GROUP_ID": f"labproc-{tag}",
+           "DTLIVE_WINDOW_S": "1", "DTLIVE_LATENESS_S": "0.2", "DTLIVE_QUALITY_TOPIC": f"labdq-{tag}",
+           "DTLIVE_ANALYSES_TOPIC": f"labanalyses-{tag}", "DTLIVE_ALERTS_GROUP_ID": f"labalerts-{tag}",
+           "DTLIVE_ALERTS_REJECTED_TOPIC": f"labalertsrej-{tag}", "DTLIVE_DB": f"sqlite:///{tmp_path / 'ledger.db'}",
+           "DTLIVE_HISTORY": str(tmp_path / "history"), "DTLIVE_ARTIFACTS": str(tmp_path / "artifacts")}
+    (SCREENSHOTS / "jupyterlab-quickstart-FAILED.png").unlink(missing_ok=True)  # from an earlier run
+    lab, base, token, log = start_jupyterlab(notebooks, tmp_path, env)
+    page = chromium.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(30_000)
+    stopped: dict[str, int] = {}
+    try:
+        page.goto(f"{base}lab/tree/01-quickstart.ipynb?token={token}", timeout=60_000)
+        page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=60_000)
+        run_all_cells(page)
+        started = page.locator(".jp-OutputArea-output", has_text="Kafka at").first
+        started.wait_for(timeout=60_000)
+        assert f"Kafka at {broker}" in started.inner_text()
+        assert "'emulator'" in started.inner_text() and "'processor'" in started.inner_text(), started.inner_text()
+        page.wait_for_selector(".dtlive-dashboard", state="visible", timeout=60_000)
+        page.wait_for_selector(".dtlive-window-id", timeout=30_000)
+        assert len(figure(page, OCC0).bars) == 64
+        first = window_id(page)
+        later = wait_window_id(page, first, timeout=15)
+        assert later > first
+        assert "LIVE" in state_text(page)
+        screenshot(page, "jupyterlab-quickstart")
+        page.locator(f".{OCC0}").scroll_into_view_if_needed()
+        screenshot(page, "jupyterlab-quickstart-plots")
+    except Exception:
+        screenshot(page, "jupyterlab-quickstart-FAILED")
+        prompts = page.locator(".jp-InputArea-prompt").all_inner_texts()
+        print(f"cell prompts: {prompts}; kernel status: {page.locator('.jp-Notebook-ExecutionIndicator').count()}")
+        print(page.locator(".jp-NotebookPanel").inner_text()[:2000])
+        print(log.read_text()[-3000:])
+        for f in sorted(state.glob("*.log")):
+            print(f"--- {f.name}\n{f.read_text()[-1500:]}")
+        raise
+    finally:
+        page.close()
+        stop_popen(lab)  # the kernel goes with it, so nothing can start another process
+        stopped = stop_stack_pids(state)
+    assert {"emulator", "processor"} <= set(stopped), stopped
+
+
+# ---------------------------------------------------------------- Voilà
+
+
+def test_voila_plots_render(dashboard):
+    page = dashboard.page
+    for c in range(4):
+        assert len(figure(page, f"dtlive-c{c}-occupancy-bars").bars) == 64
+        assert page.locator(f".dtlive-c{c}-occupancy-map path.dot").count() == 64
+        for kind in ("multiplicity", "scint", "drift"):
+            assert len(figure(page, f"dtlive-c{c}-{kind}").bars) > 0, kind
+    occ = figure(page, OCC0)
+    assert all(math.isfinite(h) for h in occ.bars) and max(occ.bars) > 0
+    assert occ.value_sum() > 0
+    series = figure(page, "dtlive-timeseries")
+    assert len(series.lines) == 5  # total + 4 chambers
+    assert all(d.startswith("M") and "L" in d for d in series.lines), series.lines
+    screenshot(page, "voila-dashboard")
+
+
+def test_voila_window_id_advances(dashboard):
+    page = dashboard.page
+    first = window_id(page)
+    second = wait_window_id(page, first, timeout=10)
+    third = wait_window_id(page, second, timeout=10)
+    assert first < second < third
+
+
+def test_voila_pause_freezes_plots_resume_moves_them(dashboard):
+    page, feed = dashboard.page, dashboard.feed
+    page.click(".dtlive-pause")
+    page.wait_for_function("() => document.querySelector('.dtlive-state').textContent.includes('PAUSED')",
+                           timeout=5000)
+    assert page.inner_text(".dtlive-pause").strip() == "Resume"
+    time.sleep(0.5)  # updates already on their way when the click landed
+    id_paused, occ, series = window_id(page), figure(page, OCC0), figure(page, "dtlive-timeseries")
+    published = feed.published
+    feed.wait_published(published + 4, timeout=15)  # more than 3 windows arrive while paused
+    time.sleep(0.5)
+    still = figure(page, OCC0)
+    assert still.bars == occ.bars and still.labels == occ.labels, "occupancy changed while paused"
+    assert figure(page, "dtlive-timeseries").lines == series.lines, "time series changed while paused"
+    id_after = window_id(page)
+    screenshot(page, "voila-paused")
+
+    page.click(".dtlive-pause")
+    page.wait_for_function("() => !document.querySelector('.dtlive-state').textContent.includes('PAUSED')",
+                           timeout=5000)
+    moved = poll(lambda: figure(page, OCC0), lambda f: f.bars != occ.bars, timeout=5)
+    assert moved.bars != occ.bars, "occupancy did not move after Resume"
+    assert id_after == id_paused, "the header's window id moved while the plots were frozen"
+    assert wait_window_id(page, id_after, timeout=10) > id_after
+
+
+def test_voila_cumulative_grows_and_reset_drops(dashboard):
+    page = dashboard.page
+    try:
+        page.click(".dtlive-mode button:text-is('cumulative')")
+        page.wait_for_function("() => document.querySelector('.dtlive-view').textContent === 'cumulative'",
+                               timeout=5000)
+        shown = wait_window_id(page, window_id(page))
+        before = figure(page, OCC0).value_sum()
+        shown = wait_window_id(page, shown + 2)  # three windows later
+        grown = figure(page, OCC0)
+        assert grown.value_sum() > 1.02 * before > 0, (before, grown.value_sum())
+        screenshot(page, "voila-cumulative")
+
+        page.click(".dtlive-reset")
+        dropped = poll(lambda: figure(page, OCC0), lambda f: f.value_sum() < 0.5 * grown.value_sum(), timeout=5)
+        assert dropped.value_sum() < 0.5 * grown.value_sum(), (grown.value_sum(), dropped.value_sum())
+        assert not dropped.bars or max(dropped.bars) == 0 or dropped.y_max < grown.y_max
+        screenshot(page, "voila-reset")
+        start = dropped.value_sum()
+        wait_window_id(page, window_id(page) + 2)
+        regrown = figure(page, OCC0).value_sum()
+        assert regrown > 0 and regrown > 1.5 * start, (start, regrown)
+
+    finally:  # the next test expects the 'last' view, also after a failure
+        page.click(".dtlive-mode button:text-is('last')")
+        page.wait_for_function("() => document.querySelector('.dtlive-view').textContent === 'last'", timeout=5000)
+
+
+def test_voila_log_scale_switches_y_axis(dashboard):
+    page = dashboard.page
+    linear = figure(page, OCC0)
+    assert linear.tick_span_px > 100 and min(v for _, v in linear.ticks) <= 0
+    try:
+        page.check(".dtlive-log input[type=checkbox]")
+        log = poll(lambda: figure(page, OCC0), lambda f: f.labels != linear.labels, timeout=5)
+        screenshot(page, "voila-log")
+        assert log.labels != linear.labels, "y axis did not change"
+        assert all(v > 0 for _, v in log.ticks), f"log axis with ticks <= 0: {log.labels}"
+        assert log.tick_span_px > 100, f"log y axis spans {log.tick_span_px:.1f} px"
+        assert all(math.isfinite(h) for h in log.bars) and max(log.bars) > 0, "bars not drawn on the log axis"
+    finally:
+        page.uncheck(".dtlive-log input[type=checkbox]")
+    back = poll(lambda: figure(page, OCC0), lambda f: f.tick_span_px > 100, timeout=5)
+    assert back.tick_span_px > 100 and all(math.isfinite(h) for h in back.bars), "linear axis not restored"
+
+
+def test_voila_service_health_turns_stale_when_a_heartbeat_stops(dashboard):
+    """A service (here: this test, as an "emulator") beats every 0.5 s on the status topic: the page shows it
+    running; its beats stop without a final one (a hung loop): the row turns stale and the badge says ALARM;
+    a final "stopped" beat clears its alarm."""
+    from dtlive.config import load_config
+    from dtlive.kafka.health import Heartbeat
+
+    page = dashboard.page
+    cfg = load_config({"bootstrap": dashboard.feed.cfg.bootstrap, "status_interval_s": 0.5})
+    row = f".dtlive-health-row[data-service='emulator'][data-pid='{os.getpid()}']"
+    hb = Heartbeat("emulator", cfg, cfg.bootstrap)
+    try:
+        deadline = time.monotonic() + 30
+        while page.locator(f"{row}[data-state='running']").count() == 0:
+            assert time.monotonic() < deadline, page.locator(".dtlive-health").inner_text()
+            hb.maybe(None, state="running", counts={"rows": 1})
+            page.wait_for_timeout(100)
+        silent = time.monotonic()
+        page.wait_for_selector(f"{row}[data-state='stale']", timeout=15_000)
+        assert time.monotonic() - silent >= 1.0  # not before 3 intervals of 0.5 s
+        assert "ALARM" in page.locator(".dtlive-health-badge").inner_text()
+        screenshot(page, "voila-service-stale")
+    finally:
+        hb.close()
+    page.wait_for_selector(f"{row}[data-state='stopped']", timeout=15_000)
+
+
+def test_voila_no_new_data_badge_when_processor_stops(dashboard):
+    """Runs last: stops the feed's processor (the emulator keeps sending); stale after 10 s (LiveWindows.status)."""
+    page, feed = dashboard.page, dashboard.feed
+    assert state_text(page).startswith("LIVE")
+    feed.stop_processor()
+    t0 = time.monotonic()
+    page.wait_for_function("() => document.querySelector('.dtlive-state').textContent.includes('NO NEW DATA')",
+                           timeout=16_000, polling=100)
+    print(f"NO NEW DATA shown {time.monotonic() - t0:.1f} s after the processor stopped")
+    screenshot(page, "voila-no-new-data")
