@@ -78,6 +78,44 @@ def drift_times(ev: Events, t0_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ev.chamber[idx], ev.relative_ns(idx) - t0
 
 
+@dataclass(frozen=True)
+class TimedHits:
+    """Event hits whose chamber has a t0, as :func:`dtlive.core.reco.segments.fit_segments` takes them.
+
+    ``event``, ``chamber``, ``layer`` (1-4), ``cell`` (0-15), ``drift_ns`` (hit time minus the t0 of its event and
+    chamber), ``index`` (of the hit in the :class:`~dtlive.core.reco.events.Events`).
+    """
+
+    event: np.ndarray
+    chamber: np.ndarray
+    layer: np.ndarray
+    cell: np.ndarray
+    drift_ns: np.ndarray
+    index: np.ndarray
+
+
+def timed_hits(ev: Events, t0_ns: np.ndarray) -> TimedHits:
+    """The hits of events with a t0 for their chamber, with their drift times, ready for the segment fit.
+
+    >>> from dtlive.core.rows import Rows
+    >>> from dtlive.core.reco.events import build_events
+    >>> from dtlive.core.reco.segments import fit_segments
+    >>> from dtlive.core.reco.t0 import meantimer_t0
+    >>> ev = build_events(Rows.from_columns(head=[2] * 3, fpga=[0] * 3, channel=[3, 1, 2], orbit=[7] * 3,
+    ...                                     bx=[104, 111, 104], tdc=[0, 18, 0]))
+    >>> h = timed_hits(ev, meantimer_t0(ev))
+    >>> seg = fit_segments(h.event, h.chamber, h.layer, h.cell, h.drift_ns)
+    >>> len(seg), seg.n_hits.tolist()
+    (1, [3])
+    """
+    idx = ev.in_events()
+    t0 = t0_ns[ev.event[idx], ev.chamber[idx]]
+    has = ~np.isnan(t0)
+    idx, t0 = idx[has], t0[has]
+    return TimedHits(ev.event[idx], ev.chamber[idx], ev.layer[idx], det.cell_of(ev.channel[idx]),
+                     ev.relative_ns(idx) - t0, idx)
+
+
 def _model(t, b, a, s, t0, r, tmax, w):
     with np.errstate(over="ignore"):
         rise = 1.0 / (1.0 + np.exp(-(t - t0) / r))
