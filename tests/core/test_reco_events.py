@@ -11,7 +11,8 @@ from dtlive.core.products import REGISTRY, Settings
 from dtlive.core.products.t0diff import T0_DIFFERENCE_EDGES_NS
 from dtlive.core.reco.events import build_events
 from dtlive.core.reco.t0 import calibrate_trigger_offset, meantimer_t0, scint_t0, trigger_t0
-from dtlive.core.reco.timebox import drift_times, fit_timebox, fit_timeboxes
+from dtlive.core.reco.segments import fit_segments
+from dtlive.core.reco.timebox import drift_times, fit_timebox, fit_timeboxes, timed_hits
 from dtlive.core.rows import Rows, clean
 from dtlive.core.simulate import SimConfig, simulate, simulate_truth
 
@@ -110,6 +111,19 @@ def test_time_box_fit_finds_the_simulated_drift_velocity(sim):
     pull = (fits["velocity_um_per_ns"] - det.DRIFT_VELOCITY_MM_PER_NS * 1e3) / fits["velocity_err_um_per_ns"]
     assert np.all(np.abs(fits["tmax_ns"] - det.MAX_DRIFT_NS) < 20), fits["tmax_ns"]
     assert np.all(np.abs(fits["velocity_um_per_ns"] - det.DRIFT_VELOCITY_MM_PER_NS * 1e3) < 3.0), pull
+
+
+def test_segments_from_meantimer_t0_find_the_true_tracks(sim):
+    hits, truth, ev = sim
+    mt = meantimer_t0(ev)
+    h = timed_hits(ev, mt)
+    seg = fit_segments(h.event, h.chamber, h.layer, h.cell, h.drift_ns)
+    assert len(seg) > 0.95 * (~np.isnan(mt)).sum()
+    muon = _truth_of_events(ev, truth)[seg.event]
+    planes = seg.chamber[:, None] * det.N_LAYERS + np.arange(det.N_LAYERS)[None, :]
+    true_x = truth.local_mm[muon.clip(0)[:, None], planes].mean(axis=1)  # at the chamber's centre
+    off = np.abs(seg.position_mm - true_x)[muon >= 0]
+    assert np.mean(off < 1.0) > 0.85, np.mean(off < 1.0)
 
 
 def test_pure_noise_gives_few_events():
