@@ -20,10 +20,10 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks import alerts, dashboard, emulator_rate, history_load, latency, memory, scaling, throughput
+from benchmarks import alerts, dashboard, emulator_rate, end_to_end, history_load, latency, memory, scaling, throughput
 from benchmarks.common import RESULTS_DIR, ROOT, loadavg, log
 
-ALL = ("throughput", "latency", "emulator", "memory", "dashboard", "history", "alerts", "scaling")
+ALL = ("end_to_end", "throughput", "latency", "emulator", "memory", "dashboard", "history", "alerts", "scaling")
 
 
 def git(*args) -> str | None:
@@ -87,6 +87,7 @@ def main(argv=None) -> int:
     out = {"command": " ".join([os.path.basename(sys.executable), "-m", "benchmarks.run", *(argv or sys.argv[1:])]),
            "quick": args.quick, "environment": environment(), "results": {}, "errors": {}}
     runners = {
+        "end_to_end": lambda: end_to_end.run(quick=args.quick),
         "throughput": lambda: throughput.run(quick=args.quick, profile=args.profile),
         "latency": lambda: latency.run(quick=args.quick, duration=args.latency_duration),
         "emulator": lambda: emulator_rate.run(quick=args.quick),
@@ -96,7 +97,8 @@ def main(argv=None) -> int:
         "alerts": lambda: alerts.run(quick=args.quick, profile=args.profile),
         "scaling": lambda: scaling.run(quick=args.quick),
     }
-    printers = {"throughput": throughput.print_table, "latency": latency.print_table,
+    printers = {"end_to_end": end_to_end.print_table, "throughput": throughput.print_table,
+                "latency": latency.print_table,
                 "emulator": emulator_rate.print_table, "memory": memory.print_table,
                 "dashboard": dashboard.print_table, "history": lambda res: print(f"\n== history: {res}"),
                 "alerts": alerts.print_table, "scaling": scaling.print_table}

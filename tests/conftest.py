@@ -57,6 +57,7 @@ _TIER_BY_FIXTURE = {"broker": "kafka", "own_broker": "kafka", "services": "kafka
 _TIER_BY_FILE = {
     "test_hub.py": ("hub", "slow"), "test_binder.py": ("hub", "slow"),
     "test_browser.py": ("browser", "slow"), "test_dashboard_lifecycle.py": ("browser", "slow"),
+    "test_event_display_browser.py": ("browser", "slow"),
     "test_notebooks.py": ("kafka", "slow"), "test_alerts_analyses.py": ("kafka",),
     "test_broker.py": ("kafka",), "test_broker_faults.py": ("kafka", "slow"),
     "test_process_faults.py": ("kafka", "slow"),

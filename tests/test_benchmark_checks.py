@@ -131,3 +131,11 @@ def test_a_tiny_throughput_run_counts_every_hit_of_its_input(name, fmt, rows, pe
     assert proc["count"] == count_check(r["hits"], proc["hits_counted"]) and proc["count"]["ok"], proc["count"]
     assert r["runs"][0]["raw"]["count"]["ok"]
     assert r["all_hits_counted"] and not r["verdict"].startswith("not met"), r["verdict"]
+
+
+def test_the_end_to_end_benchmark_reads_the_processors_last_line():
+    from benchmarks.end_to_end import _PROCESSED
+    from dtlive.deploy.cli import processed_line
+
+    m = _PROCESSED.search(processed_line(2_000_000, 10, 3, input_s=4.25, first_input_s=0.97))
+    assert m and (int(m.group(1)), float(m.group(2)), float(m.group(4))) == (2_000_000, 4.25, 0.97)

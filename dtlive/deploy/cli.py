@@ -561,18 +561,24 @@ def cmd_process(args) -> int:
         return proc
 
     proc = serve(make, until_end=args.until_end, on_tick=summary if args.verbose or sys.stderr.isatty() else None)
-    timing = proc.timing()
-    took = ""
-    if timing["input_s"] is not None:
-        rate = proc.source.messages / max(timing["input_s"], 1e-9)
-        took = f" in {timing['input_s']:.2f} s ({rate:,.0f} msg/s"
-        took += f", first input {timing['first_input_s']:.2f} s after start)" if timing["first_input_s"] else ")"
-    print(
-        f"\nprocessed {proc.source.messages} messages{took}, published {proc.publisher.published} windows, "
-        f"dead-lettered {proc.publisher.dead_lettered}",
-        file=sys.stderr,
-    )
+    print("\n" + processed_line(proc.source.messages, proc.publisher.published, proc.publisher.dead_lettered,
+                                **proc.timing()), file=sys.stderr)
     return 0
+
+
+def processed_line(messages: int, windows: int, dead_lettered: int, input_s: float | None = None,
+                   first_input_s: float | None = None) -> str:
+    """The last line of ``dtlive process``: what it did, how fast, and when its first input came.
+
+    >>> print(processed_line(1000, 3, 0, input_s=0.5, first_input_s=1.2).replace(", p", ",\\n p"))
+    processed 1000 messages in 0.50 s (2,000 msg/s, first input 1.20 s after start),
+     published 3 windows, dead-lettered 0
+    """
+    took = ""
+    if input_s is not None:
+        took = f" in {input_s:.2f} s ({messages / max(input_s, 1e-9):,.0f} msg/s"
+        took += f", first input {first_input_s:.2f} s after start)" if first_input_s is not None else ")"
+    return f"processed {messages} messages{took}, published {windows} windows, dead-lettered {dead_lettered}"
 
 
 def _process_on_dask(args, cfg, bootstrap) -> int:

@@ -317,7 +317,7 @@ def test_the_recorder_survives_a_10_s_outage_and_catches_up(broker, pg_db, feed_
     feed = ResultsFeed(broker, cfg.monitor_topic, n, rate=20.0, processor=cfg.group_id).start()
     rec = Recorder(cfg, broker, ledger=Ledger(url), history=HistoryStore(tmp_path / "history"))
     exits: list[int] = []  # waiting for the database is not a stuck loop: its watchdog must not end it
-    rec.watchdog = Watchdog("recorder", stall_s=60, stuck_s=4, exit=exits.append)
+    rec.watchdog = Watchdog("recorder", stall_s=60, stuck_s=8, exit=exits.append)  # < the 10 s outage
     thread = threading.Thread(target=rec.run, daemon=True)
     thread.start()
     try:
