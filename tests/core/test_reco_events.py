@@ -10,8 +10,8 @@ from dtlive.core import detector as det
 from dtlive.core.products import REGISTRY, Settings
 from dtlive.core.products.t0diff import T0_DIFFERENCE_EDGES_NS
 from dtlive.core.reco.events import build_events
-from dtlive.core.reco.t0 import calibrate_trigger_offset, meantimer_t0, scint_t0, trigger_t0
 from dtlive.core.reco.segments import fit_segments
+from dtlive.core.reco.t0 import calibrate_trigger_offset, meantimer_t0, scint_t0, trigger_t0
 from dtlive.core.reco.timebox import drift_times, fit_timebox, fit_timeboxes, timed_hits
 from dtlive.core.rows import Rows, clean
 from dtlive.core.simulate import SimConfig, simulate, simulate_truth
