@@ -9,6 +9,7 @@ from datafiles import RUN_CSV  # noqa: E402
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dtlive.core import detector as det
 from dtlive.core.products import compute_arrays, compute_products
 from dtlive.core.rows import Rows
 
@@ -273,5 +274,31 @@ def test_empty_hits_give_zero_products():
         assert not np.any(v), k
     ds = compute_products(Rows.empty())
     sizes = {"chamber": 4, "channel": 64, "multiplicity": 64, "drift_time": 120, "drift_time_edge": 121,
-             "t0_difference": 60, "t0_difference_edge": 61}
+             "t0_difference": 60, "t0_difference_edge": 61, "angle": 60, "chi2_ndof": 40, "residual": 80,
+             "layer_number": 4, "cell_number": 16}
     assert dict(ds.sizes) == sizes
+
+
+def test_segment_products_of_a_simulated_window_match_the_simulator():
+    """Meantimer-timed segments: the residuals are as wide as the simulator's time jitter in mm plus the t0's
+    error (its 68 % half-width within 1-2 times the jitter), the outer layers' efficiency is its single-cell
+    efficiency, and the angles are centred on the vertical."""
+    from dtlive.core.products.segments import ANGLE_EDGES_DEG, RESIDUAL_EDGES_MM
+    from dtlive.core.simulate import SimConfig, simulate
+
+    cfg = SimConfig(efficiency=0.9)
+    rows = simulate(6.0, seed=8, config=cfg)
+    a = compute_arrays(rows.select(rows.head == 2))
+    assert a["segments_per_chamber"].sum() > 1000
+    centres = (RESIDUAL_EDGES_MM[:-1] + RESIDUAL_EDGES_MM[1:]) / 2
+    h = a["hit_residual"].sum(axis=(0, 1))
+    cdf = np.cumsum(h) / h.sum()
+    width = (centres[np.searchsorted(cdf, 0.84)] - centres[np.searchsorted(cdf, 0.16)]) / 2
+    expected_mm = cfg.time_resolution_ns * det.DRIFT_VELOCITY_MM_PER_NS  # 0.108 mm
+    assert expected_mm <= width <= 2 * expected_mm, width
+    found, exp = a["cell_found"][:, [0, 3]].sum(), a["cell_expected"][:, [0, 3]].sum()
+    eff, err = found / exp, np.sqrt(0.9 * 0.1 / exp)
+    assert abs(eff - 0.9) < 4 * err + 0.02, (eff, exp)
+    angle = (ANGLE_EDGES_DEG[:-1] + ANGLE_EDGES_DEG[1:]) / 2
+    hist = a["segment_angle"].sum(axis=0)
+    assert abs((hist * angle).sum() / hist.sum()) < 2.0

@@ -51,12 +51,14 @@ from dtlive.core.products.kernel import (
     Settings,
 )
 from dtlive.core.products.multiplicity import Multiplicity
+from dtlive.core.products.segments import SegmentProducts
 from dtlive.core.products.t0diff import T0Difference
 from dtlive.core.products.timebox import TimeBoxes
 from dtlive.core.rows import Rows
 
 #: Every window product, in message and Dataset order. A new product: its module and one entry here.
-REGISTRY = Registry((Counts(), Multiplicity(), DriftTime(), EventCounts(), TimeBoxes(), T0Difference()))
+REGISTRY = Registry((Counts(), Multiplicity(), DriftTime(), EventCounts(), TimeBoxes(), T0Difference(),
+                     SegmentProducts()))
 
 #: The Dataset variables of the products, and their attrs.
 PRODUCTS = REGISTRY.variables

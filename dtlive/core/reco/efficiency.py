@@ -59,10 +59,35 @@ def layer_efficiency(
     >>> np.argwhere(expected[2]).tolist(), bool((found == expected).all())
     ([[0, 7], [1, 8], [2, 7], [3, 8]], True)
     """
-    event, chamber, layer, cell, drift_ns = (np.asarray(a) for a in (event, chamber, layer, cell, drift_ns))
     shape = (det.N_CHAMBERS, _NL, det.CELLS_PER_LAYER)
-    expected = np.zeros(int(np.prod(shape)), np.int64)
-    found = np.zeros_like(expected)
+    _, flat, hit = efficiency_entries(event, chamber, layer, cell, drift_ns, neighbours=neighbours,
+                                      max_slope=max_slope, **fit_options)
+    size = int(np.prod(shape))
+    expected = np.bincount(flat, minlength=size)
+    found = np.bincount(flat[hit], minlength=size)
+    return expected.reshape(shape), found.reshape(shape)
+
+
+def efficiency_entries(
+    event: np.ndarray,
+    chamber: np.ndarray,
+    layer: np.ndarray,
+    cell: np.ndarray,
+    drift_ns: np.ndarray,
+    *,
+    neighbours: int = NEIGHBOUR_CELLS,
+    max_slope: float = EFFICIENCY_MAX_SLOPE,
+    **fit_options,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The entries :func:`layer_efficiency` counts, one per expected hit: its event, its flat
+    (chamber, layer, cell) index and whether it was found (so that a caller can count them per event).
+
+    >>> ev, flat, hit = efficiency_entries(np.zeros(4, int), np.full(4, 2), np.arange(1, 5),
+    ...                                    np.array([7, 8, 7, 8]), np.array([10, 11, 10, 11]) / 53.8e-3)
+    >>> ev.tolist(), bool(hit.all()), sorted(flat.tolist()) == [135, 152, 167, 184]
+    ([0, 0, 0, 0], True, True)
+    """
+    event, chamber, layer, cell, drift_ns = (np.asarray(a) for a in (event, chamber, layer, cell, drift_ns))
     lo, hi = fit_options.get("drift_window_ns", DRIFT_WINDOW_NS)
     usable = (drift_ns >= lo) & (drift_ns <= hi) & (layer >= 1) & (layer <= _NL) & (chamber >= 0)
     usable &= (chamber < det.N_CHAMBERS) & (cell >= 0) & (cell < det.CELLS_PER_LAYER)
@@ -70,6 +95,7 @@ def layer_efficiency(
     events = events[np.r_[True, events[1:] != events[:-1]]] if len(events) else events
     code = np.searchsorted(events, event)
     hit_keys = np.sort(_cell_key(code[usable], chamber[usable], layer[usable], cell[usable]))
+    out_event, out_flat, out_hit = [], [], []
     for tested in range(1, _NL + 1):
         other = layer != tested
         seg = fit_segments(event[other], chamber[other], layer[other], cell[other], drift_ns[other],
@@ -85,9 +111,12 @@ def layer_efficiency(
                 (c >= 0) & (c < det.CELLS_PER_LAYER) & _contains(hit_keys, _cell_key(seg_code, seg.chamber, tested, c))
             )
         flat = (seg.chamber * _NL + tested - 1) * det.CELLS_PER_LAYER + pred
-        expected += np.bincount(flat[inside], minlength=len(expected))
-        found += np.bincount(flat[inside & hit], minlength=len(found))
-    return expected.reshape(shape), found.reshape(shape)
+        out_event.append(seg.event[inside])
+        out_flat.append(flat[inside])
+        out_hit.append(hit[inside])
+    if not out_event:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
+    return np.concatenate(out_event), np.concatenate(out_flat).astype(np.int64), np.concatenate(out_hit)
 
 
 def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
