@@ -50,7 +50,11 @@ log = logging.getLogger(__name__)
 
 
 def parse_local(address: str) -> int | None:
-    """N of ``local:N`` (None for a scheduler address)."""
+    """N of ``local:N`` (None for a scheduler address).
+
+    >>> parse_local("local:4"), parse_local("local"), parse_local("local:0"), parse_local("tcp://10.0.0.1:8786")
+    (4, 1, 1, None)
+    """
     if address.startswith("local"):
         _, _, n = address.partition(":")
         return max(1, int(n or 1))
@@ -66,7 +70,12 @@ WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": N
 
 @contextlib.contextmanager
 def dask_client(address: str):
-    """A ``distributed.Client`` for ``address`` (``local:N`` or a scheduler address), closed afterwards."""
+    """A ``distributed.Client`` for ``address`` (``local:N`` or a scheduler address), closed afterwards.
+
+    >>> with dask_client("local:2") as client:  # doctest: +SKIP
+    ...     len(client.nthreads())
+    2
+    """
     import dask
     from distributed import Client, LocalCluster
 
