@@ -57,7 +57,12 @@ VARIABLES = tuple(k for k in PRODUCTS if k not in _HISTOGRAM_PARTS)
 
 @functools.lru_cache(maxsize=8)
 def empty_variables(drift_edges: tuple[float, ...]) -> dict[str, np.ndarray]:
-    """The :data:`VARIABLES` of no hits for a drift binning: what a message without them stands for."""
+    """The :data:`VARIABLES` of no hits for a drift binning: what a message without them stands for.
+
+    >>> v = empty_variables((0.0, 100.0, 200.0))
+    >>> int(v["events"]), v["event_hits_per_chamber"].tolist(), v["timebox_meantimer"].shape
+    (0, [0, 0, 0, 0], (4, 2))
+    """
     arrays = REGISTRY.compute(Rows.empty(), Settings(np.array(drift_edges)))
     return {k: arrays[k] for k in VARIABLES}
 
