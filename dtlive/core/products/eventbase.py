@@ -192,7 +192,7 @@ class EventKept:
     (1, True)
     """
 
-    reco: Reconstructed
+    reco: Reconstructed | None  # None with the reconstruction switched off
     slot: np.ndarray
     index: np.ndarray
 
@@ -232,6 +232,9 @@ class EventProduct(Product):
         """The variables and counts of the product from the count vector."""
 
     def share(self, hits: Hits, settings: Settings) -> tuple[EventSummary, EventKept]:
+        if not settings.reconstruction:  # switched off: no events, no slots, so no requests; the counts stay 0
+            nothing = np.zeros(0, np.int64)
+            return EventSummary(np.zeros(self.size(settings), np.int64), nothing), EventKept(None, nothing, nothing)
         reco = reconstructed(hits)
         slot, index = self.fill(reco, settings)
         counts = np.bincount(index, minlength=self.size(settings))
