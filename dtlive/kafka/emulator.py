@@ -234,15 +234,15 @@ def split_by_key(chunk: Chunk, key: str, partitions: int) -> list[tuple[int, byt
     return out
 
 
-def encode_chunk(chunk: Chunk, fmt: str, rows_per_message: int) -> tuple[list[bytes], np.ndarray]:
+def _encode_chunk(chunk: Chunk, fmt: str, rows_per_message: int) -> tuple[list[bytes], np.ndarray]:
     """Payloads of a chunk and the number of rows in each.
 
     >>> rows = Rows.from_columns(head=[2, 2, 2], fpga=[0, 1, 0], channel=[5, 7, 9], orbit=[1, 1, 2], bx=[0, 0, 0],
     ...                          tdc=[0, 0, 0])
-    >>> payloads, sizes = encode_chunk(Chunk(rows), "csv-batch", 2)
+    >>> payloads, sizes = _encode_chunk(Chunk(rows), "csv-batch", 2)
     >>> payloads, sizes.tolist()
     ([b'2,0,5,1,0,0\\n2,1,7,1,0,0', b'2,0,9,2,0,0'], [2, 1])
-    >>> [len(p) for p in encode_chunk(Chunk(rows), "daq64", 2)[0]]
+    >>> [len(p) for p in _encode_chunk(Chunk(rows), "daq64", 2)[0]]
     [16, 8]
     """
     if fmt == "csv":
@@ -263,7 +263,7 @@ def encode_chunk(chunk: Chunk, fmt: str, rows_per_message: int) -> tuple[list[by
     return payloads, sizes
 
 
-def chunk_messages(chunk: Chunk, fmt: str, rows_per_message: int, with_epoch: list, headers: list, extra: dict,
+def _chunk_messages(chunk: Chunk, fmt: str, rows_per_message: int, with_epoch: list, headers: list, extra: dict,
                    partitions: int | None = None, key: str = "fpga") -> list[tuple[bytes, int, list, dict]]:
     """``(payload, rows, headers, produce kwargs)`` of a chunk's messages; the first one (of each key) has the epoch.
 
@@ -272,7 +272,7 @@ def chunk_messages(chunk: Chunk, fmt: str, rows_per_message: int, with_epoch: li
 
     >>> rows = Rows.from_columns(head=[2, 2, 2], fpga=[1, 0, 1], channel=[5, 7, 9], orbit=[1, 2, 3], bx=[0, 0, 0],
     ...                          tdc=[0, 0, 0])
-    >>> msgs = chunk_messages(Chunk(rows), "csv", 1, ["epoch"], ["plain"], {}, partitions=2)
+    >>> msgs = _chunk_messages(Chunk(rows), "csv", 1, ["epoch"], ["plain"], {}, partitions=2)
     >>> for payload, rows, headers, where in msgs:  # by first orbit, the epoch once per key
     ...     print(payload, rows, headers, where)
     b'2,1,5,1,0,0' 1 ['epoch'] {'partition': 1, 'key': b'1'}
@@ -280,11 +280,11 @@ def chunk_messages(chunk: Chunk, fmt: str, rows_per_message: int, with_epoch: li
     b'2,1,9,3,0,0' 1 ['plain'] {'partition': 1, 'key': b'1'}
     """
     if not partitions or partitions <= 1:
-        payloads, sizes = encode_chunk(chunk, fmt, rows_per_message)
+        payloads, sizes = _encode_chunk(chunk, fmt, rows_per_message)
         return [(p, int(n), with_epoch if i == 0 else headers, extra) for i, (p, n) in enumerate(zip(payloads, sizes))]
     out, firsts = [], []
     for part, k, sub in split_by_key(chunk, key, partitions):
-        payloads, sizes = encode_chunk(sub, fmt, rows_per_message)
+        payloads, sizes = _encode_chunk(sub, fmt, rows_per_message)
         starts = np.r_[0, np.cumsum(sizes)[:-1]] if len(sizes) else np.zeros(0, np.int64)
         firsts.append(sub.rows.orbit[np.minimum(starts, len(sub.rows) - 1)])
         where = {"partition": part, "key": k}
@@ -376,7 +376,7 @@ def emulate(producer, topic: str, chunks: Iterator[Chunk], *, rate: float | None
             # The epoch rides on the first message of every chunk (of each key) only: parsing headers is a large
             # part of a consumer's per-message cost, and one per chunk is enough to anchor a restart.
             with_epoch = [*headers_base, (EPOCH_HEADER, repr(epoch).encode())] if epoch is not None else headers_base
-            messages = chunk_messages(chunk, fmt, rows_per_message, with_epoch, headers_base, extra, partitions, key)
+            messages = _chunk_messages(chunk, fmt, rows_per_message, with_epoch, headers_base, extra, partitions, key)
             if not clock_started:  # after the first chunk is read and encoded: no burst to catch up on them
                 stats.started, clock_started = time.perf_counter(), True
             for payload, size, headers, where in messages:

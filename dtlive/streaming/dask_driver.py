@@ -12,9 +12,6 @@ pieces of the files into the same mergeable shares.
 
 ``address``: ``local:N`` starts a ``LocalCluster`` of N single-threaded worker processes on loopback;
 anything else is a scheduler address (``tcp://host:8786``).
-
->>> parse_local("local:3"), parse_local("tcp://10.0.0.1:8786")
-(3, None)
 """
 
 from __future__ import annotations
@@ -49,10 +46,10 @@ from dtlive.streaming.processor import (
 log = logging.getLogger(__name__)
 
 
-def parse_local(address: str) -> int | None:
+def _parse_local(address: str) -> int | None:
     """N of ``local:N`` (None for a scheduler address).
 
-    >>> parse_local("local:4"), parse_local("local"), parse_local("local:0"), parse_local("tcp://10.0.0.1:8786")
+    >>> _parse_local("local:4"), _parse_local("local"), _parse_local("local:0"), _parse_local("tcp://10.0.0.1:8786")
     (4, 1, 1, None)
     """
     if address.startswith("local"):
@@ -79,7 +76,7 @@ def dask_client(address: str):
     import dask
     from distributed import Client, LocalCluster
 
-    n = parse_local(address)
+    n = _parse_local(address)
     if n is None:
         with Client(address) as client:
             yield client

@@ -185,10 +185,10 @@ def _fenced(err) -> bool:
     return err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
 
 
-def processor_topics(cfg: Config) -> list[str]:
+def _processor_topics(cfg: Config) -> list[str]:
     """The topics a processor reads and writes: input, results, dead letters, checkpoints.
 
-    >>> processor_topics(load_config({}, env={}))
+    >>> _processor_topics(load_config({}, env={}))
     ['dt.hits', 'dt.monitor', 'dt.hits.rejected', 'dt.monitor.checkpoints']
     """
     return [cfg.hits_topic, cfg.monitor_topic, cfg.rejected_topic, checkpoint_topic(cfg)]
@@ -305,7 +305,7 @@ class TransactionalPublisher:
         self.settings = Settings.from_config(self.cfg)
         listed = self.producer.list_topics(timeout=10).topics
         # what to create again when the broker lost its topics
-        self.topics = {t: len(listed[t].partitions) for t in processor_topics(self.cfg)
+        self.topics = {t: len(listed[t].partitions) for t in _processor_topics(self.cfg)
                        if t in listed and listed[t].partitions}
 
     def _new_producer(self, timeout: float) -> Producer:
@@ -576,7 +576,7 @@ def open_producer(cfg: Config, bootstrap: str, on_error: Callable | None = None)
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1, thread_name_prefix="topics") as pool:  # independent round trips, side by side
-        topics = pool.submit(ensure_topics, cfg, bootstrap, processor_topics(cfg))
+        topics = pool.submit(ensure_topics, cfg, bootstrap, _processor_topics(cfg))
         twin = running_twin(cfg, bootstrap)
         topics.result()
     if twin is not None:
