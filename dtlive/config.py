@@ -87,7 +87,11 @@ class Config:
 
 
 def kafka_settings_from_env(env: Mapping[str, str]) -> dict[str, str]:
-    """``KAFKA_FOO_BAR=x`` -> ``{"foo.bar": "x"}`` (the gcn-kafka convention)."""
+    """``KAFKA_FOO_BAR=x`` -> ``{"foo.bar": "x"}`` (the gcn-kafka convention).
+
+    >>> kafka_settings_from_env({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_": "x", "HOME": "/root"})
+    {'security.protocol': 'SASL_SSL'}
+    """
     return {k[6:].lower().replace("_", "."): v for k, v in env.items() if k.startswith("KAFKA_") and len(k) > 6}
 
 

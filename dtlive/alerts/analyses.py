@@ -100,7 +100,14 @@ log = logging.getLogger(__name__)
 
 
 def default_artifacts_dir() -> Path:
-    """``$DTLIVE_ARTIFACTS`` or ``platformdirs.user_data_dir("dtlive")/analyses``."""
+    """``$DTLIVE_ARTIFACTS`` or ``platformdirs.user_data_dir("dtlive")/analyses``.
+
+    >>> old = os.environ.get(ENV_ARTIFACTS)
+    >>> os.environ[ENV_ARTIFACTS] = "~/dq/analyses"
+    >>> default_artifacts_dir() == Path.home() / "dq" / "analyses"
+    True
+    >>> _ = os.environ.pop(ENV_ARTIFACTS) if old is None else os.environ.update({ENV_ARTIFACTS: old})
+    """
     if os.environ.get(ENV_ARTIFACTS):
         return Path(os.environ[ENV_ARTIFACTS]).expanduser()
     import platformdirs
@@ -118,6 +125,13 @@ class AnalysisContext:
     ``params``: the rule's parameters (the registry merges them with the analysis' defaults before the call);
     ``now``: UNIX seconds of the run (default: the wall clock); ``run``: filled by the registry with the
     common provenance of this run (analysis, version, code, params, alert, ran_at).
+
+    >>> import tempfile
+    >>> ctx = AnalysisContext(HistoryStore(tempfile.mkdtemp()), artifacts_dir=tempfile.mkdtemp(), now=1.7e9)
+    >>> ctx.windows(1.7e9 - 60, 1.7e9), ctx.bad_intervals(0, 1.7e9), ctx.inputs(0, 1.7e9)  # empty store, no ledger
+    (None, [], {})
+    >>> ctx.artifact_path("rates.nc").parent == ctx.artifacts_dir
+    True
     """
 
     history: HistoryStore
@@ -182,7 +196,14 @@ class AnalysisContext:
 class AnalysisResult:
     """What an analysis returns. ``name``/``version`` are set by the registry; ``summary`` is JSON-ready and
     holds ``status`` (``ok``, ``no_data``, ``error``) and, unless ok, a ``reason``; ``data`` is the
-    xarray result; ``artifacts`` the files written; ``provenance`` what the numbers come from."""
+    xarray result; ``artifacts`` the files written; ``provenance`` what the numbers come from.
+
+    >>> r = AnalysisResult(name="rate_excess", version="1", summary={"status": "ok", "max_significance_sigma": 2.5},
+    ...                    provenance={"alert": {"id": "Swift:1"}})
+    >>> msg = r.to_dict()
+    >>> r.status, msg["schema"], msg["alert"], msg["data_vars"]
+    ('ok', 'dtlive.analysis/1', {'id': 'Swift:1'}, [])
+    """
 
     name: str = ""
     version: str = ""
@@ -206,7 +227,12 @@ class AnalysisResult:
 
 
 def no_data(reason: str, **summary) -> AnalysisResult:
-    """A result saying there was nothing to analyse (and why)."""
+    """A result saying there was nothing to analyse (and why).
+
+    >>> r = no_data("no windows in the history store", time_ranges={"on": ["a", "b"]}, trigger_time="t")
+    >>> r.status, r.summary["reason"], r.provenance, r.data.attrs["status"]
+    ('no_data', 'no windows in the history store', {'time_ranges': {'on': ['a', 'b']}}, 'no_data')
+    """
     return AnalysisResult(summary={"status": "no_data", "reason": reason, **summary},
                           data=xr.Dataset(attrs={"status": "no_data", "reason": reason}),
                           provenance={k: v for k, v in summary.items() if k in ("time_ranges", "bad_intervals")})
@@ -220,6 +246,23 @@ class Analysis:
 
     The call merges ``ctx.params`` over ``defaults`` (unknown names raise ValueError when ``defaults`` is
     given), runs the function and completes its :class:`AnalysisResult` (name, version, common provenance).
+
+    >>> import tempfile
+    >>> from dtlive.alerts.notices import parse_notice
+    >>> def hits_needed(alert, ctx):
+    ...     "Hits a chamber must see."
+    ...     return AnalysisResult(summary={"hits": ctx.params["rate_hz"] * ctx.params["seconds"]})
+    >>> a = Analysis(hits_needed, "hits_needed", version="2", defaults={"rate_hz": 50, "seconds": 10})
+    >>> a.description, a.params({"seconds": 4})
+    ('Hits a chamber must see.', {'rate_hz': 50, 'seconds': 4})
+    >>> ctx = AnalysisContext(HistoryStore(tempfile.mkdtemp()), params={"seconds": 2}, artifacts_dir=tempfile.mkdtemp())
+    >>> r = a(parse_notice(b'{"mission": "Swift", "id": "1"}'), ctx)
+    >>> r.name, r.version, r.summary, r.provenance["params"]
+    ('hits_needed', '2', {'status': 'ok', 'hits': 100}, {'rate_hz': 50, 'seconds': 2})
+    >>> a.params({"minutes": 1})
+    Traceback (most recent call last):
+    ...
+    ValueError: analysis 'hits_needed' has no parameter 'minutes' (known: rate_hz, seconds)
     """
 
     def __init__(self, func: Callable[[Alert, AnalysisContext], AnalysisResult], name: str, version: str = "1",
@@ -283,6 +326,13 @@ def analysis(name: str | None = None, version: str = "1", *, defaults: Mapping[s
 
     ``defaults`` declares the parameters (and lets the call reject unknown ones); ``register=False`` only
     wraps; ``replace=True`` lets it take a name another function holds.
+
+    >>> @analysis(name="doc_counter", version="3", defaults={"scale": 1})
+    ... def doc_counter(alert, ctx):
+    ...     return AnalysisResult(summary={"scaled": ctx.params["scale"] * 2})
+    >>> get_analysis("doc_counter") is doc_counter, doc_counter.version, doc_counter.defaults
+    (True, '3', {'scale': 1})
+    >>> unregister_analysis("doc_counter")
     """
 
     def wrap(func):
@@ -298,6 +348,19 @@ def register_analysis(a: Analysis, *, replace: bool = False) -> Analysis:
     """Put ``a`` in the registry under ``a.name``; ValueError if other code holds the name (unless ``replace``).
 
     Registering the same function again (a module imported twice) is fine.
+
+    >>> def rates(alert, ctx):
+    ...     return AnalysisResult(summary={"rate_hz": 50.0})
+    >>> def other_rates(alert, ctx):
+    ...     return AnalysisResult(summary={"rate_hz": 60.0})
+    >>> a = Analysis(rates, "doc_registered")
+    >>> register_analysis(a) is a, register_analysis(Analysis(rates, "doc_registered")).source  # the same: fine
+    (True, 'dtlive.alerts.analyses:rates')
+    >>> register_analysis(Analysis(other_rates, "doc_registered"))
+    Traceback (most recent call last):
+    ...
+    ValueError: analysis 'doc_registered' is already registered by dtlive.alerts.analyses:rates; give replace=True
+    >>> unregister_analysis("doc_registered")
     """
     if not isinstance(a, Analysis):
         raise TypeError(f"register an Analysis (use the @analysis decorator), not {type(a).__name__}")
@@ -313,7 +376,17 @@ def register_analysis(a: Analysis, *, replace: bool = False) -> Analysis:
 
 
 def unregister_analysis(name: str) -> None:
-    """Remove an analysis from the registry (KeyError if unknown)."""
+    """Remove an analysis from the registry (KeyError if unknown).
+
+    >>> _ = register_analysis(Analysis(lambda alert, ctx: AnalysisResult(), "doc_gone"))
+    >>> unregister_analysis("doc_gone")
+    >>> "doc_gone" in available_analyses()
+    False
+    >>> unregister_analysis("doc_gone")
+    Traceback (most recent call last):
+    ...
+    KeyError: 'doc_gone'
+    """
     with _LOCK:
         del _REGISTRY[name]
 
@@ -328,6 +401,11 @@ def discover(reload: bool = False) -> dict[str, str]:
     An entry point names an :class:`Analysis` (made by the decorator) or a plain callable (registered under
     the entry point's name, version from its ``version`` attribute or its distribution). Whatever fails to
     load is logged and kept in :func:`broken_analyses`; returns that dict (entry-point name -> error).
+
+    >>> discover(reload=True)  # the installed plug-ins (dtlive's own) all load: nothing broken
+    {}
+    >>> sorted(n for n, a in available_analyses().items() if (a.entry_point or "").startswith("dtlive.alerts."))
+    ['notebook', 'rate_excess', 'snapshot']
     """
     global _discovered
     with _LOCK:
@@ -361,19 +439,38 @@ def discover(reload: bool = False) -> dict[str, str]:
 
 
 def available_analyses() -> dict[str, Analysis]:
-    """The analyses that can run, by name (plug-ins discovered on first use)."""
+    """The analyses that can run, by name (plug-ins discovered on first use).
+
+    >>> found = available_analyses()
+    >>> found["rate_excess"].version, sorted(found["snapshot"].defaults)
+    ('1', ['after_s', 'before_s', 'exclude_bad'])
+    """
     discover()
     with _LOCK:
         return dict(sorted(_REGISTRY.items()))
 
 
 def broken_analyses() -> dict[str, str]:
-    """Plug-ins that failed to load: entry-point name -> what went wrong."""
+    """Plug-ins that failed to load: entry-point name -> what went wrong.
+
+    >>> _ = discover(reload=True)
+    >>> broken_analyses()  # entry-point name -> why it did not load; dtlive's own plug-ins all load
+    {}
+    """
     return discover()
 
 
 def get_analysis(name: str) -> Analysis:
-    """The analysis called ``name``; KeyError (saying why) if it is unknown or its plug-in is broken."""
+    """The analysis called ``name``; KeyError (saying why) if it is unknown or its plug-in is broken.
+
+    >>> get_analysis("snapshot").defaults["before_s"]
+    60.0
+    >>> try:
+    ...     get_analysis("no_such_analysis")
+    ... except KeyError as e:
+    ...     print(e.args[0].split(" (")[0])
+    no analysis 'no_such_analysis'
+    """
     discover()
     with _LOCK:
         if name in _REGISTRY:
@@ -386,7 +483,18 @@ def get_analysis(name: str) -> Analysis:
 def run_analysis(which: str | Analysis, alert: Alert, ctx: AnalysisContext, *, task_id: str | None = None
                  ) -> AnalysisResult:
     """Run an analysis (by name or object), recording ``running`` then ``done`` / ``failed`` as task states
-    (kind ``analysis``) in ``ctx.ledger`` when there is one. Exceptions are recorded, then raised."""
+    (kind ``analysis``) in ``ctx.ledger`` when there is one. Exceptions are recorded, then raised.
+
+    >>> import tempfile
+    >>> from dtlive.alerts.notices import parse_notice
+    >>> from dtlive.storage.ledger import Ledger
+    >>> ctx = AnalysisContext(HistoryStore(tempfile.mkdtemp()), Ledger("sqlite://"), artifacts_dir=tempfile.mkdtemp())
+    >>> alert = parse_notice(b'{"mission": "IceCube", "id": "7", "trigger_time": "2024-05-01T12:00:00Z"}')
+    >>> run_analysis("snapshot", alert, ctx, task_id="doc-task").status
+    'no_data'
+    >>> [s["state"] for s in ctx.ledger.task_history("doc-task")]
+    ['running', 'done']
+    """
     a = get_analysis(which) if isinstance(which, str) else which
     task = task_id or f"analysis/{a.name}/{alert.id}/{alert.record_number}"
     led = ctx.ledger
@@ -457,7 +565,11 @@ def poisson_log_sf(k: int, mu: float) -> float:
 
 
 def poisson_sf(k: int, mu: float) -> float:
-    """P(N >= k) for N ~ Poisson(mu): the p-value of ``k`` counts over a known background ``mu``."""
+    """P(N >= k) for N ~ Poisson(mu): the p-value of ``k`` counts over a known background ``mu``.
+
+    >>> round(poisson_sf(3, 1.0), 6), poisson_sf(0, 5.0), poisson_sf(1, 0.0)
+    (0.080301, 1.0, 0.0)
+    """
     return math.exp(poisson_log_sf(k, mu))
 
 
@@ -492,6 +604,28 @@ def rate_excess(alert: Alert, ctx: AnalysisContext) -> AnalysisResult:
     ``significance_sigma`` is Li & Ma eq. 17 (background uncertainty included, signed); ``p_value`` the
     Poisson P(N >= on | expected), background taken as known, with its one-sided ``p_value_sigma``.
     Hits are not independent (a muon crossing a chamber gives ~4), so read the significance as an upper bound.
+
+    >>> import tempfile
+    >>> from dtlive.alerts.notices import parse_notice
+    >>> from dtlive.core.messages import iso_utc, message_from_arrays
+    >>> from dtlive.core.products import DRIFT_EDGES_NS, REGISTRY
+    >>> from dtlive.core.rows import Rows
+    >>> T = 1.7e9  # the trigger
+    >>> arrays = REGISTRY.compute(Rows.from_columns(head=[2], fpga=[0], channel=[3], orbit=[1], bx=[0], tdc=[0]))
+    >>> def window(i, hits):  # the 2 s window starting at T + 2 i, with ``hits`` hits in chamber 0
+    ...     a = dict(arrays, total_hits=np.int64(hits), hits_per_chamber=np.array([hits, 0, 0, 0]))
+    ...     return message_from_arrays(a, DRIFT_EDGES_NS, {"window_id": 100 + i, "window_start": iso_utc(T + 2 * i),
+    ...                                                    "window_end": iso_utc(T + 2 * i + 2)})
+    >>> store = HistoryStore(tempfile.mkdtemp())
+    >>> _ = store.append([window(i, 300 if i == 0 else 100) for i in range(-12, 2)])  # 300 hits just after T
+    >>> ctx = AnalysisContext(store, artifacts_dir=tempfile.mkdtemp(), now=T + 60,
+    ...                       params={"on_before_s": 4, "on_after_s": 4, "gap_s": 0, "background_s": 20})
+    >>> alert = parse_notice(b'{"mission": "IceCube", "id": "7", "trigger_time": "2023-11-14T22:13:20Z"}')
+    >>> s = rate_excess(alert, ctx).summary
+    >>> s["on"]["windows"], s["background"]["windows"], s["chambers"][0]["on_counts"], s["chambers"][0]["expected"]
+    (4, 10, 600, 400.0)
+    >>> s["max_chamber"], round(s["max_significance_sigma"], 1), s["complete"]
+    (0, 7.7, True)
     """
     p = ctx.params
     on_before, on_after, bg_len, gap = (float(p[k]) for k in ("on_before_s", "on_after_s", "background_s", "gap_s"))
@@ -607,6 +741,23 @@ def snapshot(alert: Alert, ctx: AnalysisContext) -> AnalysisResult:
 
     Every window is kept (``bad`` says which overlap a bad period) unless ``exclude_bad``; the file's attrs
     hold ``provenance`` and ``alert`` as JSON strings.
+
+    >>> import tempfile
+    >>> from dtlive.alerts.notices import parse_notice
+    >>> from dtlive.core.messages import iso_utc, message_from_arrays
+    >>> from dtlive.core.products import DRIFT_EDGES_NS, REGISTRY
+    >>> from dtlive.core.rows import Rows
+    >>> arrays = REGISTRY.compute(Rows.from_columns(head=[2], fpga=[0], channel=[3], orbit=[1], bx=[0], tdc=[0]))
+    >>> store = HistoryStore(tempfile.mkdtemp())
+    >>> def window(i):  # the 2 s window starting 2 i seconds after 1.7e9
+    ...     return message_from_arrays(arrays, DRIFT_EDGES_NS, {"window_id": i, "window_start": iso_utc(1.7e9 + 2 * i),
+    ...                                                         "window_end": iso_utc(1.7e9 + 2 * i + 2)})
+    >>> _ = store.append([window(i) for i in range(-5, 5)])
+    >>> ctx = AnalysisContext(store, artifacts_dir=tempfile.mkdtemp(), params={"before_s": 4, "after_s": 4})
+    >>> alert = parse_notice(b'{"mission": "IceCube", "id": "7", "trigger_time": "2023-11-14T22:13:20Z"}')
+    >>> r = snapshot(alert, ctx)
+    >>> r.summary["windows"], r.summary["total_hits"], r.artifacts[0].suffix, r.data.window_id.values.tolist()
+    (4, 4, '.nc', [-2, -1, 0, 1])
     """
     p = ctx.params
     trig = alert.trigger_time
@@ -663,6 +814,16 @@ def notebook(alert: Alert, ctx: AnalysisContext) -> AnalysisResult:
     empty unless ``exclude_bad``), ``summary_path``/``data_path`` (where the notebook may leave a JSON
     summary and a NetCDF Dataset, taken into the result), plus ``parameters`` from the rule. ``timeout_s``
     bounds each cell; a failing or timed-out notebook gives status ``error`` (the executed notebook kept).
+
+    >>> import tempfile
+    >>> from dtlive.alerts.notices import parse_notice
+    >>> ctx = AnalysisContext(HistoryStore(tempfile.mkdtemp()), artifacts_dir=tempfile.mkdtemp())
+    >>> notebook(parse_notice(b'{"mission": "Swift", "id": "1"}'), ctx).summary  # nothing to run without a time
+    {'status': 'no_data', 'reason': 'the alert has no trigger time'}
+    >>> alert = parse_notice(b'{"mission": "IceCube", "id": "7", "trigger_time": "2024-05-01T12:00:00Z"}')
+    >>> r = notebook(alert, ctx)  # runs alert_template.ipynb in a python3 kernel  # doctest: +SKIP
+    >>> r.status, r.artifacts[0].suffix  # doctest: +SKIP
+    ('ok', '.ipynb')
     """
     import nbformat
     import papermill

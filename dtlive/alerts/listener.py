@@ -41,7 +41,11 @@ log = logging.getLogger(__name__)
 
 
 def subscription(patterns: list[str]) -> list[str]:
-    """Topic patterns (``*`` wildcards) as librdkafka subscriptions (regexes start with ``^``)."""
+    """Topic patterns (``*`` wildcards) as librdkafka subscriptions (regexes start with ``^``).
+
+    >>> subscription(["gcn.notices.swift.*", "igwn.gwalert", "gcn.classic.voevent.*"])
+    ['^gcn\\\\.notices\\\\.swift\\\\..*', 'igwn.gwalert', '^gcn\\\\.classic\\\\.voevent\\\\..*']
+    """
     out = []
     for p in patterns:
         out.append("^" + p.replace(".", "\\.").replace("*", ".*") if "*" in p else p)
@@ -55,6 +59,17 @@ def run_job(analysis: str, alert: dict, params: dict, history_path: str | None, 
     Every attempt writes into a directory of its own under ``artifacts_dir`` (UTC time, pid, random
     suffix), and every file appears there complete (written under a temporary name, then renamed), so a
     re-run never reads or overwrites another attempt's files.
+
+    >>> import tempfile
+    >>> notice = b'{"mission": "IceCube", "id": "7", "trigger_time": "2024-05-01T12:00:00Z"}'
+    >>> alert = alert_to_dict(parse_notice(notice))
+    >>> tmp = tempfile.mkdtemp()
+    >>> rec = run_job("rate_excess", alert, {"background_s": 60.0}, f"{tmp}/history", f"sqlite:///{tmp}/ledger.sqlite",
+    ...               f"{tmp}/artifacts")
+    >>> rec["name"], rec["summary"]["status"], rec["provenance"]["params"]["background_s"]
+    ('rate_excess', 'no_data', 60.0)
+    >>> [Path(a).name for a in rec["artifacts"]], Path(rec["artifacts"][0]).parent.name == rec["attempt"]
+    (['rate_excess.nc'], True)
     """
     import os
     import uuid
@@ -86,7 +101,12 @@ def run_job(analysis: str, alert: dict, params: dict, history_path: str | None, 
 
 
 class AlertListener:
-    """Consumes notices, applies the rules, runs analyses in workers and publishes their results."""
+    """Consumes notices, applies the rules, runs analyses in workers and publishes their results.
+
+    >>> from dtlive.config import load_config
+    >>> listener = AlertListener(load_config({}), "127.0.0.1:9092", workers=2)  # doctest: +SKIP
+    >>> listener.run()  # consumes notices until stopped  # doctest: +SKIP
+    """
 
     def __init__(self, cfg: Config, bootstrap: str, ledger=None, rules=None, run_tests: bool = False,
                  workers: int = 2, timeout_s: float = 120.0, artifacts_dir: str | Path | None = None,

@@ -853,7 +853,16 @@ def alert_to_dict(alert: Alert) -> dict[str, Any]:
 
 
 def alert_from_dict(d: dict[str, Any]) -> Alert:
-    """Inverse of :func:`alert_to_dict` (derived keys are ignored); raises :class:`NoticeError` if fields lack."""
+    """Inverse of :func:`alert_to_dict` (derived keys are ignored); raises :class:`NoticeError` if fields lack.
+
+    >>> a = parse_notice(b'{"mission": "IceCube", "id": "7", "trigger_time": "2024-05-01T12:00:00Z"}')
+    >>> alert_from_dict(alert_to_dict(a)) == a
+    True
+    >>> alert_from_dict({"id": "x"})
+    Traceback (most recent call last):
+    ...
+    dtlive.alerts.notices.NoticeError: missing_field: alert dict lacks mission, type, tense, format
+    """
     if not isinstance(d, dict):
         raise NoticeError("bad_field", f"expected a dict, not {type(d).__name__}")
     missing = [k for k in ("id", "mission", "type", "tense", "format") if not isinstance(d.get(k), str)]

@@ -362,6 +362,12 @@ class Decision:
     - ``ignore_unmatched``: no rule matches.
 
     ``reason`` says why, for a log.
+
+    >>> from dtlive.alerts import parse_notice
+    >>> d = AlertDecider().decide(parse_notice('{"mission": "Swift", "id": "42", "record_number": 1}',
+    ...                                        "gcn.notices.swift.bat.guano"))
+    >>> d.action, d.alert_id, d.record_number, [j.analysis for j in d.jobs], d.is_test
+    ('run', 'Swift:42', 1, ['rate_excess', 'snapshot'], False)
     """
 
     action: str

@@ -32,7 +32,13 @@ TEMPLATES = {  # built-in notices (gcn-schema shaped) for demos without the exam
 
 
 def topic_for(payload: bytes | str) -> str:
-    """The GCN topic a JSON notice would arrive on, from its ``$schema`` (else ``gcn.notices.unknown``)."""
+    """The GCN topic a JSON notice would arrive on, from its ``$schema`` (else ``gcn.notices.unknown``).
+
+    >>> topic_for(b'{"$schema": "https://gcn.nasa.gov/schema/main/gcn/notices/fermi/gbm/trigger.schema.json"}')
+    'gcn.notices.fermi.gbm.alert'
+    >>> topic_for(b"<voe:VOEvent/>"), topic_for(b'{"mission": "?"}')
+    ('gcn.classic.voevent.unknown', 'gcn.notices.unknown')
+    """
     try:
         schema = json.loads(payload).get("$schema", "")
     except (ValueError, AttributeError):
@@ -48,7 +54,12 @@ def topic_for(payload: bytes | str) -> str:
 
 
 def retimed(payload: bytes | str, trigger_time: float) -> bytes:
-    """The notice with its trigger (and alert) time set to ``trigger_time`` (UNIX seconds)."""
+    """The notice with its trigger (and alert) time set to ``trigger_time`` (UNIX seconds).
+
+    >>> voevent = b"<voe:VOEvent><ISOTime>2020-01-01T00:00:00</ISOTime></voe:VOEvent>"
+    >>> retimed(voevent, 1.7e9)
+    b'<voe:VOEvent><ISOTime>2023-11-14T22:13:20.000</ISOTime></voe:VOEvent>'
+    """
     text = payload.decode() if isinstance(payload, bytes) else payload
     iso = iso_utc(trigger_time)
     if text.lstrip().startswith("<"):  # VOEvent
@@ -64,7 +75,15 @@ def retimed(payload: bytes | str, trigger_time: float) -> bytes:
 
 
 def load_notice(name: str) -> bytes:
-    """A notice file's bytes, or a built-in template by name (``superk-sn``, ``icecube-track``)."""
+    """A notice file's bytes, or a built-in template by name (``superk-sn``, ``icecube-track``).
+
+    >>> json.loads(load_notice("superk-sn"))["mission"]
+    'Super-Kamiokande'
+    >>> load_notice("no-such-notice.json")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: no notice file 'no-such-notice.json' and no template of that name (superk-sn, icecube-track)
+    """
     if name in TEMPLATES:
         return json.dumps(TEMPLATES[name]).encode()
     path = Path(name)
@@ -94,7 +113,16 @@ def check_notice(payload: bytes, name: str = "the notice") -> None:
 
 def send_notice(producer, payload: bytes, topic: str | None = None,
                 trigger_time: float | None = None) -> tuple[str, bytes]:
-    """Produce one notice (retimed to ``trigger_time``, default now); return its topic and bytes."""
+    """Produce one notice (retimed to ``trigger_time``, default now); return its topic and bytes.
+
+    >>> class Producer:  # what send_notice needs of a confluent-kafka Producer
+    ...     def produce(self, topic, value, on_delivery): self.sent = (topic, value)
+    ...     def flush(self, timeout): return 0
+    >>> p = Producer()
+    >>> topic, value = send_notice(p, load_notice("superk-sn"), trigger_time=1.7e9)
+    >>> topic, json.loads(value)["trigger_time"], p.sent[0]
+    ('gcn.notices.superk.sn_alert', '2023-11-14T22:13:20.000Z', 'gcn.notices.superk.sn_alert')
+    """
     value = retimed(payload, time.time() if trigger_time is None else trigger_time)
     topic = topic or topic_for(value)
     errors: list = []

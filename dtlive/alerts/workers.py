@@ -27,7 +27,15 @@ from typing import Any
 
 @dataclass
 class Outcome:
-    """How one job ended."""
+    """How one job ended.
+
+    >>> pool = WorkerPool(1)  # doctest: +SKIP
+    >>> pool.submit("job-1", "math:factorial", (5,))  # doctest: +SKIP
+    >>> pool.cancel(["job-1"]) or pool.poll(timeout=5)  # doctest: +SKIP
+    [Outcome(job_id='job-1', state='succeeded', value=120, error=None, seconds=0.001)]
+    >>> Outcome("job-2", "timed_out", error="over its 60 s limit", seconds=60.0).state
+    'timed_out'
+    """
 
     job_id: str
     state: str  # succeeded | failed | timed_out | cancelled
@@ -76,7 +84,15 @@ class _Worker:
 
 @dataclass
 class WorkerPool:
-    """``n`` worker processes running ``module:function`` jobs with a per-job time limit."""
+    """``n`` worker processes running ``module:function`` jobs with a per-job time limit.
+
+    >>> pool = WorkerPool(2, preload=("dtlive.alerts.analyses",))  # doctest: +SKIP
+    >>> pool.submit("job-1", "math:factorial", (5,), timeout_s=10)  # doctest: +SKIP
+    >>> pool.submit("job-2", "time:sleep", (30,), timeout_s=1)  # doctest: +SKIP
+    >>> sorted((o.job_id, o.state) for o in pool.poll(timeout=5))  # doctest: +SKIP
+    [('job-1', 'succeeded'), ('job-2', 'timed_out')]
+    >>> pool.close()  # doctest: +SKIP
+    """
 
     n: int = 2
     preload: tuple[str, ...] = ("dtlive.alerts.analyses",)

@@ -60,6 +60,12 @@ class Context:
     ``scale``: observed exposure / reference exposure (seconds, or total hits when the exposure is unknown);
     ``seconds``: the observed exposure (NaN when unknown); ``channel_axis``: the bins are the 64 channels
     of a chamber (their layer and cell follow from the channel number).
+
+    >>> ctx = Context(centres=np.arange(64.0), mask=np.isin(np.arange(64), [17]), scale=0.5, seconds=2.0,
+    ...               channel_axis=True)  # channel 17 known bad; half the reference's exposure
+    >>> obs = np.full(64, 100)
+    >>> range_test(obs, None, ctx, {"quantity": "rate"}).score  # 63 channels x 100 hits in 2 s (17 left out)
+    3150.0
     """
 
     centres: np.ndarray
@@ -71,7 +77,12 @@ class Context:
 
 @dataclass
 class Outcome:
-    """A test's verdict on one chamber: status, score, human reason and details (JSON-ready)."""
+    """A test's verdict on one chamber: status, score, human reason and details (JSON-ready).
+
+    >>> out = range_test(np.array([50]), None, Context(np.zeros(1), np.zeros(1, bool)), {"warning": [100, None]})
+    >>> out.status, out.score, out.reason, out.details
+    ('warning', 50.0, 'sum 50 entries outside [100, None]', {'entries': 50.0})
+    """
 
     status: str
     score: float

@@ -52,7 +52,12 @@ REASONS = {
 
 @dataclass(frozen=True)
 class Reject:
-    """A piece of input that could not be used, kept whole for the dead-letter topic."""
+    """A piece of input that could not be used, kept whole for the dead-letter topic.
+
+    >>> r = decode([b"2,0,1,100,5"], "csv").rejects[0]
+    >>> r.reason, r.payload, r.partition, r.offset
+    ('field_count', b'2,0,1,100,5', 0, 0)
+    """
 
     reason: str
     payload: bytes
@@ -63,7 +68,12 @@ class Reject:
 
 @dataclass
 class Decoded:
-    """The decoded rows of some payloads, and what was rejected."""
+    """The decoded rows of some payloads, and what was rejected.
+
+    >>> d = decode([b"2,0,1,100,5,6", b""], "csv")
+    >>> d.rows.channel.tolist(), [r.reason for r in d.rejects]
+    ([1], ['empty'])
+    """
 
     rows: Rows
     rejects: list[Reject] = field(default_factory=list)
@@ -79,6 +89,14 @@ def decode(
 
     ``partitions``/``offsets`` (one per payload) are copied onto every row the
     payload yields, and onto its rejects.
+
+    >>> d = decode([b"2,0,1,100,5,6\\n2,1,7,100,9,x", b"2,0,3,101,0,0"], "csv", partitions=[4, 4], offsets=[10, 11])
+    >>> d.rows.orbit.tolist(), d.rows.offset.tolist()
+    ([100, 101], [10, 11])
+    >>> [(r.reason, r.payload, r.offset) for r in d.rejects]
+    [('non_numeric', b'2,1,7,100,9,x', 10)]
+    >>> decode([b"\\x00"], "protobuf").rejects[0].reason
+    'unknown_format'
     """
     n = len(payloads)
     parts = np.zeros(n, np.int32) if partitions is None else np.asarray(partitions, np.int32)
@@ -298,7 +316,13 @@ def encode_csv(rows: Rows) -> list[bytes]:
 
 
 def encode_csv_batches(rows: Rows, rows_per_message: int) -> list[bytes]:
-    """Newline-separated CSV rows, ``rows_per_message`` per payload."""
+    """Newline-separated CSV rows, ``rows_per_message`` per payload.
+
+    >>> rows = Rows.from_columns(head=[2, 2, 2], fpga=[0, 0, 1], channel=[1, 2, 3], orbit=[7, 7, 8], bx=[0, 1, 2],
+    ...                          tdc=[0, 0, 0])
+    >>> encode_csv_batches(rows, 2)
+    [b'2,0,1,7,0,0\\n2,0,2,7,1,0', b'2,1,3,8,2,0']
+    """
     lines = encode_csv(rows)
     return [b"\n".join(lines[i : i + rows_per_message]) for i in range(0, len(lines), rows_per_message)]
 
@@ -342,7 +366,13 @@ _WORD_FIELDS = dict(zip(COLUMNS, ("HEAD", "FPGA", "TDC_CHANNEL", "ORBIT_CNT", "B
 
 
 def unpack_words(words: np.ndarray) -> dict[str, np.ndarray]:
-    """Split 64-bit DAQ words into int64 columns (``head``, ``fpga``, ...)."""
+    """Split 64-bit DAQ words into int64 columns (``head``, ``fpga``, ...).
+
+    >>> rows = Rows.from_columns(head=[2], fpga=[1], channel=[70], orbit=[123456], bx=[3000], tdc=[29])
+    >>> cols = unpack_words(pack_words(rows))
+    >>> {k: v.tolist() for k, v in cols.items()}
+    {'head': [2], 'fpga': [1], 'channel': [70], 'orbit': [123456], 'bx': [3000], 'tdc': [29]}
+    """
     out = {}
     for col, name in _WORD_FIELDS.items():
         shift, bits = det.WORD_LAYOUT[name]
@@ -353,7 +383,12 @@ def unpack_words(words: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def pack_words(rows: Rows) -> np.ndarray:
-    """Pack rows into 64-bit DAQ words (ancillary floats are truncated to the field's bits)."""
+    """Pack rows into 64-bit DAQ words (ancillary floats are truncated to the field's bits).
+
+    >>> words = pack_words(Rows.from_columns(head=[2], fpga=[0], channel=[1], orbit=[1], bx=[0], tdc=[3]))
+    >>> words.dtype, hex(int(words[0]))
+    (dtype('uint64'), '0x4002000000020003')
+    """
     words = np.zeros(len(rows), np.uint64)
     for col, name in _WORD_FIELDS.items():
         shift, bits = det.WORD_LAYOUT[name]
@@ -363,7 +398,15 @@ def pack_words(rows: Rows) -> np.ndarray:
 
 
 def encode_daq64(rows: Rows, words_per_message: int | None = None) -> list[bytes]:
-    """Little-endian packed words, all in one payload or ``words_per_message`` per payload."""
+    """Little-endian packed words, all in one payload or ``words_per_message`` per payload.
+
+    >>> rows = Rows.from_columns(head=[2, 2, 2], fpga=[0, 0, 1], channel=[1, 2, 3], orbit=[7, 7, 8], bx=[0, 1, 2],
+    ...                          tdc=[0, 0, 0])
+    >>> [len(p) for p in encode_daq64(rows)], [len(p) for p in encode_daq64(rows, words_per_message=2)]
+    ([24], [16, 8])
+    >>> decode(encode_daq64(rows, 2), "daq64").rows.channel.tolist()
+    [1, 2, 3]
+    """
     raw = pack_words(rows).astype("<u8").tobytes()
     step = 8 * (words_per_message or max(len(rows), 1))
     return [raw[i : i + step] for i in range(0, len(raw), step)] or []

@@ -77,7 +77,11 @@ TYPICAL_EMULATOR_ROWS_PER_S = 1000.0
 
 
 def chamber_of(fpga: np.ndarray, channel: np.ndarray) -> np.ndarray:
-    """Chamber (0-3) of each hit, or -1 for special channels (>= 128)."""
+    """Chamber (0-3) of each hit, or -1 for special channels (>= 128).
+
+    >>> chamber_of(np.array([0, 0, 1, 1]), np.array([5, 64, 127, 128])).tolist()
+    [0, 1, 3, -1]
+    """
     fpga = np.asarray(fpga)
     channel = np.asarray(channel)
     chamber = 2 * fpga + channel // CHANNELS_PER_CHAMBER
@@ -85,17 +89,30 @@ def chamber_of(fpga: np.ndarray, channel: np.ndarray) -> np.ndarray:
 
 
 def cell_of(channel: np.ndarray) -> np.ndarray:
-    """Cell column (0-15) inside a chamber."""
+    """Cell column (0-15) inside a chamber.
+
+    >>> cell_of(np.array([0, 3, 4, 63, 64])).tolist()
+    [0, 0, 1, 15, 0]
+    """
     return (np.asarray(channel) % CHANNELS_PER_CHAMBER) // 4
 
 
 def layer_of(channel: np.ndarray) -> np.ndarray:
-    """Layer (1 = bottom ... 4 = top) inside a chamber."""
+    """Layer (1 = bottom ... 4 = top) inside a chamber.
+
+    >>> layer_of(np.array([0, 1, 2, 3])).tolist()
+    [4, 2, 3, 1]
+    """
     return LAYER_OF_CHANNEL_MOD4[np.asarray(channel) % 4]
 
 
 def wire_position_mm(channel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Local (x, z) of the wire read out by each channel, in mm."""
+    """Local (x, z) of the wire read out by each channel, in mm.
+
+    >>> x, z = wire_position_mm(np.array([3, 7, 0]))
+    >>> x.tolist(), z.tolist()
+    ([-294.0, -252.0, -315.0], [-19.5, -19.5, 19.5])
+    """
     layer = layer_of(channel)
     shift = np.array([0.0, *[LAYER_X_SHIFT_MM[k] for k in (1, 2, 3, 4)]])
     z = np.array([0.0, *[LAYER_Z_MM[k] for k in (1, 2, 3, 4)]])
@@ -103,7 +120,12 @@ def wire_position_mm(channel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def channel_of(chamber: np.ndarray, layer: np.ndarray, cell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse mapping: (FPGA, TDC_CHANNEL) of a (chamber, layer, cell)."""
+    """Inverse mapping: (FPGA, TDC_CHANNEL) of a (chamber, layer, cell).
+
+    >>> fpga, channel = channel_of(np.array([3]), np.array([1]), np.array([2]))
+    >>> fpga.tolist(), channel.tolist(), chamber_of(fpga, channel).tolist(), layer_of(channel).tolist()
+    ([1], [75], [3], [1])
+    """
     chamber = np.asarray(chamber)
     mod4 = np.array([0, 3, 1, 2, 0])[np.asarray(layer)]  # layer -> channel % 4
     channel = (chamber % 2) * CHANNELS_PER_CHAMBER + np.asarray(cell) * 4 + mod4
@@ -111,7 +133,11 @@ def channel_of(chamber: np.ndarray, layer: np.ndarray, cell: np.ndarray) -> tupl
 
 
 def hit_time_ns(orbit: np.ndarray, bx: np.ndarray, tdc: np.ndarray) -> np.ndarray:
-    """Absolute hit time in ns: 25 * (ORBIT * 3564 + BX + TDC / 30), float64."""
+    """Absolute hit time in ns: 25 * (ORBIT * 3564 + BX + TDC / 30), float64.
+
+    >>> hit_time_ns(np.array([0, 1]), np.array([2, 0]), np.array([15, 0])).tolist()
+    [62.5, 89100.0]
+    """
     orbit = np.asarray(orbit, dtype=np.int64)
     return BX_NS * (orbit * BX_PER_ORBIT + np.asarray(bx, dtype=np.float64) + np.asarray(tdc) / TDC_PER_BX)
 
@@ -153,7 +179,11 @@ def half_cell_of(channel: np.ndarray) -> np.ndarray:
 
 
 def orbits_for_seconds(seconds: float) -> int:
-    """Whole number of orbits closest to a duration."""
+    """Whole number of orbits closest to a duration.
+
+    >>> orbits_for_seconds(1.0), orbits_for_seconds(0.0)
+    (11223, 1)
+    """
     return max(1, int(round(seconds / ORBIT_S)))
 
 

@@ -66,7 +66,12 @@ Masks = Mapping[int, Iterable[int]]
 
 @dataclass(frozen=True)
 class CheckSpec:
-    """One configured test: its name, kind, product patterns, parameters and the chamber status of its error."""
+    """One configured test: its name, kind, product patterns, parameters and the chamber status of its error.
+
+    >>> spec = load_tests_config('[[tests]]\\nname = "shape"\\nkind = "chi2"\\nproducts = ["*_occupancy"]').tests[0]
+    >>> spec.kind, spec.matches("channel_occupancy"), spec.matches("drift_time_ns"), spec.params["p_value"]
+    ('chi2', True, False, 1e-06)
+    """
 
     name: str
     kind: str
@@ -80,7 +85,14 @@ class CheckSpec:
 
 @dataclass(frozen=True)
 class StatusRules:
-    """How test results make a chamber status (see the module docstring)."""
+    """How test results make a chamber status (see the module docstring).
+
+    >>> rules = StatusRules(error=3)  # a test at error makes the chamber "poor", not "degraded"
+    >>> failed = Result("rate", "range", "hits_per_chamber", 1, Outcome("error", 0.0, "rate 0 Hz", {}), rules.error)
+    >>> s = chamber_status([failed], rules, chambers=[1])[1]
+    >>> s["status"], s["label"]
+    (3, 'poor')
+    """
 
     labels: tuple[str, ...] = ("ok", "minor", "degraded", "poor", "bad")
     warning: int = 1
@@ -90,7 +102,12 @@ class StatusRules:
 
 @dataclass(frozen=True)
 class ChecksConfig:
-    """The tests, the status rules, the masks (chamber -> channels) and a hash of the TOML text."""
+    """The tests, the status rules, the masks (chamber -> channels) and a hash of the TOML text.
+
+    >>> cfg = load_tests_config('[masks]\\n"2" = [17, 40]\\n[[tests]]\\nname = "x"\\nkind = "dead"\\nproducts = ["c*"]')
+    >>> [t.name for t in cfg.tests], cfg.masks, cfg.status.warning, len(cfg.hash)
+    (['x'], {2: (17, 40)}, 1, 12)
+    """
 
     tests: tuple[CheckSpec, ...]
     status: StatusRules
@@ -100,7 +117,13 @@ class ChecksConfig:
 
 @dataclass
 class Result:
-    """One test's verdict on one product of one chamber (``chamber`` None: a detector-wide product)."""
+    """One test's verdict on one product of one chamber (``chamber`` None: a detector-wide product).
+
+    >>> r = Result("rate", "range", "hits_per_chamber", 0, Outcome("warning", float("nan"), "rate low", {"n": 3}), 1)
+    >>> d = r.to_dict()
+    >>> r.status, d["test"], d["status"], d["score"], d["details"]  # JSON-ready: the NaN score is None
+    ('warning', 'rate', 'warning', None, {'n': 3})
+    """
 
     test: str
     kind: str

@@ -57,13 +57,22 @@ VARIABLES = tuple(k for k in PRODUCTS if k not in _HISTOGRAM_PARTS)
 
 @functools.lru_cache(maxsize=8)
 def empty_variables(drift_edges: tuple[float, ...]) -> dict[str, np.ndarray]:
-    """The :data:`VARIABLES` of no hits for a drift binning: what a message without them stands for."""
+    """The :data:`VARIABLES` of no hits for a drift binning: what a message without them stands for.
+
+    >>> v = empty_variables((0.0, 100.0, 200.0))
+    >>> int(v["events"]), v["event_hits_per_chamber"].tolist(), v["timebox_meantimer"].shape
+    (0, [0, 0, 0, 0], (4, 2))
+    """
     arrays = REGISTRY.compute(Rows.empty(), Settings(np.array(drift_edges)))
     return {k: arrays[k] for k in VARIABLES}
 
 
 def iso_utc(seconds: float | None) -> str | None:
-    """UNIX seconds -> ISO 8601 UTC string with milliseconds (None passes through)."""
+    """UNIX seconds -> ISO 8601 UTC string with milliseconds (None passes through).
+
+    >>> iso_utc(1.7e9), iso_utc(0.0125), iso_utc(None)
+    ('2023-11-14T22:13:20.000Z', '1970-01-01T00:00:00.012Z', None)
+    """
     if seconds is None:
         return None
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -81,7 +90,16 @@ def utc_seconds(iso: str | None) -> float:
 
 
 def encode_message(ds: xr.Dataset) -> bytes:
-    """Encode one window's Dataset (as made by :mod:`dtlive.core.products` plus window attrs) as JSON bytes."""
+    """Encode one window's Dataset (as made by :mod:`dtlive.core.products` plus window attrs) as JSON bytes.
+
+    >>> from dtlive.core.products import compute_products
+    >>> from dtlive.core.rows import Rows
+    >>> ds = compute_products(Rows.from_columns(head=[2], fpga=[1], channel=[3], orbit=[7], bx=[0], tdc=[0]))
+    >>> ds.attrs.update(window_id=2, first_orbit=0, last_orbit=99)
+    >>> msg = decode_message(encode_message(ds))
+    >>> msg["window"]["id"], msg["total_hits"], msg["hits_per_chamber"]
+    (2, 1, [0, 0, 1, 0])
+    """
     return message_bytes(message_dict(ds))
 
 
@@ -95,7 +113,16 @@ def message_bytes(msg: dict) -> bytes:
 
 
 def message_dict(ds: xr.Dataset) -> dict:
-    """The ``dtlive.monitor/1`` message of one window as a JSON-ready dict."""
+    """The ``dtlive.monitor/1`` message of one window as a JSON-ready dict.
+
+    >>> from dtlive.core.products import compute_products
+    >>> from dtlive.core.rows import Rows
+    >>> ds = compute_products(Rows.from_columns(head=[2, 2], fpga=[0, 0], channel=[3, 3], orbit=[7, 8], bx=[0, 0],
+    ...                                         tdc=[0, 0]))
+    >>> msg = message_dict(ds)
+    >>> msg["schema"], msg["window"]["id"], msg["histograms"]["channel_occupancy"]["chamber_0"]["bin_counts"][3]
+    ('dtlive.monitor/1', -1, 2)
+    """
     names = [k for k in (*PRODUCTS, *COUNTS) if k in ds]
     return message_from_arrays({k: ds[k].values for k in names}, ds["drift_time_edges"].values, ds.attrs)
 
@@ -107,6 +134,14 @@ def message_from_arrays(arrays: dict, drift_edges: np.ndarray, attrs: dict) -> d
     (missing counts are 0); ``attrs`` the window attributes (``window_id``, ``first_orbit``,
     ``last_orbit``, ``window_start``, ``window_end``, ``provenance`` and ``rejected_by_reason``
     as JSON strings).
+
+    >>> from dtlive.core.products import REGISTRY
+    >>> from dtlive.core.products.kernel import DRIFT_EDGES_NS
+    >>> from dtlive.core.rows import Rows
+    >>> arrays = REGISTRY.compute(Rows.from_columns(head=[2], fpga=[0], channel=[70], orbit=[7], bx=[0], tdc=[0]))
+    >>> msg = message_from_arrays(arrays, DRIFT_EDGES_NS, {"window_id": 5, "rejected_by_reason": '{"empty": 2}'})
+    >>> msg["window"]["id"], msg["hits_per_chamber"], msg["counts"]["rejected"], msg["counts"]["late_hits"]
+    (5, [0, 1, 0, 0], {'empty': 2}, 0)
     """
     a = attrs
     occ_edges = {c: list(range((c % 2) * NCH, (c % 2) * NCH + NCH + 1)) for c in range(det.N_CHAMBERS)}
@@ -165,7 +200,16 @@ def decode_message(value: bytes | str | dict) -> dict:
 
 
 def message_arrays(msg: dict) -> dict[str, np.ndarray]:
-    """The product arrays and counts of one parsed message (plain numpy, no xarray: fast)."""
+    """The product arrays and counts of one parsed message (plain numpy, no xarray: fast).
+
+    >>> from dtlive.core.products import compute_products
+    >>> from dtlive.core.rows import Rows
+    >>> ds = compute_products(Rows.from_columns(head=[2, 2], fpga=[0, 1], channel=[3, 3], orbit=[7, 7], bx=[0, 0],
+    ...                                         tdc=[0, 0]))
+    >>> a = message_arrays(decode_message(encode_message(ds)))
+    >>> int(a["total_hits"]), a["hits_per_chamber"].tolist(), a["channel_occupancy"].shape, int(a["rejected"])
+    (2, [1, 0, 1, 0], (4, 64), 0)
+    """
     h = msg["histograms"]
     arrays = {
         name: np.array([h[name][f"chamber_{c}"]["bin_counts"] for c in range(det.N_CHAMBERS)], np.int64)

@@ -22,7 +22,14 @@ KEEP = 10_000
 
 
 class ResultGaps:
-    """Per processor run: the highest result number seen and the numbers still missing below it."""
+    """Per processor run: the highest result number seen and the numbers still missing below it.
+
+    >>> gaps = ResultGaps()
+    >>> gaps.add([{"provenance": {"run_id": "r1", "result_seq": n}} for n in (7, 8, 11)])
+    [('r1', 9, 10)]
+    >>> gaps.highest, gaps.lost
+    ({'r1': 11}, 2)
+    """
 
     def __init__(self):
         self.highest: dict[str, int] = {}

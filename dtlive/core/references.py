@@ -193,7 +193,19 @@ def save_reference(ref: xr.Dataset, path: str | os.PathLike) -> None:
 
 
 def load_reference(path: str | os.PathLike) -> xr.Dataset:
-    """Read a reference written by :func:`save_reference` (into memory: the file is closed on return)."""
+    """Read a reference written by :func:`save_reference` (into memory: the file is closed on return).
+
+    >>> import tempfile
+    >>> from dtlive.core.products import compute_products
+    >>> from dtlive.core.rows import Rows
+    >>> w = compute_products(Rows.from_columns(head=[2, 2], fpga=[0, 1], channel=[3, 3], orbit=[7, 7], bx=[0, 0],
+    ...                                        tdc=[0, 0]))
+    >>> path = os.path.join(tempfile.mkdtemp(), "ref.nc")
+    >>> save_reference(make_reference(w, label="cosmics"), path)
+    >>> ref = load_reference(path)
+    >>> ref.attrs["kind"], ref.attrs["label"], ref.hits_per_chamber.values.tolist()
+    ('dtlive.reference', 'cosmics', [1, 0, 1, 0])
+    """
     return xr.load_dataset(path, engine="h5netcdf")
 
 

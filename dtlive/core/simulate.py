@@ -186,6 +186,12 @@ class MuonTruth:
     of each plane, ``hit`` (n, 16) whether that plane recorded a hit; ``trigger_ns`` (n, N_FPGA) absolute
     time of the trigger word of each FPGA (NaN for none). A muon near the end of a chunk may have some of its
     rows in the next chunk.
+
+    >>> rows, truth = simulate_truth(0.2, seed=7)
+    >>> len(truth) == len(truth.orbit), truth.t0_ns.shape[1], truth.hit.shape[1], truth.trigger_ns.shape[1]
+    (True, 4, 16, 2)
+    >>> bool((np.diff(truth.orbit * det.ORBIT_NS + truth.time_ns) >= 0).all())  # in the order of their time
+    True
     """
 
     orbit: np.ndarray

@@ -65,12 +65,24 @@ SERVICE_ORDER = ("emulator", "processor", "recorder", "alerts", "broker")
 
 
 class DemoModeError(RuntimeError):
-    """Demo mode was asked for on a hub that is reachable from other machines."""
+    """Demo mode was asked for on a hub that is reachable from other machines.
+
+    >>> try:
+    ...     check_demo_allowed(HubSettings(demo=True, bind_url="http://0.0.0.0:8000"))
+    ... except DemoModeError as e:
+    ...     print(str(e).split(",")[0])
+    DTLIVE_HUB_DEMO=1 lets anyone log in as anyone
+    """
 
 
 @dataclass
 class HubSettings:
-    """Everything the hub configuration depends on (see the module docstring)."""
+    """Everything the hub configuration depends on (see the module docstring).
+
+    >>> s = HubSettings(bootstrap="kafka.lab:9092", state_dir=Path("/srv/dtlive"))
+    >>> s.kafka, s.home_template, HubSettings(broker_port=9093).kafka
+    ('kafka.lab:9092', '/srv/dtlive/homes/{username}', '127.0.0.1:9093')
+    """
 
     demo: bool = False
     bind_url: str = "http://:8000"
@@ -152,7 +164,15 @@ def is_loopback_url(url: str) -> bool:
 
 
 def check_demo_allowed(settings: HubSettings, hub_bind_url: str = "http://127.0.0.1:8081") -> None:
-    """Demo mode only when both the public proxy and the hub itself listen on loopback."""
+    """Demo mode only when both the public proxy and the hub itself listen on loopback.
+
+    >>> check_demo_allowed(HubSettings(demo=True, bind_url="http://127.0.0.1:8000"))  # loopback: allowed
+    >>> try:
+    ...     check_demo_allowed(HubSettings(demo=True, bind_url="http://127.0.0.1:8000"), hub_bind_url="http://:8081")
+    ... except DemoModeError as e:
+    ...     print(str(e).split(", so ")[1].split(". ")[0])
+    the hub must listen on loopback (127.0.0.1), not 'http://:8081'
+    """
     for what, url in (("public proxy (DTLIVE_HUB_BIND_URL)", settings.bind_url), ("hub", hub_bind_url)):
         if not is_loopback_url(url):
             raise DemoModeError(f"DTLIVE_HUB_DEMO=1 lets anyone log in as anyone, so the {what} must listen on "
@@ -160,7 +180,12 @@ def check_demo_allowed(settings: HubSettings, hub_bind_url: str = "http://127.0.
 
 
 def base_environment() -> dict[str, str]:
-    """What every hub-started process needs besides the stream: a PATH that finds dtlive's environment first."""
+    """What every hub-started process needs besides the stream: a PATH that finds dtlive's environment first.
+
+    >>> env = base_environment()
+    >>> env["PATH"].split(os.pathsep)[0] == str(BIN), set(env) <= {"PATH", "LANG", "LC_ALL", "TZ"}
+    (True, True)
+    """
     path = os.pathsep.join([str(BIN), os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin"])
     env = {"PATH": path}
     for key in ("LANG", "LC_ALL", "TZ"):
@@ -170,12 +195,24 @@ def base_environment() -> dict[str, str]:
 
 
 def service_command(name: str, *dtlive_args: str) -> list[str]:
-    """The command of one stack service: the service runner, then ``dtlive ARGS``."""
+    """The command of one stack service: the service runner, then ``dtlive ARGS``.
+
+    >>> service_command("processor", "process")[1:]
+    ['-m', 'dtlive.deploy.hub', 'run', 'processor', '--', 'process']
+    """
     return [sys.executable, "-m", "dtlive.deploy.hub", "run", name, "--", *dtlive_args]
 
 
 def services(settings: HubSettings) -> list[dict]:
-    """``c.JupyterHub.services``: the dtlive stack, the idle culler and the optional operator token."""
+    """``c.JupyterHub.services``: the dtlive stack, the idle culler and the optional operator token.
+
+    >>> demo = settings_from_env({"DTLIVE_HUB_DEMO": "1", "DTLIVE_STATE_DIR": "/tmp/s"})
+    >>> [s["name"] for s in services(demo)]
+    ['dtlive-emulator', 'dtlive-processor', 'dtlive-recorder', 'dtlive-alerts', 'dtlive-broker', 'idle-culler']
+    >>> real = settings_from_env({"DTLIVE_BOOTSTRAP": "kafka.lab:9092", "DTLIVE_HUB_API_TOKEN": "t"})
+    >>> [s["name"] for s in services(real)], services(real)[0]["environment"]["DTLIVE_BOOTSTRAP"]
+    (['dtlive-processor', 'dtlive-recorder', 'dtlive-alerts', 'idle-culler', 'dtlive-operator'], 'kafka.lab:9092')
+    """
     env = {**base_environment(), **settings.stream_env}
     if "HOME" in os.environ:
         env["HOME"] = os.environ["HOME"]
@@ -198,7 +235,11 @@ def services(settings: HubSettings) -> list[dict]:
 
 
 def roles(settings: HubSettings) -> list[dict]:
-    """``c.JupyterHub.load_roles``: only the scopes each service needs."""
+    """``c.JupyterHub.load_roles``: only the scopes each service needs.
+
+    >>> [r["name"] for r in roles(HubSettings())], [r["name"] for r in roles(HubSettings(api_token="t"))]
+    (['idle-culler'], ['idle-culler', 'dtlive-operator'])
+    """
     out = [{"name": "idle-culler", "scopes": CULLER_SCOPES, "services": ["idle-culler"]}]
     if settings.api_token:
         out.append({"name": "dtlive-operator", "scopes": OPERATOR_SCOPES, "services": ["dtlive-operator"]})
@@ -206,12 +247,24 @@ def roles(settings: HubSettings) -> list[dict]:
 
 
 def user_environment(settings: HubSettings) -> dict[str, str]:
-    """``c.Spawner.environment``: the stream's address and settings for every user's server."""
+    """``c.Spawner.environment``: the stream's address and settings for every user's server.
+
+    >>> env = user_environment(settings_from_env({"DTLIVE_BOOTSTRAP": "kafka.lab:9092", "KAFKA_SASL_USERNAME": "dq",
+    ...                                          "DTLIVE_HUB_ADMINS": "ana"}))
+    >>> env["DTLIVE_BOOTSTRAP"], env["KAFKA_SASL_USERNAME"], "DTLIVE_HUB_ADMINS" in env
+    ('kafka.lab:9092', 'dq', False)
+    """
     return {**base_environment(), **settings.stream_env}
 
 
 def prepare_state_dir(settings: HubSettings) -> Path:
-    """Create the shared state directory; users' notebooks may take its lock (they reuse the hub's stack)."""
+    """Create the shared state directory; users' notebooks may take its lock (they reuse the hub's stack).
+
+    >>> import tempfile
+    >>> d = prepare_state_dir(HubSettings(state_dir=Path(tempfile.mkdtemp()) / "state"))
+    >>> (d / ".lock").exists(), oct(d.stat().st_mode & 0o777)
+    (True, '0o755')
+    """
     d = settings.state_dir
     d.mkdir(parents=True, exist_ok=True)
     lock = d / ".lock"
@@ -237,6 +290,16 @@ def copy_notebooks(source: Path, home: Path, owner: str | None = None) -> list[s
     """Copy the ``*.ipynb`` files of ``source`` missing from ``home/notebooks`` (a user's edits are kept).
 
     Returns the names copied. ``owner``: chown the copies to this system user (when the hub runs as root).
+
+    >>> import tempfile
+    >>> source, home = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp())
+    >>> for name in ("live.ipynb", "history.ipynb"):
+    ...     _ = (source / name).write_text("{}")
+    >>> copy_notebooks(source, home)
+    ['history.ipynb', 'live.ipynb']
+    >>> _ = (home / "notebooks" / "live.ipynb").write_text("my edits")
+    >>> copy_notebooks(source, home), (home / "notebooks" / "live.ipynb").read_text()  # a user's edits are kept
+    ([], 'my edits')
     """
     target = home / "notebooks"
     target.mkdir(parents=True, exist_ok=True)
@@ -254,7 +317,17 @@ def copy_notebooks(source: Path, home: Path, owner: str | None = None) -> list[s
 
 
 def notebooks_hook(settings: HubSettings):
-    """A ``c.Spawner.pre_spawn_hook`` that puts the notebooks in the user's home before the server starts."""
+    """A ``c.Spawner.pre_spawn_hook`` that puts the notebooks in the user's home before the server starts.
+
+    >>> import logging, tempfile
+    >>> from types import SimpleNamespace
+    >>> source, home = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp())
+    >>> _ = (source / "live.ipynb").write_text("{}")
+    >>> hook = notebooks_hook(HubSettings(notebooks=source))
+    >>> hook(SimpleNamespace(home_dir=str(home), log=logging.getLogger("spawner")))  # a SimpleLocalProcessSpawner
+    >>> sorted(p.name for p in (home / "notebooks").iterdir())
+    ['live.ipynb']
+    """
 
     def pre_spawn_hook(spawner) -> None:
         home = _home_of(spawner)
@@ -269,7 +342,10 @@ def notebooks_hook(settings: HubSettings):
 
 
 def demo_authenticator_class():
-    """DummyAuthenticator that re-checks, once the whole configuration is loaded, that the hub is on loopback."""
+    """DummyAuthenticator that re-checks, once the whole configuration is loaded, that the hub is on loopback.
+
+    >>> c.JupyterHub.authenticator_class = demo_authenticator_class()  # in jupyterhub_config.py  # doctest: +SKIP
+    """
     from jupyterhub.auth import DummyAuthenticator
 
     class DemoAuthenticator(DummyAuthenticator):
@@ -287,7 +363,12 @@ def demo_authenticator_class():
 
 
 def proxy_command() -> list[str]:
-    """configurable-http-proxy: the project-local one (scripts/install_hub.sh), else the one on PATH."""
+    """configurable-http-proxy: the project-local one (scripts/install_hub.sh), else the one on PATH.
+
+    >>> cmd = proxy_command()
+    >>> len(cmd), Path(cmd[0]).name
+    (1, 'configurable-http-proxy')
+    """
     local = ROOT / ".node" / "node_modules" / ".bin" / "configurable-http-proxy"
     return [str(local)] if local.exists() else ["configurable-http-proxy"]
 
@@ -296,7 +377,16 @@ def proxy_command() -> list[str]:
 
 
 def wait_for_kafka(bootstrap: str, timeout: float = 120.0) -> bool:
-    """Wait until a TCP connection to one of the bootstrap servers succeeds; False after ``timeout``."""
+    """Wait until a TCP connection to one of the bootstrap servers succeeds; False after ``timeout``.
+
+    >>> server = socket.create_server(("127.0.0.1", 0))  # something listening
+    >>> port = server.getsockname()[1]
+    >>> wait_for_kafka(f"127.0.0.1:{port}", timeout=1)
+    True
+    >>> server.close()
+    >>> wait_for_kafka(f"127.0.0.1:{port}", timeout=0)  # nothing listens there any more
+    False
+    """
     hosts = []
     for part in bootstrap.split(","):
         host, _, port = part.strip().rpartition(":")
@@ -312,7 +402,18 @@ def wait_for_kafka(bootstrap: str, timeout: float = 120.0) -> bool:
 
 
 def record_pid(state_dir: Path, name: str, pid: int) -> None:
-    """Record ``name -> pid`` in ``stack.json`` (where ``ensure_stack`` looks for a running stack)."""
+    """Record ``name -> pid`` in ``stack.json`` (where ``ensure_stack`` looks for a running stack).
+
+    >>> import tempfile
+    >>> state = Path(tempfile.mkdtemp())
+    >>> record_pid(state, "processor", os.getpid())
+    >>> record_pid(state, "recorder", 2**22 + 1)  # a dead pid: kept only as the one just recorded
+    >>> sorted(json.loads((state / "stack.json").read_text()))
+    ['processor', 'recorder']
+    >>> record_pid(state, "alerts", os.getpid())  # the dead recorder is dropped, and so is this pid's old name
+    >>> json.loads((state / "stack.json").read_text()) == {"alerts": os.getpid()}
+    True
+    """
     from dtlive.kafka.broker import state_lock
     from dtlive.service.processes import pid_alive
 
@@ -331,7 +432,10 @@ def record_pid(state_dir: Path, name: str, pid: int) -> None:
 
 
 def run_service(name: str, dtlive_args: list[str], wait_s: float = 120.0) -> int:
-    """Wait for Kafka (except the broker itself), record the pid, then exec ``dtlive ARGS``."""
+    """Wait for Kafka (except the broker itself), record the pid, then exec ``dtlive ARGS``.
+
+    >>> run_service("processor", ["process"], wait_s=120)  # becomes `dtlive process` (exec)  # doctest: +SKIP
+    """
     from dtlive.kafka.broker import default_state_dir
 
     bootstrap = os.environ.get("DTLIVE_BOOTSTRAP")
@@ -349,6 +453,14 @@ def run_service(name: str, dtlive_args: list[str], wait_s: float = 120.0) -> int
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The service runner's command line, ``run NAME [--wait S] -- DTLIVE_ARGS...`` (see :func:`run_service`).
+
+    >>> main(["run", "processor", "--", "process"])  # what the hub's service starts  # doctest: +SKIP
+    >>> main(["run", "processor"])  # no dtlive command line after --
+    Traceback (most recent call last):
+    ...
+    SystemExit: 2
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     ours, dtlive_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     p = argparse.ArgumentParser(prog="python -m dtlive.deploy.hub", description="dtlive's JupyterHub service runner.",

@@ -48,7 +48,15 @@ SERVICE_ARGS = {"processor": ["process"], "recorder": ["record"], "alerts": ["al
 
 @dataclass
 class Stack:
-    """Where the stack runs and which of its processes this call started (``restarted``: found dead, started)."""
+    """Where the stack runs and which of its processes this call started (``restarted``: found dead, started).
+
+    >>> import subprocess
+    >>> daq = subprocess.Popen(["sleep", "60"])  # stands for a service this call started
+    >>> stack = Stack("127.0.0.1:9092", started={"emulator": daq.pid}, reused=["broker", "processor"])
+    >>> stack.stop(timeout=5)  # only what it started; the reused services keep running
+    >>> stack.started, pid_alive(daq.pid)
+    ({}, False)
+    """
 
     bootstrap: str
     started: dict[str, int] = field(default_factory=dict)  # name -> pid
@@ -66,7 +74,13 @@ class Stack:
 
 @dataclass(frozen=True)
 class Stopped:
-    """What :func:`stop_stack` did to one recorded service: ``how`` is SIGTERM, SIGKILL or ``not running``."""
+    """What :func:`stop_stack` did to one recorded service: ``how`` is SIGTERM, SIGKILL or ``not running``.
+
+    >>> print(Stopped("processor", 4242, "SIGTERM"))
+    processor: stopped pid 4242 (SIGTERM)
+    >>> print(Stopped("recorder", 4243, "not running (its pid now runs something else)"))
+    recorder: pid 4243 was not running (its pid now runs something else) (record removed)
+    """
 
     name: str
     pid: int
@@ -90,7 +104,16 @@ def _stat_fields(pid: int) -> list[str] | None:
 
 
 def process_identity(pid: int) -> dict[str, Any] | None:
-    """``{"cmdline": [...], "start": ticks}`` of a live process (from /proc), or None when it cannot be read."""
+    """``{"cmdline": [...], "start": ticks}`` of a live process (from /proc), or None when it cannot be read.
+
+    >>> proc = subprocess.Popen(["sleep", "60"])
+    >>> process_identity(proc.pid)["cmdline"]
+    ['sleep', '60']
+    >>> proc.kill(); proc.wait()
+    -9
+    >>> process_identity(2**22 + 1) is None  # above the kernel's largest pid: no such process
+    True
+    """
     stat = _stat_fields(pid)
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -157,6 +180,12 @@ def sweep_group(pgid: int, since: int | None) -> int:
 
     Only processes started at or after ``since`` (the service's recorded start) are touched; without it,
     nothing is. Returns how many were killed.
+
+    >>> proc = subprocess.Popen(["sleep", "60"], start_new_session=True)  # leads a session of its own
+    >>> sweep_group(proc.pid, None)  # without the service's start time nothing is touched
+    0
+    >>> sweep_group(proc.pid, process_identity(proc.pid)["start"]), pid_alive(proc.pid)
+    (1, False)
     """
     if since is None:
         return 0
@@ -178,6 +207,15 @@ def stop_process(pid: int, timeout: float = 10.0, since: int | None = None) -> s
     The group (the services run as session leaders) is swept only for processes started at or after
     ``since`` (the leader's recorded start), so a recycled group id is never touched. Returns ``"SIGTERM"``
     when it stopped in time, else ``"SIGKILL"``.
+
+    >>> stop_process(subprocess.Popen(["sleep", "60"]).pid, timeout=5)
+    'SIGTERM'
+    >>> stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; echo ready; exec sleep 60"], stdout=subprocess.PIPE)
+    >>> stubborn.stdout.readline()
+    b'ready\\n'
+    >>> stop_process(stubborn.pid, timeout=0.2), pid_alive(stubborn.pid)
+    ('SIGKILL', False)
+    >>> stubborn.stdout.close()
     """
     how = "SIGTERM"
     with contextlib.suppress(ProcessLookupError):
@@ -209,7 +247,16 @@ def _reap(pid: int) -> None:
 
 
 def read_record(state_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """``stack.json`` of the state directory: ``{name: pid, ..., "identity": {name: {...}}, "bootstrap": ...}``."""
+    """``stack.json`` of the state directory: ``{name: pid, ..., "identity": {name: {...}}, "bootstrap": ...}``.
+
+    >>> import tempfile
+    >>> state = Path(tempfile.mkdtemp())
+    >>> read_record(state)  # nothing recorded
+    {}
+    >>> _ = (state / RECORD).write_text('{"processor": 4242, "bootstrap": "127.0.0.1:9092"}')
+    >>> read_record(state)["processor"]
+    4242
+    """
     try:
         data = json.loads((default_state_dir(state_dir) / RECORD).read_text())
     except (OSError, ValueError):
@@ -245,7 +292,11 @@ def _spawn(name: str, args: list[str], state_dir: Path, env: dict) -> tuple[int,
 
 
 def fresh_windows(bootstrap: str, topic: str, within_s: float = 10.0) -> bool:
-    """True when the newest window on ``topic`` ended less than ``within_s`` seconds ago."""
+    """True when the newest window on ``topic`` ended less than ``within_s`` seconds ago.
+
+    >>> fresh_windows("127.0.0.1:9092", "dt.monitor", within_s=10)  # a processor is publishing  # doctest: +SKIP
+    True
+    """
     from dtlive.core.messages import utc_seconds
     from dtlive.kafka.results import read_messages
 

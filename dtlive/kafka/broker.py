@@ -84,7 +84,16 @@ _PROBE_CONFIG = {"log_level": 0, "socket.connection.setup.timeout.ms": 1000, "re
 
 
 class BrokerError(RuntimeError):
-    """The embedded broker could not be started, reached or stopped."""
+    """The embedded broker could not be started, reached or stopped.
+
+    >>> import tempfile
+    >>> broker = EmbeddedBroker(state_dir=tempfile.mkdtemp(), stop_at_exit=False)
+    >>> try:
+    ...     broker.bootstrap  # known once it started
+    ... except BrokerError as e:
+    ...     print(e)
+    broker not started
+    """
 
 
 # ---------------------------------------------------------------- helpers

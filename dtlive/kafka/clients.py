@@ -108,11 +108,25 @@ _CONSUMER_FIXED = {"enable.auto.commit": False, "isolation.level": "read_committ
 
 
 class NoBrokerError(RuntimeError):
-    """Neither a bootstrap was given nor an embedded broker is running."""
+    """Neither a bootstrap was given nor an embedded broker is running.
+
+    >>> from dtlive.config import load_config
+    >>> try:  # doctest: +SKIP
+    ...     resolve_bootstrap(load_config({}, env={}))
+    ... except NoBrokerError as e:
+    ...     print(str(e).split(":")[0])
+    no Kafka broker
+    """
 
 
 def resolve_bootstrap(cfg: Config, start_embedded: bool = False):
-    """The bootstrap to use and, if one was started here, the :class:`EmbeddedBroker` owned by the caller."""
+    """The bootstrap to use and, if one was started here, the :class:`EmbeddedBroker` owned by the caller.
+
+    >>> from dtlive.config import load_config
+    >>> resolve_bootstrap(load_config({"bootstrap": "kafka.example.org:9092"}, env={}))
+    ('kafka.example.org:9092', None)
+    >>> bootstrap, owned = resolve_bootstrap(load_config({}, env={}), start_embedded=True)  # doctest: +SKIP
+    """
     if cfg.bootstrap:
         return cfg.bootstrap, None
     from dtlive.kafka.broker import ensure_broker, find_running
@@ -131,6 +145,11 @@ def client_config(cfg: Config, bootstrap: str, **extra) -> dict:
     """librdkafka settings: the bootstrap, the KAFKA_* pass-through, then ``extra``.
 
     librdkafka's log lines go through Python logging (:data:`LIBRDKAFKA_LOG`, rate-limited).
+
+    >>> from dtlive.config import load_config
+    >>> conf = client_config(load_config({}, env={"KAFKA_CLIENT_ID": "me"}), "127.0.0.1:9092", **{"group.id": "g"})
+    >>> conf["bootstrap.servers"], conf["client.id"], conf["group.id"], conf["logger"] is LIBRDKAFKA_LOG
+    ('127.0.0.1:9092', 'me', 'g', True)
     """
     return {"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG, **cfg.kafka, **extra}
 
@@ -232,7 +251,13 @@ def consumer_config(cfg: Config, bootstrap: str, group_id: str, from_beginning: 
 
 
 def ensure_topics(cfg: Config, bootstrap: str, topics, partitions: int = 1) -> None:
-    """Create missing topics (names or a name -> partitions mapping)."""
+    """Create missing topics (names or a name -> partitions mapping).
+
+    >>> from dtlive.config import load_config
+    >>> ensure_topics(load_config({}, env={}), "127.0.0.1:9092", {"dt.hits": 4, "dt.monitor": 1})  # doctest: +SKIP
+    >>> topic_partitions(load_config({}, env={}), "127.0.0.1:9092", ["dt.hits"])  # doctest: +SKIP
+    {'dt.hits': 4}
+    """
     from dtlive.kafka.broker import create_topics
 
     spec = dict(topics) if isinstance(topics, dict) else {t: partitions for t in topics}
@@ -240,7 +265,12 @@ def ensure_topics(cfg: Config, bootstrap: str, topics, partitions: int = 1) -> N
 
 
 def topic_partitions(cfg: Config, bootstrap: str, topics, timeout: float = 10.0) -> dict[str, int]:
-    """``{topic: partition count}`` of the existing ``topics``: what to create again after a broker lost them."""
+    """``{topic: partition count}`` of the existing ``topics``: what to create again after a broker lost them.
+
+    >>> from dtlive.config import load_config
+    >>> topic_partitions(load_config({}, env={}), "127.0.0.1:9092", ["dt.hits", "no.such.topic"])  # doctest: +SKIP
+    {'dt.hits': 4}
+    """
     from confluent_kafka.admin import AdminClient
 
     listed = AdminClient(client_config(cfg, bootstrap)).list_topics(timeout=timeout).topics
@@ -252,6 +282,10 @@ def partition_ends(cfg: Config, bootstrap: str, topic: str, timeout: float = 10.
 
     Asked with read_uncommitted on purpose: a read_committed query returns the last
     stable offset, which some brokers (Tansu) hold back while any transaction is open.
+
+    >>> from dtlive.config import load_config
+    >>> partition_ends(load_config({}, env={}), "127.0.0.1:9092", "dt.monitor")  # doctest: +SKIP
+    {0: (0, 1250)}
     """
     from confluent_kafka import Consumer
 
@@ -269,6 +303,11 @@ def end_offsets(consumer, topic: str, timeout: float = 10.0) -> dict[int, tuple[
     The high offset is confirmed by one fetch at the listed end, because a broker's
     ListOffsets answer can lag its log (Tansu omits the last multi-record batch until
     the next write); the fetch response carries the true high watermark.
+
+    >>> from confluent_kafka import Consumer
+    >>> consumer = Consumer({"bootstrap.servers": "127.0.0.1:9092", "group.id": "offsets"})  # doctest: +SKIP
+    >>> end_offsets(consumer, "dt.hits")  # doctest: +SKIP
+    {0: (0, 52000), 1: (0, 51876)}
     """
     from confluent_kafka import TopicPartition
 

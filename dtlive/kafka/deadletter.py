@@ -30,7 +30,12 @@ _MAX_TOPIC_BYTES = 249  # Kafka's longest topic name
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """The value and headers of one dead-letter record."""
+    """The value and headers of one dead-letter record.
+
+    >>> d = dead_letter(b"2,0,5,100", "field_count", "4 fields", "dt.hits", 3, 17)
+    >>> d.value, d.header("reason"), d.header("source_partition"), d.header("nothing")
+    (b'2,0,5,100', 'field_count', '3', None)
+    """
 
     value: bytes
     headers: list[tuple[str, bytes]]

@@ -32,13 +32,52 @@ log = logging.getLogger(__name__)
 
 
 class BrokerGone(RuntimeError):
-    """The broker did not come back within the producer's ``give_up_s``."""
+    """The broker did not come back within the producer's ``give_up_s``.
+
+    >>> from confluent_kafka import KafkaException
+    >>> class StoppedProducer:  # its broker restarted empty: it refuses every message
+    ...     def __init__(self, conf): pass
+    ...     def produce(self, topic, value, **kw): raise KafkaException("unknown producer id")
+    ...     def purge(self): pass
+    ...     def poll(self, timeout=0): return 0
+    >>> def ensure_topics(): raise RuntimeError("no broker")
+    >>> p = RetryingProducer(StoppedProducer, ensure_topics, give_up_s=0, watch_every_s=None)
+    >>> p.produce("dt.hits", b"2,0,5,100,7,3")
+    Traceback (most recent call last):
+    ...
+    dtlive.kafka.delivery.BrokerGone: the broker did not come back within 0 s (no broker); 0 messages were not delivered
+    """
 
 
 class RetryingProducer:
     """Wraps a confluent-kafka producer made by ``make(extra_settings)``; ``ensure()`` creates the topics.
 
     ``give_up_s``: how long to wait for a broker that went away before raising :class:`BrokerGone`.
+
+    >>> from types import SimpleNamespace
+    >>> class FlakyProducer:  # fails its first delivery, then delivers everything
+    ...     made = 0
+    ...     def __init__(self, conf):
+    ...         self.conf, self.queue, self.sent = conf, [], []
+    ...         FlakyProducer.made += 1
+    ...     def produce(self, topic, value, key=None, **kw): self.queue.append((topic, value))
+    ...     def flush(self, timeout=0):
+    ...         for topic, value in self.queue:
+    ...             if FlakyProducer.made == 1 and not self.sent:
+    ...                 self.sent.append(None)
+    ...                 msg = SimpleNamespace(topic=lambda: topic, value=lambda: value, key=lambda: None,
+    ...                                       partition=lambda: 0, error=lambda: "timed out")
+    ...                 self.conf["on_delivery"]("timed out", msg)
+    ...             else:
+    ...                 self.sent.append(value)
+    ...         self.queue = []
+    ...         return 0
+    ...     def __len__(self): return len(self.queue)
+    >>> p = RetryingProducer(FlakyProducer, watch_every_s=None)
+    >>> p.produce("dt.hits", b"a"); p.flush(1)
+    0
+    >>> p.producer.sent, p.recoveries, p.resent
+    ([None, b'a'], 1, 1)
     """
 
     def __init__(self, make: Callable[[dict], object], ensure: Callable[[], None] | None = None,

@@ -30,7 +30,12 @@ from dtlive.core.rows import Rows
 
 @dataclass
 class Chunk:
-    """Rows to send; for a file's first pass also its original CSV lines (sent as they are)."""
+    """Rows to send; for a file's first pass also its original CSV lines (sent as they are).
+
+    >>> rows = Rows.from_columns(head=[2, 2], fpga=[0, 1], channel=[5, 70], orbit=[100, 101], bx=[7, 0], tdc=[3, 0])
+    >>> len(Chunk(rows)), len(Chunk(rows, [b"2,0,5,100,7,3"]))  # the lines as read, when there are any
+    (2, 1)
+    """
 
     rows: Rows
     raw_lines: list[bytes] | None = None
@@ -40,7 +45,14 @@ class Chunk:
 
 
 class DataFileError(ValueError):
-    """A file that cannot be replayed: missing, unreadable, or holding no DAQ rows (the message says which)."""
+    """A file that cannot be replayed: missing, unreadable, or holding no DAQ rows (the message says which).
+
+    >>> try:
+    ...     read_data_file("/no/such/run.csv")
+    ... except DataFileError as e:
+    ...     print(e)
+    no such file: /no/such/run.csv
+    """
 
 
 def read_data_file(path: str) -> tuple[list[bytes], Rows]:
@@ -92,6 +104,15 @@ class FileChunks:
     The files are read and checked at once (:func:`read_data_file`; a bad file raises
     :class:`DataFileError` before anything is sent); ``rows`` is how many rows one pass sends. On every
     further pass the orbits are shifted past the end of the previous pass so event time keeps increasing.
+
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "run.csv"
+    >>> _ = path.write_text("2,0,5,100,7,3\\n2,1,70,101,0,0\\n2,1,71,102,0,0\\n")
+    >>> chunks = FileChunks([str(path)], loop=True, chunk_rows=2)
+    >>> chunks.rows, [c.rows.orbit.tolist() for c in (next(chunks), next(chunks))]
+    (3, [[100, 101], [102]])
+    >>> next(chunks).rows.orbit.tolist()  # the second pass: 102 - 100 orbits and 5 s (56117 orbits) later
+    [56219, 56220]
     """
 
     def __init__(self, paths: list[str], loop: bool = False, chunk_rows: int = 50_000):
@@ -108,7 +129,14 @@ class FileChunks:
 
 
 def file_chunks(paths: list[str], loop: bool = False, chunk_rows: int = 50_000) -> FileChunks:
-    """The :class:`FileChunks` of ``paths``."""
+    """The :class:`FileChunks` of ``paths``.
+
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "run.csv"
+    >>> _ = path.write_text("HEAD,FPGA,TDC_CHANNEL,ORBIT_CNT,BX_COUNTER,TDC_MEAS\\n2,0,5,100,7,3\\n")
+    >>> [c.raw_lines for c in file_chunks([str(path)])]
+    [[b'2,0,5,100,7,3']]
+    """
     return FileChunks(paths, loop, chunk_rows)
 
 
@@ -152,6 +180,11 @@ def simulated_chunks(seed: int = 0, chunk_s: float = 1.0, rows_per_s: float | No
     the detector produces that many rows per second of event time: replayed at the same rate, event
     time then keeps pace with the wall clock (a quieter or busier telescope, same shapes).
     ``start_orbit``: the first orbit (default the simulator's; :func:`clock_orbit` for a live stream).
+
+    >>> chunks = simulated_chunks(seed=1, chunk_s=0.01, rows_per_s=2000, start_orbit=1000)
+    >>> first = next(chunks)
+    >>> int(first.rows.orbit.min()) >= 1000, 5 < len(first) < 60  # about 20 rows in 10 ms of event time
+    (True, True)
     """
     from dataclasses import replace
 
@@ -176,6 +209,13 @@ def split_by_key(chunk: Chunk, key: str, partitions: int) -> list[tuple[int, byt
 
     Partition = key value % ``partitions``; a chamber key sends special channels (scintillator,
     trigger) and ancillary words with the FPGA's first chamber. Row order is kept inside each group.
+
+    >>> rows = Rows.from_columns(head=[2, 2, 2], fpga=[0, 1, 0], channel=[5, 128, 70], orbit=[1, 1, 2], bx=[0, 0, 0],
+    ...                          tdc=[0, 0, 0])
+    >>> [(part, key, sub.rows.channel.tolist()) for part, key, sub in split_by_key(Chunk(rows), "fpga", 2)]
+    [(0, b'0', [5, 70]), (1, b'1', [128])]
+    >>> [(part, key) for part, key, _ in split_by_key(Chunk(rows), "chamber", 4)]  # the scintillator with chamber 2
+    [(0, b'0'), (1, b'1'), (2, b'2')]
     """
     rows = chunk.rows
     if key == "fpga":
@@ -194,8 +234,17 @@ def split_by_key(chunk: Chunk, key: str, partitions: int) -> list[tuple[int, byt
     return out
 
 
-def encode_chunk(chunk: Chunk, fmt: str, rows_per_message: int) -> tuple[list[bytes], np.ndarray]:
-    """Payloads of a chunk and the number of rows in each."""
+def _encode_chunk(chunk: Chunk, fmt: str, rows_per_message: int) -> tuple[list[bytes], np.ndarray]:
+    """Payloads of a chunk and the number of rows in each.
+
+    >>> rows = Rows.from_columns(head=[2, 2, 2], fpga=[0, 1, 0], channel=[5, 7, 9], orbit=[1, 1, 2], bx=[0, 0, 0],
+    ...                          tdc=[0, 0, 0])
+    >>> payloads, sizes = _encode_chunk(Chunk(rows), "csv-batch", 2)
+    >>> payloads, sizes.tolist()
+    ([b'2,0,5,1,0,0\\n2,1,7,1,0,0', b'2,0,9,2,0,0'], [2, 1])
+    >>> [len(p) for p in _encode_chunk(Chunk(rows), "daq64", 2)[0]]
+    [16, 8]
+    """
     if fmt == "csv":
         lines = chunk.raw_lines if chunk.raw_lines is not None else encode_csv(chunk.rows)
         return lines, np.ones(len(lines), np.int64)
@@ -214,19 +263,28 @@ def encode_chunk(chunk: Chunk, fmt: str, rows_per_message: int) -> tuple[list[by
     return payloads, sizes
 
 
-def chunk_messages(chunk: Chunk, fmt: str, rows_per_message: int, with_epoch: list, headers: list, extra: dict,
+def _chunk_messages(chunk: Chunk, fmt: str, rows_per_message: int, with_epoch: list, headers: list, extra: dict,
                    partitions: int | None = None, key: str = "fpga") -> list[tuple[bytes, int, list, dict]]:
     """``(payload, rows, headers, produce kwargs)`` of a chunk's messages; the first one (of each key) has the epoch.
 
     With ``partitions`` > 1 the messages of all keys are put in order of their first orbit, so every
     partition's event time advances together (the stream's watermark is the minimum over partitions).
+
+    >>> rows = Rows.from_columns(head=[2, 2, 2], fpga=[1, 0, 1], channel=[5, 7, 9], orbit=[1, 2, 3], bx=[0, 0, 0],
+    ...                          tdc=[0, 0, 0])
+    >>> msgs = _chunk_messages(Chunk(rows), "csv", 1, ["epoch"], ["plain"], {}, partitions=2)
+    >>> for payload, rows, headers, where in msgs:  # by first orbit, the epoch once per key
+    ...     print(payload, rows, headers, where)
+    b'2,1,5,1,0,0' 1 ['epoch'] {'partition': 1, 'key': b'1'}
+    b'2,0,7,2,0,0' 1 ['epoch'] {'partition': 0, 'key': b'0'}
+    b'2,1,9,3,0,0' 1 ['plain'] {'partition': 1, 'key': b'1'}
     """
     if not partitions or partitions <= 1:
-        payloads, sizes = encode_chunk(chunk, fmt, rows_per_message)
+        payloads, sizes = _encode_chunk(chunk, fmt, rows_per_message)
         return [(p, int(n), with_epoch if i == 0 else headers, extra) for i, (p, n) in enumerate(zip(payloads, sizes))]
     out, firsts = [], []
     for part, k, sub in split_by_key(chunk, key, partitions):
-        payloads, sizes = encode_chunk(sub, fmt, rows_per_message)
+        payloads, sizes = _encode_chunk(sub, fmt, rows_per_message)
         starts = np.r_[0, np.cumsum(sizes)[:-1]] if len(sizes) else np.zeros(0, np.int64)
         firsts.append(sub.rows.orbit[np.minimum(starts, len(sub.rows) - 1)])
         where = {"partition": part, "key": k}
@@ -237,6 +295,13 @@ def chunk_messages(chunk: Chunk, fmt: str, rows_per_message: int, with_epoch: li
 
 @dataclass
 class EmulatorStats:
+    """What :func:`emulate` sent: rows, messages, those the broker did not confirm, and when (perf_counter s).
+
+    >>> stats = EmulatorStats(rows=5000, messages=50, started=10.0, finished=12.0)
+    >>> stats.elapsed, stats.rate
+    (2.0, 2500.0)
+    """
+
     rows: int = 0
     messages: int = 0
     undelivered: int = 0  # messages the broker had not confirmed when the emulator stopped waiting for it
@@ -245,10 +310,12 @@ class EmulatorStats:
 
     @property
     def elapsed(self) -> float:
+        """Seconds from the first message to the end (at least 1 ns)."""
         return max(self.finished - self.started, 1e-9)
 
     @property
     def rate(self) -> float:
+        """Rows sent per second."""
         return self.rows / self.elapsed
 
 
@@ -271,6 +338,21 @@ def emulate(producer, topic: str, chunks: Iterator[Chunk], *, rate: float | None
     closes it). ``flush_s``: how long to wait at the end for the broker to confirm what was sent; what it did
     not is counted in ``undelivered``. ``total``: rows the input holds, if known (the progress bar then shows
     the share sent and the time left); ``progress``: show the bar (None: when stderr is a terminal).
+
+    >>> class Producer:  # what emulate needs of a confluent-kafka Producer
+    ...     def __init__(self): self.sent = []
+    ...     def produce(self, topic, value, headers=(), **kw): self.sent.append((topic, value, [k for k, _ in headers]))
+    ...     def poll(self, timeout=0): return 0
+    ...     def flush(self, timeout=0): return 0
+    >>> rows = Rows.from_columns(head=[2, 2, 2], fpga=[0, 1, 0], channel=[5, 7, 9], orbit=[1, 1, 2], bx=[0, 0, 0],
+    ...                          tdc=[0, 0, 0])
+    >>> producer = Producer()
+    >>> stats = emulate(producer, "dt.hits", iter([Chunk(rows)]), rate=None, fmt="csv-batch", rows_per_message=2,
+    ...                 progress=False)
+    >>> stats.rows, stats.messages, stats.undelivered
+    (3, 2, 0)
+    >>> producer.sent[0][:2], producer.sent[0][2], producer.sent[1][2]
+    (('dt.hits', b'2,0,5,1,0,0\\n2,1,7,1,0,0'), ['format', 'orbit_epoch'], ['format'])
     """
     from tqdm import tqdm
 
@@ -294,7 +376,7 @@ def emulate(producer, topic: str, chunks: Iterator[Chunk], *, rate: float | None
             # The epoch rides on the first message of every chunk (of each key) only: parsing headers is a large
             # part of a consumer's per-message cost, and one per chunk is enough to anchor a restart.
             with_epoch = [*headers_base, (EPOCH_HEADER, repr(epoch).encode())] if epoch is not None else headers_base
-            messages = chunk_messages(chunk, fmt, rows_per_message, with_epoch, headers_base, extra, partitions, key)
+            messages = _chunk_messages(chunk, fmt, rows_per_message, with_epoch, headers_base, extra, partitions, key)
             if not clock_started:  # after the first chunk is read and encoded: no burst to catch up on them
                 stats.started, clock_started = time.perf_counter(), True
             for payload, size, headers, where in messages:

@@ -110,6 +110,15 @@ def status_message(
 
     ``now`` and ``started_at``: UNIX seconds; ``rates``: per second; ``counts``: running totals;
     ``errors``: error counts by kind; ``last_error``: ``{"text", "time"}``.
+
+    >>> msg = status_message("recorder", run_id="r7", state="degraded", seq=3, now=1000.0, host="daq1", pid=42,
+    ...                      started_at=940.0, errors={"ledger": 2}, counts={"windows": 11})
+    >>> msg["instance"], msg["uptime_s"], msg["errors_total"], msg["counts"]
+    ('recorder@daq1:42', 60.0, 2, {'windows': 11})
+    >>> status_message("recorder", run_id="r7", state="asleep", seq=0, now=0.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown state 'asleep'; choose one of starting, running, idle, degraded, stopping, stopped, failed
     """
     if state not in STATES:
         raise ValueError(f"unknown state {state!r}; choose one of {', '.join(STATES)}")
@@ -200,6 +209,14 @@ class ServiceHealth:
     (unless its last heartbeat said ``stopped``); ``forget_after_s``: instances silent this long are dropped.
     ``irregular``: a gap between its recent heartbeats longer than ``irregular_factor`` intervals, or
     sequence numbers missing (heartbeats lost).
+
+    >>> beats = [status_message("alerts", run_id="r", state="running", seq=s, now=t, host="h", pid=1)
+    ...          for s, t in ((0, 0.0), (1, 2.0), (3, 6.0))]  # heartbeat 2 was lost
+    >>> health = ServiceHealth()
+    >>> health.add(beats), health.add(beats[:1])  # repeats are ignored
+    (3, 0)
+    >>> [(r["state"], r["irregular"], r["alarm"]) for r in health.rows(now=7.0)]
+    [('running', True, 'irregular heartbeat (gap 4.0 s, 1 missing)')]
     """
 
     stale_intervals: float = STALE_INTERVALS

@@ -28,6 +28,10 @@ def read_messages(
 
     ``topic`` defaults to the configured ``monitor_topic``. Uses its own assigned consumer (no consumer group
     join). Messages that are not ``dtlive.monitor/1`` are skipped.
+
+    >>> msgs = read_messages("127.0.0.1:9092", last=3)  # doctest: +SKIP
+    >>> [m["window"]["id"] for m in msgs]  # doctest: +SKIP
+    [418, 419, 420]
     """
     from confluent_kafka import Consumer, TopicPartition
 
@@ -75,7 +79,12 @@ def read_messages(
 def read_results(
     bootstrap: str, topic: str | None = None, last: int | None = None, cfg: Config | None = None, timeout: float = 10.0
 ) -> xr.Dataset | None:
-    """Result windows stacked along ``time`` as one Dataset (None when there are none)."""
+    """Result windows stacked along ``time`` as one Dataset (None when there are none).
+
+    >>> ds = read_results("127.0.0.1:9092", last=100)  # doctest: +SKIP
+    >>> ds.sizes["time"], ds.hits_per_chamber.dims  # doctest: +SKIP
+    (100, ('time', 'chamber'))
+    """
     msgs = read_messages(bootstrap, topic, last, cfg, timeout)
     return to_dataset(msgs, stack=True) if msgs else None
 

@@ -42,6 +42,15 @@ class StopOnSignal:
 
     Use it from the main thread around a service's set-up and run; ``requested`` names the signal once one came.
     ``exit`` is what ends the process (``os._exit`` by default; tests pass their own).
+
+    >>> import signal, threading
+    >>> stopped = threading.Event()
+    >>> with StopOnSignal(grace_s=30, exit=lambda code: print("ended", code)) as stop:
+    ...     stop.on_stop(stopped.set)
+    ...     signal.raise_signal(signal.SIGTERM)
+    ...     _ = stopped.wait(5)
+    >>> stop.requested, stopped.is_set()
+    ('SIGTERM', True)
     """
 
     def __init__(self, grace_s: float = STOP_GRACE_S, exit: Callable[[int], None] = os._exit):

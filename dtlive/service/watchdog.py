@@ -30,7 +30,14 @@ EXIT_STALLED = 4
 
 
 class Stalled(SystemExit):
-    """Input waited while nothing was processed for longer than the watchdog allows."""
+    """Input waited while nothing was processed for longer than the watchdog allows.
+
+    >>> try:
+    ...     Watchdog("recorder", stall_s=10).check(12.0, "results waiting")
+    ... except Stalled as e:
+    ...     print(e.code, e)
+    4 recorder stalled: results waiting, nothing processed for 12 s; exiting so that it is restarted
+    """
 
     def __init__(self, text: str):
         super().__init__(text)
@@ -43,7 +50,18 @@ class Stalled(SystemExit):
 
 class Watchdog:
     """Ends a stalled service. ``stall_s``: input waiting, nothing processed (0: never); ``stuck_s``: the loop
-    did not turn (default three times ``stall_s``, at least 120 s; the thread starts with :meth:`start`)."""
+    did not turn (default three times ``stall_s``, at least 120 s; the thread starts with :meth:`start`).
+
+    >>> dog = Watchdog("processor", stall_s=60)
+    >>> dog.stuck_s, dog.check(30.0, "input waiting")  # 30 s is still allowed
+    (180, None)
+    >>> try:
+    ...     dog.check(61.0, "input waiting")
+    ... except Stalled as e:
+    ...     print(e.code, str(e).split(";")[0])
+    4 processor stalled: input waiting, nothing processed for 61 s
+    >>> dog.close()
+    """
 
     def __init__(self, service: str, stall_s: float = 60.0, stuck_s: float | None = None,
                  exit: Callable[[int], None] = os._exit):

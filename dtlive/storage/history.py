@@ -114,7 +114,14 @@ BadIntervals = Sequence[tuple[float, float]] | Callable[[float, float], Sequence
 
 
 def default_path() -> Path:
-    """``$DTLIVE_HISTORY`` or ``platformdirs.user_data_dir("dtlive")/history``."""
+    """``$DTLIVE_HISTORY`` or ``platformdirs.user_data_dir("dtlive")/history``.
+
+    >>> import os
+    >>> os.environ["DTLIVE_HISTORY"], old = "~/dq/history", os.environ.get("DTLIVE_HISTORY")
+    >>> default_path() == Path.home() / "dq" / "history"
+    True
+    >>> _ = os.environ.pop("DTLIVE_HISTORY") if old is None else os.environ.update(DTLIVE_HISTORY=old)
+    """
     if os.environ.get(ENV_PATH):
         return Path(os.environ[ENV_PATH]).expanduser()
     import platformdirs
@@ -449,7 +456,18 @@ def load(start: TimeLike = None, end: TimeLike = None, exclude_bad: bool = True,
 
 
 def window_columns(msgs: list[dict]) -> dict[str, np.ndarray]:
-    """Parsed messages -> one numpy column per stored field (row = window)."""
+    """Parsed messages -> one numpy column per stored field (row = window).
+
+    >>> from dtlive.core.messages import decode_message, encode_message, iso_utc
+    >>> from dtlive.core.products import compute_products
+    >>> from dtlive.core.rows import Rows
+    >>> ds = compute_products(Rows.from_columns(head=[2, 2], fpga=[0, 1], channel=[3, 3], orbit=[5, 5], bx=[0, 0],
+    ...                                         tdc=[0, 0]))
+    >>> ds.attrs.update(window_id=9, first_orbit=0, last_orbit=99, window_start=iso_utc(1.7e9))
+    >>> cols = window_columns([decode_message(encode_message(ds))] * 2)
+    >>> cols["window_id"].tolist(), cols["hits_per_chamber"].tolist(), cols["start_ms"].tolist()
+    ([9, 9], [[1, 0, 1, 0], [1, 0, 1, 0]], [1700000000000, 1700000000000])
+    """
     per = [message_arrays(m) for m in msgs]
     cols: dict[str, np.ndarray] = {k: np.stack([p[k] for p in per]) for k in (*_LISTS, *_SCALARS)}
     for k in _FLEX:
@@ -548,7 +566,13 @@ def _ragged(v: np.ndarray | list) -> np.ndarray:
 
 
 def first_copies_sorted(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """First copy of each (processor, window id), sorted by start time, window id, processor."""
+    """First copy of each (processor, window id), sorted by start time, window id, processor.
+
+    >>> cols = {"processor": np.array(["p", "p", "q", "p"], object), "window_id": np.array([2, 1, 1, 2]),
+    ...         "start_ms": np.array([20, 10, 10, 20]), "note": np.array(["a", "b", "c", "again"])}
+    >>> {k: v.tolist() for k, v in first_copies_sorted(cols).items()}["note"]  # window 2 of p kept once, first copy
+    ['b', 'c', 'a']
+    """
     n = len(cols["window_id"])
     if n == 0:
         return cols
@@ -563,7 +587,22 @@ def first_copies_sorted(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def columns_dataset(cols: dict[str, np.ndarray]) -> xr.Dataset:
-    """Numpy columns -> the Dataset :func:`dtlive.core.messages.to_dataset` makes of the same messages."""
+    """Numpy columns -> the Dataset :func:`dtlive.core.messages.to_dataset` makes of the same messages.
+
+    >>> from dtlive.core.messages import decode_message, encode_message, iso_utc, to_dataset
+    >>> from dtlive.core.products import compute_products
+    >>> from dtlive.core.rows import Rows
+    >>> msgs = []
+    >>> for i in range(3):
+    ...     ds = compute_products(Rows.from_columns(head=[2], fpga=[0], channel=[i], orbit=[i], bx=[0], tdc=[0]))
+    ...     ds.attrs.update(window_id=i, first_orbit=i, last_orbit=i, window_start=iso_utc(1.7e9 + 2 * i))
+    ...     msgs.append(decode_message(encode_message(ds)))
+    >>> ds = columns_dataset(window_columns(msgs))
+    >>> ds.window_id.values.tolist(), ds.channel_occupancy.sel(chamber=0).sum("channel").values.tolist()
+    ([0, 1, 2], [1, 1, 1])
+    >>> ds.identical(to_dataset(msgs))
+    True
+    """
     n = len(cols["window_id"])
     edges = np.array(json.loads(cols["drift_edges"][0]), float)
     drift = cols["drift_time_ns"]

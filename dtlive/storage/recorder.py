@@ -37,7 +37,12 @@ ORBIT_RESET_TOLERANCE = 1_000_000  # orbits a window may go back (late windows) 
 
 
 def quality_message(period: Period) -> dict:
-    """The ``dtlive.quality/1`` JSON message of one data-quality period."""
+    """The ``dtlive.quality/1`` JSON message of one data-quality period.
+
+    >>> msg = quality_message(Period(1.7e9, None, "noisy_channel", {"chamber": 2, "channel": 17}))
+    >>> msg["schema"], msg["start"], msg["end"], msg["kind"], msg["automatic"]
+    ('dtlive.quality/1', '2023-11-14T22:13:20.000Z', None, 'bad', True)
+    """
     return {
         "schema": QUALITY_SCHEMA,
         "start": iso_utc(period.start),
@@ -50,7 +55,15 @@ def quality_message(period: Period) -> dict:
 
 
 class Recorder:
-    """Consumes committed results; records windows, history, quality periods and detector runs."""
+    """Consumes committed results; records windows, history, quality periods and detector runs.
+
+    >>> from dtlive.config import load_config
+    >>> from dtlive.storage.history import HistoryStore
+    >>> from dtlive.storage.ledger import Ledger
+    >>> rec = Recorder(load_config({}), "127.0.0.1:9092", ledger=Ledger("sqlite:///dq.sqlite"),
+    ...                history=HistoryStore("/data/dq/history"))  # doctest: +SKIP
+    >>> rec.run()  # doctest: +SKIP
+    """
 
     def __init__(self, cfg: Config, bootstrap: str, ledger=None, history=None, quality: QualityMonitor | None = None,
                  from_beginning: bool = True):

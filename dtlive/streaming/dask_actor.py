@@ -33,7 +33,15 @@ from dtlive.streaming.processor import BATCH_SIZE
 
 @dataclass
 class Share:
-    """An actor's share of one closed window: the products' summaries and where its hits came from."""
+    """An actor's share of one closed window: the products' summaries and where its hits came from.
+
+    >>> from dtlive.core.products import share
+    >>> from dtlive.core.rows import Rows
+    >>> partial, _ = share(Rows.from_columns(head=[2], fpga=[0], channel=[3], orbit=[7], bx=[0], tdc=[0]))
+    >>> s = Share(partial, inputs={0: (120, 135)}, orbit_epoch=1.7e9)
+    >>> s.partial.hits, s.inputs
+    (1, {0: (120, 135)})
+    """
 
     partial: Partial
     inputs: dict[int, tuple[int, int]]  # partition -> (first, last) offset
@@ -42,7 +50,12 @@ class Share:
 
 @dataclass
 class Report:
-    """What one :meth:`PartitionActor.step` returns; everything consumed so far is accounted in it."""
+    """What one :meth:`PartitionActor.step` returns; everything consumed so far is accounted in it.
+
+    >>> rep = Report(positions={0: 136}, holding=4)
+    >>> rep.shares, rep.counts["rows"], rep.done, rep.positions
+    ({}, 0, False, {0: 136})
+    """
 
     shares: dict[int, Share] = field(default_factory=dict)  # closed in this step, by window id
     answers: dict[int, Answer] = field(default_factory=dict)
@@ -61,6 +74,13 @@ class PartitionActor:
     ``start_offsets``: where to read (librdkafka logical offsets allowed); ``resume``: positions up to which
     an earlier run (or a lost actor) already accounted rows (see :class:`dtlive.streaming.nodes.Decoded`);
     ``last_closed``: the last published window (hits of earlier windows are not taken again).
+
+    >>> from dtlive.config import load_config
+    >>> actor = PartitionActor(load_config({}), "127.0.0.1:9092", partitions=[0, 1],
+    ...                        start_offsets={0: 0, 1: 0})  # doctest: +SKIP
+    >>> rep = actor.step(published=-1, requests={})  # doctest: +SKIP
+    >>> sorted(rep.positions), rep.done  # doctest: +SKIP
+    ([0, 1], False)
     """
 
     def __init__(self, cfg: Config, bootstrap: str, partitions: list[int], start_offsets: dict[int, int],

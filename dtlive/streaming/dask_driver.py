@@ -12,9 +12,6 @@ pieces of the files into the same mergeable shares.
 
 ``address``: ``local:N`` starts a ``LocalCluster`` of N single-threaded worker processes on loopback;
 anything else is a scheduler address (``tcp://host:8786``).
-
->>> parse_local("local:3"), parse_local("tcp://10.0.0.1:8786")
-(3, None)
 """
 
 from __future__ import annotations
@@ -49,8 +46,12 @@ from dtlive.streaming.processor import (
 log = logging.getLogger(__name__)
 
 
-def parse_local(address: str) -> int | None:
-    """N of ``local:N`` (None for a scheduler address)."""
+def _parse_local(address: str) -> int | None:
+    """N of ``local:N`` (None for a scheduler address).
+
+    >>> _parse_local("local:4"), _parse_local("local"), _parse_local("local:0"), _parse_local("tcp://10.0.0.1:8786")
+    (4, 1, 1, None)
+    """
     if address.startswith("local"):
         _, _, n = address.partition(":")
         return max(1, int(n or 1))
@@ -66,11 +67,16 @@ WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": N
 
 @contextlib.contextmanager
 def dask_client(address: str):
-    """A ``distributed.Client`` for ``address`` (``local:N`` or a scheduler address), closed afterwards."""
+    """A ``distributed.Client`` for ``address`` (``local:N`` or a scheduler address), closed afterwards.
+
+    >>> with dask_client("local:2") as client:  # doctest: +SKIP
+    ...     len(client.nthreads())
+    2
+    """
     import dask
     from distributed import Client, LocalCluster
 
-    n = parse_local(address)
+    n = _parse_local(address)
     if n is None:
         with Client(address) as client:
             yield client

@@ -26,7 +26,15 @@ from dtlive.streaming.nodes import dt_clean_hits, dt_decode_hits, dt_event_windo
 
 def hit_graph(source: Stream, default_format: str = "csv", resume: dict[int, int] | None = None) -> dt_clean_hits:
     """``source -> dt_decode_hits -> dt_clean_hits``: batches to the hit rows not counted before ``resume``
-    (per partition, the offset up to which an earlier run counted rows)."""
+    (per partition, the offset up to which an earlier run counted rows).
+
+    >>> from dtlive.streaming.nodes import Batch
+    >>> src = Stream()
+    >>> out = hit_graph(src, resume={0: 1}).sink_to_list()
+    >>> src.emit(Batch.from_payloads([b"2,0,5,100,7,3", b"0,0,5,100,7,3", b"2,1,3,101,0,0"], "csv"))
+    >>> out[0].rows.channel.tolist(), dict(out[0].counts)  # offset 0 was counted by an earlier run
+    ([5, 3], {'rows': 2, 'ancillary': 1})
+    """
     return source.dt_decode_hits(default_format=default_format, resume=resume).dt_clean_hits()
 
 
@@ -63,6 +71,13 @@ def read_input_again(windows: dt_event_windows) -> None:
     """The broker was replaced and the input topic created anew: read every partition of the graph's Kafka source
     again from its beginning. Offsets remembered from the old topic mean nothing there (a fetch beyond a log's end
     just returns nothing, so they would skip what the new topic holds); open windows keep their hits.
+
+    >>> from dtlive.config import load_config
+    >>> cfg = load_config({}, env={})
+    >>> src = Stream.dt_from_kafka_batched_consumer(cfg.hits_topic, {"bootstrap.servers": "127.0.0.1:9092"})
+    >>> windows = window_graph(src, cfg)
+    >>> src.poll()  # doctest: +SKIP
+    >>> read_input_again(windows)  # doctest: +SKIP
     """
     source = upstream_of(windows, dt_from_kafka_batched_consumer)
     source.restart_from_beginning()

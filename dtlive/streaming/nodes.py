@@ -64,7 +64,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Batch:
-    """Raw messages of one consume call, as plain arrays (no Kafka objects)."""
+    """Raw messages of one consume call, as plain arrays (no Kafka objects).
+
+    >>> b = Batch.from_payloads([b"2,0,5,100,7,3", b"2,0,6,100,0,0"], "csv", topic="dt.hits", partition=3,
+    ...                         first_offset=40)
+    >>> b.offsets.tolist(), b.partitions.tolist(), b.positions, b.formats
+    ([40, 41], [3, 3], {3: 42}, ['csv', 'csv'])
+    """
 
     payloads: list[bytes]
     formats: list[str | None]
@@ -173,7 +179,16 @@ def plausible_epoch(value: bytes | str) -> tuple[float | None, str | None]:
 
 @dataclass
 class Decoded:
-    """Decoded rows of a batch plus bookkeeping for the rows not already accounted for."""
+    """Decoded rows of a batch plus bookkeeping for the rows not already accounted for.
+
+    >>> from streamz import Stream
+    >>> src = Stream()
+    >>> out = src.dt_decode_hits(resume={0: 1}).sink_to_list()
+    >>> src.emit(Batch.from_payloads([b"2,0,5,100,7,3", b"2,0,6,101,0,0", b"oops"], "csv"))
+    >>> d = out[0]
+    >>> d.fresh(d.rows).tolist(), [r.reason for r in d.rejects], dict(d.counts)
+    ([False, True], ['field_count'], {'rows': 2, 'rejected.field_count': 1})
+    """
 
     rows: Rows
     rejects: list[Reject]
@@ -268,6 +283,15 @@ class dt_decode_hits(Stream):
     Messages without a header are read as ``default_format``; rejects carry a reason. A message whose
     ``orbit_epoch`` header is not a plausible UNIX time (:func:`plausible_epoch`) is rejected whole with
     reason ``bad_epoch``: its header cannot anchor the stream's time, so its rows are not trusted either.
+
+    >>> from streamz import Stream
+    >>> src = Stream()
+    >>> out = src.dt_decode_hits(default_format="csv").sink_to_list()
+    >>> batch = Batch.from_payloads([b"2,0,5,100,7,3", b"2,0,6,100,0,0"], None)
+    >>> batch.bad_epochs = {1: "orbit_epoch 'x' is not a number"}
+    >>> src.emit(batch)
+    >>> out[0].rows.channel.tolist(), [(r.reason, r.offset) for r in out[0].rejects]
+    ([5], [('bad_epoch', 1)])
     """
 
     def __init__(self, upstream, default_format: str = "csv", resume: dict[int, int] | None = None, **kwargs):
@@ -307,7 +331,15 @@ class dt_decode_hits(Stream):
 
 @Stream.register_api()
 class dt_clean_hits(Stream):
-    """Decoded -> Decoded with only hit rows (HEAD == 2); ancillary rows are counted and dropped."""
+    """Decoded -> Decoded with only hit rows (HEAD == 2); ancillary rows are counted and dropped.
+
+    >>> from streamz import Stream
+    >>> src = Stream()
+    >>> out = src.dt_decode_hits().dt_clean_hits().sink_to_list()
+    >>> src.emit(Batch.from_payloads([b"2,0,5,100,7,3", b"0,0,5,100,7,3", b"4,1,0,100,0,0"], "csv"))
+    >>> out[0].rows.head.tolist(), out[0].counts["ancillary"], out[0].counts["rows"]
+    ([2], 2, 3)
+    """
 
     def __init__(self, upstream, **kwargs):
         self.errors = 0
@@ -561,6 +593,15 @@ def window_products(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, pr
 
     ``arrays``: the products when they were computed elsewhere (merged shares, :func:`dtlive.core.products.merge`);
     the window's own hits are then not used. The counts the products do not give come from the window.
+
+    >>> from dtlive.core.rows import Rows
+    >>> w = Window(4, 400, 499, Rows.from_columns(head=[2], fpga=[0], channel=[3], orbit=[450], bx=[0], tdc=[0]),
+    ...            inputs={0: (10, 12)}, meta={"counts": {"rows": 3, "rejected.empty": 2}, "orbit_epoch": 0.0})
+    >>> arrays, attrs = window_products(w, provenance={"topic": "dt.hits", "run_id": "r1"})
+    >>> int(arrays["total_hits"]), int(arrays["rows"]), attrs["window_id"], attrs["rejected_by_reason"]
+    (1, 3, 4, '{"empty": 2}')
+    >>> attrs["window_start"], json.loads(attrs["provenance"])["inputs"]
+    ('1970-01-01T00:00:00.035Z', [{'topic': 'dt.hits', 'partition': 0, 'first_offset': 10, 'last_offset': 12}])
     """
     arrays = compute_arrays(window.hits, drift_edges) if arrays is None else dict(arrays)
     counts = Counter(window.meta.get("counts", {}))
@@ -601,13 +642,28 @@ def window_message(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, pro
     """The ``dtlive.monitor/1`` message of a closed window (the processor's fast path: no xarray).
 
     ``arrays``: products computed elsewhere, as for :func:`window_products`.
+
+    >>> from dtlive.core.rows import Rows
+    >>> w = Window(4, 400, 499, Rows.from_columns(head=[2, 2], fpga=[0, 1], channel=[3, 3], orbit=[450, 451], bx=[0, 0],
+    ...                                           tdc=[0, 0]))
+    >>> msg = window_message(w)
+    >>> msg["schema"], msg["window"]["id"], msg["hits_per_chamber"], msg["window"]["start"]
+    ('dtlive.monitor/1', 4, [1, 0, 1, 0], None)
     """
     arrays, attrs = window_products(window, drift_edges, provenance, arrays)
     return message_from_arrays(arrays, drift_edges, attrs)
 
 
 def window_dataset(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, provenance: dict | None = None):
-    """The products of a closed window as an ``xarray.Dataset`` with window, count and provenance attrs."""
+    """The products of a closed window as an ``xarray.Dataset`` with window, count and provenance attrs.
+
+    >>> from dtlive.core.rows import Rows
+    >>> w = Window(4, 400, 499, Rows.from_columns(head=[2], fpga=[1], channel=[70], orbit=[450], bx=[0], tdc=[0]),
+    ...            meta={"counts": {"rows": 5, "ancillary": 4}})
+    >>> ds = window_dataset(w)
+    >>> ds.attrs["window_id"], int(ds.total_hits), int(ds.ancillary), int(ds.hits_per_chamber.sel(chamber=3))
+    (4, 1, 4, 1)
+    """
     arrays, attrs = window_products(window, drift_edges, provenance)
     ds = arrays_to_dataset(arrays, drift_edges, attrs)
     return ds.assign({k: ((), arrays[k]) for k in COUNTS})
@@ -615,7 +671,16 @@ def window_dataset(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, pro
 
 @Stream.register_api()
 class dt_histogram(Stream):
-    """Window -> ``xarray.Dataset`` of the six products (see :func:`window_dataset`)."""
+    """Window -> ``xarray.Dataset`` of the six products (see :func:`window_dataset`).
+
+    >>> from dtlive.core.rows import Rows
+    >>> from streamz import Stream
+    >>> src = Stream()
+    >>> out = src.dt_histogram(drift_edges=[0.0, 200.0, 400.0]).sink_to_list()
+    >>> src.emit(Window(0, 0, 99, Rows.from_columns(head=[2], fpga=[0], channel=[3], orbit=[5], bx=[0], tdc=[0])))
+    >>> out[0].sizes["drift_time"], int(out[0].total_hits)
+    (2, 1)
+    """
 
     def __init__(self, upstream, drift_edges: np.ndarray = DRIFT_EDGES_NS, provenance: dict | None = None, **kwargs):
         self.drift_edges = np.asarray(drift_edges, float)

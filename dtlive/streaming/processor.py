@@ -81,10 +81,16 @@ def _fresh_high(source, timeout: float = 0.2) -> dict[int, int]:
 
 
 def checkpoint_topic(cfg: Config) -> str:
+    """The topic of the processors' checkpoints: the results topic's name and ``.checkpoints``.
+
+    >>> from dtlive.config import load_config
+    >>> checkpoint_topic(load_config({"monitor_topic": "lab.monitor"}, env={}))
+    'lab.monitor.checkpoints'
+    """
     return f"{cfg.monitor_topic}.checkpoints"
 
 
-def read_checkpoint(cfg: Config, bootstrap: str, timeout: float = 10.0) -> Checkpoint | None:
+def _read_checkpoint(cfg: Config, bootstrap: str, timeout: float = 10.0) -> Checkpoint | None:
     """The newest committed checkpoint of this processor (``cfg.group_id``), or None.
 
     Reads the checkpoint topic backwards in growing chunks, so a long history costs little. The fence
@@ -132,7 +138,7 @@ def read_checkpoint(cfg: Config, bootstrap: str, timeout: float = 10.0) -> Check
         c.close()
 
 
-def resume_state(cfg: Config, bootstrap: str) -> Checkpoint | None:
+def _resume_state(cfg: Config, bootstrap: str) -> Checkpoint | None:
     """Where a restarted processor resumes: the newer of its checkpoint and its last published window."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -140,7 +146,7 @@ def resume_state(cfg: Config, bootstrap: str) -> Checkpoint | None:
 
     with ThreadPoolExecutor(2, thread_name_prefix="resume") as pool:  # two independent reads, each a round trip
         newest = pool.submit(read_messages, bootstrap, cfg.monitor_topic, last=50, cfg=cfg, timeout=5)
-        ckpt = read_checkpoint(cfg, bootstrap)
+        ckpt = _read_checkpoint(cfg, bootstrap)
         mine = [m for m in newest.result() if m["provenance"].get("processor") == cfg.group_id]
     if not mine or (ckpt and ckpt.last_window >= mine[-1]["window"]["id"]):
         return ckpt
@@ -152,11 +158,25 @@ _CONNECTION_ERRORS = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_D
 
 
 class ProcessorFenced(SystemExit):
-    """Another processor with the same identity (``--group-id``) took over the transactional id."""
+    """Another processor with the same identity (``--group-id``) took over the transactional id.
+
+    >>> try:
+    ...     raise ProcessorFenced("processor 'dtlive-processor' was fenced: another took over its transactional id")
+    ... except SystemExit as e:  # the process ends with the message, and exit status 1
+    ...     print(e.code)
+    processor 'dtlive-processor' was fenced: another took over its transactional id
+    """
 
 
 class BrokerLost(SystemExit):
-    """The broker did not let a transaction commit for ``recover_s`` seconds."""
+    """The broker did not let a transaction commit for ``recover_s`` seconds.
+
+    >>> try:
+    ...     raise BrokerLost("the broker at 127.0.0.1:9092 let no transaction commit for 120 s")
+    ... except SystemExit as e:  # the process ends with the message, and exit status 1
+    ...     print(e.code)
+    the broker at 127.0.0.1:9092 let no transaction commit for 120 s
+    """
 
 
 def _fenced(err) -> bool:
@@ -165,12 +185,16 @@ def _fenced(err) -> bool:
     return err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
 
 
-def processor_topics(cfg: Config) -> list[str]:
-    """The topics a processor reads and writes: input, results, dead letters, checkpoints."""
+def _processor_topics(cfg: Config) -> list[str]:
+    """The topics a processor reads and writes: input, results, dead letters, checkpoints.
+
+    >>> _processor_topics(load_config({}, env={}))
+    ['dt.hits', 'dt.monitor', 'dt.hits.rejected', 'dt.monitor.checkpoints']
+    """
     return [cfg.hits_topic, cfg.monitor_topic, cfg.rejected_topic, checkpoint_topic(cfg)]
 
 
-def transactional_producer(cfg: Config, bootstrap: str, timeout: float = 30.0,
+def _transactional_producer(cfg: Config, bootstrap: str, timeout: float = 30.0,
                            on_error: Callable | None = None) -> Producer:
     """A producer with processor ``cfg.group_id``'s transactional id, its transactions initialised (which
     fences an earlier producer with that id). ``on_error``: librdkafka's error callback."""
@@ -192,6 +216,9 @@ def fence(producer: Producer, cfg: Config) -> None:
     Real Kafka aborts it in ``init_transactions``; Tansu instead makes its records visible
     at our first commit. Committing an empty marker first makes both brokers settle now,
     so the state read afterwards is final. The marker (key ``<group_id>.fence``) is no checkpoint.
+
+    >>> producer, _ = open_producer(load_config({}), "127.0.0.1:9092")  # doctest: +SKIP
+    >>> fence(producer, load_config({}))  # settles what a crashed predecessor left open  # doctest: +SKIP
     """
     producer.begin_transaction()
     producer.produce(checkpoint_topic(cfg), b'{"fence": true}', key=f"{cfg.group_id}.fence".encode())
@@ -199,7 +226,14 @@ def fence(producer: Producer, cfg: Config) -> None:
 
 
 class StreamState(Protocol):
-    """What a :class:`TransactionalPublisher` commits with each transaction, asked of the processing it serves."""
+    """What a :class:`TransactionalPublisher` commits with each transaction, asked of the processing it serves.
+
+    >>> from streamz import Stream
+    >>> windows = Stream().dt_decode_hits().dt_clean_hits().dt_event_windows(window_s=2)
+    >>> ckpt, dead_letters = windows.checkpoint()  # the window node answers the first two questions
+    >>> ckpt.last_window, dead_letters, windows.commit_offsets()
+    (-1, [], {})
+    """
 
     def checkpoint(self) -> tuple[Checkpoint, list[Reject]]:
         """The state to commit and the dead letters not yet handed on (drained)."""
@@ -212,7 +246,7 @@ class StreamState(Protocol):
 
 
 @dataclass
-class GraphState:
+class _GraphState:
     """The single processor's :class:`StreamState`: its window node's state and its source's consumer group."""
 
     source: dt_from_kafka_batched_consumer
@@ -239,6 +273,12 @@ class TransactionalPublisher:
     one cannot go on. Only a fence by another processor with the same identity ends it (:class:`ProcessorFenced`),
     and a broker that lets nothing commit for ``recover_s`` seconds (:class:`BrokerLost`). Each published window
     is handed to the callables in ``on_publish`` (``{"window": ..., "message": ...}``).
+
+    >>> cfg = load_config({})
+    >>> producer, resume = open_producer(cfg, "127.0.0.1:9092")  # doctest: +SKIP
+    >>> publisher = TransactionalPublisher(cfg, "127.0.0.1:9092", run_provenance(cfg, "run-1"), producer,
+    ...                                    state)  # doctest: +SKIP
+    >>> publisher.publish(window); publisher.commit()  # doctest: +SKIP
     """
 
     cfg: Config
@@ -265,11 +305,11 @@ class TransactionalPublisher:
         self.settings = Settings.from_config(self.cfg)
         listed = self.producer.list_topics(timeout=10).topics
         # what to create again when the broker lost its topics
-        self.topics = {t: len(listed[t].partitions) for t in processor_topics(self.cfg)
+        self.topics = {t: len(listed[t].partitions) for t in _processor_topics(self.cfg)
                        if t in listed and listed[t].partitions}
 
     def _new_producer(self, timeout: float) -> Producer:
-        return transactional_producer(self.cfg, self.bootstrap, timeout,
+        return _transactional_producer(self.cfg, self.bootstrap, timeout,
                                       lambda err: self.on_client_error and self.on_client_error(err))
 
     def _begin(self):
@@ -446,7 +486,14 @@ class TransactionalPublisher:
 
 
 class AlreadyRunning(SystemExit):
-    """Another live processor has the same identity: starting would fence it."""
+    """Another live processor has the same identity: starting would fence it.
+
+    >>> try:
+    ...     open_producer(load_config({}), "127.0.0.1:9092")  # doctest: +SKIP
+    ... except AlreadyRunning as e:
+    ...     print(str(e.code).split(";")[0])
+    processor 'dtlive-processor' is already running on daq1 (pid 4242, last heartbeat 1 s ago)
+    """
 
 
 def running_twin(cfg: Config, bootstrap: str, beats: list[dict] | None = None) -> dict | None:
@@ -515,16 +562,21 @@ def run_provenance(cfg: Config, run_id: str) -> dict:
 def open_producer(cfg: Config, bootstrap: str, on_error: Callable | None = None) -> tuple[Producer, Checkpoint | None]:
     """The topics, the fenced transactional producer of processor ``cfg.group_id`` and where it resumes.
 
-    Returns the producer (for :class:`TransactionalPublisher`) and the state its previous run left
-    (:func:`resume_state`; None on a first run), read after the fence so that it is final. Refuses
-    (SystemExit) to continue a result series that was made with other processing settings, and to start while
-    another processor with the same identity is alive (:func:`running_twin`, :class:`AlreadyRunning`):
-    taking over its transactional id would fence it. ``on_error``: librdkafka's error callback of the producer.
+    Returns the producer (for :class:`TransactionalPublisher`) and the state its previous run left (the newer
+    of its last checkpoint and its last published window; None on a first run), read after the fence so that
+    it is final. Refuses (SystemExit) to continue a result series that was made with other processing
+    settings, and to start while another processor with the same identity is alive (:func:`running_twin`,
+    :class:`AlreadyRunning`): taking over its transactional id would fence it. ``on_error``: librdkafka's
+    error callback of the producer.
+
+    >>> producer, resume = open_producer(load_config({}), "127.0.0.1:9092")  # doctest: +SKIP
+    >>> resume.last_window if resume else None  # doctest: +SKIP
+    1041
     """
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1, thread_name_prefix="topics") as pool:  # independent round trips, side by side
-        topics = pool.submit(ensure_topics, cfg, bootstrap, processor_topics(cfg))
+        topics = pool.submit(ensure_topics, cfg, bootstrap, _processor_topics(cfg))
         twin = running_twin(cfg, bootstrap)
         topics.result()
     if twin is not None:
@@ -532,9 +584,9 @@ def open_producer(cfg: Config, bootstrap: str, on_error: Callable | None = None)
             f"processor {cfg.group_id!r} is already running on {twin.get('host')} (pid {twin.get('pid')}, last "
             f"heartbeat {time.time() - twin.get('time', 0):.0f} s ago); stop it first, or give this one its own "
             "--group-id")
-    producer = transactional_producer(cfg, bootstrap, 30, on_error)
+    producer = _transactional_producer(cfg, bootstrap, 30, on_error)
     fence(producer, cfg)
-    ckpt = resume_state(cfg, bootstrap)
+    ckpt = _resume_state(cfg, bootstrap)
     if ckpt and ckpt.config_hash != cfg.config_hash:
         raise SystemExit(
             f"processor {cfg.group_id!r} last ran with other processing settings (config hash "
@@ -645,7 +697,7 @@ class Processor:
         )
         self.windows = window_graph(self.source, cfg, ckpt)
         self.publisher = TransactionalPublisher(
-            cfg, bootstrap, run_provenance(cfg, self.run_id), producer, GraphState(self.source, self.windows),
+            cfg, bootstrap, run_provenance(cfg, self.run_id), producer, _GraphState(self.source, self.windows),
             on_recover=lambda: self.follow_broker(force=True), on_client_error=self._on_client_error)
         self.windows.sink(self.publisher.publish)
         self.source.connect()  # where reading starts is recorded below, and a missing topic fails the start

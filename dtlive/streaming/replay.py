@@ -6,7 +6,7 @@ message k of partition 0, so a window's provenance says which pieces fed it.
 
 * In one process (no Dask client) the pieces go through the processor's own nodes:
   decode -> clean -> event-time windows -> :func:`~dtlive.streaming.nodes.window_message`.
-* With a ``distributed.Client`` (:func:`replay_on_dask`) every worker reads, decodes and cleans its pieces
+* With a ``distributed.Client`` (``replay(..., client=client)``) every worker reads, decodes and cleans its pieces
   itself, so nothing per hit crosses the network. The driver replays the windows' bookkeeping on small
   per-piece summaries (:class:`WindowPlan`: which rows are late, which windows close after which piece,
   which counts go with them); the workers compute the products of each window that lies in one piece and
@@ -57,7 +57,12 @@ PAYLOAD_BYTES = 1 << 20  # a piece is decoded as payloads of about this size (on
 
 @dataclass(frozen=True)
 class Piece:
-    """The lines of ``path`` that start in bytes ``[start, end)``; ``index``: its place in the whole replay."""
+    """The lines of ``path`` that start in bytes ``[start, end)``; ``index``: its place in the whole replay.
+
+    >>> p = Piece("run591.csv", start=0, end=4 << 20, index=0)
+    >>> p.end - p.start, p.index
+    (4194304, 0)
+    """
 
     path: str
     start: int
@@ -69,6 +74,12 @@ def plan_pieces(paths: Iterable[str], piece_bytes: int = PIECE_BYTES) -> list[Pi
     """Cut the files into pieces of ``piece_bytes`` (the last of each file shorter), in order.
 
     Raises ``FileNotFoundError`` for a file that is not there (before anything is processed).
+
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "hits.csv"
+    >>> _ = path.write_bytes(b"2,0,1,100,5,6\\n" * 10)  # 140 bytes
+    >>> [(p.start, p.end, p.index) for p in plan_pieces([str(path), str(path)], piece_bytes=100)]
+    [(0, 100, 0), (100, 140, 1), (0, 100, 2), (100, 140, 3)]
     """
     import fsspec
 
@@ -84,7 +95,14 @@ def plan_pieces(paths: Iterable[str], piece_bytes: int = PIECE_BYTES) -> list[Pi
 
 
 def read_piece(piece: Piece) -> bytes:
-    """The piece's lines (a line belongs to the piece its first byte is in; the last one is completed)."""
+    """The piece's lines (a line belongs to the piece its first byte is in; the last one is completed).
+
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "hits.csv"
+    >>> _ = path.write_bytes(b"2,0,1,100,5,6\\r\\n2,0,2,100,5,6\\r\\n2,0,3,100,5,6\\r\\n")
+    >>> [read_piece(p) for p in plan_pieces([str(path)], piece_bytes=20)]  # a line goes with the piece it starts in
+    [b'2,0,1,100,5,6\\n2,0,2,100,5,6\\n', b'2,0,3,100,5,6\\n', b'']
+    """
     import fsspec
 
     with fsspec.open(piece.path, "rb") as f:
@@ -126,7 +144,7 @@ def split_payloads(data: bytes, size: int = PAYLOAD_BYTES) -> list[bytes]:
     return out
 
 
-def piece_batch(piece: Piece, data: bytes, orbit_epoch: float | None = None) -> Batch:
+def _piece_batch(piece: Piece, data: bytes, orbit_epoch: float | None = None) -> Batch:
     """The piece as a ``csv-batch`` :class:`~dtlive.streaming.nodes.Batch` of partition 0, offset ``piece.index``."""
     payloads = split_payloads(data)
     batch = Batch.from_payloads(payloads, "csv-batch", topic=piece.path, first_offset=piece.index,
@@ -136,11 +154,11 @@ def piece_batch(piece: Piece, data: bytes, orbit_epoch: float | None = None) -> 
     return batch
 
 
-def decode_piece(piece: Piece, orbit_epoch: float | None = None) -> Decoded:
+def _decode_piece(piece: Piece, orbit_epoch: float | None = None) -> Decoded:
     """Read, decode and clean one piece (the processor's dt_decode_hits -> dt_clean_hits nodes)."""
     src, out = Stream(), []
     hit_graph(src, default_format="csv-batch").sink(out.append)
-    src.emit(piece_batch(piece, read_piece(piece), orbit_epoch))
+    src.emit(_piece_batch(piece, read_piece(piece), orbit_epoch))
     return out[0]
 
 
@@ -155,7 +173,7 @@ def _replay_local(pieces: list[Piece], cfg: Config, edges: np.ndarray, provenanc
     msgs: list[dict] = []
     windows.sink(lambda w: msgs.append(window_message(w, edges, provenance)))
     for piece in pieces:
-        src.emit(piece_batch(piece, read_piece(piece), orbit_epoch if piece.index == 0 else None))
+        src.emit(_piece_batch(piece, read_piece(piece), orbit_epoch if piece.index == 0 else None))
         progress(piece.index + 1)
     windows.flush()
     return msgs
@@ -166,7 +184,14 @@ def _replay_local(pieces: list[Piece], cfg: Config, edges: np.ndarray, provenanc
 
 @dataclass
 class Summary:
-    """What the driver needs of one decoded piece: its window ids and hits per id, no hits."""
+    """What the driver needs of one decoded piece: its window ids and hits per id, no hits.
+
+    >>> s = Summary(ids=np.array([3, 4]), hits=np.array([10, 2]), max_orbit=50_000,
+    ...             counts=Counter(rows=14, ancillary=2), first_orbit=33_700, timestamp_ms=0)
+    >>> plan = WindowPlan(window_orbits=11_223, lateness_orbits=0)
+    >>> plan.add(0, s), [c.id for c in plan.closed]  # window 3 ends below the watermark (orbit 50,000)
+    (-1, [3])
+    """
 
     ids: np.ndarray  # sorted distinct window ids of its hits
     hits: np.ndarray  # hits per id
@@ -178,7 +203,14 @@ class Summary:
 
 @dataclass
 class Closing:
-    """A window the plan closed: the pieces with hits in it and the bookkeeping that goes with it."""
+    """A window the plan closed: the pieces with hits in it and the bookkeeping that goes with it.
+
+    >>> plan = WindowPlan(window_orbits=100, lateness_orbits=0)
+    >>> _ = plan.add(0, Summary(np.array([0]), np.array([5]), 99, Counter(rows=5), 0, 0))
+    >>> _ = plan.add(1, Summary(np.array([0, 1]), np.array([1, 4]), 150, Counter(rows=5), 120, 0))
+    >>> [(c.id, c.pieces, c.counts["rows"], c.positions, c.restart_offsets) for c in plan.closed]
+    [(0, [0, 1], 10, {0: 2}, {0: 1})]
+    """
 
     id: int
     pieces: list[int]
@@ -264,9 +296,9 @@ class _Shared:
     kept: dict[int, Kept]
 
 
-def load_piece(piece: Piece, window_orbits: int) -> _Loaded:
+def _load_piece(piece: Piece, window_orbits: int) -> _Loaded:
     """Read, decode, clean and summarise a piece (on a worker)."""
-    d = decode_piece(piece)
+    d = _decode_piece(piece)
     hits = d.rows
     ids = hits.orbit // window_orbits
     stamps = d.batch.timestamps_ms
@@ -277,11 +309,11 @@ def load_piece(piece: Piece, window_orbits: int) -> _Loaded:
     return _Loaded(hits, ids, s)
 
 
-def summary_of(loaded: _Loaded) -> Summary:
+def _summary_of(loaded: _Loaded) -> Summary:
     return loaded.summary
 
 
-def share_piece(loaded: _Loaded, last_closed: int, whole: frozenset[int], settings: Settings) -> _Shared:
+def _share_piece(loaded: _Loaded, last_closed: int, whole: frozenset[int], settings: Settings) -> _Shared:
     """Drop the late hits; the products of the ``whole`` windows, shares of the others (on a worker)."""
     hits, ids = loaded.hits, loaded.ids
     keep = ids > last_closed
@@ -302,19 +334,19 @@ def share_piece(loaded: _Loaded, last_closed: int, whole: frozenset[int], settin
     return out
 
 
-def parts_of(shared: _Shared) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, Partial]]:
+def _parts_of(shared: _Shared) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, Partial]]:
     """What the driver needs of a piece's products (the kept hits stay on the worker)."""
     return shared.whole, shared.partials
 
 
-def answers_of(shared: _Shared, requests: dict[int, Request], settings: Settings) -> dict[int, Answer]:
+def _answers_of(shared: _Shared, requests: dict[int, Request], settings: Settings) -> dict[int, Answer]:
     return {wid: answer(shared.kept[wid], r, settings) for wid, r in requests.items()}
 
 
 # ------------------------------------------------------------------ on Dask: the driver
 
 
-def replay_on_dask(client, pieces: list[Piece], cfg: Config, settings: Settings, provenance: dict,
+def _replay_on_dask(client, pieces: list[Piece], cfg: Config, settings: Settings, provenance: dict,
                    orbit_epoch: float | None = None, progress: Callable[[int], None] = lambda done: None,
                    group: int | None = None) -> list[dict]:
     """The one-process replay's messages, with reading, decoding and products on the client's workers.
@@ -337,7 +369,7 @@ def replay_on_dask(client, pieces: list[Piece], cfg: Config, settings: Settings,
             if c.id not in whole:
                 for i, r in plan_requests(shares[c.id], settings).items():
                     asked.setdefault(i, {})[c.id] = r
-        futures = [client.submit(answers_of, held[i], reqs, settings, pure=False) for i, reqs in asked.items()]
+        futures = [client.submit(_answers_of, held[i], reqs, settings, pure=False) for i, reqs in asked.items()]
         answers = dict(zip(asked, client.gather(futures)))
         for c in closing:
             if c.id in whole:
@@ -356,13 +388,13 @@ def replay_on_dask(client, pieces: list[Piece], cfg: Config, settings: Settings,
             del held[i]
 
     def load(chunk: list[Piece]) -> list:
-        return [client.submit(load_piece, p, window_orbits, pure=False) for p in chunk]
+        return [client.submit(_load_piece, p, window_orbits, pure=False) for p in chunk]
 
     chunks = [pieces[g : g + group] for g in range(0, len(pieces), group)]
     upcoming = load(chunks[0]) if chunks else []
     for k, chunk in enumerate(chunks):
         loaded, upcoming = upcoming, load(chunks[k + 1]) if k + 1 < len(chunks) else []  # the next group meanwhile
-        summaries = client.gather([client.submit(summary_of, f, pure=False) for f in loaded])
+        summaries = client.gather([client.submit(_summary_of, f, pure=False) for f in loaded])
         befores, closing = [], []
         for p, s in zip(chunk, summaries):
             if epoch is None and s.first_orbit is not None:  # as the dt_event_windows node: the first hit's batch
@@ -370,11 +402,11 @@ def replay_on_dask(client, pieces: list[Piece], cfg: Config, settings: Settings,
             befores.append(plan.add(p.index, s))
             closing += plan.closed
         whole_in = {p.index: frozenset(c.id for c in closing if c.pieces == [p.index]) for p in chunk}
-        shared = [client.submit(share_piece, f, b, whole_in[p.index], settings, pure=False)
+        shared = [client.submit(_share_piece, f, b, whole_in[p.index], settings, pure=False)
                   for f, p, b in zip(loaded, chunk, befores)]
         del loaded
         whole: dict[int, dict[str, np.ndarray]] = {}
-        parts = client.gather([client.submit(parts_of, f, pure=False) for f in shared])
+        parts = client.gather([client.submit(_parts_of, f, pure=False) for f in shared])
         for p, f, (w, partials) in zip(chunk, shared, parts):
             whole.update(w)
             for wid, partial in partials.items():
@@ -400,6 +432,20 @@ def replay(paths: list[str], cfg: Config, client=None, ledger=None, store=None, 
     the products run on its workers (same messages). ``orbit_epoch`` (UNIX seconds of orbit 0) places the
     windows in UTC (default: the first hit is "now"). ``progress(done, total)`` is called after pieces.
     Returns a summary: run id, windows, hits, messages (the result messages themselves).
+
+    >>> import pathlib, tempfile
+    >>> from dtlive.config import load_config
+    >>> from dtlive.storage.history import HistoryStore
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "a.csv").write_bytes(b"2,0,1,100,5,6\\n2,1,3,30000,7,8\\n")
+    >>> _ = (folder / "b.csv").write_bytes(b"2,0,1,200,5,6\\n2,1,3,60000,7,8\\n")  # orbit 200: late
+    >>> store = HistoryStore(folder / "history")
+    >>> s = replay([str(folder / "a.csv"), str(folder / "b.csv")], load_config({}, env={}), store=store,
+    ...            orbit_epoch=1.7e9)
+    >>> s["pieces"], s["windows"], s["hits"], [m["counts"]["late_hits"] for m in s["messages"]]
+    (2, 3, 3, [0, 1, 0])
+    >>> store.load().window_id.values.tolist()
+    [0, 1, 2]
     """
     from dtlive.storage.history import HistoryStore
 
@@ -418,7 +464,7 @@ def replay(paths: list[str], cfg: Config, client=None, ledger=None, store=None, 
         if client is None:
             msgs = _replay_local(pieces, cfg, settings.drift_edges, provenance, orbit_epoch, done)
         else:
-            msgs = replay_on_dask(client, pieces, cfg, settings, provenance, orbit_epoch, done)
+            msgs = _replay_on_dask(client, pieces, cfg, settings, provenance, orbit_epoch, done)
         store.append(msgs)
         status = "finished"
     finally:
@@ -430,7 +476,11 @@ def replay(paths: list[str], cfg: Config, client=None, ledger=None, store=None, 
 
 
 def dumps(summary: dict) -> str:
-    """The summary as one JSON line, without the messages."""
+    """The summary as one JSON line, without the messages.
+
+    >>> dumps({"run_id": "r1", "windows": 2, "hits": 3, "messages": [{"total_hits": 3}]})
+    '{"run_id": "r1", "windows": 2, "hits": 3}'
+    """
     import json
 
     return json.dumps({k: v for k, v in summary.items() if k != "messages"})

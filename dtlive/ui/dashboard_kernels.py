@@ -30,7 +30,14 @@ from traitlets import Float
 
 
 class DashboardKernelManager(AsyncMappingKernelManager):
-    """An ``AsyncMappingKernelManager`` that shuts down kernels no page is connected to."""
+    """An ``AsyncMappingKernelManager`` that shuts down kernels no page is connected to.
+
+    >>> km = DashboardKernelManager(unattended_timeout=5.0)
+    >>> km.unattended_timeout, km.first_connect_timeout
+    (5.0, 60.0)
+    >>> asyncio.run(km.shutdown_if_unattended("no-such-kernel"))  # gone already: nothing to shut down
+    False
+    """
 
     unattended_timeout = Float(
         10.0, config=True,

@@ -51,7 +51,21 @@ VIEWS = ("last", "cumulative", "rolling")
 
 @dataclass
 class WindowPoint:
-    """What the time series keep of one window."""
+    """What the time series keep of one window.
+
+    >>> from dtlive.core.messages import decode_message, encode_message, iso_utc
+    >>> from dtlive.core.products import compute_products
+    >>> from dtlive.core.rows import Rows
+    >>> ds = compute_products(Rows.from_columns(head=[2], fpga=[1], channel=[3], orbit=[7], bx=[0], tdc=[0]))
+    >>> ds.attrs.update(window_id=7, first_orbit=0, last_orbit=9, window_start=iso_utc(1.7e9),
+    ...                 window_end=iso_utc(1.7e9 + 2))
+    >>> live = LiveWindows()
+    >>> live.add([decode_message(encode_message(ds))], received=1.7e9 + 3)
+    1
+    >>> p = live.points[-1]
+    >>> p.id, p.end - p.start, p.total_hits, p.hits_per_chamber.tolist(), p.received
+    (7, 2.0, 1, [0, 0, 1, 0], 1700000003.0)
+    """
 
     id: int
     start: float  # UNIX seconds
@@ -65,7 +79,23 @@ class WindowPoint:
 
 @dataclass
 class LiveWindows:
-    """Recent windows, summed three ways, and their time series. Pure: feed it parsed messages."""
+    """Recent windows, summed three ways, and their time series. Pure: feed it parsed messages.
+
+    >>> from dtlive.core.messages import decode_message, encode_message
+    >>> from dtlive.core.products import compute_products
+    >>> from dtlive.core.rows import Rows
+    >>> ds = compute_products(Rows.from_columns(head=[2, 2], fpga=[0, 0], channel=[3, 4], orbit=[7, 7], bx=[0, 0],
+    ...                                         tdc=[0, 0]))
+    >>> msgs = []
+    >>> for i in range(3):
+    ...     ds.attrs.update(window_id=i, first_orbit=i, last_orbit=i)
+    ...     msgs.append(decode_message(encode_message(ds)))
+    >>> live = LiveWindows(rolling=2)
+    >>> live.add(msgs), live.add(msgs[:1])  # a repeat is ignored
+    (3, 0)
+    >>> int(live.view("rolling").total_hits), int(live.view("cumulative").total_hits), live.windows_since_reset
+    (4, 6, 3)
+    """
 
     rolling: int = 10
     history: int = 1800  # windows kept for the time series (an hour of 2 s windows)

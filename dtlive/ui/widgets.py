@@ -133,6 +133,16 @@ class OccupancyView(_BarsView):
 
     The map puts each wire where it is: 16 cells per layer, layers 1 (bottom) to 4 (top),
     alternate layers shifted by half a cell, as in the chamber.
+
+    >>> from dtlive.core.products import compute_products
+    >>> from dtlive.core.rows import Rows
+    >>> ds = compute_products(Rows.from_columns(head=[2, 2, 2], fpga=[0, 0, 0], channel=[3, 3, 7], orbit=[1, 2, 3],
+    ...                                         bx=[0, 0, 0], tdc=[0, 0, 0]))
+    >>> occ = OccupancyView(ds.channel_occupancy.sel(chamber=0), title="chamber 0")
+    >>> occ.bars.y[[3, 7]].tolist(), occ.cells.x[[3, 7]].tolist(), occ.cells.y[[3, 7]].tolist()  # channels 3, 7
+    ([2.0, 1.0], [-294.0, -252.0], [-19.5, -19.5])
+    >>> occ.update(ds.channel_occupancy.sel(chamber=0) * 0); float(occ.cells.color.max())
+    0.0
     """
 
     def __init__(self, da: xr.DataArray, title: str = "", log: bool = False, color: str = "#1f77b4",
@@ -299,7 +309,15 @@ def status_html(status: dict, broker: str, broker_ok: bool | None, error: str | 
 
 
 def parse_analysis(value: bytes) -> dict:
-    """A ``dtlive.analysis/1`` message as a dict (ValueError for anything else)."""
+    """A ``dtlive.analysis/1`` message as a dict (ValueError for anything else).
+
+    >>> parse_analysis(b'{"schema": "dtlive.analysis/1", "analysis": "rate_excess", "status": "ok"}')["status"]
+    'ok'
+    >>> parse_analysis(b'{"schema": "dtlive.monitor/1"}')
+    Traceback (most recent call last):
+    ...
+    ValueError: not a dtlive.analysis/1 message
+    """
     import json
 
     msg = json.loads(value)
@@ -426,7 +444,19 @@ class HealthPanel:
 
 
 class ChamberPanel:
-    """All per-chamber plots of one chamber in a row."""
+    """All per-chamber plots of one chamber in a row.
+
+    >>> from dtlive.core.products import compute_products
+    >>> from dtlive.core.rows import Rows
+    >>> ds = compute_products(Rows.from_columns(head=[2, 2], fpga=[1, 1], channel=[3, 128], orbit=[7, 7], bx=[4, 0],
+    ...                                         tdc=[0, 0]))
+    >>> panel = ChamberPanel(ds, chamber=2)
+    >>> float(panel.occupancy.bars.y.sum()), int(panel.scint.data.sum()), len(panel.views)
+    (1.0, 1, 4)
+    >>> panel.set_log(True); panel.update(ds, chamber=3)  # chamber 3 saw nothing
+    >>> int(panel.occupancy.data.sum()), type(panel.drift.bars.scales["y"]).__name__
+    (0, 'LogScale')
+    """
 
     def __init__(self, ds: xr.Dataset, chamber: int, log: bool = False):
         sel = ds.sel(chamber=chamber)

@@ -23,7 +23,15 @@ from dtlive.core.products.kernel import N_CELLS, NCH, NCHAMB, Hits, Product, Set
 
 
 class Counts(Product):
-    """Summary: (hits, occupancy per chamber and local channel); merged by summing."""
+    """Summary: (hits, occupancy per chamber and local channel); merged by summing.
+
+    >>> from dtlive.core.products.kernel import Hits
+    >>> from dtlive.core.rows import Rows
+    >>> hits = Hits(Rows.from_columns(head=[2, 2], fpga=[0, 0], channel=[3, 67], orbit=[1, 1], bx=[0, 0], tdc=[0, 0]))
+    >>> summary, kept = Counts().share(hits, None)
+    >>> summary[0], summary[1][1, 3], kept
+    (2, np.int64(1), None)
+    """
 
     name = "counts"
     variables = {

@@ -48,7 +48,13 @@ _NO_TABLE: Table = (np.zeros(0, np.int64), np.zeros(0))
 
 @dataclass
 class ChamberHits:
-    """What a share keeps for its answer: orbit and cell of its chamber hits, and what times them (no copy)."""
+    """What a share keeps for its answer: orbit and cell of its chamber hits, and what times them (no copy).
+
+    >>> kept = ChamberHits(orbit=np.array([7]), cell=np.array([5]), bx=np.array([0, 4]), tdc=np.array([0, 15]),
+    ...                    rows=np.array([1]))
+    >>> kept.time_ns(np.array([0])).tolist()  # the second hit: bx 4, tdc 15
+    [112.5]
+    """
 
     orbit: np.ndarray
     cell: np.ndarray
@@ -64,7 +70,16 @@ class ChamberHits:
 
 @dataclass
 class ScintSummary:
-    """A share's earliest scintillator time per orbit and its number of chamber hits."""
+    """A share's earliest scintillator time per orbit and its number of chamber hits.
+
+    >>> from dtlive.core.products.kernel import Hits, Settings
+    >>> from dtlive.core.rows import Rows
+    >>> hits = Hits(Rows.from_columns(head=[2, 2, 2], fpga=[1, 1, 0], channel=[128, 128, 5], orbit=[7, 7, 7],
+    ...                               bx=[4, 2, 5], tdc=[0, 0, 0]))
+    >>> summary, _ = DriftTime().share(hits, Settings())
+    >>> summary.orbits.tolist(), summary.times.tolist(), summary.chamber_hits
+    ([7], [50.0], 1)
+    """
 
     orbits: np.ndarray
     times: np.ndarray
@@ -72,7 +87,18 @@ class ScintSummary:
 
 
 class DriftTime(Product):
-    """Summary: :class:`ScintSummary`; request: the merged table; answer: the share's histograms against it."""
+    """Summary: :class:`ScintSummary`; request: the merged table; answer: the share's histograms against it.
+
+    >>> from dtlive.core.products.kernel import Hits, Settings
+    >>> from dtlive.core.rows import Rows
+    >>> s = Settings([0.0, 100.0, 200.0])
+    >>> hits = Hits(Rows.from_columns(head=[2, 2], fpga=[1, 0], channel=[128, 5], orbit=[7, 7], bx=[4, 9], tdc=[0, 0]))
+    >>> summary, kept = DriftTime().share(hits, s)
+    >>> table = DriftTime().requests({0: summary}, s)[0]
+    >>> a = DriftTime().merge([summary], [DriftTime().answer(kept, table, s)], s)
+    >>> a["drift_time_ns"][0].tolist(), a["drift_time_ns_overflow"].tolist()  # 125 + 93.9 ns
+    ([0, 0], [1, 0, 0, 0])
+    """
 
     name = "drift_time"
     variables = {

@@ -107,7 +107,14 @@ _central: dict[bytes, Reconstructed] = {}
 
 
 def reconstructed(hits: Hits) -> Reconstructed:
-    """The share's :class:`Reconstructed`, built once for every event product of the share."""
+    """The share's :class:`Reconstructed`, built once for every event product of the share.
+
+    >>> from dtlive.core.products.kernel import Hits
+    >>> hits = Hits(Rows.from_columns(head=[2] * 3, fpga=[0] * 3, channel=[3, 1, 2], orbit=[7] * 3, bx=[104, 111, 104],
+    ...                               tdc=[0, 18, 0]))
+    >>> reconstructed(hits) is reconstructed(hits), reconstructed(hits).events.n_events
+    (True, 1)
+    """
     r = getattr(hits, _MEMO, None)
     if r is None:
         r = Reconstructed(hits.rows)
@@ -116,7 +123,14 @@ def reconstructed(hits: Hits) -> Reconstructed:
 
 
 def gathered(rows: Rows) -> Reconstructed:
-    """:class:`Reconstructed` of hits gathered from several shares, shared by the event products of one merge."""
+    """:class:`Reconstructed` of hits gathered from several shares, shared by the event products of one merge.
+
+    >>> rows = Rows.from_columns(head=[2] * 3, fpga=[0] * 3, channel=[3, 1, 2], orbit=[7] * 3, bx=[104, 111, 104],
+    ...                          tdc=[0, 18, 0])
+    >>> r = gathered(rows)
+    >>> gathered(Rows.concat([rows])) is r, r.events.n_events  # the same hits again: built once
+    (True, 1)
+    """
     digest = hashlib.blake2b(b"".join(np.ascontiguousarray(getattr(rows, c)).tobytes() for c in COLUMNS),
                              digest_size=16).digest()
     with _central_lock:
@@ -130,7 +144,16 @@ def gathered(rows: Rows) -> Reconstructed:
 
 @dataclass
 class EventSummary:
-    """A share's counts (over all its hits) and the sorted distinct slots it holds."""
+    """A share's counts (over all its hits) and the sorted distinct slots it holds.
+
+    >>> from dtlive.core.products.events import EventCounts
+    >>> from dtlive.core.products.kernel import Hits
+    >>> hits = Rows.from_columns(head=[2] * 5, fpga=[0] * 5, channel=[3, 1, 2, 0, 9], orbit=[7] * 5,
+    ...                          bx=[104, 108, 100, 112, 900], tdc=[0] * 5)
+    >>> summary, _ = EventCounts().share(Hits(hits), Settings())
+    >>> summary.counts[:2].tolist(), summary.slots.tolist()  # 1 event, no trigger word; 3 slots hold hits
+    ([1, 0], [782, 783, 807])
+    """
 
     counts: np.ndarray
     slots: np.ndarray
@@ -138,7 +161,19 @@ class EventSummary:
 
 @dataclass
 class EventAnswer:
-    """A share's counts of the split slots (to take back) and its hits in them."""
+    """A share's counts of the split slots (to take back) and its hits in them.
+
+    >>> from dtlive.core.products.events import EventCounts
+    >>> from dtlive.core.products.kernel import Hits
+    >>> hits = Rows.from_columns(head=[2] * 4, fpga=[0] * 4, channel=[3, 1, 2, 0], orbit=[7] * 4,
+    ...                          bx=[104, 108, 100, 112], tdc=[0] * 4)
+    >>> p, s = EventCounts(), Settings()
+    >>> (sa, ka), (sb, kb) = (p.share(Hits(hits.select(np.array(part))), s) for part in ([0, 1], [2, 3]))
+    >>> requests = p.requests({0: sa, 1: sb}, s)  # the event is split: both shares are asked
+    >>> answer = p.answer(ka, requests[0], s)
+    >>> answer.hits.channel.tolist(), int(answer.counts.sum())  # its hits there, the counts to take back
+    ([3, 1], 2)
+    """
 
     counts: np.ndarray
     hits: Rows
@@ -146,7 +181,16 @@ class EventAnswer:
 
 @dataclass
 class EventKept:
-    """What a share keeps: its reconstruction and the slot and index of each entry it made."""
+    """What a share keeps: its reconstruction and the slot and index of each entry it made.
+
+    >>> from dtlive.core.products.events import EventCounts
+    >>> from dtlive.core.products.kernel import Hits
+    >>> hits = Rows.from_columns(head=[2] * 4, fpga=[0] * 4, channel=[3, 1, 2, 0], orbit=[7] * 4,
+    ...                          bx=[104, 108, 100, 112], tdc=[0] * 4)
+    >>> _, kept = EventCounts().share(Hits(hits), Settings())
+    >>> kept.reco.events.n_events, len(kept.slot) == len(kept.index)
+    (1, True)
+    """
 
     reco: Reconstructed | None  # None with the reconstruction switched off
     slot: np.ndarray
@@ -154,7 +198,26 @@ class EventKept:
 
 
 class EventProduct(Product):
-    """A product of counts filled per event; subclasses give :meth:`size`, :meth:`fill` and :meth:`unpack`."""
+    """A product of counts filled per event; subclasses give :meth:`size`, :meth:`fill` and :meth:`unpack`.
+
+    >>> class EventsPerChamber(EventProduct):  # events that hit each chamber
+    ...     name = "events_per_chamber"
+    ...     variables = {"events_per_chamber": (("chamber",), {"units": "1"})}
+    ...     def size(self, settings):
+    ...         return det.N_CHAMBERS
+    ...     def fill(self, reco, settings):
+    ...         ev = reco.events
+    ...         idx = ev.in_events()
+    ...         pairs = np.unique(ev.event[idx] * det.N_CHAMBERS + ev.chamber[idx])
+    ...         return reco.event_slot[pairs // det.N_CHAMBERS], pairs % det.N_CHAMBERS
+    ...     def unpack(self, counts, settings):
+    ...         return {"events_per_chamber": counts}
+    >>> from dtlive.core.products.kernel import Registry
+    >>> hits = Rows.from_columns(head=[2] * 8, fpga=[0] * 4 + [1] * 4, channel=[3, 1, 2, 0] * 2, orbit=[7] * 8,
+    ...                          bx=[104, 108, 100, 112] * 2, tdc=[0] * 8)
+    >>> Registry([EventsPerChamber()]).compute(hits)["events_per_chamber"].tolist()
+    [1, 0, 1, 0]
+    """
 
     @abstractmethod
     def size(self, settings: Settings) -> int:

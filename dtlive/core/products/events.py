@@ -25,7 +25,16 @@ _EVENTS, _TRIGGERED, _IN_EVENTS, _BACKGROUND = 0, 1, 2, 2 + NCHAMB
 
 
 class EventCounts(EventProduct):
-    """Count vector: events, events with a trigger word, event hits (4), background hits (4)."""
+    """Count vector: events, events with a trigger word, event hits (4), background hits (4).
+
+    >>> from dtlive.core.products.kernel import Registry
+    >>> from dtlive.core.rows import Rows
+    >>> hits = Rows.from_columns(head=[2] * 5, fpga=[0] * 4 + [1], channel=[3, 1, 2, 0, 70], orbit=[7] * 5,
+    ...                          bx=[104, 108, 100, 112, 2000], tdc=[0] * 5)  # one event, one lone hit in chamber 3
+    >>> a = Registry([EventCounts()]).compute(hits)
+    >>> int(a["events"]), a["event_hits_per_chamber"].tolist(), a["background_hits_per_chamber"].tolist()
+    (1, [4, 0, 0, 0], [0, 0, 0, 1])
+    """
 
     name = "events"
     variables = {

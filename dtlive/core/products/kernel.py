@@ -115,6 +115,18 @@ class Product(ABC):
     One whose merge needs more than the shares' summaries also implements :meth:`requests` and
     :meth:`answer`. Whatever the split of a window's hits into shares, the merge must equal the merge of
     the one share of all of them, exactly.
+
+    >>> class Orbits(Product):  # the number of distinct orbits with a chamber hit, one share at a time
+    ...     name = "orbits"
+    ...     variables = {"orbits": ((), {"units": "1"})}
+    ...     def share(self, hits, settings):
+    ...         return np.unique(hits.orbit), None
+    ...     def merge(self, summaries, answers, settings):
+    ...         return {"orbits": np.int64(len(np.unique(np.concatenate(summaries))))}
+    >>> rows = Rows.from_columns(head=[2, 2, 2], fpga=[0, 0, 1], channel=[1, 2, 3], orbit=[5, 5, 6], bx=[0, 0, 0],
+    ...                          tdc=[0, 0, 0])
+    >>> int(Registry([Orbits()]).combine([rows.select(np.array([0, 1])), rows.select(np.array([1, 2]))])["orbits"])
+    2
     """
 
     name: ClassVar[str]
@@ -148,7 +160,13 @@ class Product(ABC):
 
 @dataclass
 class Partial:
-    """What one share of a window sends to the merge: its number of hits and every product's summary."""
+    """What one share of a window sends to the merge: its number of hits and every product's summary.
+
+    >>> from dtlive.core.products import REGISTRY
+    >>> partial, kept = REGISTRY.share(Rows.from_columns(head=[2], fpga=[0], channel=[1], orbit=[5], bx=[0], tdc=[0]))
+    >>> partial.hits, partial.summaries["counts"][0], len(partial.summaries) == len(REGISTRY.products)
+    (1, 1, True)
+    """
 
     hits: int
     summaries: dict[str, Any]
@@ -244,7 +262,12 @@ class Registry:
 
 
 def chamber_coords() -> dict:
-    """Coordinates of per-chamber, per-channel variables: chamber, channel and the channel's labels."""
+    """Coordinates of per-chamber, per-channel variables: chamber, channel and the channel's labels.
+
+    >>> coords = chamber_coords()
+    >>> coords["tdc_channel"][1][1, :3].tolist(), coords["layer"][1][:4].tolist(), coords["cell"][1][60:].tolist()
+    ([64, 65, 66], [4, 2, 3, 1], [15, 15, 15, 15])
+    """
     chamber, channel = det.CHAMBERS, np.arange(NCH)
     return {
         "chamber": ("chamber", chamber),

@@ -38,14 +38,32 @@ _EMPTY = (np.zeros(0, np.int64), np.zeros(0, np.uint64))
 
 @dataclass
 class Distinct:
-    """A share's distinct (orbit, cell) pairs: sorted ``(orbit - low) * 256 + cell``."""
+    """A share's distinct (orbit, cell) pairs: sorted ``(orbit - low) * 256 + cell``.
+
+    >>> from dtlive.core.products.kernel import Hits
+    >>> from dtlive.core.rows import Rows
+    >>> hits = Hits(Rows.from_columns(head=[2, 2, 2], fpga=[0, 0, 0], channel=[3, 3, 4], orbit=[9, 9, 10],
+    ...                               bx=[0, 0, 0], tdc=[0, 0, 0]))
+    >>> _, distinct = Multiplicity().share(hits, None)
+    >>> distinct.low, distinct.keys.tolist()  # orbit 9: channels 3, 4 (cells 3 and 256 + 4)
+    (9, [3, 260])
+    """
 
     low: int
     keys: np.ndarray
 
 
 class Multiplicity(Product):
-    """Summary: the share's own (4, 65) histogram (bin 0 unused; a nonzero row: a chamber it saw)."""
+    """Summary: the share's own (4, 65) histogram (bin 0 unused; a nonzero row: a chamber it saw).
+
+    >>> from dtlive.core.products.kernel import Hits
+    >>> from dtlive.core.rows import Rows
+    >>> hits = Hits(Rows.from_columns(head=[2, 2, 2], fpga=[0, 0, 0], channel=[3, 3, 4], orbit=[9, 9, 9],
+    ...                               bx=[0, 0, 0], tdc=[0, 0, 0]))
+    >>> summary, _ = Multiplicity().share(hits, None)
+    >>> Multiplicity().merge([summary], [], None)["active_channels_per_orbit"][0, :3].tolist()  # one orbit, 2 channels
+    [0, 1, 0]
+    """
 
     name = "multiplicity"
     variables = {

@@ -26,7 +26,16 @@ _N = len(T0_DIFFERENCE_EDGES_NS) + 1
 
 
 class T0Difference(EventProduct):
-    """Count vector: (chamber, [underflow, bins..., overflow]) differences, then the two per-chamber counts."""
+    """Count vector: (chamber, [underflow, bins..., overflow]) differences, then the two per-chamber counts.
+
+    >>> from dtlive.core.products.kernel import Registry
+    >>> from dtlive.core.rows import Rows
+    >>> hits = Rows.from_columns(head=[2] * 3, fpga=[0] * 3, channel=[3, 1, 2], orbit=[7] * 3, bx=[104, 111, 104],
+    ...                          tdc=[0, 18, 0])  # a staggered triplet without a trigger word
+    >>> a = Registry([T0Difference()]).compute(hits)
+    >>> a["t0_meantimer_events"].tolist(), a["t0_trigger_events"].tolist(), int(a["t0_trigger_minus_meantimer"].sum())
+    ([1, 0, 0, 0], [0, 0, 0, 0], 0)
+    """
 
     name = "t0_difference"
     variables = {

@@ -28,7 +28,17 @@ _KINDS = ("meantimer", "trigger")
 
 
 class TimeBoxes(EventProduct):
-    """Count vector: per kind (meantimer, trigger) a (chamber, [underflow, bins..., overflow]) histogram."""
+    """Count vector: per kind (meantimer, trigger) a (chamber, [underflow, bins..., overflow]) histogram.
+
+    >>> from dtlive.core.products.kernel import Registry
+    >>> from dtlive.core.rows import Rows
+    >>> hits = Rows.from_columns(head=[2] * 4, fpga=[0] * 4, channel=[3, 1, 2, 138], orbit=[7] * 4,
+    ...                          bx=[104, 111, 104, 118], tdc=[0, 18, 0, 1])  # a staggered triplet and a trigger word
+    >>> a = Registry([TimeBoxes()]).compute(hits, Settings([-100.0, 0.0, 100.0, 200.0, 300.0, 400.0]))
+    >>> a["timebox_meantimer"][0].tolist(), int(a["timebox_trigger"][0].sum() + a["timebox_trigger_underflow"][0]
+    ...                                          + a["timebox_trigger_overflow"][0])
+    ([0, 0, 2, 1, 0], 3)
+    """
 
     name = "timebox"
     variables = {

@@ -49,6 +49,13 @@ class Events:
     first trigger word of each FPGA, :data:`NO_TIME` for none) and ``scint`` (ticks of the first
     scintillator hit, or :data:`NO_TIME`). ``element_ticks``: the times of every chamber hit, trigger word and
     scintillator hit used, sorted.
+
+    >>> ev = build_events(Rows.from_columns(head=[2] * 5, fpga=[0] * 5, channel=[3, 1, 2, 0, 9], orbit=[7] * 5,
+    ...                                     bx=[104, 108, 100, 112, 900], tdc=[0] * 5))
+    >>> ev.n_events, ev.event.tolist(), ev.layer.tolist(), ev.n_hits.tolist()
+    (1, [0, 0, 0, 0, -1], [3, 1, 2, 4, 2], [4])
+    >>> ev.background_per_chamber().tolist(), ev.relative_ns(ev.in_events()).tolist()
+    ([1, 0, 0, 0], [0.0, 100.0, 200.0, 300.0])
     """
 
     ticks: np.ndarray

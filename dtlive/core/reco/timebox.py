@@ -40,6 +40,13 @@ class TimeBoxFit:
     """Fitted rising edge (t0), width (Tmax) and drift velocity of a time box, with 1-sigma uncertainties.
 
     ``ok`` is false (and the numbers NaN) when the histogram is too sparse or the fit fails.
+
+    >>> edges = np.arange(-100.0, 500.1, 5.0)
+    >>> t = (edges[:-1] + edges[1:]) / 2
+    >>> box = np.where((t > 0) & (t < 390), 100, 2)  # a flat box from 0 to 390 ns over a little noise
+    >>> fit = fit_timebox(box, edges)
+    >>> fit.ok, round(fit.t0_ns), round(fit.tmax_ns), fit.entries
+    (True, 2, 386, 7884)
     """
 
     t0_ns: float
@@ -84,6 +91,15 @@ class TimedHits:
 
     ``event``, ``chamber``, ``layer`` (1-4), ``cell`` (0-15), ``drift_ns`` (hit time minus the t0 of its event and
     chamber), ``index`` (of the hit in the :class:`~dtlive.core.reco.events.Events`).
+
+    >>> from dtlive.core.rows import Rows
+    >>> from dtlive.core.reco.events import build_events
+    >>> from dtlive.core.reco.t0 import meantimer_t0
+    >>> ev = build_events(Rows.from_columns(head=[2] * 3, fpga=[0] * 3, channel=[3, 1, 2], orbit=[7] * 3,
+    ...                                     bx=[104, 111, 104], tdc=[0, 18, 0]))
+    >>> h = timed_hits(ev, meantimer_t0(ev))
+    >>> h.layer.tolist(), h.cell.tolist(), [round(d, 1) for d in h.drift_ns.tolist()]
+    ([3, 1, 2], [0, 0, 0], [100.2, 100.2, 290.2])
     """
 
     event: np.ndarray

@@ -24,7 +24,15 @@ CONNECT_TIMEOUT_S = 5  # a database host that does not answer is reported within
 
 
 def default_url() -> str:
-    """``DTLIVE_DB`` if set, else a SQLite file ``ledger.sqlite`` in the user's dtlive data directory."""
+    """``DTLIVE_DB`` if set, else a SQLite file ``ledger.sqlite`` in the user's dtlive data directory.
+
+    >>> import os
+    >>> old = os.environ.get("DTLIVE_DB")
+    >>> os.environ["DTLIVE_DB"] = "postgresql://dq@db.example.org/dtlive"
+    >>> default_url()
+    'postgresql://dq@db.example.org/dtlive'
+    >>> _ = os.environ.pop("DTLIVE_DB") if old is None else os.environ.update(DTLIVE_DB=old)
+    """
     if os.environ.get("DTLIVE_DB"):
         return os.environ["DTLIVE_DB"]
     from platformdirs import user_data_dir
@@ -35,7 +43,11 @@ def default_url() -> str:
 
 
 def normalize_url(url: str | URL) -> URL:
-    """A SQLAlchemy URL; plain ``postgresql://`` gets the installed psycopg (3) driver."""
+    """A SQLAlchemy URL; plain ``postgresql://`` gets the installed psycopg (3) driver.
+
+    >>> normalize_url("postgresql://dq@db.example.org/dtlive").drivername, normalize_url("sqlite://").drivername
+    ('postgresql+psycopg', 'sqlite')
+    """
     url = make_url(url)
     return url.set(drivername="postgresql+psycopg") if url.drivername in ("postgres", "postgresql") else url
 
@@ -65,6 +77,11 @@ def make_engine(url: str | URL, busy_timeout_s: float = 30.0) -> Engine:
 
     Write transactions on SQLite start with ``BEGIN IMMEDIATE`` (execution option ``dtlive_write``) so
     concurrent writers queue on the busy timeout instead of failing on a lock upgrade.
+
+    >>> engine = make_engine("sqlite://")  # one shared in-memory database
+    >>> with engine.connect() as conn:
+    ...     conn.exec_driver_sql("PRAGMA foreign_keys").scalar(), conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
+    (1, 30000)
     """
     url = normalize_url(url)
     if url.get_backend_name() != "sqlite":
@@ -119,6 +136,10 @@ def alembic_config(url: str | URL | None = None):
 
     Developers make a new revision with
     ``alembic.command.revision(alembic_config(url), autogenerate=True, message="...")``.
+
+    >>> cfg = alembic_config("sqlite:///ledger.sqlite")
+    >>> Path(cfg.get_main_option("script_location")) == MIGRATIONS_DIR, cfg.get_main_option("sqlalchemy.url")
+    (True, 'sqlite:///ledger.sqlite')
     """
     from alembic.config import Config as AlembicConfig
 
@@ -132,14 +153,27 @@ def alembic_config(url: str | URL | None = None):
 
 @functools.lru_cache(maxsize=1)
 def head_revision() -> str | None:
-    """The newest migration revision shipped with this dtlive."""
+    """The newest migration revision shipped with this dtlive.
+
+    >>> from alembic.script import ScriptDirectory
+    >>> head_revision() == max(s.revision for s in ScriptDirectory.from_config(alembic_config()).walk_revisions())
+    True
+    """
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The migration revision a database is at (None: empty)."""
+    """The migration revision a database is at (None: empty).
+
+    >>> engine = make_engine("sqlite://")
+    >>> current_revision(engine) is None  # an empty database
+    True
+    >>> upgrade(engine, "0001")
+    >>> current_revision(engine)
+    '0001'
+    """
     from alembic.runtime.migration import MigrationContext
 
     with engine.connect() as conn:
@@ -152,6 +186,11 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     The upgrade runs in one transaction that holds the database's write lock (SQLite ``BEGIN
     IMMEDIATE``; a PostgreSQL transaction-level advisory lock), so a second process waits, then
     finds the schema already at head.
+
+    >>> engine = make_engine("sqlite://")
+    >>> upgrade(engine); upgrade(engine)  # the second finds it at head already
+    >>> current_revision(engine) == head_revision(), "processing_runs" in sa.inspect(engine).get_table_names()
+    (True, True)
     """
     from alembic import command
     from alembic.script import ScriptDirectory
@@ -175,7 +214,14 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def downgrade(engine: Engine, revision: str = "base") -> None:
-    """``alembic downgrade`` the database (``base`` drops every ledger table)."""
+    """``alembic downgrade`` the database (``base`` drops every ledger table).
+
+    >>> engine = make_engine("sqlite://")
+    >>> upgrade(engine, "0001")
+    >>> downgrade(engine)  # to base: every ledger table dropped
+    >>> current_revision(engine), sa.inspect(engine).get_table_names()
+    (None, ['dtlive_alembic_version'])
+    """
     from alembic import command
 
     cfg = alembic_config()

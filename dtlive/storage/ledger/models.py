@@ -16,14 +16,36 @@ UNKNOWN_PROCESSOR = "unknown"  # results published without a provenance.processo
 
 
 class AppendOnlyError(RuntimeError):
-    """Raised on an attempt to change or delete a row of an append-only table (task state history)."""
+    """Raised on an attempt to change or delete a row of an append-only table (task state history).
+
+    >>> from sqlalchemy.orm import Session
+    >>> engine = sa.create_engine("sqlite://")
+    >>> Base.metadata.create_all(engine)
+    >>> with Session(engine) as s:
+    ...     s.add(TaskState(task_id="alert-1", state="received", at=datetime(2024, 5, 1, tzinfo=UTC)))
+    ...     s.commit()
+    ...     s.get(TaskState, 1).state = "analysed"
+    ...     try:
+    ...         s.commit()
+    ...     except AppendOnlyError as e:
+    ...         print(e)
+    task_states is append-only: cannot update state row 1
+    """
 
 
 # --------------------------------------------------------------------------------------------- types
 
 
 class UTCDateTime(sa.types.TypeDecorator):
-    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive, in UTC)."""
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive, in UTC).
+
+    >>> from sqlalchemy.dialects import sqlite
+    >>> t = UTCDateTime()
+    >>> t.process_bind_param("2024-05-01T14:00:00+02:00", sqlite.dialect())  # stored naive, in UTC
+    datetime.datetime(2024, 5, 1, 12, 0)
+    >>> t.process_result_value(datetime(2024, 5, 1, 12), sqlite.dialect())
+    datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.timezone.utc)
+    """
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
@@ -52,7 +74,11 @@ NAMING_CONVENTION = {
 
 
 class Base(DeclarativeBase):
-    """Declarative base of the ledger tables."""
+    """Declarative base of the ledger tables.
+
+    >>> sorted(Base.metadata.tables)
+    ['annotations', 'detector_runs', 'dq_periods', 'processing_runs', 'tags', 'task_states', 'window_inputs', 'windows']
+    """
 
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {datetime: UTCDateTime(), str: sa.String(), int: sa.BigInteger(), float: sa.Float()}
@@ -63,7 +89,18 @@ def _now() -> datetime:
 
 
 class ProcessingRun(Base):
-    """One run of a dtlive service (processor, reprocessing, emulator...)."""
+    """One run of a dtlive service (processor, reprocessing, emulator...).
+
+    >>> from sqlalchemy.orm import Session
+    >>> engine = sa.create_engine("sqlite://")
+    >>> Base.metadata.create_all(engine)
+    >>> with Session(engine) as s:
+    ...     s.add(ProcessingRun(run_id="r1", kind="processor", status="running", started_at="2024-05-01T12:00:00Z"))
+    ...     s.commit()
+    ...     run = s.get(ProcessingRun, "r1")
+    ...     run.kind, run.started_at
+    ('processor', datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.timezone.utc))
+    """
 
     __tablename__ = "processing_runs"
 
@@ -84,7 +121,14 @@ class ProcessingRun(Base):
 
 
 class WindowRecord(Base):
-    """One published window result (one ``dtlive.monitor/1`` message)."""
+    """One published window result (one ``dtlive.monitor/1`` message).
+
+    >>> WindowRecord.__table__.c.window_id.type, [c.name for c in WindowRecord.__table__.primary_key]
+    (BigInteger(), ['id'])
+    >>> sorted(c.name for con in WindowRecord.__table__.constraints if isinstance(con, sa.UniqueConstraint)
+    ...        for c in con.columns)
+    ['processor', 'run_id', 'window_id']
+    """
 
     __tablename__ = "windows"
     # keyed by run too: a processor that starts a new series (its broker lost the old one) publishes ids again
@@ -123,7 +167,22 @@ class WindowRecord(Base):
 
 
 class WindowInput(Base):
-    """One input offset range (one topic partition) read by a window."""
+    """One input offset range (one topic partition) read by a window.
+
+    >>> from sqlalchemy.orm import Session
+    >>> engine = sa.create_engine("sqlite://")
+    >>> Base.metadata.create_all(engine)
+    >>> t = datetime(2024, 5, 1, tzinfo=UTC)
+    >>> w = WindowRecord(processor="p", window_id=7, first_orbit=0, last_orbit=99, total_hits=3, rows=3, rejected=0,
+    ...                  late_hits=0, ancillary=0, special_channel_hits=0, result_topic="dt.monitor",
+    ...                  result_partition=0, result_offset=41, recorded_at=t)
+    >>> w.inputs.append(WindowInput(topic="dt.hits", partition=0, first_offset=0, last_offset=9))
+    >>> with Session(engine) as s:
+    ...     s.add(w)
+    ...     s.commit()
+    ...     [(i.topic, i.first_offset, i.last_offset, i.window.window_id) for i in s.scalars(sa.select(WindowInput))]
+    [('dt.hits', 0, 9, 7)]
+    """
 
     __tablename__ = "window_inputs"
 
@@ -138,7 +197,11 @@ class WindowInput(Base):
 
 
 class DQPeriod(Base):
-    """A data-quality period: a time interval flagged bad (or good, warning...) with a reason."""
+    """A data-quality period: a time interval flagged bad (or good, warning...) with a reason.
+
+    >>> DQPeriod.__table__.c.end_time.nullable, DQPeriod.__table__.c.reason.type
+    (True, Text())
+    """
 
     __tablename__ = "dq_periods"
 
@@ -155,7 +218,11 @@ class DQPeriod(Base):
 
 
 class DetectorRun(Base):
-    """A detector run: starts on an orbit-counter reset or a run change."""
+    """A detector run: starts on an orbit-counter reset or a run change.
+
+    >>> [c.name for c in DetectorRun.__table__.c]
+    ['id', 'start_time', 'end_time', 'first_orbit', 'last_orbit', 'meta', 'created_at']
+    """
 
     __tablename__ = "detector_runs"
 
@@ -169,7 +236,11 @@ class DetectorRun(Base):
 
 
 class Annotation(Base):
-    """Free text attached to a run, a period or a detector run."""
+    """Free text attached to a run, a period or a detector run.
+
+    >>> [c.name for c in Annotation.__table__.c if not c.nullable]
+    ['id', 'target', 'target_id', 'text', 'created_at', 'updated_at']
+    """
 
     __tablename__ = "annotations"
     __table_args__ = (sa.Index("ix_annotations_target", "target", "target_id"),)
@@ -184,7 +255,11 @@ class Annotation(Base):
 
 
 class Tag(Base):
-    """A short label attached to a run, a period or a detector run."""
+    """A short label attached to a run, a period or a detector run.
+
+    >>> sorted(c.name for con in Tag.__table__.constraints if isinstance(con, sa.UniqueConstraint) for c in con.columns)
+    ['tag', 'target', 'target_id']
+    """
 
     __tablename__ = "tags"
     __table_args__ = (sa.UniqueConstraint("target", "target_id", "tag"),)
@@ -196,7 +271,18 @@ class Tag(Base):
 
 
 class TaskState(Base):
-    """One state change of a long task; append-only (never updated, never deleted)."""
+    """One state change of a long task; append-only (never updated, never deleted).
+
+    >>> from sqlalchemy.orm import Session
+    >>> engine = sa.create_engine("sqlite://")
+    >>> Base.metadata.create_all(engine)
+    >>> with Session(engine) as s:
+    ...     s.add_all([TaskState(task_id="alert-1", state=st, at=1714564800.0 + i) for i, st in
+    ...                enumerate(("received", "analysed"))])
+    ...     s.commit()
+    ...     s.scalars(sa.select(TaskState.state).order_by(TaskState.at)).all()
+    ['received', 'analysed']
+    """
 
     __tablename__ = "task_states"
     __table_args__ = (sa.Index("ix_task_states_task_at", "task_id", "at"),)

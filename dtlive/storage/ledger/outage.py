@@ -19,7 +19,11 @@ log = logging.getLogger("dtlive.storage.ledger")  # one logger for the whole led
 
 
 class LedgerUnavailable(RuntimeError):
-    """The ledger database cannot be reached (server down, connection refused or lost, timeout)."""
+    """The ledger database cannot be reached (server down, connection refused or lost, timeout).
+
+    >>> is_unreachable(LedgerUnavailable("the ledger database is down")), is_unreachable(RuntimeError("bug"))
+    (True, False)
+    """
 
 
 # ------------------------------------------------------------------------------ unreachable database

@@ -57,6 +57,14 @@ class Q:
 
     ``Q.between(start, end) & Q.tag("cosmics") | Q.meta(trigger="scint")``; ``~q`` negates.
     Metadata values compare as JSON (``1 == 1.0``, ``True != 1``); a missing key never matches.
+
+    >>> from datetime import UTC
+    >>> run = {"start": datetime(2024, 5, 1, tzinfo=UTC), "end": None, "tags": ["cosmics"],
+    ...        "metadata": {"trigger": "scint", "hv": 3600}}
+    >>> (Q.tag("cosmics") & Q.meta(hv=3600.0)).matches(run), (~Q.tag("cosmics") | Q.meta(trigger="random")).matches(run)
+    (True, False)
+    >>> Q.between("2024-06-01", None).matches(run)  # still going: overlaps any later interval
+    True
     """
 
     @staticmethod

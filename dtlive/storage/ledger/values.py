@@ -20,7 +20,16 @@ TimeLike = datetime | float | int | str
 
 
 def to_utc(t: TimeLike | Any) -> datetime:
-    """A timezone-aware UTC datetime from a datetime (naive = UTC), UNIX seconds, an ISO string or datetime64."""
+    """A timezone-aware UTC datetime from a datetime (naive = UTC), UNIX seconds, an ISO string or datetime64.
+
+    >>> import numpy as np
+    >>> to_utc("2024-05-01T14:00:00+02:00")
+    datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.timezone.utc)
+    >>> to_utc(1714564800) == to_utc("2024-05-01 12:00"), to_utc(1714564800).tzinfo
+    (True, datetime.timezone.utc)
+    >>> to_utc(np.datetime64("2024-05-01T12:00")) == to_utc(datetime(2024, 5, 1, 12))  # naive means UTC
+    True
+    """
     if isinstance(t, datetime):
         return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
     if isinstance(t, str):
@@ -81,7 +90,13 @@ def _merge_intervals(intervals: Iterable[tuple[datetime, datetime]]) -> list[tup
 
 @functools.lru_cache(maxsize=1)
 def source_git_commit() -> str | None:
-    """The git commit of the dtlive source checkout this module runs from, or None (installed, no git...)."""
+    """The git commit of the dtlive source checkout this module runs from, or None (installed, no git...).
+
+    >>> head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+    ...                       text=True).stdout.strip()  # empty outside a git checkout
+    >>> source_git_commit() == (head or None)  # None when dtlive is installed, not run from a checkout
+    True
+    """
     root = Path(__file__).resolve().parents[3]  # the checkout holding dtlive/storage/ledger/
     try:
         out = subprocess.run(
