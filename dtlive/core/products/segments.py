@@ -53,7 +53,16 @@ def _centres(edges: np.ndarray) -> np.ndarray:
 
 class SegmentProducts(EventProduct):
     """Count vector: segments per chamber, then the angle, chi2 and residual histograms, then expected and found
-    per cell."""
+    per cell.
+
+    >>> from dtlive.core.products.kernel import Registry
+    >>> from dtlive.core.rows import Rows
+    >>> hits = Rows.from_columns(head=[2] * 4, fpga=[0] * 4, channel=[7, 5, 6, 4], orbit=[9] * 4,
+    ...                          bx=[100, 104, 100, 104], tdc=[0] * 4)  # a vertical track near one wire column
+    >>> a = Registry([SegmentProducts()]).compute(hits)
+    >>> a["segments_per_chamber"].tolist(), a["hit_residual"].shape
+    ([1, 0, 0, 0], (4, 4, 80))
+    """
 
     name = "segments"
     variables = {
