@@ -138,11 +138,11 @@ def raw_run(bootstrap: str, topic: str, messages: int) -> dict:
     return res
 
 
-def cli_run(bootstrap: str, topic: str, tag: str, ledger: bool, n_hits: int) -> dict:
+def cli_run(bootstrap: str, topic: str, tag: str, ledger: bool, n_hits: int, extra: tuple[str, ...] = ()) -> dict:
     out_topic, group = f"bench.e2e.out.{tag}", f"bench-e2e-{tag}"
     with tempfile.TemporaryDirectory(prefix="dtlive-e2e-") as private:
         args = ["--bootstrap", bootstrap, "process", "--input", topic, "--output", out_topic, "--group-id", group,
-                "--from-beginning", "--until-end", *([] if ledger else ["--no-ledger"])]
+                "--from-beginning", "--until-end", *([] if ledger else ["--no-ledger"]), *extra]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         proc = dtlive_cli(*args, private_dir=private, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -167,7 +167,8 @@ def cli_run(bootstrap: str, topic: str, tag: str, ledger: bool, n_hits: int) -> 
     return res
 
 
-def bench_case(name: str, fmt: str, rows: int, rows_per_message: int, source: str, repeats: int) -> dict:
+def bench_case(name: str, fmt: str, rows: int, rows_per_message: int, source: str, repeats: int,
+               extra: tuple[str, ...] = ()) -> dict:
     with private_broker() as broker:
         bs, topic = broker.bootstrap, f"bench.e2e.{name}"
         log(f"end_to_end/{name}: pre-filling {rows:,} rows ({source}, {rows_per_message} per message)")
@@ -178,8 +179,8 @@ def bench_case(name: str, fmt: str, rows: int, rows_per_message: int, source: st
             load = loadavg()
             raw = raw_run(bs, topic, fill["messages"])
             tag = f"{name}{i}{time.monotonic_ns() % 10**6}"
-            cli = cli_run(bs, topic, tag, ledger=True, n_hits=fill["hits"])
-            bare = cli_run(bs, topic, tag + "n", ledger=False, n_hits=fill["hits"])
+            cli = cli_run(bs, topic, tag, ledger=True, n_hits=fill["hits"], extra=extra)
+            bare = cli_run(bs, topic, tag + "n", ledger=False, n_hits=fill["hits"], extra=extra)
             runs.append({"raw": raw, "cli": cli, "cli_no_ledger": bare, "loadavg_start": load,
                          "loadavg_end": loadavg()})
             log(f"end_to_end/{name} #{i}: raw {raw['wall_s']} s (first input {raw['first_input_s']:.2f} s), "
@@ -197,6 +198,7 @@ def bench_case(name: str, fmt: str, rows: int, rows_per_message: int, source: st
         "data": "run000591_hits.csv looped (real hits)" if source == "file"
         else f"simulator at {DENSE_RATE:,} rows per event-time second",
         "rows": fill["rows"], "hits": hits, "messages": msgs, "prefill": fill, "repeats": repeats,
+        "cli_args": list(extra),
         "raw_wall_s": raw_wall, "cli_wall_s": cli_wall, "cli_no_ledger_wall_s": bare_wall,
         "raw_hits_per_s": round(hits / raw_wall), "cli_hits_per_s": round(hits / cli_wall),
         "raw_msgs_per_s": round(msgs / raw_wall), "cli_msgs_per_s": round(msgs / cli_wall),
@@ -220,13 +222,13 @@ def bench_case(name: str, fmt: str, rows: int, rows_per_message: int, source: st
     return out
 
 
-def run(quick: bool = False, repeats: int | None = None, only: tuple[str, ...] = ("csv", "daq64", "daq64_dense")
-        ) -> dict:
+def run(quick: bool = False, repeats: int | None = None, only: tuple[str, ...] = ("csv", "daq64", "daq64_dense"),
+        extra: tuple[str, ...] = ()) -> dict:
     repeats = repeats or (1 if quick else 2)
     cases = {"csv": ("csv", 1_000_000 if quick else 10_000_000, 1, "file"),
              "daq64": ("daq64", 20_000_000 if quick else 200_000_000, 10_000, "file"),
              "daq64_dense": ("daq64", 20_000_000 if quick else 100_000_000, 10_000, "sim")}
-    return {name: bench_case(name, *cases[name], repeats=repeats) for name in only}
+    return {name: bench_case(name, *cases[name], repeats=repeats, extra=extra) for name in only}
 
 
 def print_table(res: dict) -> None:
@@ -248,8 +250,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, help="runs of each kind per case (default 2, --quick 1)")
     ap.add_argument("--only", default="csv,daq64,daq64_dense", help="comma-separated cases")
     ap.add_argument("--name", help="results file name (default end_to_end[-quick])")
+    ap.add_argument("--no-reconstruction", action="store_true", help="run dtlive process with --no-reconstruction")
     args = ap.parse_args(argv)
-    res = run(args.quick, args.repeats, tuple(x for x in args.only.split(",") if x))
+    res = run(args.quick, args.repeats, tuple(x for x in args.only.split(",") if x),
+              ("--no-reconstruction",) if args.no_reconstruction else ())
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     from benchmarks.run import environment
 

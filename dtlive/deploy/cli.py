@@ -47,7 +47,11 @@ Typical session:
 
 
 def duration_s(text: str) -> float:
-    """'2s', '1500ms', '0.5' -> seconds."""
+    """'2s', '1500ms', '0.5' -> seconds.
+
+    >>> duration_s("2s"), duration_s("1500ms"), duration_s("0.5"), duration_s("1m")
+    (2.0, 1.5, 0.5, 60.0)
+    """
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m)?\s*", str(text))
     if not m:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (examples: 2s, 1500ms, 0.5)")
@@ -56,7 +60,11 @@ def duration_s(text: str) -> float:
 
 
 def piece_mb(text: str) -> float:
-    """Replay piece size in MB (above 0)."""
+    """Replay piece size in MB (above 0).
+
+    >>> piece_mb("16"), piece_mb("0.5")
+    (16.0, 0.5)
+    """
     try:
         value = float(text)
     except ValueError:
@@ -67,6 +75,11 @@ def piece_mb(text: str) -> float:
 
 
 def rate_arg(text: str) -> float | None:
+    """Rows per second, or None for ``max`` (as fast as the broker takes them).
+
+    >>> rate_arg("1000"), rate_arg("max")
+    (1000.0, None)
+    """
     if text == "max":
         return None
     try:
@@ -79,6 +92,12 @@ def rate_arg(text: str) -> float | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``dtlive`` argument parser: global options, then one subcommand.
+
+    >>> args = build_parser().parse_args(["process", "--window", "1s", "--no-reconstruction"])
+    >>> args.command, args.window_s, args.reconstruction
+    ('process', 1.0, False)
+    """
     p = argparse.ArgumentParser(
         prog="dtlive",
         description="Live data-quality monitoring of a drift-tube muon telescope over Kafka.",
@@ -354,6 +373,13 @@ def _config(args):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``dtlive ARGS`` (``argv``; default: the command line) and return its exit status.
+
+    >>> main(["--version"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    SystemExit: 0
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
@@ -489,6 +515,11 @@ class Summary:
 
     On a terminal the line is redrawn in place, cut to the terminal's width and cleared to its end, so a
     shorter line leaves nothing of a longer one behind; elsewhere (a log file) each summary is a line of its own.
+
+    >>> import io
+    >>> out = io.StringIO()
+    >>> Summary(out).stream is out
+    True
     """
 
     def __init__(self, stream=sys.stderr):
@@ -758,6 +789,10 @@ def start_dashboard(bootstrap: str, topic: str, port: int = 8866, timeout: float
     """Start Voila in the background (log in the state directory); return ``(process, url)`` once it answers.
 
     Stop it with :func:`stop_dashboard` (its kernels too).
+
+    >>> proc, url = start_dashboard("127.0.0.1:9092", "dt.monitor", port=8866)  # doctest: +SKIP
+    >>> stop_dashboard(proc)                                                     # doctest: +SKIP
+    0
     """
     import os
     import subprocess
@@ -805,7 +840,12 @@ def _descendants(pid: int) -> list[int]:
 
 
 def stop_dashboard(proc, timeout: float = 10.0) -> int:
-    """SIGTERM Voila (it shuts its kernels down), wait up to ``timeout``, then SIGKILL it and its kernels."""
+    """SIGTERM Voila (it shuts its kernels down), wait up to ``timeout``, then SIGKILL it and its kernels.
+
+    >>> import subprocess, sys
+    >>> stop_dashboard(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]))
+    -15
+    """
     import os
     import signal
     import subprocess
