@@ -273,7 +273,7 @@ def verdict_html(summary: dict) -> str:
         info = "no verdict yet: the recorder judges every few windows against the reference"
     else:
         ids = summary["windows"]
-        info = f"windows {ids[0]}-{ids[-1]}" if ids else "windows ?"
+        info = (f"window {ids[0]}" if ids[0] == ids[-1] else f"windows {ids[0]}-{ids[-1]}") if ids else "windows ?"
         if summary.get("end"):
             info += f" (to {str(summary['end'])[11:19]} UTC)"
         ref = summary.get("reference")
