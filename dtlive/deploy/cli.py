@@ -209,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"follow the results into the ledger and the history store; flag bad data on {Config.quality_topic}",
         description="Record every committed window of the monitor topic in the ledger (DTLIVE_DB) with "
         "where its result landed, append it to the history store (DTLIVE_HISTORY), detect data gaps, "
-        f"silent chambers, noisy channels and rate jumps, and publish them on {Config.quality_topic}.",
+        f"silent chambers, noisy channels and rate jumps, and publish them on {Config.quality_topic}; judge every "
+        "judge_windows windows against the configured reference (dtlive reference) and publish the verdicts there "
+        "too (dtlive.quality/2).",
     )
     rec.add_argument("--until-end", action="store_true", help="stop once the results present at start are in")
     rec.add_argument("--input", dest="hits_topic",
@@ -943,7 +945,8 @@ def cmd_record(args) -> int:
     cfg = _config(args)
     bootstrap, _ = resolve_bootstrap(cfg)
     rec = serve(lambda: Recorder(cfg, bootstrap, ledger=_ledger()), until_end=args.until_end)
-    print(f"recorded {rec.recorded} windows, {rec.periods} quality periods", file=sys.stderr)
+    verdicts = rec.judging.verdicts if rec.judging else 0
+    print(f"recorded {rec.recorded} windows, {rec.periods} quality periods, {verdicts} verdicts", file=sys.stderr)
     return 0
 
 
