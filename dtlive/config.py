@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Settings that change the numbers a processor publishes: they make up the config hash.
-PROCESSING_KEYS = ("window_s", "lateness_s", "default_format", "drift_bin_ns", "drift_min_ns", "drift_max_ns")
+PROCESSING_KEYS = ("window_s", "lateness_s", "default_format", "drift_bin_ns", "drift_min_ns", "drift_max_ns",
+                   "reconstruction")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Config:
     drift_bin_ns: float = 5.0
     drift_min_ns: float = -100.0
     drift_max_ns: float = 500.0
+    reconstruction: bool = True  # muon events, t0, time boxes and segments per window; off: counts only, faster
     group_id: str = "dtlive-processor"  # consumer group and transactional-id stem of the processor
     dead_letter_max_bytes: int = 64 * 1024  # dead letters are cut to this, far below librdkafka's 1 MB message limit
     max_orbit_jump_s: float = 30.0  # hits this far ahead of their partition's stream need evidence (0: no check)
@@ -108,6 +110,14 @@ def _coerce(name: str, value):
     kind = {f.name: f.type for f in dataclasses.fields(Config)}[name]
     if value is None:
         return None
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if str(value).strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name} must be true or false, not {value!r}")
     if "float" in kind:
         return float(value)
     if "int" in kind:

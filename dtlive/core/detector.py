@@ -60,6 +60,17 @@ MAX_DRIFT_NS = CELL_WIDTH_MM / 2 / DRIFT_VELOCITY_MM_PER_NS  # ~390 ns
 SCINT_DELAY_NS = 95.0
 T0_OFFSET_NS = np.array([95.0 - 1.1, 95.0 + 6.4, 95.0 + 0.5, 95.0 - 2.6])
 
+# --- reconstruction ---------------------------------------------------------------
+TDC_NS = BX_NS / TDC_PER_BX  # one TDC count, 0.83 ns
+HALF_CELL_MM = CELL_WIDTH_MM / 2  # alternate layers are shifted by this much
+EVENT_GAP_NS = 1.1 * MAX_DRIFT_NS  # hits of one muon lie closer than this to the previous one
+EVENT_MIN_LAYERS = 3  # a time cluster is a muon event with this many layers of one chamber (or a trigger word)
+# Trigger word (FPGA f, channel 138) time minus the meantimer t0 of chamber c of the same muon: the trigger t0 of
+# chamber c is t_trigger - TRIGGER_T0_OFFSET_NS[c] (dtlive.core.reco.t0.calibrate_trigger_offset on run 591 up to its
+# 210 s pause, 26 s of data; after it the trigger word comes ~150 ns earlier: recalibrate for each setting).
+TRIGGER_T0_OFFSET_NS = np.array([372.8, 374.3, 375.8, 375.6])  # +- 2 ns; per event the spread is ~40 ns
+TRIGGER_JITTER_NS = 10.0  # spread of a fixed-latency (meantimer) trigger word around t0 + offset, simulated
+
 # --- rates (for the simulator and sanity checks) --------------------------------
 TYPICAL_HIT_RATE_HZ = 5000.0
 TYPICAL_EMULATOR_ROWS_PER_S = 1000.0
@@ -115,6 +126,30 @@ def time_in_orbit_ns(bx: np.ndarray, tdc: np.ndarray) -> np.ndarray:
     [62.5]
     """
     return BX_NS * np.asarray(bx, dtype=np.float64) + np.asarray(tdc) * BX_NS / TDC_PER_BX
+
+
+def hit_ticks(orbit: np.ndarray, bx: np.ndarray, tdc: np.ndarray) -> np.ndarray:
+    """Absolute hit time in TDC counts (``TDC_NS`` each): ``(ORBIT * 3564 + BX) * 30 + TDC``, exact int64.
+
+    Hits of one muon may straddle an orbit boundary; their differences in counts are exact.
+
+    >>> hit_ticks(np.array([1, 2]), np.array([3563, 0]), np.array([29, 0])).tolist()
+    [213839, 213840]
+    """
+    orbit = np.asarray(orbit, dtype=np.int64)
+    return (orbit * BX_PER_ORBIT + np.asarray(bx, dtype=np.int64)) * TDC_PER_BX + np.asarray(tdc, dtype=np.int64)
+
+
+def half_cell_of(channel: np.ndarray) -> np.ndarray:
+    """Position of each channel's wire in half cells (21 mm) from the leftmost wire of the chamber, 0-31.
+
+    Layers 1 and 3 have odd positions, layers 2 and 4 even ones: staggered neighbours differ by one.
+
+    >>> half_cell_of(np.array([3, 1, 2, 0, 7])).tolist()  # cell 0 of layers 1, 2, 3, 4; cell 1 of layer 1
+    [1, 0, 1, 0, 3]
+    """
+    x, _ = wire_position_mm(channel)
+    return np.rint((x - min(LAYER_X_SHIFT_MM.values())) / HALF_CELL_MM).astype(np.int64)
 
 
 def orbits_for_seconds(seconds: float) -> int:

@@ -20,6 +20,7 @@ the exception: one function builds them all, in :mod:`dtlive.kafka.deadletter`.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -32,7 +33,8 @@ if TYPE_CHECKING:  # imported where a Dataset is made, so that importing this mo
     import xarray as xr
 
 from dtlive.core import detector as det
-from dtlive.core.products import _ATTRS, NCH, PRODUCTS, arrays_to_dataset
+from dtlive.core.products import _ATTRS, NCH, PRODUCTS, REGISTRY, Settings, arrays_to_dataset
+from dtlive.core.rows import Rows
 
 MONITOR_SCHEMA = "dtlive.monitor/1"  # one window's histograms, on ``monitor_topic`` (this module)
 STATUS_SCHEMA = "dtlive.status/1"  # a service's heartbeat, on ``status_topic`` (dtlive.kafka.health)
@@ -47,6 +49,17 @@ EPOCH_HEADER = "orbit_epoch"  # on hits: UNIX seconds of ORBIT_CNT == 0, set by 
 
 COUNTS = ("rows", "ancillary", "special_channel_hits", "late_hits")
 _PER_CHAMBER = ("channel_occupancy", "active_channels_per_orbit", "scint_channel_occupancy", "drift_time_ns")
+_HISTOGRAM_PARTS = ("total_hits", "hits_per_chamber", *_PER_CHAMBER, "drift_time_ns_underflow",
+                    "drift_time_ns_overflow")
+#: The product variables a message carries as plain nested lists under ``variables`` (the reconstruction's).
+VARIABLES = tuple(k for k in PRODUCTS if k not in _HISTOGRAM_PARTS)
+
+
+@functools.lru_cache(maxsize=8)
+def empty_variables(drift_edges: tuple[float, ...]) -> dict[str, np.ndarray]:
+    """The :data:`VARIABLES` of no hits for a drift binning: what a message without them stands for."""
+    arrays = REGISTRY.compute(Rows.empty(), Settings(np.array(drift_edges)))
+    return {k: arrays[k] for k in VARIABLES}
 
 
 def iso_utc(seconds: float | None) -> str | None:
@@ -132,6 +145,7 @@ def message_from_arrays(arrays: dict, drift_edges: np.ndarray, attrs: dict) -> d
             "scint_channel_occupancy": per_chamber("scint_channel_occupancy", occ_edges),
             "drift_time_ns": per_chamber("drift_time_ns", drift),
         },
+        "variables": {k: np.asarray(arrays[k]).tolist() for k in VARIABLES if k in arrays},
     }
 
 
@@ -160,6 +174,14 @@ def message_arrays(msg: dict) -> dict[str, np.ndarray]:
     drift = [h["drift_time_ns"][f"chamber_{c}"] for c in range(det.N_CHAMBERS)]
     arrays["drift_time_ns_underflow"] = np.array([d.get("underflow", 0) for d in drift])
     arrays["drift_time_ns_overflow"] = np.array([d.get("overflow", 0) for d in drift])
+    given = msg.get("variables", {})
+    zeros = None
+    for k in VARIABLES:
+        if k in given:
+            arrays[k] = np.array(given[k], np.int64)
+        else:  # an older message: no events reconstructed
+            zeros = zeros or empty_variables(tuple(h["drift_time_ns"]["chamber_0"]["bin_edges"]))
+            arrays[k] = zeros[k]
     arrays["total_hits"] = np.int64(msg["total_hits"])
     arrays["hits_per_chamber"] = np.array(msg["hits_per_chamber"], np.int64)
     counts = msg.get("counts", {})

@@ -10,7 +10,9 @@ It produces the rows the real DAQ would send, as :class:`~dtlive.core.rows.Rows`
   recorded at ``t_muon + drift - (T0_OFFSET_NS[c] - SCINT_DELAY_NS)``, so the analysis formula
   ``DRIFTIME = t_hit - (t_scint - T0_OFFSET_NS[c])`` gives back the true drift time;
 - the trigger/OR word (ch 138, TDC_MEAS 1) on an FPGA when both its chambers saw a >= 3-layer segment,
-  ~13 BX after the first hit, as in run 591;
+  ``trigger_latency_ns`` after the last hit of those chambers (the coincidence completes with it), as in
+  run 591 (~13 BX after the first hit); or, with ``trigger_timing="fixed"``, at the fixed latency
+  ``TRIGGER_T0_OFFSET_NS`` after the chamber's t0 (a hardware meantimer), both with a little jitter;
 - noise: single hits uniform in time on all 256 chamber channels (rates spread log-normally), a few
   noisy channels and rare same-channel afterpulses a few BX later;
 - ancillary packets (HEAD 3, 1, 0, 4, 5 with float TDC_MEAS, BX up to 18504) whose ORBIT_CNT sits
@@ -19,7 +21,8 @@ It produces the rows the real DAQ would send, as :class:`~dtlive.core.rows.Rows`
   FPGAs (and of the ancillary words) are interleaved by the time of their first row, so the stream is
   only roughly time-ordered (small backward steps, ORBIT_CNT at most one orbit back).
 
-Everything is vectorised with numpy; the only Python loop is over chunks.
+Everything is vectorised with numpy; the only Python loop is over chunks. :func:`simulate_truth` also returns
+what was generated for each muon (:class:`MuonTruth`).
 
 >>> rows = simulate(0.05, seed=1)
 >>> bool((rows.head == 2).sum() > 100), rows.orbit.dtype, bool(rows.orbit.min() > 2**31)
@@ -78,7 +81,9 @@ class SimConfig:
     scintillator: bool = True
     trigger_word: bool = True
     trigger_min_layers: int = 3  # layers needed in both chambers of an FPGA for its trigger word
-    trigger_latency_ns: tuple[float, float] = (250.0, 400.0)  # after the muon crossing
+    trigger_timing: str = "last_hit"  # "last_hit": latency after the segment's last hit; "fixed": after t0
+    trigger_latency_ns: float = 45.0  # after the last hit of the FPGA's two chambers (run 591: 35 ns + BX rounding)
+    trigger_jitter_ns: float = 3.0  # Gaussian spread of the trigger word's time ("fixed": TRIGGER_JITTER_NS)
     block_rows: int = 4  # DAQ block size per FPGA
     block_gap_ns: float = 16 * det.BX_NS  # a block only holds rows this close to each other
 
@@ -87,6 +92,8 @@ class SimConfig:
             raise ValueError("efficiency must be in [0, 1] and afterpulse_prob in [0, 1)")
         if self.block_rows < 1 or min(self.hit_rate_hz, self.muon_rate_hz, self.ancillary_rate_hz) < 0:
             raise ValueError("block_rows must be >= 1 and rates >= 0")
+        if self.trigger_timing not in ("last_hit", "fixed"):
+            raise ValueError(f"trigger_timing must be 'last_hit' or 'fixed', got {self.trigger_timing!r}")
 
     def hits_per_muon(self) -> float:
         """Mean HEAD-2 rows per muon (chamber hits + scintillator + trigger words), by a fixed-seed Monte Carlo.
@@ -135,17 +142,18 @@ def stream(
 
 
 def _chunks(
-    cfg: SimConfig, noise_rates: np.ndarray, rng: np.random.Generator, base_orbit: int, chunk_ns: float
+    cfg: SimConfig, noise_rates: np.ndarray, rng: np.random.Generator, base_orbit: int, chunk_ns: float,
+    truths: list | None = None,
 ) -> Iterator[Rows]:
     frac_ns = 0.0  # chunk start = base_orbit * ORBIT_NS + frac_ns
     pending: dict[str, np.ndarray] | None = None  # rows timed past the previous chunk's end
     next_offset = 0
     while True:
         t_end = frac_ns + chunk_ns
-        parts = [
-            _muon_rows(cfg, rng, base_orbit, frac_ns, t_end),
-            _noise_rows(cfg, rng, noise_rates, base_orbit, frac_ns, t_end),
-        ]
+        muons, truth = _muon_rows(cfg, rng, base_orbit, frac_ns, t_end)
+        if truths is not None:
+            truths.append(truth)
+        parts = [muons, _noise_rows(cfg, rng, noise_rates, base_orbit, frac_ns, t_end)]
         if cfg.ancillary_rate_hz > 0:
             parts.append(_ancillary_rows(cfg, rng, base_orbit, frac_ns, t_end))
         if pending is not None:
@@ -165,6 +173,55 @@ def _chunks(
             partition=0, offset=np.arange(next_offset, next_offset + n, dtype=np.int64),
         )  # fmt: skip
         next_offset += n
+
+
+@dataclass(frozen=True, eq=False)
+class MuonTruth:
+    """What the simulator generated for each muon of a chunk, in the order of their time (numpy arrays).
+
+    ``orbit`` and ``time_ns`` (inside that orbit) of the muon's passage; ``t0_ns`` (n, N_CHAMBERS): absolute
+    time (ns, as :func:`dtlive.detector.hit_time_ns`) at which a hit with zero drift time is recorded in each
+    chamber; ``x0_mm``, ``y0_mm`` at the telescope's mid-height, ``theta_rad`` (zenith), ``phi_rad``
+    (azimuth); ``local_mm`` (n, 16 planes: chamber * 4 + layer - 1) the measured coordinate of the crossing
+    of each plane, ``hit`` (n, 16) whether that plane recorded a hit; ``trigger_ns`` (n, N_FPGA) absolute
+    time of the trigger word of each FPGA (NaN for none). A muon near the end of a chunk may have some of its
+    rows in the next chunk.
+    """
+
+    orbit: np.ndarray
+    time_ns: np.ndarray
+    t0_ns: np.ndarray
+    x0_mm: np.ndarray
+    y0_mm: np.ndarray
+    theta_rad: np.ndarray
+    phi_rad: np.ndarray
+    local_mm: np.ndarray
+    hit: np.ndarray
+    trigger_ns: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.orbit)
+
+
+def simulate_truth(
+    duration_s: float, *, seed: int = 0, start_orbit: int = DEFAULT_START_ORBIT, config: SimConfig | None = None
+) -> tuple[Rows, MuonTruth]:
+    """:func:`simulate`'s rows (the very same) and the truth of the muons generated in them.
+
+    >>> rows, truth = simulate_truth(0.2, seed=7)
+    >>> _same = lambda a, b: all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("orbit", "bx", "channel"))
+    >>> _same(rows, simulate(0.2, seed=7)), bool(15 < len(truth) < 45), truth.t0_ns.shape[1]
+    (True, True, 4)
+    """
+    if duration_s <= 0:
+        raise ValueError(f"duration_s must be positive, got {duration_s}")
+    cfg = config or SimConfig()
+    layout_seq, event_seq = np.random.SeedSequence(seed).spawn(2)
+    noise_rates = _channel_noise_rates(cfg, np.random.default_rng(layout_seq))
+    truths: list[MuonTruth] = []
+    rows = next(_chunks(cfg, noise_rates, np.random.default_rng(event_seq), int(start_orbit), duration_s * 1e9,
+                        truths))
+    return rows, truths[0]
 
 
 def channel_noise_rates(*, seed: int = 0, config: SimConfig | None = None) -> np.ndarray:
@@ -219,7 +276,13 @@ def _hit_rows(t: np.ndarray, fpga: np.ndarray, channel: np.ndarray, base_orbit: 
 
 
 def _tracks(cfg: SimConfig, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Crossing of ``n`` tracks with every plane: local measured coordinate, coordinate along the wire, hit mask."""
+    """Crossing of ``n`` tracks with every plane: local measured coordinate, nearest cell, hit mask."""
+    local, cell, hit, _ = _tracks_and_angles(cfg, rng, n)
+    return local, cell, hit
+
+
+def _tracks_and_angles(cfg: SimConfig, rng: np.random.Generator, n: int) -> tuple:
+    """:func:`_tracks` and the tracks' (x0, y0, zenith, azimuth)."""
     w = cfg.generation_halfwidth_mm
     x0, y0 = rng.uniform(-w, w, n), rng.uniform(-w, w, n)
     cos_t = rng.random(n) ** (1.0 / (cfg.zenith_power + 2.0))  # flux through a horizontal plane ~ cos^(n+1) sin
@@ -233,7 +296,7 @@ def _tracks(cfg: SimConfig, rng: np.random.Generator, n: int) -> tuple[np.ndarra
     cell = np.rint((local - _PLANE_SHIFT) / det.CELL_WIDTH_MM)
     hit = (cell >= 0) & (cell < det.CELLS_PER_LAYER) & (np.abs(along) <= cfg.chamber_halfwidth_mm)
     hit &= rng.random(hit.shape) < cfg.efficiency
-    return local, cell, hit
+    return local, cell, hit, (x0, y0, np.arccos(cos_t), phi)
 
 
 def _trigger_fpgas(cfg: SimConfig, hit: np.ndarray) -> np.ndarray:
@@ -245,7 +308,7 @@ def _trigger_fpgas(cfg: SimConfig, hit: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=64)
 def _hits_per_muon(cfg: SimConfig, n: int = 200_000) -> float:
-    _, _, hit = _tracks(cfg, np.random.default_rng(20240591), n)
+    _, _, hit = _tracks(cfg, np.random.default_rng(20240591), n)  # the trigger timing changes no count
     per_muon = hit.sum() / n + float(cfg.scintillator)
     if cfg.trigger_word:
         per_muon += _trigger_fpgas(cfg, hit).sum() / n
@@ -269,10 +332,11 @@ def _channel_noise_rates(cfg: SimConfig, rng: np.random.Generator) -> np.ndarray
     return noise_total * weight / weight.sum()
 
 
-def _muon_rows(cfg: SimConfig, rng: np.random.Generator, base_orbit: int, t0: float, t1: float) -> dict:
+def _muon_rows(cfg: SimConfig, rng: np.random.Generator, base_orbit: int, t0: float, t1: float
+               ) -> tuple[dict, MuonTruth]:
     n = rng.poisson(cfg.muon_rate_hz * (t1 - t0) * 1e-9)
     t_mu = np.sort(rng.uniform(t0, t1, n)) + _MUON_MARGIN_NS
-    local, cell, hit = _tracks(cfg, rng, n)
+    local, cell, hit, (x0, y0, theta, phi) = _tracks_and_angles(cfg, rng, n)
     mu, plane = np.nonzero(hit)
     chamber, layer, cell = _PLANE_CHAMBER[plane], _PLANE_LAYER[plane], cell[mu, plane].astype(np.int64)
     drift_ns = (
@@ -286,11 +350,27 @@ def _muon_rows(cfg: SimConfig, rng: np.random.Generator, base_orbit: int, t0: fl
         parts.append(
             _hit_rows(t_mu + det.SCINT_DELAY_NS, np.full(n, det.SCINT_FPGA), np.full(n, det.SCINT_CHANNEL), base_orbit)
         )
+    t_trig_mu = np.full((n, det.N_FPGA), np.nan)
     if cfg.trigger_word:
         mu_t, fpga_t = np.nonzero(_trigger_fpgas(cfg, hit))
-        t_trig = t_mu[mu_t] + rng.uniform(*cfg.trigger_latency_ns, len(mu_t))
+        if cfg.trigger_timing == "fixed":  # t0 of the FPGA's first chamber + its offset
+            first = fpga_t * (det.N_CHAMBERS // det.N_FPGA)
+            t_trig = (t_mu[mu_t] - (det.T0_OFFSET_NS[first] - det.SCINT_DELAY_NS) + det.TRIGGER_T0_OFFSET_NS[first]
+                      + rng.normal(0.0, det.TRIGGER_JITTER_NS, len(mu_t)))
+        else:  # the last hit of the FPGA's chambers completes the coincidence
+            last = np.full((n, det.N_FPGA), -np.inf)
+            np.maximum.at(last, (mu, chamber // (det.N_CHAMBERS // det.N_FPGA)), t_hit)
+            t_trig = last[mu_t, fpga_t] + cfg.trigger_latency_ns + rng.normal(0.0, cfg.trigger_jitter_ns, len(mu_t))
         parts.append(_hit_rows(t_trig, fpga_t, np.full(len(mu_t), det.TRIGGER_CHANNEL), base_orbit, tdc=1))
-    return _concat(parts)
+        t_trig_mu[mu_t, fpga_t] = t_trig
+    base_ns = base_orbit * det.ORBIT_NS
+    k = np.floor(t_mu / det.ORBIT_NS)
+    truth = MuonTruth(
+        orbit=base_orbit + k.astype(np.int64), time_ns=t_mu - k * det.ORBIT_NS,
+        t0_ns=base_ns + t_mu[:, None] - (det.T0_OFFSET_NS - det.SCINT_DELAY_NS)[None, :], x0_mm=x0, y0_mm=y0,
+        theta_rad=theta, phi_rad=phi, local_mm=local, hit=hit, trigger_ns=base_ns + t_trig_mu,
+    )  # fmt: skip
+    return _concat(parts), truth
 
 
 def _noise_rows(

@@ -349,6 +349,9 @@ def _processing_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle", dest="idle_s", type=duration_s,
                    help=f"flush open windows after this long idle ({Config.idle_s:g}s)")
     p.add_argument("--group-id", dest="group_id", help=f"consumer group / processor identity ({Config.group_id})")
+    p.add_argument("--no-reconstruction", dest="reconstruction", action="store_const", const=False,
+                   help="counts only: no muon events, t0s, time boxes or segments (several times faster per hit, "
+                        "for reprocessing at speed)")
 
 
 def _config(args):

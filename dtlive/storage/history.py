@@ -71,7 +71,14 @@ import pyarrow.parquet as pq
 import xarray as xr
 
 from dtlive.core import detector as det
-from dtlive.core.messages import COUNTS, MONITOR_SCHEMA, decode_message, message_arrays
+from dtlive.core.messages import (
+    COUNTS,
+    MONITOR_SCHEMA,
+    VARIABLES,
+    decode_message,
+    empty_variables,
+    message_arrays,
+)
 from dtlive.core.products import _ATTRS, NCH, PRODUCTS, arrays_to_dataset
 
 ENV_PATH = "DTLIVE_HISTORY"
@@ -90,6 +97,7 @@ _LISTS = {
     "drift_time_ns_overflow": (det.N_CHAMBERS,),
 }
 _SCALARS = ("total_hits", *COUNTS, "rejected")
+_FLEX = ("drift_time_ns", *VARIABLES)  # shapes that follow the drift binning: flat lists of any length
 _INTS = ("window_id", "first_orbit", "last_orbit", "start_ms", "end_ms")
 _STRINGS = ("processor", "provenance", "rejected_by_reason", "drift_edges")
 _DICTIONARY = ("processor", "rejected_by_reason", "drift_edges")  # few distinct values: dictionary-encoded
@@ -98,7 +106,7 @@ _SCHEMA = pa.schema(
     [pa.field(k, pa.dictionary(pa.int32(), pa.string()) if k in _DICTIONARY else pa.string()) for k in _STRINGS]
     + [pa.field(k, pa.int64()) for k in (*_INTS, *_SCALARS)]
     + [pa.field(k, pa.list_(pa.int32(), int(np.prod(s)))) for k, s in _LISTS.items()]
-    + [pa.field("drift_time_ns", pa.list_(pa.int32()))]
+    + [pa.field(k, pa.list_(pa.int32())) for k in _FLEX]
 )
 
 TimeLike = float | int | str | datetime | np.datetime64 | None
@@ -444,11 +452,12 @@ def window_columns(msgs: list[dict]) -> dict[str, np.ndarray]:
     """Parsed messages -> one numpy column per stored field (row = window)."""
     per = [message_arrays(m) for m in msgs]
     cols: dict[str, np.ndarray] = {k: np.stack([p[k] for p in per]) for k in (*_LISTS, *_SCALARS)}
-    drift = [p["drift_time_ns"] for p in per]
-    if len({d.shape for d in drift}) == 1:
-        cols["drift_time_ns"] = np.stack(drift)
-    else:  # binnings differ: one file per binning
-        cols["drift_time_ns"] = _ragged(drift)
+    for k in _FLEX:
+        values = [p[k] for p in per]
+        if len({d.shape for d in values}) == 1:
+            cols[k] = np.stack(values)
+        else:  # binnings differ: one file per binning
+            cols[k] = _ragged(values)
     ws = [m["window"] for m in msgs]
     cols["window_id"] = np.array([w["id"] for w in ws], np.int64)
     cols["first_orbit"] = np.array([w["first_orbit"] for w in ws], np.int64)
@@ -471,7 +480,7 @@ def _table(cols: dict[str, np.ndarray]) -> pa.Table:
         if k in _LISTS:
             size = int(np.prod(_LISTS[k]))
             arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(np.asarray(v, np.int32).reshape(-1)), size))
-        elif k == "drift_time_ns":
+        elif k in _FLEX:
             if v.dtype == object:
                 flat = np.concatenate([np.ravel(x) for x in v]).astype(np.int32)
                 offsets = np.r_[0, np.cumsum([np.size(x) for x in v])].astype(np.int32)
@@ -500,11 +509,11 @@ def _from_table(table: pa.Table) -> dict[str, np.ndarray]:
         col = table.column(k)
         if k in _LISTS:
             cols[k] = _flat(col).reshape(n, *_LISTS[k])
-        elif k == "drift_time_ns":
+        elif k in _FLEX:
             flat = _flat(col)
             lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
             if n and (lengths == lengths[0]).all():
-                cols[k] = flat.reshape(n, det.N_CHAMBERS, -1)
+                cols[k] = flat.reshape(n, det.N_CHAMBERS, -1) if k == "drift_time_ns" else flat.reshape(n, -1)
             else:
                 cols[k] = _ragged(np.split(flat, np.cumsum(lengths)[:-1]))
         elif k in _DICTIONARY:  # the few distinct strings, shared by reference
@@ -520,9 +529,9 @@ def _from_table(table: pa.Table) -> dict[str, np.ndarray]:
 
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     out = {}
-    for k in parts[0]:
+    for k in [k for k in parts[0] if all(k in p for p in parts)]:  # older files lack the newer products
         vals = [p[k] for p in parts]
-        if k == "drift_time_ns" and len({v.shape[1:] if v.dtype != object else None for v in vals}) > 1:
+        if k in _FLEX and len({v.shape[1:] if v.dtype != object else None for v in vals}) > 1:
             vals = [_ragged(v) for v in vals]
         out[k] = np.concatenate(vals)
     return out
@@ -564,6 +573,13 @@ def columns_dataset(cols: dict[str, np.ndarray]) -> xr.Dataset:
         drift = np.stack(list(drift)).reshape(n, det.N_CHAMBERS, -1)
     stacked = {k: cols[k] for k in (*_LISTS, *_SCALARS)}
     stacked["drift_time_ns"] = drift
+    template = empty_variables(tuple(edges.tolist()))
+    for k in VARIABLES:
+        v = cols.get(k)
+        if v is None:  # written before events were reconstructed
+            stacked[k] = np.zeros((n, *template[k].shape), np.int64)
+        else:
+            stacked[k] = (np.stack([np.ravel(x) for x in v]) if v.dtype == object else v).reshape(n, *template[k].shape)
     base = arrays_to_dataset({k: stacked[k][0] for k in PRODUCTS}, edges)
     data_vars = {k: (("time", *base[k].dims), stacked[k], _ATTRS.get(k, {})) for k in PRODUCTS}
     data_vars.update({k: ("time", stacked[k], {"units": "1"}) for k in (*COUNTS, "rejected")})

@@ -38,7 +38,7 @@ from dtlive.config import Config, load_config  # noqa: F401  (load_config: docte
 from dtlive.core.checkpoint import Checkpoint
 from dtlive.core.decode import Reject
 from dtlive.core.messages import MONITOR_SCHEMA, SCHEMA_HEADER, message_bytes
-from dtlive.core.products import Settings
+from dtlive.core.products import REGISTRY, Settings
 from dtlive.core.windows import Window
 from dtlive.kafka.clients import ClusterWatch, client_config, ensure_topics, partition_ends, producer_config
 from dtlive.kafka.deadletter import dead_letter
@@ -262,7 +262,7 @@ class TransactionalPublisher:
     _broken: Exception | None = None  # why the producer cannot go on (a new one is made at commit)
 
     def __post_init__(self):
-        self.edges = Settings.from_config(self.cfg).drift_edges
+        self.settings = Settings.from_config(self.cfg)
         listed = self.producer.list_topics(timeout=10).topics
         # what to create again when the broker lost its topics
         self.topics = {t: len(listed[t].partitions) for t in processor_topics(self.cfg)
@@ -303,7 +303,9 @@ class TransactionalPublisher:
         """
         self._begin()
         self._dead_letter(window.meta.get("rejects", []))
-        msg = msg if msg is not None else window_message(window, self.edges, self.provenance)
+        if msg is None:
+            msg = window_message(window, self.settings.drift_edges, self.provenance,
+                                 arrays=REGISTRY.compute(window.hits, self.settings))
         msg["provenance"]["result_seq"] = self.published + 1  # the recorder finds lost results by gaps in these
         self._produce(self.cfg.monitor_topic, message_bytes(msg), str(window.id).encode(),
                       [(SCHEMA_HEADER, MONITOR_SCHEMA.encode())])

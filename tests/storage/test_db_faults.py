@@ -488,9 +488,14 @@ def test_dtlive_process_starts_while_the_database_is_away_and_records_its_run_wh
            "--output", cfg.monitor_topic, "--rejected", cfg.rejected_topic, "--group-id", cfg.group_id,
            "--window", "1s", "--from-beginning"]
     proc = subprocess.Popen(cmd, env=dtlive_env(DTLIVE_DB=url), cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []  # its log, read as it comes: the ledger is opened in the background, at its own pace
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
     try:
         wait_for(lambda: published_windows(broker, cfg.monitor_topic) >= 3 or proc.poll() is not None, 90,
                  "windows published while the database is down")
+        wait_for(lambda: any("unreachable" in line for line in lines) or proc.poll() is not None, 60,
+                 "the processor saying that the database is unreachable")
         assert proc.poll() is None and not server.running()
         server.start()
         ledger = Ledger(url)
@@ -500,8 +505,10 @@ def test_dtlive_process_starts_while_the_database_is_away_and_records_its_run_wh
     finally:
         stop.set()
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        reader.join(10)
         daq.join(30)
+    err = "".join(lines)
     assert proc.returncode == 0, err
     assert ledger.run(run["run_id"])["status"] == "finished"
     outage_lines = [line for line in err.splitlines() if "dtlive.storage.ledger" in line]

@@ -2,8 +2,11 @@
 
 Pure functions: cleansed hits in, counts out. Each product is a :class:`~dtlive.core.products.kernel.Product`
 in its own module (:mod:`~dtlive.core.products.counts`, :mod:`~dtlive.core.products.multiplicity`,
-:mod:`~dtlive.core.products.drift`), listed once in :data:`REGISTRY`. The single processor, the Dask partition
-actors and their driver, and the file replay all run the registry's exchange (:mod:`dtlive.core.products.kernel`):
+:mod:`~dtlive.core.products.drift`; the reconstruction products :mod:`~dtlive.core.products.events`,
+:mod:`~dtlive.core.products.timebox`, :mod:`~dtlive.core.products.t0diff` on
+:mod:`~dtlive.core.products.eventbase`), listed once in :data:`REGISTRY`. The single processor, the Dask
+partition actors and their driver, and the file replay all run the registry's exchange
+(:mod:`dtlive.core.products.kernel`):
 ``share`` -> ``plan_requests`` -> ``answer`` -> ``merge`` -> ``finish``; in one process that is
 :func:`compute_arrays` / :func:`compute_products`, the exchange on a single share.
 
@@ -35,6 +38,7 @@ if TYPE_CHECKING:  # imported where a Dataset is made, so that importing this mo
 
 from dtlive.core.products.counts import Counts
 from dtlive.core.products.drift import DriftTime
+from dtlive.core.products.events import EventCounts
 from dtlive.core.products.kernel import (
     DRIFT_EDGES_NS,
     NCH,
@@ -47,10 +51,12 @@ from dtlive.core.products.kernel import (
     Settings,
 )
 from dtlive.core.products.multiplicity import Multiplicity
+from dtlive.core.products.t0diff import T0Difference
+from dtlive.core.products.timebox import TimeBoxes
 from dtlive.core.rows import Rows
 
 #: Every window product, in message and Dataset order. A new product: its module and one entry here.
-REGISTRY = Registry((Counts(), Multiplicity(), DriftTime()))
+REGISTRY = Registry((Counts(), Multiplicity(), DriftTime(), EventCounts(), TimeBoxes(), T0Difference()))
 
 #: The Dataset variables of the products, and their attrs.
 PRODUCTS = REGISTRY.variables

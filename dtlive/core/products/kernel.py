@@ -60,13 +60,15 @@ Answer = dict[str, Any]  # product name -> the share's answer
 
 @dataclass(frozen=True, eq=False)
 class Settings:
-    """The products' settings: the drift-time bin edges (ns, increasing).
+    """The products' settings: the drift-time bin edges (ns, increasing), and whether the reconstruction
+    products (muon events, t0s, time boxes, segments) are computed or left empty.
 
-    >>> Settings([0, 10, 20]).drift_edges.dtype, len(Settings().drift_edges)
-    (dtype('float64'), 121)
+    >>> Settings([0, 10, 20]).drift_edges.dtype, len(Settings().drift_edges), Settings().reconstruction
+    (dtype('float64'), 121, True)
     """
 
     drift_edges: np.ndarray = field(default_factory=lambda: DRIFT_EDGES_NS)
+    reconstruction: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "drift_edges", np.asarray(self.drift_edges, float))
@@ -79,7 +81,8 @@ class Settings:
         >>> Settings.from_config(load_config({"drift_max_ns": 100}, env={})).drift_edges[[0, -1]].tolist()
         [-100.0, 100.0]
         """
-        return cls(drift_edges(cfg.drift_min_ns, cfg.drift_max_ns, cfg.drift_bin_ns))
+        return cls(drift_edges(cfg.drift_min_ns, cfg.drift_max_ns, cfg.drift_bin_ns),
+                   reconstruction=getattr(cfg, "reconstruction", True))
 
 
 DEFAULT_SETTINGS = Settings()

@@ -1,0 +1,59 @@
+"""Muon events per window: how many, how many with a trigger word, chamber hits in events and in none.
+
+The events are those of :func:`dtlive.core.reco.events.build_events`; the counts are exact under any split of the
+window's hits into shares (:class:`~dtlive.core.products.eventbase.EventProduct`).
+
+>>> from dtlive.core.products.kernel import Registry
+>>> from dtlive.core.rows import Rows
+>>> hits = Rows.from_columns(head=[2] * 6, fpga=[0] * 6, channel=[3, 1, 2, 0, 138, 9], orbit=[7] * 6,
+...                          bx=[104, 108, 100, 112, 113, 900], tdc=[0] * 6)
+>>> a = Registry([EventCounts()]).compute(hits)
+>>> int(a["events"]), int(a["events_with_trigger"]), a["event_hits_per_chamber"].tolist()
+(1, 1, [4, 0, 0, 0])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dtlive.core import detector as det
+from dtlive.core.products.eventbase import EventProduct, Reconstructed
+from dtlive.core.products.kernel import Settings
+
+NCHAMB = det.N_CHAMBERS
+_EVENTS, _TRIGGERED, _IN_EVENTS, _BACKGROUND = 0, 1, 2, 2 + NCHAMB
+
+
+class EventCounts(EventProduct):
+    """Count vector: events, events with a trigger word, event hits (4), background hits (4)."""
+
+    name = "events"
+    variables = {
+        "events": ((), {"long_name": "muon events (time clusters of hits)", "units": "1"}),
+        "events_with_trigger": ((), {"long_name": "muon events with a trigger word", "units": "1"}),
+        "event_hits_per_chamber": (("chamber",), {"long_name": "chamber hits in muon events", "units": "1"}),
+        "background_hits_per_chamber": (("chamber",), {"long_name": "chamber hits in no muon event", "units": "1"}),
+    }
+
+    def size(self, settings: Settings) -> int:
+        return 2 + 2 * NCHAMB
+
+    def fill(self, reco: Reconstructed, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+        ev = reco.events
+        triggered = np.flatnonzero((ev.trigger >= 0).any(axis=1))
+        in_event = ev.event >= 0
+        hit_index = np.where(in_event, _IN_EVENTS, _BACKGROUND) + ev.chamber
+        slot = np.concatenate([reco.event_slot, reco.event_slot[triggered], reco.entry_slot(np.arange(len(ev.event)))])
+        index = np.concatenate([np.full(ev.n_events, _EVENTS), np.full(len(triggered), _TRIGGERED), hit_index])
+        return slot, index
+
+    def unpack(self, counts: np.ndarray, settings: Settings) -> dict[str, np.ndarray]:
+        return {
+            "events": np.int64(counts[_EVENTS]),
+            "events_with_trigger": np.int64(counts[_TRIGGERED]),
+            "event_hits_per_chamber": counts[_IN_EVENTS:_IN_EVENTS + NCHAMB],
+            "background_hits_per_chamber": counts[_BACKGROUND:_BACKGROUND + NCHAMB],
+        }
+
+    def coords(self, settings: Settings) -> dict:
+        return {"chamber": ("chamber", det.CHAMBERS)}

@@ -1,0 +1,194 @@
+"""Event building: the hits of one muon grouped together, the rest kept apart as background.
+
+A muon's chamber hits lie within a maximum drift time (``MAX_DRIFT_NS``, ~390 ns) of its passage; its
+trigger words (channel 138) and scintillator hit come within that span too. All of them are sorted on
+absolute time in TDC counts (:func:`dtlive.detector.hit_ticks`, so a muon straddling an orbit boundary stays
+whole) and cut into time clusters wherever two consecutive ones are more than ``EVENT_GAP_NS`` (1.1 x Tmax)
+apart. A cluster is a muon event when it holds a trigger word and at least two chamber hits, or hits in at
+least ``EVENT_MIN_LAYERS`` layers of one chamber; every other chamber hit is background (event id -1).
+
+The building depends only on the hits of the cluster: the same hits give the same events whatever else is in
+the window, and a cluster never spans an orbit without hits (an orbit, 89 us, is much longer than the gap).
+
+>>> from dtlive.core.rows import Rows
+>>> # a muon crossing chamber 0 (layers 1-4, drift 100-300 ns) with its trigger word, and one noise hit
+>>> hits = Rows.from_columns(head=[2] * 6, fpga=[0, 0, 0, 0, 0, 0], channel=[3, 1, 2, 0, 138, 9],
+...                          orbit=[7] * 6, bx=[104, 108, 100, 112, 113, 900], tdc=[0] * 6)
+>>> ev = build_events(hits)
+>>> ev.n_events, ev.event.tolist(), ev.background_per_chamber().tolist()
+(1, [0, 0, 0, 0, -1], [1, 0, 0, 0])
+>>> ev.trigger.tolist()  # ticks of the event's first trigger word on FPGA 0 and FPGA 1 (-1: none)
+[[751830, -1]]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dtlive.core import detector as det
+from dtlive.core.rows import Rows
+
+NO_TIME = -1  # no trigger word / scintillator hit in an event
+_BIG = np.iinfo(np.int64).max
+_CHAMBER, _TRIGGER, _SCINT, _OTHER = 0, 1, 2, 3
+_NIBBLE_BITS = np.array([bin(i).count("1") for i in range(16)], np.int64)
+_KEY_BITS = 11  # FPGA (3 bits) and channel (8 bits) below the time in a sort key
+_TICKS_PER_ORBIT = det.BX_PER_ORBIT * det.TDC_PER_BX
+
+
+@dataclass(frozen=True, eq=False)
+class Events:
+    """The muon events of a set of hits and the chamber hits, in time order, with their event id.
+
+    Per chamber hit (time order): ``ticks`` (absolute time in TDC counts), ``orbit``, ``fpga``, ``channel``,
+    ``chamber``, ``layer`` (1-4), ``event`` (0 .. n_events - 1, or -1 for background). Per event: ``start``
+    (ticks of its first hit, trigger word or scintillator hit: the reference of its relative times),
+    ``orbit`` of that first one, ``n_hits`` (chamber hits), ``trigger`` ((n_events, N_FPGA) ticks of the
+    first trigger word of each FPGA, :data:`NO_TIME` for none) and ``scint`` (ticks of the first
+    scintillator hit, or :data:`NO_TIME`). ``element_ticks``: the times of every chamber hit, trigger word and
+    scintillator hit used, sorted.
+    """
+
+    ticks: np.ndarray
+    orbit: np.ndarray
+    fpga: np.ndarray
+    channel: np.ndarray
+    chamber: np.ndarray
+    layer: np.ndarray
+    event: np.ndarray
+    start: np.ndarray
+    event_orbit: np.ndarray
+    n_hits: np.ndarray
+    trigger: np.ndarray
+    scint: np.ndarray
+    element_ticks: np.ndarray
+
+    @property
+    def n_events(self) -> int:
+        """Number of muon events."""
+        return len(self.start)
+
+    def background_per_chamber(self) -> np.ndarray:
+        """Chamber hits in no event, per chamber (4,)."""
+        return np.bincount(self.chamber[self.event < 0], minlength=det.N_CHAMBERS)
+
+    def in_events(self) -> np.ndarray:
+        """Indices of the chamber hits that belong to an event (time order)."""
+        return np.flatnonzero(self.event >= 0)
+
+    def relative_ns(self, index: np.ndarray) -> np.ndarray:
+        """Time (ns) of the chamber hits at ``index`` (all in events) after the start of their event."""
+        return (self.ticks[index] - self.start[self.event[index]]) * det.TDC_NS
+
+
+def element_kind(fpga: np.ndarray, channel: np.ndarray) -> np.ndarray:
+    """0 chamber hit, 1 trigger word, 2 scintillator hit, 3 any other special channel.
+
+    >>> element_kind(np.array([0, 1, 1, 0]), np.array([5, 138, 128, 130])).tolist()
+    [0, 1, 2, 3]
+    """
+    kind = np.full(len(channel), _OTHER, np.int64)
+    kind[channel < det.CHAMBER_CHANNELS] = _CHAMBER
+    kind[channel == det.TRIGGER_CHANNEL] = _TRIGGER
+    kind[(channel == det.SCINT_CHANNEL) & (fpga == det.SCINT_FPGA)] = _SCINT
+    return kind
+
+
+def build_events(hits: Rows, gap_ns: float = det.EVENT_GAP_NS, min_layers: int = det.EVENT_MIN_LAYERS) -> Events:
+    """Group cleansed hits into muon events (vectorised: one sort, a diff and cumulative sums).
+
+    Parameters
+    ----------
+    hits : Rows
+        Cleansed hits (HEAD 2), in any order.
+    gap_ns : float
+        Consecutive hits, trigger words and scintillator hits further apart than this start a new cluster.
+    min_layers : int
+        A cluster without a trigger word is an event when one chamber has hits in this many layers.
+
+    Returns
+    -------
+    Events
+        Chamber hits in time order with their event id, and the events' start, trigger and scintillator times.
+
+    Examples
+    --------
+    >>> from dtlive.core.rows import Rows
+    >>> two = Rows.from_columns(head=[2] * 3, fpga=[0] * 3, channel=[3, 1, 2], orbit=[5, 5, 6], bx=[3562, 3563, 2],
+    ...                         tdc=[0] * 3)  # three layers across an orbit boundary
+    >>> build_events(two).event.tolist(), build_events(two, min_layers=4).event.tolist()
+    ([0, 0, 0], [-1, -1, -1])
+    """
+    channel = np.asarray(hits.channel, np.int64)
+    use = slice(None)
+    special = np.flatnonzero(channel >= det.CHAMBER_CHANNELS)
+    if len(special):  # few: keep the trigger words and scintillator hits among them
+        unused = element_kind(hits.fpga[special], channel[special]) == _OTHER
+        if unused.any():
+            keep = np.ones(len(channel), bool)
+            keep[special[unused]] = False
+            use = np.flatnonzero(keep)
+    # one int64 key: time in TDC counts, FPGA, channel; its order is a total order of the hits (the events do
+    # not depend on the order the hits came in) and the sorted key gives back every field
+    key = np.left_shift(det.hit_ticks(hits.orbit[use], hits.bx[use], hits.tdc[use]), _KEY_BITS)
+    key |= np.left_shift(np.asarray(hits.fpga[use], np.int64), 8) | channel[use]
+    key = key[np.argsort(key, kind="stable")]
+    n = len(key)
+    if n == 0:
+        return _no_events()
+    ticks = np.right_shift(key, _KEY_BITS)
+    new = np.empty(n, bool)
+    new[0] = True
+    np.greater(np.diff(ticks), int(gap_ns / det.TDC_NS), out=new[1:])
+    first = np.flatnonzero(new)
+    size = np.diff(np.append(first, n))
+    # only clusters of two or more can be events (most hits are lone noise hits)
+    multi = np.flatnonzero(size >= 2)
+    sub = np.flatnonzero(np.repeat(size >= 2, size))
+    sub_first = np.concatenate(([0], np.cumsum(size[multi])[:-1])).astype(np.int64)
+    sub_key = key[sub]
+    sub_channel = sub_key & 255
+    sub_fpga = np.right_shift(sub_key, 8) & 7
+    is_chamber = sub_channel < det.CHAMBER_CHANNELS
+    bits = np.where(is_chamber, np.left_shift(1, ((2 * sub_fpga + np.right_shift(sub_channel, 6)) * det.N_LAYERS
+                                                  + det.LAYER_OF_CHANNEL_MOD4[sub_channel & 3] - 1) & 63), 0)
+    layers = np.bitwise_or.reduceat(bits, sub_first) if len(sub) else np.zeros(0, np.int64)
+    most_layers = np.max([_NIBBLE_BITS[(layers >> (4 * c)) & 15] for c in range(det.N_CHAMBERS)], axis=0)
+    n_chamber = np.add.reduceat(is_chamber.astype(np.int64), sub_first) if len(sub) else np.zeros(0, np.int64)
+    is_trigger = sub_channel == det.TRIGGER_CHANNEL
+    has_trigger = np.add.reduceat(is_trigger.astype(np.int64), sub_first) > 0 if len(sub) else n_chamber > 0
+    is_event = (most_layers >= min_layers) | (has_trigger & (n_chamber >= 2))
+    event_of_multi = np.where(is_event, np.cumsum(is_event) - 1, -1)
+    sub_event = np.repeat(event_of_multi, size[multi])
+    event = np.full(n, -1, np.int64)
+    event[sub] = sub_event
+    n_events = int(is_event.sum())
+    start_index = first[multi[is_event]]
+
+    trigger = np.full((n_events, det.N_FPGA), _BIG, np.int64)
+    scint = np.full(n_events, _BIG, np.int64)
+    special = np.flatnonzero((sub_channel >= det.CHAMBER_CHANNELS) & (sub_event >= 0))
+    if len(special):
+        ev_s, ch_s, t_s = sub_event[special], sub_channel[special], ticks[sub[special]]
+        trig = ch_s == det.TRIGGER_CHANNEL
+        np.minimum.at(trigger, (ev_s[trig], sub_fpga[special][trig]), t_s[trig])
+        np.minimum.at(scint, ev_s[~trig], t_s[~trig])
+    keep = np.flatnonzero((key & 255) < det.CHAMBER_CHANNELS)
+    k = key[keep]
+    channel, fpga = k & 255, np.right_shift(k, 8) & 7
+    hit_ticks = ticks[keep]
+    return Events(
+        ticks=hit_ticks, orbit=hit_ticks // _TICKS_PER_ORBIT, fpga=fpga, channel=channel,
+        chamber=2 * fpga + np.right_shift(channel, 6), layer=det.LAYER_OF_CHANNEL_MOD4[channel & 3],
+        event=event[keep], start=ticks[start_index], event_orbit=ticks[start_index] // _TICKS_PER_ORBIT,
+        n_hits=n_chamber[is_event], trigger=np.where(trigger == _BIG, NO_TIME, trigger),
+        scint=np.where(scint == _BIG, NO_TIME, scint), element_ticks=ticks,
+    )  # fmt: skip
+
+
+def _no_events() -> Events:
+    z = np.zeros(0, np.int64)
+    return Events(ticks=z, orbit=z, fpga=z, channel=z, chamber=z, layer=z, event=z, start=z, event_orbit=z,
+                  n_hits=z, trigger=np.zeros((0, det.N_FPGA), np.int64), scint=z, element_ticks=z)
