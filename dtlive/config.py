@@ -45,7 +45,7 @@ class Config:
     hits_topic: str = "dt.hits"
     monitor_topic: str = "dt.monitor"
     rejected_topic: str = "dt.hits.rejected"
-    quality_topic: str = "dt.quality"  # automatic data-quality periods (dtlive.quality/1)
+    quality_topic: str = "dt.quality"  # data-quality periods (dtlive.quality/1) and verdicts (dtlive.quality/2)
     analyses_topic: str = "dt.analyses"  # canned-analysis results (dtlive.analysis/1)
     alert_topics: str = "gcn.notices.*,gcn.classic.voevent.*,igwn.gwalert"  # comma-separated topic patterns
     alerts_rejected_topic: str = "dt.alerts.rejected"  # broken or unknown notices, with a reason header
@@ -53,6 +53,9 @@ class Config:
     status_topic: str = "dt.status"  # service heartbeats (dtlive.status/1), see dtlive.kafka.health
     status_interval_s: float = 2.0  # seconds between a service's heartbeats; 0 switches them off
     watchdog_s: float = 60.0  # a service whose input waits with nothing processed this long exits non-zero (0: never)
+    reference: str = "default"  # name of the quality-test reference (<history>/references/NAME.nc); "" for none
+    judge_windows: int = 5  # windows a lumi block judged by the recorder against the reference; 0 switches it off
+    quality_tests: str = ""  # TOML file of the quality tests; "" for the packaged defaults (dtlive.core.judge)
     history_retention_days: float = 0.0  # history older than this is deleted by the recorder; 0 keeps everything
     dashboard_kernel_grace_s: float = 10.0  # a dashboard kernel with no page connected this long is shut down
     dashboard_kernel_idle_s: float = 3600.0  # a dashboard kernel idle this long is culled (connected pages keep it)
@@ -171,6 +174,8 @@ def load_config(
     if not 1024 <= cfg.dead_letter_max_bytes <= 900_000:
         raise ValueError(f"dead_letter_max_bytes must be 1024 to 900000 (below the broker's 1 MB limit), "
                          f"got {cfg.dead_letter_max_bytes}")
+    if cfg.judge_windows < 0:
+        raise ValueError(f"judge_windows must be >= 0 (0: no judging), got {cfg.judge_windows}")
     if cfg.max_orbit_jump_s < 0:
         raise ValueError(f"max_orbit_jump_s must be >= 0, got {cfg.max_orbit_jump_s}")
     return cfg

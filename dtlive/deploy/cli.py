@@ -228,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"follow the results into the ledger and the history store; flag bad data on {Config.quality_topic}",
         description="Record every committed window of the monitor topic in the ledger (DTLIVE_DB) with "
         "where its result landed, append it to the history store (DTLIVE_HISTORY), detect data gaps, "
-        f"silent chambers, noisy channels and rate jumps, and publish them on {Config.quality_topic}.",
+        f"silent chambers, noisy channels and rate jumps, and publish them on {Config.quality_topic}; judge every "
+        "judge_windows windows against the configured reference (dtlive reference) and publish the verdicts there "
+        "too (dtlive.quality/2).",
     )
     rec.add_argument("--until-end", action="store_true", help="stop once the results present at start are in")
     rec.add_argument("--input", dest="hits_topic",
@@ -295,6 +297,26 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="JSON rows instead of a table")
     st.add_argument("--watch", action="store_true", help="refresh every 2 s until Ctrl-C")
     st.add_argument("--since", type=duration_s, default=30.0, help="heartbeats of the last ... (default 30s)")
+
+    ref = sub.add_parser(
+        "reference", help="save and list the references the quality tests judge against",
+        description="`save NAME --start T --end T`: sum the history store's windows starting in [T, T) (bad "
+        "periods of the ledger left out) into a reference with its provenance, written to "
+        "<history>/references/NAME.nc. `list`: the saved references (name, windows, time range, created); "
+        "the recorder judges against the configured one (setting `reference`, default 'default').")
+    refsub = _SubParsers(ref.add_subparsers(dest="reference_command", metavar="ACTION"), sub.common)
+    rs = refsub.add_parser("save", help="make a reference from the history store's windows")
+    rs.add_argument("name", help="reference name (the recorder uses the one named by the `reference` setting)")
+    rs.add_argument("--start", required=True, help="first window start, ISO UTC or UNIX seconds")
+    rs.add_argument("--end", required=True, help="windows starting before this, ISO UTC or UNIX seconds")
+    rs.add_argument("--label", help="free text naming it (default: the name)")
+    rs.add_argument("--processor", help="windows of this processor (group id) only")
+    rs.add_argument("--detector", action="append", default=[], metavar="KEY=VALUE",
+                    help="detector configuration of these windows (HV, thresholds, gas...); repeatable")
+    rs.add_argument("--keep-bad", action="store_true", help="keep the windows of the ledger's bad periods")
+    rs.add_argument("--overwrite", action="store_true", help="replace an existing reference of that name")
+    rl = refsub.add_parser("list", help="list the saved references")
+    rl.add_argument("--json", action="store_true", help="JSON instead of a table")
 
     r = sub.add_parser(
         "results",
@@ -404,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             "results": cmd_results,
             "replay": cmd_replay,
             "status": cmd_status,
+            "reference": cmd_reference,
         }[args.command](args)
     except KeyboardInterrupt:
         return 130
@@ -965,7 +988,8 @@ def cmd_record(args) -> int:
     cfg = _config(args)
     bootstrap, _ = resolve_bootstrap(cfg)
     rec = serve(lambda: Recorder(cfg, bootstrap, ledger=_ledger()), until_end=args.until_end)
-    print(f"recorded {rec.recorded} windows, {rec.periods} quality periods", file=sys.stderr)
+    verdicts = rec.judging.verdicts if rec.judging else 0
+    print(f"recorded {rec.recorded} windows, {rec.periods} quality periods, {verdicts} verdicts", file=sys.stderr)
     return 0
 
 
@@ -1112,3 +1136,34 @@ def cmd_status(args) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def cmd_reference(args) -> int:
+    from dtlive.storage import references
+
+    cfg = _config(args)
+    if args.reference_command == "save":
+        detector = dict(kv.split("=", 1) for kv in args.detector if "=" in kv)
+        if len(detector) != len(args.detector):
+            print("dtlive reference: --detector takes KEY=VALUE", file=sys.stderr)
+            return 2
+        try:
+            path, n = references.save_from_history(
+                args.name, _time_arg(args.start), _time_arg(args.end), ledger=None if args.keep_bad else _ledger(),
+                keep_bad=args.keep_bad, processor=args.processor, detector=detector, label=args.label,
+                overwrite=args.overwrite)
+        except FileExistsError as exc:
+            print(f"dtlive reference: error: {exc}", file=sys.stderr)
+            return 1
+        print(f"saved reference {args.name!r} of {n} windows to {path}", file=sys.stderr)
+        return 0
+    if args.reference_command == "list":
+        rows = [{**r, "default": "*" if r["name"] == cfg.reference else ""} for r in references.list_references()]
+        cols = ["name", "default", "windows", "seconds", "first_start", "last_end", "created", "label"]
+        print(json.dumps(rows, indent=1) if args.json else _table(rows, cols))
+        if not any(r["name"] == cfg.reference for r in rows) and cfg.reference:
+            print(f"(the configured reference {cfg.reference!r} is not saved yet: the recorder runs only the tests "
+                  "that need no reference)", file=sys.stderr)
+        return 0
+    print("dtlive reference: choose an action: save or list", file=sys.stderr)
+    return 2

@@ -4,7 +4,10 @@ Thin service wiring: every committed window on ``dt.monitor`` is recorded in the
 :class:`~dtlive.storage.ledger.Ledger` (with where its result landed) and appended to the
 :class:`~dtlive.storage.history.HistoryStore`; the pure :class:`~dtlive.core.quality.QualityMonitor`
 turns the stream into data-quality periods, which go to the ledger and, as
-``dtlive.quality/1`` JSON, to ``dt.quality`` (the dashboard shades them). An orbit-counter
+``dtlive.quality/1`` JSON, to ``dt.quality`` (the dashboard shades them). Every ``judge_windows`` windows of
+a processor (a lumi block) are judged against the configured reference
+(:class:`~dtlive.storage.judging.LiveJudging`): the ``dtlive.quality/2`` verdict goes to ``dt.quality`` too
+(consumers tell them apart by ``schema``) and chamber status changes to the ledger. An orbit-counter
 reset (ORBIT_CNT going backwards) closes the current detector run and opens a new one.
 
 Recording is idempotent, so the recorder simply restarts from the results it has not
@@ -101,6 +104,11 @@ class Recorder:
         self._progress = Progress()
         self.gaps = ResultGaps()  # results published but never read here
         self.watchdog = Watchdog("recorder", cfg.watchdog_s)
+        self.judging = None  # lumi blocks judged against the reference (dtlive.quality/2 verdicts)
+        if cfg.judge_windows > 0:
+            from dtlive.storage.judging import LiveJudging
+
+            self.judging = LiveJudging(cfg, self.ledger, self.history.path)
 
     def stop(self, *_):
         self._stop = True
@@ -122,7 +130,20 @@ class Recorder:
         self.ledger.record_windows([(m, self.cfg.monitor_topic, p, o) for m, p, o in records],
                                    cluster=self.cluster.cluster_id)
         self._publish(self.quality.check(msgs))
+        self._judge(msgs)
         self.recorded += len(records)
+
+    def _judge(self, msgs: list[dict]) -> None:
+        """Judge the lumi blocks these windows complete; publish their verdicts next to the periods."""
+        if self.judging is None:
+            return
+        from dtlive.core.lumi import compact, verdict_key
+
+        verdicts = self.judging.handle(msgs)
+        for v in verdicts:
+            self.producer.produce(self.cfg.quality_topic, compact(v).encode(), key=verdict_key(v))
+        if verdicts:
+            self.producer.flush(10)
 
     def _detector_run(self, msg: dict) -> None:
         from dtlive.core.messages import utc_seconds
@@ -229,7 +250,8 @@ class Recorder:
         stalled = self._progress.stalled_s(sum(self.positions.values()), lag["messages"], time.monotonic())
         self.watchdog.check(stalled, f"{lag['messages']} results waiting on {self.cfg.monitor_topic}")
         return {"state": "degraded" if stalled > 10 else "running" if busy else "idle", "lag": lag,
-                "counts": {"windows": self.recorded, "periods": self.periods, "results_lost": self.gaps.lost}}
+                "counts": {"windows": self.recorded, "periods": self.periods, "results_lost": self.gaps.lost,
+                           "verdicts": self.judging.verdicts if self.judging else 0}}
 
     def close(self) -> None:
         self.watchdog.close()

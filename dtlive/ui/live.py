@@ -6,6 +6,8 @@ a shifter wants: the ``last`` window, the ``cumulative`` sum since the last rese
 :class:`ResultsFeed` is the thin I/O shell: one background thread with its own consumer
 that starts from the newest windows (a short backfill, so a view is never empty), hands
 parsed messages to a callback, and reports plainly when the broker or the data is gone.
+:class:`LiveVerdicts` (pure) keeps the newest ``dtlive.quality/2`` verdict and says per chamber what the
+summary strip shows.
 The same feed follows the services' heartbeats on ``dt.status`` (``parse=dtlive.kafka.health.parse_status``);
 :class:`dtlive.kafka.health.ServiceHealth` is their pure state (who is alive, stale or irregular).
 
@@ -41,7 +43,7 @@ import xarray as xr
 
 from dtlive.config import Config
 from dtlive.core import detector as det
-from dtlive.core.messages import COUNTS, decode_message, message_arrays, utc_seconds
+from dtlive.core.messages import COUNTS, QUALITY_TESTS_SCHEMA, decode_message, message_arrays, utc_seconds
 from dtlive.core.products import DRIFT_EDGES_NS, PRODUCTS, arrays_to_dataset
 
 log = logging.getLogger(__name__)
@@ -222,6 +224,74 @@ class LiveWindows:
             "rejected_last": last.rejected,
             "rejected_total": sum(p.rejected for p in self.points),
         }
+
+
+NO_VERDICT = "no verdict yet"
+
+
+class LiveVerdicts:
+    """The newest ``dtlive.quality/2`` verdict (by the end of its windows) and the summary the strip shows.
+
+    Messages of any other schema are ignored, so the whole ``dt.quality`` topic can be fed in.
+
+    >>> v = LiveVerdicts()
+    >>> v.summary()["chambers"][2]["label"]
+    'no verdict yet'
+    >>> v.add([{"schema": "dtlive.quality/2", "status": 4, "windows": {"ids": [5, 9], "end": "2026-12-05T10:00:10Z"},
+    ...         "reference": {"label": "clean"}, "detector": {"status": 0, "reasons": []},
+    ...         "chambers": {"chamber_2": {"status": 4, "label": "bad", "reasons": ["chamber_rate: ratio 0"]}}}])
+    True
+    >>> s = v.summary(); s["state"], s["detector"]["label"], s["chambers"][2]["status"], s["chambers"][2]["reason"]
+    ('judged', 'bad', 4, 'chamber_rate: ratio 0')
+    """
+
+    def __init__(self):
+        from dtlive.core.judge import StatusRules
+
+        self.labels = StatusRules().labels
+        self.newest: dict | None = None
+        self.received = 0
+        self._key: tuple = ()
+
+    def add(self, messages: list[dict]) -> bool:
+        """Take parsed quality messages; return whether the newest verdict changed."""
+        changed = False
+        for m in messages:
+            if not isinstance(m, dict) or m.get("schema") != QUALITY_TESTS_SCHEMA:
+                continue
+            self.received += 1
+            key = ((m.get("windows") or {}).get("end") or "", self.received)
+            if self.newest is None or key >= self._key:
+                self.newest, self._key, changed = m, key, True
+        return changed
+
+    def _label(self, status) -> str:
+        if status is None:
+            return "not enough statistics"
+        return self.labels[min(int(status), len(self.labels) - 1)]
+
+    def summary(self) -> dict:
+        """``{"state": "waiting" | "judged", "chambers": [{"chamber", "status", "label", "reason"}], "detector":
+        {"status", "label", "reason"}, "windows", "end", "reference", "processor"}`` (status None: not judged)."""
+        v = self.newest
+        if v is None:
+            blank = {"status": None, "label": NO_VERDICT, "reason": "no quality verdict received yet"}
+            return {"state": "waiting", "chambers": [{"chamber": c, **blank} for c in det.CHAMBERS],
+                    "detector": dict(blank), "windows": [], "end": None, "reference": None, "processor": None}
+        chambers = []
+        for c in det.CHAMBERS:
+            ch = (v.get("chambers") or {}).get(f"chamber_{c}") or {}
+            reasons = ch.get("reasons") or []
+            chambers.append({"chamber": c, "status": ch.get("status"), "label": self._label(ch.get("status")),
+                             "reason": reasons[0] if reasons else ""})
+        wide = (v.get("detector") or {}).get("reasons") or []
+        first = wide[:1] or [c["reason"] for c in chambers if c["reason"]][:1]
+        windows = v.get("windows") or {}
+        return {"state": "judged", "chambers": chambers,
+                "detector": {"status": v.get("status"), "label": self._label(v.get("status")),
+                             "reason": first[0] if first else ""},
+                "windows": windows.get("ids") or [], "end": windows.get("end"),
+                "reference": (v.get("reference") or {}).get("label"), "processor": v.get("processor")}
 
 
 class ResultsFeed:

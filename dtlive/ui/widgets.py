@@ -39,9 +39,9 @@ import numpy as np
 import xarray as xr
 
 from dtlive.core import detector as det
-from dtlive.core.messages import ANALYSIS_SCHEMA, QUALITY_SCHEMA
+from dtlive.core.messages import ANALYSIS_SCHEMA, QUALITY_SCHEMA, QUALITY_TESTS_SCHEMA
 from dtlive.kafka.health import parse_status
-from dtlive.ui.live import VIEWS, LiveWindows, ResultsFeed
+from dtlive.ui.live import VIEWS, LiveVerdicts, LiveWindows, ResultsFeed
 
 CHAMBER_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
 _MARGIN = {"top": 30, "bottom": 35, "left": 50, "right": 10}
@@ -242,7 +242,7 @@ class TimeSeriesView:
 
 
 def parse_quality(value: bytes) -> dict:
-    """A ``dtlive.quality/1`` message as a dict (ValueError for anything else).
+    """A ``dtlive.quality/1`` period or ``dtlive.quality/2`` verdict as a dict (ValueError for anything else).
 
     >>> parse_quality(b'{"schema": "dtlive.quality/1", "start": "2024-01-01T00:00:00Z", "end": null}')["start"]
     '2024-01-01T00:00:00Z'
@@ -250,9 +250,47 @@ def parse_quality(value: bytes) -> dict:
     import json
 
     msg = json.loads(value)
-    if not isinstance(msg, dict) or msg.get("schema") != QUALITY_SCHEMA:
-        raise ValueError("not a dtlive.quality/1 message")
+    if not isinstance(msg, dict) or msg.get("schema") not in (QUALITY_SCHEMA, QUALITY_TESTS_SCHEMA):
+        raise ValueError("not a dtlive.quality/1 or /2 message")
     return msg
+
+
+STATUS_COLORS = ("#2e7d32", "#9e9d24", "#f9a825", "#ef6c00", "#c62828")  # status 0 (ok) .. 4 (bad)
+UNJUDGED_COLOR = "#757575"
+
+
+def verdict_html(summary: dict) -> str:
+    """The quality summary strip as HTML (pure): the detector's and each chamber's status from the newest verdict
+    (:meth:`dtlive.ui.live.LiveVerdicts.summary`), coloured, with the first reason as the title (tooltip).
+
+    Each badge has ``data-status`` (0..4, or ``none`` when not judged) and a chamber badge ``data-chamber``.
+
+    >>> from dtlive.ui.live import LiveVerdicts
+    >>> "no verdict yet" in verdict_html(LiveVerdicts().summary())
+    True
+    """
+    def badge(css: str, text: str, status, reason: str, extra: str = "") -> str:
+        color = UNJUDGED_COLOR if status is None else STATUS_COLORS[min(int(status), len(STATUS_COLORS) - 1)]
+        return (f"<span class='{css}'{extra} data-status='{'none' if status is None else int(status)}' "
+                f"title='{html.escape(reason, quote=True)}' style='background:{color};color:white;padding:2px 8px;"
+                f"border-radius:3px;margin-right:6px'>{html.escape(text)}</span>")
+
+    d = summary["detector"]
+    parts = [badge("dtlive-detector-status", f"detector: {d['label']}", d["status"], d["reason"])]
+    parts += [badge("dtlive-chamber-status", f"chamber {c['chamber']}: {c['label']}", c["status"], c["reason"],
+                    f" data-chamber='{c['chamber']}'") for c in summary["chambers"]]
+    if summary["state"] == "waiting":
+        info = "no verdict yet: the recorder judges every few windows against the reference"
+    else:
+        ids = summary["windows"]
+        info = (f"window {ids[0]}" if ids[0] == ids[-1] else f"windows {ids[0]}-{ids[-1]}") if ids else "windows ?"
+        if summary.get("end"):
+            info += f" (to {str(summary['end'])[11:19]} UTC)"
+        ref = summary.get("reference")
+        info += f", reference {ref!r}" if ref else ", no reference: only tests that need none"
+    return (f"<div class='dtlive-verdict' data-state='{summary['state']}' style='font-family:sans-serif;"
+            f"font-size:13px'><b>quality</b>&nbsp; " + "".join(parts)
+            + f"<span class='dtlive-verdict-info' style='color:#555'>{html.escape(info)}</span></div>")
 
 
 def _duration(seconds: float) -> str:
@@ -559,8 +597,11 @@ class Dashboard(W.VBox):
 
         self.alerts = AlertPanel()
         self.services = HealthPanel()
-        super().__init__([self.header, self.services.widget, controls, self.timeseries.figure, self.alerts.widget,
-                          *[p.widget for p in self.panels]])
+        self.verdicts = LiveVerdicts()  # the newest dtlive.quality/2 verdict, shown in the strip at the top
+        self.verdict_strip = W.HTML(verdict_html(self.verdicts.summary()), layout=W.Layout(width="100%"))
+        self.verdict_strip.add_class("dtlive-verdict-strip")
+        super().__init__([self.verdict_strip, self.header, self.services.widget, controls, self.timeseries.figure,
+                          self.alerts.widget, *[p.widget for p in self.panels]])
         self.add_class("dtlive-dashboard")
         self.feed = ResultsFeed(self.bootstrap, self.add_messages, topic=self.topic, backfill=backfill,
                                 kafka=cfg.kafka)
@@ -597,9 +638,15 @@ class Dashboard(W.VBox):
             self.alerts.add(messages)
 
     def add_periods(self, messages: list[dict]) -> None:
-        """Take ``dtlive.quality/1`` periods (from the quality feed's thread) and shade them."""
+        """Take quality messages (from the quality feed's thread): ``dtlive.quality/1`` periods are shaded, the
+        newest ``dtlive.quality/2`` verdict fills the summary strip."""
         with self._lock:
-            self.periods += messages
+            if self.verdicts.add(messages):
+                self.verdict_strip.value = verdict_html(self.verdicts.summary())
+            periods = [m for m in messages if m.get("schema") == QUALITY_SCHEMA]
+            if not periods:
+                return
+            self.periods += periods
             del self.periods[:-500]
             self._shade()
 

@@ -3,7 +3,8 @@
 * JupyterLab: the quickstart notebook, run cell by cell by the browser, starts the stack with
   ``ensure_stack`` and shows a live Dashboard;
 * Voilà (``dtlive.deploy.cli.start_dashboard``) on a live feed (emulator + processor threads, 1 s windows):
-  plots render, the window id advances, Pause/Resume, cumulative view and Reset, log scale, and the
+  plots render, the window id advances, Pause/Resume, cumulative view and Reset, log scale, the quality strip
+  showing a published verdict, and the
   NO NEW DATA badge once the processor stops (that test stops the feed's processor, so it runs last).
 
 Screenshots go to ``artifacts/screenshots/`` (git-ignored). Chromium is Debian's (/usr/bin/chromium,
@@ -217,6 +218,41 @@ def test_voila_log_scale_switches_y_axis(dashboard):
         page.uncheck(".dtlive-log input[type=checkbox]")
     back = poll(lambda: figure(page, OCC0), lambda f: f.tick_span_px > 100, timeout=5)
     assert back.tick_span_px > 100 and all(math.isfinite(h) for h in back.bars), "linear axis not restored"
+
+
+def test_voila_quality_strip_shows_the_newest_verdict(dashboard):
+    """A dtlive.quality/2 verdict (a real one: a window with hits in chamber 0 only, judged without a reference)
+    published on the quality topic turns the strip's chamber badges to its statuses, with the reason as title."""
+    import json
+
+    import numpy as np
+    from confluent_kafka import Producer
+
+    from dtlive.config import Config
+    from dtlive.core.judge import judge
+    from dtlive.core.messages import iso_utc
+    from dtlive.core.products import compute_products
+    from dtlive.core.rows import Rows
+
+    page = dashboard.page
+    n, now = 2000, time.time()
+    hits = Rows.from_columns(head=np.full(n, 2), fpga=np.zeros(n, int), channel=np.arange(n) % 64,
+                             orbit=np.arange(n) * 10, bx=np.zeros(n, int), tdc=np.zeros(n, int))
+    ds = compute_products(hits)
+    ds.attrs.update(window_id=1, first_orbit=0, last_orbit=22446, window_start=iso_utc(now - 2),
+                    window_end=iso_utc(now))
+    verdict = {**judge(ds, None), "processor": "browser-test"}
+    assert verdict["chambers"]["chamber_2"]["status"] == 2
+    p = Producer({"bootstrap.servers": dashboard.feed.cfg.bootstrap})
+    p.produce(Config.quality_topic, json.dumps(verdict).encode())
+    assert p.flush(10) == 0
+    badge = page.locator(".dtlive-chamber-status[data-chamber='2'][data-status='2']")
+    badge.wait_for(timeout=20_000)
+    assert "rate 0 Hz" in badge.get_attribute("title") and "chamber 2: degraded" in badge.inner_text()
+    assert page.locator(".dtlive-detector-status[data-status='2']").count() == 1
+    box = page.locator(".dtlive-verdict").bounding_box()
+    assert box is not None and box["y"] < page.locator(".dtlive-state").bounding_box()["y"]  # the strip is on top
+    screenshot(page, "voila-quality-strip")
 
 
 def test_voila_service_health_turns_stale_when_a_heartbeat_stops(dashboard):

@@ -1,0 +1,101 @@
+"""Live judging in the recorder: lumi blocks judged against the configured reference, chamber status changes
+kept in the ledger.
+
+:class:`LiveJudging` wraps the pure :class:`dtlive.core.lumi.LumiJudge` with what a service needs: the
+reference file (``Config.reference`` under ``<history>/references``, read again when it changes; absent, the
+tests that need no reference still judge and the log says so once) and the ledger. Every change of a
+chamber's status (per processor) becomes a data-quality period of kind ``chamber_status`` in the ledger: it
+starts at the first window of the block that changed it and stays open (end None) until the next change of
+that chamber's status ends it. Its ``detail`` holds the chamber, status, label, previous status, reasons,
+processor and reference. ``chamber_status`` periods are not ``bad`` periods: history loads never leave
+windows out because of them. A restarted recorder goes on from the open ones.
+
+>>> import json, tempfile
+>>> from dtlive.config import Config
+>>> from dtlive.core.messages import decode_message, encode_message
+>>> from dtlive.core.products import compute_products
+>>> from dtlive.core.rows import Rows
+>>> from dtlive.storage.ledger import Ledger
+>>> def message(i):
+...     ds = compute_products(Rows.from_columns(head=[2], fpga=[0], channel=[3], orbit=[i], bx=[0], tdc=[0]))
+...     ds.attrs.update(window_id=i, first_orbit=100 * i, last_orbit=100 * i + 99,
+...                     window_start="2026-12-05T10:00:00Z", provenance=json.dumps({"processor": "p"}))
+...     return decode_message(encode_message(ds))
+>>> ledger = Ledger("sqlite://")
+>>> live = LiveJudging(Config(judge_windows=2), ledger, tempfile.mkdtemp())
+>>> [v["schema"] for v in live.handle([message(0), message(1)])]
+['dtlive.quality/2']
+>>> sorted(p["detail"]["chamber"] for p in ledger.periods(kind=STATUS_KIND))  # silent chambers 1-3 and chamber 0
+[0, 1, 2, 3]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from dtlive.config import Config
+from dtlive.core.lumi import LumiJudge, StatusChanges
+
+log = logging.getLogger(__name__)
+
+STATUS_KIND = "chamber_status"  # the ledger period kind of a chamber's judged status
+
+
+class LiveJudging:
+    """Judge lumi blocks of ``cfg.judge_windows`` windows and keep chamber status changes in ``ledger``.
+
+    ``history_path``: the history store's folder (references live in its ``references`` folder).
+    """
+
+    def __init__(self, cfg: Config, ledger, history_path: str | os.PathLike | None = None):
+        from dtlive.storage.references import ReferenceFile, reference_dir
+
+        self.cfg = cfg
+        self.ledger = ledger
+        self.reference = ReferenceFile(cfg.reference, reference_dir(history_path))
+        self.lumi = LumiJudge(cfg.judge_windows, self.reference.get(), cfg.quality_tests or None)
+        self.changes = StatusChanges()
+        self.open: dict[tuple[str, int], int] = {}  # (processor, chamber) -> id of its open status period
+        self.verdicts = 0
+        self.status_changes = 0
+        self._resume()
+
+    def _resume(self) -> None:
+        """Go on from the status periods a previous recorder left open."""
+        for p in self.ledger.periods(start=time.time(), kind=STATUS_KIND):
+            d = p.get("detail") or {}
+            if p["end"] is None and "chamber" in d and d.get("status") is not None:
+                key = (str(d.get("processor") or ""), int(d["chamber"]))
+                self.open[key] = p["id"]
+                self.changes.last[key] = int(d["status"])
+
+    def handle(self, messages: list[dict]) -> list[dict]:
+        """Take window messages; return the verdicts of the blocks they completed (status changes recorded)."""
+        self.lumi.reference = self.reference.get()
+        verdicts = self.lumi.add(messages)
+        for v in verdicts:
+            self.verdicts += 1
+            for change in self.changes.update(v):
+                self._record(change, v)
+        return verdicts
+
+    def _record(self, change: dict, verdict: dict) -> None:
+        key = (change["processor"], change["chamber"])
+        start = change["start"] or time.time()
+        if key in self.open:
+            try:
+                self.ledger.end_period(self.open.pop(key), start)
+            except (KeyError, ValueError) as exc:  # deleted by hand, or the new block starts before it
+                log.warning("chamber %d: could not end its previous status period: %s", change["chamber"], exc)
+        ref = verdict.get("reference") or {}
+        reasons = change["reasons"]
+        reason = f"chamber {change['chamber']} {change['label']}" + (f": {reasons[0]}" if reasons else "")
+        self.open[key] = self.ledger.add_period(
+            start, None, reason, automatic=True, kind=STATUS_KIND,
+            detail={"chamber": change["chamber"], "status": change["status"], "label": change["label"],
+                    "previous": change["previous"], "reasons": reasons, "processor": change["processor"],
+                    "reference": ref.get("label"), "window_ids": (verdict.get("windows") or {}).get("ids")})
+        self.status_changes += 1
+        log.info("%s (processor %s)", reason, change["processor"] or "?")
