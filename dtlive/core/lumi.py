@@ -45,6 +45,16 @@ class LumiJudge:
 
     ``reference`` may be None (only the tests that need no reference judge) and can be replaced at any time
     (:attr:`reference`); ``config`` as for :func:`~dtlive.core.judge.judge`.
+
+    >>> from dtlive.core.messages import decode_message, encode_message
+    >>> from dtlive.core.products import compute_products
+    >>> from dtlive.core.rows import Rows
+    >>> def message(i):
+    ...     ds = compute_products(Rows.from_columns(head=[2], fpga=[0], channel=[3], orbit=[100 * i], bx=[0], tdc=[0]))
+    ...     ds.attrs.update(window_id=i, first_orbit=100 * i, last_orbit=100 * i + 99)
+    ...     return decode_message(encode_message(ds))
+    >>> [v["windows"]["ids"] for v in LumiJudge(block=2).add([message(i) for i in range(5)])]  # window 4 waits
+    [[0, 1], [2, 3]]
     """
 
     def __init__(self, block: int = 5, reference: xr.Dataset | None = None,
@@ -92,7 +102,14 @@ class LumiJudge:
 
 
 class StatusChanges:
-    """The last judged status of each (processor, chamber); :meth:`update` returns what a verdict changed."""
+    """The last judged status of each (processor, chamber); :meth:`update` returns what a verdict changed.
+
+    >>> changes = StatusChanges()
+    >>> verdict = {"processor": "p", "windows": {"start": "2026-12-05T10:00:00.000Z"},
+    ...            "chambers": {"chamber_0": {"status": 0}, "chamber_1": {"status": None}}}
+    >>> [(c["chamber"], c["previous"], c["status"]) for c in changes.update(verdict)], changes.update(verdict)
+    ([(0, None, 0)], [])
+    """
 
     def __init__(self):
         self.last: dict[tuple[str, int], int] = {}

@@ -47,6 +47,14 @@ class LiveJudging:
     """Judge lumi blocks of ``cfg.judge_windows`` windows and keep chamber status changes in ``ledger``.
 
     ``history_path``: the history store's folder (references live in its ``references`` folder).
+
+    >>> import tempfile
+    >>> from dtlive.config import load_config
+    >>> from dtlive.storage.ledger import Ledger
+    >>> judging = LiveJudging(load_config({"judge_windows": 2, "reference": ""}, env={}), Ledger("sqlite://"),
+    ...                       tempfile.mkdtemp())
+    >>> judging.lumi.block, judging.verdicts
+    (2, 0)
     """
 
     def __init__(self, cfg: Config, ledger, history_path: str | os.PathLike | None = None):

@@ -37,7 +37,11 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 def reference_dir(history_path: str | os.PathLike | None = None) -> Path:
-    """Where named references live: ``references`` in the history store's folder (default: DTLIVE_HISTORY)."""
+    """Where named references live: ``references`` in the history store's folder (default: DTLIVE_HISTORY).
+
+    >>> str(reference_dir("/data/history"))
+    '/data/history/references'
+    """
     if history_path is None:
         from dtlive.storage.history import default_path
 
@@ -64,6 +68,14 @@ def save(name: str, windows: xr.Dataset, directory: str | os.PathLike | None = N
 
     ``label`` defaults to the name, ``created`` to now (ISO UTC). An existing reference is only replaced with
     ``overwrite`` (FileExistsError otherwise).
+
+    >>> import tempfile
+    >>> from dtlive.core.products import compute_products
+    >>> from dtlive.core.rows import Rows
+    >>> window = compute_products(Rows.from_columns(head=[2], fpga=[0], channel=[3], orbit=[7], bx=[0], tdc=[0]))
+    >>> folder = tempfile.mkdtemp()
+    >>> save("clean", window, folder).name, [r["name"] for r in list_references(folder)]
+    ('clean.nc', ['clean'])
     """
     path = reference_path(name, directory)
     if path.exists() and not overwrite:
@@ -81,7 +93,12 @@ def save(name: str, windows: xr.Dataset, directory: str | os.PathLike | None = N
 
 
 def list_references(directory: str | os.PathLike | None = None) -> list[dict]:
-    """The saved references, by name: ``name, label, windows, seconds, first_start, last_end, created, path``."""
+    """The saved references, by name: ``name, label, windows, seconds, first_start, last_end, created, path``.
+
+    >>> import tempfile
+    >>> list_references(tempfile.mkdtemp())
+    []
+    """
     folder = Path(directory if directory is not None else reference_dir())
     out = []
     for path in sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []:
@@ -102,6 +119,10 @@ class ReferenceFile:
 
     ``name`` empty: no reference on purpose. A missing (or unreadable) file gives None and one log line until
     it appears, then the reference is used from the next :meth:`get` on.
+
+    >>> import tempfile
+    >>> ReferenceFile("", tempfile.mkdtemp()).get() is None  # no reference wanted
+    True
     """
 
     def __init__(self, name: str, directory: str | os.PathLike | None = None):
@@ -152,6 +173,8 @@ def save_from_history(name: str, start, end, *, history=None, ledger=None, keep_
     Bad periods of the ledger are left out unless ``keep_bad``. Windows of one processor only: ``processor``
     picks it, and windows of several processors without it are a ValueError (summing them would count the
     same detector time twice).
+
+    >>> path, n = save_from_history("run591", "2023-06-01T10:00Z", "2023-06-01T11:00Z")  # doctest: +SKIP
     """
     import json
 
