@@ -175,6 +175,46 @@ def check_alerts(text: str, env: dict) -> None:
     assert "states: ['queued', 'running', 'succeeded', 'published']" in text, text
 
 
+def check_reconstruction(text: str, env: dict) -> None:
+    _, per_chamber = expected_run591()
+    got = re.search(r"run 591: ([\d,]+) events, ([\d,]+) with a trigger word, ([\d,]+) background hits\n", text)
+    assert got, text
+    n_events, n_trigger, n_background = (int(g.replace(",", "")) for g in got.groups())
+    assert 0 < n_trigger <= n_events and 0 < n_background < sum(per_chamber), got.group(0)
+    split = re.search(r"run 591: event hits per chamber \[([\d, ]+)\], background hits per chamber \[([\d, ]+)\]", text)
+    assert split, text
+    in_events, background = ([int(v) for v in g.split(",")] for g in split.groups())
+    assert [a + b for a, b in zip(in_events, background)] == per_chamber  # every chamber hit counted once
+    assert sum(background) == n_background
+    number = r"(-?[\d.]+|nan)"
+    box = (rf"(run 591|simulation) \| (meantimer|trigger)\s+t0 \| chamber (\d): t0 = +{number} ± +{number} ns, "
+           rf"Tmax = +{number} ± +{number} ns, v_drift = +{number} ± +{number} um/ns \(([\d,]+) hits\)")
+    fits = {(s, k, int(c)): (*map(float, v), int(n.replace(",", ""))) for s, k, c, *v, n in re.findall(box, text)}
+    assert len(fits) == 16, text  # both samples, both t0s, four chambers
+    for (sample, kind, c), (t0, t0_err, tmax, tmax_err, v, v_err, n) in fits.items():
+        where = f"{sample} {kind} chamber {c}"
+        assert n > 500, f"{where}: time box with {n} hits"
+        assert abs(t0) < 50 and 0 < t0_err < 15, f"{where}: t0 {t0} ± {t0_err} ns"
+        assert 320 < tmax < 420 and 0 < tmax_err < 30, f"{where}: Tmax {tmax} ± {tmax_err} ns"
+        assert 50 < v < 66 and 0 < v_err < 5, f"{where}: drift velocity {v} um/ns"
+        if sample == "simulation" and kind == "meantimer":  # the simulator drifts at the nominal 53.8 um/ns
+            assert abs(t0) < 5 and abs(tmax - 390.3) < 6, f"{where}: t0 {t0}, Tmax {tmax} ns"
+    for sample in ("run 591", "simulation"):
+        res = re.findall(rf"{sample} \| resolution \| chamber \d: layer 1 {number}, layer 2 {number}, "
+                         rf"layer 3 {number}, layer 4 {number} mm", text)
+        assert len(res) == 4 and all(0.05 <= float(r) <= 0.5 for row in res for r in row), (sample, res)
+        eff = re.findall(rf"{sample} \| efficiency \| chamber \d: layer 1 {number} ± [\d.]+, layer 2 {number} ± "
+                         rf"[\d.]+, layer 3 {number} ± [\d.]+, layer 4 {number} ± [\d.]+", text)
+        assert len(eff) == 4, (sample, eff)
+        for l1, l2, l3, l4 in eff:
+            assert 0.5 < float(l1) <= 1 and 0.5 < float(l4) <= 1, (sample, eff)  # measured without bias
+            assert float(l2) >= 0.95 and float(l3) >= 0.95, (sample, eff)  # ~1 by the meantimer's construction
+    dead = re.search(r"dead cell \(chamber 2, layer 4, cell 8\): efficiency ([\d.]+) of (\d+) expected \| "
+                     r"other cells of the layer ([\d.]+) \.\. ([\d.]+)", text)
+    assert dead and float(dead.group(1)) < 0.3 and int(dead.group(2)) > 30 and float(dead.group(3)) > 0.8, text
+    assert re.search(r"event display: 20 events of run 591 \(ids \d+ \.\. \d+\), [1-9]\d* segments", text), text
+
+
 CHECKS = {
     "01-quickstart": check_quickstart,
     "02-static-batch": check_static_batch,
@@ -182,6 +222,7 @@ CHECKS = {
     "04-data-vs-simulation": check_data_vs_simulation,
     "05-provenance": check_provenance,
     "06-alerts": check_alerts,
+    "07-reconstruction": check_reconstruction,
 }
 
 
