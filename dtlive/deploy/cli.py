@@ -389,6 +389,7 @@ def _config(args):
             "lateness_s",
             "idle_s",
             "group_id",
+            "reconstruction",
         )
     }
     return load_config(cli, file=args.config)

@@ -190,3 +190,10 @@ def test_the_summary_in_a_log_is_a_line_each():
     summary(_running_processor())
     lines = log.getvalue().splitlines()
     assert len(lines) == 2 and all(line.startswith("in ") and "\r" not in line for line in lines)
+
+
+def test_no_reconstruction_reaches_the_configuration():
+    from dtlive.deploy.cli import _config, build_parser
+
+    assert _config(build_parser().parse_args(["process", "--no-reconstruction"])).reconstruction is False
+    assert _config(build_parser().parse_args(["process"])).reconstruction is True
