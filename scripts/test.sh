@@ -9,4 +9,4 @@ bash scripts/install_hub.sh       # JupyterHub, its idle culler and configurable
 .venv/bin/lint-imports --no-cache  # the layering contract in pyproject.toml
 .venv/bin/pylint --disable=all --enable=duplicate-code --score=n dtlive  # no repeated logic in the package
 # two workers (tests wait on brokers, browsers and subprocesses more than they compute); a file stays on one worker
-exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile "$@"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile "$@"
