@@ -40,6 +40,7 @@ import numpy as np
 
 from dtlive.core import detector as det
 from dtlive.core.reco.segments import HALF_CELL_MM, LAYER_SHIFT, LAYER_Z, Segments, fit_segments
+from dtlive.core.rows import Rows
 
 DEFAULT_CAPACITY = 50
 CIRCLE_POINTS = 41  # points of a drift circle's polygon (the first repeated at the end)
@@ -409,3 +410,27 @@ def _equal_aspect_scales(width_px: int, height_px: int) -> tuple[bq.LinearScale,
     xc, zc = (x0 + x1) / 2, (z0 + z1) / 2
     return (bq.LinearScale(min=float(xc - mm_per_px * w / 2), max=float(xc + mm_per_px * w / 2), allow_padding=False),
             bq.LinearScale(min=float(zc - mm_per_px * h / 2), max=float(zc + mm_per_px * h / 2), allow_padding=False))
+
+
+def latest_events(hits: Rows, last: int = 20, min_chambers: int = 2) -> list[DisplayEvent]:
+    """The ``last`` newest muon events of cleansed hits with segments in at least ``min_chambers`` chambers,
+    oldest first, timed from their meantimer t0 (:func:`dtlive.core.reco.t0.meantimer_t0`: no scintillator
+    needed) and fitted: what the dashboard's event panel shows of the newest hits.
+
+    >>> from dtlive.core.simulate import simulate
+    >>> rows = simulate(0.5, seed=3)
+    >>> events = latest_events(rows.select(rows.head == det.HIT_HEAD), last=5)
+    >>> len(events), all(len({int(c) for c in e.segments.chamber}) >= 2 for e in events)
+    (5, True)
+    """
+    from dtlive.core.reco.events import build_events
+    from dtlive.core.reco.t0 import meantimer_t0
+    from dtlive.core.reco.timebox import timed_hits
+
+    ev = build_events(hits)
+    h = timed_hits(ev, meantimer_t0(ev))
+    if not len(h.event):
+        return []
+    events = events_from_hits(h.event, h.chamber, h.layer, h.cell, h.drift_ns)
+    chosen = [e for e in events if len(set(e.segments.chamber.tolist())) >= min_chambers]
+    return chosen[-last:]

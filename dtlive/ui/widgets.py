@@ -526,6 +526,51 @@ class ChamberPanel:
             v.set_log(log)
 
 
+class EventPanel:
+    """Single muon events of the newest raw data, on demand: a button reads the newest messages of the hits
+    topic (:func:`dtlive.ui.live.read_latest_hits`), reconstructs their events and shows them in an
+    :class:`~dtlive.ui.event_display.EventDisplay` (collapsed until opened; it costs nothing until asked).
+
+    >>> from dtlive.config import load_config
+    >>> panel = EventPanel("127.0.0.1:9", load_config({}, env={}))
+    >>> panel.widget.get_title(0), panel.status.value
+    ('Muon events (newest data)', 'press the button to read the newest hits')
+    """
+
+    def __init__(self, bootstrap: str, cfg, rows: int = 20_000):
+        from dtlive.ui.event_display import EventDisplay
+
+        self.bootstrap, self.cfg, self.rows = bootstrap, cfg, rows
+        self.display = EventDisplay(capacity=50)
+        self.button = W.Button(description="Show the newest events", icon="refresh")
+        self.status = W.HTML("press the button to read the newest hits")
+        self.status.add_class("dtlive-events-status")
+        self.button.on_click(lambda _: self.load())
+        body = W.VBox([W.HBox([self.button, self.status]), self.display.widget])
+        self.widget = W.Accordion(children=[body], selected_index=None)
+        self.widget.set_title(0, "Muon events (newest data)")
+        self.widget.add_class("dtlive-events")
+
+    def load(self) -> int:
+        """Read, reconstruct and show the newest events; return how many were shown."""
+        from dtlive.ui.event_display import latest_events
+        from dtlive.ui.live import read_latest_hits
+
+        self.status.value = "reading..."
+        try:
+            hits = read_latest_hits(self.bootstrap, self.cfg.hits_topic, self.rows, kafka=self.cfg.kafka,
+                                    default_format=self.cfg.default_format)
+        except Exception as exc:  # noqa: BLE001 - the page says why, the dashboard goes on
+            self.status.value = f"could not read {html.escape(self.cfg.hits_topic)}: {html.escape(str(exc))}"
+            return 0
+        events = latest_events(hits, last=20)
+        if events:
+            self.display.add_events(events)
+        self.status.value = (f"{len(events)} events with segments in two chambers or more, from the newest "
+                             f"{len(hits):,} hits of {html.escape(self.cfg.hits_topic)}")
+        return len(events)
+
+
 class Dashboard(W.VBox):
     """The live detector: status, time series, per-chamber plots and controls, in one widget.
 
@@ -600,8 +645,9 @@ class Dashboard(W.VBox):
         self.verdicts = LiveVerdicts()  # the newest dtlive.quality/2 verdict, shown in the strip at the top
         self.verdict_strip = W.HTML(verdict_html(self.verdicts.summary()), layout=W.Layout(width="100%"))
         self.verdict_strip.add_class("dtlive-verdict-strip")
+        self.events = EventPanel(self.bootstrap, cfg)
         super().__init__([self.verdict_strip, self.header, self.services.widget, controls, self.timeseries.figure,
-                          self.alerts.widget, *[p.widget for p in self.panels]])
+                          self.alerts.widget, *[p.widget for p in self.panels], self.events.widget])
         self.add_class("dtlive-dashboard")
         self.feed = ResultsFeed(self.bootstrap, self.add_messages, topic=self.topic, backfill=backfill,
                                 kafka=cfg.kafka)
