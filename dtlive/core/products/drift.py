@@ -37,7 +37,7 @@ from dtlive.core.products.kernel import (
     Product,
     Settings,
     add_up,
-    chamber_coords,
+    drift_time_coords,
     first_of_runs,
 )
 
@@ -156,13 +156,7 @@ class DriftTime(Product):
         }
 
     def coords(self, settings: Settings) -> dict:
-        edges = settings.drift_edges
-        return {
-            **chamber_coords(),
-            "drift_time": ("drift_time", (edges[:-1] + edges[1:]) / 2,
-                           {"units": "ns", "long_name": "drift time (bin centre)"}),
-            "drift_time_edges": ("drift_time_edge", edges, {"units": "ns"}),
-        }
+        return drift_time_coords(settings)
 
 
 def _earliest(orbits: np.ndarray, times: np.ndarray) -> Table:

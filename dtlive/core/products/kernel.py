@@ -261,6 +261,22 @@ class Registry:
         return self.combine([hits], settings)
 
 
+def drift_time_coords(settings: Settings) -> dict:
+    """Coordinates of per-chamber drift-time histograms: the chamber's, the bin centres and the bin edges (ns).
+
+    >>> coords = drift_time_coords(Settings([0.0, 10.0, 20.0]))
+    >>> coords["drift_time"][1].tolist(), coords["drift_time"][2]["units"]
+    ([5.0, 15.0], 'ns')
+    """
+    edges = settings.drift_edges
+    return {
+        **chamber_coords(),
+        "drift_time": ("drift_time", (edges[:-1] + edges[1:]) / 2,
+                       {"units": "ns", "long_name": "drift time (bin centre)"}),
+        "drift_time_edges": ("drift_time_edge", edges, {"units": "ns"}),
+    }
+
+
 def chamber_coords() -> dict:
     """Coordinates of per-chamber, per-channel variables: chamber, channel and the channel's labels.
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from dtlive.core import detector as det
 from dtlive.core.products.eventbase import EventProduct, Reconstructed, histogram_index
-from dtlive.core.products.kernel import Settings, chamber_coords
+from dtlive.core.products.kernel import Settings, drift_time_coords
 from dtlive.core.reco.timebox import drift_times
 
 NCHAMB = det.N_CHAMBERS
@@ -78,10 +78,4 @@ class TimeBoxes(EventProduct):
         return out
 
     def coords(self, settings: Settings) -> dict:
-        edges = settings.drift_edges
-        return {
-            **chamber_coords(),
-            "drift_time": ("drift_time", (edges[:-1] + edges[1:]) / 2,
-                           {"units": "ns", "long_name": "drift time (bin centre)"}),
-            "drift_time_edges": ("drift_time_edge", edges, {"units": "ns"}),
-        }
+        return drift_time_coords(settings)
