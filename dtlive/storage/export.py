@@ -4,8 +4,8 @@
 <dtlive.storage.history.HistoryStore.load>`) and writes them as
 
 ``netcdf``
-    the Dataset of ``load()`` as it is (every histogram, stacked along ``time``), NetCDF-4 through xarray and
-    h5netcdf: ``xarray.open_dataset(path)`` gives it back;
+    the Dataset of ``load()`` as it is (every histogram, stacked along ``time``), NetCDF-4 (deflated) through
+    xarray and h5netcdf: ``xarray.open_dataset(path)`` gives it back;
 ``zarr``
     the same Dataset as a Zarr store (a directory) through xarray, when the ``zarr`` package is installed:
     ``xarray.open_zarr(path)``;
@@ -143,7 +143,8 @@ def export(store: HistoryStore, start: TimeLike, end: TimeLike, fmt: str, output
     tmp = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         if fmt == "netcdf":
-            ds.to_netcdf(tmp, engine="h5netcdf")
+            ds.to_netcdf(tmp, engine="h5netcdf", encoding={  # the histograms are mostly small counts: deflate
+                k: {"zlib": True, "complevel": 4} for k in ds.data_vars if ds[k].size})
         elif fmt == "zarr":
             with warnings.catch_warnings():  # zarr 3: consolidated metadata is an extension; xarray reads it
                 warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
