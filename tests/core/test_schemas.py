@@ -287,7 +287,7 @@ def good_messages() -> dict[str, dict]:
     }
 
 
-@pytest.mark.parametrize(("kind", "path", "value", "field", "reason"), [
+BROKEN = [
     ("monitor", "total_hits", "12", "total_hits", "is not of type 'integer'"),
     ("monitor", "hits_per_chamber", [1, 2, 3], "hits_per_chamber", "too short"),
     ("monitor", "counts.late_hits", ..., "counts.late_hits", "required field missing"),
@@ -314,7 +314,10 @@ def good_messages() -> dict[str, dict]:
     ("analysis", "summary.status", "great", "summary.status", "is not one of"),
     ("analysis", "published_at", 1.0, "published_at", "not allowed in this kind of message"),
     ("analysis", "data_vars", ..., "data_vars", "required field missing"),
-])
+]
+
+
+@pytest.mark.parametrize(("kind", "path", "value", "field", "reason"), BROKEN)
 def test_broken_messages_fail_with_the_field_named(kind, path, value, field, reason):
     msg = broken(good_messages()[kind], path, value)
     with pytest.raises(ContractError) as err:
@@ -332,3 +335,29 @@ def test_broken_dead_letter_headers_fail_with_the_header_named():
         assert err.value.field == name and reason in err.value.reason
     with pytest.raises(ContractError, match="original_size: required field missing"):
         validate({k: v for k, v in headers.items() if k != "original_size"}, DEAD_LETTER_SCHEMA)
+
+
+def test_the_fast_check_and_the_reference_agree():
+    """Messages pass the generated fast check exactly when they pass the reference (jsonschema)."""
+    from dtlive.core import schemas
+
+    cases = list(good_messages().values())
+    for kind, path, value, _, _ in BROKEN:
+        cases.append(broken(good_messages()[kind], path, value))
+    cases += [broken(good_messages()["analysis"], "retracted", 1), broken(good_messages()["alert"], "is_test", 0)]
+    assert schemas._fast("dtlive.monitor/1") is not None  # fastjsonschema is a dependency
+    for msg in cases:
+        sid = msg.get("schema")
+        if sid not in SCHEMA_IDS:
+            continue
+        try:
+            schemas._fast(sid)(msg)
+            fast_ok = True
+        except Exception:  # noqa: BLE001
+            fast_ok = False
+        reference_ok = schemas._validator(sid).is_valid(msg)
+        assert fast_ok == reference_ok, msg
+        if reference_ok:
+            validate(msg)
+        else:
+            pytest.raises(ContractError, validate, msg)

@@ -6,7 +6,9 @@ the window result, the data-quality period, the service heartbeat, the parsed al
 the headers of a dead-letter record (as an object of header name -> text; its value is the rejected payload
 as it was). :func:`schema` gives one as a dict, :func:`validate` checks a message against the schema its
 ``"schema"`` field names and raises :class:`ContractError` naming the field that breaks the contract.
-Validation uses the ``jsonschema`` library, imported on first use.
+The ``jsonschema`` library is the reference (and names the field); messages are first checked by code that
+``fastjsonschema`` generates from the same files (~1 ms instead of ~50 ms for a window result), and only a
+message that fails there goes to the reference, which decides. Both are imported on first use.
 
 >>> from dtlive.core.products import compute_products
 >>> from dtlive.core.rows import Rows
@@ -99,6 +101,17 @@ def _validator(schema_id: str):
     return Draft202012Validator(_load(schema_id))
 
 
+@functools.cache
+def _fast(schema_id: str):
+    """The generated validator of a schema, or None without ``fastjsonschema``. The files use nothing beyond
+    draft-07 (``$defs`` is only where ``$ref`` points), which is what fastjsonschema knows."""
+    try:
+        import fastjsonschema
+    except ImportError:
+        return None
+    return fastjsonschema.compile({**_load(schema_id), "$schema": "http://json-schema.org/draft-07/schema#"})
+
+
 def validate(message: Mapping[str, Any], schema_id: str | None = None) -> Mapping[str, Any]:
     """Check ``message`` (a parsed JSON message) against its contract; return it unchanged.
 
@@ -123,6 +136,13 @@ def validate(message: Mapping[str, Any], schema_id: str | None = None) -> Mappin
         raise ContractError(None, "schema", "no schema id (a string) in the message, and none given")
     if sid not in SCHEMA_IDS:
         schema_file(sid)  # raises, naming the known ids
+    fast = _fast(sid)
+    if fast is not None:
+        try:
+            fast(message)
+            return message
+        except Exception:  # noqa: BLE001 - whatever the generated code says, the reference decides
+            pass
     from jsonschema.exceptions import best_match
 
     error = best_match(_validator(sid).iter_errors(message))
