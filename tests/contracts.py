@@ -32,3 +32,19 @@ def valid_dead_letter(headers) -> dict[str, str]:
     fields = dead_letter_fields(headers)
     validate(fields, DEAD_LETTER_SCHEMA)
     return fields
+
+
+def read_messages(bootstrap: str, topic: str | None = None, last: int | None = None, cfg=None,
+                  timeout: float = 10.0) -> list[dict]:
+    """:func:`dtlive.kafka.results.read_messages`, every message checked against the dtlive.monitor/1 contract."""
+    from dtlive.kafka import results
+
+    return all_valid(results.read_messages(bootstrap, topic, last, cfg, timeout))
+
+
+def read_results(bootstrap: str, topic: str | None = None, last: int | None = None, cfg=None, timeout: float = 10.0):
+    """:func:`dtlive.kafka.results.read_results` of the checked messages (None when there are none)."""
+    from dtlive.core.messages import to_dataset
+
+    msgs = read_messages(bootstrap, topic, last, cfg, timeout)
+    return to_dataset(msgs, stack=True) if msgs else None

@@ -9,13 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from contracts import all_valid, valid
+from contracts import read_messages, valid
 from datafiles import RUN_CSV
 from pipeline_runs import produce_file
 
 from dtlive.config import load_config
 from dtlive.core import detector as det
-from dtlive.kafka import results
 from dtlive.kafka.clients import ensure_topics
 from dtlive.storage.history import HistoryStore
 from dtlive.storage.ledger import Ledger
@@ -23,11 +22,6 @@ from dtlive.storage.recorder import Recorder
 from dtlive.streaming.processor import Processor
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-
-
-def read_messages(bootstrap: str, topic: str) -> list[dict]:
-    """The committed results of ``topic``, every one checked against the dtlive.monitor/1 contract."""
-    return all_valid(results.read_messages(bootstrap, topic))
 
 
 @pytest.fixture(scope="module")

@@ -8,32 +8,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from contracts import all_valid, valid_dead_letter
+from contracts import read_messages, read_results, valid_dead_letter
 from datafiles import RUN_CSV, SAMPLE_CSV
 from pipeline_runs import assert_matches, expected_products, process_all, produce_file
 from streamz import Stream
 
 from dtlive.config import load_config
-from dtlive.core.messages import to_dataset
 from dtlive.core.rows import Rows
 from dtlive.core.windows import Window
-from dtlive.kafka import results
 from dtlive.kafka.clients import ensure_topics
 from dtlive.kafka.emulator import emulate, simulated_chunks
 from dtlive.streaming.processor import Processor
 
 pytestmark = pytest.mark.kafka
-
-
-def read_messages(bootstrap: str, topic: str, last: int | None = None) -> list[dict]:
-    """The committed results of ``topic``, every one checked against the dtlive.monitor/1 contract."""
-    return all_valid(results.read_messages(bootstrap, topic, last))
-
-
-def read_results(bootstrap: str, topic: str, last: int | None = None):
-    """:func:`dtlive.kafka.results.read_results` of the checked messages."""
-    msgs = read_messages(bootstrap, topic, last)
-    return to_dataset(msgs, stack=True) if msgs else None
 
 
 @pytest.mark.parametrize("fmt", ["csv", "daq64"])
