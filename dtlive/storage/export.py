@@ -10,10 +10,10 @@
     the same Dataset as a Zarr store (a directory) through xarray, when the ``zarr`` package is installed:
     ``xarray.open_zarr(path)``;
 ``parquet``
-    a tidy table, one row per window: its times, ids and orbits, processor, the scalar counts, and per chamber
-    the hits and the drift-time under- and overflows (``hits_chamber_<c>``, ...), rejected rows per reason
-    (``rejected_<reason>``) and the provenance block as JSON: ``pandas.read_parquet(path)``. The per-channel
-    histograms are in the NetCDF and Zarr exports.
+    a tidy table, one row per window (:func:`window_table`): its times, ids and orbits, processor, the
+    scalar counts, a column per chamber of each per-chamber count (``hits_chamber_<c>``, ...), rejected rows
+    per reason (``rejected_<reason>``) and the provenance block as JSON: ``pandas.read_parquet(path)``. The
+    histograms (per channel, drift time, ...) are in the NetCDF and Zarr exports.
 
 Every file appears complete or not at all (written under a temporary name in the same directory, then renamed);
 an existing ``output`` is replaced only with ``overwrite=True``. Problems raise :class:`ExportError` (a
@@ -60,8 +60,6 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from dtlive.core import detector as det
-from dtlive.core.messages import COUNTS
 from dtlive.storage.history import HistoryStore, TimeLike, _ms
 
 __all__ = ["FORMATS", "ExportError", "Exported", "export", "parse_time", "window_table"]
@@ -163,24 +161,27 @@ def export(store: HistoryStore, start: TimeLike, end: TimeLike, fmt: str, output
 def window_table(ds: xr.Dataset) -> pd.DataFrame:
     """The tidy table of a stacked Dataset (as :meth:`HistoryStore.load` gives it): one row per window.
 
-    Columns: ``start``, ``end`` (UTC), ``window_id``, ``first_orbit``, ``last_orbit``, ``processor``,
-    ``total_hits`` and the counts (``rows``, ``ancillary``, ``special_channel_hits``, ``late_hits``,
-    ``rejected``), per chamber ``hits_chamber_<c>``, ``drift_underflow_chamber_<c>``,
-    ``drift_overflow_chamber_<c>``, per reason ``rejected_<reason>``, and ``provenance`` (JSON).
+    Columns: ``start``, ``end`` (UTC), ``window_id``, ``first_orbit``, ``last_orbit``, ``processor``; every
+    variable with one value per window (``total_hits``, ``rows``, ``ancillary``, ``special_channel_hits``,
+    ``late_hits``, ``rejected``, ``events``, ...); every variable with one value per window and chamber as a
+    column per chamber, ``<name>_chamber_<c>`` (a ``_per_chamber`` suffix dropped: ``hits_chamber_0``,
+    ``drift_time_ns_underflow_chamber_0``, ...); rejected rows per reason (``rejected_<reason>``); the
+    provenance block (JSON).
     """
     cols: dict[str, np.ndarray] = {
         "start": ds.time.values.astype("datetime64[ms]"),
         "end": ds.window_end.values.astype("datetime64[ms]"),
         "window_id": ds.window_id.values, "first_orbit": ds.first_orbit.values, "last_orbit": ds.last_orbit.values,
         "processor": np.array([json.loads(p).get("processor", "") for p in ds.provenance.values], dtype=object),
-        "total_hits": ds.total_hits.values,
     }
-    cols.update({k: ds[k].values for k in (*COUNTS, "rejected")})
-    for c in range(det.N_CHAMBERS):
-        cols[f"hits_chamber_{c}"] = ds.hits_per_chamber.values[:, c]
-    for c in range(det.N_CHAMBERS):
-        cols[f"drift_underflow_chamber_{c}"] = ds.drift_time_ns_underflow.values[:, c]
-        cols[f"drift_overflow_chamber_{c}"] = ds.drift_time_ns_overflow.values[:, c]
+    for name, var in ds.data_vars.items():
+        if var.dims == ("time",):
+            cols[str(name)] = var.values
+    for name, var in ds.data_vars.items():
+        if var.dims == ("time", "chamber"):
+            stem = str(name).removesuffix("_per_chamber")
+            for c in range(var.sizes["chamber"]):
+                cols[f"{stem}_chamber_{c}"] = var.values[:, c]
     for i, reason in enumerate(ds.reason.values):
         cols[f"rejected_{reason}"] = ds.rejected_by_reason.values[:, i]
     cols["provenance"] = ds.provenance.values.astype(object)

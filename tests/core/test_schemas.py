@@ -23,7 +23,7 @@ from dtlive.config import load_config
 from dtlive.core import detector as det
 from dtlive.core.decode import REASONS as HIT_REASONS
 from dtlive.core.decode import read_csv
-from dtlive.core.messages import DEAD_LETTER_SCHEMA, iso_utc, message_dict
+from dtlive.core.messages import DEAD_LETTER_SCHEMA, VARIABLES, iso_utc, message_dict
 from dtlive.core.products import compute_products
 from dtlive.core.quality import KINDS, Period, QualityMonitor
 from dtlive.core.rows import Rows, clean
@@ -79,6 +79,7 @@ def test_schema_names_agree_with_the_code():
     assert set(reasons) == set(HIT_REASONS) | set(NOTICE_REASONS)
     monitor = schema("dtlive.monitor/1")
     assert monitor["properties"]["hits_per_chamber"]["maxItems"] == det.N_CHAMBERS
+    assert list(monitor["properties"]["variables"]["properties"]) == list(VARIABLES)
     occ = monitor["properties"]["histograms"]["properties"]["channel_occupancy"]
     assert occ["required"] == [f"chamber_{c}" for c in range(det.N_CHAMBERS)]
     msg = message_dict(compute_products(Rows.from_columns(head=[2], fpga=[0], channel=[3], orbit=[7], bx=[0], tdc=[0])))
@@ -300,6 +301,10 @@ BROKEN = [
     ("monitor", "histograms.scint_channel_occupancy.chamber_3.bin_edges.0", 0,
      "histograms.scint_channel_occupancy.chamber_3.bin_edges", "is not the fixed value"),
     ("monitor", "colour", "red", "colour", "unexpected field"),
+    ("monitor", "variables.events", -1, "variables.events", "less than the minimum of 0"),
+    ("monitor", "variables.timebox_trigger.2", [], "variables.timebox_trigger[2]", "should be non-empty"),
+    ("monitor", "variables.event_hits_per_chamber", [1, 2, 3, 4, 5], "variables.event_hits_per_chamber",
+     "is too long"),
     ("monitor", "schema", "dtlive.monitor/2", "schema", "unknown schema id"),
     ("status", "state", "sleeping", "state", "is not one of"),
     ("status", "lag.partitions.0.messages", -3, "lag.partitions.0.messages", "less than the minimum of 0"),

@@ -69,11 +69,12 @@ def test_parquet_is_one_row_per_window_with_scalars_and_per_chamber_counts(store
     assert (table.start.dt.tz_convert(None).to_numpy() == ds.time.values).all()
     assert (table.end.dt.tz_convert(None).to_numpy() == ds.window_end.values).all()
     for k in ("first_orbit", "last_orbit", "total_hits", "rows", "ancillary", "special_channel_hits", "late_hits",
-              "rejected"):
+              "rejected", "events", "events_with_trigger"):
         assert table[k].tolist() == ds[k].values.tolist(), k
     for c in range(det.N_CHAMBERS):
         assert table[f"hits_chamber_{c}"].tolist() == ds.hits_per_chamber.values[:, c].tolist()
-        assert table[f"drift_overflow_chamber_{c}"].tolist() == ds.drift_time_ns_overflow.values[:, c].tolist()
+        assert table[f"drift_time_ns_overflow_chamber_{c}"].tolist() == ds.drift_time_ns_overflow.values[:, c].tolist()
+        assert table[f"event_hits_chamber_{c}"].tolist() == ds.event_hits_per_chamber.values[:, c].tolist()
     assert table.rejected_late.tolist() == ds.rejected_by_reason.sel(reason="late").values.tolist()
     assert table.rejected_late.sum() == sum(i for i in range(3, 15) if i % 3 == 0)
     assert set(table.processor) == {"proc-a"}
