@@ -21,6 +21,8 @@ from dtlive.alerts.notices import FORMATS
 from dtlive.alerts.notices import REASONS as NOTICE_REASONS
 from dtlive.config import load_config
 from dtlive.core import detector as det
+from dtlive.core.checks import KINDS as TEST_KINDS
+from dtlive.core.checks import STATUSES as TEST_STATUSES
 from dtlive.core.decode import REASONS as HIT_REASONS
 from dtlive.core.decode import read_csv
 from dtlive.core.messages import DEAD_LETTER_SCHEMA, VARIABLES, iso_utc, message_dict
@@ -46,7 +48,7 @@ EPOCH = 1.7e9
 
 def test_every_schema_id_has_a_valid_draft_2020_12_schema_shipped_with_the_package():
     files = sorted(p.name for p in SCHEMA_DIR.glob("*.schema.json"))
-    assert files == sorted(schema_file(s) for s in SCHEMA_IDS) and len(files) == 6
+    assert files == sorted(schema_file(s) for s in SCHEMA_IDS) and len(files) == 7
     for sid in SCHEMA_IDS:
         s = schema(sid)
         assert s["$schema"] == "https://json-schema.org/draft/2020-12/schema"
@@ -75,6 +77,8 @@ def test_schema_names_agree_with_the_code():
     quality = schema("dtlive.quality/1")["properties"]
     assert quality["reason"]["enum"] == list(KINDS) and set(quality["kind"]["enum"]) == set(KINDS.values())
     assert schema("dtlive.alert/1")["properties"]["format"]["enum"] == list(FORMATS)
+    test = schema("dtlive.quality/2")["$defs"]["test"]["properties"]
+    assert test["kind"]["enum"] == list(TEST_KINDS) and test["status"]["enum"] == list(TEST_STATUSES)
     reasons = schema(DEAD_LETTER_SCHEMA)["properties"]["reason"]["enum"]
     assert set(reasons) == set(HIT_REASONS) | set(NOTICE_REASONS)
     monitor = schema("dtlive.monitor/1")
@@ -198,6 +202,35 @@ def test_quality_periods_of_every_reason_from_the_monitor_are_valid():
         valid(json.dumps(quality_message(p)))
 
 
+def test_quality_test_verdicts_are_valid():
+    from dtlive.core.judge import judge, judge_blocks
+    from dtlive.core.references import make_reference
+
+    rng = np.random.default_rng(1)
+
+    def win(i, dead=()):
+        channel = rng.integers(0, 128, 5000)
+        channel = channel[~np.isin(channel, dead)]
+        n = len(channel)
+        ds = compute_products(Rows.from_columns(head=[2] * n, fpga=[0] * n, channel=channel,
+                                                orbit=rng.integers(0, 22446, n) + 22446 * i, bx=[0] * n,
+                                                tdc=[0] * n))
+        ds.attrs.update(window_id=i, first_orbit=22446 * i, last_orbit=22446 * i + 22445,
+                        window_start=iso_utc(EPOCH + 2 * i), window_end=iso_utc(EPOCH + 2 * i + 2))
+        return ds
+
+    ref = make_reference([win(i) for i in range(5)], label="flat")
+    verdicts = [judge(win(9, dead=[70]), ref), judge(win(10), None), judge(win(11), ref, masks={1: [3, 4]})]
+    from dtlive.core.messages import encode_message, to_dataset
+
+    stacked = to_dataset([encode_message(win(i)) for i in range(12, 16)])
+    verdicts += judge_blocks(stacked, ref, block=2)
+    for v in verdicts:
+        valid(json.dumps(v))
+    assert verdicts[0]["chambers"]["chamber_1"]["status"] == 1 and verdicts[1]["reference"]["label"] is None
+    assert len(verdicts) == 5 and verdicts[2]["config"]["masks"] == {"1": [3, 4]}
+
+
 IGWN = {"superevent_id": "S240501ab", "alert_type": "PRELIMINARY", "time_created": "2024-05-01T12:00:01Z",
         "event": {"time": "2024-05-01T12:00:00Z", "far": 1e-9, "significant": True, "instruments": ["H1", "L1"]},
         "urls": {"gracedb": "https://example.org/S240501ab"}}
@@ -276,6 +309,7 @@ def broken(msg: dict, path: str, value) -> dict:
 def good_messages() -> dict[str, dict]:
     alert = parse_notice(json.dumps(IGWN), "igwn.gwalert")
     from dtlive.alerts import alert_to_dict
+    from dtlive.core.judge import judge
 
     return {
         "monitor": window(3),
@@ -285,6 +319,8 @@ def good_messages() -> dict[str, dict]:
             "duration_s": 20.0, "windows_without_hits": 0, "last_window_id": 1, "next_window_id": 11})),
         "alert": alert_to_dict(alert),
         "analysis": AnalysisResult(name="x", version="1", summary={"status": "ok"}).to_dict(),
+        "verdict": json.loads(json.dumps(judge(compute_products(Rows.from_columns(
+            head=[2] * 3, fpga=[0] * 3, channel=[3, 70, 9], orbit=[7] * 3, bx=[0] * 3, tdc=[0] * 3)), None))),
     }
 
 
@@ -319,6 +355,11 @@ BROKEN = [
     ("analysis", "summary.status", "great", "summary.status", "is not one of"),
     ("analysis", "published_at", 1.0, "published_at", "not allowed in this kind of message"),
     ("analysis", "data_vars", ..., "data_vars", "required field missing"),
+    ("verdict", "chambers.chamber_0.tests.0.status", "fine", "chambers.chamber_0.tests[0].status", "is not one of"),
+    ("verdict", "chambers.chamber_0.bad_channels", [64], "chambers.chamber_0.bad_channels[0]",
+     "greater than the maximum of 63"),
+    ("verdict", "detector.reasons", ..., "detector.reasons", "required field missing"),
+    ("verdict", "windows.ids", [1, 2, 3], "windows.ids", "is too long"),
 ]
 
 

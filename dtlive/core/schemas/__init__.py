@@ -2,10 +2,11 @@
 
 The schema files sit next to this module, named ``<kind>-<version>.schema.json`` after the schema id
 ``dtlive.<kind>/<version>`` of :mod:`dtlive.core.messages` (``dtlive.monitor/1`` -> ``monitor-1.schema.json``):
-the window result, the data-quality period, the service heartbeat, the parsed alert, the analysis result, and
-the headers of a dead-letter record (as an object of header name -> text; its value is the rejected payload
-as it was). :func:`schema` gives one as a dict, :func:`validate` checks a message against the schema its
-``"schema"`` field names and raises :class:`ContractError` naming the field that breaks the contract.
+the window result, the data-quality period, the quality tests' verdict, the service heartbeat, the parsed alert,
+the analysis result, and the headers of a dead-letter record (as an object of header name -> text; its value is
+the rejected payload as it was). :func:`schema` gives one as a dict, :func:`validate` checks a message against
+the schema its ``"schema"`` field names and raises :class:`ContractError` naming the field that breaks the
+contract.
 The ``jsonschema`` library is the reference (and names the field); messages are first checked by code that
 ``fastjsonschema`` generates from the same files (~1 ms instead of ~50 ms for a window result), and only a
 message that fails there goes to the reference, which decides. Both are imported on first use.
@@ -41,13 +42,15 @@ from dtlive.core.messages import (
     DEAD_LETTER_SCHEMA,
     MONITOR_SCHEMA,
     QUALITY_SCHEMA,
+    QUALITY_TESTS_SCHEMA,
     STATUS_SCHEMA,
 )
 
 __all__ = ["SCHEMA_IDS", "ContractError", "dead_letter_fields", "schema", "schema_file", "validate"]
 
 #: every schema id that has a schema file, in the order of the data flow
-SCHEMA_IDS = (MONITOR_SCHEMA, QUALITY_SCHEMA, STATUS_SCHEMA, ALERT_SCHEMA, ANALYSIS_SCHEMA, DEAD_LETTER_SCHEMA)
+SCHEMA_IDS = (MONITOR_SCHEMA, QUALITY_SCHEMA, QUALITY_TESTS_SCHEMA, STATUS_SCHEMA, ALERT_SCHEMA, ANALYSIS_SCHEMA,
+              DEAD_LETTER_SCHEMA)
 
 
 class ContractError(ValueError):
