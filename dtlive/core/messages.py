@@ -42,6 +42,8 @@ QUALITY_SCHEMA = "dtlive.quality/1"  # an automatic data-quality period, on ``qu
 QUALITY_TESTS_SCHEMA = "dtlive.quality/2"  # per-chamber verdicts of tests against a reference (dtlive.core.judge)
 ALERT_SCHEMA = "dtlive.alert/1"  # a parsed alert notice as JSON (dtlive.alerts.notices)
 ANALYSIS_SCHEMA = "dtlive.analysis/1"  # a canned analysis' result, on ``analyses_topic`` (dtlive.alerts)
+# names only the schema of a dead letter's headers (dtlive.core.schemas): the record itself carries no schema id
+DEAD_LETTER_SCHEMA = "dtlive.deadletter/1"
 
 SCHEMA_HEADER = "schema"  # on results and heartbeats: their schema id, to route a record without parsing it
 FORMAT_HEADER = "format"  # on hits: the payload format (dtlive.core.decode.FORMATS); absent: ``default_format``

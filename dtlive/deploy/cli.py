@@ -331,6 +331,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--follow", action="store_true", help="then print each new window as it comes, until Ctrl-C")
     r.add_argument("--duration", type=duration_s, help="with --follow: stop after this long")
     r.add_argument("--netcdf", help="also write the printed windows stacked along time to this .nc file")
+
+    ex = sub.add_parser(
+        "export",
+        help="write the history store's windows of a time range as Parquet, NetCDF or Zarr for analysis",
+        description="Load the windows of the history store (--history, default DTLIVE_HISTORY) whose start lies in "
+        "[--start, --end) and write them to --output. netcdf: the xarray Dataset of HistoryStore.load, every "
+        "histogram stacked along time (xarray.open_dataset); zarr: the same as a Zarr directory (needs the zarr "
+        "package; xarray.open_zarr); parquet: a tidy table, one row per window with its times, ids, counts, "
+        "per-chamber hits and drift-time under/overflows and rejected rows per reason (pandas.read_parquet). "
+        "Times: ISO 8601 UTC or UNIX seconds; a missing --start or --end leaves that side open. The file appears "
+        "complete or not at all; an existing one is replaced only with --overwrite. Prints what it writes and a "
+        "summary line (windows and bytes written); exits 1 with a one-line error when there are no windows in "
+        "the range or the output cannot be written.",
+        epilog="example: dtlive export --start 2026-12-05T08:00Z --end 2026-12-05T09:00Z --format parquet "
+        "--output run.parquet",
+    )
+    ex.add_argument("--start", help="first window start to include (ISO UTC or UNIX seconds; default: the oldest)")
+    ex.add_argument("--end", help="window starts before this (ISO UTC or UNIX seconds; default: the newest)")
+    ex.add_argument("--format", dest="export_format", required=True, choices=("parquet", "netcdf", "zarr"),
+                    help="parquet (tidy table), netcdf or zarr (the full Dataset)")
+    ex.add_argument("--output", dest="export_output", required=True, metavar="PATH", help="file (zarr: directory)")
+    ex.add_argument("--history", metavar="DIR", help="history store directory (default DTLIVE_HISTORY, or the "
+                    "user data directory)")
+    ex.add_argument("--overwrite", action="store_true", help="replace PATH if it exists")
     return p
 
 
@@ -428,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             "replay": cmd_replay,
             "status": cmd_status,
             "reference": cmd_reference,
+            "export": cmd_export,
         }[args.command](args)
     except KeyboardInterrupt:
         return 130
@@ -979,6 +1004,17 @@ def cmd_results(args) -> int:
                         stack=True)
         ds.to_netcdf(args.netcdf)
         print(json.dumps({"written": args.netcdf, "windows": int(ds.sizes["time"])}), flush=True)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from dtlive.storage.export import export, parse_time
+    from dtlive.storage.history import HistoryStore
+
+    done = export(HistoryStore(args.history), parse_time(args.start, "--start"), parse_time(args.end, "--end"),
+                  args.export_format, args.export_output, overwrite=args.overwrite,
+                  progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(done.summary(), flush=True)
     return 0
 
 

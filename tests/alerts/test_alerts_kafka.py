@@ -3,12 +3,12 @@ their states recorded append-only, results published; tests, duplicates, retract
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from contracts import valid, valid_dead_letter
 from datafiles import ALERTS
 from waiting import wait_for
 
@@ -133,7 +133,7 @@ def test_notices_run_analyses_with_states_and_published_results(live):
         assert listener.counts["ignore_test"] == 1 and listener.counts["ignore_duplicate"] == 1
         assert listener.counts["rejected.not_json"] == 1
 
-        results = [json.loads(m.value()) for m in read_all(broker, cfg.analyses_topic)]
+        results = [valid(m) for m in read_all(broker, cfg.analyses_topic)]
         rate = {r["alert_id"]: r for r in results if r["analysis"] == "rate_excess"}
         assert set(rate) == {"Swift:694215995", "Super-Kamiokande:SN.095001.000001", "IceCube:S230914ak",
                              "Einstein Probe:01708973486", "Fermi:745121685", "KM3NeT:1"}
@@ -152,7 +152,7 @@ def test_notices_run_analyses_with_states_and_published_results(live):
         assert alert_states[:2] == ["received", "matched"]
 
         rejected = read_all(broker, cfg.alerts_rejected_topic)
-        assert [dict(m.headers())["reason"] for m in rejected] == [b"not_json"]
+        assert [valid_dead_letter(m)["reason"] for m in rejected] == ["not_json"]
 
         # the retraction marks the finished Swift results retracted and says so on dt.analyses
         send_notice(producer, load_notice(str(ALERTS / "swift_bat_Guano.Retraction.json")), trigger_time=trigger)
@@ -160,8 +160,7 @@ def test_notices_run_analyses_with_states_and_published_results(live):
         assert [s["state"] for s in live["ledger"].task_history(job)][-1] == "retracted"
 
         def retractions() -> list[dict]:
-            return [r for r in map(json.loads, (m.value() for m in read_all(broker, cfg.analyses_topic)))
-                    if r.get("retracted")]
+            return [r for r in map(valid, read_all(broker, cfg.analyses_topic)) if r.get("retracted")]
 
         retracted = wait_for(lambda: len(retractions()) >= 2 and retractions(), 20, "2 retraction results")
         assert {(r["alert_id"], r["analysis"]) for r in retracted} == {

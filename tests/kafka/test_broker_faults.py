@@ -11,11 +11,11 @@ import sys
 import time
 
 import pytest
+from contracts import read_messages
 from waiting import wait_for
 
 from dtlive.config import load_config
 from dtlive.kafka.clients import partition_ends
-from dtlive.kafka.results import read_messages
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -18,12 +18,12 @@ from collections import Counter
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from contracts import read_messages, valid_dead_letter
 
 from dtlive.config import load_config
 from dtlive.core import detector as det
 from dtlive.kafka.clients import ensure_topics
 from dtlive.kafka.deadletter import DEFAULT_MAX_BYTES, MAX_DETAIL_BYTES, dead_letter
-from dtlive.kafka.results import read_messages
 
 BASE_ORBIT = 3_387_200_000
 
@@ -85,7 +85,8 @@ def dead_letters(bootstrap: str, topic: str, quiet_s: float = 2.0, timeout: floa
 
 
 def headers(m) -> dict[str, str]:
-    return {k: v.decode() for k, v in m.headers()}
+    """A dead letter's headers as text, checked against the dead-letter contract."""
+    return valid_dead_letter(m)
 
 
 def start_processor(broker, topics, *extra, env=None):

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from contracts import all_valid, valid
 from waiting import wait_for
 
 from dtlive.config import load_config
@@ -32,6 +33,13 @@ from dtlive.kafka.health import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def checked(reader: StatusReader) -> StatusReader:
+    """``reader``, every heartbeat it reads checked against the dtlive.status/1 contract."""
+    read = reader.read
+    reader.read = lambda timeout=3.0: all_valid(read(timeout))
+    return reader
 
 
 def beat(seq, t, service="processor", pid=1, state="running", run_id="r", interval_s=2.0, **kw):
@@ -117,7 +125,7 @@ class FakeProducer:
     def produce(self, topic, value, key=None, headers=None, on_delivery=None):
         if self.full:
             raise BufferError("queue full")
-        self.sent.append((topic, json.loads(value)))
+        self.sent.append((topic, valid(value)))
 
     def poll(self, timeout=0):
         return 0
@@ -246,7 +254,7 @@ def test_processor_heartbeats_every_2s_with_lag_and_rates(broker, health_topics)
     proc = Processor(cfg, broker, from_beginning=True)
     runner = threading.Thread(target=proc.run, daemon=True)
     runner.start()
-    reader = StatusReader(cfg, broker, since_s=120)
+    reader = checked(StatusReader(cfg, broker, since_s=120))
     seen: list[dict] = []
     try:
         def enough():
@@ -416,7 +424,7 @@ def test_recorder_listener_and_emulator_publish_heartbeats(broker, health_topics
         listener.run(max_seconds=2.5)
     finally:
         listener.close()
-    reader = StatusReader(cfg, broker, since_s=300)
+    reader = checked(StatusReader(cfg, broker, since_s=300))
     msgs = reader.read(timeout=5)
     reader.close()
     for service in ("emulator", "recorder", "alerts"):
@@ -465,7 +473,7 @@ def test_heartbeats_survive_a_broker_restart(tmp_path):
             return hb.sent > sent_before + 3
         wait_for(resumed, 60, interval=0.05, what="heartbeats delivered again after the restart")
         assert hb.publish_errors >= 1
-        reader = StatusReader(cfg, second.bootstrap, since_s=60)
+        reader = checked(StatusReader(cfg, second.bootstrap, since_s=60))
         got = reader.read(timeout=5)
         reader.close()
         assert got and got[-1]["errors"]["status_publish"] >= 1 and got[-1]["last_error"]["text"]
@@ -494,7 +502,7 @@ def test_dask_processor_publishes_heartbeats_with_lag(broker, health_topics):
             proc.run(until_end=True, max_seconds=120)
         finally:
             proc.close()
-    reader = StatusReader(cfg, broker, since_s=300)
+    reader = checked(StatusReader(cfg, broker, since_s=300))
     msgs = [m for m in reader.read(timeout=5) if m["run_id"] == proc.run_id]
     reader.close()
     assert msgs[0]["state"] == "starting" and msgs[-1]["state"] == "stopped" and len(msgs) >= 3
@@ -518,7 +526,7 @@ def test_a_processor_that_stops_consuming_with_input_waiting_says_degraded(broke
     proc = Processor(cfg, broker)
     runner = threading.Thread(target=proc.run, daemon=True)
     runner.start()
-    reader = StatusReader(cfg, broker, since_s=120)
+    reader = checked(StatusReader(cfg, broker, since_s=120))
     seen: list[dict] = []
 
     def beat_where(check, timeout):

@@ -403,7 +403,7 @@ def test_sigterm_stops_a_recorder_waiting_for_the_database_within_seconds(broker
 
 
 def published_windows(bootstrap: str, topic: str) -> int:
-    from dtlive.kafka.results import read_messages
+    from contracts import read_messages
 
     return len(read_messages(bootstrap, topic))
 

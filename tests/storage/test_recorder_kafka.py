@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from contracts import read_messages, valid
 from datafiles import RUN_CSV
 from pipeline_runs import produce_file
 
 from dtlive.config import load_config
 from dtlive.core import detector as det
 from dtlive.kafka.clients import ensure_topics
-from dtlive.kafka.results import read_messages
 from dtlive.storage.history import HistoryStore
 from dtlive.storage.ledger import Ledger
 from dtlive.storage.recorder import Recorder
@@ -70,7 +70,7 @@ def test_ledger_offsets_per_window_are_what_the_processor_consumed(replay):
     # where each result landed is where the recorder read it
     c = Consumer({"bootstrap.servers": replay["broker"], "group.id": "t", "isolation.level": "read_committed"})
     c.assign([TopicPartition(replay["cfg"].monitor_topic, 0, 0)])
-    landed = {json.loads(m.value())["window"]["id"]: m.offset() for m in c.consume(10_000, 5) if not m.error()}
+    landed = {valid(m)["window"]["id"]: m.offset() for m in c.consume(10_000, 5) if not m.error()}
     c.close()
     assert {w["window_id"]: w["result_offset"] for w in windows} == landed
     run = replay["ledger"].run(replay["proc"].run_id)
@@ -97,7 +97,7 @@ def test_the_210_s_gap_is_flagged_automatically_and_published(replay):
     assert abs(length - biggest) < 2 * 2.0 + 1  # within the window granularity at both ends
     c = Consumer({"bootstrap.servers": replay["broker"], "group.id": "t", "enable.auto.commit": False})
     c.assign([TopicPartition(replay["cfg"].quality_topic, 0, 0)])
-    every = [json.loads(m.value()) for m in c.consume(10_000, 5) if not m.error()]
+    every = [valid(m) for m in c.consume(10_000, 5) if not m.error()]
     c.close()
     msgs = [m for m in every if m["schema"] == "dtlive.quality/1"]  # the verdicts (quality/2) share the topic
     assert [m["reason"] for m in msgs if m["reason"] == "data_gap"] == ["data_gap"]

@@ -8,13 +8,13 @@ import subprocess
 import sys
 
 import pytest
+from contracts import read_messages, read_results
 from datafiles import RUN_CSV
 from feeds import RUN_ROWS, ThrottledFeed
 from waiting import wait_for
 
 from dtlive.config import load_config
 from dtlive.kafka.clients import ensure_topics
-from dtlive.kafka.results import read_messages, read_results
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from contracts import read_results
 from datafiles import RUN_CSV
 from pipeline_runs import assert_matches, expected_products, process_all
 
@@ -15,7 +16,6 @@ from dtlive.config import load_config
 from dtlive.core.rows import Rows
 from dtlive.kafka.clients import ensure_topics, partition_ends
 from dtlive.kafka.emulator import Chunk, emulate, file_chunks, split_by_key
-from dtlive.kafka.results import read_results
 
 pytestmark = pytest.mark.kafka
 

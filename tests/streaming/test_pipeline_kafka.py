@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from contracts import read_messages, read_results, valid_dead_letter
 from datafiles import RUN_CSV, SAMPLE_CSV
 from pipeline_runs import assert_matches, expected_products, process_all, produce_file
 from streamz import Stream
@@ -17,7 +18,6 @@ from dtlive.core.rows import Rows
 from dtlive.core.windows import Window
 from dtlive.kafka.clients import ensure_topics
 from dtlive.kafka.emulator import emulate, simulated_chunks
-from dtlive.kafka.results import read_messages, read_results
 from dtlive.streaming.processor import Processor
 
 pytestmark = pytest.mark.kafka
@@ -71,9 +71,9 @@ def test_bad_input_is_dead_lettered_with_reasons_and_stream_continues(broker, to
     c.assign([TopicPartition(topics["rejected_topic"], 0, 0)])
     got = {}
     for m in c.consume(100, 5):
-        h = dict(m.headers())
-        got[m.value()] = h["reason"].decode()
-        assert h["source_topic"].decode() == topics["hits_topic"] and int(h["source_offset"]) >= 0
+        h = valid_dead_letter(m)
+        got[m.value()] = h["reason"]
+        assert h["source_topic"] == topics["hits_topic"] and int(h["source_offset"]) >= 0
     c.close()
     assert {k: v for k, v in got.items() if k in bad} == bad
     assert got[b"\x00" * 3] == "truncated_word" and got[b"whatever"] == "unknown_format"

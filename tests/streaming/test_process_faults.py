@@ -7,9 +7,8 @@ import subprocess
 import sys
 
 import pytest
+from contracts import read_messages
 from waiting import wait_for
-
-from dtlive.kafka.results import read_messages
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

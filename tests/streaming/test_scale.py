@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from confluent_kafka import Producer
+from contracts import read_messages
 from datafiles import RUN_CSV
 from feeds import RUN_ROWS, ThrottledFeed
 from waiting import wait_for
@@ -25,7 +26,6 @@ from dtlive.core import detector as det
 from dtlive.core.simulate import simulate
 from dtlive.kafka.clients import ensure_topics
 from dtlive.kafka.emulator import Chunk, emulate, file_chunks
-from dtlive.kafka.results import read_messages
 from dtlive.streaming.processor import Processor
 
 PER_CHAMBER = [24_253, 35_907, 60_564, 36_572]
