@@ -68,13 +68,24 @@ FORMATS = ("parquet", "netcdf", "zarr")
 
 
 class ExportError(ValueError):
-    """An export that cannot be done; the message says why in one line."""
+    """An export that cannot be done; the message says why in one line.
+
+    >>> import tempfile
+    >>> export(HistoryStore(tempfile.mkdtemp()), None, None, "csv", "out.csv")
+    Traceback (most recent call last):
+    ...
+    dtlive.storage.export.ExportError: unknown format 'csv'; choose one of parquet, netcdf, zarr
+    """
 
 
 @dataclass(frozen=True)
 class Exported:
     """What :func:`export` wrote: ``windows`` (count), ``bytes`` (on disk), the path, format and the span of
-    window starts (ISO UTC)."""
+    window starts (ISO UTC).
+
+    >>> Exported(Path("w.nc"), "netcdf", 2, 2048, "2026-12-05T10:00:00.000Z", "2026-12-05T10:00:02.000Z").windows
+    2
+    """
 
     path: Path
     format: str
@@ -120,7 +131,26 @@ def export(store: HistoryStore, start: TimeLike, end: TimeLike, fmt: str, output
            overwrite: bool = False, progress=None) -> Exported:
     """Write the windows of ``store`` starting in ``[start, end)`` (None: open) to ``output`` as ``fmt``.
 
-    ``progress``: called with a line of text before the (possibly long) write. Returns :class:`Exported`.
+    ``progress``: called with a line of text before the (possibly long) write. Returns :class:`Exported`
+    (the windows written, their span and the bytes: :class:`Exported` too has its example here).
+
+    >>> import tempfile
+    >>> from dtlive.core.messages import decode_message, encode_message
+    >>> from dtlive.core.products import compute_products
+    >>> from dtlive.core.rows import Rows
+    >>> def window(i):
+    ...     ds = compute_products(Rows.from_columns(head=[2], fpga=[0], channel=[3], orbit=[10 * i], bx=[0], tdc=[0]))
+    ...     start, end = (f"2026-12-05T10:00:{s:02d}.000Z" for s in (2 * i, 2 * i + 2))
+    ...     ds.attrs.update(window_id=i, first_orbit=10 * i, last_orbit=10 * i + 9, window_start=start,
+    ...                     window_end=end, provenance='{"processor": "p"}')
+    ...     return decode_message(encode_message(ds))
+    >>> folder = tempfile.mkdtemp()
+    >>> store = HistoryStore(folder + "/history")
+    >>> store.append([window(i) for i in range(3)])
+    3
+    >>> done = export(store, None, None, "parquet", folder + "/windows.parquet")
+    >>> done.windows, done.first_start, done.bytes > 0
+    (3, '2026-12-05T10:00:00.000Z', True)
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -167,6 +197,24 @@ def window_table(ds: xr.Dataset) -> pd.DataFrame:
     column per chamber, ``<name>_chamber_<c>`` (a ``_per_chamber`` suffix dropped: ``hits_chamber_0``,
     ``drift_time_ns_underflow_chamber_0``, ...); rejected rows per reason (``rejected_<reason>``); the
     provenance block (JSON).
+
+    >>> import tempfile
+    >>> from dtlive.core.messages import decode_message, encode_message
+    >>> from dtlive.core.products import compute_products
+    >>> from dtlive.core.rows import Rows
+    >>> def window(i):
+    ...     ds = compute_products(Rows.from_columns(head=[2], fpga=[0], channel=[3], orbit=[10 * i], bx=[0], tdc=[0]))
+    ...     start, end = (f"2026-12-05T10:00:{s:02d}.000Z" for s in (2 * i, 2 * i + 2))
+    ...     ds.attrs.update(window_id=i, first_orbit=10 * i, last_orbit=10 * i + 9, window_start=start,
+    ...                     window_end=end, provenance='{"processor": "p"}')
+    ...     return decode_message(encode_message(ds))
+    >>> folder = tempfile.mkdtemp()
+    >>> store = HistoryStore(folder + "/history")
+    >>> store.append([window(i) for i in range(3)])
+    3
+    >>> table = window_table(store.load())
+    >>> table.window_id.tolist(), table.hits_chamber_0.tolist()
+    ([0, 1, 2], [1, 1, 1])
     """
     cols: dict[str, np.ndarray] = {
         "start": ds.time.values.astype("datetime64[ms]"),
