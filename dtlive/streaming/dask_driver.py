@@ -280,15 +280,19 @@ class DaskProcessor:
         last_tick = 0.0
         calls: dict[int, tuple[object, float]] = {}  # slot -> its step call in flight, and when it was made
         while not self._stop:
+            lost = []
             for i, s in enumerate(self.slots):  # each actor steps again as soon as its last report is in
                 if i not in calls and (not s.done or self._requests(i)):
                     targets = None if self.targets is None else {p: self.targets.get(p, 0) for p in s.partitions}
-                    calls[i] = (s.actor.step(self.published_through, self._requests(i), targets, self.step_seconds),
-                                time.monotonic())
+                    try:
+                        calls[i] = (s.actor.step(self.published_through, self._requests(i), targets,
+                                                 self.step_seconds), time.monotonic())
+                    except Exception:  # noqa: BLE001 - its worker died between two steps: replace the actor
+                        log.exception("the actor of partitions %s is gone", s.partitions)
+                        lost.append(i)
             self._publish_ready()  # while the actors consume
             if self.publisher.due():  # at once for a new window, else every commit interval
                 self.publisher.commit()
-            lost = []
             for i in self._finished(calls):
                 call, _ = calls.pop(i)
                 try:
