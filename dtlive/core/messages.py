@@ -182,7 +182,9 @@ def message_from_arrays(arrays: dict, drift_edges: np.ndarray, attrs: dict) -> d
             "scint_channel_occupancy": per_chamber("scint_channel_occupancy", occ_edges),
             "drift_time_ns": per_chamber("drift_time_ns", drift),
         },
-        "variables": {k: np.asarray(arrays[k]).tolist() for k in VARIABLES if k in arrays},
+        # no events (or the reconstruction switched off): left out, as :func:`empty_variables` stands for it
+        "variables": {k: np.asarray(arrays[k]).tolist() for k in VARIABLES if k in arrays}
+        if any(np.asarray(arrays[k]).any() for k in VARIABLES if k in arrays) else {},
     }
 
 
