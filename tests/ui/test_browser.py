@@ -208,7 +208,9 @@ def test_voila_log_scale_switches_y_axis(dashboard):
     assert linear.tick_span_px > 100 and min(v for _, v in linear.ticks) <= 0
     try:
         page.check(".dtlive-log input[type=checkbox]")
-        log = poll(lambda: figure(page, OCC0), lambda f: f.labels != linear.labels, timeout=5)
+        # the live feed may redraw the linear axis meanwhile: wait for the log axis itself (no tick at or below 0)
+        log = poll(lambda: figure(page, OCC0),
+                   lambda f: f.labels != linear.labels and f.ticks and all(v > 0 for _, v in f.ticks), timeout=10)
         screenshot(page, "voila-log")
         assert log.labels != linear.labels, "y axis did not change"
         assert all(v > 0 for _, v in log.ticks), f"log axis with ticks <= 0: {log.labels}"
