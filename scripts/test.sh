@@ -8,6 +8,6 @@ bash scripts/install_hub.sh       # JupyterHub, its idle culler and configurable
 .venv/bin/ruff check .
 .venv/bin/lint-imports --no-cache  # the layering contract in pyproject.toml
 .venv/bin/pylint --disable=all --enable=duplicate-code --score=n dtlive  # no repeated logic in the package
-# four workers on two cores: tests wait on brokers, browsers and subprocesses more than they compute; a file
+# three workers on two cores: tests wait on brokers, browsers and subprocesses more than they compute; a file
 # stays on one worker
-exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 4 --dist loadfile "$@"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile "$@"
