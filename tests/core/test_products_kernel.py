@@ -143,3 +143,17 @@ def test_without_scintillator_or_shared_chambers_there_is_no_second_round():
 def test_a_registry_needs_distinct_names():
     with pytest.raises(ValueError, match="distinct"):
         Registry([REGISTRY.products[0], REGISTRY.products[0]])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(window=split_window())
+def test_without_reconstruction_the_counting_products_are_the_same_and_the_rest_is_left_out(window):
+    hits, parts, edges = window
+    on, off = Settings(edges), Settings(edges, reconstruction=False)
+    merged = exchange(REGISTRY, parts, off)
+    reco = {k for p in REGISTRY.products if p.reconstruction for k in (*p.variables, *p.counts)}
+    assert reco and not reco & set(merged)
+    assert_same(merged, {k: v for k, v in compute_arrays(hits, edges).items() if k not in reco})
+    ds = REGISTRY.finish(merged, off)  # the Dataset has every variable; the reconstruction's are all 0
+    assert set(ds.data_vars) == set(REGISTRY.finish(REGISTRY.compute(hits, on), on).data_vars)
+    assert all(int(np.count_nonzero(ds[k].values)) == 0 for k in reco if k in ds)

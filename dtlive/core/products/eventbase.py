@@ -219,6 +219,8 @@ class EventProduct(Product):
     [1, 0, 1, 0]
     """
 
+    reconstruction = True
+
     @abstractmethod
     def size(self, settings: Settings) -> int:
         """Length of the count vector."""

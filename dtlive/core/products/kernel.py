@@ -132,6 +132,7 @@ class Product(ABC):
     name: ClassVar[str]
     variables: ClassVar[dict[str, Variable]]
     counts: ClassVar[tuple[str, ...]] = ()
+    reconstruction: ClassVar[bool] = False  # True: a product of the muon reconstruction, all 0 when it is off
 
     @abstractmethod
     def share(self, hits: Hits, settings: Settings) -> tuple[Any, Any]:
@@ -196,6 +197,7 @@ class Registry:
         if len(set(names)) != len(names) or len(set(outputs)) != len(outputs):
             raise ValueError(f"products and their outputs need distinct names: {names}, {outputs}")
         self._by_name = dict(zip(names, self.products))
+        self._counting = tuple(p for p in self.products if not p.reconstruction)
 
     @property
     def variables(self) -> tuple[str, ...]:
@@ -207,11 +209,22 @@ class Registry:
         """The attrs of each Dataset variable."""
         return {k: attrs for p in self.products for k, (_, attrs) in p.variables.items()}
 
+    def running(self, settings: Settings = DEFAULT_SETTINGS) -> tuple[Product, ...]:
+        """The products that run under ``settings``: all but the reconstruction's when it is switched off.
+
+        Their arrays are left out of :meth:`merge` (a message leaves them out too); :meth:`finish` gives them as 0.
+
+        >>> from dtlive.core.products import REGISTRY
+        >>> len(REGISTRY.running(Settings(reconstruction=False))) < len(REGISTRY.running()) == len(REGISTRY.products)
+        True
+        """
+        return self.products if settings.reconstruction else self._counting
+
     def share(self, hits: Rows, settings: Settings = DEFAULT_SETTINGS) -> tuple[Partial, Kept]:
-        """Every product's summary of one share of a window's cleansed hits, and what the share keeps."""
+        """Every running product's summary of one share of a window's cleansed hits, and what the share keeps."""
         view = Hits(hits)
         summaries, kept = {}, {}
-        for p in self.products:
+        for p in self.running(settings):
             summaries[p.name], kept[p.name] = p.share(view, settings)
         return Partial(len(hits), summaries), kept
 
@@ -219,7 +232,7 @@ class Registry:
                       ) -> dict[int, Request]:
         """What each share (by id) must answer before the merge; shares with nothing to add get no request."""
         out: dict[int, Request] = {}
-        for p in self.products:
+        for p in self.running(settings):
             for i, r in p.requests({i: s.summaries[p.name] for i, s in partials.items()}, settings).items():
                 out.setdefault(i, {})[p.name] = r
         return out
@@ -232,17 +245,20 @@ class Registry:
               settings: Settings = DEFAULT_SETTINGS) -> dict[str, np.ndarray]:
         """The window's arrays from every share's :class:`Partial` and every :meth:`answer` requested."""
         out: dict[str, np.ndarray] = {}
-        for p in self.products:
+        for p in self.running(settings):
             out.update(p.merge([s.summaries[p.name] for s in partials], [a[p.name] for a in answers if p.name in a],
                                settings))
         return out
 
     def finish(self, arrays: Mapping[str, np.ndarray], settings: Settings = DEFAULT_SETTINGS,
                attrs: dict | None = None) -> xr.Dataset:
-        """The merged arrays as a labelled Dataset (dims, coordinates, units in attrs)."""
+        """The merged arrays as a labelled Dataset (dims, coordinates, units in attrs); a product that did not
+        run (see :meth:`running`) is all 0."""
         data_vars: dict = {}
         coords: dict = {}
         for p in self.products:
+            if any(k not in arrays for k in p.variables):
+                arrays = {**Registry([p]).compute(Rows.empty(), Settings(settings.drift_edges)), **arrays}
             data_vars.update(p.finish(arrays, settings))
             coords.update(p.coords(settings))
         import xarray as xr
