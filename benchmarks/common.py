@@ -59,12 +59,16 @@ def private_broker() -> Iterator:
         shutil.rmtree(state, ignore_errors=True)
 
 
+RECONSTRUCTION: bool | None = None  # None: dtlive's default; ``benchmarks.run --no-reconstruction`` sets False
+
+
 def bench_config(bootstrap: str, tag: str | None = None, **overrides):
     """A dtlive Config with unique topic names and group id (so runs never see each other's data)."""
     from dtlive.config import load_config
 
     tag = tag or uuid.uuid4().hex[:8]
     values = {
+        **({} if RECONSTRUCTION is None else {"reconstruction": RECONSTRUCTION}),
         "bootstrap": bootstrap,
         "hits_topic": f"bench.hits.{tag}",
         "monitor_topic": f"bench.monitor.{tag}",
@@ -218,6 +222,8 @@ def dtlive_cli(*args: str, private_dir: str | os.PathLike[str], **popen) -> subp
     private = Path(private_dir)
     env.update(DTLIVE_DB=f"sqlite:///{private / 'ledger.sqlite'}", DTLIVE_HISTORY=str(private / "history"),
                DTLIVE_STATE_DIR=str(private / "state"))
+    if RECONSTRUCTION is not None:
+        env["DTLIVE_RECONSTRUCTION"] = str(RECONSTRUCTION).lower()
     return subprocess.Popen([sys.executable, "-m", "dtlive", *args], env=env, **popen)
 
 

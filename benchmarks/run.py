@@ -20,7 +20,18 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks import alerts, dashboard, emulator_rate, end_to_end, history_load, latency, memory, scaling, throughput
+from benchmarks import (
+    alerts,
+    common,
+    dashboard,
+    emulator_rate,
+    end_to_end,
+    history_load,
+    latency,
+    memory,
+    scaling,
+    throughput,
+)
 from benchmarks.common import RESULTS_DIR, ROOT, loadavg, log
 
 ALL = ("end_to_end", "throughput", "latency", "emulator", "memory", "dashboard", "history", "alerts", "scaling")
@@ -76,7 +87,12 @@ def main(argv=None) -> int:
                     help="cProfile an extra processor run in the throughput benchmark, the listener and a worker "
                          "job in the alerts benchmark (default: if a target is missed)")
     ap.add_argument("--name", help="results file name (default: quick or full)")
+    ap.add_argument("--no-reconstruction", action="store_true",
+                    help="every processor without the muon reconstruction (the counting products only; to compare "
+                         "with code that had no reconstruction)")
     args = ap.parse_args(argv)
+    if args.no_reconstruction:
+        common.RECONSTRUCTION = False  # bench_config's processors and the dtlive subprocesses (dtlive_cli)
     chosen = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = set(chosen) - set(ALL)
     if unknown:
