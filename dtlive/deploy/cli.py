@@ -579,31 +579,35 @@ class Summary:
     def on_publish(self, item: dict) -> None:
         self.latest = item
 
-    def line(self, proc) -> str:
-        """The summary of ``proc`` now: input rate, lag, windows, rejects, the newest window and its data age."""
+    def line(self, proc, width: int | None = None) -> str:
+        """The summary of ``proc`` now: input rate, lag, windows, rejects, the newest window, its hits per chamber
+        and its data age; cut to ``width`` characters by leaving out whole fields, least needed first (the hits
+        per chamber, the window's number, the input rate), never the lag, rejects or data age."""
         now = time.monotonic()
         rate = (proc.source.messages - self.last[1]) / max(now - self.last[0], 1e-9)
         self.last = (now, proc.source.messages)
         high = proc.source.high_watermarks()
         lag = sum(max(high[p] - proc.source.positions.get(p, 0), 0) for p in high)
-        line = (f"in {rate:,.0f} msg/s  lag {lag:,}  windows {proc.publisher.published:,}  "
-                f"rejects {proc.publisher.dead_lettered:,}")
+        fields = [(3, f"in {rate:,.0f} msg/s"), (0, f"lag {lag:,}"), (1, f"windows {proc.publisher.published:,}"),
+                  (0, f"rejects {proc.publisher.dead_lettered:,}")]  # (how soon to leave it out, text)
         msg = self.latest.get("message")
         if msg is not None:
             w = msg["window"]
             epoch = proc.windows.orbit_epoch
             age = time.time() - epoch - (w["last_orbit"] + 1) * det.ORBIT_S if epoch else float("nan")
-            line += f"  #{w['id']} hits {'/'.join(str(h) for h in msg['hits_per_chamber'])}  age {age:.1f} s"
-        return line
+            fields += [(2, f"#{w['id']}"), (4, f"hits {'/'.join(str(h) for h in msg['hits_per_chamber'])}"),
+                       (0, f"age {age:.1f} s")]
+        while width is not None and len("  ".join(t for _, t in fields)) > width and max(r for r, _ in fields):
+            fields.remove(max(fields, key=lambda f: f[0]))
+        return "  ".join(t for _, t in fields)[:width]
 
     def __call__(self, proc) -> None:
-        line = self.line(proc)
         if self.stream.isatty():
-            width = shutil.get_terminal_size((80, 24)).columns
-            self.stream.write("\r" + line[: max(width - 1, 1)] + "\x1b[K")
+            width = max(shutil.get_terminal_size((80, 24)).columns - 1, 1)  # the last column would wrap
+            self.stream.write("\r" + self.line(proc, width) + "\x1b[K")
             self.stream.flush()
         else:
-            print(line, file=self.stream, flush=True)
+            print(self.line(proc), file=self.stream, flush=True)
 
 
 def _streamz_without_dask() -> None:

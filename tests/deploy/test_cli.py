@@ -180,7 +180,18 @@ def test_the_live_summary_redraws_in_place_within_80_columns(monkeypatch):
         assert draw.endswith("\x1b[K")  # cleared to the end: a shorter line leaves nothing behind
         assert len(draw.removesuffix("\x1b[K")) <= 79 and "\n" not in draw
     assert "lag 500" in draws[0] and "windows 4,321" in draws[0]
-    assert "#98765 hits 12345/" in draws[1]
+    assert "#98765" in draws[1] and " age " in draws[1]  # the hits per chamber are what gives way
+    assert "hits 12345/" not in draws[1]
+
+
+def test_a_wide_terminal_shows_every_field_and_a_narrow_one_keeps_lag_rejects_and_age():
+    summary = Summary(io.StringIO())
+    summary.on_publish({"message": {"window": {"id": 98_765, "last_orbit": 10_000_000},
+                                    "hits_per_chamber": [12_345, 23_456, 34_567, 45_678]}})
+    wide = summary.line(_running_processor(), 200)
+    assert "msg/s" in wide and "#98765" in wide and "hits 12345/23456/34567/45678" in wide
+    narrow = summary.line(_running_processor(), 40)
+    assert len(narrow) <= 40 and narrow.startswith("lag 500") and "rejects 17" in narrow and "age" in narrow
 
 
 def test_the_summary_in_a_log_is_a_line_each():
