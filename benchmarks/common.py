@@ -212,8 +212,11 @@ def cpu_seconds(pid: int) -> float:
     return float("nan")
 
 
-def dtlive_cli(*args: str, private_dir: str | os.PathLike[str], **popen) -> subprocess.Popen:
+def dtlive_cli(*args: str, private_dir: str | os.PathLike[str], prefix: tuple[str, ...] = (),
+               **popen) -> subprocess.Popen:
     """``dtlive ARGS`` as a subprocess of the venv's Python, isolated from the user's dtlive state.
+
+    ``prefix``: a command that runs it (a profiler, say: ``("py-spy", "record", ..., "--")``).
 
     No ``DTLIVE_*`` setting of the caller leaks in; the ledger (``DTLIVE_DB``), history store and broker
     state directory all live in ``private_dir``, so a benchmark never writes into the user's files.
@@ -224,7 +227,7 @@ def dtlive_cli(*args: str, private_dir: str | os.PathLike[str], **popen) -> subp
                DTLIVE_STATE_DIR=str(private / "state"))
     if RECONSTRUCTION is not None:
         env["DTLIVE_RECONSTRUCTION"] = str(RECONSTRUCTION).lower()
-    return subprocess.Popen([sys.executable, "-m", "dtlive", *args], env=env, **popen)
+    return subprocess.Popen([*prefix, sys.executable, "-m", "dtlive", *args], env=env, **popen)
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 30) -> int | None:
