@@ -1,6 +1,6 @@
 """In-process cost of the muon reconstruction: ``REGISTRY.compute`` with and without it, per hit.
 
-    PYTHONPATH=. .venv/bin/python -m benchmarks.reco_speed [--repeat 7] [--profile]   # -> results/reco_speed.json
+    PYTHONPATH=. .venv/bin/python -m benchmarks.reco_speed [--repeat 7] [--profile]     # -> results/reco_speed.json
 
 All figures are IN-PROCESS: the window products of cleansed hits in this Python process, no Kafka, no
 decoding, no publishing. Data, built before any timing: every 2 s window of run 591 (real hits, ~9.4k per
