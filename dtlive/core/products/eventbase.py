@@ -78,6 +78,16 @@ class Reconstructed:
         return scint_t0(self.events)
 
     @cached_property
+    def in_events(self) -> np.ndarray:
+        """Indices of the chamber hits in events (:meth:`Events.in_events`)."""
+        return self.events.in_events()
+
+    @cached_property
+    def relative_ns(self) -> np.ndarray:
+        """Time (ns) of the chamber hits in events after the start of their event (:meth:`Events.relative_ns`)."""
+        return self.events.relative_ns(self.in_events)
+
+    @cached_property
     def event_slot(self) -> np.ndarray:
         """Slot of each event (of its first hit)."""
         return self.events.start // SLOT_TICKS
@@ -309,7 +319,7 @@ def histogram_index(chamber: np.ndarray, values: np.ndarray, edges: np.ndarray) 
     [0, 4]
     """
     width = (edges[-1] - edges[0]) / (len(edges) - 1) if len(edges) > 2 else 0.0
-    if width > 0 and np.allclose(np.diff(edges), width, rtol=1e-9, atol=0.0):  # even bins: arithmetic, then the
+    if width > 0 and np.abs(np.diff(edges) - width).max() <= 1e-9 * width:  # even bins: arithmetic, then the
         b = np.clip(np.floor((values - edges[0]) / width), -1, len(edges) - 1).astype(np.int64) + 1  # exact edges
         b -= (b > 0) & (values < edges[np.maximum(b - 1, 0)])
         b += (b < len(edges)) & (values >= edges[np.minimum(b, len(edges) - 1)])

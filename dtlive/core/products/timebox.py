@@ -21,7 +21,6 @@ import numpy as np
 from dtlive.core import detector as det
 from dtlive.core.products.eventbase import EventProduct, Reconstructed, histogram_index
 from dtlive.core.products.kernel import Settings, drift_time_coords
-from dtlive.core.reco.timebox import drift_times
 
 NCHAMB = det.N_CHAMBERS
 _KINDS = ("meantimer", "trigger")
@@ -58,14 +57,16 @@ class TimeBoxes(EventProduct):
     def fill(self, reco: Reconstructed, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
         edges = settings.drift_edges
         ev = reco.events
-        idx = ev.in_events()
-        slot = reco.event_slot[ev.event[idx]] if len(idx) else np.zeros(0, np.int64)
+        idx = reco.in_events
+        event, chamber = ev.event[idx], ev.chamber[idx]
+        slot = reco.event_slot[event] if len(idx) else np.zeros(0, np.int64)
         slots, indices = [], []
-        for k, t0 in enumerate((reco.meantimer_t0, reco.trigger_t0)):
-            has = ~np.isnan(t0[ev.event[idx], ev.chamber[idx]]) if len(idx) else np.zeros(0, bool)
-            chamber, dt = drift_times(ev, t0)
+        for k, t0 in enumerate((reco.meantimer_t0, reco.trigger_t0)):  # drift_times(ev, t0), from the shared parts
+            t0_of_hit = t0[event, chamber] if len(idx) else np.zeros(0)
+            has = ~np.isnan(t0_of_hit)
             slots.append(slot[has])
-            indices.append(k * NCHAMB * (len(edges) + 1) + histogram_index(chamber, dt, edges))
+            dt = reco.relative_ns[has] - t0_of_hit[has]
+            indices.append(k * NCHAMB * (len(edges) + 1) + histogram_index(chamber[has], dt, edges))
         return np.concatenate(slots), np.concatenate(indices)
 
     def unpack(self, counts: np.ndarray, settings: Settings) -> dict[str, np.ndarray]:

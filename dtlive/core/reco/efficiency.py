@@ -12,10 +12,12 @@ are the plain arrays of :mod:`dtlive.core.reco.segments`.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from dtlive.core import detector as det
-from dtlive.core.reco.segments import DRIFT_WINDOW_NS, LAYER_SHIFT, LAYER_Z, fit_segments
+from dtlive.core.reco.segments import DRIFT_WINDOW_NS, LAYER_SHIFT, LAYER_Z, Segments, fit_segments
 
 NEIGHBOUR_CELLS = 1  # a hit this many cells from the predicted one counts as found
 EFFICIENCY_MAX_SLOPE = 1.0  # only segments within 45 degrees of the vertical predict
@@ -87,36 +89,77 @@ def efficiency_entries(
     >>> ev.tolist(), bool(hit.all()), sorted(flat.tolist()) == [135, 152, 167, 184]
     ([0, 0, 0, 0], True, True)
     """
+    return _fit_and_count(event, chamber, layer, cell, drift_ns, neighbours, max_slope, fit_options, False)[1]
+
+
+def segments_and_efficiency(
+    event: np.ndarray,
+    chamber: np.ndarray,
+    layer: np.ndarray,
+    cell: np.ndarray,
+    drift_ns: np.ndarray,
+    *,
+    neighbours: int = NEIGHBOUR_CELLS,
+    max_slope: float = EFFICIENCY_MAX_SLOPE,
+    **fit_options,
+) -> tuple[Segments, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """:func:`fit_segments` (segments of >= 3 hits) and :func:`efficiency_entries` of the same hits, exactly as
+    the two give them, from one fit of all the hits (the fixed cost of a fit paid once).
+
+    >>> hits = (np.zeros(4, int), np.full(4, 2), np.arange(1, 5), np.array([7, 8, 7, 8]),
+    ...         np.array([10, 11, 10, 11]) / 53.8e-3)
+    >>> seg, (ev, flat, found) = segments_and_efficiency(*hits)
+    >>> seg.n_hits.tolist(), seg.hit_index.tolist(), sorted(flat.tolist()), bool(found.all())
+    ([4], [0, 1, 2, 3], [135, 152, 167, 184], True)
+    """
+    if "min_hits" in fit_options:
+        raise TypeError("segments_and_efficiency fits segments of >= 3 hits (min_hits is not an option)")
+    return _fit_and_count(event, chamber, layer, cell, drift_ns, neighbours, max_slope, fit_options, True)
+
+
+def _fit_and_count(event, chamber, layer, cell, drift_ns, neighbours: int, max_slope: float, fit_options: dict,
+                   with_all: bool) -> tuple[Segments | None, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The segments of all the hits (``with_all``) and the efficiency entries, from one call of the fit."""
     event, chamber, layer, cell, drift_ns = (np.asarray(a) for a in (event, chamber, layer, cell, drift_ns))
     lo, hi = fit_options.get("drift_window_ns", DRIFT_WINDOW_NS)
     usable = (drift_ns >= lo) & (drift_ns <= hi) & (layer >= 1) & (layer <= _NL) & (chamber >= 0)
     usable &= (chamber < det.N_CHAMBERS) & (cell >= 0) & (cell < det.CELLS_PER_LAYER)
-    events = np.sort(event)
+    events = np.sort(event, kind="stable")
     events = events[np.r_[True, events[1:] != events[:-1]]] if len(events) else events
     code = np.searchsorted(events, event)
-    hit_keys = np.sort(_cell_key(code[usable], chamber[usable], layer[usable], cell[usable]))
-    out_event, out_flat, out_hit = [], [], []
-    for tested in range(1, _NL + 1):
-        other = layer != tested
-        seg = fit_segments(event[other], chamber[other], layer[other], cell[other], drift_ns[other],
-                           min_hits=_NL - 1, **fit_options)  # fmt: skip
-        x = seg.position_mm + seg.slope * LAYER_Z[tested - 1]
-        pred = np.rint((x - LAYER_SHIFT[tested - 1]) / det.CELL_WIDTH_MM).astype(np.int64)
-        inside = (pred >= 0) & (pred < det.CELLS_PER_LAYER) & (np.abs(seg.slope) <= max_slope)
-        seg_code = np.searchsorted(events, seg.event)
-        hit = np.zeros(len(seg), bool)
-        for delta in range(-neighbours, neighbours + 1):
-            c = pred + delta
-            hit |= (
-                (c >= 0) & (c < det.CELLS_PER_LAYER) & _contains(hit_keys, _cell_key(seg_code, seg.chamber, tested, c))
-            )
-        flat = (seg.chamber * _NL + tested - 1) * det.CELLS_PER_LAYER + pred
-        out_event.append(seg.event[inside])
-        out_flat.append(flat[inside])
-        out_hit.append(hit[inside])
-    if not out_event:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
-    return np.concatenate(out_event), np.concatenate(out_flat).astype(np.int64), np.concatenate(out_hit)
+    hit_keys = np.sort(_cell_key(code[usable], chamber[usable], layer[usable], cell[usable]), kind="stable")
+    # fit 0: all the hits (if asked); fit t = 1-4: the hits of the layers other than t. Every (event, fit) pair is
+    # fitted as an event of its own, code * 5 + fit, and events are fitted independently: these are the segments
+    # of the separate fits, in (event, fit, chamber) order
+    fits = np.arange(0 if with_all else 1, _NL + 1)
+    taken = layer[None, :] != fits[:, None]
+    if with_all:
+        taken[0] = True
+    fit, rows = np.nonzero(taken)
+    fit = fits[fit]
+    seg = fit_segments(code[rows] * (_NL + 1) + fit, chamber[rows], layer[rows], cell[rows], drift_ns[rows],
+                       min_hits=_NL - 1, **fit_options)  # fmt: skip
+    seg_code, seg_fit = np.divmod(seg.event, _NL + 1)
+    # efficiency: the segments of fits 1-4 in (tested layer, event, chamber) order
+    by_layer = np.flatnonzero(seg_fit > 0)
+    by_layer = by_layer[np.argsort(seg_fit[by_layer], kind="stable")]
+    e_code, tested0 = seg_code[by_layer], seg_fit[by_layer] - 1
+    e_chamber, slope = seg.chamber[by_layer], seg.slope[by_layer]
+    x = seg.position_mm[by_layer] + slope * LAYER_Z[tested0]
+    pred = np.rint((x - LAYER_SHIFT[tested0]) / det.CELL_WIDTH_MM).astype(np.int64)
+    inside = (pred >= 0) & (pred < det.CELLS_PER_LAYER) & (np.abs(slope) <= max_slope)
+    hit = np.zeros(len(pred), bool)
+    for delta in range(-neighbours, neighbours + 1):
+        c = pred + delta
+        inside_layer = (c >= 0) & (c < det.CELLS_PER_LAYER)
+        hit |= inside_layer & _contains(hit_keys, _cell_key(e_code, e_chamber, tested0 + 1, c))
+    flat = (e_chamber * _NL + tested0) * det.CELLS_PER_LAYER + pred
+    entries = events[e_code[inside]].astype(np.int64), flat[inside].astype(np.int64), hit[inside]
+    if not with_all:
+        return None, entries
+    alone = seg.take(seg_fit == 0)
+    return replace(alone, event=events[seg_code[seg_fit == 0]].astype(np.int64),
+                   hit_index=rows[alone.hit_index].astype(np.int64)), entries
 
 
 def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:

@@ -17,9 +17,10 @@ distinct layers (a layer with several hits contributes each of its first ``max_h
 or none), resolves the left/right ambiguity by fitting all 2^n sign choices of its n hits (all candidates
 at once, vectorised), fits ``x = a + b z`` by weighted least squares with one resolution ``sigma_mm`` per hit
 (default 0.25 mm), and keeps per (event, chamber) the candidate with the most hits, then the lowest chi2,
-among those with chi2/ndof <= ``max_chi2_ndof``. Residuals are given both biased (hit in the fit) and
-unbiased (the same hits, the same signs, the fit without that hit: the exact leave-one-out residual
-``r / (1 - h)``, h the hit's leverage). The residual summaries here and the efficiency counts of
+among those with chi2/ndof <= ``max_chi2_ndof`` (a candidate that cannot pass it whatever its signs, by a lower
+bound of its chi2 from its triplets of hits, is not fitted: the choice is the same). Residuals are given both
+biased (hit in the fit) and unbiased (the same hits, the same signs, the fit without that hit: the exact
+leave-one-out residual ``r / (1 - h)``, h the hit's leverage). The residual summaries here and the efficiency counts of
 :mod:`dtlive.core.reco.efficiency` are indexed by (chamber, layer, ...) and add up over shares and windows.
 
 >>> z = np.array([-19.5, -6.5, 6.5, 19.5])  # a track x = 100 + 0.2 z through the four layers
@@ -98,6 +99,22 @@ class Segments:
     def chi2_ndof(self) -> np.ndarray:
         """chi2 per degree of freedom."""
         return self.chi2 / self.ndof
+
+    def take(self, keep: np.ndarray) -> Segments:
+        """The segments where ``keep`` (a mask) is true, with their hits (``hit_segment`` counted anew).
+
+        >>> seg = fit_segments([0, 0, 0, 1, 1, 1], [0, 0, 0, 2, 2, 2], [1, 2, 3] * 2, [7, 8, 7] * 2,
+        ...                    [186.0, 204.5, 186.0] * 2)  # a vertical track in two events
+        >>> later = seg.take(seg.event == 1)
+        >>> later.chamber.tolist(), later.hit_segment.tolist(), later.hit_index.tolist()
+        ([2], [0, 0, 0], [3, 4, 5])
+        """
+        keep = np.asarray(keep, bool)
+        hits = keep[self.hit_segment]
+        per_segment = ("event", "chamber", "n_hits", "position_mm", "slope", "chi2", "ndof")
+        out = {f.name: getattr(self, f.name)[keep if f.name in per_segment else hits] for f in fields(self)}
+        out["hit_segment"] = (np.cumsum(keep) - 1)[self.hit_segment[hits]]
+        return Segments(**out)
 
     @classmethod
     def empty(cls) -> Segments:
@@ -245,10 +262,12 @@ def _choose(cand_group: np.ndarray, digit: np.ndarray, ctx: tuple) -> dict:
     rows = order[np.where(used, start[cand_group] + digit - 1, 0)]
     xw = cell[rows] * det.CELL_WIDTH_MM + LAYER_SHIFT
     d = np.clip(drift_ns[rows] * det.DRIFT_VELOCITY_MM_PER_NS, 0.0, HALF_CELL_MM)
-    fit = _fit_by_pattern(xw, d, used, sigma_mm, ambiguity_chi2)
     n = used.sum(axis=1)
-    if not len(n):
-        return {k: np.zeros((0, _NL) if k in _PER_LAYER else 0) for k in (*_PER_LAYER, *_PER_CANDIDATE)}
+    # a candidate whose chi2 exceeds the cut whatever its signs is never chosen: it is not fitted (the margin is
+    # many times the rounding of a fit's chi2, so no candidate that could pass is left out)
+    fit_it = np.flatnonzero(_chi2_floor(xw, d, used, sigma_mm) <= max_chi2_ndof * (n - 2) * (1 + 1e-6) + 1e-3)
+    cand_group, used, rows, xw, d, n = (v[fit_it] for v in (cand_group, used, rows, xw, d, n))
+    fit = _fit_in_chunks(xw, d, used, sigma_mm, ambiguity_chi2)
     ok = fit["chi2"] <= max_chi2_ndof * (n - 2)
     idx = np.flatnonzero(ok)
     idx = idx[np.lexsort((fit["chi2"][idx], cand_group[idx] * (_NL + 1) + _NL - n[idx]))]
@@ -260,38 +279,56 @@ def _choose(cand_group: np.ndarray, digit: np.ndarray, ctx: tuple) -> dict:
     return out | {k: v[best] for k, v in fit.items()}
 
 
+# the triplets of layers (lower, middle, upper) and the weights of the middle hit's residual from the line
+# through the outer two: r = x_mid - A x_low - B x_up
+_LOW, _MID, _UP = np.array([(0, 1, 2), (0, 1, 3), (0, 2, 3), (1, 2, 3)]).T
+_A = (LAYER_Z[_UP] - LAYER_Z[_MID]) / (LAYER_Z[_UP] - LAYER_Z[_LOW])
+_B = (LAYER_Z[_MID] - LAYER_Z[_LOW]) / (LAYER_Z[_UP] - LAYER_Z[_LOW])
+
+
+def _chi2_floor(xw: np.ndarray, d: np.ndarray, used: np.ndarray, sigma_mm: float) -> np.ndarray:
+    """A lower bound of the chi2 of (M, 4) candidates, whatever their signs.
+
+    The best line through three hits leaves a chi2 of ``r^2 / (1 + A^2 + B^2) / sigma^2``, r the middle hit's
+    residual from the line through the outer two; a hit lies at ``xw +- d``, so ``|r|`` is at least
+    ``|r(wires)| - (d_mid + A d_low + B d_up)``. More hits only add to a chi2: the largest bound of the
+    candidate's triplets holds for it.
+
+    >>> xw = np.array([[0.0, 21.0, 0.0, 0.0], [0.0, 105.0, 0.0, 0.0]])  # the middle wire 21 or 105 mm aside
+    >>> d, used = np.full((2, 4), 10.0), np.array([[True, True, True, False]] * 2)
+    >>> _chi2_floor(xw, d, used, 0.25).round(1).tolist()  # |21| - (10 + 5 + 5) = 1 mm, 105 - 20 = 85 mm
+    [10.7, 77066.7]
+    """
+    gap = np.abs(xw[:, _MID] - _A * xw[:, _LOW] - _B * xw[:, _UP]) - (d[:, _MID] + _A * d[:, _LOW] + _B * d[:, _UP])
+    gap = np.where(used[:, _LOW] & used[:, _MID] & used[:, _UP], np.maximum(gap, 0.0), 0.0)
+    return (gap**2 / (1 + _A**2 + _B**2)).max(axis=1) / sigma_mm**2
+
+
 _CHUNK = 1 << 14
 
 
-def _fit_by_pattern(xw: np.ndarray, d: np.ndarray, used: np.ndarray, sigma_mm: float, ambiguity_chi2: float) -> dict:
-    """:func:`_fit_all_signs` of the candidates by their pattern of used layers (at most 16; the signs of unused
-    layers stay +1, so a 3-hit candidate tries 8 choices) and in chunks (the (chunk, 16) arrays stay in cache)."""
-    m = len(used)
-    fit = {k: np.empty(m) for k in ("ref", "a", "b", "chi2", "s0", "sz", "szz", "det")}
-    fit["signs"] = np.empty((m, _NL))
-    pattern = used.astype(np.int64) @ (1 << np.arange(_NL))
-    for p in np.flatnonzero(np.bincount(pattern, minlength=1 << _NL)):
-        mask = (p >> np.arange(_NL)) & 1 == 1
-        signs = _SIGNS[(_SIGNS[:, ~mask] > 0).all(axis=1)]
-        idx = np.flatnonzero(pattern == p)
-        for i in range(0, len(idx), _CHUNK):
-            sub = idx[i : i + _CHUNK]
-            part = _fit_all_signs(xw[sub], d[sub], used[sub], signs, np.flatnonzero(mask), sigma_mm, ambiguity_chi2)
-            for k, v in part.items():
-                fit[k][sub] = v
-    return fit
+def _fit_in_chunks(xw: np.ndarray, d: np.ndarray, used: np.ndarray, sigma_mm: float, ambiguity_chi2: float) -> dict:
+    """:func:`_fit_all_signs` of the candidates in chunks (bounded (chunk, 16) arrays)."""
+    if len(used) <= _CHUNK:
+        return _fit_all_signs(xw, d, used, sigma_mm, ambiguity_chi2)
+    parts = [_fit_all_signs(xw[i : i + _CHUNK], d[i : i + _CHUNK], used[i : i + _CHUNK], sigma_mm, ambiguity_chi2)
+             for i in range(0, len(used), _CHUNK)]  # fmt: skip
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-_PER_LAYER = ("used", "rows", "xw", "d", "signs")
-_PER_CANDIDATE = ("group", "n", "ref", "a", "b", "chi2", "s0", "sz", "szz", "det")
-
-
-def _fit_all_signs(xw, d, used, signs: np.ndarray, cols: np.ndarray, sigma_mm: float, ambiguity_chi2: float) -> dict:
-    """Weighted straight-line fits of (M, 4) candidates, all using the layers ``cols``, for every sign choice
-    of ``signs`` (P, 4); the best choice of each.
+def _fit_all_signs(xw, d, used, sigma_mm: float, ambiguity_chi2: float) -> dict:
+    """Weighted straight-line fits of (M, 4) candidates (3 or 4 layers used) for every sign choice of their used
+    layers (8 or 16); the best choice of each.
 
     Positions are centred on the weighted mean wire position ``ref`` of the candidate (precision). Returns
-    ``ref``, ``a`` (at z = 0, relative to ref), ``b``, ``chi2``, ``signs`` (M, 4) and the sums S, Sz, Szz, D.
+    ``ref``, ``a`` (at z = 0, relative to ref), ``b``, ``chi2``, ``signs`` (M, 4; +1 on unused layers) and the
+    sums S, Sz, Szz, D.
+
+    >>> xw = np.array([[7.0, 8.0, 7.0, 0.0]]) * 42 + LAYER_SHIFT  # cells 7, 8, 7 in layers 1-3
+    >>> fit = _fit_all_signs(xw, np.array([[10.0, 11.0, 10.0, 0.0]]), np.array([[True, True, True, False]]),
+    ...                      0.25, 1.0)
+    >>> fit["signs"].tolist(), round(float(fit["ref"][0] + fit["a"][0]), 9), round(float(fit["chi2"][0]), 9)
+    ([[1.0, -1.0, 1.0, 1.0]], 10.0, 0.0)
     """
     w = used / sigma_mm**2
     s0, sz, szz = w.sum(axis=1), w @ LAYER_Z, w @ LAYER_Z**2
@@ -299,9 +336,42 @@ def _fit_all_signs(xw, d, used, signs: np.ndarray, cols: np.ndarray, sigma_mm: f
     ref = (w * xw).sum(axis=1) / s0
     xc = np.where(used, xw - ref[:, None], 0.0)
     wd = w * d
-    sx = (w * xc).sum(axis=1)[:, None] + _signed(wd, signs, cols)  # (M, P)
-    sxz = (w * xc * LAYER_Z).sum(axis=1)[:, None] + _signed(wd * LAYER_Z, signs, cols)
-    sxx = (w * (xc**2 + d**2)).sum(axis=1)[:, None] + 2.0 * _signed(wd * xc, signs, cols)
+    # Sx, Sxz, Sxx of the wires, and the drift distances' terms that take a sign
+    wires = np.stack([(w * xc).sum(axis=1), (w * xc * LAYER_Z).sum(axis=1), (w * (xc**2 + d**2)).sum(axis=1)])
+    terms = np.stack([wd, wd * LAYER_Z, wd * xc])
+    fit = {"ref": ref, "a": np.empty(len(w)), "b": np.empty(len(w)), "chi2": np.empty(len(w)),
+           "signs": np.ones((len(w), _NL)), "s0": s0, "sz": sz, "szz": szz, "det": det_}  # fmt: skip
+    n = used.sum(axis=1)
+    for k in np.unique(n):
+        rows = np.flatnonzero(n == k)
+        cols = np.nonzero(used[rows])[1].reshape(len(rows), k)  # the used layers of each, in order
+        signed = _signed(terms[:, rows[:, None], cols])
+        sx = wires[0, rows, None] + signed[0]  # (M, 2^k)
+        sxz = wires[1, rows, None] + signed[1]
+        sxx = wires[2, rows, None] + 2.0 * signed[2]
+        a, b, chi2, pick = _best_signs(sx, sxz, sxx, s0[rows], sz[rows], szz[rows], det_[rows], ambiguity_chi2)
+        fit["a"][rows], fit["b"][rows], fit["chi2"][rows] = a, b, chi2
+        fit["signs"][rows[:, None], cols] = _SIGNS[pick, :k]
+    return fit
+
+
+def _signed(v: np.ndarray) -> np.ndarray:
+    """``sum_j s_j v[..., j]`` for every choice of signs s of the last axis of ``v`` (k of them -> 2^k), summed
+    column by column; bit j of a choice is the sign of column j (1: +), as in ``_SIGNS``.
+
+    >>> _signed(np.array([1.0, 10.0])).tolist()  # - -, + -, - +, + +
+    [-11.0, -9.0, 9.0, 11.0]
+    """
+    out = np.stack([-v[..., 0], v[..., 0]], axis=-1)
+    for j in range(1, v.shape[-1]):
+        vj = v[..., j, None]
+        out = np.concatenate([out - vj, out + vj], axis=-1)
+    return out
+
+
+def _best_signs(sx, sxz, sxx, s0, sz, szz, det_, ambiguity_chi2: float):
+    """The line (a, b), chi2 and index of the chosen sign choice of each candidate, from the sums of every choice
+    ((M, P) arrays)."""
     b = (s0[:, None] * sxz - sz[:, None] * sx) / det_[:, None]
     a = (szz[:, None] * sx - sz[:, None] * sxz) / det_[:, None]
     chi2 = np.maximum(sxx - a * sx - b * sxz, 0.0)  # the normal equations' identity
@@ -315,17 +385,7 @@ def _fit_all_signs(xw, d, used, signs: np.ndarray, cols: np.ndarray, sigma_mm: f
     flatter = tied & (np.abs(b) < np.abs(b[rows, best])[:, None] - _MIRROR_MIN_DSLOPE)
     alt = np.where(flatter, np.abs(b), np.inf).argmin(axis=1)
     pick = np.where(flatter[rows, alt], alt, best)
-    return {"ref": ref, "a": a[rows, pick], "b": b[rows, pick], "chi2": chi2[rows, pick], "signs": signs[pick],
-            "s0": s0, "sz": sz, "szz": szz, "det": det_}  # fmt: skip
-
-
-def _signed(v: np.ndarray, signs: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """``v @ signs.T`` over the columns ``cols`` (the others of ``v`` are 0), (M, 4) -> (M, P), by broadcast
-    products (a BLAS call with an inner size of 4 is slower, and its threads compete with the caller's)."""
-    out = v[:, cols[0] : cols[0] + 1] * signs[:, cols[0]]
-    for k in cols[1:]:
-        out += v[:, k : k + 1] * signs[:, k]
-    return out
+    return a[rows, pick], b[rows, pick], chi2[rows, pick], pick
 
 
 def _assemble(best: dict, g_event, g_chamber, cell, sigma_mm) -> Segments:
