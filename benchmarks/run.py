@@ -4,7 +4,7 @@
     .venv/bin/python -m benchmarks.run --quick         # smaller inputs, shorter runs (~6 min)
     .venv/bin/python -m benchmarks.run --only memory --duration 600 --name memory-600s
 
-Every benchmark starts and stops its own embedded broker on a free loopback port.
+Every benchmark starts and stops its own embedded broker on a free loopback port (``detection`` needs none).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from benchmarks import (
     alerts,
     common,
     dashboard,
+    detection,
     emulator_rate,
     end_to_end,
     history_load,
@@ -34,7 +35,8 @@ from benchmarks import (
 )
 from benchmarks.common import RESULTS_DIR, ROOT, loadavg, log
 
-ALL = ("end_to_end", "throughput", "latency", "emulator", "memory", "dashboard", "history", "alerts", "scaling")
+ALL = ("end_to_end", "throughput", "latency", "emulator", "memory", "dashboard", "history", "alerts", "scaling",
+       "detection")
 
 
 def git(*args) -> str | None:
@@ -112,12 +114,13 @@ def main(argv=None) -> int:
         "history": lambda: _history(args.quick),
         "alerts": lambda: alerts.run(quick=args.quick, profile=args.profile),
         "scaling": lambda: scaling.run(quick=args.quick),
+        "detection": lambda: detection.run(quick=args.quick),
     }
     printers = {"end_to_end": end_to_end.print_table, "throughput": throughput.print_table,
                 "latency": latency.print_table,
                 "emulator": emulator_rate.print_table, "memory": memory.print_table,
                 "dashboard": dashboard.print_table, "history": lambda res: print(f"\n== history: {res}"),
-                "alerts": alerts.print_table, "scaling": scaling.print_table}
+                "alerts": alerts.print_table, "scaling": scaling.print_table, "detection": detection.print_table}
     for bench in chosen:
         log(f"=== {bench}")
         t0 = time.monotonic()
@@ -194,6 +197,10 @@ def targets(res: dict) -> list[str]:
     sc = res.get("scaling")
     if sc:
         lines.append(f"scaling (no target): every hit counted in every case: {sc.get('verdict', '-')}")
+    dt = res.get("detection")
+    if dt:
+        lines.append(f"fault detection within the stated windows, no false alarm: {dt['verdict']} -> "
+                     f"{'MET' if dt['all_within_stated'] and not dt['clean']['blocks_with_alarm'] else 'MISSED'}")
     return lines
 
 

@@ -23,6 +23,8 @@ kind            what it judges                                             score
                 upper tail below ``p_value``)
 ``mean_width``  mean and width (standard deviation) along the axis within  mean minus the reference's mean
                 absolute ranges and/or tolerances around the reference's
+``timebox``     the fitted edges of a time box (t0: the rising edge; Tmax, t0 minus the reference's t0
+                so the drift velocity: its width) against the reference's
 =============== ========================================================= =======================================
 
 Minimum statistics: every test has ``min_entries`` (observed entries for a shape; *expected* entries for a
@@ -40,6 +42,7 @@ channels) are left out of every test.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -47,6 +50,7 @@ import numpy as np
 from scipy import stats
 
 from dtlive.core import detector as det
+from dtlive.core.reco.timebox import TimeBoxFit, fit_timebox
 
 STATUSES = ("ok", "warning", "error", "not_enough_statistics")
 OK, WARNING, ERROR, NES = STATUSES
@@ -344,6 +348,107 @@ def mean_width_test(obs: np.ndarray, ref: np.ndarray | None, ctx: Context, param
     return Outcome(status, score, reason, details)
 
 
+def timebox_test(obs: np.ndarray, ref: np.ndarray, ctx: Context, params: dict) -> Outcome:
+    """The edges of a time box against the reference's: how far its rising edge (t0) and its falling edge moved,
+    so how its t0 and its width Tmax (half a cell over Tmax is the drift velocity) changed.
+
+    The reference's edges are fitted once (:func:`dtlive.core.reco.timebox.fit_timebox`); each edge of the
+    window(s) is then matched to the reference's shape moved by ``s`` (its cumulative sum interpolated) in the
+    ``window_ns`` around it, ``s`` on a 0.25 ns grid up to ``max_shift_ns``, at the minimum of the Poisson
+    deviance (normalised to the window's entries there), with its uncertainty from the deviance's curvature.
+    ``t0`` moved by the rising edge's shift, ``tmax`` by the falling edge's minus the rising edge's; either
+    beyond ``t0_tolerance``/``tmax_tolerance`` ``[warning, error]`` ns and ``min_sigma`` uncertainties is a
+    warning/error. Fewer than ``min_entries`` entries, or a reference whose box cannot be fitted, give
+    ``not_enough_statistics``. The bin edges are the midpoints of the centres.
+
+    ``details``: the reference's fitted ``t0_ns_reference``, ``tmax_ns_reference``, the window's ``t0_ns``,
+    ``tmax_ns`` (the reference's moved by the shifts) and their uncertainties ``t0_err_ns``, ``tmax_err_ns``.
+
+    >>> centres = np.arange(-97.5, 500.0, 5.0)
+    >>> def box(t0, tmax, n=100):
+    ...     return np.where((centres > t0) & (centres < t0 + tmax), n, 1)
+    >>> ctx = Context(centres=centres, mask=np.zeros(len(centres), bool))
+    >>> p = {"t0_tolerance": [3, 10], "tmax_tolerance": [6, 20], "min_entries": 1000}
+    >>> out = timebox_test(box(15, 390), box(0, 390, 1000), ctx, p)
+    >>> out.status, round(out.score), out.reason
+    ('error', 15, 't0 moved by +15.1 ns')
+    >>> timebox_test(box(0, 430), box(0, 390, 1000), ctx, p).reason
+    'Tmax moved by +39.8 ns'
+    >>> timebox_test(box(0, 390), box(0, 390, 1000), ctx, p).status
+    'ok'
+    >>> timebox_test(box(0, 390, 2), box(0, 390, 1000), ctx, p).status
+    'not_enough_statistics'
+    """
+    keep = ~ctx.mask
+    o, r, c = np.asarray(obs, float)[keep], np.asarray(ref, float)[keep], ctx.centres[keep]
+    gated = _gate(o, r, params)
+    if gated:
+        return gated
+    edges = _edges(c)
+    rfit = _reference_fit(r.tobytes(), edges.tobytes(), int(params.get("min_reference_entries", 1000)))
+    if not rfit.ok:
+        return _nes("the reference's time box could not be fitted", entries=float(o.sum()))
+    window, most = params.get("window_ns", 60.0), params.get("max_shift_ns", 60.0)
+    rise, rise_err = _edge_shift(o, r, edges, rfit.t0_ns, window, most)
+    fall, fall_err = _edge_shift(o, r, edges, rfit.t0_ns + rfit.tmax_ns, window, most)
+    moved = {"t0": (rise, rise_err), "tmax": (fall - rise, float(np.hypot(fall_err, rise_err)))}
+    details = {"t0_ns": round(rfit.t0_ns + rise, 3), "t0_err_ns": round(rise_err, 3),
+               "tmax_ns": round(rfit.tmax_ns + fall - rise, 3), "tmax_err_ns": round(moved["tmax"][1], 3),
+               "t0_ns_reference": round(rfit.t0_ns, 3), "tmax_ns_reference": round(rfit.tmax_ns, 3)}
+    bad_warning = bad_error = False
+    notes = []
+    for name, label in (("t0", "t0"), ("tmax", "Tmax")):
+        tol = params.get(f"{name}_tolerance")
+        dev, error = moved[name]
+        if tol and abs(dev) > tol[0] and abs(dev) > params.get("min_sigma", 5.0) * error:
+            bad_warning = True
+            bad_error |= len(tol) > 1 and abs(dev) > tol[1]
+            notes.append(f"{label} moved by {dev:+.1f} ns")
+    reason = "; ".join(notes) or (f"t0 {details['t0_ns']:.1f} +- {rise_err:.1f} ns, Tmax {details['tmax_ns']:.1f} "
+                                  f"+- {moved['tmax'][1]:.1f} ns as in the reference")
+    return Outcome(_level(bad_warning, bad_error), rise, reason, details)
+
+
+def _edge_shift(obs: np.ndarray, ref: np.ndarray, edges: np.ndarray, at: float, window: float, most: float
+                ) -> tuple[float, float]:
+    """Shift (ns) of ``obs`` against ``ref`` that matches them best within ``window`` ns of ``at``, and its error."""
+    inside = np.flatnonzero((edges[:-1] >= at - window - most / 2) & (edges[1:] <= at + window + most / 2))
+    if len(inside) < 3 or obs[inside].sum() <= 0:
+        return float("nan"), float("inf")
+    lo, hi = edges[inside[0]], edges[inside[-1] + 1]
+    cum = np.concatenate([[0.0], np.cumsum(ref)])
+    shifts = np.arange(-most, most + 0.125, 0.25)
+    e = edges[inside[0]:inside[-1] + 2]
+    moved = np.diff(np.interp(e[None, :] - shifts[:, None], edges, cum), axis=1)  # (shift, bin)
+    moved += 1e-3 * max(ref.sum(), 1.0) / len(ref)  # no empty bin: log(0)
+    o = obs[inside]
+    expected = moved * (o.sum() / moved.sum(axis=1))[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        deviance = 2 * np.sum(expected - o + np.where(o > 0, o * np.log(o / expected), 0.0), axis=1)
+    k = int(np.clip(np.argmin(deviance), 1, len(shifts) - 2))
+    d0, d1, d2 = deviance[k - 1], deviance[k], deviance[k + 1]
+    curvature = (d0 - 2 * d1 + d2) / 0.25**2
+    if not curvature > 0 or not lo < at < hi:
+        return float(shifts[k]), float("inf")
+    best = shifts[k] + 0.125 * (d0 - d2) / (d0 - 2 * d1 + d2)
+    return float(best), float(np.sqrt(2.0 / curvature))
+
+
+@functools.lru_cache(maxsize=64)
+def _reference_fit(counts: bytes, edges: bytes, min_entries: int) -> TimeBoxFit:
+    """The fit of a reference's time box, once per reference (counts and edges as float64 bytes)."""
+    return fit_timebox(np.frombuffer(counts), np.frombuffer(edges), min_entries)
+
+
+def _edges(centres: np.ndarray) -> np.ndarray:
+    """Bin edges from bin centres: the midpoints, and half a bin beyond the first and the last."""
+    c = np.asarray(centres, float)
+    if len(c) < 2:
+        return np.array([c[0] - 0.5, c[0] + 0.5]) if len(c) else np.zeros(1)
+    mid = (c[:-1] + c[1:]) / 2
+    return np.concatenate([[c[0] - (mid[0] - c[0])], mid, [c[-1] + (c[-1] - mid[-1])]])
+
+
 def neighbour_mean(occ: np.ndarray, mask: np.ndarray | None = None, k: int = 2) -> np.ndarray:
     """Mean count of the ``k`` nearest unmasked channels on each side in the same layer (the channel excluded;
     NaN when it has none). ``occ``: 64 channels of a chamber (cell ``c // 4``, layer slot ``c % 4``).
@@ -390,4 +495,5 @@ KINDS: dict[str, tuple[Callable[..., Outcome], bool, bool]] = {
     "dead": (dead_test, True, True),
     "noisy": (noisy_test, False, True),
     "mean_width": (mean_width_test, False, True),
+    "timebox": (timebox_test, True, True),
 }

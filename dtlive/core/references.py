@@ -84,7 +84,8 @@ def accumulate(windows: Windows) -> xr.Dataset:
         names = [k for k in (*PRODUCTS, *_EXTRA) if k in ds.data_vars]
         stacked = "time" in ds.dims
         for k in names:
-            v = ds[k].sum("time").values if stacked and "time" in ds[k].dims else ds[k].values
+            da = ds[k]
+            v = da.values.sum(axis=da.dims.index("time")) if stacked and "time" in da.dims else da.values
             sums[k] = sums[k] + v if k in sums else np.array(v, dtype=np.int64)
         info += _window_info(ds)
     template = parts[0].isel(time=0, drop=True) if "time" in parts[0].dims else parts[0]

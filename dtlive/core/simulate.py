@@ -15,6 +15,8 @@ It produces the rows the real DAQ would send, as :class:`~dtlive.core.rows.Rows`
   ``TRIGGER_T0_OFFSET_NS`` after the chamber's t0 (a hardware meantimer), both with a little jitter;
 - noise: single hits uniform in time on all 256 chamber channels (rates spread log-normally), a few
   noisy channels and rare same-channel afterpulses a few BX later;
+- faults (:class:`~dtlive.core.faults.Faults` in ``SimConfig.faults``): dead and noisy channels, chambers
+  losing hits (HV), t0 shifts and drift-velocity changes per chamber, drawn from a generator of their own;
 - ancillary packets (HEAD 3, 1, 0, 4, 5 with float TDC_MEAS, BX up to 18504) whose ORBIT_CNT sits
   ~10-12 s ahead of the hits around them, like the 2023 course stream;
 - DAQ order: every FPGA emits in time order, in blocks of up to 4 rows close in time; blocks of the two
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dtlive.core import detector as det
+from dtlive.core.faults import Faults
 from dtlive.core.rows import Rows
 
 DEFAULT_START_ORBIT = 3_387_200_000
@@ -86,6 +89,7 @@ class SimConfig:
     trigger_jitter_ns: float = 3.0  # Gaussian spread of the trigger word's time ("fixed": TRIGGER_JITTER_NS)
     block_rows: int = 4  # DAQ block size per FPGA
     block_gap_ns: float = 16 * det.BX_NS  # a block only holds rows this close to each other
+    faults: Faults = Faults()  # what is wrong with the detector (none: the rows are those of a sound one)
 
     def __post_init__(self) -> None:
         if not 0 <= self.efficiency <= 1 or not 0 <= self.afterpulse_prob < 1:
@@ -136,24 +140,31 @@ def stream(
     if chunk_s <= 0:
         raise ValueError(f"chunk_s must be positive, got {chunk_s}")
     cfg = config or SimConfig()
-    layout_seq, event_seq = np.random.SeedSequence(seed).spawn(2)
-    noise_rates = _channel_noise_rates(cfg, np.random.default_rng(layout_seq))  # raises on impossible rates
-    return _chunks(cfg, noise_rates, np.random.default_rng(event_seq), int(start_orbit), chunk_s * 1e9)
+    noise_rates, rngs = _generators(cfg, seed)  # raises on impossible rates
+    return _chunks(cfg, noise_rates, rngs, int(start_orbit), chunk_s * 1e9)
+
+
+def _generators(cfg: SimConfig, seed: int) -> tuple[np.ndarray, tuple[np.random.Generator, np.random.Generator]]:
+    """The noise rates of the seed's layout and the generators of the events and of the faults."""
+    layout_seq, event_seq, fault_seq = np.random.SeedSequence(seed).spawn(3)  # the first two as without faults
+    noise_rates = _channel_noise_rates(cfg, np.random.default_rng(layout_seq))
+    return noise_rates, (np.random.default_rng(event_seq), np.random.default_rng(fault_seq))
 
 
 def _chunks(
-    cfg: SimConfig, noise_rates: np.ndarray, rng: np.random.Generator, base_orbit: int, chunk_ns: float,
-    truths: list | None = None,
+    cfg: SimConfig, noise_rates: np.ndarray, rngs: tuple[np.random.Generator, np.random.Generator], base_orbit: int,
+    chunk_ns: float, truths: list | None = None,
 ) -> Iterator[Rows]:
+    rng, fault_rng = rngs
     frac_ns = 0.0  # chunk start = base_orbit * ORBIT_NS + frac_ns
     pending: dict[str, np.ndarray] | None = None  # rows timed past the previous chunk's end
     next_offset = 0
     while True:
         t_end = frac_ns + chunk_ns
-        muons, truth = _muon_rows(cfg, rng, base_orbit, frac_ns, t_end)
+        muons, truth = _muon_rows(cfg, rng, base_orbit, frac_ns, t_end, fault_rng)
         if truths is not None:
             truths.append(truth)
-        parts = [muons, _noise_rows(cfg, rng, noise_rates, base_orbit, frac_ns, t_end)]
+        parts = [muons, _noise_rows(cfg, rng, noise_rates, base_orbit, frac_ns, t_end, fault_rng)]
         if cfg.ancillary_rate_hz > 0:
             parts.append(_ancillary_rows(cfg, rng, base_orbit, frac_ns, t_end))
         if pending is not None:
@@ -181,11 +192,11 @@ class MuonTruth:
 
     ``orbit`` and ``time_ns`` (inside that orbit) of the muon's passage; ``t0_ns`` (n, N_CHAMBERS): absolute
     time (ns, as :func:`dtlive.detector.hit_time_ns`) at which a hit with zero drift time is recorded in each
-    chamber; ``x0_mm``, ``y0_mm`` at the telescope's mid-height, ``theta_rad`` (zenith), ``phi_rad``
-    (azimuth); ``local_mm`` (n, 16 planes: chamber * 4 + layer - 1) the measured coordinate of the crossing
-    of each plane, ``hit`` (n, 16) whether that plane recorded a hit; ``trigger_ns`` (n, N_FPGA) absolute
-    time of the trigger word of each FPGA (NaN for none). A muon near the end of a chunk may have some of its
-    rows in the next chunk.
+    chamber (a fault's t0 shift included); ``x0_mm``, ``y0_mm`` at the telescope's mid-height, ``theta_rad``
+    (zenith), ``phi_rad`` (azimuth); ``local_mm`` (n, 16 planes: chamber * 4 + layer - 1) the measured
+    coordinate of the crossing of each plane, ``hit`` (n, 16) whether that plane recorded a hit (hits lost to
+    faults left out); ``trigger_ns`` (n, N_FPGA) absolute time of the trigger word of each FPGA (NaN for none).
+    A muon near the end of a chunk may have some of its rows in the next chunk.
 
     >>> rows, truth = simulate_truth(0.2, seed=7)
     >>> len(truth) == len(truth.orbit), truth.t0_ns.shape[1], truth.hit.shape[1], truth.trigger_ns.shape[1]
@@ -222,11 +233,9 @@ def simulate_truth(
     if duration_s <= 0:
         raise ValueError(f"duration_s must be positive, got {duration_s}")
     cfg = config or SimConfig()
-    layout_seq, event_seq = np.random.SeedSequence(seed).spawn(2)
-    noise_rates = _channel_noise_rates(cfg, np.random.default_rng(layout_seq))
+    noise_rates, rngs = _generators(cfg, seed)
     truths: list[MuonTruth] = []
-    rows = next(_chunks(cfg, noise_rates, np.random.default_rng(event_seq), int(start_orbit), duration_s * 1e9,
-                        truths))
+    rows = next(_chunks(cfg, noise_rates, rngs, int(start_orbit), duration_s * 1e9, truths))
     return rows, truths[0]
 
 
@@ -338,49 +347,58 @@ def _channel_noise_rates(cfg: SimConfig, rng: np.random.Generator) -> np.ndarray
     return noise_total * weight / weight.sum()
 
 
-def _muon_rows(cfg: SimConfig, rng: np.random.Generator, base_orbit: int, t0: float, t1: float
-               ) -> tuple[dict, MuonTruth]:
+def _muon_rows(cfg: SimConfig, rng: np.random.Generator, base_orbit: int, t0: float, t1: float,
+               fault_rng: np.random.Generator) -> tuple[dict, MuonTruth]:
+    faults = cfg.faults
+    shift = np.asarray(faults.t0_shift_ns, np.float64)
     n = rng.poisson(cfg.muon_rate_hz * (t1 - t0) * 1e-9)
     t_mu = np.sort(rng.uniform(t0, t1, n)) + _MUON_MARGIN_NS
     local, cell, hit, (x0, y0, theta, phi) = _tracks_and_angles(cfg, rng, n)
     mu, plane = np.nonzero(hit)
     chamber, layer, cell = _PLANE_CHAMBER[plane], _PLANE_LAYER[plane], cell[mu, plane].astype(np.int64)
-    drift_ns = (
-        np.abs(local[mu, plane] - (cell * det.CELL_WIDTH_MM + _PLANE_SHIFT[plane])) / det.DRIFT_VELOCITY_MM_PER_NS
-    )
+    velocity = det.DRIFT_VELOCITY_MM_PER_NS * np.asarray(faults.drift_velocity_scale)[chamber]
+    drift_ns = np.abs(local[mu, plane] - (cell * det.CELL_WIDTH_MM + _PLANE_SHIFT[plane])) / velocity
     jitter = np.clip(rng.normal(0.0, cfg.time_resolution_ns, len(mu)), -3 * cfg.time_resolution_ns, None)
-    t_hit = t_mu[mu] + drift_ns - (det.T0_OFFSET_NS[chamber] - det.SCINT_DELAY_NS) + jitter
+    t_hit = t_mu[mu] + drift_ns - (det.T0_OFFSET_NS[chamber] - det.SCINT_DELAY_NS) + jitter + shift[chamber]
     fpga, channel = det.channel_of(chamber, layer, cell)
-    parts = [_hit_rows(t_hit, fpga, channel, base_orbit)]
+    kept = (faults.recorded(fpga * det.CHAMBER_CHANNELS + channel, fault_rng) if faults.drops
+            else np.ones(len(mu), bool))
+    generated, hit = hit, hit.copy()
+    hit[mu[~kept], plane[~kept]] = False  # what was recorded
+    mu, chamber, t_hit = mu[kept], chamber[kept], t_hit[kept]
+    parts = [_hit_rows(t_hit, fpga[kept], channel[kept], base_orbit)]
     if cfg.scintillator:
         parts.append(
             _hit_rows(t_mu + det.SCINT_DELAY_NS, np.full(n, det.SCINT_FPGA), np.full(n, det.SCINT_CHANNEL), base_orbit)
         )
     t_trig_mu = np.full((n, det.N_FPGA), np.nan)
     if cfg.trigger_word:
-        mu_t, fpga_t = np.nonzero(_trigger_fpgas(cfg, hit))
+        mu_t, fpga_t = np.nonzero(_trigger_fpgas(cfg, generated))  # jitter drawn as without faults
         if cfg.trigger_timing == "fixed":  # t0 of the FPGA's first chamber + its offset
             first = fpga_t * (det.N_CHAMBERS // det.N_FPGA)
             t_trig = (t_mu[mu_t] - (det.T0_OFFSET_NS[first] - det.SCINT_DELAY_NS) + det.TRIGGER_T0_OFFSET_NS[first]
-                      + rng.normal(0.0, det.TRIGGER_JITTER_NS, len(mu_t)))
+                      + shift[first] + rng.normal(0.0, det.TRIGGER_JITTER_NS, len(mu_t)))
         else:  # the last hit of the FPGA's chambers completes the coincidence
             last = np.full((n, det.N_FPGA), -np.inf)
             np.maximum.at(last, (mu, chamber // (det.N_CHAMBERS // det.N_FPGA)), t_hit)
             t_trig = last[mu_t, fpga_t] + cfg.trigger_latency_ns + rng.normal(0.0, cfg.trigger_jitter_ns, len(mu_t))
+        fires = _trigger_fpgas(cfg, hit)[mu_t, fpga_t]  # lost hits may leave too few layers
+        mu_t, fpga_t, t_trig = mu_t[fires], fpga_t[fires], t_trig[fires]
         parts.append(_hit_rows(t_trig, fpga_t, np.full(len(mu_t), det.TRIGGER_CHANNEL), base_orbit, tdc=1))
         t_trig_mu[mu_t, fpga_t] = t_trig
     base_ns = base_orbit * det.ORBIT_NS
     k = np.floor(t_mu / det.ORBIT_NS)
     truth = MuonTruth(
         orbit=base_orbit + k.astype(np.int64), time_ns=t_mu - k * det.ORBIT_NS,
-        t0_ns=base_ns + t_mu[:, None] - (det.T0_OFFSET_NS - det.SCINT_DELAY_NS)[None, :], x0_mm=x0, y0_mm=y0,
+        t0_ns=base_ns + t_mu[:, None] - (det.T0_OFFSET_NS - det.SCINT_DELAY_NS - shift)[None, :], x0_mm=x0, y0_mm=y0,
         theta_rad=theta, phi_rad=phi, local_mm=local, hit=hit, trigger_ns=base_ns + t_trig_mu,
     )  # fmt: skip
     return _concat(parts), truth
 
 
 def _noise_rows(
-    cfg: SimConfig, rng: np.random.Generator, rates: np.ndarray, base_orbit: int, t0: float, t1: float
+    cfg: SimConfig, rng: np.random.Generator, rates: np.ndarray, base_orbit: int, t0: float, t1: float,
+    fault_rng: np.random.Generator,
 ) -> dict:
     primary = rates / (1.0 + cfg.afterpulse_prob / (1.0 - cfg.afterpulse_prob))  # geometric trains of afterpulses
     counts = rng.poisson(primary * (t1 - t0) * 1e-9)
@@ -395,6 +413,12 @@ def _noise_rows(
         delay = csum - np.repeat(np.concatenate([[0.0], csum])[train_start], n_after[has])
         index = np.concatenate([index, index[parent]])
         t = np.concatenate([t, t[parent] + delay])
+    if cfg.faults.active:
+        added_t, added = cfg.faults.noise_hits(fault_rng, t0, t1)
+        t, index = np.concatenate([t, added_t]), np.concatenate([index, added])
+        if cfg.faults.drops:
+            keep = cfg.faults.recorded(index, fault_rng)
+            t, index = t[keep], index[keep]
     return _hit_rows(t, index // det.CHAMBER_CHANNELS, index % det.CHAMBER_CHANNELS, base_orbit)
 
 

@@ -123,7 +123,7 @@ def test_a_clean_period_gives_no_warning_against_a_reference_of_another_clean_pe
     # a window's muon events are too few for some reconstruction tests: they judge blocks of windows
     assert "drift_time_overflow" in unjudged
     assert unjudged <= {"drift_time_overflow", "event_rate", "timebox_shape", "timebox_moments", "timebox_overflow",
-                        "segment_rate", "segment_shapes", "segment_moments"}
+                        "timebox_edges", "segment_rate", "segment_shapes", "segment_moments"}
     not_ok = {(t["test"], t["status"]) for v in blocks for c in v["chambers"].values() for t in c["tests"]
               if t["status"] != "ok"}
     rare = {(name, "not_enough_statistics") for name in ("timebox_overflow", "drift_time_overflow")}  # few a window
