@@ -1,0 +1,411 @@
+"""The dashboard's plots (bqplot): histograms with a reference overlay, the chamber map and time series.
+
+Each view owns its marks, scales and axes and redraws from plain numpy arrays. A redraw sends a mark only
+when its values changed (an unchanged array is not sent again) and batches a mark's changes in one message
+(``hold_sync``): in a kernel every widget message costs CPU, so fewer messages is a lighter dashboard.
+
+- :class:`HistogramView`: bars of a 1-D histogram, its reference (scaled to the same entries) as a black step
+  line on top, a log or linear y axis;
+- :class:`OccupancyView`: one chamber's hits per channel as a :class:`HistogramView` and as the chamber map
+  (4 layers x 16 cells, staggered as the wires are), with a colour bar;
+- :class:`TimeSeriesView`: lines against the time of day (UTC), bad and warning periods shaded behind them,
+  the legend above the plot (never over the data).
+
+>>> from dtlive.core.products import compute_products
+>>> from dtlive.core.rows import Rows
+>>> ds = compute_products(Rows.from_columns(head=[2], fpga=[0], channel=[3], orbit=[7], bx=[0], tdc=[0]))
+>>> view = HistogramView(ds.drift_time_ns.sel(chamber=0), title="drift time")
+>>> occ = OccupancyView(ds.channel_occupancy.sel(chamber=0))
+>>> int(occ.bars.y.sum()), len(occ.cells.x)
+(1, 64)
+"""
+
+from __future__ import annotations
+
+import html
+
+import bqplot as bq
+import ipywidgets as W
+import numpy as np
+import xarray as xr
+
+from dtlive.core import detector as det
+
+CHAMBER_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
+REFERENCE_COLOR = "#212121"
+PERIOD_COLORS = {"bad": "#c62828", "warning": "#f9a825"}
+CHANNEL_TICKS = np.array([0, 16, 32, 48, 64])
+COUNT_FORMAT = "~s"  # d3: 3, 120, 1.2k, 3.4M (no trailing zeros)
+LOG_FLOOR = 0.5  # a log axis starts here; empty bins are drawn at it
+MIN_LINEAR_MAX = 5.0  # a linear count axis spans at least 0..5, so its ticks are whole numbers
+_MARGIN = {"top": 26, "bottom": 40, "left": 58, "right": 14}
+
+
+def make_figure(marks, axes, title: str, width: str = "320px", height: str = "220px", css: str | None = None,
+                margin: dict | None = None) -> bq.Figure:
+    """A bqplot Figure of the dashboard's style (small title, room for axis labels)."""
+    fig = bq.Figure(marks=marks, axes=axes, title=title, fig_margin={**_MARGIN, **(margin or {})},
+                    layout=W.Layout(width=width, height=height), title_style={"font-size": "13px"},
+                    padding_y=0.0)
+    if css:
+        fig.add_class(css)
+    return fig
+
+
+def bin_edges(centres) -> np.ndarray:
+    """The edges around bin centres: midpoints between them, the outer ones half a bin out.
+
+    >>> bin_edges([1, 2, 3]).tolist(), bin_edges([5.0]).tolist()
+    ([0.5, 1.5, 2.5, 3.5], [4.5, 5.5])
+    """
+    c = np.asarray(centres, float)
+    if c.size < 2:
+        return np.array([c[0] - 0.5, c[0] + 0.5]) if c.size else np.array([0.0, 1.0])
+    mid = (c[1:] + c[:-1]) / 2
+    return np.concatenate([[c[0] - (mid[0] - c[0])], mid, [c[-1] + (c[-1] - mid[-1])]])
+
+
+def _changed(old: np.ndarray | None, new: np.ndarray) -> bool:
+    return old is None or old.shape != new.shape or not np.array_equal(old, new, equal_nan=new.dtype.kind == "f")
+
+
+def _dim_label(da: xr.DataArray, dim: str) -> str:
+    coord = da[dim] if dim in da.coords else None
+    attrs = coord.attrs if coord is not None else {}
+    label = str(attrs.get("long_name", dim)).replace(" (bin centre)", "")
+    units = attrs.get("units")
+    return f"{label} [{units}]" if units and units != "1" else label
+
+
+class HistogramView:
+    """A 1-D histogram against its bin centres, the reference over it as a black step line; ``update`` redraws.
+
+    Bars (``bars``, the reference ``ref_line``: two marks), or with ``steps=True`` a filled step line and the
+    reference in one mark (``bars`` and ``ref_line`` are then the same ``Lines``): one message per redraw
+    instead of two. ``set_reference(values)`` overlays a reference histogram (same bins), scaled on every redraw
+    to the entries shown; ``set_log`` switches the y axis (log bars stand on 0.5, where empty bins are drawn).
+    :meth:`drawn` gives back what is drawn, per bin.
+
+    >>> import xarray as xr
+    >>> v = HistogramView(xr.DataArray([1, 4, 2], dims="x", coords={"x": [0, 1, 2]}), title="demo")
+    >>> v.update(v.data * 2); v.bars.y.tolist()
+    [2.0, 8.0, 4.0]
+    >>> v.set_reference(np.array([1.0, 1.0, 2.0])); v.ref_line.y.tolist()  # scaled to the 14 entries shown
+    [3.5, 3.5, 7.0, 7.0]
+    >>> s = HistogramView(v.data, steps=True); s.set_reference(np.array([1.0, 1.0, 2.0]))
+    >>> [a.tolist() for a in s.drawn()], s.bars is s.ref_line
+    ([[2.0, 8.0, 4.0], [3.5, 3.5, 7.0]], True)
+    """
+
+    def __init__(self, da: xr.DataArray, title: str = "", log: bool = False, color: str = "#1f77b4",
+                 css: str | None = None, y_label: str = "entries / bin", x_ticks=None, x_label: str | None = None,
+                 steps: bool = False, **size):
+        if da.ndim != 1:
+            raise ValueError(f"HistogramView wants a 1-D DataArray, got dims {da.dims}")
+        dim = da.dims[0]
+        self._template = da
+        self._steps = steps
+        self._log, self._color, self._reference = log, color, None
+        self._sent_y: np.ndarray | None = None
+        self._sent_ref: np.ndarray | None = None
+        self.values = np.asarray(da.values, float)
+        centres = np.asarray(da[dim].values if dim in da.coords else np.arange(da.size), float)
+        integer = np.issubdtype((da[dim] if dim in da.coords else np.arange(1)).dtype, np.integer)
+        self.x, self.edges = centres, bin_edges(centres)
+        self.x_scale = bq.LinearScale(min=float(self.edges[0]), max=float(self.edges[-1]))
+        self.x_axis = bq.Axis(scale=self.x_scale, label=x_label or _dim_label(da, dim),
+                              tick_values=None if x_ticks is None else np.asarray(x_ticks, float),
+                              num_ticks=None if x_ticks is not None else 6, tick_format="d" if integer else "~g",
+                              grid_lines="none")
+        self.y_label = y_label
+        self.bars, self.ref_line, self.y_axis = self._make_marks()
+        self.figure = self._bars_figure = make_figure(self._marks(), [self.x_axis, self.y_axis],
+                                                      title or str(da.name), css=css, **size)
+        self._draw(self.values)
+
+    def _marks(self) -> list:
+        return [self.bars] if self._steps else [self.bars, self.ref_line]
+
+    @property
+    def data(self) -> xr.DataArray:
+        """What is drawn, as a DataArray like the one the view was made with."""
+        return self._template.copy(data=self.values.astype(self._template.dtype))
+
+    def _make_marks(self):
+        y_scale = (bq.LogScale(min=LOG_FLOOR) if self._log
+                   else bq.LinearScale(min=0, max=MIN_LINEAR_MAX, allow_padding=False))
+        scales = {"x": self.x_scale, "y": y_scale}
+        base = LOG_FLOOR if self._log else 0.0
+        axis = bq.Axis(scale=y_scale, side="left", label=self.y_label, tick_format=COUNT_FORMAT, num_ticks=5,
+                       grid_color="#e0e0e0", label_offset="46px")
+        self._sent_y = self._sent_ref = None
+        if self._steps:  # data (filled) and reference (NaN while none: not drawn) in one mark
+            y = np.full((2, self.edges.size), base)
+            y[1] = np.nan
+            lines = bq.Lines(x=self.edges, y=y, scales=scales, colors=[self._color, REFERENCE_COLOR],
+                             interpolation="step-after", fill="bottom", fill_colors=[self._color, self._color],
+                             fill_opacities=[0.4, 0.0], stroke_width=1.5, preserve_domain={"x": True})
+            return lines, lines, axis
+        bars = bq.Bars(x=self.x, y=np.full(self.x.size, base), scales=scales, colors=[self._color], padding=0.08,
+                       base=base,
+                       tooltip=bq.Tooltip(fields=["x", "y"], labels=[self.x_axis.label, self.y_label],
+                                          formats=["~g", COUNT_FORMAT]))
+        ref = bq.Lines(x=self.edges, y=np.full(self.edges.size, base), scales=scales, colors=[REFERENCE_COLOR],
+                       interpolation="step-after", stroke_width=1.5, visible=False,
+                       preserve_domain={"x": True})
+        return bars, ref, axis
+
+    def _floor(self, values: np.ndarray) -> np.ndarray:
+        return np.maximum(values, LOG_FLOOR) if self._log else values
+
+    def update(self, da) -> None:
+        """Draw new values (a DataArray over the same bins, or a plain array)."""
+        self._draw(np.asarray(getattr(da, "values", da), float))
+
+    def _scaled_reference(self) -> np.ndarray | None:
+        """The reference scaled to the entries shown (None: nothing to draw)."""
+        ref, total = self._reference, float(self.values.sum())
+        return None if ref is None or total <= 0 else self._floor(ref * (total / ref.sum()))
+
+    def _draw(self, values: np.ndarray) -> None:
+        self.values = values
+        y = self._floor(values)
+        if not self._log:  # at least 0..5: whole-number ticks for small counts
+            top = float(values.max()) if values.size else 0.0
+            scale = self.bars.scales["y"]
+            if (scale.max is None) != (top > MIN_LINEAR_MAX):
+                scale.max = None if top > MIN_LINEAR_MAX else MIN_LINEAR_MAX
+        if self._steps:
+            ref = self._scaled_reference()
+            both = np.array([np.append(y, y[-1]),
+                             np.full(y.size + 1, np.nan) if ref is None else np.append(ref, ref[-1])])
+            if _changed(self._sent_y, both):
+                self.bars.y = both
+                self._sent_y = both
+            return
+        if _changed(self._sent_y, y):
+            self.bars.y = y
+            self._sent_y = y
+        self._draw_reference()
+
+    def set_reference(self, values: np.ndarray | None) -> None:
+        """Overlay this reference histogram (None or an empty one: no overlay)."""
+        ref = None if values is None else np.asarray(values, float)
+        self._reference = ref if ref is not None and ref.shape == self.x.shape and ref.sum() > 0 else None
+        if self._steps:
+            self._draw(self.values)
+        else:
+            self._draw_reference()
+
+    def _draw_reference(self) -> None:
+        scaled = self._scaled_reference()
+        if scaled is None:
+            if self.ref_line.visible:
+                self.ref_line.visible = False
+            return
+        y = np.append(scaled, scaled[-1])
+        if _changed(self._sent_ref, y) or not self.ref_line.visible:
+            with self.ref_line.hold_sync():
+                self.ref_line.y = y
+                self.ref_line.visible = True
+            self._sent_ref = y
+
+    def drawn(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """What is drawn per bin: (the histogram, the scaled reference or None when none is drawn)."""
+        if self._steps:
+            data, ref = np.asarray(self.bars.y, float)[:, :-1]
+            return data, None if np.isnan(ref).all() else ref
+        return np.asarray(self.bars.y, float), np.asarray(self.ref_line.y, float)[:-1] if self.ref_line.visible \
+            else None
+
+    def set_bins(self, centres: np.ndarray) -> None:
+        """Other bins (the processor's binning changed): new x, the reference dropped until set again."""
+        self.x, self.edges = np.asarray(centres, float), bin_edges(centres)
+        self._reference = None
+        with self.x_scale.hold_sync():
+            self.x_scale.min, self.x_scale.max = float(self.edges[0]), float(self.edges[-1])
+        self.bars, self.ref_line, self.y_axis = self._make_marks()
+        self._bars_figure.marks = self._marks()
+        self._bars_figure.axes = [self.x_axis, self.y_axis]
+
+    def set_log(self, log: bool) -> None:
+        """Switch the y axis between linear and log (new marks: bqplot bars do not survive a scale swap)."""
+        if log == self._log:
+            return
+        self._log = log
+        self.bars, self.ref_line, self.y_axis = self._make_marks()
+        with self._bars_figure.hold_sync():
+            self._bars_figure.marks = self._marks()
+            self._bars_figure.axes = [self.x_axis, self.y_axis]
+        self._draw(self.values)
+
+    def _ipython_display_(self):  # pragma: no cover - notebook display
+        from IPython.display import display
+
+        display(self.figure)
+
+
+class OccupancyView(HistogramView):
+    """One chamber's hits per channel: bars over the chamber's 64 channels and the chamber map.
+
+    The map puts each wire where it is: 16 cells per layer, layers 1 (bottom) to 4 (top), alternate layers
+    shifted by half a cell; the colour bar says how many hits, the tooltip which channel.
+
+    >>> from dtlive.core.products import compute_products
+    >>> from dtlive.core.rows import Rows
+    >>> ds = compute_products(Rows.from_columns(head=[2, 2, 2], fpga=[0, 0, 0], channel=[3, 3, 7], orbit=[1, 2, 3],
+    ...                                         bx=[0, 0, 0], tdc=[0, 0, 0]))
+    >>> occ = OccupancyView(ds.channel_occupancy.sel(chamber=0), title="chamber 0")
+    >>> occ.bars.y[[3, 7]].tolist(), occ.cells.x[[3, 7]].tolist(), occ.cells.y[[3, 7]].tolist()  # channels 3, 7
+    ([2.0, 1.0], [-294.0, -252.0], [-19.5, -19.5])
+    >>> str(occ.cells.names[7])
+    'channel 7 (TDC 7), layer 1, cell 1'
+    >>> occ.update(ds.channel_occupancy.sel(chamber=0) * 0); float(occ.cells.color.max())
+    0.0
+    """
+
+    def __init__(self, da: xr.DataArray, title: str = "", log: bool = False, color: str = "#1f77b4",
+                 css: str | None = None, **size):
+        if da.dims != ("channel",):
+            raise ValueError(f"OccupancyView wants a DataArray over 'channel', got dims {da.dims}")
+        self._sent_color: np.ndarray | None = None
+        super().__init__(da, title=f"{title} hits per channel".strip(), log=log, color=color,
+                         css=f"{css}-bars" if css else None, y_label="hits / channel", x_ticks=CHANNEL_TICKS,
+                         x_label="channel", **size)
+        self.bars_figure = self.figure
+        channels = da.channel.values
+        tdc = da.tdc_channel.values if "tdc_channel" in da.coords else channels
+        x_mm, z_mm = det.wire_position_mm(channels)
+        names = [f"channel {c} (TDC {t}), layer {la}, cell {ce}"
+                 for c, t, la, ce in zip(channels.tolist(), np.asarray(tdc).tolist(),
+                                         det.layer_of(channels).tolist(), det.cell_of(channels).tolist(), strict=True)]
+        self.color_scale = bq.ColorScale(scheme="viridis", min=0, max=1)
+        self.cells = bq.Scatter(
+            x=x_mm, y=z_mm, color=np.zeros(channels.size), names=np.array(names), display_names=False,
+            marker="square", default_size=150, stroke="#9e9e9e",
+            scales={"x": bq.LinearScale(min=-340, max=370), "y": bq.LinearScale(min=-28, max=28),
+                    "color": self.color_scale},
+            tooltip=bq.Tooltip(fields=["name", "color"], labels=["", "hits"], formats=["", COUNT_FORMAT]),
+        )
+        z_ticks = np.array(sorted(det.LAYER_Z_MM.values()))
+        self.map_figure = make_figure(
+            [self.cells],
+            [bq.Axis(scale=self.cells.scales["x"], label="x [mm]", tick_values=np.arange(-300, 301, 150),
+                     tick_format="d", grid_lines="none"),
+             bq.Axis(scale=self.cells.scales["y"], side="left", label="z [mm] (layers 1-4)", tick_values=z_ticks,
+                     tick_format=".1f", grid_lines="none", label_offset="46px"),
+             bq.ColorAxis(scale=self.color_scale, side="right", num_ticks=4, tick_format=COUNT_FORMAT,
+                          label="hits / channel")],
+            f"{title} map ({det.N_LAYERS} layers x {det.CELLS_PER_LAYER} cells)".strip(),
+            css=f"{css}-map" if css else None, margin={"right": 78}, **size)
+        self.widget = W.HBox([self.bars_figure, self.map_figure])
+        self._draw(self.values)
+
+    def _draw(self, values: np.ndarray) -> None:
+        super()._draw(values)
+        if not hasattr(self, "cells"):
+            return
+        if _changed(self._sent_color, values):
+            empty = not (values.size and values.max() > 0)
+            if (self.color_scale.max is not None) != empty:  # the ramp follows the data; 0..1 while empty
+                self.color_scale.max = 1.0 if empty else None
+            self.cells.color = values
+            self._sent_color = values
+
+    def _ipython_display_(self):  # pragma: no cover - notebook display
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def legend_html(items: list[tuple[str, str, str]], css: str = "dtlive-legend") -> str:
+    """A legend as HTML, to sit beside a plot instead of over its data: ``(label, colour, "line" | "box")``.
+
+    >>> "chamber 0" in legend_html([("chamber 0", "#1f77b4", "line")])
+    True
+    """
+    def swatch(color: str, kind: str) -> str:
+        if kind == "box":
+            return (f"<span style='display:inline-block;width:14px;height:10px;background:{color};opacity:.35;"
+                    f"border:1px solid {color};vertical-align:middle'></span>")
+        return (f"<span style='display:inline-block;width:18px;height:0;border-top:2px solid {color};"
+                "vertical-align:middle'></span>")
+    return (f"<div class='{css}' style='font-family:sans-serif;font-size:12px;color:#333'>"
+            + "".join(f"<span style='margin-right:14px;white-space:nowrap'>{swatch(c, k)} {html.escape(t)}</span>"
+                      for t, c, k in items) + "</div>")
+
+
+class TimeSeriesView:
+    """Lines against the time of day (UTC); ``update(time, {label: values})`` redraws, ``shade_periods`` shades.
+
+    The legend is HTML above the plot (:attr:`widget` holds both).
+
+    >>> t = np.array(["2024-01-01T00:00:00", "2024-01-01T00:00:02"], "datetime64[ms]")
+    >>> v = TimeSeriesView({"total": [3, 4]}, t, title="hits")
+    >>> v.update(t, {"total": [5, 6]}); v.lines.y.tolist()
+    [5.0, 6.0]
+    >>> v.shade_periods([(1704067200.0, 1704067201.0, "bad")]); v.spans.fill_colors
+    ['#c62828']
+    """
+
+    def __init__(self, series: dict[str, np.ndarray], time: np.ndarray, title: str = "", colors=None,
+                 y_label: str = "hits per window", css: str | None = None, **size):
+        self.labels = list(series)
+        self.colors = list(colors or ["black", *CHAMBER_COLORS])[: len(self.labels)]
+        self.x_scale, self.y_scale = bq.DateScale(), bq.LinearScale(min=0)
+        self._sent: tuple[np.ndarray, np.ndarray] | None = None
+        self.lines = bq.Lines(x=np.array([], "datetime64[ms]"), y=np.zeros((len(self.labels), 0)),
+                              scales={"x": self.x_scale, "y": self.y_scale}, labels=self.labels,
+                              display_legend=False, colors=self.colors, stroke_width=1.5)
+        self.spans = bq.Lines(x=np.array([], "datetime64[ms]"), y=np.array([], float),
+                              scales={"x": self.x_scale, "y": bq.LinearScale(min=0, max=1)}, fill="inside",
+                              colors=[PERIOD_COLORS["bad"]], fill_colors=[PERIOD_COLORS["bad"]],
+                              fill_opacities=[0.25], opacities=[0.0], preserve_domain={"x": True})
+        axes = [bq.Axis(scale=self.x_scale, label="time of day (UTC)", num_ticks=6, tick_format="%H:%M:%S",
+                        grid_lines="none"),
+                bq.Axis(scale=self.y_scale, side="left", label=y_label, tick_format=COUNT_FORMAT, num_ticks=5,
+                        grid_color="#e0e0e0", label_offset="46px")]
+        size = {"width": "100%", "height": "240px", **size}
+        self.figure = make_figure([self.spans, self.lines], axes, title, css=css, **size)
+        items = [(label, c, "line") for label, c in zip(self.labels, self.colors, strict=True)]
+        items += [(f"{kind} period", c, "box") for kind, c in PERIOD_COLORS.items()]
+        self.legend = W.HTML(legend_html(items))
+        self.widget = W.VBox([self.legend, self.figure], layout=W.Layout(width=size["width"]))
+        self.update(time, series)
+
+    def _stack(self, series: dict) -> np.ndarray:
+        return np.array([np.asarray(series[k], float) for k in self.labels]).reshape(len(self.labels), -1)
+
+    def update(self, time: np.ndarray, series: dict[str, np.ndarray]) -> None:
+        x, y = np.asarray(time, "datetime64[ms]"), self._stack(series)
+        if len(x) == 1:  # bqplot squeezes a single point into the wrong shape: draw it as a zero-length line
+            x, y = np.repeat(x, 2), np.repeat(y, 2, axis=1)
+        if self._sent is not None and not _changed(self._sent[0], x) and not _changed(self._sent[1], y):
+            return
+        with self.lines.hold_sync():
+            self.lines.x = x
+            self.lines.y = y
+        self._sent = (x, y)
+
+    def shade_periods(self, periods: list[tuple[float, float, str]]) -> None:
+        """Shade time spans ``(start, end, kind)`` (UNIX seconds; kind ``bad`` or ``warning``) behind the lines."""
+        periods = [p for p in periods if np.isfinite(p[0]) and np.isfinite(p[1])]
+        xs = [np.array([a, a, b, b], "float64") * 1000 for a, b, _ in periods]
+        colors = [PERIOD_COLORS.get(kind, PERIOD_COLORS["bad"]) for _, _, kind in periods] or [PERIOD_COLORS["bad"]]
+        with self.spans.hold_sync():
+            self.spans.x = np.array(xs).astype("datetime64[ms]") if xs else np.array([], "datetime64[ms]")
+            self.spans.y = np.array([[0, 1, 1, 0]] * len(xs), float) if xs else np.array([], float)
+            self.spans.fill_colors = colors
+            self.spans.fill_opacities = [0.25] * len(colors)
+            self.spans.colors = colors
+
+    def shade(self, spans: list[tuple[float, float]], color: str = PERIOD_COLORS["bad"]) -> None:
+        """Shade time spans (UNIX seconds) as bad periods (``color`` picks another shade)."""
+        self.shade_periods([(a, b, "bad") for a, b in spans])
+        if color != PERIOD_COLORS["bad"] and spans:
+            self.spans.fill_colors = self.spans.colors = [color] * len(spans)
+
+    def _ipython_display_(self):  # pragma: no cover - notebook display
+        from IPython.display import display
+
+        display(self.widget)
