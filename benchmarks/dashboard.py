@@ -16,7 +16,7 @@
    page stamps ``Date.now()`` when the header shows the new window id and when chamber 0's occupancy
    bars change; latency = that stamp - ``time.time()`` just before ``produce()`` (same host clock).
 
-    .venv/bin/python -m benchmarks.dashboard [--quick] [--kernel-only]   # writes benchmarks/results/dashboard.json
+    .venv/bin/python -m benchmarks.dashboard [--quick] [--kernel-only] [--updates N]   # -> results/dashboard.json
 
 From a runner: ``run(quick=...)`` returns the results dict, ``print_table(results)`` prints them.
 """
@@ -375,9 +375,9 @@ def browser_latency(n: int = 20, interval_s: float = 1.0, distinct: int = 10) ->
 # ---------------------------------------------------------------- runner
 
 
-def run(quick: bool = False, browser: bool = True) -> dict:
+def run(quick: bool = False, browser: bool = True, updates: int | None = None) -> dict:
     out: dict = {}
-    out["kernel_update"] = kernel_updates(n=20 if quick else 200, history=600 if quick else 1800,
+    out["kernel_update"] = kernel_updates(n=updates or (20 if quick else 200), history=600 if quick else 1800,
                                           distinct=10 if quick else 30)
     if not browser:
         return out
@@ -416,10 +416,12 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer windows and messages")
     ap.add_argument("--kernel-only", action="store_true", help="only the kernel CPU per update (no browser)")
+    ap.add_argument("--updates", type=int, default=None, help="updates timed per case (default 200, quick 20)")
     args = ap.parse_args(argv)
-    res = run(quick=args.quick, browser=not args.kernel_only)
+    res = run(quick=args.quick, browser=not args.kernel_only, updates=args.updates)
     env = {"time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count(),
-           "python": sys.version.split()[0], "quick": args.quick}
+           "python": sys.version.split()[0], "quick": args.quick, "updates": args.updates,
+           "load_average": os.getloadavg()}
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         env["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                                            timeout=10).stdout.strip()

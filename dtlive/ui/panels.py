@@ -52,10 +52,10 @@ def verdict_html(summary: dict) -> str:
     >>> "no verdict yet" in verdict_html(LiveVerdicts().summary())
     True
     """
-    def card(css: str, text: str, status, reason: str, extra: str = "", grow: int = 2) -> str:
+    def card(css: str, text: str, status, reason: str, extra: str = "") -> str:
         color = UNJUDGED_COLOR if status is None else STATUS_COLORS[min(int(status), len(STATUS_COLORS) - 1)]
         shown = html.escape(reason) if reason else "&nbsp;"
-        return (f"<div class='dtlive-card' style='flex:{grow} 1 0;background:{color};border-radius:4px;"
+        return (f"<div class='dtlive-card' style='flex:1 1 0;background:{color};border-radius:4px;"
                 f"padding:4px 10px;min-width:0'>"
                 f"<span class='{css}'{extra} data-status='{'none' if status is None else int(status)}' "
                 f"title='{html.escape(reason, quote=True)}' style='color:white;font-size:15px;font-weight:bold'>"
@@ -64,7 +64,7 @@ def verdict_html(summary: dict) -> str:
                 f"text-overflow:ellipsis'>{shown}</div></div>")
 
     d = summary["detector"]
-    cards = [card("dtlive-detector-status", f"detector: {d['label']}", d["status"], d["reason"], grow=1)]
+    cards = [card("dtlive-detector-status", f"detector: {d['label']}", d["status"], d["reason"])]
     cards += [card("dtlive-chamber-status", f"chamber {c['chamber']}: {c['label']}", c["status"], c["reason"],
                    f" data-chamber='{c['chamber']}'") for c in summary["chambers"]]
     if summary["state"] == "waiting":
@@ -130,7 +130,10 @@ def status_html(status: dict, broker: str, broker_ok: bool | None, error: str | 
         ]
     parts.append(f"<b>view</b> <span class='dtlive-view'>{view}</span>")
     parts.append(f"<b>broker</b> {html.escape(broker)}")
-    detail = f"<div style='color:#c62828'>{html.escape(error)}</div>" if error and broker_ok is False else ""
+    detail = ""
+    if broker_ok is False:  # in words; the client's own message as the tooltip
+        detail = (f"<div class='dtlive-status-detail' style='color:#c62828' title='{html.escape(error or '', True)}'>"
+                  f"no answer from the broker at {html.escape(broker)}: retrying every second</div>")
     return (
         f"<div class='dtlive-status-line' style='{_FONT}'>"
         f"<span class='dtlive-state' style='background:{color};{_BADGE};font-weight:bold'>{badge}</span>&nbsp; "

@@ -37,13 +37,17 @@ PERIOD_COLORS = {"bad": "#c62828", "warning": "#f9a825"}
 CHANNEL_TICKS = np.array([0, 16, 32, 48, 64])
 COUNT_FORMAT = "~s"  # d3: 3, 120, 1.2k, 3.4M (no trailing zeros)
 LOG_FLOOR = 0.5  # a log axis starts here; empty bins are drawn at it
-MIN_LINEAR_MAX = 5.0  # a linear count axis spans at least 0..5, so its ticks are whole numbers
+COUNT_FLOOR = 4.0  # a count axis spans at least 0..4 (whole-number ticks)
 _MARGIN = {"top": 26, "bottom": 40, "left": 58, "right": 14}
 
 
 def make_figure(marks, axes, title: str, width: str = "320px", height: str = "220px", css: str | None = None,
                 margin: dict | None = None) -> bq.Figure:
-    """A bqplot Figure of the dashboard's style (small title, room for axis labels)."""
+    """A bqplot Figure of the dashboard's style (small title, room for axis labels).
+
+    >>> make_figure([], [], "empty", css="my-plot").title
+    'empty'
+    """
     fig = bq.Figure(marks=marks, axes=axes, title=title, fig_margin={**_MARGIN, **(margin or {})},
                     layout=W.Layout(width=width, height=height), title_style={"font-size": "13px"},
                     padding_y=0.0)
@@ -67,6 +71,52 @@ def bin_edges(centres) -> np.ndarray:
 
 def _changed(old: np.ndarray | None, new: np.ndarray) -> bool:
     return old is None or old.shape != new.shape or not np.array_equal(old, new, equal_nan=new.dtype.kind == "f")
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5, integer: bool = False) -> np.ndarray:
+    """Round tick values from ``lo`` to ``hi`` (outward): about ``count`` of them, 1, 2, 2.5 or 5 times a power
+    of ten apart (whole numbers only with ``integer``).
+
+    >>> nice_ticks(0, 47).tolist(), nice_ticks(0, 3, integer=True).tolist(), nice_ticks(-100, 500, 7).tolist()
+    ([0.0, 20.0, 40.0, 60.0], [0.0, 1.0, 2.0, 3.0], [-100.0, 0.0, 100.0, 200.0, 300.0, 400.0, 500.0])
+    """
+    raw = max(hi - lo, 1e-9) / max(count - 1, 1)
+    mag = 10.0 ** np.floor(np.log10(raw))
+    steps = (1, 2, 5, 10) if integer else (1, 2, 2.5, 5, 10)
+    step = next(m * mag for m in steps if m * mag >= raw * 0.999)
+    step = max(1.0, float(np.round(step))) if integer else step
+    start, stop = np.floor(lo / step + 1e-9) * step, np.ceil(hi / step - 1e-9) * step
+    return np.round(np.arange(start, stop + step / 2, step), 9)
+
+
+class NiceRange:
+    """A linear axis from 0 to a round top with round ticks, moved only when the data leaves it (above the top,
+    or below 40 % of it): the axis stays put while the data fluctuates, and then costs no message.
+
+    >>> scale = bq.LinearScale(min=0)
+    >>> axis = bq.Axis(scale=scale)
+    >>> r = NiceRange(scale, axis)
+    >>> r.fit(47), scale.max, axis.tick_values.tolist()
+    (True, 60.0, [0.0, 20.0, 40.0, 60.0])
+    >>> r.fit(30), r.fit(12), scale.max
+    (False, True, 15.0)
+    """
+
+    def __init__(self, scale, axis, integer: bool = True, floor: float = COUNT_FLOOR):
+        self.scale, self.axis, self.integer, self.floor = scale, axis, integer, floor
+        self.top: float | None = None
+
+    def fit(self, top: float) -> bool:
+        """Fit the axis to data reaching ``top``; whether it moved."""
+        top = max(float(top) if np.isfinite(top) else 0.0, self.floor)
+        if self.top is not None and 0.4 * self.top <= top <= self.top:
+            return False
+        ticks = nice_ticks(0.0, top, 5, self.integer)
+        self.top = float(ticks[-1])
+        with self.scale.hold_sync():
+            self.scale.min, self.scale.max = 0.0, self.top
+        self.axis.tick_values = ticks
+        return True
 
 
 def _dim_label(da: xr.DataArray, dim: str) -> str:
@@ -113,9 +163,11 @@ class HistogramView:
         integer = np.issubdtype((da[dim] if dim in da.coords else np.arange(1)).dtype, np.integer)
         self.x, self.edges = centres, bin_edges(centres)
         self.x_scale = bq.LinearScale(min=float(self.edges[0]), max=float(self.edges[-1]))
+        if x_ticks is None:
+            x_ticks = nice_ticks(self.edges[0], self.edges[-1], 7, integer)
+            x_ticks = x_ticks[(x_ticks >= self.edges[0]) & (x_ticks <= self.edges[-1])]
         self.x_axis = bq.Axis(scale=self.x_scale, label=x_label or _dim_label(da, dim),
-                              tick_values=None if x_ticks is None else np.asarray(x_ticks, float),
-                              num_ticks=None if x_ticks is not None else 6, tick_format="d" if integer else "~g",
+                              tick_values=np.asarray(x_ticks, float), tick_format="d" if integer else "~g",
                               grid_lines="none")
         self.y_label = y_label
         self.bars, self.ref_line, self.y_axis = self._make_marks()
@@ -133,11 +185,12 @@ class HistogramView:
 
     def _make_marks(self):
         y_scale = (bq.LogScale(min=LOG_FLOOR) if self._log
-                   else bq.LinearScale(min=0, max=MIN_LINEAR_MAX, allow_padding=False))
+                   else bq.LinearScale(min=0, max=COUNT_FLOOR, allow_padding=False))
         scales = {"x": self.x_scale, "y": y_scale}
         base = LOG_FLOOR if self._log else 0.0
-        axis = bq.Axis(scale=y_scale, side="left", label=self.y_label, tick_format=COUNT_FORMAT, num_ticks=5,
-                       grid_color="#e0e0e0", label_offset="46px")
+        axis = bq.Axis(scale=y_scale, side="left", label=self.y_label, tick_format=COUNT_FORMAT,
+                       grid_color="#e0e0e0", label_offset="46px")  # log: d3's ticks (1, 2, 5, 10, ...)
+        self._range = None if self._log else NiceRange(y_scale, axis)
         self._sent_y = self._sent_ref = None
         if self._steps:  # data (filled) and reference (NaN while none: not drawn) in one mark
             y = np.full((2, self.edges.size), base)
@@ -170,13 +223,11 @@ class HistogramView:
     def _draw(self, values: np.ndarray) -> None:
         self.values = values
         y = self._floor(values)
-        if not self._log:  # at least 0..5: whole-number ticks for small counts
-            top = float(values.max()) if values.size else 0.0
-            scale = self.bars.scales["y"]
-            if (scale.max is None) != (top > MIN_LINEAR_MAX):
-                scale.max = None if top > MIN_LINEAR_MAX else MIN_LINEAR_MAX
+        ref = self._scaled_reference()
+        if self._range is not None:
+            self._range.fit(max(float(values.max()) if values.size else 0.0, float(ref.max()) if ref is not None
+                                else 0.0))
         if self._steps:
-            ref = self._scaled_reference()
             both = np.array([np.append(y, y[-1]),
                              np.full(y.size + 1, np.nan) if ref is None else np.append(ref, ref[-1])])
             if _changed(self._sent_y, both):
@@ -186,19 +237,15 @@ class HistogramView:
         if _changed(self._sent_y, y):
             self.bars.y = y
             self._sent_y = y
-        self._draw_reference()
+        self._draw_reference(ref)
 
     def set_reference(self, values: np.ndarray | None) -> None:
         """Overlay this reference histogram (None or an empty one: no overlay)."""
         ref = None if values is None else np.asarray(values, float)
         self._reference = ref if ref is not None and ref.shape == self.x.shape and ref.sum() > 0 else None
-        if self._steps:
-            self._draw(self.values)
-        else:
-            self._draw_reference()
+        self._draw(self.values)
 
-    def _draw_reference(self) -> None:
-        scaled = self._scaled_reference()
+    def _draw_reference(self, scaled: np.ndarray | None) -> None:
         if scaled is None:
             if self.ref_line.visible:
                 self.ref_line.visible = False
@@ -279,7 +326,7 @@ class OccupancyView(HistogramView):
         names = [f"channel {c} (TDC {t}), layer {la}, cell {ce}"
                  for c, t, la, ce in zip(channels.tolist(), np.asarray(tdc).tolist(),
                                          det.layer_of(channels).tolist(), det.cell_of(channels).tolist(), strict=True)]
-        self.color_scale = bq.ColorScale(scheme="viridis", min=0, max=1)
+        self.color_scale = bq.ColorScale(scheme="viridis", min=0, max=COUNT_FLOOR)
         self.cells = bq.Scatter(
             x=x_mm, y=z_mm, color=np.zeros(channels.size), names=np.array(names), display_names=False,
             marker="square", default_size=150, stroke="#9e9e9e",
@@ -288,16 +335,18 @@ class OccupancyView(HistogramView):
             tooltip=bq.Tooltip(fields=["name", "color"], labels=["", "hits"], formats=["", COUNT_FORMAT]),
         )
         z_ticks = np.array(sorted(det.LAYER_Z_MM.values()))
+        color_axis = bq.ColorAxis(scale=self.color_scale, side="right", tick_format=COUNT_FORMAT,
+                                  label="hits / channel", label_offset="52px")
+        self._color_range = NiceRange(self.color_scale, color_axis)
         self.map_figure = make_figure(
             [self.cells],
             [bq.Axis(scale=self.cells.scales["x"], label="x [mm]", tick_values=np.arange(-300, 301, 150),
                      tick_format="d", grid_lines="none"),
-             bq.Axis(scale=self.cells.scales["y"], side="left", label="z [mm] (layers 1-4)", tick_values=z_ticks,
+             bq.Axis(scale=self.cells.scales["y"], side="left", label="z [mm]", tick_values=z_ticks,
                      tick_format=".1f", grid_lines="none", label_offset="46px"),
-             bq.ColorAxis(scale=self.color_scale, side="right", num_ticks=4, tick_format=COUNT_FORMAT,
-                          label="hits / channel")],
+             color_axis],
             f"{title} map ({det.N_LAYERS} layers x {det.CELLS_PER_LAYER} cells)".strip(),
-            css=f"{css}-map" if css else None, margin={"right": 78}, **size)
+            css=f"{css}-map" if css else None, margin={"right": 92}, **size)
         self.widget = W.HBox([self.bars_figure, self.map_figure])
         self._draw(self.values)
 
@@ -306,9 +355,7 @@ class OccupancyView(HistogramView):
         if not hasattr(self, "cells"):
             return
         if _changed(self._sent_color, values):
-            empty = not (values.size and values.max() > 0)
-            if (self.color_scale.max is not None) != empty:  # the ramp follows the data; 0..1 while empty
-                self.color_scale.max = 1.0 if empty else None
+            self._color_range.fit(float(values.max()) if values.size else 0.0)
             self.cells.color = values
             self._sent_color = values
 
@@ -361,10 +408,10 @@ class TimeSeriesView:
                               scales={"x": self.x_scale, "y": bq.LinearScale(min=0, max=1)}, fill="inside",
                               colors=[PERIOD_COLORS["bad"]], fill_colors=[PERIOD_COLORS["bad"]],
                               fill_opacities=[0.25], opacities=[0.0], preserve_domain={"x": True})
-        axes = [bq.Axis(scale=self.x_scale, label="time of day (UTC)", num_ticks=6, tick_format="%H:%M:%S",
-                        grid_lines="none"),
-                bq.Axis(scale=self.y_scale, side="left", label=y_label, tick_format=COUNT_FORMAT, num_ticks=5,
+        axes = [bq.Axis(scale=self.x_scale, label="time of day (UTC)", tick_format="%H:%M:%S", grid_lines="none"),
+                bq.Axis(scale=self.y_scale, side="left", label=y_label, tick_format=COUNT_FORMAT,
                         grid_color="#e0e0e0", label_offset="46px")]
+        self._range = NiceRange(self.y_scale, axes[1], integer=False, floor=1.0)
         size = {"width": "100%", "height": "240px", **size}
         self.figure = make_figure([self.spans, self.lines], axes, title, css=css, **size)
         items = [(label, c, "line") for label, c in zip(self.labels, self.colors, strict=True)]
@@ -382,6 +429,8 @@ class TimeSeriesView:
             x, y = np.repeat(x, 2), np.repeat(y, 2, axis=1)
         if self._sent is not None and not _changed(self._sent[0], x) and not _changed(self._sent[1], y):
             return
+        finite = y[np.isfinite(y)]
+        self._range.fit(float(finite.max()) if finite.size else 0.0)
         with self.lines.hold_sync():
             self.lines.x = x
             self.lines.y = y

@@ -356,9 +356,11 @@ class Dashboard(W.VBox):
 
     # --- the reference ---------------------------------------------------------------------------------------
     def _check_reference(self) -> None:
-        """Follow the reference file: a new or changed one is drawn, a removed one taken away."""
-        if self._reference_file is not None:
-            ref = self._reference_file.get()
+        """Follow the reference file: a new or changed one is drawn, a removed one taken away (none saved yet is
+        no warning here: the legend says there is nothing to compare with)."""
+        f = self._reference_file
+        if f is not None:
+            ref = f.get() if f.path is not None and f.path.exists() else None
             if ref is not self._reference:
                 self._set_reference(ref)
 

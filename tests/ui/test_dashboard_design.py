@@ -112,13 +112,24 @@ def test_axes_are_readable_on_every_plot(tmp_path):
     assert "chamber 0" in d.timeseries.legend.value and "warning period" in d.timeseries.legend.value
 
 
-def test_small_counts_get_whole_number_ticks_large_ones_follow_the_data(tmp_path):
+def test_count_axes_have_round_ticks_and_stay_put_while_the_data_fluctuates(tmp_path, wire):
     d = dashboard(tmp_path)
     d.add_messages([message(1, 2)])
-    scale = d.panels[0].occupancy.bars.scales["y"]
-    assert scale.min == 0 and scale.max == 5  # 0..5: ticks 0, 1, 2, ... not 0.5 steps
+    occ = d.panels[0].occupancy
+    scale, axis = occ.bars.scales["y"], occ.y_axis
+    assert (scale.min, scale.max) == (0, 4) and axis.tick_values.tolist() == [0, 1, 2, 3, 4]  # not 0.5 steps
     d.add_messages([message(2, 500)])
-    assert scale.max is None  # from the data
+    assert scale.max == 600 and axis.tick_values.tolist() == [0, 200, 400, 600]
+    wire.clear()
+    d.add_messages([message(3, 450)])  # within the axis: it stays, nothing is sent for it
+    assert scale.max == 600 and not any(cid in (scale.comm.comm_id, axis.comm.comm_id) for cid, _ in wire)
+    d.add_messages([message(4, 30)])  # far below: the axis follows
+    assert scale.max == 30 and axis.tick_values.tolist() == [0, 10, 20, 30]
+    color_axis = next(a for a in occ.map_figure.axes if isinstance(a, bq.ColorAxis))
+    assert occ.cells.scales["color"].max == 30 and color_axis.tick_values.tolist() == [0, 10, 20, 30]
+    rates = d.timeseries
+    assert rates.y_scale.min == 0 and rates.y_scale.max in rates.figure.axes[1].tick_values
+    assert rates.figure.axes[0].num_ticks is None and occ.x_axis.num_ticks is None  # d3's round times
 
 
 def test_the_time_series_is_the_hit_rate_and_shades_bad_and_warning_periods(tmp_path):
@@ -202,7 +213,7 @@ def test_no_developer_text_on_the_page(tmp_path):
 def test_an_update_sends_only_what_changed_and_only_for_visible_chambers(tmp_path, wire):
     save("default", to_dataset([message(w, 20) for w in range(2)]), reference_dir(tmp_path))
     d = dashboard(tmp_path)
-    d.add_messages([message(1, 10)])
+    d.add_messages([message(1, 25)])
     marks = {p.chamber: {v.bars.comm.comm_id for v in p.views.values()} | {p.occupancy.cells.comm.comm_id}
              for p in d.panels}
 
@@ -210,7 +221,7 @@ def test_an_update_sends_only_what_changed_and_only_for_visible_chambers(tmp_pat
         return sum(1 for comm_id, _ in wire if comm_id in marks[chamber])
 
     wire.clear()
-    d.add_messages([message(2, 30)])  # chamber 0 changes (channel 3), chambers 1-3 stay empty
+    d.add_messages([message(2, 30)])  # chamber 0 changes (channel 3) within its axes, chambers 1-3 stay empty
     assert sent_by(0) == 3 and sent_by(1) == sent_by(2) == sent_by(3) == 0  # occupancy, map, multiplicity
     assert len(wire) == 3 + 1 + 2  # the occupancy's reference line, the time series and the status line: no more
     wire.clear()
