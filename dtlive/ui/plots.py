@@ -7,7 +7,8 @@ when its values changed (an unchanged array is not sent again) and batches a mar
 - :class:`HistogramView`: bars of a 1-D histogram, its reference (scaled to the same entries) as a black step
   line on top, a log or linear y axis;
 - :class:`OccupancyView`: one chamber's hits per channel as a :class:`HistogramView` and as the chamber map
-  (4 layers x 16 cells, staggered as the wires are), with a colour bar;
+  (4 layers x 16 cells, staggered as the wires are), with a colour bar (HTML beside the map: the ramp, round
+  ticks and a label);
 - :class:`TimeSeriesView`: lines against the time of day (UTC), bad and warning periods shaded behind them,
   the legend above the plot (never over the data).
 
@@ -102,8 +103,9 @@ class NiceRange:
     (False, True, 15.0)
     """
 
-    def __init__(self, scale, axis, integer: bool = True, floor: float = COUNT_FLOOR):
+    def __init__(self, scale, axis, integer: bool = True, floor: float = COUNT_FLOOR, on_change=None):
         self.scale, self.axis, self.integer, self.floor = scale, axis, integer, floor
+        self.on_change = on_change  # called with the new ticks (e.g. to redraw a colour bar)
         self.top: float | None = None
 
     def fit(self, top: float) -> bool:
@@ -115,8 +117,47 @@ class NiceRange:
         self.top = float(ticks[-1])
         with self.scale.hold_sync():
             self.scale.min, self.scale.max = 0.0, self.top
-        self.axis.tick_values = ticks
+        if self.axis is not None:
+            self.axis.tick_values = ticks
+        if self.on_change is not None:
+            self.on_change(ticks)
         return True
+
+
+VIRIDIS = ("#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b",
+           "#fde725")  # the map's colour scheme, bottom to top
+
+
+def count_text(value: float) -> str:
+    """A count as a tick label: ``40``, ``1.2k``, ``3M``.
+
+    >>> count_text(40.0), count_text(1200.0), count_text(3e6)
+    ('40', '1.2k', '3M')
+    """
+    for div, unit in ((1e6, "M"), (1e3, "k")):
+        if abs(value) >= div:
+            return f"{value / div:.3g}{unit}"
+    return f"{value:.3g}"
+
+
+def colorbar_html(ticks, label: str, height: int = 139) -> str:
+    """A vertical colour bar as HTML: the viridis ramp (first tick at the bottom), its tick labels and a label.
+
+    >>> html_bar = colorbar_html([0, 10, 20], "hits / channel")
+    >>> "linear-gradient(to top, #440154" in html_bar and ">20<" in html_bar and "hits / channel" in html_bar
+    True
+    """
+    lo, hi = float(ticks[0]), float(ticks[-1])
+    labels = "".join(
+        f"<div style='position:absolute;left:16px;bottom:{(float(t) - lo) / (hi - lo or 1) * height - 7:.0f}px;"
+        f"font-size:11px;color:#333'>{count_text(float(t))}</div>" for t in ticks)
+    return (f"<div class='dtlive-colorbar' style='position:relative;height:{height}px;width:62px;"
+            "font-family:sans-serif'>"
+            f"<div class='dtlive-colorbar-ramp' style='position:absolute;left:0;bottom:0;width:12px;"
+            f"height:{height}px;background:linear-gradient(to top, {', '.join(VIRIDIS)})'></div>{labels}"
+            f"<div class='dtlive-colorbar-label' style='position:absolute;left:44px;bottom:0;height:{height}px;"
+            "writing-mode:vertical-rl;transform:rotate(180deg);text-align:center;font-size:12px;color:#333'>"
+            f"{html.escape(label)}</div></div>")
 
 
 def _dim_label(da: xr.DataArray, dim: str) -> str:
@@ -335,20 +376,26 @@ class OccupancyView(HistogramView):
             tooltip=bq.Tooltip(fields=["name", "color"], labels=["", "hits"], formats=["", COUNT_FORMAT]),
         )
         z_ticks = np.array(sorted(det.LAYER_Z_MM.values()))
-        color_axis = bq.ColorAxis(scale=self.color_scale, side="right", tick_format=COUNT_FORMAT,
-                                  label="hits / channel", label_offset="52px")
-        self._color_range = NiceRange(self.color_scale, color_axis)
+        self.color_bar = W.HTML(colorbar_html([0, COUNT_FLOOR], "hits / channel"),
+                                layout=W.Layout(width="64px", min_width="64px", margin=f"{_MARGIN['top']}px 0 0 0"))
+        if css:
+            self.color_bar.add_class(f"{css}-colorbar")
+        self._color_range = NiceRange(self.color_scale, None, on_change=self._draw_color_bar)
         self.map_figure = make_figure(
             [self.cells],
             [bq.Axis(scale=self.cells.scales["x"], label="x [mm]", tick_values=np.arange(-300, 301, 150),
                      tick_format="d", grid_lines="none"),
              bq.Axis(scale=self.cells.scales["y"], side="left", label="z [mm]", tick_values=z_ticks,
-                     tick_format=".1f", grid_lines="none", label_offset="46px"),
-             color_axis],
+                     tick_format=".1f", grid_lines="none", label_offset="46px")],
             f"{title} map ({det.N_LAYERS} layers x {det.CELLS_PER_LAYER} cells)".strip(),
-            css=f"{css}-map" if css else None, margin={"right": 92}, **size)
-        self.widget = W.HBox([self.bars_figure, self.map_figure])
+            css=f"{css}-map" if css else None, **{**size, "width": "auto"})
+        self.map_figure.layout.flex = "1 1 0"
+        self.map_box = W.HBox([self.map_figure, self.color_bar], layout=W.Layout(width=size.get("width", "320px")))
+        self.widget = W.HBox([self.bars_figure, self.map_box])
         self._draw(self.values)
+
+    def _draw_color_bar(self, ticks: np.ndarray) -> None:
+        self.color_bar.value = colorbar_html(ticks, "hits / channel")
 
     def _draw(self, values: np.ndarray) -> None:
         super()._draw(values)

@@ -130,7 +130,7 @@ class ChamberPanel:
         self.stale = False  # hidden while the data moved on: drawn when shown again
         header = W.HTML(f"<div style='font-family:sans-serif;font-size:15px;font-weight:bold;color:white;"
                         f"background:{color};padding:2px 8px;border-radius:3px'>Chamber {chamber}</div>")
-        self.widget = W.VBox([header, self.occupancy.bars_figure, self.occupancy.map_figure, self.drift.figure,
+        self.widget = W.VBox([header, self.occupancy.bars_figure, self.occupancy.map_box, self.drift.figure,
                               self.multiplicity.figure, self.scint.figure],
                              layout=W.Layout(flex="1 1 0", min_width="0", margin="0 2px"))
         self.widget.add_class(f"{css}-column")
