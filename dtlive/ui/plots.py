@@ -91,28 +91,35 @@ def nice_ticks(lo: float, hi: float, count: int = 5, integer: bool = False) -> n
 
 
 class NiceRange:
-    """A linear axis from 0 to a round top with round ticks, moved only when the data leaves it (above the top,
-    or below 40 % of it): the axis stays put while the data fluctuates, and then costs no message.
+    """A linear axis from 0 to a round top with round ticks, moved only when the data leaves it: at once above
+    the top, after ``shrink_after`` draws in a row below 40 % of it. The axis stays put while the data fluctuates
+    (a burst of noise does not make it jump back and forth), and then costs no message.
 
     >>> scale = bq.LinearScale(min=0)
     >>> axis = bq.Axis(scale=scale)
-    >>> r = NiceRange(scale, axis)
+    >>> r = NiceRange(scale, axis, shrink_after=2)
     >>> r.fit(47), scale.max, axis.tick_values.tolist()
     (True, 60.0, [0.0, 20.0, 40.0, 60.0])
-    >>> r.fit(30), r.fit(12), scale.max
-    (False, True, 15.0)
+    >>> r.fit(30), r.fit(12), r.fit(12), scale.max
+    (False, False, True, 15.0)
     """
 
-    def __init__(self, scale, axis, integer: bool = True, floor: float = COUNT_FLOOR, on_change=None):
+    def __init__(self, scale, axis, integer: bool = True, floor: float = COUNT_FLOOR, on_change=None,
+                 shrink_after: int = 10):
         self.scale, self.axis, self.integer, self.floor = scale, axis, integer, floor
         self.on_change = on_change  # called with the new ticks (e.g. to redraw a colour bar)
+        self.shrink_after = shrink_after
         self.top: float | None = None
+        self._low = 0  # draws in a row far below the top
 
     def fit(self, top: float) -> bool:
         """Fit the axis to data reaching ``top``; whether it moved."""
         top = max(float(top) if np.isfinite(top) else 0.0, self.floor)
-        if self.top is not None and 0.4 * self.top <= top <= self.top:
-            return False
+        if self.top is not None and top <= self.top:
+            self._low = self._low + 1 if top < 0.4 * self.top else 0
+            if self._low < self.shrink_after:
+                return False
+        self._low = 0
         ticks = nice_ticks(0.0, top, 5, self.integer)
         self.top = float(ticks[-1])
         with self.scale.hold_sync():
@@ -401,8 +408,8 @@ class OccupancyView(HistogramView):
         super()._draw(values)
         if not hasattr(self, "cells"):
             return
+        self._color_range.fit(float(values.max()) if values.size else 0.0)  # sends only when the range moves
         if _changed(self._sent_color, values):
-            self._color_range.fit(float(values.max()) if values.size else 0.0)
             self.cells.color = values
             self._sent_color = values
 
