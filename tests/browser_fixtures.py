@@ -61,11 +61,11 @@ def ensure_chromium() -> str:
     return CHROMIUM
 
 
-def screenshot(page, name: str) -> Path:
-    """Save a full-page screenshot under artifacts/screenshots/ and print where."""
+def screenshot(page, name: str, full_page: bool = True) -> Path:
+    """Save a screenshot under artifacts/screenshots/ (the whole page, or what the viewport shows) and print where."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     print(f"screenshot: {path}")
     return path
 

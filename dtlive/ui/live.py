@@ -107,10 +107,34 @@ class LiveWindows:
     _cumulative: dict | None = field(default=None, init=False)
     _seen: set = field(default_factory=set, init=False)
     windows_since_reset: int = field(default=0, init=False)
+    added: int = field(default=0, init=False)  # windows added ever: a view's version
+    _rejected_total: int = field(default=0, init=False)
+    _series: dict = field(init=False)  # the time series' columns, appended to (no rebuild per redraw)
+    _n: int = field(default=0, init=False)
 
     def __post_init__(self):
         self.points = deque(maxlen=self.history)
         self._recent = deque(maxlen=max(1, self.rolling))
+        cap = 2 * self.history
+        self._series = {"time": np.zeros(cap), "duration": np.zeros(cap), "window_id": np.zeros(cap, np.int64),
+                        "total_hits": np.zeros(cap, np.int64),
+                        "hits_per_chamber": np.zeros((cap, det.N_CHAMBERS), np.int64)}
+
+    def _append(self, p: WindowPoint) -> None:
+        if len(self.points) == self.history:
+            self._rejected_total -= self.points[0].rejected
+        self.points.append(p)
+        self._rejected_total += p.rejected
+        s, cap = self._series, 2 * self.history
+        if self._n == cap:  # full: keep the newest history - 1 rows at the front
+            for col in s.values():
+                col[: self.history - 1] = col[cap - self.history + 1:]
+            self._n = self.history - 1
+        i = self._n
+        s["time"][i], s["window_id"][i], s["total_hits"][i] = p.start, p.id, p.total_hits
+        s["duration"][i] = p.end - p.start if np.isfinite(p.end - p.start) else np.nan
+        s["hits_per_chamber"][i] = p.hits_per_chamber
+        self._n += 1
 
     def set_rolling(self, n: int) -> None:
         """Change how many windows the rolling view sums (keeps what fits)."""
@@ -139,11 +163,12 @@ class LiveWindows:
                 for k, v in arrays.items():
                     self._cumulative[k] = self._cumulative[k] + v
             w = msg["window"]
-            self.points.append(
+            self._append(
                 WindowPoint(w["id"], utc_seconds(w.get("start")), utc_seconds(w.get("end")), int(arrays["total_hits"]),
                             arrays["hits_per_chamber"], int(arrays["rows"]), int(arrays["rejected"]), received)
             )
             self.windows_since_reset += 1
+            self.added += 1
             new += 1
         return new
 
@@ -152,8 +177,9 @@ class LiveWindows:
         self._cumulative = None
         self.windows_since_reset = 0
 
-    def arrays(self, mode: str = "last") -> dict[str, np.ndarray] | None:
-        """Product arrays of a view (None while there is nothing to show)."""
+    def arrays(self, mode: str = "last", keys=None) -> dict[str, np.ndarray] | None:
+        """Product arrays of a view (None while there is nothing to show); ``keys``: only these (the rolling sum
+        of a few products is quicker than of all)."""
         if mode not in VIEWS:
             raise ValueError(f"unknown view {mode!r}; choose one of {', '.join(VIEWS)}")
         if mode == "cumulative":
@@ -162,7 +188,7 @@ class LiveWindows:
             return None
         if mode == "last":
             return self._recent[-1]
-        return {k: sum(a[k] for a in self._recent) for k in self._recent[-1]}
+        return {k: sum(a[k] for a in self._recent) for k in (self._recent[-1] if keys is None else keys)}
 
     def view(self, mode: str = "last") -> xr.Dataset:
         """A view as the labelled Dataset of :mod:`dtlive.core.products` (zeros while empty)."""
@@ -179,14 +205,12 @@ class LiveWindows:
         return ds
 
     def series(self) -> dict[str, np.ndarray]:
-        """Per-window time series: ``time`` (datetime64 of window start), ``total_hits``, ``hits_per_chamber``."""
-        pts = list(self.points)
-        return {
-            "time": np.array([p.start * 1000 for p in pts], "float64").astype("datetime64[ms]"),
-            "window_id": np.array([p.id for p in pts], np.int64),
-            "total_hits": np.array([p.total_hits for p in pts], np.int64),
-            "hits_per_chamber": np.array([p.hits_per_chamber for p in pts], np.int64).reshape(len(pts), det.N_CHAMBERS),
-        }
+        """Per-window time series: ``time`` (datetime64 of window start), ``window_id``, ``total_hits``,
+        ``hits_per_chamber`` and ``duration`` (seconds; NaN when unknown)."""
+        lo = self._n - len(self.points)
+        out = {k: v[lo: self._n].copy() for k, v in self._series.items()}
+        out["time"] = (out["time"] * 1000).astype("datetime64[ms]")
+        return out
 
     def status(self, now: float | None = None, stale_after_s: float = 10.0) -> dict:
         """Last window, data age, input rate, windows/s and rejects, and a one-word state.
@@ -202,8 +226,12 @@ class LiveWindows:
         if not self.points:
             return {"state": "waiting", "windows": 0}
         last = self.points[-1]
-        recent = [p for p in self.points if now - p.received <= 30]
-        span = (recent[-1].received - recent[0].received) if len(recent) > 1 else 0.0
+        recent = []  # received in the last 30 s (the newest are at the end)
+        for p in reversed(self.points):
+            if now - p.received > 30:
+                break
+            recent.append(p)
+        span = (recent[0].received - recent[-1].received) if len(recent) > 1 else 0.0
         duration = last.end - last.start if np.isfinite(last.end - last.start) and last.end > last.start else 0.0
         age = now - last.end if np.isfinite(last.end) else now - last.received
         since_last = now - last.received
@@ -222,7 +250,7 @@ class LiveWindows:
             "input_rows_per_s": last.rows / duration if flowing and duration > 0 else 0.0,
             "windows_per_s": (len(recent) - 1) / span if flowing and span > 0 else 0.0,
             "rejected_last": last.rejected,
-            "rejected_total": sum(p.rejected for p in self.points),
+            "rejected_total": self._rejected_total,
         }
 
 
@@ -428,72 +456,3 @@ class ResultsFeed:
         if consumer is not None:
             with contextlib.suppress(Exception):
                 consumer.close()
-
-
-def read_latest_hits(bootstrap: str, topic: str, rows: int = 20_000, kafka: dict | None = None,
-                     default_format: str = Config.default_format, timeout: float = 5.0):
-    """About the newest ``rows`` rows of ``topic`` (every partition), decoded, as cleaned hits (HEAD 2).
-
-    For the dashboard's event panel: a look at the newest raw data, not a consumer of the stream (no group
-    offsets are committed). The newest message of each partition says how many rows a message holds, then
-    enough of the newest messages are read for ``rows`` (one-row csv or 10,000-word daq64 messages alike).
-    Messages are decoded by their format header (``default_format`` without one); rows that do not decode are
-    left out.
-
-    >>> hits = read_latest_hits("127.0.0.1:9092", "dt.hits")  # doctest: +SKIP
-    """
-    from confluent_kafka import Consumer, TopicPartition
-
-    from dtlive.core.rows import Rows, clean
-    from dtlive.kafka.clients import LIBRDKAFKA_LOG
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "dtlive-dashboard-events", "enable.auto.commit": False,
-                  "isolation.level": "read_committed", "fetch.wait.max.ms": 100, "logger": LIBRDKAFKA_LOG,
-                  **(kafka or {})})
-    try:
-        meta = c.list_topics(topic, timeout=timeout).topics.get(topic)
-        marks = {}
-        for p in (meta.partitions if meta is not None else {}):
-            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            if high > low:
-                marks[p] = (low, high)
-        if not marks:
-            return Rows.empty()
-        newest = _decoded(_read(c, topic, {p: (high - 1, high) for p, (_, high) in marks.items()}, timeout),
-                          topic, default_format)
-        per_message = max(len(newest) / len(marks), 1.0)
-        count = max(1, int(rows / per_message / len(marks)) + 1)
-        got = _read(c, topic, {p: (max(low, high - count), high) for p, (low, high) in marks.items()}, timeout)
-    finally:
-        c.close()
-    return clean(_decoded(got, topic, default_format))[0]
-
-
-def _read(consumer, topic: str, ranges: dict[int, tuple[int, int]], timeout: float) -> list:
-    """The messages of ``[start, end)`` per partition (bounded by ``timeout``)."""
-    from confluent_kafka import TopicPartition
-
-    consumer.assign([TopicPartition(topic, p, start) for p, (start, _) in ranges.items()])
-    ends = {p: end for p, (_, end) in ranges.items()}
-    got, deadline = [], time.monotonic() + timeout
-    while ends and time.monotonic() < deadline:
-        for m in consumer.consume(1000, 0.2):
-            if m.error() is None and m.partition() in ends:
-                got.append(m)
-                if m.offset() + 1 >= ends[m.partition()]:
-                    ends.pop(m.partition())
-    return got
-
-
-def _decoded(messages: list, topic: str, default_format: str):
-    """The rows of Kafka messages, decoded by their format header."""
-    from dtlive.core.decode import decode
-    from dtlive.core.rows import Rows
-    from dtlive.streaming.nodes import Batch
-
-    if not messages:
-        return Rows.empty()
-    batch = Batch.from_messages(messages, topic)
-    formats = [f or default_format for f in batch.formats]
-    return Rows.concat([decode([batch.payloads[i] for i, f in enumerate(formats) if f == fmt], fmt).rows
-                        for fmt in dict.fromkeys(formats)])

@@ -2,19 +2,24 @@
 
 * JupyterLab: the quickstart notebook, run cell by cell by the browser, starts the stack with
   ``ensure_stack`` and shows a live Dashboard;
-* Voilà (``dtlive.deploy.cli.start_dashboard``) on a live feed (emulator + processor threads, 1 s windows):
-  plots render, the window id advances, Pause/Resume, cumulative view and Reset, log scale, the quality strip
-  showing a published verdict, and the
-  NO NEW DATA badge once the processor stops (that test stops the feed's processor, so it runs last).
+* Voilà (``dtlive.deploy.cli.start_dashboard``) on a live feed (emulator + processor threads, 1 s windows) with a
+  saved reference: plots render with readable axes, the summary strip on top and the chambers side by side,
+  the reference over every histogram, the window id advances, Pause/Resume, cumulative view and Reset, log
+  scale, the quality strip showing a published verdict, and the NO NEW DATA badge once the processor stops
+  (that test stops the feed's processor, so it runs last);
+* Voilà on a broker of its own that goes away: the status line says BROKER UNREACHABLE.
 
-Screenshots go to ``artifacts/screenshots/`` (git-ignored). Chromium is Debian's (/usr/bin/chromium,
+Screenshots (the 1600x1000 viewport, and whole pages) go to ``artifacts/screenshots/`` (git-ignored), to look at
+after a run. Chromium is Debian's (/usr/bin/chromium,
 ``scripts/install_browser.sh``); without it these tests skip, or fail when ``CI`` is set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import re
 import shutil
 import time
 import uuid
@@ -40,22 +45,57 @@ from browser_fixtures import (
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.browser]
 
-VIEWPORT = {"width": 1400, "height": 1000}
+VIEWPORT = {"width": 1600, "height": 1000}
 OCC0 = "dtlive-c0-occupancy-bars"
 
 
+def save_reference(history) -> None:
+    """The reference ``default`` in the history folder ``history``: simulated windows through the products."""
+    from dtlive.core.messages import iso_utc
+    from dtlive.core.products import compute_products
+    from dtlive.core.rows import clean
+    from dtlive.core.simulate import simulate
+    from dtlive.storage.references import reference_dir, save
+
+    hits, _ = clean(simulate(5.0, seed=99))
+    window = compute_products(hits)
+    start = time.time() - 3600
+    window.attrs.update(window_id=0, first_orbit=0, last_orbit=5 * 11223, window_start=iso_utc(start),
+                        window_end=iso_utc(start + 5))
+    save("default", window, reference_dir(history))
+
+
+@contextlib.contextmanager
+def environment(**values):
+    """Environment variables set for what starts inside (Voilà and its kernels inherit them)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @pytest.fixture(scope="module")
-def dashboard(broker, chromium):
-    """A live feed on unique topics, Voilà serving the dashboard on it, and the page open in Chromium."""
+def dashboard(broker, chromium, tmp_path_factory):
+    """A live feed on unique topics, Voilà serving the dashboard on it (with a saved reference), and the page open
+    in Chromium."""
     from dtlive.deploy.cli import start_dashboard
 
+    history = tmp_path_factory.mktemp("history")
+    save_reference(history)
     feed = LiveFeed(broker).start()
-    voila, url = start_dashboard(broker, feed.monitor_topic, free_port())
+    with environment(DTLIVE_HISTORY=str(history)):
+        voila, url = start_dashboard(broker, feed.monitor_topic, free_port())
     page = chromium.new_page(viewport=VIEWPORT)
     page.set_default_timeout(30_000)
     try:
-        page.goto(url, timeout=60_000)
-        page.wait_for_selector(".dtlive-window-id", timeout=60_000)
+        page.goto(url, timeout=120_000)  # the page waits for its kernel: slow on a loaded machine
+        page.wait_for_selector(".dtlive-window-id", timeout=120_000)
         yield SimpleNamespace(page=page, feed=feed, url=url)
     finally:
         page.close()
@@ -124,20 +164,146 @@ def test_jupyterlab_quickstart_runs_and_updates(broker, chromium, tmp_path):
 # ---------------------------------------------------------------- Voilà
 
 
+def test_voila_says_so_when_the_broker_goes_away(chromium, tmp_path):
+    """A broker of its own with one window on it, the dashboard showing it; the broker stops: the status line
+    says BROKER UNREACHABLE (runs before the shared dashboard starts, so only one Voilà runs at a time)."""
+    from confluent_kafka import Producer
+    from monitor_messages import encode_message_dict, message
+
+    from dtlive.config import load_config
+    from dtlive.deploy.cli import start_dashboard
+    from dtlive.kafka.broker import EmbeddedBroker
+    from dtlive.kafka.clients import ensure_topics
+
+    broker = EmbeddedBroker(port=free_port(), state_dir=tmp_path).start()
+    voila = page = None
+    try:
+        topic = f"gone-{uuid.uuid4().hex[:8]}"
+        ensure_topics(load_config({}, env={}), broker.bootstrap, [topic])
+        producer = Producer({"bootstrap.servers": broker.bootstrap})
+        producer.produce(topic, encode_message_dict(message(1, 50)))
+        assert producer.flush(10) == 0
+        del producer  # gone before the broker: no reconnect messages for the rest of the session
+        with environment(DTLIVE_HISTORY=str(tmp_path / "history")):
+            voila, url = start_dashboard(broker.bootstrap, topic, free_port())
+        page = chromium.new_page(viewport=VIEWPORT)
+        page.goto(url, timeout=60_000)
+        page.wait_for_selector(".dtlive-window-id", timeout=60_000)
+        assert window_id(page) == 1 and "BROKER UNREACHABLE" not in state_text(page)
+        broker.stop()
+        page.wait_for_function(
+            "() => document.querySelector('.dtlive-state').textContent.includes('BROKER UNREACHABLE')",
+            timeout=30_000, polling=200)
+        assert window_id(page) == 1  # what was shown stays, with the reason it does not move
+        screenshot(page, "voila-broker-gone-1600x1000", full_page=False)
+    finally:
+        if page is not None:
+            page.close()
+        if voila is not None:
+            stop_popen(voila)
+        broker.stop()
+
+
 def test_voila_plots_render(dashboard):
     page = dashboard.page
     for c in range(4):
         assert len(figure(page, f"dtlive-c{c}-occupancy-bars").bars) == 64
         assert page.locator(f".dtlive-c{c}-occupancy-map path.dot").count() == 64
-        for kind in ("multiplicity", "scint", "drift"):
-            assert len(figure(page, f"dtlive-c{c}-{kind}").bars) > 0, kind
+        for kind in ("multiplicity", "scint", "drift"):  # filled steps: the data and the reference, one mark
+            assert figure(page, f"dtlive-c{c}-{kind}").lines[0].startswith("M"), kind
     occ = figure(page, OCC0)
     assert all(math.isfinite(h) for h in occ.bars) and max(occ.bars) > 0
     assert occ.value_sum() > 0
     series = figure(page, "dtlive-timeseries")
     assert len(series.lines) == 5  # total + 4 chambers
     assert all(d.startswith("M") and "L" in d for d in series.lines), series.lines
+    screenshot(page, "voila-dashboard-1600x1000", full_page=False)
     screenshot(page, "voila-dashboard")
+
+
+_AXES_JS = """() => [...document.querySelectorAll('.dtlive-dashboard .bqplot.figure')]
+  .filter(f => f.getClientRects().length > 0)
+  .map(f => ({
+    css: [...f.classList].filter(c => c.startsWith('dtlive-')).join(' '),
+    labels: [...f.querySelectorAll('text.axislabel')].map(t => t.textContent.trim()),
+    ticks: [...f.querySelectorAll('g.axis')].map(a => [...a.querySelectorAll('g.tick text')].map(t => t.textContent)),
+    legend: f.querySelectorAll('g.legend').length && f.querySelector('g.legend').getClientRects().length,
+  }))"""
+
+
+_COLORBAR_JS = """(c) => {
+  const bar = document.querySelector(`.dtlive-c${c}-occupancy-colorbar`);
+  const ramp = bar.querySelector('.dtlive-colorbar-ramp');
+  const map = document.querySelector(`.dtlive-c${c}-occupancy-map`).getBoundingClientRect();
+  const r = ramp.getBoundingClientRect();
+  return {ramp: getComputedStyle(ramp).backgroundImage, text: bar.innerText, left: r.left, height: r.height,
+          map_right: map.right};
+}"""
+
+
+def test_voila_every_plot_is_readable(dashboard):
+    """Every plot shown: axis labels with units, channel axes at 0/16/32/48/64, time of day on the time series,
+    a colour bar with its ramp and label on every map, no legend drawn over the data."""
+    figs = dashboard.page.evaluate(_AXES_JS)
+    assert len(figs) == 4 * 5 + 1, [f["css"] for f in figs]
+    for f in figs:
+        assert len([lb for lb in f["labels"] if lb]) >= 2, f
+        assert any(re.search(r"\[.+\]|/ |orbits", lb) for lb in f["labels"]), f  # a y label with its units
+        assert not f["legend"], f
+    by_css = {f["css"]: f for f in figs}
+    for c in range(4):
+        for kind in ("occupancy-bars", "multiplicity", "scint"):
+            assert ["0", "16", "32", "48", "64"] in by_css[f"dtlive-c{c}-{kind}"]["ticks"], (c, kind)
+        bar = dashboard.page.evaluate(_COLORBAR_JS, c)
+        assert "linear-gradient" in bar["ramp"] and "hits / channel" in bar["text"], bar
+        assert bar["left"] >= bar["map_right"] - 1 and bar["height"] > 100, bar  # beside the map, as tall as it
+    times = [t for ticks in by_css["dtlive-timeseries"]["ticks"] for t in ticks if ":" in t]
+    assert times and all(re.fullmatch(r"\d\d:\d\d:\d\d", t) for t in times), times
+
+
+def test_voila_summary_strip_on_top_and_the_chambers_side_by_side(dashboard):
+    page = dashboard.page
+    strip = page.locator(".dtlive-verdict").bounding_box()
+    cards = [page.locator(f".dtlive-chamber-status[data-chamber='{c}']").bounding_box() for c in range(4)]
+    slot = page.locator(".dtlive-alarms-slot").bounding_box()
+    state = page.locator(".dtlive-state").bounding_box()
+    assert strip["y"] < 120 and strip["y"] + strip["height"] <= slot["y"] + 1 and slot["y"] <= state["y"]
+    assert max(b["y"] for b in cards) - min(b["y"] for b in cards) < 2  # one row
+    assert [b["x"] for b in cards] == sorted(b["x"] for b in cards) and cards[-1]["x"] < VIEWPORT["width"]
+    columns = [page.locator(f".dtlive-c{c}-column").bounding_box() for c in range(4)]
+    assert max(b["y"] for b in columns) - min(b["y"] for b in columns) < 2
+    assert all(a["x"] + a["width"] <= b["x"] + 1 for a, b in zip(columns, columns[1:], strict=False))
+    assert columns[-1]["x"] + columns[-1]["width"] <= VIEWPORT["width"] and min(b["width"] for b in columns) > 300
+    assert columns[0]["y"] < VIEWPORT["height"]  # the chambers start on the first screen
+    screenshot(page, "voila-top-1600x1000", full_page=False)
+
+
+_REFERENCE_JS = """(css) => {
+  const fig = document.querySelector('.' + css);
+  const shown = e => e.getClientRects().length > 0;
+  const bars = [...fig.querySelectorAll('rect.bar')].filter(shown).map(r => parseFloat(r.getAttribute('height')));
+  const lines = [...fig.querySelectorAll('path.line')].filter(shown)
+    .map(p => ({d: p.getAttribute('d') || '', stroke: getComputedStyle(p).stroke}));
+  const black = 'rgb(33, 33, 33)';
+  return {bars: bars.reduce((a, b) => a + b, 0), data: lines.filter(l => l.stroke !== black).map(l => l.d),
+          ref: lines.filter(l => l.stroke === black).map(l => l.d)};
+}"""
+
+
+def test_voila_the_reference_is_drawn_over_every_histogram(dashboard):
+    page = dashboard.page
+    wait_window_id(page, window_id(page))
+    for c in range(4):
+        for kind, bins in (("occupancy-bars", 64), ("drift", 120), ("multiplicity", 64), ("scint", 64)):
+            got = page.evaluate(_REFERENCE_JS, f"dtlive-c{c}-{kind}")
+            # the simulated chambers fill every histogram: bars, or a filled step line
+            assert got["bars"] > 0 if kind == "occupancy-bars" else got["data"][0].count("L") >= bins, (c, kind)
+            assert len(got["ref"]) == 1, (c, kind, got)  # one black step line over the bins' edges
+            assert got["ref"][0].startswith("M") and got["ref"][0].count("L") >= bins, (c, kind, got["ref"])
+    assert "reference default: 1 window," in page.inner_text(".dtlive-reference-note")
+    page.locator(".dtlive-c0-occupancy-bars").scroll_into_view_if_needed()
+    screenshot(page, "voila-reference-1600x1000", full_page=False)
+    page.evaluate("() => window.scrollTo(0, 0)")
 
 
 def test_voila_window_id_advances(dashboard):

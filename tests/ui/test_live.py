@@ -9,7 +9,6 @@ import pytest
 from confluent_kafka import Producer
 from monitor_messages import T0, encode_message_dict, message
 
-from dtlive.core.messages import iso_utc
 from dtlive.core.products import compute_products
 from dtlive.core.rows import Rows
 from dtlive.ui.live import LiveWindows, ResultsFeed
@@ -122,7 +121,7 @@ def test_dashboard_without_browser_updates_pauses_resets_and_switches_log():
     assert bars.y[3] == 0
     d.log_box.value = True
     occ = d.panels[0].occupancy
-    assert occ.bars_figure.marks == [occ.bars] and occ.bars_figure.axes[1] is occ.y_axis  # new bars drawn
+    assert occ.bars_figure.marks == [occ.bars, occ.ref_line] and occ.bars_figure.axes[1] is occ.y_axis  # new bars
     assert type(occ.bars.scales["y"]).__name__ == "LogScale" and occ.bars.y.min() == 0.5 and occ.bars.base == 0.5
     d.log_box.value = False
     assert type(occ.bars.scales["y"]).__name__ == "LinearScale" and occ.bars.y[3] == 0
@@ -177,19 +176,6 @@ def test_feed_backfills_then_follows_live_and_reports_a_dead_broker(tmp_path):
         assert not feed.running
     finally:
         broker.stop()
-
-
-def test_dashboard_shades_bad_quality_periods_only():
-    d = Dashboard("127.0.0.1:1", start=False)
-    d.add_messages([message(1, 10), message(2, 20), message(3, 5)])
-    d.add_periods([{"schema": "dtlive.quality/1", "start": iso_utc(T0 + 2), "end": iso_utc(T0 + 6), "kind": "bad",
-                    "reason": "data_gap"},
-                   {"schema": "dtlive.quality/1", "start": iso_utc(T0 + 6), "end": iso_utc(T0 + 7), "kind": "warning",
-                    "reason": "noisy_channel"}])
-    spans = d.timeseries.spans
-    xs = np.atleast_2d(spans.x)  # bqplot keeps a single span as one 1-D line
-    assert xs.shape == (1, 4) and xs[0][0] == np.datetime64(int((T0 + 2) * 1000), "ms")
-    assert spans.y.max() >= 20  # as tall as the plotted data
 
 
 @pytest.mark.parametrize("fmt", ["daq64", "csv"])
