@@ -8,7 +8,9 @@ chamber's status (per processor) becomes a data-quality period of kind ``chamber
 starts at the first window of the block that changed it and stays open (end None) until the next change of
 that chamber's status ends it. Its ``detail`` holds the chamber, status, label, previous status, reasons,
 processor and reference. ``chamber_status`` periods are not ``bad`` periods: history loads never leave
-windows out because of them. A restarted recorder goes on from the open ones.
+windows out because of them. A restarted recorder goes on from the open ones. ``on_changes`` (the recorder's
+:class:`~dtlive.storage.alarm_desk.AlarmDesk`) is told every verdict's changes before they are written, so
+alarms do not wait for the database.
 
 >>> import json, tempfile
 >>> from dtlive.config import Config
@@ -34,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 
 from dtlive.config import Config
 from dtlive.core.lumi import LumiJudge, StatusChanges
@@ -57,7 +60,8 @@ class LiveJudging:
     (2, 0)
     """
 
-    def __init__(self, cfg: Config, ledger, history_path: str | os.PathLike | None = None):
+    def __init__(self, cfg: Config, ledger, history_path: str | os.PathLike | None = None,
+                 on_changes: Callable[[list[dict]], object] | None = None):
         from dtlive.storage.references import ReferenceFile, reference_dir
 
         self.cfg = cfg
@@ -65,6 +69,7 @@ class LiveJudging:
         self.reference = ReferenceFile(cfg.reference, reference_dir(history_path))
         self.lumi = LumiJudge(cfg.judge_windows, self.reference.get(), cfg.quality_tests or None)
         self.changes = StatusChanges()
+        self.on_changes = on_changes  # told each verdict's status changes before they are written to the ledger
         self.open: dict[tuple[str, int], int] = {}  # (processor, chamber) -> id of its open status period
         self.verdicts = 0
         self.status_changes = 0
@@ -85,7 +90,10 @@ class LiveJudging:
         verdicts = self.lumi.add(messages)
         for v in verdicts:
             self.verdicts += 1
-            for change in self.changes.update(v):
+            changes = self.changes.update(v)
+            if changes and self.on_changes is not None:
+                self.on_changes(changes)
+            for change in changes:
                 self._record(change, v)
         return verdicts
 

@@ -7,7 +7,9 @@ turns the stream into data-quality periods, which go to the ledger and, as
 ``dtlive.quality/1`` JSON, to ``dt.quality`` (the dashboard shades them). Every ``judge_windows`` windows of
 a processor (a lumi block) are judged against the configured reference
 (:class:`~dtlive.storage.judging.LiveJudging`): the ``dtlive.quality/2`` verdict goes to ``dt.quality`` too
-(consumers tell them apart by ``schema``) and chamber status changes to the ledger. An orbit-counter
+(consumers tell them apart by ``schema``) and chamber status changes to the ledger; a status change raises,
+escalates or clears a latched alarm (:class:`~dtlive.storage.alarm_desk.AlarmDesk`: ``dtlive.alarm/1`` on
+``alarm_topic``, people told through apprise, the ledger). An orbit-counter
 reset (ORBIT_CNT going backwards) closes the current detector run and opens a new one.
 
 Recording is idempotent, so the recorder simply restarts from the results it has not
@@ -105,10 +107,13 @@ class Recorder:
         self.gaps = ResultGaps()  # results published but never read here
         self.watchdog = Watchdog("recorder", cfg.watchdog_s)
         self.judging = None  # lumi blocks judged against the reference (dtlive.quality/2 verdicts)
+        self.alarms = None  # chamber status changes -> latched alarms (dtlive.alarm/1)
         if cfg.judge_windows > 0:
+            from dtlive.storage.alarm_desk import AlarmDesk
             from dtlive.storage.judging import LiveJudging
 
-            self.judging = LiveJudging(cfg, self.ledger, self.history.path)
+            self.alarms = AlarmDesk(cfg, bootstrap, self.ledger, producer=self.producer)
+            self.judging = LiveJudging(cfg, self.ledger, self.history.path, on_changes=self.alarms.status_changes)
 
     def stop(self, *_):
         self._stop = True
@@ -127,10 +132,10 @@ class Recorder:
         for msg in msgs:
             self._detector_run(msg)
         self.history.append(msgs)  # idempotent, so first: the ledger's positions are where a restart resumes
+        self._judge(msgs)  # before the ledger writes: alarms go out even while the database is away
         self.ledger.record_windows([(m, self.cfg.monitor_topic, p, o) for m, p, o in records],
                                    cluster=self.cluster.cluster_id)
         self._publish(self.quality.check(msgs))
-        self._judge(msgs)
         self.recorded += len(records)
 
     def _judge(self, msgs: list[dict]) -> None:
@@ -222,6 +227,8 @@ class Recorder:
         while not self._stop:
             self.watchdog.beat()
             n = self.poll()
+            if self.alarms is not None:
+                self.alarms.poll()  # acknowledgements
             self.heartbeat.maybe(None, self.health)
             if on_tick:
                 on_tick(self)
@@ -251,9 +258,12 @@ class Recorder:
         self.watchdog.check(stalled, f"{lag['messages']} results waiting on {self.cfg.monitor_topic}")
         return {"state": "degraded" if stalled > 10 else "running" if busy else "idle", "lag": lag,
                 "counts": {"windows": self.recorded, "periods": self.periods, "results_lost": self.gaps.lost,
-                           "verdicts": self.judging.verdicts if self.judging else 0}}
+                           "verdicts": self.judging.verdicts if self.judging else 0,
+                           "alarms": self.alarms.raised if self.alarms else 0}}
 
     def close(self) -> None:
+        if self.alarms is not None:
+            self.alarms.close()
         self.watchdog.close()
         self.heartbeat.close(fields=self.health)
         self.consumer.close()
