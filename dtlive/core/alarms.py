@@ -36,7 +36,7 @@ acknowledgement never.
 ...                                   "start": "2026-12-05T10:00:10Z"})
 >>> [(e["event"], e["state"]) for e in events], board[alarm_id].state  # latched until acknowledged
 ([('cleared', 'cleared')], 'cleared')
->>> board, events = on_ack(board, alarm_id, by="shifter", at=1764928830.0)
+>>> board, events = on_ack(board, alarm_id, "shifter", None, at=1764928830.0)
 >>> [(e["event"], e["state"], e["by"]) for e in events], open_alarms(board)
 ([('acknowledged', 'closed', 'shifter')], [])
 """
@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -119,13 +118,15 @@ class Alarm:
 Board = Mapping[str, Alarm]  # alarm id -> alarm
 
 
-def _iso(t: str | float | datetime | None, default: float) -> str:
+def _iso(t: str | float | datetime | None, default: float | None) -> str:
     """Any time as the ISO UTC text of messages (milliseconds); ``default`` (UNIX seconds) when missing."""
     if isinstance(t, datetime):
         t = t.astimezone(UTC).timestamp()
     if isinstance(t, str):
         s = utc_seconds(t)
         t = None if math.isnan(s) else s
+    if t is None and default is None:
+        raise ValueError("an alarm event needs a time: the change's start, or now")
     return iso_utc(float(default if t is None else t))
 
 
@@ -179,8 +180,8 @@ def on_status(board: Board, change: Mapping, now: float | None = None) -> tuple[
 
     ``change``: ``{"processor", "chamber", "previous", "status", "label", "reasons", "start"}`` as
     :meth:`dtlive.core.lumi.StatusChanges.update` gives it (``start``: the block's first window, the event time;
-    ``now`` (UNIX seconds) when it is missing). Returns a new board (the given one is not changed) and zero or one
-    event. Closed alarms leave the board.
+    ``now`` (UNIX seconds, given by the caller: this module reads no clock) when it is missing). Returns a new
+    board (the given one is not changed) and zero or one event. Closed alarms leave the board.
 
     >>> change = {"processor": "p", "chamber": 1, "previous": None, "status": 2, "start": "2026-12-05T10:00:00Z"}
     >>> board, (raised,) = on_status({}, change)
@@ -193,7 +194,7 @@ def on_status(board: Board, change: Mapping, now: float | None = None) -> tuple[
     """
     processor, chamber = str(change.get("processor") or ""), int(change["chamber"])
     status, previous = change.get("status"), change.get("previous")
-    at = _iso(change.get("start"), now if now is not None else datetime.now(UTC).timestamp())
+    at = _iso(change.get("start"), now)
     sev = severity(status)
     reasons = tuple(str(r) for r in change.get("reasons") or ())
     current = find_open(board, processor, chamber)
@@ -220,9 +221,9 @@ def on_status(board: Board, change: Mapping, now: float | None = None) -> tuple[
     return _put(board, alarm), [msg]
 
 
-def on_ack(board: Board, alarm_id: str, by: str, note: str | None = None, at: float | str | None = None,
+def on_ack(board: Board, alarm_id: str, by: str, note: str | None, at: float | str,
            event_id: str | None = None) -> tuple[dict[str, Alarm], list[dict]]:
-    """The board and the events after ``by`` acknowledged ``alarm_id`` (with an optional ``note``).
+    """The board and the events after ``by`` acknowledged ``alarm_id`` at ``at`` (with an optional ``note``).
 
     An alarm that is not latched (unknown, closed, or acknowledged already) is left as it is: no event. A
     ``cleared`` alarm closes; an ``active`` one becomes ``acknowledged`` and closes when its chamber is ok again.
@@ -230,13 +231,13 @@ def on_ack(board: Board, alarm_id: str, by: str, note: str | None = None, at: fl
     >>> change = {"processor": "p", "chamber": 0, "previous": 0, "status": 3, "start": "2026-12-05T10:00:00Z"}
     >>> board, (raised,) = on_status({}, change)
     >>> board, (ack,) = on_ack(board, raised["alarm_id"], "shifter", "HV tripped, called expert", at=1764928805)
-    >>> ack["state"], ack["by"], ack["note"], ack["time"], on_ack(board, raised["alarm_id"], "again")[1]
+    >>> ack["state"], ack["by"], ack["note"], ack["time"], on_ack(board, raised["alarm_id"], "again", None, 0)[1]
     ('acknowledged', 'shifter', 'HV tripped, called expert', '2025-12-05T10:00:05.000Z', [])
     """
     current = board.get(alarm_id)
     if current is None or not current.latched:
         return dict(board), []
-    when = _iso(at, datetime.now(UTC).timestamp())
+    when = _iso(at, None)
     alarm = replace(current, state="closed" if current.state == "cleared" else "acknowledged", updated=when,
                     acked_by=by, acked_at=when, note=note)
     msg = event("acknowledged", alarm, when, by=by, note=note,
@@ -244,16 +245,16 @@ def on_ack(board: Board, alarm_id: str, by: str, note: str | None = None, at: fl
     return _put(board, alarm), [msg]
 
 
-def ack_request(alarm: Alarm, by: str, note: str | None = None, at: float | None = None) -> dict:
-    """The ``acknowledged`` event a person sends for ``alarm`` (from the CLI or the dashboard), with a fresh id.
+def ack_request(alarm: Alarm, by: str, note: str | None, at: float) -> dict:
+    """The ``acknowledged`` event ``by`` sends for ``alarm`` at ``at`` (from the CLI or the dashboard).
 
     >>> a = Alarm("a1", "p", 2, "cleared", "error", 0, ("dead",), "2026-12-05T10:00:00.000Z",
     ...           "2026-12-05T10:00:10.000Z")
-    >>> m = ack_request(a, "shifter", at=1764928830)
+    >>> m = ack_request(a, "shifter", None, at=1764928830)
     >>> m["event"], m["alarm_id"], m["state"], m["by"]
     ('acknowledged', 'a1', 'closed', 'shifter')
     """
-    board, events = on_ack({alarm.id: alarm}, alarm.id, by, note, at, event_id=uuid.uuid4().hex[:16])
+    board, events = on_ack({alarm.id: alarm}, alarm.id, by, note, at)
     if not events:
         raise ValueError(f"alarm {alarm.id} is {alarm.state}: nothing to acknowledge")
     return events[0]

@@ -1267,7 +1267,7 @@ def cmd_alarms(args) -> int:
     acks = []
     for a in alarms:
         if a.latched:
-            acks.append(ack_request(a, args.by, args.reason))
+            acks.append(ack_request(a, args.by, args.reason, time.time()))
         else:
             print(f"alarm {a.id} is {a.state}: nothing to acknowledge", file=sys.stderr)
             code = 1

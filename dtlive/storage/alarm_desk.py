@@ -79,7 +79,7 @@ class AlarmDesk:
         """Alarm events of these status changes: published, notified, queued for the ledger; returned."""
         events: list[dict] = []
         for change in changes:
-            self.board, new = on_status(self.board, change)
+            self.board, new = on_status(self.board, change, now=time.time())
             events += new
         self._send(events)
         self.raised += sum(e["event"] == "raised" for e in events)

@@ -129,10 +129,10 @@ class Recorder:
         for run, first, last in self.gaps.add(msgs):
             log.warning("recorder: results %d-%d of processing run %s were published but never reached the "
                         "recorder (lost with a broker restart?)", first, last, run)
+        self.history.append(msgs)  # idempotent, so first: the ledger's positions are where a restart resumes
+        self._judge(msgs)  # before the other ledger writes: alarms go out even while the database is away
         for msg in msgs:
             self._detector_run(msg)
-        self.history.append(msgs)  # idempotent, so first: the ledger's positions are where a restart resumes
-        self._judge(msgs)  # before the ledger writes: alarms go out even while the database is away
         self.ledger.record_windows([(m, self.cfg.monitor_topic, p, o) for m, p, o in records],
                                    cluster=self.cluster.cluster_id)
         self._publish(self.quality.check(msgs))
@@ -262,8 +262,8 @@ class Recorder:
                            "alarms": self.alarms.raised if self.alarms else 0}}
 
     def close(self) -> None:
-        if self.alarms is not None:
-            self.alarms.close()
+        if self.alarms is not None:  # a database still away: the results it re-reads make them again
+            self.alarms.close(timeout_s=3.0)
         self.watchdog.close()
         self.heartbeat.close(fields=self.health)
         self.consumer.close()

@@ -21,6 +21,7 @@ import getpass
 import html
 import os
 import threading
+import time
 
 import ipywidgets as W
 
@@ -52,6 +53,13 @@ def alarm_html(alarm: Alarm) -> str:
             f"{html.escape(reason)}</span>")
 
 
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (some containers)
+        return ""
+
+
 class AlarmPanel(W.VBox):
     """Open alarms with an Acknowledge button each (see the module docstring).
 
@@ -80,7 +88,7 @@ class AlarmPanel(W.VBox):
         self._lock = threading.RLock()
         self._publisher = None
         self.title = W.HTML()
-        self.name = W.Text(value=by or os.environ.get("JUPYTERHUB_USER") or getpass.getuser(),
+        self.name = W.Text(value=by or os.environ.get("JUPYTERHUB_USER") or _login(),
                            description="Your name", layout=W.Layout(width="260px"))
         self.message = W.HTML()
         self.rows = W.VBox()
@@ -118,7 +126,7 @@ class AlarmPanel(W.VBox):
             return None
         if alarm is None or not alarm.latched:
             return None
-        msg = ack_request(alarm, by)
+        msg = ack_request(alarm, by, None, time.time())
         if self._publisher is None:
             from dtlive.kafka.alarms import AlarmPublisher
 
