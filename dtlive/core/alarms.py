@@ -211,7 +211,8 @@ def on_status(board: Board, change: Mapping, now: float | None = None) -> tuple[
         first = current.clears == 0 or state == "closed"
         msg = event("cleared", alarm, at, previous=previous, label=change.get("label"), notify=first)
     elif _rank(sev) > _rank(current.severity):
-        alarm = replace(current, state="active", severity=sev, status=status, reasons=reasons, updated=at)
+        alarm = replace(current, state="active", severity=sev, status=status, reasons=reasons or current.reasons,
+                        updated=at)
         msg = event("escalated", alarm, at, previous=previous, label=change.get("label"), notify=True)
     else:
         state = "active" if current.state == "cleared" else current.state
@@ -330,9 +331,10 @@ def open_alarms(board: Board) -> list[Alarm]:
 
 
 def ordered(alarms: Iterable[Alarm]) -> list[Alarm]:
-    """Alarms for a list: latched (unacknowledged) first, then acknowledged, then closed; newest first in each.
+    """Alarms for a list: active, then cleared (both waiting for an acknowledgement), acknowledged, closed; newest
+    first in each.
 
     >>> ordered([])
     []
     """
-    return sorted(alarms, key=lambda a: (_ORDER[a.state] if a.state != "cleared" else 0, -utc_seconds(a.updated)))
+    return sorted(alarms, key=lambda a: (_ORDER[a.state], -utc_seconds(a.updated)))

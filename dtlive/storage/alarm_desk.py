@@ -42,6 +42,13 @@ class AlarmDesk:
 
     ``ledger``: a :class:`~dtlive.storage.ledger.Ledger` or ``RetryingLedger`` (the board is read from it once, at
     start); ``producer``: a confluent-kafka producer to share (the recorder's), else one of its own.
+
+    >>> from dtlive.config import load_config
+    >>> from dtlive.storage.ledger import Ledger
+    >>> desk = AlarmDesk(load_config({}, env={}), "127.0.0.1:9092", Ledger())  # doctest: +SKIP
+    >>> desk.poll(timeout=1.0)  # acknowledgements read                        # doctest: +SKIP
+    0
+    >>> desk.close()                                                           # doctest: +SKIP
     """
 
     def __init__(self, cfg: Config, bootstrap: str, ledger, producer=None):

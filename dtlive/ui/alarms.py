@@ -66,6 +66,10 @@ class AlarmPanel(W.VBox):
     ``bootstrap``: the broker (default: as the dashboard finds it); ``topic``: the alarm topic (default the
     configured one); ``by``: the name acknowledgements are given under (default ``JUPYTERHUB_USER`` or the login
     name; the panel's "Your name" box changes it); ``start``: follow the topic now.
+
+    >>> panel = AlarmPanel(bootstrap="127.0.0.1:1", by="alice", start=False)
+    >>> panel.name.value, panel.shown(), "0 open" in panel.title.value
+    ('alice', [], True)
     """
 
     def __init__(self, bootstrap: str | None = None, topic: str | None = None, by: str | None = None,

@@ -14,6 +14,7 @@ import uuid
 import pytest
 from confluent_kafka import Producer
 from sim_windows import sim_messages
+from webhook import Hook
 
 from dtlive.config import load_config
 from dtlive.core.messages import iso_utc, to_dataset, utc_seconds
@@ -58,12 +59,21 @@ def history(tmp_path):
     return store
 
 
+@pytest.fixture
+def hook(monkeypatch):
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    h = Hook()
+    yield h
+    h.close()
+
+
 def test_a_dead_chamber_raises_one_latched_alarm_that_closes_after_ack_and_recovery(broker, history, tmp_path,
-                                                                                       monkeypatch, capsys):
+                                                                                       monkeypatch, capsys, hook):
     from dtlive.deploy.cli import main
 
     processor = f"proc-{uuid.uuid4().hex[:6]}"
-    cfg = load_config(settings(broker, processor), env={})
+    cfg = load_config({**settings(broker, processor), "alarm_notify": [f"json://127.0.0.1:{hook.port}/dq"]},
+                      env={})
     ensure_topics(cfg, broker, [cfg.monitor_topic])
     db = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     ledger = Ledger(db)
@@ -87,6 +97,8 @@ def test_a_dead_chamber_raises_one_latched_alarm_that_closes_after_ack_and_recov
     assert raised["time"] == iso_utc(utc_seconds(sim[BLOCK]["window"]["start"]))  # the dead block's first window
     (alarm,) = ledger.alarms()
     assert alarm["state"] == "active" and alarm["repeats"] == 1  # latched through the flap, one repeat
+    told = [p["title"] for p in hook.wait(2)]  # people are told of the alarm and its first clear, not the repeat
+    assert told == [f"dtlive ERROR: chamber {DEAD} alarm raised", f"dtlive ERROR: chamber {DEAD} alarm cleared"]
     assert [e["event_id"] for e in ledger.alarm_events()] == [e["event_id"] for e in events]
 
     monkeypatch.setenv("DTLIVE_DB", db)
@@ -113,6 +125,7 @@ def test_a_dead_chamber_raises_one_latched_alarm_that_closes_after_ack_and_recov
     assert [e["event"] for e in ledger.alarm_events(alarm["id"])] == [e["event"] for e in events]
     assert main(["alarms", "list"]) == 0
     assert "(none)" in capsys.readouterr().out
+    assert [p["title"] for p in hook.wait(3)][2:] == [f"dtlive ERROR: chamber {DEAD} alarm cleared"]
 
 
 def test_alarms_reach_the_topic_while_the_database_is_away(broker, pg_db, history):

@@ -67,7 +67,7 @@ class AlarmsMixin:
         return fold(self.alarm_events(), closed=closed)
 
     def alarms(self, closed: bool = True) -> list[dict]:
-        """Alarms as rows: latched (not acknowledged) first, then acknowledged, then closed; newest first in each."""
+        """Alarms as rows: active, cleared (both not acknowledged), acknowledged, closed; newest first in each."""
         return [a.row() for a in ordered(self.alarm_board(closed=closed).values())]
 
     def find_alarm(self, prefix: str) -> Alarm:
