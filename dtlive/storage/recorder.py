@@ -14,8 +14,9 @@ reset (ORBIT_CNT going backwards) closes the current detector run and opens a ne
 
 Recording is idempotent, so the recorder simply restarts from the results it has not
 recorded yet (the ledger knows the last result offset per partition). While the ledger database
-is unreachable the recorder waits (retrying with backoff) without reading further, and goes on
-where it was when the database is back.
+is unreachable the recorder waits (retrying with backoff) without recording further, and goes on
+where it was when the database is back; meanwhile it judges the newer results (read by a consumer of
+their own), so verdicts and alarms keep going out.
 
 >>> quality_message(Period(1.7e9, 1.7e9 + 210, "data_gap", {"seconds": 210.0}))["reason"]
 'data_gap'
@@ -106,6 +107,8 @@ class Recorder:
         self._progress = Progress()
         self.gaps = ResultGaps()  # results published but never read here
         self.watchdog = Watchdog("recorder", cfg.watchdog_s)
+        self._ahead = None  # the consumer that judges ahead while the database is away
+        self._ahead_next = 0.0
         self.judging = None  # lumi blocks judged against the reference (dtlive.quality/2 verdicts)
         self.alarms = None  # chamber status changes -> latched alarms (dtlive.alarm/1)
         if cfg.judge_windows > 0:
@@ -119,9 +122,50 @@ class Recorder:
         self._stop = True
 
     def _waiting(self) -> None:
-        """Waiting for the ledger database is deliberate (and logged): the watchdog is told the loop is alive."""
+        """Waiting for the ledger database is deliberate (and logged): the watchdog is told the loop is alive, and
+        the results after the ones in hand are judged meanwhile (verdicts and alarms go out)."""
         if hasattr(self, "watchdog"):
             self.watchdog.beat()
+        if getattr(self, "judging", None) is not None and not self.judging.busy:
+            self._judge_ahead()
+
+    def _judge_ahead(self) -> None:
+        """Judge the results after those in hand, read by a consumer of their own, while the database is away.
+
+        The status changes they make wait for the database in an outbox; once it is back the results are
+        recorded as usual, and judging skips the windows it judged already (so nothing is published twice).
+        """
+        from confluent_kafka import Consumer, TopicPartition
+
+        now = time.monotonic()
+        if now < self._ahead_next:
+            return
+        self._ahead_next = now + 0.5
+        if self._ahead is None:
+            self._ahead = Consumer(client_config(self.cfg, self.bootstrap, **{
+                "group.id": "dtlive-recorder-ahead", "enable.auto.commit": False, "isolation.level": "read_committed",
+                "fetch.wait.max.ms": 100}))
+            self._ahead.assign([TopicPartition(self.cfg.monitor_topic, p, o) for p, o in self.positions.items()])
+            log.warning("recorder: judging the results ahead while the ledger database is away")
+        msgs = []
+        for m in self._ahead.consume(500, 0.1):
+            if m.error():
+                continue
+            try:
+                msgs.append(decode_message(m.value()))
+            except ValueError:
+                continue
+        if msgs:
+            self.judging.deferred = True
+            try:
+                self._judge(msgs)
+            finally:
+                self.judging.deferred = False
+
+    def _end_ahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None
 
     def handle(self, records: list[tuple[dict, int, int]]) -> None:
         """Record one batch of ``(message, partition, offset)`` (pure bookkeeping; no consuming)."""
@@ -190,7 +234,10 @@ class Recorder:
             except ValueError:
                 log.warning("skipping a non-dtlive message at %s/%s", m.partition(), m.offset())
         if records:
-            self.handle(records)
+            try:
+                self.handle(records)
+            finally:
+                self._end_ahead()
         elif self.cluster.replaced():
             self.follow_broker()
             return 0
@@ -262,7 +309,10 @@ class Recorder:
                            "alarms": self.alarms.raised if self.alarms else 0}}
 
     def close(self) -> None:
-        if self.alarms is not None:  # a database still away: the results it re-reads make them again
+        self._end_ahead()
+        if self.judging is not None:  # a database still away: the results read again next time make them again
+            self.judging.close(timeout_s=3.0)
+        if self.alarms is not None:
             self.alarms.close(timeout_s=3.0)
         self.watchdog.close()
         self.heartbeat.close(fields=self.health)

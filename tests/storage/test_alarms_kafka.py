@@ -128,33 +128,51 @@ def test_a_dead_chamber_raises_one_latched_alarm_that_closes_after_ack_and_recov
     assert [p["title"] for p in hook.wait(3)][2:] == [f"dtlive ERROR: chamber {DEAD} alarm cleared"]
 
 
+def wait_events(cfg, broker, n: int, timeout: float = 60.0) -> list[dict]:
+    deadline, events = time.monotonic() + timeout, []
+    while len(events) < n and time.monotonic() < deadline:
+        events = read_alarm_events(cfg, broker, timeout_s=2)
+        time.sleep(0.5)
+    return events
+
+
 def test_alarms_reach_the_topic_while_the_database_is_away(broker, pg_db, history):
+    from dtlive.storage.judging import STATUS_KIND
+
     url, server = pg_db
     processor = f"proc-{uuid.uuid4().hex[:6]}"
     cfg = load_config(settings(broker, processor), env={})
     ensure_topics(cfg, broker, [cfg.monitor_topic])
+    n = N_REF + 2 * BLOCK
+    dead, clean = sim_messages(n, processor=processor, silent_chamber=DEAD), sim_messages(n, processor=processor)
     rec = Recorder(cfg, broker, ledger=Ledger(url), history=history)
     thread = threading.Thread(target=rec.run, daemon=True)
     thread.start()
     try:
         server.stop()
         server.wait_down()
-        produce(broker, cfg.monitor_topic, sim_messages(N_REF + BLOCK, processor=processor, silent_chamber=DEAD)
-                [N_REF:])
-        deadline, events = time.monotonic() + 60, []
-        while not events and time.monotonic() < deadline:
-            events = read_alarm_events(cfg, broker, timeout_s=2)
-            time.sleep(0.5)
+        produce(broker, cfg.monitor_topic, dead[N_REF:N_REF + BLOCK])  # the recorder then waits for the database
+        events = wait_events(cfg, broker, 1)
         assert [(e["event"], e["chamber"]) for e in events] == [("raised", DEAD)]
+        produce(broker, cfg.monitor_topic, clean[N_REF + BLOCK:])  # judged ahead while it still waits
+        events = wait_events(cfg, broker, 2)
+        assert [(e["event"], e["chamber"], e["state"]) for e in events] == [("raised", DEAD, "active"),
+                                                                           ("cleared", DEAD, "cleared")]
         assert not server.running() and thread.is_alive()  # the database is still away
         server.start()
         ledger = Ledger(url)
         deadline, recorded = time.monotonic() + 90, []
-        while not recorded and time.monotonic() < deadline:
+        while len(recorded) < 2 and time.monotonic() < deadline:
             time.sleep(0.5)
             recorded = ledger.alarm_events()
+        assert [e["event_id"] for e in recorded] == [e["event_id"] for e in events]
+        deadline = time.monotonic() + 60
+        while len(ledger.windows()) < 2 * BLOCK and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(ledger.windows()) == 2 * BLOCK  # every result recorded once the database is back
+        periods = [p for p in ledger.periods(kind=STATUS_KIND) if p["detail"]["chamber"] == DEAD]
+        assert [p["detail"]["status"] for p in periods] == [4, 0] and periods[0]["end"] == periods[1]["start"]
         ledger.close()
-        assert [e["event_id"] for e in recorded] == [events[0]["event_id"]]
     finally:
         if not server.running():
             server.start()
@@ -162,3 +180,4 @@ def test_alarms_reach_the_topic_while_the_database_is_away(broker, pg_db, histor
         thread.join(30)
         rec.close()
     assert not thread.is_alive()
+    assert len(read_alarm_events(cfg, broker)) == 2  # nothing published twice
