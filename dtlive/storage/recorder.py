@@ -254,7 +254,8 @@ class Recorder:
         log.warning("recorder: the broker lost its topics (restarted?); creating them again and reading %s from "
                     "its beginning", self.cfg.monitor_topic)
         try:
-            ensure_topics(self.cfg, self.bootstrap, [self.cfg.monitor_topic, self.cfg.quality_topic])
+            ensure_topics(self.cfg, self.bootstrap, [self.cfg.monitor_topic, self.cfg.quality_topic]
+                          + ([self.cfg.alarm_topic] if self.alarms is not None else []))
         except Exception as exc:  # noqa: BLE001 - the processor creates the results topic too
             log.warning("recorder: could not create the topics yet: %s", exc)
         self.consumer.assign([TopicPartition(self.cfg.monitor_topic, p, OFFSET_BEGINNING) for p in self.positions])

@@ -11,7 +11,7 @@ name" (the recorder then records it in the ledger and the alarm closes once the 
 >>> _, events = on_status({}, {"processor": "p", "chamber": 2, "status": 4, "reasons": ["64 dead channels"],
 ...                            "start": "2026-12-05T10:00:00Z"})
 >>> panel.add_events(events)
->>> len(panel.rows.children), "64 dead channels" in panel.rows.children[0].children[0].value
+>>> len(panel.shown()), "64 dead channels" in panel.rows.children[0].children[0].value
 (1, True)
 """
 
@@ -29,6 +29,7 @@ from dtlive.core.alarms import Alarm, ack_request, apply
 from dtlive.core.messages import utc_seconds
 
 SEVERITY_COLORS = {"error": "#c62828", "warning": "#f9a825", None: "#757575"}
+MAX_ROWS = 20  # alarms shown at once (the title counts the others); rows are made once and reused
 
 
 def alarm_html(alarm: Alarm) -> str:
@@ -95,7 +96,18 @@ class AlarmPanel(W.VBox):
         self.name = W.Text(value=by or os.environ.get("JUPYTERHUB_USER") or _login(),
                            description="Your name", layout=W.Layout(width="260px"))
         self.message = W.HTML()
-        self.rows = W.VBox()
+        self._ids: list[str | None] = [None] * MAX_ROWS  # the alarm each row shows
+        self._lines = [W.HTML() for _ in range(MAX_ROWS)]
+        self._buttons = [W.Button(description="Acknowledge", button_style="warning", layout=W.Layout(width="120px"))
+                         for _ in range(MAX_ROWS)]
+        rows = []
+        for i, (line, button) in enumerate(zip(self._lines, self._buttons)):
+            button.add_class("dtlive-alarm-ack")
+            button.on_click(lambda _b, i=i: self._ids[i] and self.acknowledge(self._ids[i]))
+            row = W.HBox([line, button], layout=W.Layout(display="none"))
+            row.add_class("dtlive-alarm")
+            rows.append(row)
+        self.rows = W.VBox(rows)  # made here, in the kernel's thread; the feed's thread only sets their values
         super().__init__([W.HBox([self.title, self.name, self.message]), self.rows])
         self.add_class("dtlive-alarm-panel")
         self._render()
@@ -145,19 +157,17 @@ class AlarmPanel(W.VBox):
     def _render(self) -> None:
         shown = self.shown()
         waiting = sum(a.latched for a in shown)
+        more = f" ({len(shown) - MAX_ROWS} older not shown)" if len(shown) > MAX_ROWS else ""
         self.title.value = (f"<b class='dtlive-alarm-title' data-waiting='{waiting}'>Alarms</b>: "
                             + (f"{waiting} waiting for an acknowledgement, " if waiting else "")
-                            + f"{len(shown)} open")
-        rows = []
-        for a in shown:
-            button = W.Button(description="Acknowledge", disabled=not a.latched, button_style="warning",
-                              layout=W.Layout(width="120px"))
-            button.add_class("dtlive-alarm-ack")
-            button.on_click(lambda _b, aid=a.id: self.acknowledge(aid))
-            row = W.HBox([W.HTML(alarm_html(a)), button])
-            row.add_class("dtlive-alarm")
-            rows.append(row)
-        self.rows.children = rows
+                            + f"{len(shown)} open{more}")
+        for i, row in enumerate(self.rows.children):
+            alarm = shown[i] if i < len(shown) else None
+            self._ids[i] = alarm.id if alarm else None
+            if alarm is not None:
+                self._lines[i].value = alarm_html(alarm)
+                self._buttons[i].disabled = not alarm.latched
+            row.layout.display = "flex" if alarm else "none"
 
     def close(self) -> None:
         """Stop following the topic."""
