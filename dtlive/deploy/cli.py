@@ -16,6 +16,7 @@ import logging
 import re
 import shutil
 import sys
+import textwrap
 import threading
 import time
 
@@ -300,16 +301,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     alm = sub.add_parser(
         "alarms", help="chamber-status alarms: list them, acknowledge them",
-        description="The recorder raises an alarm when a chamber's judged status leaves ok (status 1-2: warning, "
-        "3-4: error) and publishes every alarm event on the alarm topic "
-        f"({Config.alarm_topic}), tells people through apprise (setting alarm_notify) and keeps it in the ledger. "
-        "An alarm is latched: it stays until a person acknowledges it, even once the chamber is ok again "
-        "(state `cleared`); acknowledged, it closes when the chamber is ok. While it is open, further changes of "
-        "the same chamber to a status that is not ok are repeats: counted, no new alarm, nobody told; a worse "
-        "severity escalates it (acknowledge again). "
-        "`list`: open alarms, those waiting for an acknowledgement first (--all: closed ones too). "
-        "`ack ID... --by NAME [--reason TEXT]` (or `ack --all`): acknowledge; the acknowledgement is published on "
-        "the alarm topic (the dashboard and the recorder see it) and recorded in the ledger.",
+        description="\n\n".join(textwrap.fill(par, 100) for par in (
+            "The recorder raises an alarm when a chamber's judged status leaves ok (status 1-2: warning, 3-4: "
+            f"error), publishes every alarm event on the alarm topic ({Config.alarm_topic}), tells people through "
+            "apprise (setting alarm_notify, at most alarm_notify_limit per alarm_notify_minutes) and keeps it in "
+            "the ledger.",
+            "An alarm is latched: it stays until a person acknowledges it, even once the chamber is ok again (state "
+            "CLEARED); acknowledged, it closes when the chamber is ok. While it is open, further changes of the same "
+            "chamber to a status that is not ok are repeats: counted, no new alarm, nobody told; a worse severity "
+            "escalates it (acknowledge again).",
+            "list: open alarms, ACTIVE then CLEARED (both waiting for an acknowledgement), then acknowledged; newest "
+            "first (--all: closed ones too).",
+            "ack ID... --by NAME [--reason TEXT] (or ack --all --by NAME): acknowledge; the acknowledgement is "
+            "published on the alarm topic (the dashboard and the recorder see it) and recorded in the ledger.")),
         epilog="examples:\n  dtlive alarms list\n  dtlive alarms ack 3fa2c1d0 --by alice --reason 'HV trip, "
         "expert called'\n  dtlive alarms ack --all --by alice",
         formatter_class=argparse.RawDescriptionHelpFormatter)
