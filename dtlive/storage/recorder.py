@@ -109,6 +109,7 @@ class Recorder:
         self.watchdog = Watchdog("recorder", cfg.watchdog_s)
         self._ahead = None  # the consumer that judges ahead while the database is away
         self._ahead_next = 0.0
+        self._batch_from: dict[int, int] = {}  # where the batch in hand starts (judging ahead starts there)
         self.judging = None  # lumi blocks judged against the reference (dtlive.quality/2 verdicts)
         self.alarms = None  # chamber status changes -> latched alarms (dtlive.alarm/1)
         if cfg.judge_windows > 0:
@@ -123,14 +124,14 @@ class Recorder:
 
     def _waiting(self) -> None:
         """Waiting for the ledger database is deliberate (and logged): the watchdog is told the loop is alive, and
-        the results after the ones in hand are judged meanwhile (verdicts and alarms go out)."""
+        the results in hand and newer ones are judged meanwhile (verdicts and alarms go out)."""
         if hasattr(self, "watchdog"):
             self.watchdog.beat()
         if getattr(self, "judging", None) is not None and not self.judging.busy:
             self._judge_ahead()
 
     def _judge_ahead(self) -> None:
-        """Judge the results after those in hand, read by a consumer of their own, while the database is away.
+        """Judge the results in hand and newer ones, read by a consumer of their own, while the database is away.
 
         The status changes they make wait for the database in an outbox; once it is back the results are
         recorded as usual, and judging skips the windows it judged already (so nothing is published twice).
@@ -145,7 +146,8 @@ class Recorder:
             self._ahead = Consumer(client_config(self.cfg, self.bootstrap, **{
                 "group.id": "dtlive-recorder-ahead", "enable.auto.commit": False, "isolation.level": "read_committed",
                 "fetch.wait.max.ms": 100}))
-            self._ahead.assign([TopicPartition(self.cfg.monitor_topic, p, o) for p, o in self.positions.items()])
+            starts = {**self.positions, **self._batch_from}
+            self._ahead.assign([TopicPartition(self.cfg.monitor_topic, p, o) for p, o in starts.items()])
             log.warning("recorder: judging the results ahead while the ledger database is away")
         msgs = []
         for m in self._ahead.consume(500, 0.1):
@@ -173,13 +175,13 @@ class Recorder:
         for run, first, last in self.gaps.add(msgs):
             log.warning("recorder: results %d-%d of processing run %s were published but never reached the "
                         "recorder (lost with a broker restart?)", first, last, run)
-        self.history.append(msgs)  # idempotent, so first: the ledger's positions are where a restart resumes
-        self._judge(msgs)  # before the other ledger writes: alarms go out even while the database is away
         for msg in msgs:
             self._detector_run(msg)
+        self.history.append(msgs)  # idempotent, so first: the ledger's positions are where a restart resumes
         self.ledger.record_windows([(m, self.cfg.monitor_topic, p, o) for m, p, o in records],
                                    cluster=self.cluster.cluster_id)
         self._publish(self.quality.check(msgs))
+        self._judge(msgs)  # while the database is away, _judge_ahead judges these and newer results
         self.recorded += len(records)
 
     def _judge(self, msgs: list[dict]) -> None:
@@ -224,6 +226,7 @@ class Recorder:
         """Consume and record one batch; return how many results it held."""
         from confluent_kafka import TopicPartition
 
+        self._batch_from = dict(self.positions)
         records = []
         for m in self.consumer.consume(2000, timeout):
             if m.error():
