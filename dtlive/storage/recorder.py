@@ -141,7 +141,7 @@ class Recorder:
         now = time.monotonic()
         if now < self._ahead_next:
             return
-        self._ahead_next = now + 0.5
+        self._ahead_next = now + 1.0  # at most a block a second: the service's own work goes first
         if self._ahead is None:
             self._ahead = Consumer(client_config(self.cfg, self.bootstrap, **{
                 "group.id": "dtlive-recorder-ahead", "enable.auto.commit": False, "isolation.level": "read_committed",
@@ -150,7 +150,7 @@ class Recorder:
             self._ahead.assign([TopicPartition(self.cfg.monitor_topic, p, o) for p, o in starts.items()])
             log.warning("recorder: judging the results ahead while the ledger database is away")
         msgs = []
-        for m in self._ahead.consume(500, 0.1):
+        for m in self._ahead.consume(self.cfg.judge_windows, 0.1):
             if m.error():
                 continue
             try:

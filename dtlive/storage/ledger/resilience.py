@@ -189,6 +189,9 @@ class Outbox:
                 retry_unreachable(lambda item=item: self.write(self.ledger, item), outage=self.ledger.outage,
                                   stop=lambda: time.monotonic() > self._deadline)
                 self.written += 1
+            except LedgerUnavailable as exc:  # closing while the database is still away
+                self.failed += 1
+                log.warning("%s: a write left out: %s", self._thread.name, exc)
             except Exception:  # noqa: BLE001 - bookkeeping never kills its service; say why
                 self.failed += 1
                 log.exception("a ledger write of the %s failed; left out", self._thread.name)
