@@ -315,9 +315,9 @@ class Recorder:
     def close(self) -> None:
         self._end_ahead()
         if self.judging is not None:  # a database still away: the results read again next time make them again
-            self.judging.close(timeout_s=3.0)
-        if self.alarms is not None:
-            self.alarms.close(timeout_s=3.0)
+            self.judging.close(timeout_s=1.0)
+        if self.alarms is not None:  # within the 5 s a service has to stop
+            self.alarms.close(timeout_s=1.0)
         self.watchdog.close()
         self.heartbeat.close(fields=self.health)
         self.consumer.close()

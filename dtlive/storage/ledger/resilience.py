@@ -202,7 +202,7 @@ class Outbox:
         """Write what is queued, waiting at most ``timeout_s`` (for an unreachable database); True when all was."""
         self._deadline = time.monotonic() + timeout_s
         self._queue.put(_CLOSE)
-        self._thread.join(timeout_s + 1.0)
+        self._thread.join(timeout_s + 0.2)
         return not self._thread.is_alive() and self.failed == 0
 
 
