@@ -46,6 +46,10 @@ class Config:
     monitor_topic: str = "dt.monitor"
     rejected_topic: str = "dt.hits.rejected"
     quality_topic: str = "dt.quality"  # data-quality periods (dtlive.quality/1) and verdicts (dtlive.quality/2)
+    alarm_topic: str = "dt.alarms"  # chamber-status alarm events and acknowledgements (dtlive.alarm/1)
+    alarm_notify: tuple[str, ...] = ()  # apprise URLs people are told alarms at (TOML list; env: comma-separated)
+    alarm_notify_limit: int = 10  # at most this many notifications per alarm_notify_minutes; the rest summarised
+    alarm_notify_minutes: float = 10.0
     analyses_topic: str = "dt.analyses"  # canned-analysis results (dtlive.analysis/1)
     alert_topics: str = "gcn.notices.*,gcn.classic.voevent.*,igwn.gwalert"  # comma-separated topic patterns
     alerts_rejected_topic: str = "dt.alerts.rejected"  # broken or unknown notices, with a reason header
@@ -122,6 +126,9 @@ def _coerce(name: str, value):
         if str(value).strip().lower() in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"{name} must be true or false, not {value!r}")
+    if "tuple" in kind:  # a TOML list, or text separated by commas or blanks (environment, CLI)
+        items = value.replace(",", " ").split() if isinstance(value, str) else value
+        return tuple(str(v).strip() for v in items if str(v).strip())
     if "float" in kind:
         return float(value)
     if "int" in kind:
@@ -176,6 +183,9 @@ def load_config(
                          f"got {cfg.dead_letter_max_bytes}")
     if cfg.judge_windows < 0:
         raise ValueError(f"judge_windows must be >= 0 (0: no judging), got {cfg.judge_windows}")
+    if cfg.alarm_notify_limit < 1 or cfg.alarm_notify_minutes <= 0:
+        raise ValueError(f"alarm_notify_limit must be >= 1 and alarm_notify_minutes > 0, got "
+                         f"{cfg.alarm_notify_limit} per {cfg.alarm_notify_minutes} min")
     if cfg.max_orbit_jump_s < 0:
         raise ValueError(f"max_orbit_jump_s must be >= 0, got {cfg.max_orbit_jump_s}")
     return cfg

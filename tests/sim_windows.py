@@ -19,12 +19,13 @@ CONFIG = SimConfig(ancillary_rate_hz=0.0, n_noisy_channels=0)
 
 
 def sim_messages(n: int, seed: int = 11, silent_chamber: int | None = None, silent_from: int = 0,
-                 processor: str = "proc") -> list[dict]:
-    """``n`` window messages; from window ``silent_from`` on, ``silent_chamber`` (if any) has no hit at all."""
+                 processor: str = "proc", silent_until: int | None = None) -> list[dict]:
+    """``n`` window messages; from window ``silent_from`` on (to before ``silent_until``, if given),
+    ``silent_chamber`` (if any) has no hit at all."""
     out = []
     for k, rows in enumerate(islice(stream(chunk_s=W, seed=seed, config=CONFIG), n)):
         hits = rows.select(rows.head == det.HIT_HEAD)
-        if silent_chamber is not None and k >= silent_from:
+        if silent_chamber is not None and silent_from <= k < (n if silent_until is None else silent_until):
             hits = hits.select(det.chamber_of(hits.fpga, hits.channel) != silent_chamber)
         ds = compute_products(hits)
         ds["rows"] = ((), np.int64(len(hits)))

@@ -204,3 +204,17 @@ def test_nan_never_sneaks_in_through_the_file(toml):
 def test_unknown_cli_setting_is_an_error():
     with pytest.raises(ValueError, match="window_seconds"):
         load_config({"window_seconds": 2}, env={})
+
+
+def test_alarm_settings_from_a_toml_list_or_comma_separated_text(toml):
+    path = toml('[dtlive]\nalarm_notify = ["json://127.0.0.1:8000/dq", "ntfy://dtlive-shift"]\n'
+                "alarm_notify_limit = 3\n")
+    cfg = load_config({}, env={}, file=path)
+    assert cfg.alarm_notify == ("json://127.0.0.1:8000/dq", "ntfy://dtlive-shift") and cfg.alarm_notify_limit == 3
+    assert (cfg.alarm_topic, cfg.alarm_notify_minutes) == ("dt.alarms", 10.0)
+    env = {"DTLIVE_ALARM_NOTIFY": "mailto://a@b.org, json://127.0.0.1:1/", "DTLIVE_ALARM_TOPIC": "my.alarms"}
+    cfg = load_config({}, env=env, file=path)
+    assert cfg.alarm_notify == ("mailto://a@b.org", "json://127.0.0.1:1/") and cfg.alarm_topic == "my.alarms"
+    assert load_config({}, env={}).alarm_notify == ()
+    with pytest.raises(ValueError, match="alarm_notify_limit"):
+        load_config({"alarm_notify_limit": 0}, env={})

@@ -42,6 +42,7 @@ QUALITY_SCHEMA = "dtlive.quality/1"  # an automatic data-quality period, on ``qu
 QUALITY_TESTS_SCHEMA = "dtlive.quality/2"  # per-chamber verdicts of tests against a reference (dtlive.core.judge)
 ALERT_SCHEMA = "dtlive.alert/1"  # a parsed alert notice as JSON (dtlive.alerts.notices)
 ANALYSIS_SCHEMA = "dtlive.analysis/1"  # a canned analysis' result, on ``analyses_topic`` (dtlive.alerts)
+ALARM_SCHEMA = "dtlive.alarm/1"  # a chamber-status alarm event, on ``alarm_topic`` (dtlive.core.alarms)
 # names only the schema of a dead letter's headers (dtlive.core.schemas): the record itself carries no schema id
 DEAD_LETTER_SCHEMA = "dtlive.deadletter/1"
 

@@ -16,6 +16,7 @@ import logging
 import re
 import shutil
 import sys
+import textwrap
 import threading
 import time
 
@@ -298,6 +299,34 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--watch", action="store_true", help="refresh every 2 s until Ctrl-C")
     st.add_argument("--since", type=duration_s, default=30.0, help="heartbeats of the last ... (default 30s)")
 
+    alm = sub.add_parser(
+        "alarms", help="chamber-status alarms: list them, acknowledge them",
+        description="\n\n".join(textwrap.fill(par, 100) for par in (
+            "The recorder raises an alarm when a chamber's judged status leaves ok (status 1-2: warning, 3-4: "
+            f"error), publishes every alarm event on the alarm topic ({Config.alarm_topic}), tells people through "
+            "apprise (setting alarm_notify, at most alarm_notify_limit per alarm_notify_minutes) and keeps it in "
+            "the ledger.",
+            "An alarm is latched: it stays until a person acknowledges it, even once the chamber is ok again (state "
+            "CLEARED); acknowledged, it closes when the chamber is ok. While it is open, further changes of the same "
+            "chamber to a status that is not ok are repeats: counted, no new alarm, nobody told; a worse severity "
+            "escalates it (acknowledge again).",
+            "list: open alarms, ACTIVE then CLEARED (both waiting for an acknowledgement), then acknowledged; newest "
+            "first (--all: closed ones too).",
+            "ack ID... --by NAME [--reason TEXT] (or ack --all --by NAME): acknowledge; the acknowledgement is "
+            "published on the alarm topic (the dashboard and the recorder see it) and recorded in the ledger.")),
+        epilog="examples:\n  dtlive alarms list\n  dtlive alarms ack 3fa2c1d0 --by alice --reason 'HV trip, "
+        "expert called'\n  dtlive alarms ack --all --by alice",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    almsub = _SubParsers(alm.add_subparsers(dest="alarms_command", metavar="ACTION"), sub.common)
+    aml = almsub.add_parser("list", help="list the alarms: waiting for an acknowledgement first, newest first")
+    aml.add_argument("--all", action="store_true", help="closed alarms too")
+    aml.add_argument("--json", action="store_true", help="JSON instead of a table")
+    ama = almsub.add_parser("ack", help="acknowledge alarms (by id, or an id's first characters)")
+    ama.add_argument("ids", nargs="*", metavar="ID", help="alarm ids (as `dtlive alarms list` shows them)")
+    ama.add_argument("--all", action="store_true", help="every alarm waiting for an acknowledgement")
+    ama.add_argument("--by", required=True, metavar="NAME", help="who acknowledges (kept with the alarm)")
+    ama.add_argument("--reason", help="why, or what is being done about it")
+
     ref = sub.add_parser(
         "reference", help="save and list the references the quality tests judge against",
         description="`save NAME --start T --end T`: sum the history store's windows starting in [T, T) (bad "
@@ -452,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
             "replay": cmd_replay,
             "status": cmd_status,
             "reference": cmd_reference,
+            "alarms": cmd_alarms,
             "export": cmd_export,
         }[args.command](args)
     except KeyboardInterrupt:
@@ -1208,3 +1238,61 @@ def cmd_reference(args) -> int:
         return 0
     print("dtlive reference: choose an action: save or list", file=sys.stderr)
     return 2
+
+
+def cmd_alarms(args) -> int:
+    from dtlive.core.alarms import ack_request
+
+    ledger = _ledger()
+    if args.alarms_command == "list":
+        rows = ledger.alarms(closed=args.all)
+        if args.json:
+            print(json.dumps(rows, indent=1))
+            return 0
+        for r in rows:
+            r["raised"], r["updated"] = (str(r[k])[:19].replace("T", " ") for k in ("raised", "updated"))
+            r["state"] = r["state"].upper() if r["state"] in ("active", "cleared") else r["state"]
+        print(_table(rows, ["id", "state", "severity", "chamber", "status", "raised", "updated", "repeats",
+                            "acked_by", "reason"]))
+        waiting = sum(r["state"] in ("ACTIVE", "CLEARED") for r in rows)
+        print(f"{waiting} of {len(rows)} alarms waiting for an acknowledgement (UTC times)", file=sys.stderr)
+        return 0
+    if args.alarms_command != "ack":
+        print("dtlive alarms: choose an action: list or ack (see dtlive alarms --help)", file=sys.stderr)
+        return 2
+    if bool(args.ids) == bool(args.all):
+        print("dtlive alarms ack: give alarm ids or --all (not both)", file=sys.stderr)
+        return 2
+    if args.all:
+        alarms = [a for a in ledger.alarm_board().values() if a.latched]
+    else:
+        try:
+            alarms = [ledger.find_alarm(i) for i in args.ids]
+        except KeyError as exc:
+            print(f"dtlive alarms ack: {exc.args[0]}", file=sys.stderr)
+            return 1
+    code = 0
+    acks = []
+    for a in alarms:
+        if a.latched:
+            acks.append(ack_request(a, args.by, args.reason, time.time()))
+        else:
+            print(f"alarm {a.id} is {a.state}: nothing to acknowledge", file=sys.stderr)
+            code = 1
+    if acks:
+        from dtlive.kafka.alarms import AlarmPublisher
+        from dtlive.kafka.clients import resolve_bootstrap
+
+        cfg = _config(args)
+        bootstrap, _ = resolve_bootstrap(cfg)
+        if AlarmPublisher(cfg, bootstrap).publish(acks) < len(acks):
+            print(f"dtlive alarms ack: error: the broker {bootstrap} did not confirm the acknowledgements",
+                  file=sys.stderr)
+            return 1
+        ledger.record_alarm_events(acks)
+    for m in acks:
+        print(f"alarm {m['alarm_id']} (chamber {m['chamber']}, {m['severity']}) acknowledged by {m['by']}: "
+              f"now {m['state']}", file=sys.stderr)
+    if args.all and not alarms:
+        print("no alarm waits for an acknowledgement", file=sys.stderr)
+    return code

@@ -8,7 +8,11 @@ chamber's status (per processor) becomes a data-quality period of kind ``chamber
 starts at the first window of the block that changed it and stays open (end None) until the next change of
 that chamber's status ends it. Its ``detail`` holds the chamber, status, label, previous status, reasons,
 processor and reference. ``chamber_status`` periods are not ``bad`` periods: history loads never leave
-windows out because of them. A restarted recorder goes on from the open ones.
+windows out because of them. A restarted recorder goes on from the open ones. ``on_changes`` (the recorder's
+:class:`~dtlive.storage.alarm_desk.AlarmDesk`) is told every verdict's changes before they are written, so
+alarms do not wait for the database. Judging never waits for the database: while it is away (or while the
+recorder judges ahead, ``deferred``), status periods wait in an :class:`~dtlive.storage.ledger.Outbox` and are
+written in order when it is back; later changes are written after them.
 
 >>> import json, tempfile
 >>> from dtlive.config import Config
@@ -34,6 +38,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 
 from dtlive.config import Config
 from dtlive.core.lumi import LumiJudge, StatusChanges
@@ -57,7 +62,8 @@ class LiveJudging:
     (2, 0)
     """
 
-    def __init__(self, cfg: Config, ledger, history_path: str | os.PathLike | None = None):
+    def __init__(self, cfg: Config, ledger, history_path: str | os.PathLike | None = None,
+                 on_changes: Callable[[list[dict]], object] | None = None):
         from dtlive.storage.references import ReferenceFile, reference_dir
 
         self.cfg = cfg
@@ -65,9 +71,13 @@ class LiveJudging:
         self.reference = ReferenceFile(cfg.reference, reference_dir(history_path))
         self.lumi = LumiJudge(cfg.judge_windows, self.reference.get(), cfg.quality_tests or None)
         self.changes = StatusChanges()
+        self.on_changes = on_changes  # told each verdict's status changes before they are written to the ledger
         self.open: dict[tuple[str, int], int] = {}  # (processor, chamber) -> id of its open status period
         self.verdicts = 0
         self.status_changes = 0
+        self.busy = False  # inside handle(): the recorder does not judge ahead from inside it
+        self.deferred = False  # judging ahead while the database is away: changes go to the outbox
+        self._outbox = None  # status periods waiting for the database, written in order on their own thread
         self._resume()
 
     def _resume(self) -> None:
@@ -82,28 +92,73 @@ class LiveJudging:
     def handle(self, messages: list[dict]) -> list[dict]:
         """Take window messages; return the verdicts of the blocks they completed (status changes recorded)."""
         self.lumi.reference = self.reference.get()
-        verdicts = self.lumi.add(messages)
-        for v in verdicts:
-            self.verdicts += 1
-            for change in self.changes.update(v):
-                self._record(change, v)
+        self.busy = True
+        try:
+            verdicts = self.lumi.add(messages)
+            for v in verdicts:
+                self.verdicts += 1
+                changes = self.changes.update(v)
+                if changes and self.on_changes is not None:
+                    self.on_changes(changes)
+                for change in changes:
+                    self._record(change, v)
+        finally:
+            self.busy = False
         return verdicts
 
     def _record(self, change: dict, verdict: dict) -> None:
+        """Keep the change in the ledger: at once, or through the outbox while the database is away (judging
+        never waits for the database)."""
+        from dtlive.storage.ledger import Outbox, RetryingLedger, is_unreachable
+
+        self.status_changes += 1
+        plain = self.ledger.ledger if isinstance(self.ledger, RetryingLedger) else self.ledger
+        if not (self.deferred or plain.outage.down):
+            self._drain()
+            try:
+                self._write(plain, (change, verdict))
+                return
+            except Exception as exc:
+                if not is_unreachable(exc):
+                    raise
+                plain.outage.failed(exc)
+        if self._outbox is None:
+            self._outbox = Outbox(plain, self._write, name="status changes")
+        self._outbox.put((change, verdict))
+
+    def _drain(self) -> None:
+        """Changes waiting in the outbox are written before later ones."""
+        from dtlive.storage.ledger import LedgerUnavailable
+
+        stop, wait = getattr(self.ledger, "stop", None), getattr(self.ledger, "on_wait", None)
+        while self._outbox is not None and self._outbox.waiting:
+            if stop is not None and stop():
+                raise LedgerUnavailable("stopped while status changes waited for the ledger database")
+            if wait is not None:
+                wait()
+            time.sleep(0.05)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Write the status changes still waiting for the database (at most ``timeout_s``)."""
+        if self._outbox is not None:
+            self._outbox.close(timeout_s)
+
+    def _write(self, ledger, item: tuple[dict, dict]) -> None:
+        change, verdict = item
         key = (change["processor"], change["chamber"])
         start = change["start"] or time.time()
         if key in self.open:
             try:
-                self.ledger.end_period(self.open.pop(key), start)
+                ledger.end_period(self.open[key], start)
+                del self.open[key]
             except (KeyError, ValueError) as exc:  # deleted by hand, or the new block starts before it
                 log.warning("chamber %d: could not end its previous status period: %s", change["chamber"], exc)
         ref = verdict.get("reference") or {}
         reasons = change["reasons"]
         reason = f"chamber {change['chamber']} {change['label']}" + (f": {reasons[0]}" if reasons else "")
-        self.open[key] = self.ledger.add_period(
+        self.open[key] = ledger.add_period(
             start, None, reason, automatic=True, kind=STATUS_KIND,
             detail={"chamber": change["chamber"], "status": change["status"], "label": change["label"],
                     "previous": change["previous"], "reasons": reasons, "processor": change["processor"],
                     "reference": ref.get("label"), "window_ids": (verdict.get("windows") or {}).get("ids")})
-        self.status_changes += 1
         log.info("%s (processor %s)", reason, change["processor"] or "?")

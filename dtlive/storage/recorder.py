@@ -7,13 +7,16 @@ turns the stream into data-quality periods, which go to the ledger and, as
 ``dtlive.quality/1`` JSON, to ``dt.quality`` (the dashboard shades them). Every ``judge_windows`` windows of
 a processor (a lumi block) are judged against the configured reference
 (:class:`~dtlive.storage.judging.LiveJudging`): the ``dtlive.quality/2`` verdict goes to ``dt.quality`` too
-(consumers tell them apart by ``schema``) and chamber status changes to the ledger. An orbit-counter
+(consumers tell them apart by ``schema``) and chamber status changes to the ledger; a status change raises,
+escalates or clears a latched alarm (:class:`~dtlive.storage.alarm_desk.AlarmDesk`: ``dtlive.alarm/1`` on
+``alarm_topic``, people told through apprise, the ledger). An orbit-counter
 reset (ORBIT_CNT going backwards) closes the current detector run and opens a new one.
 
 Recording is idempotent, so the recorder simply restarts from the results it has not
 recorded yet (the ledger knows the last result offset per partition). While the ledger database
-is unreachable the recorder waits (retrying with backoff) without reading further, and goes on
-where it was when the database is back.
+is unreachable the recorder waits (retrying with backoff) without recording further, and goes on
+where it was when the database is back; meanwhile it judges the newer results (read by a consumer of
+their own), so verdicts and alarms keep going out.
 
 >>> quality_message(Period(1.7e9, 1.7e9 + 210, "data_gap", {"seconds": 210.0}))["reason"]
 'data_gap'
@@ -104,19 +107,67 @@ class Recorder:
         self._progress = Progress()
         self.gaps = ResultGaps()  # results published but never read here
         self.watchdog = Watchdog("recorder", cfg.watchdog_s)
+        self._ahead = None  # the consumer that judges ahead while the database is away
+        self._ahead_next = 0.0
+        self._batch_from: dict[int, int] = {}  # where the batch in hand starts (judging ahead starts there)
         self.judging = None  # lumi blocks judged against the reference (dtlive.quality/2 verdicts)
+        self.alarms = None  # chamber status changes -> latched alarms (dtlive.alarm/1)
         if cfg.judge_windows > 0:
+            from dtlive.storage.alarm_desk import AlarmDesk
             from dtlive.storage.judging import LiveJudging
 
-            self.judging = LiveJudging(cfg, self.ledger, self.history.path)
+            self.alarms = AlarmDesk(cfg, bootstrap, self.ledger, producer=self.producer)
+            self.judging = LiveJudging(cfg, self.ledger, self.history.path, on_changes=self.alarms.status_changes)
 
     def stop(self, *_):
         self._stop = True
 
     def _waiting(self) -> None:
-        """Waiting for the ledger database is deliberate (and logged): the watchdog is told the loop is alive."""
+        """Waiting for the ledger database is deliberate (and logged): the watchdog is told the loop is alive, and
+        the results in hand and newer ones are judged meanwhile (verdicts and alarms go out)."""
         if hasattr(self, "watchdog"):
             self.watchdog.beat()
+        if getattr(self, "judging", None) is not None and not self.judging.busy:
+            self._judge_ahead()
+
+    def _judge_ahead(self) -> None:
+        """Judge the results in hand and newer ones, read by a consumer of their own, while the database is away.
+
+        The status changes they make wait for the database in an outbox; once it is back the results are
+        recorded as usual, and judging skips the windows it judged already (so nothing is published twice).
+        """
+        from confluent_kafka import Consumer, TopicPartition
+
+        now = time.monotonic()
+        if now < self._ahead_next:
+            return
+        self._ahead_next = now + 1.0  # at most a block a second: the service's own work goes first
+        if self._ahead is None:
+            self._ahead = Consumer(client_config(self.cfg, self.bootstrap, **{
+                "group.id": "dtlive-recorder-ahead", "enable.auto.commit": False, "isolation.level": "read_committed",
+                "fetch.wait.max.ms": 100}))
+            starts = {**self.positions, **self._batch_from}
+            self._ahead.assign([TopicPartition(self.cfg.monitor_topic, p, o) for p, o in starts.items()])
+            log.warning("recorder: judging the results ahead while the ledger database is away")
+        msgs = []
+        for m in self._ahead.consume(self.cfg.judge_windows, 0.1):
+            if m.error():
+                continue
+            try:
+                msgs.append(decode_message(m.value()))
+            except ValueError:
+                continue
+        if msgs:
+            self.judging.deferred = True
+            try:
+                self._judge(msgs)
+            finally:
+                self.judging.deferred = False
+
+    def _end_ahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None
 
     def handle(self, records: list[tuple[dict, int, int]]) -> None:
         """Record one batch of ``(message, partition, offset)`` (pure bookkeeping; no consuming)."""
@@ -130,7 +181,7 @@ class Recorder:
         self.ledger.record_windows([(m, self.cfg.monitor_topic, p, o) for m, p, o in records],
                                    cluster=self.cluster.cluster_id)
         self._publish(self.quality.check(msgs))
-        self._judge(msgs)
+        self._judge(msgs)  # while the database is away, _judge_ahead judges these and newer results
         self.recorded += len(records)
 
     def _judge(self, msgs: list[dict]) -> None:
@@ -175,6 +226,7 @@ class Recorder:
         """Consume and record one batch; return how many results it held."""
         from confluent_kafka import TopicPartition
 
+        self._batch_from = dict(self.positions)
         records = []
         for m in self.consumer.consume(2000, timeout):
             if m.error():
@@ -185,7 +237,10 @@ class Recorder:
             except ValueError:
                 log.warning("skipping a non-dtlive message at %s/%s", m.partition(), m.offset())
         if records:
-            self.handle(records)
+            try:
+                self.handle(records)
+            finally:
+                self._end_ahead()
         elif self.cluster.replaced():
             self.follow_broker()
             return 0
@@ -202,7 +257,8 @@ class Recorder:
         log.warning("recorder: the broker lost its topics (restarted?); creating them again and reading %s from "
                     "its beginning", self.cfg.monitor_topic)
         try:
-            ensure_topics(self.cfg, self.bootstrap, [self.cfg.monitor_topic, self.cfg.quality_topic])
+            ensure_topics(self.cfg, self.bootstrap, [self.cfg.monitor_topic, self.cfg.quality_topic]
+                          + ([self.cfg.alarm_topic] if self.alarms is not None else []))
         except Exception as exc:  # noqa: BLE001 - the processor creates the results topic too
             log.warning("recorder: could not create the topics yet: %s", exc)
         self.consumer.assign([TopicPartition(self.cfg.monitor_topic, p, OFFSET_BEGINNING) for p in self.positions])
@@ -222,6 +278,8 @@ class Recorder:
         while not self._stop:
             self.watchdog.beat()
             n = self.poll()
+            if self.alarms is not None:
+                self.alarms.poll()  # acknowledgements
             self.heartbeat.maybe(None, self.health)
             if on_tick:
                 on_tick(self)
@@ -251,9 +309,15 @@ class Recorder:
         self.watchdog.check(stalled, f"{lag['messages']} results waiting on {self.cfg.monitor_topic}")
         return {"state": "degraded" if stalled > 10 else "running" if busy else "idle", "lag": lag,
                 "counts": {"windows": self.recorded, "periods": self.periods, "results_lost": self.gaps.lost,
-                           "verdicts": self.judging.verdicts if self.judging else 0}}
+                           "verdicts": self.judging.verdicts if self.judging else 0,
+                           "alarms": self.alarms.raised if self.alarms else 0}}
 
     def close(self) -> None:
+        self._end_ahead()
+        if self.judging is not None:  # a database still away: the results read again next time make them again
+            self.judging.close(timeout_s=1.0)
+        if self.alarms is not None:  # within the 5 s a service has to stop
+            self.alarms.close(timeout_s=1.0)
         self.watchdog.close()
         self.heartbeat.close(fields=self.health)
         self.consumer.close()

@@ -48,7 +48,7 @@ EPOCH = 1.7e9
 
 def test_every_schema_id_has_a_valid_draft_2020_12_schema_shipped_with_the_package():
     files = sorted(p.name for p in SCHEMA_DIR.glob("*.schema.json"))
-    assert files == sorted(schema_file(s) for s in SCHEMA_IDS) and len(files) == 7
+    assert files == sorted(schema_file(s) for s in SCHEMA_IDS) and len(files) == 8
     for sid in SCHEMA_IDS:
         s = schema(sid)
         assert s["$schema"] == "https://json-schema.org/draft/2020-12/schema"
@@ -309,6 +309,7 @@ def broken(msg: dict, path: str, value) -> dict:
 def good_messages() -> dict[str, dict]:
     alert = parse_notice(json.dumps(IGWN), "igwn.gwalert")
     from dtlive.alerts import alert_to_dict
+    from dtlive.core.alarms import on_status
     from dtlive.core.judge import judge
 
     return {
@@ -319,6 +320,8 @@ def good_messages() -> dict[str, dict]:
             "duration_s": 20.0, "windows_without_hits": 0, "last_window_id": 1, "next_window_id": 11})),
         "alert": alert_to_dict(alert),
         "analysis": AnalysisResult(name="x", version="1", summary={"status": "ok"}).to_dict(),
+        "alarm": on_status({}, {"processor": "p", "chamber": 2, "previous": 0, "status": 4, "label": "bad",
+                                "reasons": ["dead"], "start": "2026-12-05T10:00:00Z"})[1][0],
         "verdict": json.loads(json.dumps(judge(compute_products(Rows.from_columns(
             head=[2] * 3, fpga=[0] * 3, channel=[3, 70, 9], orbit=[7] * 3, bx=[0] * 3, tdc=[0] * 3)), None))),
     }
@@ -347,6 +350,9 @@ BROKEN = [
     ("status", "errors_total", ..., "errors_total", "required field missing"),
     ("status", "service", "printer", "service", "is not one of"),
     ("quality", "kind", "ugly", "kind", "is not one of"),
+    ("alarm", "event", "exploded", "event", "is not one of"),
+    ("alarm", "chamber", 4, "chamber", "greater than the maximum of 3"),
+    ("alarm", "time", "2026-12-05 10:00:00", "time", "does not match"),
     ("quality", "detail.duration_s", ..., "detail.duration_s", "required field missing"),
     ("quality", "end", 1.7e9, "end", "is not of type 'string'"),
     ("alert", "is_retraction", True, "is_retraction", "False was expected"),

@@ -2,7 +2,8 @@
 
 The schema files sit next to this module, named ``<kind>-<version>.schema.json`` after the schema id
 ``dtlive.<kind>/<version>`` of :mod:`dtlive.core.messages` (``dtlive.monitor/1`` -> ``monitor-1.schema.json``):
-the window result, the data-quality period, the quality tests' verdict, the service heartbeat, the parsed alert,
+the window result, the data-quality period, the quality tests' verdict, the chamber-status alarm event, the
+service heartbeat, the parsed alert,
 the analysis result, and the headers of a dead-letter record (as an object of header name -> text; its value is
 the rejected payload as it was). :func:`schema` gives one as a dict, :func:`validate` checks a message against
 the schema its ``"schema"`` field names and raises :class:`ContractError` naming the field that breaks the
@@ -37,6 +38,7 @@ from importlib import resources
 from typing import Any
 
 from dtlive.core.messages import (
+    ALARM_SCHEMA,
     ALERT_SCHEMA,
     ANALYSIS_SCHEMA,
     DEAD_LETTER_SCHEMA,
@@ -49,8 +51,8 @@ from dtlive.core.messages import (
 __all__ = ["SCHEMA_IDS", "ContractError", "dead_letter_fields", "schema", "schema_file", "validate"]
 
 #: every schema id that has a schema file, in the order of the data flow
-SCHEMA_IDS = (MONITOR_SCHEMA, QUALITY_SCHEMA, QUALITY_TESTS_SCHEMA, STATUS_SCHEMA, ALERT_SCHEMA, ANALYSIS_SCHEMA,
-              DEAD_LETTER_SCHEMA)
+SCHEMA_IDS = (MONITOR_SCHEMA, QUALITY_SCHEMA, QUALITY_TESTS_SCHEMA, ALARM_SCHEMA, STATUS_SCHEMA, ALERT_SCHEMA,
+              ANALYSIS_SCHEMA, DEAD_LETTER_SCHEMA)
 
 
 class ContractError(ValueError):

@@ -11,9 +11,10 @@ The package, one job a module: :mod:`~dtlive.storage.ledger.models` (tables), :m
 (run liveness, the :class:`Q` filter), :mod:`~dtlive.storage.ledger.outage` (an unreachable database),
 :mod:`~dtlive.storage.ledger.api` (:class:`Ledger`: runs and windows),
 :mod:`~dtlive.storage.ledger.periods` (its periods,
-annotations, tags and detector runs), :mod:`~dtlive.storage.ledger.tasks` (its task state history) and
-:mod:`~dtlive.storage.ledger.resilience` (:class:`RetryingLedger`, :class:`RunKeeper`). Every name is importable from
-``dtlive.storage.ledger`` itself.
+annotations, tags and detector runs), :mod:`~dtlive.storage.ledger.tasks` (its task state history),
+:mod:`~dtlive.storage.ledger.alarms` (its chamber-status alarm events) and
+:mod:`~dtlive.storage.ledger.resilience` (:class:`RetryingLedger`, :class:`RunKeeper`, :class:`Outbox`). Every
+name is importable from ``dtlive.storage.ledger`` itself.
 
 >>> from datetime import UTC, datetime
 >>> led = Ledger("sqlite://")  # in memory; Ledger() opens DTLIVE_DB or the default SQLite file
@@ -59,6 +60,7 @@ from dtlive.storage.ledger.models import (
     NAMING_CONVENTION,
     TARGETS,
     UNKNOWN_PROCESSOR,
+    AlarmEvent,
     Annotation,
     AppendOnlyError,
     Base,
@@ -81,7 +83,7 @@ from dtlive.storage.ledger.outage import (
     retry_unreachable,
 )
 from dtlive.storage.ledger.queries import HEARTBEAT_S, STALE_HEARTBEATS, Q, run_liveness
-from dtlive.storage.ledger.resilience import RetryingLedger, RunKeeper
+from dtlive.storage.ledger.resilience import Outbox, RetryingLedger, RunKeeper
 from dtlive.storage.ledger.values import TimeLike, merge_offset_ranges, source_git_commit, to_utc
 
 __all__ = [
@@ -90,6 +92,7 @@ __all__ = [
     "Ledger",
     "LedgerUnavailable",
     "Outage",
+    "Outbox",
     "Q",
     "RetryingLedger",
     "RunKeeper",
@@ -118,6 +121,7 @@ __all__ = [
     "TARGETS",
     "UNKNOWN_PROCESSOR",
     "VERSION_TABLE",
+    "AlarmEvent",
     "Annotation",
     "DQPeriod",
     "DetectorRun",

@@ -76,8 +76,9 @@ NAMING_CONVENTION = {
 class Base(DeclarativeBase):
     """Declarative base of the ledger tables.
 
-    >>> sorted(Base.metadata.tables)
-    ['annotations', 'detector_runs', 'dq_periods', 'processing_runs', 'tags', 'task_states', 'window_inputs', 'windows']
+    >>> sorted(Base.metadata.tables)  # doctest: +NORMALIZE_WHITESPACE
+    ['alarm_events', 'annotations', 'detector_runs', 'dq_periods', 'processing_runs', 'tags', 'task_states',
+     'window_inputs', 'windows']
     """
 
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
@@ -295,6 +296,37 @@ class TaskState(Base):
     at: Mapped[datetime]
 
 
+class AlarmEvent(Base):
+    """One ``dtlive.alarm/1`` event (raised, escalated, repeated, cleared, acknowledged); append-only, each
+    ``event_id`` once (the whole message is kept in ``message``).
+
+    >>> from sqlalchemy.orm import Session
+    >>> engine = sa.create_engine("sqlite://")
+    >>> Base.metadata.create_all(engine)
+    >>> with Session(engine) as s:
+    ...     s.add(AlarmEvent(event_id="e1", alarm_id="a1", event="raised", at="2026-12-05T10:00:00Z", chamber=2,
+    ...                      message={"event": "raised"}))
+    ...     s.commit()
+    ...     s.scalars(sa.select(AlarmEvent.event)).all()
+    ['raised']
+    """
+
+    __tablename__ = "alarm_events"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    event_id: Mapped[str] = mapped_column(unique=True)
+    alarm_id: Mapped[str] = mapped_column(index=True)
+    event: Mapped[str]
+    at: Mapped[datetime] = mapped_column(index=True)  # the event's time (a status change: its block's start)
+    processor: Mapped[str | None]
+    chamber: Mapped[int | None]
+    severity: Mapped[str | None]
+    status: Mapped[int | None]
+    by: Mapped[str | None]  # who acknowledged
+    message: Mapped[dict] = mapped_column(JSONType)
+    recorded_at: Mapped[datetime] = mapped_column(default=_now)
+
+
 _TARGET_MODELS: dict[str, type[Base]] = {"run": ProcessingRun, "period": DQPeriod, "detector_run": DetectorRun}
 
 
@@ -308,6 +340,16 @@ def _no_task_delete(mapper, connection, target):
     raise AppendOnlyError(f"task_states is append-only: cannot delete state row {target.id}")
 
 
+@event.listens_for(AlarmEvent, "before_update")
+def _no_alarm_update(mapper, connection, target):
+    raise AppendOnlyError(f"alarm_events is append-only: cannot update event row {target.id}")
+
+
+@event.listens_for(AlarmEvent, "before_delete")
+def _no_alarm_delete(mapper, connection, target):
+    raise AppendOnlyError(f"alarm_events is append-only: cannot delete event row {target.id}")
+
+
 def _no_bulk_task_changes(state: ORMExecuteState) -> None:
-    if (state.is_update or state.is_delete) and any(m.class_ is TaskState for m in state.all_mappers):
-        raise AppendOnlyError("task_states is append-only: bulk UPDATE/DELETE refused")
+    if (state.is_update or state.is_delete) and any(m.class_ in (TaskState, AlarmEvent) for m in state.all_mappers):
+        raise AppendOnlyError("task_states and alarm_events are append-only: bulk UPDATE/DELETE refused")

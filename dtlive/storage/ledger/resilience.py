@@ -139,3 +139,71 @@ class RunKeeper:
         self._stopping.set()
         self._thread.join(timeout_s + 1.0)
         return self.stopped
+
+
+class Outbox:
+    """Ledger writes done in order on a background thread, waiting out database outages, so that the caller
+    never waits for the database (what it sends elsewhere first is not held up by an outage).
+
+    ``write(ledger, item)`` is called for each :meth:`put` item, retried while the database is unreachable
+    (:func:`retry_unreachable`); another error is logged and the item dropped. :meth:`close` waits at most
+    ``timeout_s`` for what is queued. Items still queued when the process dies are lost: callers make them
+    again (idempotently) from their own input.
+
+    >>> led = Ledger("sqlite://")
+    >>> box = Outbox(led, lambda ledger, state: ledger.append_state("task-1", state))
+    >>> box.put("queued"); box.put("running"); box.close()
+    True
+    >>> [s["state"] for s in led.task_history("task-1")], box.written
+    (['queued', 'running'], 2)
+    """
+
+    def __init__(self, ledger: Ledger | RetryingLedger, write: Callable[[Ledger, Any], Any], name: str = "outbox"):
+        import queue
+
+        self.ledger: Ledger = ledger.ledger if isinstance(ledger, RetryingLedger) else ledger
+        self.write = write
+        self.written = 0
+        self.failed = 0
+        self._queue: queue.Queue = queue.Queue()
+        self._closing = threading.Event()
+        self._deadline = float("inf")
+        self._thread = threading.Thread(target=self._work, name=f"ledger-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def waiting(self) -> int:
+        """Items not written yet."""
+        return self._queue.unfinished_tasks
+
+    def put(self, item: Any) -> None:
+        """Queue ``item`` for writing (returns at once)."""
+        self._queue.put(item)
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is _CLOSE:
+                    return
+                retry_unreachable(lambda item=item: self.write(self.ledger, item), outage=self.ledger.outage,
+                                  stop=lambda: time.monotonic() > self._deadline)
+                self.written += 1
+            except LedgerUnavailable as exc:  # closing while the database is still away
+                self.failed += 1
+                log.warning("%s: a write left out: %s", self._thread.name, exc)
+            except Exception:  # noqa: BLE001 - bookkeeping never kills its service; say why
+                self.failed += 1
+                log.exception("a ledger write of the %s failed; left out", self._thread.name)
+            finally:
+                self._queue.task_done()
+
+    def close(self, timeout_s: float = 10.0) -> bool:
+        """Write what is queued, waiting at most ``timeout_s`` (for an unreachable database); True when all was."""
+        self._deadline = time.monotonic() + timeout_s
+        self._queue.put(_CLOSE)
+        self._thread.join(timeout_s + 0.2)
+        return not self._thread.is_alive() and self.failed == 0
+
+
+_CLOSE = object()
