@@ -8,7 +8,9 @@ chamber's status (per processor) becomes a data-quality period of kind ``chamber
 starts at the first window of the block that changed it and stays open (end None) until the next change of
 that chamber's status ends it. Its ``detail`` holds the chamber, status, label, previous status, reasons,
 processor and reference. ``chamber_status`` periods are not ``bad`` periods: history loads never leave
-windows out because of them. A restarted recorder goes on from the open ones.
+windows out because of them. A restarted recorder goes on from the open ones. Every judged block is also kept
+in the ledger (:meth:`~dtlive.storage.ledger.Ledger.record_block`) with the status of each chamber: what
+certification (:mod:`dtlive.storage.certification`) makes its good/bad verdicts from.
 
 >>> import json, tempfile
 >>> from dtlive.config import Config
@@ -19,7 +21,8 @@ windows out because of them. A restarted recorder goes on from the open ones.
 >>> def message(i):
 ...     ds = compute_products(Rows.from_columns(head=[2], fpga=[0], channel=[3], orbit=[i], bx=[0], tdc=[0]))
 ...     ds.attrs.update(window_id=i, first_orbit=100 * i, last_orbit=100 * i + 99,
-...                     window_start="2026-12-05T10:00:00Z", provenance=json.dumps({"processor": "p"}))
+...                     window_start="2026-12-05T10:00:00Z", window_end="2026-12-05T10:00:02Z",
+...                     provenance=json.dumps({"processor": "p"}))
 ...     return decode_message(encode_message(ds))
 >>> ledger = Ledger("sqlite://")
 >>> live = LiveJudging(Config(judge_windows=2), ledger, tempfile.mkdtemp())
@@ -27,6 +30,8 @@ windows out because of them. A restarted recorder goes on from the open ones.
 ['dtlive.quality/2']
 >>> sorted(p["detail"]["chamber"] for p in ledger.periods(kind=STATUS_KIND))  # silent chambers 1-3 and chamber 0
 [0, 1, 2, 3]
+>>> [(b["first_window"], b["last_window"]) for b in ledger.lumi_blocks()]
+[(0, 1)]
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ class LiveJudging:
         verdicts = self.lumi.add(messages)
         for v in verdicts:
             self.verdicts += 1
+            self.ledger.record_block(v)
             for change in self.changes.update(v):
                 self._record(change, v)
         return verdicts

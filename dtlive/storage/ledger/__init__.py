@@ -11,7 +11,8 @@ The package, one job a module: :mod:`~dtlive.storage.ledger.models` (tables), :m
 (run liveness, the :class:`Q` filter), :mod:`~dtlive.storage.ledger.outage` (an unreachable database),
 :mod:`~dtlive.storage.ledger.api` (:class:`Ledger`: runs and windows),
 :mod:`~dtlive.storage.ledger.periods` (its periods,
-annotations, tags and detector runs), :mod:`~dtlive.storage.ledger.tasks` (its task state history) and
+annotations, tags and detector runs), :mod:`~dtlive.storage.ledger.tasks` (its task state history),
+:mod:`~dtlive.storage.ledger.certification` (judged lumi blocks and certification overrides) and
 :mod:`~dtlive.storage.ledger.resilience` (:class:`RetryingLedger`, :class:`RunKeeper`). Every name is importable from
 ``dtlive.storage.ledger`` itself.
 
@@ -62,9 +63,11 @@ from dtlive.storage.ledger.models import (
     Annotation,
     AppendOnlyError,
     Base,
+    CertificationOverride,
     DetectorRun,
     DQPeriod,
     JSONType,
+    LumiBlock,
     ProcessingRun,
     Tag,
     TaskState,
@@ -119,9 +122,11 @@ __all__ = [
     "UNKNOWN_PROCESSOR",
     "VERSION_TABLE",
     "Annotation",
+    "CertificationOverride",
     "DQPeriod",
     "DetectorRun",
     "JSONType",
+    "LumiBlock",
     "ProcessingRun",
     "Tag",
     "TaskState",

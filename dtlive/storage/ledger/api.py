@@ -1,7 +1,8 @@
 """The :class:`Ledger` API: construction, sessions and transactions, processing runs, windows.
 
 Its other sections live in mixins it inherits: data-quality periods, annotations and tags and detector
-runs in :mod:`~dtlive.storage.ledger.periods`, the task state history in :mod:`~dtlive.storage.ledger.tasks`.
+runs in :mod:`~dtlive.storage.ledger.periods`, the task state history in :mod:`~dtlive.storage.ledger.tasks`,
+judged lumi blocks and certification overrides in :mod:`~dtlive.storage.ledger.certification`.
 
 Just over 500 lines: runs and windows share the session and transaction handling defined here.
 """
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from dtlive import __version__
 from dtlive.service.processes import pid_alive
+from dtlive.storage.ledger.certification import CertificationMixin
 from dtlive.storage.ledger.engine import default_url, make_engine, normalize_url, upgrade
 from dtlive.storage.ledger.models import (
     UNKNOWN_PROCESSOR,
@@ -51,7 +53,7 @@ from dtlive.storage.ledger.values import (
 
 log = logging.getLogger("dtlive.storage.ledger")  # one logger for the whole ledger package
 
-class Ledger(PeriodsMixin, TasksMixin):
+class Ledger(PeriodsMixin, TasksMixin, CertificationMixin):
     """The bookkeeping database. ``Ledger()`` opens ``DTLIVE_DB`` or the default SQLite file and migrates it.
 
     Every query returns plain dicts (``pandas.DataFrame(ledger.windows())`` works); times are
