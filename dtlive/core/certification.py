@@ -265,9 +265,17 @@ def good_times(verdicts: Iterable[Verdict], chamber: int | str) -> list[tuple[fl
     >>> good_times(v, 0)
     [(0.0, 20.0), (30.0, 40.0)]
     """
-    spans = sorted((b.start, b.end) for b, _, _, good in _selected(verdicts, chamber) if good)
-    out: list[tuple[float, float]] = []
-    for a, b in spans:
+    return merge_spans((b.start, b.end) for b, _, _, good in _selected(verdicts, chamber) if good)
+
+
+def merge_spans(spans: Iterable[tuple]) -> list[tuple]:
+    """``(start, end)`` spans (numbers or datetimes) sorted and merged where they touch or overlap.
+
+    >>> merge_spans([(5, 6), (0, 2), (2, 3), (1, 2.5)])
+    [(0, 3), (5, 6)]
+    """
+    out: list[tuple] = []
+    for a, b in sorted(spans):
         if out and a <= out[-1][1]:
             out[-1] = (out[-1][0], max(out[-1][1], b))
         else:
