@@ -59,6 +59,7 @@ class Config:
     watchdog_s: float = 60.0  # a service whose input waits with nothing processed this long exits non-zero (0: never)
     reference: str = "default"  # name of the quality-test reference (<history>/references/NAME.nc); "" for none
     judge_windows: int = 5  # windows a lumi block judged by the recorder against the reference; 0 switches it off
+    certify_max_status: int = 2  # a lumi block is certified good for a chamber judged with a status <= this (0..4)
     quality_tests: str = ""  # TOML file of the quality tests; "" for the packaged defaults (dtlive.core.judge)
     history_retention_days: float = 0.0  # history older than this is deleted by the recorder; 0 keeps everything
     dashboard_kernel_grace_s: float = 10.0  # a dashboard kernel with no page connected this long is shut down
@@ -186,6 +187,8 @@ def load_config(
     if cfg.alarm_notify_limit < 1 or cfg.alarm_notify_minutes <= 0:
         raise ValueError(f"alarm_notify_limit must be >= 1 and alarm_notify_minutes > 0, got "
                          f"{cfg.alarm_notify_limit} per {cfg.alarm_notify_minutes} min")
+    if not 0 <= cfg.certify_max_status <= 4:
+        raise ValueError(f"certify_max_status must be 0 (ok) to 4 (bad), got {cfg.certify_max_status}")
     if cfg.max_orbit_jump_s < 0:
         raise ValueError(f"max_orbit_jump_s must be >= 0, got {cfg.max_orbit_jump_s}")
     return cfg

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from faults import free_port, own_broker, services  # noqa: F401  (fixtures for every test file)
+from ledger_dbs import db_url, pg_admin  # noqa: F401  (fixtures: an empty ledger database, SQLite and PostgreSQL)
 from pgserver import pg_db, pg_server  # noqa: F401  (fixtures: a private PostgreSQL server to stop and start)
 
 

@@ -165,6 +165,12 @@ def check_provenance(text: str, env: dict) -> None:
     got = _re.search(r"windows in history: (\d+) \| without bad periods: (\d+)", text)
     assert got and int(got.group(2)) == int(got.group(1)) - 1, text
     assert "task history: ['queued', 'running', 'succeeded']" in text
+    blocks = _re.search(r"lumi blocks judged: (\d+) \| rule: good when status <= 2", text)
+    assert blocks and int(blocks.group(1)) >= 1, text
+    override = r"newest block of chamber 2: status \w+, automatic (good|BAD) -> now BAD \(by shifter\)"
+    assert _re.search(override, text), text
+    certified = _re.search(r"certified windows: (\d+) \| per chamber: \[(\d+), (\d+), (\d+), (\d+)\]", text)
+    assert certified and int(certified.group(1)) >= 1, text
 
 
 def check_alerts(text: str, env: dict) -> None:

@@ -1,4 +1,5 @@
-"""The ``dtlive`` command line: demo, broker, emulate, process, dashboard, record, runs, periods, provenance, results.
+"""The ``dtlive`` command line: demo, broker, emulate, process, dashboard, record, runs, periods, provenance, results,
+certify (its parser and handler in :mod:`dtlive.deploy.certify_cli`).
 
 Run ``dtlive --help`` or ``dtlive COMMAND --help``.
 
@@ -25,6 +26,7 @@ from dtlive.config import Config
 from dtlive.core import detector as det
 from dtlive.core.decode import FORMATS
 from dtlive.core.messages import STATUS_SCHEMA
+from dtlive.deploy import certify_cli
 from dtlive.service.shutdown import StopOnSignal, serve
 
 DASHBOARD_PORT = 8866  # where `dtlive dashboard` serves unless told or taken
@@ -361,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--duration", type=duration_s, help="with --follow: stop after this long")
     r.add_argument("--netcdf", help="also write the printed windows stacked along time to this .nc file")
 
+    certify_cli.add_parser(sub.action, parents=[sub.common])
+
     ex = sub.add_parser(
         "export",
         help="write the history store's windows of a time range as Parquet, NetCDF or Zarr for analysis",
@@ -483,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
             "reference": cmd_reference,
             "alarms": cmd_alarms,
             "export": cmd_export,
+            "certify": cmd_certify,
         }[args.command](args)
     except KeyboardInterrupt:
         return 130
@@ -1207,6 +1212,13 @@ def cmd_status(args) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def cmd_certify(args) -> int:
+    from dtlive.config import load_config
+
+    cfg = load_config({"certify_max_status": getattr(args, "certify_max_status", None)}, file=args.config)
+    return certify_cli.run(args, _ledger(), cfg)
 
 
 def cmd_reference(args) -> int:

@@ -432,27 +432,39 @@ class HistoryStore:
 
 
 def load(start: TimeLike = None, end: TimeLike = None, exclude_bad: bool = True, store: HistoryStore | None = None,
-         ledger=None) -> xr.Dataset | None:
+         ledger=None, certified: bool | str | os.PathLike | dict = False) -> xr.Dataset | None:
     """Past windows from the default history store as one Dataset along ``time``; bad periods left out.
 
     The bad periods come from the ledger (``DTLIVE_DB``): automatic ones (data gaps, silent
     chambers) and those flagged by hand with ``dtlive periods --flag``.
 
+    ``certified``: ``True`` keeps only what the ledger's certification says is good, a certification JSON file
+    (``dtlive certify export``) or its dict does the same from that file. Per chamber: a window is kept when
+    at least one chamber is certified in it; the variables of the chambers that are not are NaN, and a
+    ``certified`` (time, chamber) variable says which were (:mod:`dtlive.core.certified`).
+
     >>> ds = load("2026-11-21T10:00", "2026-11-21T12:00")   # doctest: +SKIP
     >>> ds.hits_per_chamber.plot.line(x="time")              # doctest: +SKIP
+    >>> good = load(certified="good.json")                   # doctest: +SKIP
     """
     store = store or HistoryStore()
-    if not exclude_bad:
-        return store.load(start, end)
-    if ledger is None:
+    if ledger is None and (exclude_bad or certified is True):
         from dtlive.storage.ledger import Ledger
 
         ledger = Ledger()
+    if not exclude_bad:
+        ds = store.load(start, end)
+    else:
+        def bad(a: float, b: float) -> list[tuple[float, float]]:
+            return [(x.timestamp(), y.timestamp()) for x, y in ledger.bad_intervals(a, b)]
 
-    def bad(a: float, b: float) -> list[tuple[float, float]]:
-        return [(x.timestamp(), y.timestamp()) for x, y in ledger.bad_intervals(a, b)]
+        ds = store.load(start, end, exclude_bad=True, bad_intervals=bad)
+    if certified is False or ds is None:
+        return ds
+    from dtlive.core.certified import select
+    from dtlive.storage.certification import good_times
 
-    return store.load(start, end, exclude_bad=True, bad_intervals=bad)
+    return select(ds, good_times(certified, ledger))
 
 
 def window_columns(msgs: list[dict]) -> dict[str, np.ndarray]:

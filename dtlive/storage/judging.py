@@ -8,11 +8,13 @@ chamber's status (per processor) becomes a data-quality period of kind ``chamber
 starts at the first window of the block that changed it and stays open (end None) until the next change of
 that chamber's status ends it. Its ``detail`` holds the chamber, status, label, previous status, reasons,
 processor and reference. ``chamber_status`` periods are not ``bad`` periods: history loads never leave
-windows out because of them. A restarted recorder goes on from the open ones. ``on_changes`` (the recorder's
-:class:`~dtlive.storage.alarm_desk.AlarmDesk`) is told every verdict's changes before they are written, so
-alarms do not wait for the database. Judging never waits for the database: while it is away (or while the
-recorder judges ahead, ``deferred``), status periods wait in an :class:`~dtlive.storage.ledger.Outbox` and are
-written in order when it is back; later changes are written after them.
+windows out because of them. A restarted recorder goes on from the open ones. Every judged block is also kept
+in the ledger (:meth:`~dtlive.storage.ledger.Ledger.record_block`) with the status of each chamber: what
+certification (:mod:`dtlive.storage.certification`) makes its good/bad verdicts from. ``on_changes`` (the
+recorder's :class:`~dtlive.storage.alarm_desk.AlarmDesk`) is told every verdict's changes before they are
+written, so alarms do not wait for the database. Judging never waits for the database: while it is away (or
+while the recorder judges ahead, ``deferred``), blocks and status periods wait in an
+:class:`~dtlive.storage.ledger.Outbox` and are written in order when it is back; later ones are written after them.
 
 >>> import json, tempfile
 >>> from dtlive.config import Config
@@ -23,7 +25,8 @@ written in order when it is back; later changes are written after them.
 >>> def message(i):
 ...     ds = compute_products(Rows.from_columns(head=[2], fpga=[0], channel=[3], orbit=[i], bx=[0], tdc=[0]))
 ...     ds.attrs.update(window_id=i, first_orbit=100 * i, last_orbit=100 * i + 99,
-...                     window_start="2026-12-05T10:00:00Z", provenance=json.dumps({"processor": "p"}))
+...                     window_start="2026-12-05T10:00:00Z", window_end="2026-12-05T10:00:02Z",
+...                     provenance=json.dumps({"processor": "p"}))
 ...     return decode_message(encode_message(ds))
 >>> ledger = Ledger("sqlite://")
 >>> live = LiveJudging(Config(judge_windows=2), ledger, tempfile.mkdtemp())
@@ -31,6 +34,8 @@ written in order when it is back; later changes are written after them.
 ['dtlive.quality/2']
 >>> sorted(p["detail"]["chamber"] for p in ledger.periods(kind=STATUS_KIND))  # silent chambers 1-3 and chamber 0
 [0, 1, 2, 3]
+>>> [(b["first_window"], b["last_window"]) for b in ledger.lumi_blocks()]
+[(0, 1)]
 """
 
 from __future__ import annotations
@@ -100,18 +105,19 @@ class LiveJudging:
                 changes = self.changes.update(v)
                 if changes and self.on_changes is not None:
                     self.on_changes(changes)
+                self._record(None, v)  # the judged block itself
                 for change in changes:
                     self._record(change, v)
         finally:
             self.busy = False
         return verdicts
 
-    def _record(self, change: dict, verdict: dict) -> None:
-        """Keep the change in the ledger: at once, or through the outbox while the database is away (judging
-        never waits for the database)."""
+    def _record(self, change: dict | None, verdict: dict) -> None:
+        """Keep the change (None: the judged block) in the ledger: at once, or through the outbox while the
+        database is away (judging never waits for the database)."""
         from dtlive.storage.ledger import Outbox, RetryingLedger, is_unreachable
 
-        self.status_changes += 1
+        self.status_changes += change is not None
         plain = self.ledger.ledger if isinstance(self.ledger, RetryingLedger) else self.ledger
         if not (self.deferred or plain.outage.down):
             self._drain()
@@ -143,8 +149,11 @@ class LiveJudging:
         if self._outbox is not None:
             self._outbox.close(timeout_s)
 
-    def _write(self, ledger, item: tuple[dict, dict]) -> None:
+    def _write(self, ledger, item: tuple[dict | None, dict]) -> None:
         change, verdict = item
+        if change is None:
+            ledger.record_block(verdict)
+            return
         key = (change["processor"], change["chamber"])
         start = change["start"] or time.time()
         if key in self.open:

@@ -12,7 +12,8 @@ The package, one job a module: :mod:`~dtlive.storage.ledger.models` (tables), :m
 :mod:`~dtlive.storage.ledger.api` (:class:`Ledger`: runs and windows),
 :mod:`~dtlive.storage.ledger.periods` (its periods,
 annotations, tags and detector runs), :mod:`~dtlive.storage.ledger.tasks` (its task state history),
-:mod:`~dtlive.storage.ledger.alarms` (its chamber-status alarm events) and
+:mod:`~dtlive.storage.ledger.alarms` (its chamber-status alarm events),
+:mod:`~dtlive.storage.ledger.certification` (judged lumi blocks and certification overrides) and
 :mod:`~dtlive.storage.ledger.resilience` (:class:`RetryingLedger`, :class:`RunKeeper`, :class:`Outbox`). Every
 name is importable from ``dtlive.storage.ledger`` itself.
 
@@ -64,9 +65,11 @@ from dtlive.storage.ledger.models import (
     Annotation,
     AppendOnlyError,
     Base,
+    CertificationOverride,
     DetectorRun,
     DQPeriod,
     JSONType,
+    LumiBlock,
     ProcessingRun,
     Tag,
     TaskState,
@@ -123,9 +126,11 @@ __all__ = [
     "VERSION_TABLE",
     "AlarmEvent",
     "Annotation",
+    "CertificationOverride",
     "DQPeriod",
     "DetectorRun",
     "JSONType",
+    "LumiBlock",
     "ProcessingRun",
     "Tag",
     "TaskState",

@@ -2,7 +2,8 @@
 
 Its other sections live in mixins it inherits: data-quality periods, annotations and tags and detector
 runs in :mod:`~dtlive.storage.ledger.periods`, the task state history in :mod:`~dtlive.storage.ledger.tasks`,
-alarm events in :mod:`~dtlive.storage.ledger.alarms`.
+alarm events in :mod:`~dtlive.storage.ledger.alarms`, judged lumi blocks and certification overrides in
+:mod:`~dtlive.storage.ledger.certification`.
 
 Just over 500 lines: runs and windows share the session and transaction handling defined here.
 """
@@ -26,6 +27,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from dtlive import __version__
 from dtlive.service.processes import pid_alive
 from dtlive.storage.ledger.alarms import AlarmsMixin
+from dtlive.storage.ledger.certification import CertificationMixin
 from dtlive.storage.ledger.engine import default_url, make_engine, normalize_url, upgrade
 from dtlive.storage.ledger.models import (
     UNKNOWN_PROCESSOR,
@@ -53,7 +55,7 @@ from dtlive.storage.ledger.values import (
 
 log = logging.getLogger("dtlive.storage.ledger")  # one logger for the whole ledger package
 
-class Ledger(PeriodsMixin, TasksMixin, AlarmsMixin):
+class Ledger(PeriodsMixin, TasksMixin, AlarmsMixin, CertificationMixin):
     """The bookkeeping database. ``Ledger()`` opens ``DTLIVE_DB`` or the default SQLite file and migrates it.
 
     Every query returns plain dicts (``pandas.DataFrame(ledger.windows())`` works); times are

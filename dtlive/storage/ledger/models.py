@@ -77,8 +77,8 @@ class Base(DeclarativeBase):
     """Declarative base of the ledger tables.
 
     >>> sorted(Base.metadata.tables)  # doctest: +NORMALIZE_WHITESPACE
-    ['alarm_events', 'annotations', 'detector_runs', 'dq_periods', 'processing_runs', 'tags', 'task_states',
-     'window_inputs', 'windows']
+    ['alarm_events', 'annotations', 'certification_overrides', 'detector_runs', 'dq_periods', 'lumi_blocks',
+     'processing_runs', 'tags', 'task_states', 'window_inputs', 'windows']
     """
 
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
@@ -327,6 +327,52 @@ class AlarmEvent(Base):
     recorded_at: Mapped[datetime] = mapped_column(default=_now)
 
 
+class LumiBlock(Base):
+    """One lumi block the recorder judged: its windows, time range and the status of each chamber.
+
+    ``statuses``: ``{"0": status, ...}`` (None: not judged); ``detail``: per chamber its label and first reason,
+    and the reference judged against.
+
+    >>> sorted(c.name for con in LumiBlock.__table__.constraints if isinstance(con, sa.UniqueConstraint)
+    ...        for c in con.columns)
+    ['first_window', 'processor', 'start_time']
+    """
+
+    __tablename__ = "lumi_blocks"
+    __table_args__ = (sa.UniqueConstraint("processor", "start_time", "first_window"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    processor: Mapped[str]
+    first_window: Mapped[int]
+    last_window: Mapped[int]
+    windows: Mapped[int]
+    start_time: Mapped[datetime] = mapped_column(index=True)
+    end_time: Mapped[datetime]
+    statuses: Mapped[dict] = mapped_column(JSONType)
+    detail: Mapped[dict | None] = mapped_column(JSONType)
+    recorded_at: Mapped[datetime]
+
+
+class CertificationOverride(Base):
+    """A person's good/bad verdict for a detector run or a time range, one chamber or all; append-only.
+
+    >>> [c.name for c in CertificationOverride.__table__.c if c.nullable]
+    ['chamber', 'detector_run', 'start_time', 'end_time']
+    """
+
+    __tablename__ = "certification_overrides"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    good: Mapped[bool]
+    chamber: Mapped[int | None] = mapped_column(sa.Integer)  # None: every chamber
+    detector_run: Mapped[int | None] = mapped_column(sa.Integer)
+    start_time: Mapped[datetime | None]
+    end_time: Mapped[datetime | None]
+    reason: Mapped[str] = mapped_column(sa.Text)
+    who: Mapped[str]
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+
 _TARGET_MODELS: dict[str, type[Base]] = {"run": ProcessingRun, "period": DQPeriod, "detector_run": DetectorRun}
 
 
@@ -350,6 +396,21 @@ def _no_alarm_delete(mapper, connection, target):
     raise AppendOnlyError(f"alarm_events is append-only: cannot delete event row {target.id}")
 
 
+@event.listens_for(CertificationOverride, "before_update")
+def _no_override_update(mapper, connection, target):
+    raise AppendOnlyError(f"certification_overrides is append-only: cannot update override {target.id}")
+
+
+@event.listens_for(CertificationOverride, "before_delete")
+def _no_override_delete(mapper, connection, target):
+    raise AppendOnlyError(f"certification_overrides is append-only: cannot delete override {target.id}")
+
+
+_APPEND_ONLY = (TaskState, AlarmEvent, CertificationOverride)
+
+
 def _no_bulk_task_changes(state: ORMExecuteState) -> None:
-    if (state.is_update or state.is_delete) and any(m.class_ in (TaskState, AlarmEvent) for m in state.all_mappers):
-        raise AppendOnlyError("task_states and alarm_events are append-only: bulk UPDATE/DELETE refused")
+    if state.is_update or state.is_delete:
+        for m in state.all_mappers:
+            if m.class_ in _APPEND_ONLY:
+                raise AppendOnlyError(f"{m.class_.__tablename__} is append-only: bulk UPDATE/DELETE refused")

@@ -79,13 +79,9 @@ def merge_offset_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, in
 
 
 def _merge_intervals(intervals: Iterable[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
-    out: list[tuple[datetime, datetime]] = []
-    for a, b in sorted(intervals):
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
+    from dtlive.core.certification import merge_spans
+
+    return merge_spans(intervals)
 
 
 @functools.lru_cache(maxsize=1)
