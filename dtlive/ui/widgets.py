@@ -33,15 +33,18 @@ import html
 import threading
 import time
 
-import bqplot as bq
-import ipywidgets as W
 import numpy as np
 import xarray as xr
 
 from dtlive.core import detector as det
 from dtlive.core.messages import ANALYSIS_SCHEMA, QUALITY_SCHEMA, QUALITY_TESTS_SCHEMA
 from dtlive.kafka.health import parse_status
+from dtlive.service.extras import extra
 from dtlive.ui.live import VIEWS, LiveVerdicts, LiveWindows, ResultsFeed
+
+with extra("dashboard", "dtlive.ui.widgets"):  # ipywidgets, bqplot: one line naming the extra when missing
+    import bqplot as bq
+    import ipywidgets as W
 
 CHAMBER_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
 _MARGIN = {"top": 30, "bottom": 35, "left": 50, "right": 10}
