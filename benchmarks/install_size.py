@@ -83,13 +83,13 @@ def distributions(python: Path) -> list[str]:
     return sorted(f"{d['name']}=={d['version']}" for d in json.loads(out.stdout))
 
 
-def measure(case: str, work: Path, project: Path) -> dict:
+def measure(case: str, work: Path, project: Path, timeout: float = 1200) -> dict:
     """One fresh environment with dtlive ``case`` installed from ``project``: time, sizes, distributions."""
     python = fresh_venv(work / f"venv-{case}")
     site = site_packages(python)
     empty = disk_mb(site)
     cache = pip_cache_mb(python)
-    seconds, _ = pip_install(python, f".{CASES[case]}", cwd=project)
+    seconds, _ = pip_install(python, f".{CASES[case]}", cwd=project, timeout=timeout)
     dists = distributions(python)
     size = disk_mb(site)
     return {"case": case, "install_s": round(seconds, 1), "site_packages_mb": round(size, 1),
@@ -109,23 +109,28 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default=",".join(CASES), help="cases, comma-separated (core, all)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each case (the first may fill pip's cache)")
+    ap.add_argument("--timeout", type=float, default=1200, help="seconds one pip install may take (default 1200)")
     args = ap.parse_args(argv)
-    runs = []
+    runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="dtlive-install-") as tmp:
         project = project_copy(Path(tmp) / "project")
         for case in args.only.split(","):
             for i in range(args.repeat):
                 work = Path(tmp) / f"{case}-{i}"
-                r = measure(case, work, project)
+                r = measure(case, work, project, timeout=args.timeout)
                 shutil.rmtree(work, ignore_errors=True)
-                runs.append({**r, "run": i + 1})
+                runs.append({**r, "run": i + 1, "loadavg_after": os.getloadavg()[0]})
                 print(f"{case} run {i + 1}: {r['install_s']:.1f} s, site-packages {r['site_packages_mb']:.0f} MB "
                       f"({r['added_mb']:.0f} MB added), {r['distributions']} distributions", file=sys.stderr)
+                write(runs)  # after every run: a later one that fails keeps what was measured
+    return 0
+
+
+def write(runs: list[dict]) -> None:
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({"time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                    "python": sys.version.split()[0], "runs": runs}, indent=1))
     print(f"written {RESULTS}", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":
