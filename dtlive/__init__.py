@@ -7,8 +7,10 @@ client, streamz, database or widget library is loaded before a name that needs i
   :data:`REGISTRY` (the window products), :class:`EventTimeWindows`, :class:`WindowBook`, :class:`Window`,
   :class:`Checkpoint`, :func:`to_dataset`, :func:`decode_message`, :class:`Config`, :func:`load_config`;
 * streaming: :func:`window_graph`, :class:`Processor`;
-* storage: :class:`Ledger`, :class:`HistoryStore`;
-* ui and deployment: :class:`Dashboard`, :func:`ensure_stack`, :func:`stop_stack`.
+* storage: :class:`Ledger`, :class:`HistoryStore` (the ``ledger`` extra);
+* ui and deployment: :class:`Dashboard` (the ``dashboard`` extra), :func:`ensure_stack`, :func:`stop_stack`.
+
+A name whose extra is not installed raises :class:`dtlive.service.extras.MissingExtra`, naming the extra to install.
 
 >>> import dtlive
 >>> hits = dtlive.Rows.from_columns(head=[2, 2], fpga=[0, 1], channel=[3, 3], orbit=[7, 7], bx=[0, 0], tdc=[0, 0])

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install dtlive with its test extras. Idempotent.
+# Create .venv (if missing) and install dtlive with every extra (`all`: dashboard, ledger, alerts, dask, hub) and the
+# test and benchmark tools. Idempotent. `pip install dtlive` alone installs the core (see README, "Installing").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,bench]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[all,test,bench]"

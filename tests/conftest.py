@@ -56,7 +56,7 @@ def topics():
 _TIER_BY_FIXTURE = {"broker": "kafka", "own_broker": "kafka", "services": "kafka", "chromium": "browser",
                     "pg_server": "pg", "pg_db": "pg", "pg_admin": "pg"}
 _TIER_BY_FILE = {
-    "test_hub.py": ("hub", "slow"), "test_binder.py": ("hub", "slow"),
+    "test_hub.py": ("hub", "slow"), "test_binder.py": ("hub", "slow"), "test_core_install.py": ("hub", "slow"),
     "test_browser.py": ("browser", "slow"), "test_dashboard_lifecycle.py": ("browser", "slow"),
     "test_event_display_browser.py": ("browser", "slow"),
     "test_notebooks.py": ("kafka", "slow"), "test_alerts_analyses.py": ("kafka",),

@@ -62,6 +62,7 @@ from scipy.special import gammainc, gammaln, hyp1f1, ndtri_exp, xlogy
 
 from dtlive.alerts.notices import Alert, alert_to_dict
 from dtlive.core.messages import ANALYSIS_SCHEMA
+from dtlive.service.extras import extra
 from dtlive.storage.history import HistoryStore, overlaps
 
 __all__ = [
@@ -825,8 +826,9 @@ def notebook(alert: Alert, ctx: AnalysisContext) -> AnalysisResult:
     >>> r.status, r.artifacts[0].suffix  # doctest: +SKIP
     ('ok', '.ipynb')
     """
-    import nbformat
-    import papermill
+    with extra("alerts", "the notebook analysis"):
+        import nbformat
+        import papermill
 
     p = ctx.params
     trig = alert.trigger_time

@@ -27,6 +27,7 @@ from dtlive.core import detector as det
 from dtlive.core.decode import FORMATS
 from dtlive.core.messages import STATUS_SCHEMA
 from dtlive.deploy import certify_cli
+from dtlive.service.extras import MissingExtra, missing, require
 from dtlive.service.shutdown import StopOnSignal, serve
 
 DASHBOARD_PORT = 8866  # where `dtlive dashboard` serves unless told or taken
@@ -491,18 +492,36 @@ def main(argv: list[str] | None = None) -> int:
         }[args.command](args)
     except KeyboardInterrupt:
         return 130
+    except MissingExtra as exc:  # a feature whose extra is not installed: one line naming it
+        print(exc.needed_by(command_name(args)), file=sys.stderr)
+        return 1
     except Exception as exc:  # a clear message, not a traceback, for expected failures
         from dtlive.kafka.broker import BrokerError
         from dtlive.kafka.clients import NoBrokerError
-        from dtlive.storage.ledger import LedgerUnavailable, is_unreachable
 
-        if isinstance(exc, (NoBrokerError, BrokerError, FileNotFoundError, ValueError, LedgerUnavailable)):
+        if isinstance(exc, (NoBrokerError, BrokerError, FileNotFoundError, ValueError)):
             print(f"dtlive {args.command}: error: {exc}", file=sys.stderr)
             return 1
-        if is_unreachable(exc):  # the database went away during the command
-            print(f"dtlive {args.command}: error: {_ledger_unavailable(exc)}", file=sys.stderr)
-            return 1
+        if "dtlive.storage.ledger" in sys.modules:  # only a command that opened the ledger can fail on it
+            from dtlive.storage.ledger import LedgerUnavailable, is_unreachable
+
+            if isinstance(exc, LedgerUnavailable):
+                print(f"dtlive {args.command}: error: {exc}", file=sys.stderr)
+                return 1
+            if is_unreachable(exc):  # the database went away during the command
+                print(f"dtlive {args.command}: error: {_ledger_unavailable(exc)}", file=sys.stderr)
+                return 1
         raise
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """The command as typed, with its action when it has one (``dtlive alerts listen``).
+
+    >>> command_name(build_parser().parse_args(["alerts", "listen"])), command_name(build_parser().parse_args(["runs"]))
+    ('dtlive alerts listen', 'dtlive runs')
+    """
+    action = getattr(args, "alerts_command", None) or getattr(args, "reference_command", None)
+    return " ".join(filter(None, ("dtlive", args.command, action)))
 
 
 def cmd_broker(args) -> int:
@@ -531,6 +550,22 @@ def _ledger(for_run: bool = False):
 def _ledger_for_run():
     """The ledger for a service's run (see :func:`_ledger`)."""
     return _ledger(for_run=True)
+
+
+def _run_ledger(args: argparse.Namespace):
+    """What a processor records its run in: a function that opens the ledger (see :func:`_ledger`), or None.
+
+    None with ``--no-ledger``, and without the ``ledger`` extra: then one line on stderr says that the run goes
+    unrecorded and what to install; the processor runs all the same.
+    """
+    if args.no_ledger:
+        return None
+    absent = missing("ledger", "sqlalchemy", "alembic")
+    if absent:
+        print(f"{command_name(args)}: the run is not recorded: {MissingExtra('ledger', 'the ledger', absent)}; "
+              "--no-ledger leaves this note out", file=sys.stderr)
+        return None
+    return _ledger_for_run
 
 
 def _ledger_unavailable(exc: BaseException) -> str:
@@ -675,10 +710,11 @@ def cmd_process(args) -> int:
     from dtlive.streaming.processor import Processor
 
     summary = Summary()
+    ledger = _run_ledger(args)
 
     def make():
         proc = Processor(cfg, bootstrap, from_beginning=args.from_beginning, batch_size=args.batch_size,
-                         ledger=None if args.no_ledger else _ledger_for_run)  # opened in the background
+                         ledger=ledger)  # opened in the background
         proc.publisher.on_publish.append(summary.on_publish)
         return proc
 
@@ -706,10 +742,11 @@ def processed_line(messages: int, windows: int, dead_lettered: int, input_s: flo
 def _process_on_dask(args, cfg, bootstrap) -> int:
     from dtlive.streaming.dask_driver import DaskProcessor, dask_client
 
+    open_ledger = _run_ledger(args)
     with StopOnSignal() as stop, dask_client(args.dask) as client:
         proc = serve(lambda: DaskProcessor(cfg, bootstrap, client, from_beginning=args.from_beginning,
                                             batch_size=args.batch_size,
-                                            ledger=None if args.no_ledger else _ledger(for_run=True)),
+                                            ledger=open_ledger and open_ledger()),
                       stop, until_end=args.until_end)
         print(f"processed {proc.messages} messages with {len(proc.slots)} partition actors on "
               f"{len(client.nthreads())} Dask workers ({proc.lost_actors} lost and replaced), published "
@@ -740,6 +777,9 @@ def cmd_replay(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    require("ledger", "dtlive demo")  # its recorder; checked before anything starts
+    if not args.no_dashboard:
+        require("dashboard", "dtlive demo")
     from dtlive.kafka.clients import ensure_topics, resolve_bootstrap
     from dtlive.kafka.emulator import clock_orbit, emulate, emulator_producer, file_chunks, simulated_chunks
     from dtlive.streaming.processor import Processor
@@ -965,6 +1005,7 @@ def cmd_dashboard(args) -> int:
 
     from dtlive.kafka.clients import resolve_bootstrap
 
+    require("dashboard", "dtlive dashboard")
     try:
         port = dashboard_port(args.port)  # before anything starts
     except OSError as exc:
@@ -1129,6 +1170,8 @@ def cmd_provenance(args) -> int:
 def cmd_alerts(args) -> int:
     from dtlive.kafka.clients import resolve_bootstrap
 
+    if args.alerts_command == "listen":
+        require("alerts", "dtlive alerts listen")  # before looking for the broker
     cfg = _config(args)
     bootstrap, _ = resolve_bootstrap(cfg)
     if args.alerts_command == "send":

@@ -36,6 +36,7 @@ from typing import Any
 
 from dtlive.config import load_config
 from dtlive.kafka.broker import default_state_dir, find_running, state_lock
+from dtlive.service import extras
 from dtlive.service.processes import pid_alive
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ RECORD = "stack.json"
 STOP_ORDER = ("emulator", "alerts", "processor", "recorder", "broker")  # the data source first, the broker last
 SERVICE_ARGS = {"processor": ["process"], "recorder": ["record"], "alerts": ["alerts", "listen"],
                 "emulator": ["emulate"]}  # how a service's command line names it (the emulator's options vary)
+SERVICE_EXTRAS = {"recorder": "ledger", "alerts": "alerts"}  # services that need more than the core (pyproject.toml)
 
 
 @dataclass
@@ -63,6 +65,7 @@ class Stack:
     reused: list[str] = field(default_factory=list)
     restarted: list[str] = field(default_factory=list)
     logs: dict[str, str] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)  # name -> why not started (its extra is not installed)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the processes this call started (SIGTERM first: the services commit and exit)."""
@@ -312,7 +315,9 @@ def ensure_stack(rate: float = 1000.0, fmt: str = "daq64", state_dir: str | None
     """Reuse or start the broker, the processor, the recorder, the alert listener and a simulated emulator.
 
     Each recorded service is checked (alive, and still that service); what is not running is started
-    (``restarted`` names those that were recorded but found gone, each also logged as a warning). A new
+    (``restarted`` names those that were recorded but found gone, each also logged as a warning). The recorder and
+    the alert listener need the ``ledger`` and ``alerts`` extras: without them they are not started, and ``left_out``
+    says so in one line each (also logged). A new
     broker (the recorded one died) gets new services too: the old ones talked to the broker that is gone.
     No simulated DAQ is added to a running stack started elsewhere (the hub's). When nothing is recorded but fresh
     windows arrive, a stack started elsewhere (``dtlive demo``) runs: its processor is reused, nothing
@@ -372,6 +377,12 @@ def ensure_stack(rate: float = 1000.0, fmt: str = "daq64", state_dir: str | None
             if name == "emulator" and name not in recorded and "processor" in running \
                     and fresh_windows(stack.bootstrap, cfg.monitor_topic):
                 continue  # a stack of the hub's fed by a real DAQ: no simulated data on top of it
+            absent = extras.missing(SERVICE_EXTRAS[name]) if name in SERVICE_EXTRAS else []
+            if absent:  # it would only exit saying so, again at every call
+                why = extras.MissingExtra(SERVICE_EXTRAS[name], " ".join(["dtlive", *args[name]]), absent)
+                stack.left_out[name] = str(why)
+                log.warning("dtlive stack: %s not started: %s", name, stack.left_out[name])
+                continue
             if name in recorded:  # what a dead service left (a killed listener's workers) goes first
                 sweep_group(record[name], (idents.get(name) or {}).get("start"))
             stack.started[name], stack.logs[name] = _spawn(name, args[name], directory, env)

@@ -63,11 +63,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as pads
-import pyarrow.feather as feather
-import pyarrow.parquet as pq
 import xarray as xr
 
 from dtlive.core import detector as det
@@ -80,6 +75,14 @@ from dtlive.core.messages import (
     message_arrays,
 )
 from dtlive.core.products import _ATTRS, NCH, PRODUCTS, arrays_to_dataset
+from dtlive.service.extras import extra
+
+with extra("ledger", "dtlive.storage.history"):  # pyarrow: one line naming the extra when missing
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+    import pyarrow.feather as feather
+    import pyarrow.parquet as pq
 
 ENV_PATH = "DTLIVE_HISTORY"
 HOUR_MS = 3_600_000

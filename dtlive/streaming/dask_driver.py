@@ -32,6 +32,7 @@ from dtlive.core.rows import Rows
 from dtlive.core.windows import Window
 from dtlive.kafka.clients import ClusterWatch, consumer_config, partition_ends
 from dtlive.kafka.health import Heartbeat, partition_lag
+from dtlive.service.extras import extra
 from dtlive.streaming.dask_actor import Report, Share
 from dtlive.streaming.nodes import window_message
 from dtlive.streaming.processor import (
@@ -73,8 +74,9 @@ def dask_client(address: str):
     ...     len(client.nthreads())
     2
     """
-    import dask
-    from distributed import Client, LocalCluster
+    with extra("dask", "Dask scale-out (dtlive.streaming.dask_driver)"):
+        import dask
+        from distributed import Client, LocalCluster
 
     n = _parse_local(address)
     if n is None:

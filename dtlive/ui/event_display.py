@@ -34,13 +34,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-import bqplot as bq
-import ipywidgets as W
 import numpy as np
 
 from dtlive.core import detector as det
 from dtlive.core.reco.segments import HALF_CELL_MM, LAYER_SHIFT, LAYER_Z, Segments, fit_segments
 from dtlive.core.rows import Rows
+from dtlive.service.extras import extra
+
+with extra("dashboard", "dtlive.ui.event_display"):  # ipywidgets, bqplot: one line naming the extra when missing
+    import bqplot as bq
+    import ipywidgets as W
 
 DEFAULT_CAPACITY = 50
 CIRCLE_POINTS = 41  # points of a drift circle's polygon (the first repeated at the end)

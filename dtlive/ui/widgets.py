@@ -30,33 +30,37 @@ import html
 import threading
 import time
 
-import ipywidgets as W
 import numpy as np
 import xarray as xr
 
 from dtlive.core import detector as det
 from dtlive.core.messages import QUALITY_SCHEMA, utc_seconds
 from dtlive.kafka.health import parse_status
+from dtlive.service.extras import extra
 from dtlive.ui.live import VIEWS, LiveVerdicts, LiveWindows, ResultsFeed
-from dtlive.ui.panels import (
-    STATUS_COLORS,
-    AlertPanel,
-    HealthPanel,
-    health_html,
-    parse_analysis,
-    parse_quality,
-    status_html,
-    verdict_html,
-)
-from dtlive.ui.plots import (
-    CHAMBER_COLORS,
-    CHANNEL_TICKS,
-    REFERENCE_COLOR,
-    HistogramView,
-    OccupancyView,
-    TimeSeriesView,
-    legend_html,
-)
+
+with extra("dashboard", "dtlive.ui.widgets"):  # ipywidgets, bqplot: one line naming the extra when missing
+    import ipywidgets as W
+
+    from dtlive.ui.panels import (
+        STATUS_COLORS,
+        AlertPanel,
+        HealthPanel,
+        health_html,
+        parse_analysis,
+        parse_quality,
+        status_html,
+        verdict_html,
+    )
+    from dtlive.ui.plots import (
+        CHAMBER_COLORS,
+        CHANNEL_TICKS,
+        REFERENCE_COLOR,
+        HistogramView,
+        OccupancyView,
+        TimeSeriesView,
+        legend_html,
+    )
 
 __all__ = ["CHAMBER_COLORS", "STATUS_COLORS", "AlertPanel", "ChamberPanel", "Dashboard", "EventPanel", "HealthPanel",
            "HistogramView", "OccupancyView", "TimeSeriesView", "health_html", "parse_analysis", "parse_quality",

@@ -43,51 +43,54 @@ True
 
 from __future__ import annotations
 
-from dtlive.storage.ledger.api import Ledger
-from dtlive.storage.ledger.engine import (
-    CONNECT_TIMEOUT_S,
-    MIGRATIONS_DIR,
-    VERSION_TABLE,
-    alembic_config,
-    current_revision,
-    default_url,
-    downgrade,
-    head_revision,
-    make_engine,
-    normalize_url,
-    upgrade,
-)
-from dtlive.storage.ledger.models import (
-    NAMING_CONVENTION,
-    TARGETS,
-    UNKNOWN_PROCESSOR,
-    AlarmEvent,
-    Annotation,
-    AppendOnlyError,
-    Base,
-    CertificationOverride,
-    DetectorRun,
-    DQPeriod,
-    JSONType,
-    LumiBlock,
-    ProcessingRun,
-    Tag,
-    TaskState,
-    UTCDateTime,
-    WindowInput,
-    WindowRecord,
-)
-from dtlive.storage.ledger.outage import (
-    RETRY_FIRST_S,
-    RETRY_MAX_S,
-    LedgerUnavailable,
-    Outage,
-    is_unreachable,
-    retry_unreachable,
-)
-from dtlive.storage.ledger.queries import HEARTBEAT_S, STALE_HEARTBEATS, Q, run_liveness
-from dtlive.storage.ledger.resilience import Outbox, RetryingLedger, RunKeeper
-from dtlive.storage.ledger.values import TimeLike, merge_offset_ranges, source_git_commit, to_utc
+from dtlive.service.extras import extra
+
+with extra("ledger", "dtlive.storage.ledger"):  # SQLAlchemy and Alembic: one line naming the extra when missing
+    from dtlive.storage.ledger.api import Ledger
+    from dtlive.storage.ledger.engine import (
+        CONNECT_TIMEOUT_S,
+        MIGRATIONS_DIR,
+        VERSION_TABLE,
+        alembic_config,
+        current_revision,
+        default_url,
+        downgrade,
+        head_revision,
+        make_engine,
+        normalize_url,
+        upgrade,
+    )
+    from dtlive.storage.ledger.models import (
+        NAMING_CONVENTION,
+        TARGETS,
+        UNKNOWN_PROCESSOR,
+        AlarmEvent,
+        Annotation,
+        AppendOnlyError,
+        Base,
+        CertificationOverride,
+        DetectorRun,
+        DQPeriod,
+        JSONType,
+        LumiBlock,
+        ProcessingRun,
+        Tag,
+        TaskState,
+        UTCDateTime,
+        WindowInput,
+        WindowRecord,
+    )
+    from dtlive.storage.ledger.outage import (
+        RETRY_FIRST_S,
+        RETRY_MAX_S,
+        LedgerUnavailable,
+        Outage,
+        is_unreachable,
+        retry_unreachable,
+    )
+    from dtlive.storage.ledger.queries import HEARTBEAT_S, STALE_HEARTBEATS, Q, run_liveness
+    from dtlive.storage.ledger.resilience import Outbox, RetryingLedger, RunKeeper
+    from dtlive.storage.ledger.values import TimeLike, merge_offset_ranges, source_git_commit, to_utc
 
 __all__ = [
     "AppendOnlyError",
