@@ -54,6 +54,7 @@ nb_merge_streams = True
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_default_options = {"members": True}
+autodoc_inherit_docstrings = False  # a base class of another library (SQLAlchemy) keeps its docstrings to itself
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 autosummary_generate = False
@@ -71,6 +72,7 @@ html_theme_options = {
          "icon": "https://mybinder.org/badge_logo.svg", "type": "url"},
     ],
     "navigation_with_keys": False,
+    "header_links_before_dropdown": 5,
     "show_toc_level": 2,
     "secondary_sidebar_items": ["page-toc"],
     "footer_start": ["copyright"],
