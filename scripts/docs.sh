@@ -49,6 +49,20 @@ export PATH=$(dirname "$PY"):$PATH  # binder/start runs `python`
 
 cleanup() {
   "$PY" -m dtlive stop >/dev/null 2>&1 || echo "scripts/docs.sh: dtlive stop failed; see $WORK/state" >&2
+  # the broker binder/start started on its fixed port is recorded beside the stack, not in it
+  "$PY" - "$DTLIVE_STATE_DIR" <<'PY' || echo "scripts/docs.sh: the broker may be left running" >&2
+import json
+import sys
+from pathlib import Path
+
+from dtlive.deploy.stack import stop_process
+
+for path in Path(sys.argv[1]).glob("broker-*.json"):
+    try:
+        print("scripts/docs.sh: broker", stop_process(int(json.loads(path.read_text())["pid"]), 10), file=sys.stderr)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"scripts/docs.sh: {path}: {e}", file=sys.stderr)
+PY
   rm -rf "$WORK"
 }
 trap cleanup EXIT

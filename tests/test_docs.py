@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
 
 
-@pytest.mark.timeout(1200)
+@pytest.mark.timeout(1900)  # ~4 min on a quiet machine; far more when it is shared
 def test_the_site_builds_strictly_with_executed_notebooks(tmp_path):
     out = tmp_path / "html"
     marker = f"DOCS_TEST_TAG={uuid.uuid4().hex[:8]}"  # inherited by the notebooks' stack: found, never left over
@@ -34,7 +34,7 @@ def test_the_site_builds_strictly_with_executed_notebooks(tmp_path):
     started = time.monotonic()
     try:
         run = subprocess.run(["bash", "scripts/docs.sh", "--out", str(out)], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=1100)
+                             capture_output=True, text=True, timeout=1800)
         elapsed = time.monotonic() - started
         deadline = time.monotonic() + 15  # scripts/docs.sh stopped the stack on its way out
         while tagged_pids(marker) and time.monotonic() < deadline:
