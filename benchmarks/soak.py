@@ -1,6 +1,6 @@
 """Soak: the stack at a steady rate for a long time, with faults injected on a schedule.
 
-    .venv/bin/python -m benchmarks.soak --minutes 60 --rate 10000           # the README figures
+    .venv/bin/python -m benchmarks.soak --minutes 60 --rate 10000           # the figures in docs/performance.md
     .venv/bin/python -m benchmarks.soak --minutes 5 --rate 2000 --every 40  # a short try
 
 A broker of its own (embedded Tansu on a free loopback port), PostgreSQL behind a loopback proxy the benchmark

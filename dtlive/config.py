@@ -74,6 +74,7 @@ class Config:
     reconstruction: bool = True  # muon events, t0, time boxes and segments per window; off: counts only, faster
     group_id: str = "dtlive-processor"  # consumer group and transactional-id stem of the processor
     dead_letter_max_bytes: int = 64 * 1024  # dead letters are cut to this, far below librdkafka's 1 MB message limit
+    data_dir: str = ""  # folder of DAQ files for notebooks and examples (run000591_hits.csv); "" for none
     max_orbit_jump_s: float = 30.0  # hits this far ahead of their partition's stream need evidence (0: no check)
     kafka: dict[str, str] = field(default_factory=dict)  # librdkafka settings from KAFKA_* variables
 

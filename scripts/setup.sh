@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[all,test,bench]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[all,test,bench,docs]"

@@ -22,6 +22,8 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ALL = sorted(NOTEBOOKS.glob("[0-9][0-9]-*.ipynb"))
+# the notebooks that show run 591: without its file (on Binder) they show the simulator instead, and say so
+WITH_DATA = [p for p in ALL if "load_run591(" in p.read_text()]
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -236,6 +238,17 @@ def test_every_notebook_is_checked():
     assert ALL and {p.stem for p in ALL} == set(CHECKS)
 
 
+def test_every_notebook_that_shows_run_591_finds_it_through_the_setting():
+    """No notebook builds a path to the data of its own: they all go through ``load_run591`` and the
+    ``data_dir`` setting, so each runs where the file is not (Binder)."""
+    assert {p.stem for p in WITH_DATA} == {"02-static-batch", "04-data-vs-simulation", "07-reconstruction"}
+    for p in ALL:
+        text = p.read_text()
+        assert "shared/data" not in text and "DATA_DIR = Path(" not in text, p.name
+        if p not in WITH_DATA:
+            assert "591_hits" not in text, f"{p.name} reads run 591 without load_run591"
+
+
 @pytest.mark.parametrize("path", ALL, ids=[p.stem for p in ALL])
 def test_notebook_runs(path, notebook_env):
     nb = nbformat.read(path, as_version=4)
@@ -248,3 +261,48 @@ def test_notebook_runs(path, notebook_env):
     CHECKS[path.stem](outputs(nb), notebook_env)
     limit = 100 if path.stem == "06-alerts" else 60  # 06 waits for a minute of background before its trigger
     assert elapsed < limit, f"{path.name} took {elapsed:.0f} s; keep notebooks short"
+
+
+def check_static_batch_simulated(text: str) -> None:
+    total = int(re.search(r"total hits: ([\d,]+)", text).group(1).replace(",", ""))
+    assert 100_000 < total < 250_000, text  # 30 s at the telescope's ~5 kHz
+    scint = re.search(r"scintillator hits: ([\d,]+) \| drift-time entries: ([\d,]+)", text)
+    assert scint and int(scint.group(1).replace(",", "")) > 0 and int(scint.group(2).replace(",", "")) > 0, text
+
+
+def check_data_vs_simulation_simulated(text: str) -> None:
+    got = dict(re.findall(r"(simulation \(30 s, seed (?:7|591)\)): ([\d,]+) hits, per chamber", text))
+    assert len(got) == 2, text  # two different simulations, the stand-in (seed 7) and the reference (seed 591)
+    assert got["simulation (30 s, seed 7)"] != got["simulation (30 s, seed 591)"], got
+    assert "no drift times" not in text and text.count("drift-time box from") == 2, text
+
+
+def check_reconstruction_simulated(text: str) -> None:
+    got = re.search(r"simulation \(60 s, seed 7\): ([\d,]+) events, ([\d,]+) with a trigger word", text)
+    assert got and int(got.group(1).replace(",", "")) > 1000, text
+    assert re.search(r"event display: 20 events of simulation \(60 s, seed 7\)", text), text
+
+
+CHECKS_SIMULATED = {
+    "02-static-batch": check_static_batch_simulated,
+    "04-data-vs-simulation": check_data_vs_simulation_simulated,
+    "07-reconstruction": check_reconstruction_simulated,
+}
+
+
+@pytest.mark.parametrize("path", WITH_DATA, ids=[p.stem for p in WITH_DATA])
+def test_notebook_runs_without_the_data(path, tmp_path, monkeypatch):
+    """As on Binder: ``DTLIVE_DATA_DIR`` names a folder without run 591. The notebook must say so, show the
+    simulator instead and run to the end."""
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    monkeypatch.setenv("DTLIVE_DATA_DIR", str(empty))
+    monkeypatch.setenv("DTLIVE_STATE_DIR", str(tmp_path / "state"))
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors, errors
+    text = outputs(nb)
+    assert f"NOTE: run 591 was not found ({empty / 'run000591_hits.csv'}): showing simulation (" in text, text
+    assert "Set DTLIVE_DATA_DIR to the folder holding run000591_hits.csv" in text
+    CHECKS_SIMULATED[path.stem](text)

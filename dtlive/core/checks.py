@@ -19,8 +19,8 @@ kind            what it judges                                             score
                 the exposure (Poisson lower tail below ``p_value`` and
                 below ``fraction`` of the expectation)
 ``noisy``       channels above ``(1 + tolerance)`` x the mean of their     noisy channels
-                ``neighbours`` same-layer neighbours on each side (Poisson
-                upper tail below ``p_value``)
+                ``neighbours`` same-layer neighbours on each side
+                (Poisson upper tail below ``p_value``)
 ``mean_width``  mean and width (standard deviation) along the axis within  mean minus the reference's mean
                 absolute ranges and/or tolerances around the reference's
 ``timebox``     the fitted edges of a time box (t0: the rising edge; Tmax, t0 minus the reference's t0

@@ -6,27 +6,27 @@ gives every user's server the stream's address, and starts users in a copy of th
 
 Settings, read from the hub's environment (:func:`settings_from_env`):
 
-==========================  ==========================================================================
-``DTLIVE_HUB_DEMO=1``       demo mode: any name and password log in (DummyAuthenticator), users' servers run
-                            as the hub's own user in per-user homes (SimpleLocalProcessSpawner), the
-                            simulated DAQ runs. Refused unless the hub and its proxy bind to loopback.
-``DTLIVE_HUB_BIND_URL``     where the public proxy listens (default ``http://127.0.0.1:8000`` in demo mode,
-                            ``http://:8000`` otherwise)
-``DTLIVE_BOOTSTRAP``        an external Kafka: no broker service, everyone uses this one (``KAFKA_*`` settings
-                            pass through, as for every dtlive command)
-``DTLIVE_HUB_BROKER_PORT``  loopback port of the embedded broker service (default 9092)
-``DTLIVE_STATE_DIR``        the stack's shared state directory (default ``./dtlive-state``)
-``DTLIVE_DB``               the ledger, e.g. ``postgresql://dtlive@db/dtlive`` (default: SQLite in the state
-                            directory)
-``DTLIVE_HUB_NOTEBOOKS``    notebooks copied into each user's ``~/notebooks`` (default: the repository's)
-``DTLIVE_HUB_HOMES``        demo mode: where users' homes are made (default ``<state>/homes``)
-``DTLIVE_HUB_GROUP``        PAM mode: the Unix group whose members may log in (default ``dtlive``)
-``DTLIVE_HUB_ADMINS``       comma-separated admin user names
-``DTLIVE_HUB_CULL_TIMEOUT`` seconds of inactivity before the idle culler stops a server (default 3600)
-``DTLIVE_HUB_EMULATOR_RATE`` rows/s of the demo's simulated DAQ (default 1000)
-``DTLIVE_HUB_API_TOKEN``    optional: a token for operators' scripts (service ``dtlive-operator``: manage
-                            users, servers and tokens through the REST API)
-==========================  ==========================================================================
+=============================  ==========================================================================
+``DTLIVE_HUB_DEMO=1``          demo mode: any name and password log in (DummyAuthenticator), users' servers run
+                               as the hub's own user in per-user homes (SimpleLocalProcessSpawner), the
+                               simulated DAQ runs. Refused unless the hub and its proxy bind to loopback.
+``DTLIVE_HUB_BIND_URL``        where the public proxy listens (default ``http://127.0.0.1:8000`` in demo mode,
+                               ``http://:8000`` otherwise)
+``DTLIVE_BOOTSTRAP``           an external Kafka: no broker service, everyone uses this one (``KAFKA_*`` settings
+                               pass through, as for every dtlive command)
+``DTLIVE_HUB_BROKER_PORT``     loopback port of the embedded broker service (default 9092)
+``DTLIVE_STATE_DIR``           the stack's shared state directory (default ``./dtlive-state``)
+``DTLIVE_DB``                  the ledger, e.g. ``postgresql://dtlive@db/dtlive`` (default: SQLite in the state
+                               directory)
+``DTLIVE_HUB_NOTEBOOKS``       notebooks copied into each user's ``~/notebooks`` (default: the repository's)
+``DTLIVE_HUB_HOMES``           demo mode: where users' homes are made (default ``<state>/homes``)
+``DTLIVE_HUB_GROUP``           PAM mode: the Unix group whose members may log in (default ``dtlive``)
+``DTLIVE_HUB_ADMINS``          comma-separated admin user names
+``DTLIVE_HUB_CULL_TIMEOUT``    seconds of inactivity before the idle culler stops a server (default 3600)
+``DTLIVE_HUB_EMULATOR_RATE``   rows/s of the demo's simulated DAQ (default 1000)
+``DTLIVE_HUB_API_TOKEN``       optional: a token for operators' scripts (service ``dtlive-operator``: manage
+                               users, servers and tokens through the REST API)
+=============================  ==========================================================================
 
 Every other ``DTLIVE_*`` and ``KAFKA_*`` variable of the hub (topics, window length, ...) is passed on to the
 services and to every user's server, so all of them see the same stream.

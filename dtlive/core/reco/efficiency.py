@@ -41,7 +41,7 @@ def layer_efficiency(
     of the three other layers of every (event, chamber), one hit on each; the line predicts the cell it
     crosses in the tested layer. If that cell exists, it is *expected*; it is *found* if the event has a hit
     in the tested layer (drift time inside the window) in that cell or up to ``neighbours`` cells from it.
-    Both counts go to the predicted cell. Only segments within ``max_slope`` (|dx/dz|, default 1: 45 degrees)
+    Both counts go to the predicted cell. Only segments within ``max_slope`` (``|dx/dz|``, default 1: 45 degrees)
     predict: steeper ones may have taken the mirror image of their track (see ``ambiguity_chi2``). A track
     that leaves the chamber through its side (along the wires, which one view cannot see) between the
     tested layer and the others counts as an inefficiency of the outer layers. Events are independent, so
