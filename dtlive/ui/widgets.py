@@ -62,7 +62,11 @@ class _BarsView:
     toggle draws new bars (log bars stand on 0.5, with empty bins drawn at 0.5).
     """
 
-    def _init_bars(self, x: np.ndarray, values: np.ndarray, color: str, x_label: str, log: bool) -> list:
+    data: xr.DataArray  # set by the view
+    _bars_figure: bq.Figure
+
+    def _init_bars(self, x: np.ndarray, values: np.ndarray, color: str, x_label: str, log: bool
+                   ) -> tuple[list, list]:
         self._log, self._color = log, color
         self.x_scale = bq.LinearScale()
         self.x_axis = bq.Axis(scale=self.x_scale, label=x_label, num_ticks=5)
@@ -636,7 +640,7 @@ class Dashboard(W.VBox):
         self.view_mode.observe(lambda _: self.refresh(), "value")
         self.rolling_n.observe(self._on_rolling, "value")
         self.reset_button.on_click(lambda _: self.reset())
-        self.log_box.observe(lambda ch: [p.set_log(ch["new"]) for p in self.panels], "value")
+        self.log_box.observe(self._on_log, "value")
         for c, box in enumerate(self.chamber_boxes):
             box.observe(lambda ch, c=c: self._show_chamber(c, ch["new"]), "value")
 
@@ -746,6 +750,10 @@ class Dashboard(W.VBox):
             self.refresh()
         else:
             self._refresh_status()
+
+    def _on_log(self, change) -> None:
+        for p in self.panels:
+            p.set_log(change["new"])
 
     def _on_rolling(self, change) -> None:
         with self._lock:
