@@ -139,7 +139,7 @@ class AnalysisContext:
     ledger: Any = None
     artifacts_dir: Path = field(default_factory=default_artifacts_dir)
     params: dict[str, Any] = field(default_factory=dict)
-    now: float | None = None
+    now: float = field(default_factory=time.time)  # None given: the wall clock too
     run: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -884,8 +884,8 @@ def notebook(alert: Alert, ctx: AnalysisContext) -> AnalysisResult:
             summary["notebook_summary_error"] = str(e)
         artifacts.append(summary_path)
     if data_path.exists():
-        with xr.open_dataset(data_path, engine="h5netcdf") as f:
-            data = f.load()
+        with xr.open_dataset(data_path, engine="h5netcdf") as stored:
+            data = stored.load()
         artifacts.append(data_path)
     return AnalysisResult(summary=summary, data=data, artifacts=artifacts, provenance=provenance)
 

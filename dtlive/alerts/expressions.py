@@ -26,7 +26,7 @@ import numbers
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from dtlive.alerts.notices import Alert
 
@@ -66,7 +66,7 @@ def alert_fields(alert: Alert) -> dict[str, Any]:
     return out
 
 
-def _is_num(v: Any) -> bool:
+def _is_num(v: Any) -> TypeGuard[int | float]:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 

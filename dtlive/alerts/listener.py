@@ -312,10 +312,10 @@ class AlertListener:
                 for m in c.consume(500, 0.5):
                     if m.error():
                         continue
-                    if m.key():
-                        keys.add(m.key().decode(errors="replace"))
-                    if m.offset() + 1 >= todo.get(m.partition(), 0):
-                        todo.pop(m.partition(), None)
+                    if key := m.key():
+                        keys.add(key.decode(errors="replace"))
+                    if (m.offset() or 0) + 1 >= todo.get(m.partition() or 0, 0):  # both set on messages consumed
+                        todo.pop(m.partition() or 0, None)
             return keys
         finally:
             c.close()
@@ -355,7 +355,7 @@ class AlertListener:
         for o in outcomes:
             if o.job_id not in self.jobs:
                 continue
-            detail = {"seconds": round(o.seconds, 3)}
+            detail: dict[str, float | str] = {"seconds": round(o.seconds, 3)}
             if o.error:
                 detail["error"] = o.error[-2000:]
             self._finish(o.job_id, o.state, detail)
@@ -390,7 +390,8 @@ class AlertListener:
 
         A topic the broker does not have (it restarted empty) is created again between attempts.
         """
-        error, reports = "not tried", []
+        error = "not tried"
+        reports: list[object] = []  # the delivery report's error (None: delivered)
         for _ in range(attempts):
             reports.clear()
             self.producer.produce(topic, value, key=key, headers=headers,
@@ -454,7 +455,8 @@ class AlertListener:
         """Heartbeat fields (:mod:`dtlive.kafka.health`): state, lag of the assigned notice partitions, totals,
         errors."""
         self.producer.poll(0)  # serves its delivery reports and librdkafka log lines
-        high, positions = {}, {}
+        high: dict[str, int] = {}
+        positions: dict[str, int] = {}
         try:
             for tp in self.consumer.position(self.consumer.assignment()):
                 if tp.offset < 0:  # nothing read there yet

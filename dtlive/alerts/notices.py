@@ -40,6 +40,7 @@ import json
 import math
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -496,7 +497,7 @@ def _parse_gcn_json(doc: dict, raw: bytes | str, topic: str) -> Alert:
         if trigger_time is None:
             raise NoticeError("missing_field", "GCN notice has neither an id/event_name nor a trigger_time")
         ident = _iso(trigger_time) or repr(trigger_time)
-    record_number = _record_number(doc["record_number"]) if "record_number" in doc else 0
+    record_number = _record_number(doc.get("record_number", 0)) or 0  # an integer >= 0: _check_gcn_types
 
     tense = "observation"
     if isinstance(doc.get("alert_tense"), str) and doc["alert_tense"].strip():
@@ -544,11 +545,11 @@ def _gcn_extra(doc: dict, schema: list[str]) -> dict[str, Any]:
         rng = doc.get(key)
         if isinstance(rng, list) and len(rng) == 2 and all(_num(v) is not None for v in rng):
             _put(extra, "energy_range_kev", [_num(v) for v in rng])
-    details = doc.get("event_details") if isinstance(doc.get("event_details"), list) else []
+    details = given if isinstance(given := doc.get("event_details"), list) else []
     energies = [_num(e.get(k)) for e in details if isinstance(e, dict)
                 for k in ("energy_measured", "proxy_energy", "energy")]
-    energies = [e for e in energies if e is not None]
-    _put(extra, "energy_gev", max(energies) if energies else None)
+    measured = [e for e in energies if e is not None]
+    _put(extra, "energy_gev", max(measured) if measured else None)
     for key in ("n_events", "number_of_events", "n_events_coincident"):
         _put(extra, "n_events", _int(doc.get(key)))
     _put(extra, "distance_mpc", _num(doc.get("luminosity_distance")))
@@ -669,11 +670,11 @@ def _parse_voevent(root: ET.Element, raw: bytes | str, topic: str) -> Alert:
     groups: dict[str, dict[str, str]] = {}  # lower-cased Group name or type -> its Params (names as given)
     if what is not None:
         for p in what.findall("Param"):
-            if p.get("name") and _param_value(p) is not None:
-                params.setdefault(p.get("name").strip().lower(), _param_value(p))
+            if (name := p.get("name")) and (value := _param_value(p)) is not None:
+                params.setdefault(name.strip().lower(), value)
         for g in what.iter("Group"):
-            inner = {p.get("name").strip(): _param_value(p) for p in g.findall("Param")
-                     if p.get("name") and _param_value(p) is not None}
+            inner = {name.strip(): value for p in g.findall("Param")
+                     if (name := p.get("name")) and (value := _param_value(p)) is not None}
             for key in (g.get("name"), g.get("type")):
                 if key:
                     groups.setdefault(key.strip().lower(), inner)
@@ -704,7 +705,7 @@ def _parse_voevent(root: ET.Element, raw: bytes | str, topic: str) -> Alert:
     if not mission:
         short = root.find("Who/Author/shortName")
         if short is not None and (short.text or "").strip():
-            mission = short.text.split("(")[0].strip()
+            mission = (short.text or "").split("(")[0].strip()
     voe_topic = _topic_parts(topic, "gcn.classic.voevent.")
     if not mission and voe_topic:
         mission = voe_topic[0].split("_")[0]
@@ -726,9 +727,10 @@ def _parse_voevent(root: ET.Element, raw: bytes | str, topic: str) -> Alert:
     record_number = 0
     for key in ("rev", "sequence_num", "pkt_ser_num"):
         if key in params:
-            record_number = _record_number(params[key])
-            if record_number is None:
+            number = _record_number(params[key])
+            if number is None:
                 raise NoticeError("bad_field", f"VOEvent Param {key} {_shown(params[key])} is not an integer >= 0")
+            record_number = number
             break
 
     # what kind of notice
@@ -774,8 +776,8 @@ def _parse_voevent(root: ET.Element, raw: bytes | str, topic: str) -> Alert:
 
 
 def _param_units(root: ET.Element) -> dict[str, str]:
-    return {p.get("name").strip().lower(): (p.get("unit") or "").strip().lower()
-            for p in root.iter("Param") if p.get("name")}
+    return {name.strip().lower(): (p.get("unit") or "").strip().lower()
+            for p in root.iter("Param") if (name := p.get("name"))}
 
 
 def _voevent_extra(root: ET.Element, params: dict[str, str], groups: dict[str, dict[str, str]], ivorn: str,
@@ -872,8 +874,10 @@ def alert_from_dict(d: dict[str, Any]) -> Alert:
     if not isinstance(raw_text, str):
         raise NoticeError("bad_field", "raw must be a string")
     try:
-        raw: bytes | str = {"text": lambda: raw_text, "utf-8": raw_text.encode,
-                            "base64": lambda: base64.b64decode(raw_text, validate=True)}[encoding]()
+        decoders: dict[str, Callable[[], bytes | str]] = {
+            "text": lambda: raw_text, "utf-8": raw_text.encode,
+            "base64": lambda: base64.b64decode(raw_text, validate=True)}
+        raw: bytes | str = decoders[encoding]()
     except (KeyError, ValueError) as e:
         raise NoticeError("bad_field", f"raw_encoding {encoding!r} / raw do not decode ({e})") from None
 

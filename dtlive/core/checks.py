@@ -232,7 +232,7 @@ def range_test(obs: np.ndarray, ref: np.ndarray | None, ctx: Context, params: di
     status = _level(outside(params.get("warning")) and sigma_ok, outside(params.get("error")) and sigma_ok)
     shown = f"{value:.3g}{unit}" if quantity != "ratio" else f"{value:.2f}{unit}"
     bounds = params.get("error" if status == ERROR else "warning")
-    reason = f"{quantity} {shown}" + (f" outside {list(bounds)}" if status != OK else " within bounds")
+    reason = f"{quantity} {shown}" + (f" outside {list(bounds or ())}" if status != OK else " within bounds")
     return Outcome(status, value, reason, details)
 
 

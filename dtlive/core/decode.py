@@ -124,10 +124,10 @@ def _decode_csv(payloads: Sequence[bytes], parts: np.ndarray, offs: np.ndarray) 
     too_big = sizes > MAX_PAYLOAD_BYTES
     if too_big.any():
         rejects += [
-            Reject("oversized", bytes(payloads[i]), int(parts[i]), int(offs[i])) for i in np.flatnonzero(too_big)
+            Reject("oversized", bytes(payloads[int(i)]), int(parts[i]), int(offs[i])) for i in np.flatnonzero(too_big)
         ]
         keep = np.flatnonzero(~too_big)
-        payloads, parts, offs = [payloads[i] for i in keep], parts[keep], offs[keep]
+        payloads, parts, offs = [payloads[int(i)] for i in keep], parts[keep], offs[keep]
 
     t = _Lines.of(payloads)
     lengths = t.lengths
@@ -135,7 +135,7 @@ def _decode_csv(payloads: Sequence[bytes], parts: np.ndarray, offs: np.ndarray) 
     # A message made only of empty lines is an empty payload; blank lines inside a batch are skipped.
     msg_has_content = np.bincount(t.msg[~empty], minlength=len(payloads)) > 0
     for i in np.flatnonzero(~msg_has_content):
-        rejects.append(Reject("empty", bytes(payloads[i]), int(parts[i]), int(offs[i])))
+        rejects.append(Reject("empty", bytes(payloads[int(i)]), int(parts[i]), int(offs[i])))
     is_header = t.starts_with(b"HEAD")
     bad_size = lengths > MAX_CSV_ROW_BYTES
     commas, strays = t.count(_IS_COMMA, _NOT_NUMBER_BYTE)
@@ -156,9 +156,9 @@ def _decode_csv(payloads: Sequence[bytes], parts: np.ndarray, offs: np.ndarray) 
         good, values = good[~bad_numeric], values[~bad_numeric]
     msg = t.msg[good]
     head = values[:, 0]
-    ok, reason = _validate(head, values[:, 1:])
+    ok, reasons = _validate(head, values[:, 1:])
     for i in np.flatnonzero(~ok):
-        rejects.append(Reject(str(reason[i]), t.line(good[i]), int(parts[msg[i]]), int(offs[msg[i]])))
+        rejects.append(Reject(str(reasons[i]), t.line(good[i]), int(parts[msg[i]]), int(offs[msg[i]])))
     values, msg = values[ok], msg[ok]
     cols = {}
     for j, name in enumerate(COLUMNS):
@@ -213,7 +213,7 @@ class _Lines:
         One pass for all classes: each class counts in its own 16 bits of one int64 sum, so the counts are
         exact for lines shorter than 65,536 bytes (far past ``MAX_CSV_ROW_BYTES``; longer lines are rejected).
         """
-        weights = sum(c.astype(np.int64) << (16 * k) for k, c in enumerate(byte_classes))
+        weights = sum((c.astype(np.int64) << (16 * k) for k, c in enumerate(byte_classes)), np.zeros(256, np.int64))
         # each line's bytes run from its start to the next line's, its newline included (the last one's is a pad)
         sums = np.add.reduceat(weights[np.frombuffer(self.blob + b"\n", np.uint8)], self.starts)
         sums -= weights[ord("\n")]
@@ -226,7 +226,7 @@ class _Lines:
             out &= buf[self.starts + k] == byte
         return out
 
-    def line(self, i: int) -> bytes:
+    def line(self, i: int | np.integer) -> bytes:
         return self.blob[self.starts[i] : self.starts[i] + self.lengths[i]]
 
     def joined(self, rows: np.ndarray) -> bytes:
@@ -355,8 +355,9 @@ def _decode_daq64(payloads: Sequence[bytes], parts: np.ndarray, offs: np.ndarray
     cols = unpack_words(words)
     ok, reason = _validate_words(cols)
     if not ok.all():
-        for i in np.flatnonzero(~ok):
-            rejects.append(Reject(str(reason[i]), words[i : i + 1].tobytes(), int(row_parts[i]), int(row_offs[i])))
+        for row in np.flatnonzero(~ok):
+            rejects.append(Reject(str(reason[row]), words[row : row + 1].tobytes(), int(row_parts[row]),
+                                  int(row_offs[row])))
         cols = {k: v[ok] for k, v in cols.items()}
         row_parts, row_offs = row_parts[ok], row_offs[ok]
     return Decoded(Rows(**cols, partition=row_parts, offset=row_offs), rejects)

@@ -319,8 +319,8 @@ def judge(windows: xr.Dataset | list[xr.Dataset], reference: xr.Dataset | None,
     ('dtlive.quality/2', 1, 'not_enough_statistics')
     """
     cfg = config if isinstance(config, ChecksConfig) else load_tests_config(config)
-    is_sum = isinstance(windows, xr.Dataset) and windows.attrs.get("kind") == ACCUMULATION_KIND
-    acc = windows if is_sum else accumulate(windows)
+    acc = (windows if isinstance(windows, xr.Dataset) and windows.attrs.get("kind") == ACCUMULATION_KIND
+           else accumulate(windows))
     results = run_tests(acc, reference, cfg, masks)
     all_masks = {c: sorted(v) for c, v in _masks(cfg.masks, masks).items()}
     statuses = chamber_status(results, cfg.status, all_masks,

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import orjson
@@ -68,6 +68,14 @@ def empty_variables(drift_edges: tuple[float, ...]) -> dict[str, np.ndarray]:
     """
     arrays = REGISTRY.compute(Rows.empty(), Settings(np.array(drift_edges)))
     return {k: arrays[k] for k in VARIABLES}
+
+
+@overload
+def iso_utc(seconds: float) -> str: ...
+
+
+@overload
+def iso_utc(seconds: None) -> None: ...
 
 
 def iso_utc(seconds: float | None) -> str | None:
@@ -162,7 +170,7 @@ def message_from_arrays(arrays: dict, drift_edges: np.ndarray, attrs: dict) -> d
             out[f"chamber_{c}"] = entry
         return out
 
-    counts = {k: int(arrays.get(k, 0)) for k in COUNTS}
+    counts: dict[str, Any] = {k: int(arrays.get(k, 0)) for k in COUNTS}
     counts["rejected"] = dict(json.loads(a.get("rejected_by_reason", "{}")))
     return {
         "schema": MONITOR_SCHEMA,
@@ -216,7 +224,7 @@ def message_arrays(msg: dict) -> dict[str, np.ndarray]:
     (2, [1, 0, 1, 0], (4, 64), 0)
     """
     h = msg["histograms"]
-    arrays = {
+    arrays: dict[str, Any] = {  # arrays, and numpy scalars for the counts
         name: np.array([h[name][f"chamber_{c}"]["bin_counts"] for c in range(det.N_CHAMBERS)], np.int64)
         for name in _PER_CHAMBER
     }
@@ -270,12 +278,12 @@ def to_dataset(messages: Iterable[bytes | str | dict], stack: bool | None = None
         return ds
     stacked = {k: np.stack([p[k] for p in per]) for k in names}
     base = arrays_to_dataset({k: stacked[k][0] for k in PRODUCTS}, edges)
-    data_vars = {
+    data_vars: dict[str, tuple] = {
         k: (("time", *base[k].dims), stacked[k], _ATTRS.get(k, {})) for k in PRODUCTS
     }
     data_vars.update({k: ("time", stacked[k], {"units": "1"}) for k in (*COUNTS, "rejected")})
     ws = [m["window"] for m in msgs]
-    coords = dict(base.coords)
+    coords: dict[Hashable, Any] = dict(base.coords)
     coords.update(
         time=("time", _times([w.get("start") for w in ws]), {"long_name": "window start (UTC)"}),
         window_end=("time", _times([w.get("end") for w in ws])),

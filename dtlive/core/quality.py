@@ -54,6 +54,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -223,7 +224,7 @@ class QualityMonitor:
         self._noisy = _Tracker("noisy_channel", self.kinds["noisy_channel"], noisy_min_windows, noisy_clear_windows,
                                _noisy_detail)
         self._rate = _Tracker("rate_jump", self.kinds["rate_jump"], 1, 1, _rate_detail)
-        self._chamber_rates = [deque(maxlen=int(silent_history)) for _ in range(det.N_CHAMBERS)]
+        self._chamber_rates: list[deque[float]] = [deque(maxlen=int(silent_history)) for _ in range(det.N_CHAMBERS)]
         self._rates: deque[float] = deque(maxlen=int(rate_history))
         self._last_start: float | None = None  # newest window processed (any)
         self._prev_hit: _Window | None = None  # newest window with hits
@@ -321,11 +322,11 @@ class QualityMonitor:
                 silent[c] = refs[c] * w.seconds >= self.silent_min_expected and (
                     w.chambers[c] == 0 or (len(hist) >= 3 and rates[c] < self.silent_fraction * refs[c]))
         healthy = (w.chambers > 0) & ~silent
-        active = {}
-        for c in np.flatnonzero(silent):
+        active: dict[Hashable, dict] = {}
+        for c in np.flatnonzero(silent).tolist():
             if healthy[np.arange(det.N_CHAMBERS) != c].any():
                 active[int(c)] = {"hits": float(w.chambers[c]), "seconds": w.seconds, "reference_rate_hz": refs[c]}
-        for c in np.flatnonzero(~silent):
+        for c in np.flatnonzero(~silent).tolist():
             self._chamber_rates[c].append(rates[c])
         out += self._silent.step(w, active)
         # (c) noisy channels
@@ -425,7 +426,7 @@ def _silent_detail(key: Hashable, run: _Run) -> dict:
 
 
 def _noisy_detail(key: Hashable, run: _Run) -> dict:
-    chamber, channel = key  # type: ignore[misc]
+    chamber, channel = cast(tuple[int, int], key)
     seconds = run.sums.get("seconds", 1.0)
     return {"chamber": chamber, "channel": channel, "tdc_channel": (chamber % 2) * NCH + channel,
             "rate_hz": round(run.sums.get("hits", 0.0) / seconds, 3),

@@ -54,9 +54,9 @@ class ResultGaps:
                 missing.update(range(max(top + 1, seq - KEEP), seq))
                 self.lost += seq - 1 - top
             elif seq <= top:
-                missing = self.missing.get(run)
-                if missing and seq in missing:
-                    missing.discard(seq)
+                pending = self.missing.get(run)
+                if pending and seq in pending:
+                    pending.discard(seq)
                     self.lost -= 1
             self.highest[run] = max(top, seq)
         return found

@@ -69,8 +69,8 @@ class Rows:
             return parts[0]
         return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)})
 
-    def select(self, mask_or_index: np.ndarray) -> Rows:
-        """Rows where a boolean mask is true (or at integer indices)."""
+    def select(self, mask_or_index: np.ndarray | slice) -> Rows:
+        """Rows where a boolean mask is true (or at integer indices, or in a slice)."""
         return Rows(**{f.name: getattr(self, f.name)[mask_or_index] for f in fields(self)})
 
     def to_pandas(self):

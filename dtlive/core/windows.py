@@ -233,10 +233,10 @@ class EventTimeWindows:
                 sorted_ids = ids if in_order else ids[order]
                 bounds = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1], True])
                 for a, b in zip(bounds[:-1], bounds[1:]):
-                    part = hits.select(slice(a, b)) if in_order else hits.select(order[a:b])
+                    part = hits.select(slice(a, b)) if order is None else hits.select(order[a:b])
                     self._put(int(sorted_ids[a]), part)
-            for part, peak in by_partition(hits.partition, hits.orbit, np.maximum).items():
-                self.book.saw(part, peak)
+            for partition, peak in by_partition(hits.partition, hits.orbit, np.maximum).items():
+                self.book.saw(partition, peak)
         return ([] if self.waiting else self._close_until(self.watermark)), late_rows
 
     def flush(self) -> list[Window]:

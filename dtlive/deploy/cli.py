@@ -20,6 +20,7 @@ import sys
 import textwrap
 import threading
 import time
+from typing import Any
 
 from dtlive import __version__
 from dtlive.config import Config
@@ -397,7 +398,7 @@ def _global_args(p: argparse.ArgumentParser, top: bool) -> None:
 
     Below the top level they default to ``SUPPRESS``: given there they win, left out they keep the top level's value.
     """
-    keep = {} if top else {"default": argparse.SUPPRESS}
+    keep: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
     p.add_argument("--bootstrap", **({"default": None} | keep),
                    help="Kafka bootstrap HOST:PORT (default: DTLIVE_BOOTSTRAP, else the embedded broker)")
     p.add_argument("--config", **({"default": None} | keep), help="TOML settings file (default: DTLIVE_CONFIG)")
@@ -577,7 +578,7 @@ def _ledger_unavailable(exc: BaseException) -> str:
 
 def cmd_emulate(args) -> int:
     from dtlive.kafka.clients import ensure_topics, resolve_bootstrap, topic_partitions
-    from dtlive.kafka.emulator import clock_orbit, emulate, emulator_producer, file_chunks, simulated_chunks
+    from dtlive.kafka.emulator import FileChunks, clock_orbit, emulate, emulator_producer, file_chunks, simulated_chunks
 
     if not args.files and not args.simulate:
         print("dtlive emulate: give CSV files to replay, or --simulate", file=sys.stderr)
@@ -610,7 +611,7 @@ def cmd_emulate(args) -> int:
         partitions=args.partitions,
         key=args.key,
         heartbeat=heartbeat,
-        total=None if args.simulate or args.loop else chunks.rows,
+        total=None if args.loop or not isinstance(chunks, FileChunks) else chunks.rows,
     )
     heartbeat.close()
     print(

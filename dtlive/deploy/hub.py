@@ -389,8 +389,8 @@ def wait_for_kafka(bootstrap: str, timeout: float = 120.0) -> bool:
     """
     hosts = []
     for part in bootstrap.split(","):
-        host, _, port = part.strip().rpartition(":")
-        hosts.append((host.strip("[]") or "127.0.0.1", int(port)))
+        host, _, port_text = part.strip().rpartition(":")
+        hosts.append((host.strip("[]") or "127.0.0.1", int(port_text)))
     deadline = time.monotonic() + timeout
     while True:
         for host, port in hosts:

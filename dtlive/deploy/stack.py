@@ -282,7 +282,7 @@ def _write_record(directory: Path, record: dict[str, Any]) -> None:
 
 
 def _running(record: dict[str, Any]) -> dict[str, int]:
-    identity = record.get("identity") if isinstance(record.get("identity"), dict) else {}
+    identity = given if isinstance(given := record.get("identity"), dict) else {}
     return {name: pid for name, pid in _pids(record).items() if is_service(name, pid, identity.get(name))}
 
 
@@ -332,7 +332,7 @@ def ensure_stack(rate: float = 1000.0, fmt: str = "daq64", state_dir: str | None
     env = {**os.environ, "DTLIVE_STATE_DIR": str(directory)}
     with state_lock(directory):
         record = read_record(directory)
-        idents = record.get("identity") if isinstance(record.get("identity"), dict) else {}
+        idents = given if isinstance(given := record.get("identity"), dict) else {}
         stack = Stack(bootstrap=cfg.bootstrap or find_running(directory) or "")
         running = _running(record)
         why: dict[str, str] = {}  # name -> why a recorded service is started again
@@ -343,6 +343,7 @@ def ensure_stack(rate: float = 1000.0, fmt: str = "daq64", state_dir: str | None
                 stop_process(running.pop("broker"), timeout=5, since=(idents.get("broker") or {}).get("start"))
                 why["broker"] = "did not answer"
             broker = EmbeddedBroker(state_dir=directory, stop_at_exit=False).start()
+            assert broker.pid is not None, "started"
             stack.bootstrap = broker.bootstrap
             stack.started["broker"] = broker.pid
             stack.logs["broker"] = str(broker.log_path)
@@ -418,7 +419,7 @@ def stop_stack(state_dir: str | os.PathLike[str] | None = None, timeout: float =
     done: list[Stopped] = []
     with state_lock(directory):
         record = read_record(directory)
-        identity = record.get("identity") if isinstance(record.get("identity"), dict) else {}
+        identity = given if isinstance(given := record.get("identity"), dict) else {}
         pids = _pids(record)
         for name in sorted(pids, key=lambda n: (STOP_ORDER.index(n) if n in STOP_ORDER else 0, n)):
             pid, ident = pids[name], identity.get(name)

@@ -646,7 +646,8 @@ def create_topics(
     deadline = time.monotonic() + timeout
     from dtlive.kafka.clients import LIBRDKAFKA_LOG
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG, **dict(config or {})})
+    settings: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG, **dict(config or {})}
+    admin = AdminClient(settings)
 
     def remaining() -> float:
         left = deadline - time.monotonic()

@@ -72,7 +72,7 @@ class RateLimit(logging.Filter):
             if len(self._seen) >= self.keep:
                 self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.every_s}
             self._seen[key] = [now, 0]
-        if held:
+        if held and seen is not None:
             record.msg = f"{record.getMessage()} ({held} more like it in the last {now - seen[0]:.0f} s)"
             record.args = ()
         return True

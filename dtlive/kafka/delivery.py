@@ -86,7 +86,7 @@ class RetryingProducer:
         self._ensure = ensure
         self.give_up_s = give_up_s
         self.failed: list = []  # (message, its headers) whose delivery failed, in the order they were reported
-        self.fatal = None  # why the producer cannot go on
+        self.fatal: object = None  # why the producer cannot go on: its KafkaError or a message
         self.recoveries = 0
         self.resent = 0
         self.producer = self._new()

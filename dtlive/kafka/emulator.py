@@ -228,8 +228,8 @@ def split_by_key(chunk: Chunk, key: str, partitions: int) -> list[tuple[int, byt
     out = []
     for value in np.unique(values):
         idx = np.flatnonzero(values == value)
-        aligned = chunk.raw_lines is not None and len(chunk.raw_lines) == len(rows)  # else: re-encoded from rows
-        lines = [chunk.raw_lines[i] for i in idx] if aligned else None
+        raw = chunk.raw_lines if chunk.raw_lines is not None and len(chunk.raw_lines) == len(rows) else None
+        lines = [raw[i] for i in idx] if raw is not None else None  # None: re-encoded from rows
         out.append((int(value) % partitions, str(int(value)).encode(), Chunk(rows.select(idx), lines)))
     return out
 
@@ -251,12 +251,12 @@ def _encode_chunk(chunk: Chunk, fmt: str, rows_per_message: int) -> tuple[list[b
     if fmt == "csv-batch":
         lines = chunk.raw_lines if chunk.raw_lines is not None else encode_csv(chunk.rows)
         payloads = [b"\n".join(lines[i : i + rows_per_message]) for i in range(0, len(lines), rows_per_message)]
+        n = len(lines)
     elif fmt == "daq64":
         payloads = encode_daq64(chunk.rows, rows_per_message)
-        lines = chunk.rows.head
+        n = len(chunk.rows.head)
     else:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    n = len(lines)
     sizes = np.full(len(payloads), rows_per_message, np.int64)
     if len(payloads):
         sizes[-1] = n - rows_per_message * (len(payloads) - 1)
@@ -289,7 +289,7 @@ def _chunk_messages(chunk: Chunk, fmt: str, rows_per_message: int, with_epoch: l
         firsts.append(sub.rows.orbit[np.minimum(starts, len(sub.rows) - 1)])
         where = {"partition": part, "key": k}
         out += [(p, int(n), with_epoch if i == 0 else headers, where) for i, (p, n) in enumerate(zip(payloads, sizes))]
-    order = np.argsort(np.concatenate(firsts), kind="stable") if firsts else []
+    order = np.argsort(np.concatenate(firsts), kind="stable") if firsts else np.zeros(0, np.int64)
     return [out[i] for i in order]
 
 

@@ -40,10 +40,14 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
 
 from dtlive import __version__
 from dtlive.core import detector as det
 from dtlive.core.messages import SCHEMA_HEADER, STATUS_SCHEMA
+
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer, Producer
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +59,13 @@ STALE_INTERVALS = 3.0  # no heartbeat for more than this many intervals: stale
 IRREGULAR_FACTOR = 2.0  # a gap between heartbeats longer than this many intervals: irregular
 
 
+_Partition = TypeVar("_Partition", int, str)  # a partition number, or "topic/partition" across topics
+
+
 def partition_lag(
-    high: Mapping[int, int],
-    positions: Mapping[int, int],
-    newest_orbit: Mapping[int, int] | None = None,
+    high: Mapping[_Partition, int],
+    positions: Mapping[_Partition, int],
+    newest_orbit: Mapping[_Partition, int] | None = None,
     orbit_epoch: float | None = None,
     now: float | None = None,
     topic: str | None = None,
@@ -358,7 +365,7 @@ class Heartbeat:
         self._watched = [logging.getLogger(name) for name in watch]
         for logger in self._watched:
             logger.addHandler(self._errors)
-        self.producer = None
+        self.producer: Producer | None = None  # made when heartbeats are enabled
         if self.enabled:
             self.producer = producer if producer is not None else self._producer()
             if create_topic:
@@ -442,6 +449,7 @@ class Heartbeat:
         if not self.enabled or self._closed:
             return None
         msg = self.message(**fields)
+        assert self.producer is not None, "enabled heartbeats have a producer"
         try:
             self.producer.produce(self.topic, json.dumps(msg, default=str).encode(), key=msg["instance"].encode(),
                                   headers=[(SCHEMA_HEADER, STATUS_SCHEMA.encode())], on_delivery=self._delivered)
@@ -481,6 +489,7 @@ class Heartbeat:
         given = fields() if callable(fields) else dict(fields or {})
         self.beat(**{**given, **kw, "state": state})
         self._closed = True
+        assert self.producer is not None, "enabled heartbeats have a producer"
         self.producer.flush(timeout)
 
 
@@ -534,7 +543,7 @@ class StatusReader:
 
     def __init__(self, cfg, bootstrap: str, since_s: float = 30.0, per_second: int = 50):
         self.cfg, self.bootstrap, self.since_s, self.per_second = cfg, bootstrap, since_s, per_second
-        self.consumer = None
+        self.consumer: Consumer | None = None
         self.skipped = 0
 
     def _open(self) -> bool:
@@ -560,6 +569,7 @@ class StatusReader:
         first = self.consumer is None or not hasattr(self, "next")
         if first and not self._open():
             return []
+        assert self.consumer is not None, "opened above"
         out: list[dict] = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -567,9 +577,9 @@ class StatusReader:
             for m in msgs:
                 if m.error():
                     continue
-                self.next[m.partition()] = m.offset() + 1
+                self.next[m.partition() or 0] = (m.offset() or 0) + 1  # set on every message consumed
                 try:
-                    out.append(parse_status(m.value()))
+                    out.append(parse_status(m.value() or b""))
                 except ValueError:
                     self.skipped += 1
             if not msgs and (not first or all(self.next[p] >= e for p, e in self.ends.items())):

@@ -66,7 +66,7 @@ def read_messages(
                 if m.error():
                     continue
                 with contextlib.suppress(ValueError):
-                    out.append(decode_message(m.value()))
+                    out.append(decode_message(m.value() or b""))
             for tp in c.position([TopicPartition(topic, p) for p in ends]):
                 if tp.offset >= ends[tp.partition]:
                     ends.pop(tp.partition, None)

@@ -28,6 +28,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,20 @@ class StopOnSignal:
         self._exit(EXIT_NOT_STOPPED)
 
 
-def serve(make: Callable[[], object], stopper: StopOnSignal | None = None, **kwargs):
+class _Service(Protocol):
+    """What :func:`serve` runs: a service that can be stopped from a signal handler, run, and closed."""
+
+    def stop(self) -> None: ...
+
+    def run(self, *args: Any, **kwargs: Any) -> object: ...
+
+    def close(self) -> object: ...
+
+
+_ServiceT = TypeVar("_ServiceT", bound=_Service)
+
+
+def serve(make: Callable[[], _ServiceT], stopper: StopOnSignal | None = None, **kwargs) -> _ServiceT:
     """Make a service (processor, recorder, listener), run it until done or SIGINT/SIGTERM, then close it.
 
     Signals are handled from before the service is made (its set-up may wait on a broker), and a service that

@@ -158,7 +158,8 @@ def export(store: HistoryStore, start: TimeLike, end: TimeLike, fmt: str, output
         raise ExportError("the zarr format needs the zarr package: pip install 'zarr>=2.18'")
     output = Path(output).expanduser()
     _check_writable(output, overwrite, fmt)
-    if start is not None and end is not None and _ms(start) >= _ms(end):
+    lo, hi = _ms(start), _ms(end)
+    if lo is not None and hi is not None and lo >= hi:
         raise ExportError(f"empty range: start {_iso(start)} is not before end {_iso(end)}")
     ds = store.load(start, end)
     if ds is None:

@@ -58,9 +58,10 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Literal, cast
 
 import numpy as np
 import xarray as xr
@@ -279,7 +280,7 @@ class HistoryStore:
         return ".parquet" if self.file_format == "parquet" else ".arrow"
 
     @property
-    def _pa_format(self) -> str:
+    def _pa_format(self) -> Literal["parquet", "ipc"]:
         return "parquet" if self.file_format == "parquet" else "ipc"
 
     def _read_file(self, f: Path, columns: list[str] | None = None) -> pa.Table:
@@ -331,7 +332,8 @@ class HistoryStore:
             if f.name not in files:
                 with contextlib.suppress(OSError):  # compacted away meanwhile: its keys are in the merged file
                     t = self._read_file(f, columns=_KEY_COLUMNS)
-                    keys.update(zip(t.column("processor").to_pylist(), t.column("window_id").to_pylist()))
+                    keys.update(zip(cast(list[str], t.column("processor").to_pylist()),  # both never null
+                                    cast(list[int], t.column("window_id").to_pylist())))
                     files.add(f.name)
         if len(self._keys) > 48:  # a live service only appends to the last hours
             for h in sorted(self._keys)[:-24]:
@@ -506,7 +508,7 @@ def window_columns(msgs: list[dict]) -> dict[str, np.ndarray]:
 
 
 def _table(cols: dict[str, np.ndarray]) -> pa.Table:
-    arrays = []
+    arrays: list[pa.Array] = []
     for field in _SCHEMA:
         k = field.name
         v = cols[k]
@@ -530,7 +532,7 @@ def _table(cols: dict[str, np.ndarray]) -> pa.Table:
 
 def _flat(col: pa.ChunkedArray) -> np.ndarray:
     """Values of a list column as one int64 array: a single pass from Arrow's int32 buffers (no combine)."""
-    parts = [chunk.flatten().to_numpy() for chunk in col.chunks]
+    parts = [chunk.flatten().to_numpy() for chunk in cast(list[pa.ListArray], col.chunks)]
     return np.concatenate(parts, dtype=np.int64) if parts else np.zeros(0, np.int64)
 
 
@@ -551,7 +553,7 @@ def _from_table(table: pa.Table) -> dict[str, np.ndarray]:
                 cols[k] = _ragged(np.split(flat, np.cumsum(lengths)[:-1]))
         elif k in _DICTIONARY:  # the few distinct strings, shared by reference
             parts = [np.array(c.dictionary.to_pylist() + [""], object)[c.indices.to_numpy(zero_copy_only=False)]
-                     for c in col.chunks]
+                     for c in cast(list[pa.DictionaryArray], col.chunks)]
             cols[k] = np.concatenate(parts) if parts else np.zeros(0, object)
         elif k in _STRINGS:
             cols[k] = col.to_numpy(zero_copy_only=False).astype(object)
@@ -635,7 +637,7 @@ def columns_dataset(cols: dict[str, np.ndarray]) -> xr.Dataset:
         else:
             stacked[k] = (np.stack([np.ravel(x) for x in v]) if v.dtype == object else v).reshape(n, *template[k].shape)
     base = arrays_to_dataset({k: stacked[k][0] for k in PRODUCTS}, edges)
-    data_vars = {k: (("time", *base[k].dims), stacked[k], _ATTRS.get(k, {})) for k in PRODUCTS}
+    data_vars: dict[str, tuple] = {k: (("time", *base[k].dims), stacked[k], _ATTRS.get(k, {})) for k in PRODUCTS}
     data_vars.update({k: ("time", stacked[k], {"units": "1"}) for k in (*COUNTS, "rejected")})
     codes, reason_json = _dictionary(cols["rejected_by_reason"])
     parsed = [json.loads(s) for s in reason_json]
@@ -643,7 +645,7 @@ def columns_dataset(cols: dict[str, np.ndarray]) -> xr.Dataset:
     table = np.array([[rej.get(r, 0) for r in reasons] for rej in parsed], np.int64).reshape(len(parsed), len(reasons))
     data_vars["rejected_by_reason"] = (("time", "reason"), table[codes].reshape(n, len(reasons)),
                                        {"units": "1", "long_name": "rejected input rows by reason"})
-    coords = dict(base.coords)
+    coords: dict[Hashable, Any] = dict(base.coords)
     coords.update(
         time=("time", cols["start_ms"].view("datetime64[ms]"), {"long_name": "window start (UTC)"}),
         window_end=("time", cols["end_ms"].view("datetime64[ms]")),
@@ -658,8 +660,8 @@ def columns_dataset(cols: dict[str, np.ndarray]) -> xr.Dataset:
 
 def _dictionary(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """Codes and distinct values of a string column (hashing in Arrow: fast for repeated values)."""
-    enc = pc.dictionary_encode(pa.array(values, pa.string()))
-    return enc.indices.to_numpy(zero_copy_only=False), enc.dictionary.to_pylist()
+    enc = pa.array(values, pa.string()).dictionary_encode()
+    return enc.indices.to_numpy(zero_copy_only=False), cast(list[str], enc.dictionary.to_pylist())  # no nulls
 
 
 # ---------------------------------------------------------------------- time helpers

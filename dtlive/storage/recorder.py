@@ -231,11 +231,12 @@ class Recorder:
         for m in self.consumer.consume(2000, timeout):
             if m.error():
                 continue
-            self.positions[m.partition()] = m.offset() + 1
+            part, offset = m.partition() or 0, m.offset() or 0  # both set on every message consumed
+            self.positions[part] = offset + 1
             try:
-                records.append((decode_message(m.value()), m.partition(), m.offset()))
+                records.append((decode_message(m.value() or b""), part, offset))
             except ValueError:
-                log.warning("skipping a non-dtlive message at %s/%s", m.partition(), m.offset())
+                log.warning("skipping a non-dtlive message at %s/%s", part, offset)
         if records:
             try:
                 self.handle(records)

@@ -23,6 +23,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from dtlive.config import Config
 from dtlive.core import detector as det
@@ -35,6 +36,10 @@ from dtlive.kafka.health import Heartbeat, partition_lag
 from dtlive.service.extras import extra
 from dtlive.streaming.dask_actor import Report, Share
 from dtlive.streaming.nodes import window_message
+
+if TYPE_CHECKING:
+    from distributed import Future
+    from distributed.actor import BaseActorFuture
 from dtlive.streaming.processor import (
     BATCH_SIZE,
     HEALTH_LOGGERS,
@@ -102,8 +107,8 @@ class _Slot:
     restart: dict[int, int] = field(default_factory=dict)  # last reported lowest offset of its open windows
     holding: int | None = None  # lowest window its actor may still add to (None: it holds nothing back)
     done: bool = False
-    future: object = None  # the actor's future: keeps the actor alive
-    actor: object = None
+    future: Future | None = None  # the actor's future: keeps the actor alive
+    actor: Any = None  # a dask Actor proxy of a PartitionActor: its methods return actor futures
     where: dict = field(default_factory=dict)
     restarts: int = 0
 
@@ -280,7 +285,7 @@ class DaskProcessor:
             self.targets = {p: high for p, (_, high) in ends.items()}
         started = time.monotonic()
         last_tick = 0.0
-        calls: dict[int, tuple[object, float]] = {}  # slot -> its step call in flight, and when it was made
+        calls: dict[int, tuple[BaseActorFuture, float]] = {}  # slot -> its step call in flight, and when it was made
         while not self._stop:
             lost = []
             for i, s in enumerate(self.slots):  # each actor steps again as soon as its last report is in
@@ -323,7 +328,7 @@ class DaskProcessor:
         self.publisher.commit()
         return self
 
-    def _finished(self, calls: dict[int, tuple[object, float]]) -> list[int]:
+    def _finished(self, calls: dict[int, tuple[BaseActorFuture, float]]) -> list[int]:
         """The slots whose step call has ended (or outlived ``step_timeout``); waits until there is one."""
         if not calls:
             time.sleep(0.01)
@@ -357,9 +362,9 @@ class DaskProcessor:
             pw.shares[i] = sh
             pw.restart_exchange()
         for wid, ans in rep.answers.items():
-            pw = self.pending.get(wid)
-            if pw is not None and pw.asked is not None and i in pw.asked:
-                pw.answers[i] = ans
+            pending = self.pending.get(wid)
+            if pending is not None and pending.asked is not None and i in pending.asked:
+                pending.answers[i] = ans
 
     def _plan(self) -> None:
         """Start the exchange of every window all actors have closed; mark the windows ready to publish."""

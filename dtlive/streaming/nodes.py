@@ -43,8 +43,9 @@ import json
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from streamz import Source, Stream
@@ -58,6 +59,9 @@ from dtlive.core.products import DRIFT_EDGES_NS, arrays_to_dataset, compute_arra
 from dtlive.core.rows import Rows, clean, partitions_of
 from dtlive.core.windows import EventTimeWindows, Window
 from dtlive.service.processes import process_age_s
+
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +120,14 @@ class Batch:
         """
         from confluent_kafka import Message
 
-        payloads = list(map(Message.value, messages))
-        if None in payloads:
-            payloads = [p or b"" for p in payloads]
+        values = list(map(Message.value, messages))
+        payloads = [p or b"" for p in values] if None in values else cast(list[bytes], values)
         n = len(messages)
         parts = np.fromiter(map(Message.partition, messages), np.int32, n)
         offs = np.fromiter(map(Message.offset, messages), np.int64, n)
         stamps = [messages[0].timestamp()[1]] if messages else []  # only the first is used (epoch fallback)
-        headers = list(map(Message.headers, messages))
+        # a consumed message's headers are a list of (name, value) or None (the stub also allows a producer's dict)
+        headers = cast(list[list[tuple[str, bytes | None]] | None], list(map(Message.headers, messages)))
         bad_epochs: dict[int, str] = {}
         if n and headers.count(headers[-1]) == n:  # one header set in the whole batch
             fmt, epoch, bad = _read_headers(headers[-1] or ())
@@ -137,14 +141,14 @@ class Batch:
             formats = [kinds.pop()] * n if len(kinds) == 1 else [read[h][0] for h in sets]
             epoch = next((read[h][1] for h in sets if read[h][1] is not None), None)  # the first message's
             if any(bad for _, _, bad in read.values()):
-                bad_epochs = {i: read[h][2] for i, h in enumerate(sets) if read[h][2]}
+                bad_epochs = {i: why for i, h in enumerate(sets) if (why := read[h][2])}
         b = cls(payloads, formats, parts, offs, np.array(stamps, np.int64), topic, epoch, bad_epochs=bad_epochs)
         for p in partitions_of(b.partitions):
             b.positions[int(p)] = int(b.offsets[b.partitions == p].max()) + 1
         return b
 
 
-def _read_headers(headers: tuple) -> tuple[str | None, float | None, str | None]:
+def _read_headers(headers: Sequence[tuple[str, bytes | None]]) -> tuple[str | None, float | None, str | None]:
     """(format, orbit epoch, why the epoch header is unusable) from one message's headers; None where absent."""
     fmt, epoch, bad = None, None, None
     for k, v in headers:
@@ -305,6 +309,7 @@ class dt_decode_hits(Stream):
         bad = batch.bad_epochs  # messages with an implausible epoch header are rejected whole
         rejects = [Reject("bad_epoch", bytes(batch.payloads[i]), int(batch.partitions[i]), int(batch.offsets[i]),
                           detail) for i, detail in sorted(bad.items())]
+        groups: list[tuple[str, np.ndarray | None]]
         if len(set(batch.formats)) <= 1 and not bad:  # the usual case: one format in the whole batch
             groups = [((batch.formats or [None])[0] or self.default_format, None)]
         else:
@@ -535,7 +540,7 @@ class dt_event_windows(Stream):
         return True
 
     def _emit_windows(self, closed: list[Window]):
-        results = []
+        results: list = []
         if closed:
             self._epoch_fixed = self._epoch_fixed or self.orbit_epoch is not None
             restart = self.commit_offsets()  # the same for every window closed here: they are all gone already
@@ -588,7 +593,7 @@ class dt_event_windows(Stream):
 
 
 def window_products(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, provenance: dict | None = None,
-                    arrays: dict[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], dict]:
+                    arrays: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict]:
     """Product and count arrays of a closed window, and its attrs (window, provenance, rejects), without xarray.
 
     ``arrays``: the products when they were computed elsewhere (merged shares, :func:`dtlive.core.products.merge`);
@@ -603,11 +608,11 @@ def window_products(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, pr
     >>> attrs["window_start"], json.loads(attrs["provenance"])["inputs"]
     ('1970-01-01T00:00:00.035Z', [{'topic': 'dt.hits', 'partition': 0, 'first_offset': 10, 'last_offset': 12}])
     """
-    arrays = compute_arrays(window.hits, drift_edges) if arrays is None else dict(arrays)
+    values: dict[str, Any] = compute_arrays(window.hits, drift_edges) if arrays is None else dict(arrays)
     counts = Counter(window.meta.get("counts", {}))
     for k in COUNTS:
-        if k not in arrays:
-            arrays[k] = np.int64(counts.get(k, 0))
+        if k not in values:
+            values[k] = np.int64(counts.get(k, 0))
     rejected = {k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith("rejected.") and v}
     epoch = window.meta.get("orbit_epoch")
     prov = dict(provenance or {})
@@ -634,7 +639,7 @@ def window_products(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, pr
         "provenance": json.dumps(prov),
         "rejected_by_reason": json.dumps(rejected),
     }
-    return arrays, attrs
+    return values, attrs
 
 
 def window_message(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, provenance: dict | None = None,
@@ -739,7 +744,7 @@ class dt_from_kafka_batched_consumer(Source):
             "enable.partition.eof": False,
             **consumer_config,
         }
-        self.consumer = None
+        self.consumer: Consumer | None = None  # made by connect()
         self._share = None if partitions is None else sorted(partitions)  # the partitions to read; None: all
         self._start_at = None if start_offsets is None else dict(start_offsets)
         self.partitions: list[int] = []
@@ -804,6 +809,7 @@ class dt_from_kafka_batched_consumer(Source):
         """Current end offset of every partition (cached by librdkafka, refreshed by consume)."""
         from confluent_kafka import TopicPartition
 
+        assert self.consumer is not None, "connected"
         out = {}
         for p in self.partitions:
             _, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
@@ -842,6 +848,7 @@ class dt_from_kafka_batched_consumer(Source):
         replaced is followed by its user (:meth:`restart_from_beginning`)."""
         from confluent_kafka import KafkaException, TopicPartition
 
+        assert self.consumer is not None, "connected"
         self.offset_resets += 1
         position = self.positions.get(partition)
         try:
@@ -865,6 +872,7 @@ class dt_from_kafka_batched_consumer(Source):
         so the positions reached in the old one mean nothing (a fetch beyond a log's end just returns nothing)."""
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
+        assert self.consumer is not None, "connected"
         self.consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self.partitions])
         self.positions = {p: 0 for p in self.partitions}
         self.waiting = set()
@@ -879,6 +887,7 @@ class dt_from_kafka_batched_consumer(Source):
 
         # consume(n, t) waits for n messages or t seconds: take what is queued now, and only when that is
         # nothing wait for the first message (so a short backlog is processed at once, not after t)
+        assert self.consumer is not None, "connected"
         msgs = self.consumer.consume(self.batch_size, 0)
         if not msgs:
             first = self.consumer.poll(self.poll_timeout if timeout is None else timeout)
@@ -892,7 +901,7 @@ class dt_from_kafka_batched_consumer(Source):
                 if e is None:
                     good.append(m)
                 elif e.code() == KafkaError._AUTO_OFFSET_RESET:  # see auto.offset.reset in __init__
-                    self._out_of_range(m.partition(), e)
+                    self._out_of_range(m.partition() or 0, e)  # set on every message consumed
                 else:
                     self.errors += 1
                     log.warning("consume error: %s", e)

@@ -53,6 +53,8 @@ from dtlive.streaming.nodes import dt_event_windows, dt_from_kafka_batched_consu
 if TYPE_CHECKING:
     from confluent_kafka import Producer
 
+    from dtlive.storage.ledger import RunKeeper
+
 log = logging.getLogger(__name__)
 # Every 30 s the processor hands freed heap pages back to the OS (glibc malloc_trim, ~1 ms), see dtlive.service.heap:
 # glibc keeps what a burst of input used (measured over 600 s at 10k rows/s csv: main heap ~45 MB instead of ~49).
@@ -124,8 +126,8 @@ def _read_checkpoint(cfg: Config, bootstrap: str, timeout: float = 10.0) -> Chec
                     if msgs:
                         quiet_since = time.monotonic()
                     for m in msgs:
-                        if m.offset() < end and m.key() == key:
-                            found = Checkpoint.from_json(json.loads(m.value()))
+                        if (m.offset() or 0) < end and m.key() == key:  # the offset is set on messages consumed
+                            found = Checkpoint.from_json(json.loads(m.value() or b""))
                     if c.position([TopicPartition(topic, p)])[0].offset >= end:
                         break
                 if found is not None:
@@ -259,6 +261,7 @@ class _GraphState:
         return self.windows.commit_offsets()
 
     def consumer_group_metadata(self) -> object:
+        assert self.source.consumer is not None, "connected"
         return self.source.consumer.consumer_group_metadata()
 
 
@@ -289,7 +292,7 @@ class TransactionalPublisher:
     commit_interval_s: float = 0.25
     window_delay_s: float = 0.05  # while a backlog is read, windows wait this long to share one commit
     recover_s: float = 120.0  # how long a transaction may fail to commit before the processor gives up
-    on_recover: Callable[[], None] | None = None  # called once a new producer is in place (the broker restarted?)
+    on_recover: Callable[[], object] | None = None  # called once a new producer is in place (the broker restarted?)
     on_client_error: Callable | None = None  # librdkafka's error callback of the producers made after the first
     on_publish: list[Callable[[dict], None]] = field(default_factory=list)
     published: int = 0
@@ -636,7 +639,7 @@ class BackgroundRun:
     """
 
     def __init__(self, open_ledger: Callable[[], Any], run_id: str, **keeper_kwargs: Any):
-        self.keeper = None
+        self.keeper: RunKeeper | None = None
         self._thread = threading.Thread(target=self._open, args=(open_ledger, run_id, keeper_kwargs),
                                         name=f"ledger-open-{run_id}", daemon=True)
         self._thread.start()

@@ -156,7 +156,8 @@ def _piece_batch(piece: Piece, data: bytes, orbit_epoch: float | None = None) ->
 
 def _decode_piece(piece: Piece, orbit_epoch: float | None = None) -> Decoded:
     """Read, decode and clean one piece (the processor's dt_decode_hits -> dt_clean_hits nodes)."""
-    src, out = Stream(), []
+    src = Stream()
+    out: list[Decoded] = []
     hit_graph(src, default_format="csv-batch").sink(out.append)
     src.emit(_piece_batch(piece, read_piece(piece), orbit_epoch))
     return out[0]

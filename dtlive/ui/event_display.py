@@ -55,7 +55,7 @@ _TICK_MM = 200.0
 _PER_SEGMENT = ("event", "chamber", "n_hits", "position_mm", "slope", "chi2", "ndof")
 
 
-def chamber_view(chamber: int) -> str:
+def chamber_view(chamber: int | np.integer) -> str:
     """Name of the coordinate a chamber measures: ``"y"`` for the rotated chamber, ``"x"`` otherwise.
 
     >>> [chamber_view(c) for c in range(4)]
@@ -187,11 +187,12 @@ def events_from_hits(event, chamber, layer, cell, drift_ns, times: dict | None =
     order = np.argsort(event, kind="stable")
     ids, start = np.unique(event[order], return_index=True)
     pos = np.repeat(np.arange(len(ids)), np.diff(np.append(start, len(order))))
-    hits = [chamber[order], layer[order], cell[order], drift_ns[order]]
+    hits = (chamber[order], layer[order], cell[order], drift_ns[order])
     per_event = _split_segments(fit_segments(pos, *hits, **fit_options), start, len(ids))
     stops = np.append(start[1:], len(order))
     times = times or {}
-    return [DisplayEvent(*(h[a:b] for h in hits), event_id=int(i), time=times.get(int(i)), segments=s)
+    return [DisplayEvent(hits[0][a:b], hits[1][a:b], hits[2][a:b], hits[3][a:b], event_id=int(i),
+                         time=times.get(int(i)), segments=s)
             for i, a, b, s in zip(ids.tolist(), start, stops, per_event)]
 
 
@@ -311,7 +312,7 @@ class EventDisplay:
         follow = self.index is None or self.index == len(self.events) - 1
         dropped = max(0, len(self.events) + len(new) - self.capacity)
         self.events.extend(new)
-        self.index = len(self.events) - 1 if follow else max(0, self.index - dropped)
+        self.index = len(self.events) - 1 if follow or self.index is None else max(0, self.index - dropped)
         self._redraw()
 
     def show(self, i: int) -> None:
@@ -344,7 +345,7 @@ class EventDisplay:
         ev, n = self.current, len(self.events)
         self.previous_button.disabled = not self.index
         self.next_button.disabled = self.index is None or self.index >= n - 1
-        if ev is None:
+        if ev is None or self.index is None:
             self.label.value = "no event"
             for mark in (self.circles, self.chosen, self.segment_lines):
                 with mark.hold_sync():
@@ -357,6 +358,7 @@ class EventDisplay:
             text += f" | {ev.time}"
         self.label.value = text
         seg = ev.segments
+        assert seg is not None, "every event kept has its segments (_with_segments)"
         used = np.zeros(ev.n_hits, bool)
         used[seg.hit_index] = True
         cx, cz = drift_circles(ev.chamber, ev.layer, ev.cell, ev.drift_ns)
@@ -435,5 +437,5 @@ def latest_events(hits: Rows, last: int = 20, min_chambers: int = 2) -> list[Dis
     if not len(h.event):
         return []
     events = events_from_hits(h.event, h.chamber, h.layer, h.cell, h.drift_ns)
-    chosen = [e for e in events if len(set(e.segments.chamber.tolist())) >= min_chambers]
+    chosen = [e for e in events if e.segments is not None and len(set(e.segments.chamber.tolist())) >= min_chambers]
     return chosen[-last:]

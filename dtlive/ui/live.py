@@ -37,6 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -192,7 +193,7 @@ class LiveWindows:
 
     def view(self, mode: str = "last") -> xr.Dataset:
         """A view as the labelled Dataset of :mod:`dtlive.core.products` (zeros while empty)."""
-        arrays = self.arrays(mode)
+        arrays: dict[str, Any] | None = self.arrays(mode)  # counts as plain numbers while empty
         if arrays is None:
             from dtlive.core.products import compute_arrays
             from dtlive.core.rows import Rows

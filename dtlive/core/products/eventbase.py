@@ -266,6 +266,7 @@ class EventProduct(Product):
     def answer(self, kept: EventKept, slots: np.ndarray, settings: Settings) -> EventAnswer:
         """The share's counts of the split ``slots`` and its hits there (chamber, trigger, scintillator)."""
         counts = np.bincount(kept.index[_isin_sorted(kept.slot, slots)], minlength=self.size(settings))
+        assert kept.reco is not None, "slots are only asked of a share that reconstructed its events"
         rows = kept.reco.rows
         used = element_kind(rows.fpga, rows.channel) != 3
         slot = det.hit_ticks(rows.orbit, rows.bx, rows.tdc) // SLOT_TICKS

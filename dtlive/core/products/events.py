@@ -14,6 +14,8 @@ window's hits into shares (:class:`~dtlive.core.products.eventbase.EventProduct`
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from dtlive.core import detector as det
@@ -56,7 +58,7 @@ class EventCounts(EventProduct):
         index = np.concatenate([np.full(ev.n_events, _EVENTS), np.full(len(triggered), _TRIGGERED), hit_index])
         return slot, index
 
-    def unpack(self, counts: np.ndarray, settings: Settings) -> dict[str, np.ndarray]:
+    def unpack(self, counts: np.ndarray, settings: Settings) -> dict[str, Any]:  # arrays, and scalar counts
         return {
             "events": np.int64(counts[_EVENTS]),
             "events_with_trigger": np.int64(counts[_TRIGGERED]),

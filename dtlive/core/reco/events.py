@@ -129,7 +129,7 @@ def build_events(hits: Rows, gap_ns: float = det.EVENT_GAP_NS, min_layers: int =
     ([0, 0, 0], [-1, -1, -1])
     """
     channel = np.asarray(hits.channel, np.int64)
-    use = slice(None)
+    use: slice | np.ndarray = slice(None)
     special = np.flatnonzero(channel >= det.CHAMBER_CHANNELS)
     if len(special):  # few: keep the trigger words and scintillator hits among them
         unused = element_kind(hits.fpga[special], channel[special]) == _OTHER

@@ -236,8 +236,8 @@ def meantimer_candidates(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS,
             good = np.flatnonzero(good)
             parts.append((key[m[good]] // (_HX * det.N_LAYERS), t0[good] * det.TDC_NS, layer[m[good]],
                           np.full(len(good), hyp)))
-    group, t0, mid, hyp = (np.concatenate(x) for x in zip(*parts))
-    return Candidates(group, t0, mid, hyp)
+    group, t0, mid, hypothesis = (np.concatenate(x) for x in zip(*parts))
+    return Candidates(group, t0, mid, hypothesis)
 
 
 def _lookup(sorted_keys: np.ndarray):

@@ -157,7 +157,7 @@ def validate(message: Mapping[str, Any], schema_id: str | None = None) -> Mappin
     return message
 
 
-def dead_letter_fields(headers: Iterable[tuple[str, bytes | str | None]] | None) -> dict[str, str]:
+def dead_letter_fields(headers: Iterable[tuple[str, bytes | str | None]] | None) -> dict[str, str | None]:
     """A Kafka record's headers as ``{name: text}``, the form the dead-letter schema describes.
 
     >>> dead_letter_fields([("reason", b"late"), ("truncated", b"false")])

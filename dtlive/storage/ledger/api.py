@@ -170,7 +170,7 @@ class Ledger(PeriodsMixin, TasksMixin, AlarmsMixin, CertificationMixin):
         shown as ``died`` (see :meth:`mark_dead_runs`).
         """
         if hasattr(config, "as_dict") and hasattr(config, "config_hash"):  # a dtlive Config
-            cfg = config
+            cfg: Any = config
             config = cfg.as_dict()
             config_hash = config_hash or cfg.config_hash
             processor = processor or cfg.group_id
@@ -235,7 +235,7 @@ class Ledger(PeriodsMixin, TasksMixin, AlarmsMixin, CertificationMixin):
         q = sa.select(ProcessingRun.run_id, ProcessingRun.pid).where(
             ProcessingRun.status == "running", ProcessingRun.host == host, ProcessingRun.pid.is_not(None))
         with self._tx(write=False) as s:
-            dead = [run_id for run_id, pid in s.execute(q) if not pid_alive(int(pid))]
+            dead = [run_id for run_id, pid in s.execute(q) if pid is not None and not pid_alive(int(pid))]
         if not dead:
             return []
         with self._tx() as s:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -35,6 +37,13 @@ class PeriodsMixin:
     >>> [a["text"] for a in led.annotations("period", pid)], led.period(pid)["tags"], led.period(pid)["end"] is None
     (['chamber 2 only'], ['hv'], True)
     """
+
+    if TYPE_CHECKING:  # given by the Ledger
+        engine: sa.Engine
+
+        def _tx(self, write: bool = True) -> AbstractContextManager[Session]: ...
+
+        def _retry(self, fn: Callable[[Session], Any], attempts: int = 3) -> Any: ...
 
     # ------------------------------------------------------------------------- data-quality periods
 
@@ -318,7 +327,7 @@ class PeriodsMixin:
             runs = s.scalars(q).all()
             tags = self._tags_for(s, "detector_run", [str(r.id) for r in runs])
         out = [self._detector_run_dict(r, tags) for r in runs]
-        return out if exact else [r for r in out if query.matches(r)]
+        return out if exact or query is None else [r for r in out if query.matches(r)]
 
     @staticmethod
     def _detector_run_dict(r: DetectorRun, tags: Mapping[str, list[str]]) -> dict:

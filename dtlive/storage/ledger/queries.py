@@ -27,7 +27,7 @@ def run_liveness(
     now: datetime,
     pid_alive: Callable[[int], bool] = pid_alive,
     stale_s: float = STALE_HEARTBEATS * HEARTBEAT_S,
-) -> str:
+) -> str | None:
     """The status a run really has: ``died`` for a ``running`` run whose process on this host is gone,
     ``unknown`` for a ``running`` run on another host silent for ``stale_s`` seconds, else its stored status.
 

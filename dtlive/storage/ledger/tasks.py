@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
+
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from dtlive.storage.ledger.models import TaskState, UTCDateTime, _now
 from dtlive.storage.ledger.values import TimeLike, _jsonable, to_utc
@@ -19,6 +23,9 @@ class TasksMixin:
     >>> [(t["task_id"], t["task_kind"], t["state"], t["states"]) for t in led.tasks()]
     [('replay-1', 'replay', 'running', 2)]
     """
+
+    if TYPE_CHECKING:  # given by the Ledger
+        def _tx(self, write: bool = True) -> AbstractContextManager[Session]: ...
 
     # ---------------------------------------------------------------------- long-task state history
 

@@ -6,6 +6,8 @@ transaction holding the database's write lock); otherwise ``sqlalchemy.url`` is 
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
 
 
@@ -14,7 +16,7 @@ def run_migrations() -> None:
     from dtlive.storage.ledger import VERSION_TABLE, Base, make_engine
 
     config = context.config
-    opts = {"target_metadata": Base.metadata, "version_table": VERSION_TABLE, "compare_type": True}
+    opts: dict[str, Any] = {"target_metadata": Base.metadata, "version_table": VERSION_TABLE, "compare_type": True}
     if context.is_offline_mode():
         context.configure(url=config.get_main_option("sqlalchemy.url"), literal_binds=True, **opts)
         with context.begin_transaction():
@@ -24,7 +26,10 @@ def run_migrations() -> None:
     if connection is not None:
         _run_online(connection, opts)
         return
-    engine = make_engine(config.get_main_option("sqlalchemy.url"))
+    url = config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise RuntimeError("the ledger migrations need an open connection or a sqlalchemy.url")
+    engine = make_engine(url)
     try:
         with engine.execution_options(dtlive_write=True).begin() as conn:
             _run_online(conn, opts)
