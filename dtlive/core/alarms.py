@@ -125,9 +125,11 @@ def _iso(t: str | float | datetime | None, default: float | None) -> str:
     if isinstance(t, str):
         s = utc_seconds(t)
         t = None if math.isnan(s) else s
-    if t is None and default is None:
-        raise ValueError("an alarm event needs a time: the change's start, or now")
-    return iso_utc(float(default if t is None else t))
+    if t is None:
+        if default is None:
+            raise ValueError("an alarm event needs a time: the change's start, or now")
+        t = default
+    return iso_utc(float(t))
 
 
 def _digest(*parts) -> str:
@@ -310,7 +312,7 @@ def fold(events: Iterable[Mapping], alarms: Mapping[str, Alarm] | None = None, c
     ['active']
     """
     out = dict(alarms or {})
-    seen: set[str] = set()
+    seen: set[str | None] = set()
     for msg in events:
         eid = msg.get("event_id")
         if eid in seen:

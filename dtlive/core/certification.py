@@ -242,7 +242,7 @@ def good_blocks(verdicts: Iterable[Verdict], chamber: int | str) -> dict[int, li
     """
     numbers: dict[int, list[int]] = {}
     for _, run, number, good in _selected(verdicts, chamber):
-        if good and run is not None:
+        if good and run is not None and number is not None:
             numbers.setdefault(run, []).append(number)
     out = {}
     for run in sorted(numbers):

@@ -23,6 +23,7 @@ import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import xarray as xr
 
@@ -189,6 +190,7 @@ def false_alarms(config: SimConfig, reference: xr.Dataset, seed: int, first: int
     (1, 10.0, ['timebox_edges (drift_time_ns)', 'timebox_edges (timebox_meantimer)'])
     """
     lumi = LumiJudge(block, reference, tests or load_tests_config())
+    out: dict[str, Any]
     out = {"blocks": 0, "seconds": 0.0, "blocks_with_alarm": 0, "warnings": 0, "errors": 0, "max_status": 0,
            "not_judged": 0, "alarms": [], "edges": {}}
     for msg in simulated_messages(config, seed, first, windows, window_s):

@@ -155,7 +155,7 @@ def _list(args, ledger, cfg: Config) -> int:
         return 0
     print(f"good: status <= {cfg.certify_max_status} (0 ok .. 4 bad); * = decided by a person; "
           f"processor {found[0].block.processor or '?'}\n")
-    runs = {}
+    runs: dict[int | None, dict] = {}
     for r in run_verdicts(found):
         row = runs.setdefault(r["run"], {"run": r["run"], "blocks": r["blocks"]})
         row[f"chamber_{r['chamber']}"] = "good" if r["good"] else f"BAD ({r['good_blocks']}/{r['blocks']} good)"

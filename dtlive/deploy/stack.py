@@ -380,8 +380,8 @@ def ensure_stack(rate: float = 1000.0, fmt: str = "daq64", state_dir: str | None
                 continue  # a stack of the hub's fed by a real DAQ: no simulated data on top of it
             absent = extras.missing(SERVICE_EXTRAS[name]) if name in SERVICE_EXTRAS else []
             if absent:  # it would only exit saying so, again at every call
-                why = extras.MissingExtra(SERVICE_EXTRAS[name], " ".join(["dtlive", *args[name]]), absent)
-                stack.left_out[name] = str(why)
+                err = extras.MissingExtra(SERVICE_EXTRAS[name], " ".join(["dtlive", *args[name]]), absent)
+                stack.left_out[name] = str(err)
                 log.warning("dtlive stack: %s not started: %s", name, stack.left_out[name])
                 continue
             if name in recorded:  # what a dead service left (a killed listener's workers) goes first

@@ -114,11 +114,13 @@ class Notifier:
         import apprise
 
         types = {"error": apprise.NotifyType.FAILURE, "warning": apprise.NotifyType.WARNING}
+        assert self._apprise is not None  # the worker runs only with URLs to send to
         while True:
             item = self._queue.get()
             if item is None:
                 return
             title, body, sev = item
+            ok: apprise.AppriseResult | bool  # truthy when delivered
             try:
                 ok = self._apprise.notify(title=title, body=body, notify_type=types.get(sev, apprise.NotifyType.INFO))
             except Exception as exc:  # noqa: BLE001 - a notification service never stops the alarms

@@ -113,7 +113,7 @@ class AlarmDesk:
             if m.error():
                 continue
             try:
-                msg = parse_alarm(m.value())
+                msg = parse_alarm(m.value() or b"")
             except ValueError as exc:
                 log.warning("alarm topic: skipping a record that is no alarm event: %s", exc)
                 continue

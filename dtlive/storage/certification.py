@@ -158,4 +158,5 @@ def good_times(certified: bool | str | os.PathLike | Mapping, ledger=None,
 
             ledger = Ledger()
         return times_ms(json.loads(json.dumps(export(ledger, max_status))))
+    assert certified is not False  # False: no selection, callers do not ask
     return times_ms(read(certified))

@@ -44,9 +44,13 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from dtlive.config import Config
 from dtlive.core.lumi import LumiJudge, StatusChanges
+
+if TYPE_CHECKING:
+    from dtlive.storage.ledger import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +86,8 @@ class LiveJudging:
         self.status_changes = 0
         self.busy = False  # inside handle(): the recorder does not judge ahead from inside it
         self.deferred = False  # judging ahead while the database is away: changes go to the outbox
-        self._outbox = None  # status periods waiting for the database, written in order on their own thread
+        # status periods waiting for the database, written in order on their own thread
+        self._outbox: Outbox | None = None
         self._resume()
 
     def _resume(self) -> None:

@@ -28,6 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from dtlive.config import Config
 from dtlive.core.messages import QUALITY_SCHEMA, decode_message, iso_utc
@@ -36,6 +37,11 @@ from dtlive.core.reconcile import ResultGaps
 from dtlive.kafka.clients import ClusterWatch, client_config, end_offsets, ensure_topics, producer_config
 from dtlive.kafka.health import Heartbeat, Progress, partition_lag
 from dtlive.service.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer
+
+    from dtlive.storage.judging import LiveJudging
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +113,10 @@ class Recorder:
         self._progress = Progress()
         self.gaps = ResultGaps()  # results published but never read here
         self.watchdog = Watchdog("recorder", cfg.watchdog_s)
-        self._ahead = None  # the consumer that judges ahead while the database is away
+        self._ahead: Consumer | None = None  # the consumer that judges ahead while the database is away
         self._ahead_next = 0.0
         self._batch_from: dict[int, int] = {}  # where the batch in hand starts (judging ahead starts there)
-        self.judging = None  # lumi blocks judged against the reference (dtlive.quality/2 verdicts)
+        self.judging: LiveJudging | None = None  # lumi blocks judged against the reference (dtlive.quality/2 verdicts)
         self.alarms = None  # chamber status changes -> latched alarms (dtlive.alarm/1)
         if cfg.judge_windows > 0:
             from dtlive.storage.alarm_desk import AlarmDesk
@@ -127,7 +133,8 @@ class Recorder:
         the results in hand and newer ones are judged meanwhile (verdicts and alarms go out)."""
         if hasattr(self, "watchdog"):
             self.watchdog.beat()
-        if getattr(self, "judging", None) is not None and not self.judging.busy:
+        judging = getattr(self, "judging", None)
+        if judging is not None and not judging.busy:
             self._judge_ahead()
 
     def _judge_ahead(self) -> None:
@@ -154,10 +161,11 @@ class Recorder:
             if m.error():
                 continue
             try:
-                msgs.append(decode_message(m.value()))
+                msgs.append(decode_message(m.value() or b""))
             except ValueError:
                 continue
         if msgs:
+            assert self.judging is not None  # judging ahead is for the recorder that judges
             self.judging.deferred = True
             try:
                 self._judge(msgs)

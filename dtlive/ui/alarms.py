@@ -22,11 +22,15 @@ import html
 import os
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import ipywidgets as W
 
 from dtlive.core.alarms import Alarm, ack_request, apply
 from dtlive.core.messages import utc_seconds
+
+if TYPE_CHECKING:
+    from dtlive.kafka.alarms import AlarmPublisher
 
 SEVERITY_COLORS = {"error": "#c62828", "warning": "#f9a825", None: "#757575"}
 MAX_ROWS = 20  # alarms shown at once (the title counts the others); rows are made once and reused
@@ -89,9 +93,9 @@ class AlarmPanel(W.VBox):
                 bootstrap = "127.0.0.1:9092"
         self.bootstrap = bootstrap
         self.alarms: dict[str, Alarm] = {}
-        self._seen: set[str] = set()
+        self._seen: set[str | None] = set()
         self._lock = threading.RLock()
-        self._publisher = None
+        self._publisher: AlarmPublisher | None = None
         self.title = W.HTML()
         self.name = W.Text(value=by or os.environ.get("JUPYTERHUB_USER") or _login(),
                            description="Your name", layout=W.Layout(width="260px"))
@@ -103,7 +107,7 @@ class AlarmPanel(W.VBox):
         rows = []
         for i, (line, button) in enumerate(zip(self._lines, self._buttons)):
             button.add_class("dtlive-alarm-ack")
-            button.on_click(lambda _b, i=i: self._ids[i] and self.acknowledge(self._ids[i]))
+            button.on_click(lambda _b, i=i: (aid := self._ids[i]) and self.acknowledge(aid))
             row = W.HBox([line, button], layout=W.Layout(display="none"))
             row.add_class("dtlive-alarm")
             rows.append(row)

@@ -24,6 +24,7 @@ when its values changed (an unchanged array is not sent again) and batches a mar
 from __future__ import annotations
 
 import html
+from collections.abc import Hashable
 
 import bqplot as bq
 import ipywidgets as W
@@ -167,7 +168,7 @@ def colorbar_html(ticks, label: str, height: int = 139) -> str:
             f"{html.escape(label)}</div></div>")
 
 
-def _dim_label(da: xr.DataArray, dim: str) -> str:
+def _dim_label(da: xr.DataArray, dim: Hashable) -> str:
     coord = da[dim] if dim in da.coords else None
     attrs = coord.attrs if coord is not None else {}
     label = str(attrs.get("long_name", dim)).replace(" (bin centre)", "")
@@ -203,7 +204,8 @@ class HistogramView:
         dim = da.dims[0]
         self._template = da
         self._steps = steps
-        self._log, self._color, self._reference = log, color, None
+        self._log, self._color = log, color
+        self._reference: np.ndarray | None = None
         self._sent_y: np.ndarray | None = None
         self._sent_ref: np.ndarray | None = None
         self.values = np.asarray(da.values, float)

@@ -449,10 +449,6 @@ class Dashboard(W.VBox):
         else:
             self._refresh_status()
 
-    def _on_log(self, change) -> None:
-        for p in self.panels:
-            p.set_log(change["new"])
-
     def _on_rolling(self, change) -> None:
         with self._lock:
             self.live.set_rolling(change["new"])

@@ -114,7 +114,9 @@ def segments_and_efficiency(
     """
     if "min_hits" in fit_options:
         raise TypeError("segments_and_efficiency fits segments of >= 3 hits (min_hits is not an option)")
-    return _fit_and_count(event, chamber, layer, cell, drift_ns, neighbours, max_slope, fit_options, True)
+    segments, entries = _fit_and_count(event, chamber, layer, cell, drift_ns, neighbours, max_slope, fit_options, True)
+    assert segments is not None  # with_all: the segments of all the hits
+    return segments, entries
 
 
 def _fit_and_count(event, chamber, layer, cell, drift_ns, neighbours: int, max_slope: float, fit_options: dict,

@@ -6,7 +6,9 @@ events in the order they were recorded (:func:`dtlive.core.alarms.fold`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -31,6 +33,12 @@ class AlarmsMixin:
     >>> [(a["chamber"], a["state"], a["severity"]) for a in led.alarms()]
     [(1, 'active', 'error')]
     """
+
+    if TYPE_CHECKING:  # given by the Ledger
+
+        def _tx(self, write: bool = True) -> AbstractContextManager[Session]: ...
+
+        def _retry(self, fn: Callable[[Session], Any], attempts: int = 3) -> Any: ...
 
     def record_alarm_events(self, messages: Iterable[Mapping]) -> int:
         """Append the events not recorded yet, in order; return how many were new."""

@@ -6,7 +6,12 @@ The verdicts themselves are computed from these rows when asked (:mod:`dtlive.co
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from dtlive.storage.ledger.models import CertificationOverride, LumiBlock, _now
 from dtlive.storage.ledger.values import TimeLike, _jsonable, _opt_utc, to_utc
@@ -30,6 +35,12 @@ class CertificationMixin:
     >>> [(o["good"], o["who"], o["chamber"]) for o in led.overrides()]
     [(False, 'shifter', 0)]
     """
+
+    if TYPE_CHECKING:  # given by the Ledger
+
+        def _tx(self, write: bool = True) -> AbstractContextManager[Session]: ...
+
+        def _retry(self, fn: Callable[[Session], Any], attempts: int = 3) -> Any: ...
 
     def record_block(self, verdict: dict) -> bool:
         """Keep the block of a ``dtlive.quality/2`` verdict (its processor, windows, times, chamber statuses).

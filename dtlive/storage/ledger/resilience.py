@@ -186,7 +186,7 @@ class Outbox:
             try:
                 if item is _CLOSE:
                     return
-                retry_unreachable(lambda item=item: self.write(self.ledger, item), outage=self.ledger.outage,
+                retry_unreachable(functools.partial(self.write, self.ledger, item), outage=self.ledger.outage,
                                   stop=lambda: time.monotonic() > self._deadline)
                 self.written += 1
             except LedgerUnavailable as exc:  # closing while the database is still away
