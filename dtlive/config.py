@@ -59,6 +59,7 @@ class Config:
     watchdog_s: float = 60.0  # a service whose input waits with nothing processed this long exits non-zero (0: never)
     reference: str = "default"  # name of the quality-test reference (<history>/references/NAME.nc); "" for none
     judge_windows: int = 5  # windows a lumi block judged by the recorder against the reference; 0 switches it off
+    judge_during_outage: bool = False  # the recorder judges ahead (verdicts and alarms go out) while the ledger is away
     certify_max_status: int = 2  # a lumi block is certified good for a chamber judged with a status <= this (0..4)
     quality_tests: str = ""  # TOML file of the quality tests; "" for the packaged defaults (dtlive.core.judge)
     history_retention_days: float = 0.0  # history older than this is deleted by the recorder; 0 keeps everything

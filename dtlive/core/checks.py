@@ -23,8 +23,9 @@ kind            what it judges                                             score
                 (Poisson upper tail below ``p_value``)
 ``mean_width``  mean and width (standard deviation) along the axis within  mean minus the reference's mean
                 absolute ranges and/or tolerances around the reference's
-``timebox``     the fitted edges of a time box (t0: the rising edge; Tmax, t0 minus the reference's t0
-                so the drift velocity: its width) against the reference's
+``timebox``     the fitted edges of a time box against the reference's     t0 minus the reference's t0
+                (t0: the rising edge; Tmax, so the drift velocity: its
+                width)
 =============== ========================================================= =======================================
 
 Minimum statistics: every test has ``min_entries`` (observed entries for a shape; *expected* entries for a

@@ -134,7 +134,7 @@ class Recorder:
         if hasattr(self, "watchdog"):
             self.watchdog.beat()
         judging = getattr(self, "judging", None)
-        if judging is not None and not judging.busy:
+        if judging is not None and not judging.busy and self.cfg.judge_during_outage:
             self._judge_ahead()
 
     def _judge_ahead(self) -> None:

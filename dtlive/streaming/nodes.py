@@ -809,7 +809,8 @@ class dt_from_kafka_batched_consumer(Source):
         """Current end offset of every partition (cached by librdkafka, refreshed by consume)."""
         from confluent_kafka import TopicPartition
 
-        assert self.consumer is not None, "connected"
+        if self.consumer is None:  # not connected yet: nothing known
+            return {}
         out = {}
         for p in self.partitions:
             _, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)

@@ -35,8 +35,11 @@ class DashboardKernelManager(AsyncMappingKernelManager):
     >>> km = DashboardKernelManager(unattended_timeout=5.0)
     >>> km.unattended_timeout, km.first_connect_timeout
     (5.0, 60.0)
-    >>> asyncio.run(km.shutdown_if_unattended("no-such-kernel"))  # gone already: nothing to shut down
-    False
+    >>> import threading
+    >>> done = []  # a loop of its own in a thread: the caller's thread may be running one already
+    >>> t = threading.Thread(target=lambda: done.append(asyncio.run(km.shutdown_if_unattended("no-such-kernel"))))
+    >>> t.start(); t.join(30); done  # gone already: nothing to shut down
+    [False]
     """
 
     unattended_timeout = Float(

@@ -19,6 +19,8 @@ when its values changed (an unchanged array is not sent again) and batches a mar
 >>> occ = OccupancyView(ds.channel_occupancy.sel(chamber=0))
 >>> int(occ.bars.y.sum()), len(occ.cells.x)
 (1, 64)
+
+Long on purpose: the three views share their axes, tick and reference-overlay helpers, which belong with them.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ N_REF = 10
 def settings(broker: str, processor: str) -> dict:
     tag = uuid.uuid4().hex[:8]
     return {"bootstrap": broker, "monitor_topic": f"mon-{tag}", "quality_topic": f"dq-{tag}",
-            "alarm_topic": f"alarms-{tag}", "group_id": processor, "judge_windows": BLOCK, "reference": "clean",
+            "alarm_topic": f"alarms-{tag}", "group_id": processor, "judge_windows": BLOCK, "judge_during_outage": True,
+            "reference": "clean",
             "status_interval_s": 0}
 
 
