@@ -316,6 +316,22 @@ def wait_window_id(page, above: int, timeout: float = 10.0) -> int:
     return window_id(page)
 
 
+_BOXES_JS = """(selectors) => selectors.map(sel => {
+  const e = document.querySelector(sel);
+  if (!e) return null;
+  const r = e.getBoundingClientRect();
+  return {x: r.x, y: r.y, width: r.width, height: r.height};
+})"""
+
+
+def boxes(page, *selectors: str, timeout: float = 30.0) -> list[dict]:
+    """The bounding boxes of the first element of each selector, read at one moment (an HTML widget redrawn every
+    window replaces its elements: boxes read one by one may miss one); waits until every one is there."""
+    found = poll(lambda: page.evaluate(_BOXES_JS, list(selectors)), lambda got: None not in got, timeout)
+    assert None not in found, {s: b for s, b in zip(selectors, found, strict=True) if b is None}
+    return found
+
+
 def state_text(page) -> str:
     return page.inner_text(".dtlive-state")
 

@@ -30,6 +30,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
+from dtlive.service.stacks import thread_stack
+
 log = logging.getLogger(__name__)
 
 #: Seconds a service may take to stop after SIGINT/SIGTERM before its process is ended.
@@ -64,6 +66,7 @@ class StopOnSignal:
         self._old_fd: int | None = None
         self._pipe: tuple[int, int] | None = None
         self._timer: threading.Timer | None = None
+        self._left = False  # the service has stopped: a signal read after that arms no timer
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when a stop is requested (at once if one was requested already)."""
@@ -83,13 +86,15 @@ class StopOnSignal:
         return self
 
     def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._left = True
+            if self._timer is not None:
+                self._timer.cancel()
         signal.set_wakeup_fd(self._old_fd if self._old_fd is not None else -1)
         for s, h in self._old.items():
             signal.signal(s, h)
         if self._pipe is not None:
             os.close(self._pipe[1])  # the watcher sees end of file and returns
-        if self._timer is not None:
-            self._timer.cancel()
 
     def _watch(self, fd: int) -> None:
         try:
@@ -104,23 +109,27 @@ class StopOnSignal:
 
     def _request(self, name: str) -> None:
         with self._lock:
+            if self._left:
+                return
             first = self.requested is None
             self.requested = self.requested or name
             callbacks = list(self._callbacks)
+            if first:
+                self._timer = threading.Timer(self.grace_s, self._overdue)
+                self._timer.daemon = True
+                self._timer.start()
         if not first:
             log.warning("%s again: ending now", name)
             self._exit(EXIT_NOT_STOPPED)
             return
         log.info("%s: stopping (ending the process if it has not stopped within %.0f s)", name, self.grace_s)
-        self._timer = threading.Timer(self.grace_s, self._overdue)
-        self._timer.daemon = True
-        self._timer.start()
         for callback in callbacks:
             callback()
 
     def _overdue(self) -> None:
-        log.error("did not stop within %.0f s of %s (a call into Kafka or the database did not return); ending now",
-                  self.grace_s, self.requested)
+        log.error("did not stop within %.0f s of %s (a call into Kafka or the database did not return); ending now. "
+                  "The main thread was at:\n%s", self.grace_s, self.requested,
+                  thread_stack(threading.main_thread().ident))
         logging.shutdown()
         self._exit(EXIT_NOT_STOPPED)
 

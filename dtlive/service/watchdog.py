@@ -23,6 +23,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from dtlive.service.stacks import thread_stack
+
 log = logging.getLogger(__name__)
 
 #: Exit status of a service ended by its watchdog.
@@ -72,8 +74,10 @@ class Watchdog:
         self._exit = exit
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
+        self._loop: int | None = None  # the thread whose loop beats (the one that called start)
 
     def start(self) -> Watchdog:
+        self._loop = threading.get_ident()
         if self.stall_s > 0 and self._thread is None:
             self._thread = threading.Thread(target=self._watch, daemon=True, name=f"{self.service}-watchdog")
             self._thread.start()
@@ -99,7 +103,8 @@ class Watchdog:
             quiet = time.monotonic() - self.last_beat
             if quiet > self.stuck_s:
                 log.critical("%s: its run loop has not turned for %.0f s (a call into Kafka or the database did not "
-                             "return); exiting so that it is restarted", self.service, quiet)
+                             "return); exiting so that it is restarted. It was at:\n%s", self.service, quiet,
+                             thread_stack(self._loop))
                 logging.shutdown()
                 self._exit(EXIT_STALLED)
                 return

@@ -53,13 +53,27 @@ def test_a_processor_whose_input_waits_unconsumed_exits_with_the_reason(broker, 
         proc.close()
 
 
-def test_a_loop_that_stops_turning_ends_the_process():
+def test_a_loop_that_stops_turning_ends_the_process_and_says_where_it_hung(caplog):
     exits: list[int] = []
-    dog = Watchdog("recorder", stall_s=1, stuck_s=1.5, exit=exits.append).start()
-    dog.beat()
-    wait_for(lambda: exits, 10, "the watchdog to end the process")
+    hung = threading.Event()
+
+    def loop_that_hangs_in_a_call():
+        dog.start()
+        dog.beat()
+        hung.wait(20)
+
+    dog = Watchdog("recorder", stall_s=1, stuck_s=1.5, exit=exits.append)
+    loop = threading.Thread(target=loop_that_hangs_in_a_call, daemon=True)
+    loop.start()
+    try:
+        wait_for(lambda: exits, 10, "the watchdog to end the process")
+    finally:
+        hung.set()
+        loop.join(5)
+        dog.close()
     assert exits == [EXIT_STALLED]
-    dog.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "dtlive.service.watchdog"]
+    assert len(said) == 1 and "in loop_that_hangs_in_a_call" in said[0] and "in wait" in said[0], said
 
 
 def test_a_turning_loop_is_left_alone():

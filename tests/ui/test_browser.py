@@ -30,6 +30,7 @@ from browser_fixtures import (
     ROOT,
     SCREENSHOTS,
     LiveFeed,
+    boxes,
     figure,
     free_port,
     poll,
@@ -263,14 +264,12 @@ def test_voila_every_plot_is_readable(dashboard):
 
 def test_voila_summary_strip_on_top_and_the_chambers_side_by_side(dashboard):
     page = dashboard.page
-    strip = page.locator(".dtlive-verdict").bounding_box()
-    cards = [page.locator(f".dtlive-chamber-status[data-chamber='{c}']").bounding_box() for c in range(4)]
-    slot = page.locator(".dtlive-alarms-slot").bounding_box()
-    state = page.locator(".dtlive-state").bounding_box()
+    strip, slot, state, *cards = boxes(page, ".dtlive-verdict", ".dtlive-alarms-slot", ".dtlive-state",
+                                       *(f".dtlive-chamber-status[data-chamber='{c}']" for c in range(4)))
     assert strip["y"] < 120 and strip["y"] + strip["height"] <= slot["y"] + 1 and slot["y"] <= state["y"]
     assert max(b["y"] for b in cards) - min(b["y"] for b in cards) < 2  # one row
     assert [b["x"] for b in cards] == sorted(b["x"] for b in cards) and cards[-1]["x"] < VIEWPORT["width"]
-    columns = [page.locator(f".dtlive-c{c}-column").bounding_box() for c in range(4)]
+    columns = boxes(page, *(f".dtlive-c{c}-column" for c in range(4)))
     assert max(b["y"] for b in columns) - min(b["y"] for b in columns) < 2
     assert all(a["x"] + a["width"] <= b["x"] + 1 for a, b in zip(columns, columns[1:], strict=False))
     assert columns[-1]["x"] + columns[-1]["width"] <= VIEWPORT["width"] and min(b["width"] for b in columns) > 300
@@ -418,8 +417,8 @@ def test_voila_quality_strip_shows_the_newest_verdict(dashboard):
     badge.wait_for(timeout=20_000)
     assert "rate 0 Hz" in badge.get_attribute("title") and "chamber 2: degraded" in badge.inner_text()
     assert page.locator(".dtlive-detector-status[data-status='2']").count() == 1
-    box = page.locator(".dtlive-verdict").bounding_box()
-    assert box is not None and box["y"] < page.locator(".dtlive-state").bounding_box()["y"]  # the strip is on top
+    strip, state = boxes(page, ".dtlive-verdict", ".dtlive-state")
+    assert strip["y"] < state["y"]  # the strip is on top
     screenshot(page, "voila-quality-strip")
 
 

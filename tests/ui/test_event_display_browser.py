@@ -143,7 +143,8 @@ def test_event_display_draws_hits_and_segments_and_steps(page):
                                arg=f"event 2 of {n} | id {second.event_id}", timeout=10_000)
         moved = poll(lambda: marks(page), lambda m: m["circles"] != shown["circles"], timeout=10)
         assert moved["circles"] != shown["circles"], "the drift circles did not change"
-        moved = poll(lambda: marks(page), lambda m: len(m["circles"]) == second.n_hits, timeout=5)
+        moved = poll(lambda: marks(page), lambda m: (len(m["circles"]), len(m["segments"])) == (
+            second.n_hits, len(second.segments)), timeout=10)
         assert len(moved["circles"]) == second.n_hits and len(moved["segments"]) == len(second.segments)
         assert moved["cells"] == shown["cells"], "the chambers moved"
         assert page.is_enabled(".dtlive-event-prev")
@@ -152,7 +153,9 @@ def test_event_display_draws_hits_and_segments_and_steps(page):
         page.click(".dtlive-event-prev")
         page.wait_for_function("t => document.querySelector('.dtlive-event-label').textContent.startsWith(t)",
                                arg=f"event 1 of {n} ", timeout=10_000)
-        back = poll(lambda: marks(page), lambda m: m["circles"] == shown["circles"], timeout=10)
+        # circles and segments are separate marks, redrawn one after the other
+        back = poll(lambda: marks(page), lambda m: (m["circles"], m["segments"]) == (shown["circles"],
+                                                                                     shown["segments"]), timeout=10)
         assert back["circles"] == shown["circles"] and back["segments"] == shown["segments"]
         assert page.is_disabled(".dtlive-event-prev")
     except Exception:
