@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+RECORD_CHUNK = 100  # results recorded at a time from a batch read: a stop or the watchdog waits at most one chunk
 ORBIT_RESET_TOLERANCE = 1_000_000  # orbits a window may go back (late windows) before it counts as a counter reset
 
 
@@ -247,7 +248,11 @@ class Recorder:
                 log.warning("skipping a non-dtlive message at %s/%s", part, offset)
         if records:
             try:
-                self.handle(records)
+                for i in range(0, len(records), RECORD_CHUNK):
+                    if self._stop:  # stopping: the rest is read again from the ledger's positions at the next start
+                        return i
+                    self.handle(records[i:i + RECORD_CHUNK])
+                    self.watchdog.beat()  # a long backlog is progress, not a hung call
             finally:
                 self._end_ahead()
         elif self.cluster.replaced():

@@ -338,6 +338,40 @@ def test_the_recorder_survives_a_10_s_outage_and_catches_up(broker, pg_db, feed_
 
 
 @pytest.mark.kafka
+def test_a_stop_during_a_backlog_ends_after_one_chunk_and_the_next_recorder_records_the_rest_once(
+        broker, feed_topics, tmp_path):
+    """A recorder that starts far behind reads a batch of many results; a stop asked meanwhile (SIGTERM) ends it
+    after the chunk in hand, not after the whole backlog, and the next recorder goes on from there."""
+    from dtlive.storage.history import HistoryStore
+    from dtlive.storage.recorder import RECORD_CHUNK, Recorder
+
+    cfg, n = feed_topics, 3 * RECORD_CHUNK
+    ResultsFeed(broker, cfg.monitor_topic, n, rate=2000.0, processor=cfg.group_id).start().join()
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    rec = Recorder(cfg, broker, ledger=Ledger(url), history=HistoryStore(tmp_path / "history"))
+    handled: list[int] = []
+    handle = rec.handle
+
+    def handle_then_stop(records):
+        handle(records)
+        handled.append(len(records))
+        rec.stop()
+
+    rec.handle = handle_then_stop  # type: ignore[method-assign]
+    try:
+        time.sleep(2)  # the consumer fetches the backlog meanwhile: the first batch holds more than a chunk
+        got = rec.poll(timeout=5)
+    finally:
+        rec.close()
+    assert handled == [RECORD_CHUNK] and got == RECORD_CHUNK
+    assert [w for w, _ in recorded(url, cfg.group_id)] == list(range(RECORD_CHUNK))
+    again = Recorder(cfg, broker, ledger=Ledger(url), history=HistoryStore(tmp_path / "history"))
+    again.run(until_end=True, max_seconds=60)
+    again.close()
+    assert_each_window_once(url, cfg.group_id, n, tmp_path / "history")
+
+
+@pytest.mark.kafka
 def test_kill_9_of_the_recorder_and_a_restart_record_each_window_once(broker, pg_db, feed_topics, tmp_path):
     url, _ = pg_db
     cfg, n = feed_topics, 400

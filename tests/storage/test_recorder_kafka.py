@@ -143,3 +143,4 @@ def test_history_load_in_one_call_leaves_out_the_ledgers_bad_periods(replay, own
     for a, b in bad:
         hit |= (starts < b.timestamp()) & (ends > a.timestamp())
     assert hit[8] and good.window_id.values.tolist() == every.window_id.values[~hit].tolist()
+
