@@ -1,4 +1,5 @@
-"""A canned analysis that takes a while (``slow_probe``), and a listener process that can run it.
+"""A canned analysis that takes a while (``slow_probe``), one that fails (``failing_probe``), and a listener process
+that can run them.
 
 Fault tests kill the alert listener while an analysis is in flight; a real analysis on an empty
 history ends too quickly to be caught running. ``python tests/slow_analysis.py SETTINGS.json`` runs
@@ -20,6 +21,12 @@ def slow_probe(alert, ctx) -> AnalysisResult:
     """Sleeps ``seconds``, then reports the alert id and when it ran."""
     time.sleep(float(ctx.params["seconds"]))
     return AnalysisResult(summary={"alert": alert.id, "ran_at": time.time()})
+
+
+@analysis(name="failing_probe", version="3", replace=True)
+def failing_probe(alert, ctx) -> AnalysisResult:
+    """Fails the way a broken analysis does: an exception deep in its code."""
+    raise ZeroDivisionError(f"no background windows for {alert.id}")
 
 
 RULES = """

@@ -6,8 +6,10 @@ Each notice is parsed (:mod:`dtlive.alerts.notices`), decided on by the rules
 (:mod:`dtlive.alerts.rules`), and its analyses run in time-limited worker processes
 (:mod:`dtlive.alerts.workers`). Every step is appended to the ledger's task history:
 ``received``, ``matched`` / ``ignored``, ``queued``, ``running``, ``succeeded`` / ``failed`` /
-``timed_out`` / ``cancelled``, ``published`` (and ``retracted``). Broken notices are
-dead-lettered on ``dt.alerts.rejected`` with a reason and never stop the listener.
+``timed_out`` / ``cancelled``, ``published`` (and ``retracted``). An analysis that failed or timed out is
+published too, as status ``error`` with the reason, so the shift sees it where results appear (its state stays
+``failed`` / ``timed_out``). Broken notices are dead-lettered on ``dt.alerts.rejected`` with a reason and never stop
+the listener.
 
 The ledger is also what a restarted listener resumes from: a notice's offset is committed only
 after its states are written (while the database is unreachable the listener waits, retrying),
@@ -361,14 +363,33 @@ class AlertListener:
             self._finish(o.job_id, o.state, detail)
             if o.state == "succeeded":
                 self._publish(o.job_id, o.value)
+            elif o.state in ("failed", "timed_out"):  # the shift sees it failed, and why, where results appear
+                self._publish(o.job_id, self._failure(o.job_id, o.state, o.error), marks_published=False)
         return len(outcomes)
+
+    def _failure(self, job_id: str, state: str, error: str | None) -> dict:
+        """The result record of an analysis that failed or timed out: status error, the reason in one line."""
+        from dtlive.alerts.analyses import get_analysis
+
+        analysis = self.jobs[job_id]["analysis"]
+        try:
+            version = get_analysis(analysis).version
+        except KeyError:
+            version = ""
+        lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
+        reason = f"{state.replace('_', ' ')}: {lines[-1] if lines else 'no reason given'}"
+        return {"name": analysis, "version": version, "summary": {"status": "error", "reason": reason[:500]},
+                "provenance": {"analysis": analysis, "version": version, "state": state,
+                               "error": (error or "")[-2000:]},
+                "artifacts": [], "attempt": ""}
 
     def _finish(self, job_id: str, state: str, detail: dict | None) -> None:
         self.jobs[job_id]["state"] = state
         self.counts[f"analyses.{state}"] += 1
         self._state(job_id, state, detail, kind="analysis")
 
-    def _publish(self, job_id: str, result: dict) -> None:
+    def _publish(self, job_id: str, result: dict, marks_published: bool = True) -> None:
+        """Publish a job's record on the analyses topic; a result (not a retraction or a failure) marks it published."""
         info = self.jobs[job_id]
         alert = info["alert"]
         msg = {"schema": ANALYSIS_SCHEMA, "alert_id": alert["id"], "record_number": alert["record_number"],
@@ -380,7 +401,7 @@ class AlertListener:
             self.counts["publish_failed"] += 1
             log.error("the result of %s could not be published on %s: %s", job_id, self.cfg.analyses_topic, error)
             self._state(job_id, "publish_failed", {"topic": self.cfg.analyses_topic, "error": error}, kind="analysis")
-        elif not result.get("retracted"):
+        elif marks_published and not result.get("retracted"):
             info["state"] = "published"
             self._state(job_id, "published", {"topic": self.cfg.analyses_topic}, kind="analysis")
 

@@ -198,3 +198,56 @@ def test_a_hanging_analysis_times_out_and_does_not_hold_up_the_others(live):
         assert got == {"quick": "succeeded", "hang": "timed_out"}
     finally:
         pool.close()
+
+
+def test_a_failed_and_a_timed_out_analysis_are_published_as_errors_and_shown_on_the_panel(live):
+    """Broken and hanging analyses go out on the analyses topic with status error and the reason, so the shift sees
+    them where results appear; their ledger state stays failed / timed_out (never "published")."""
+    import slow_analysis  # noqa: F401 - the listener knows the analyses its workers run, as with entry points
+
+    from dtlive.alerts.workers import WorkerPool
+    from dtlive.ui.widgets import AlertPanel
+
+    cfg, broker = live["cfg"], live["broker"]
+    topic = "gcn.notices.swift.bat.guano"
+    rules = load_rules(f"""
+[[rule]]
+name = "broken"
+topics = ["{topic}"]
+analyses = ["failing_probe", "slow_probe"]
+[rule.params.slow_probe]
+seconds = 30
+""")
+    pool = WorkerPool(2, preload=("dtlive.alerts.analyses", "slow_analysis"))
+    listener = AlertListener(cfg, broker, ledger=live["ledger"], rules=rules, timeout_s=3, pool=pool,
+                             artifacts_dir=live["tmp"] / "artifacts-broken", ledger_url=live["ledger_url"])
+    ensure_topics(cfg, broker, [topic])
+    producer = Producer({"bootstrap.servers": broker})
+    notice = load_notice(str(ALERTS / "swift_bat_Guano.json")).replace(b"694215995", b"694215996")
+    thread = threading.Thread(target=listener.run, kwargs={"max_seconds": 60}, daemon=True)
+    thread.start()
+    try:
+        send_notice(producer, notice, trigger_time=time.time())
+        wait_for(lambda: listener.counts["analyses.failed"] + listener.counts["analyses.timed_out"] >= 2, 40,
+                 lambda: f"both analyses ended ({dict(listener.counts)})", interval=0.2)
+
+        def ours() -> dict[str, dict]:
+            return {r["analysis"]: r for r in map(valid, read_all(broker, cfg.analyses_topic))
+                    if r.get("alert_id") == "Swift:694215996"}
+
+        got = wait_for(lambda: len(ours()) == 2 and ours(), 20, "both failures on the analyses topic")
+    finally:
+        listener.stop()
+        thread.join(30)
+        listener.close()
+    failed, hung = got["failing_probe"], got["slow_probe"]
+    assert failed["summary"] == {"status": "error", "reason": "failed: ZeroDivisionError: no background windows for "
+                                                              "Swift:694215996"}, failed["summary"]
+    assert failed["version"] == "3" and failed["artifacts"] == [] and "Traceback" in failed["provenance"]["error"]
+    assert hung["summary"] == {"status": "error", "reason": "timed out: over its 3 s limit"}, hung["summary"]
+    for job, info in listener.jobs.items():
+        states = [s["state"] for s in live["ledger"].task_history(job)]
+        assert states[-1] in ("failed", "timed_out") and "published" not in states, (info["analysis"], states)
+    panel = AlertPanel()
+    panel.add(list(got.values()))
+    assert panel.widget.value.count("FAILED: ") == 2 and "ZeroDivisionError" in panel.widget.value
