@@ -38,7 +38,7 @@ noisy channels, rate jumps) from the stream alone.
 >>> out["chambers"]["chamber_1"]["reasons"], out["chambers"]["chamber_1"]["bad_channels"]
 (['dead_channels (channel_occupancy): 1 dead channel(s) of 64 judged: channel 6'], [6])
 >>> out["chambers"]["chamber_2"]["status"], out["chambers"]["chamber_2"]["reasons"]  # no hits at all
-(2, ['chamber_rate_hz (hits_per_chamber): rate 0 Hz outside [1.0, 100000.0]'])
+(4, ['chamber_rate_hz (hits_per_chamber): rate 0 Hz outside [1.0, 100000.0]'])
 """
 
 from __future__ import annotations

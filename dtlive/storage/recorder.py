@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RECORD_CHUNK = 100  # results recorded at a time from a batch read: a stop or the watchdog waits at most one chunk
+RECORD_CHUNK = 25  # results recorded at a time from a batch read: a stop or the watchdog waits at most one chunk
 ORBIT_RESET_TOLERANCE = 1_000_000  # orbits a window may go back (late windows) before it counts as a counter reset
 
 

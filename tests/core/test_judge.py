@@ -296,3 +296,18 @@ def test_a_channel_empty_in_the_reference_counts_as_not_working(sim):
     v = judge(window(dead_channel(sim["hits"][k], k), k), ref, sim["config"])
     c = v["chambers"][f"chamber_{DEAD[0]}"]
     assert c["bad_channels"] == [DEAD[1]] and c["working_fraction"] == round(63 / 64, 4) and c["status"] == 0
+
+
+def test_a_silent_chamber_is_bad_without_a_reference_and_so_never_certified_good():
+    from dtlive.core.certification import is_good
+
+    n = 4000  # a window of hits in chambers 0, 1 and 3 only (chamber 2 lost its HV)
+    chamber = np.array([0, 1, 3])[np.arange(n) % 3]
+    hits = Rows.from_columns(head=np.full(n, 2), fpga=chamber // 2, channel=(chamber % 2) * 64 + np.arange(n) % 64,
+                             orbit=np.arange(n) * 5, bx=np.zeros(n, int), tdc=np.zeros(n, int))
+    ds = compute_products(hits)
+    ds.attrs.update(window_id=1, first_orbit=0, last_orbit=22445)
+    chambers = judge(ds, None)["chambers"]
+    assert chambers["chamber_2"]["status"] == 4 and chambers["chamber_2"]["label"] == "bad"
+    assert "rate 0 Hz" in chambers["chamber_2"]["reasons"][0]
+    assert [is_good(chambers[f"chamber_{c}"]["status"]) for c in range(4)] == [True, True, False, True]

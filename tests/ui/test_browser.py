@@ -409,14 +409,14 @@ def test_voila_quality_strip_shows_the_newest_verdict(dashboard):
     ds.attrs.update(window_id=1, first_orbit=0, last_orbit=22446, window_start=iso_utc(now - 2),
                     window_end=iso_utc(now))
     verdict = {**judge(ds, None), "processor": "browser-test"}
-    assert verdict["chambers"]["chamber_2"]["status"] == 2
+    assert verdict["chambers"]["chamber_2"]["status"] == 4  # silent: bad
     p = Producer({"bootstrap.servers": dashboard.feed.cfg.bootstrap})
     p.produce(Config.quality_topic, json.dumps(verdict).encode())
     assert p.flush(10) == 0
-    badge = page.locator(".dtlive-chamber-status[data-chamber='2'][data-status='2']")
+    badge = page.locator(".dtlive-chamber-status[data-chamber='2'][data-status='4']")
     badge.wait_for(timeout=20_000)
-    assert "rate 0 Hz" in badge.get_attribute("title") and "chamber 2: degraded" in badge.inner_text()
-    assert page.locator(".dtlive-detector-status[data-status='2']").count() == 1
+    assert "rate 0 Hz" in badge.get_attribute("title") and "chamber 2: bad" in badge.inner_text()
+    assert page.locator(".dtlive-detector-status[data-status='4']").count() == 1
     strip, state = boxes(page, ".dtlive-verdict", ".dtlive-state")
     assert strip["y"] < state["y"]  # the strip is on top
     screenshot(page, "voila-quality-strip")
