@@ -62,6 +62,10 @@ c.Spawner.environment = hub.user_environment(s)  # DTLIVE_BOOTSTRAP, topics, DTL
 c.Spawner.pre_spawn_hook = hub.notebooks_hook(s)  # copies notebooks/ into ~/notebooks (keeps users' edits)
 c.Spawner.notebook_dir = "~"
 c.Spawner.default_url = "/lab/tree/notebooks/01-quickstart.ipynb"
+# JupyterLab with the scientific stack takes a while to import on a busy shared machine: wait for it (the
+# defaults, 60 s to start and 30 s to answer, fail users' servers there)
+c.Spawner.start_timeout = 180
+c.Spawner.http_timeout = 120
 
 # ---------------------------------------------------------------- the dtlive stack and the idle culler
 c.JupyterHub.services = hub.services(s)  # dtlive-emulator?, -processor, -recorder, -alerts, -broker?, idle-culler
