@@ -398,7 +398,9 @@ def print_table(res: dict) -> None:
         print(f"  {name:<22} {c['p50']:>8} {c['p99']:>8} {a['p50']:>9} {a['p99']:>9} "
               f"{r.get('widget_messages_per_update', '-'):>5} {r.get('widget_kbytes_per_update', '-'):>6} "
               f"{r['build_ms']:>9}  CPU p99<={r['target_ms']:g}: {'MET' if r['target_met_p99'] else 'MISSED'}")
-    b = res.get("browser", {})
+    b = res.get("browser")
+    if b is None:  # --kernel-only
+        return
     print("\n== dashboard: result produced -> browser shows it (Voila + Chromium, real broker)")
     if "error" in b:
         print(f"  FAILED: {b['error']}")
