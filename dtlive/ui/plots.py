@@ -466,12 +466,15 @@ class TimeSeriesView:
                               scales={"x": self.x_scale, "y": bq.LinearScale(min=0, max=1)}, fill="inside",
                               colors=[PERIOD_COLORS["bad"]], fill_colors=[PERIOD_COLORS["bad"]],
                               fill_opacities=[0.25], opacities=[0.0], preserve_domain={"x": True})
-        axes = [bq.Axis(scale=self.x_scale, label="time of day (UTC)", tick_format="%H:%M:%S", grid_lines="none"),
+        # about one "HH:MM:SS" label per 130 px of a half-page plot: labels never run into each other
+        axes = [bq.Axis(scale=self.x_scale, label="time of day (UTC)", tick_format="%H:%M:%S", grid_lines="none",
+                        num_ticks=6),
                 bq.Axis(scale=self.y_scale, side="left", label=y_label, tick_format=COUNT_FORMAT,
                         grid_color="#e0e0e0", label_offset="46px")]
         self._range = NiceRange(self.y_scale, axes[1], integer=False, floor=1.0)
         size = {"width": "100%", "height": "240px", **size}
-        self.figure = make_figure([self.spans, self.lines], axes, title, css=css, **size)
+        # room on the right for the newest time label, centred on the last tick
+        self.figure = make_figure([self.spans, self.lines], axes, title, css=css, margin={"right": 36}, **size)
         items = [(label, c, "line") for label, c in zip(self.labels, self.colors, strict=True)]
         items += [(f"{kind} period", c, "box") for kind, c in PERIOD_COLORS.items()]
         self.legend = W.HTML(legend_html(items))

@@ -257,7 +257,7 @@ class Dashboard(W.VBox):
         self.view_mode = W.ToggleButtons(options=list(VIEWS), value="last", description="view",
                                          tooltips=["the newest window", "sum since the last reset",
                                                    "sum of the last N windows"])
-        self.view_mode.style.button_width = "90px"
+        self.view_mode.style.button_width = "100px"  # "cumulative" in full
         self.view_mode.add_class("dtlive-mode")
         self.rolling_n = W.BoundedIntText(value=rolling, min=1, max=self.live.history, description="N",
                                           layout=W.Layout(width="110px"), style={"description_width": "20px"})

@@ -260,6 +260,7 @@ def test_voila_every_plot_is_readable(dashboard):
         assert bar["left"] >= bar["map_right"] - 1 and bar["height"] > 100, bar  # beside the map, as tall as it
     times = [t for ticks in by_css["dtlive-timeseries"]["ticks"] for t in ticks if ":" in t]
     assert times and all(re.fullmatch(r"\d\d:\d\d:\d\d", t) for t in times), times
+    assert len(times) <= 8, times  # ~100 px a label on the half-page plot: they must not run into each other
 
 
 def test_voila_summary_strip_on_top_and_the_chambers_side_by_side(dashboard):
