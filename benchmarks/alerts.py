@@ -382,7 +382,7 @@ def profile_job(listener, alert_key: str, top: int = 25) -> dict:
 
     One unprofiled call first (imports, entry-point discovery), as a worker has done them after warm-up.
     """
-    from dtlive.alerts.listener import run_job
+    from dtlive.alerts.jobs import run_job
     from dtlive.alerts.notices import alert_to_dict, parse_notice
     from dtlive.alerts.send import TEMPLATES
 

@@ -30,7 +30,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from dtlive import __version__
-from dtlive.alerts.notices import Alert, NoticeError, alert_from_dict, alert_to_dict, parse_notice
+from dtlive.alerts.jobs import failure_record
+from dtlive.alerts.notices import Alert, NoticeError, alert_to_dict, parse_notice
 from dtlive.alerts.workers import WorkerPool
 from dtlive.config import Config
 from dtlive.core.messages import ANALYSIS_SCHEMA
@@ -52,54 +53,6 @@ def subscription(patterns: list[str]) -> list[str]:
     for p in patterns:
         out.append("^" + p.replace(".", "\\.").replace("*", ".*") if "*" in p else p)
     return out
-
-
-def run_job(analysis: str, alert: dict, params: dict, history_path: str | None, ledger_url: str | None,
-            artifacts_dir: str) -> dict:
-    """Worker-side entry: run one canned analysis, save its Dataset as NetCDF, return a JSON-ready record.
-
-    Every attempt writes into a directory of its own under ``artifacts_dir`` (UTC time, pid, random
-    suffix), and every file appears there complete (written under a temporary name, then renamed), so a
-    re-run never reads or overwrites another attempt's files.
-
-    >>> import tempfile
-    >>> notice = b'{"mission": "IceCube", "id": "7", "trigger_time": "2024-05-01T12:00:00Z"}'
-    >>> alert = alert_to_dict(parse_notice(notice))
-    >>> tmp = tempfile.mkdtemp()
-    >>> rec = run_job("rate_excess", alert, {"background_s": 60.0}, f"{tmp}/history", f"sqlite:///{tmp}/ledger.sqlite",
-    ...               f"{tmp}/artifacts")
-    >>> rec["name"], rec["summary"]["status"], rec["provenance"]["params"]["background_s"]
-    ('rate_excess', 'no_data', 60.0)
-    >>> [Path(a).name for a in rec["artifacts"]], Path(rec["artifacts"][0]).parent.name == rec["attempt"]
-    (['rate_excess.nc'], True)
-    """
-    import os
-    import uuid
-
-    from dtlive.alerts.analyses import AnalysisContext, get_analysis
-    from dtlive.storage.history import HistoryStore
-    from dtlive.storage.ledger import Ledger, RetryingLedger
-
-    fn = get_analysis(analysis)
-    attempt = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    # no connection until the analysis asks the ledger something; then it waits out an outage (within its time limit)
-    ledger = RetryingLedger(Ledger(ledger_url, migrate=False))
-    ctx = AnalysisContext(history=HistoryStore(history_path), ledger=ledger,
-                          artifacts_dir=Path(artifacts_dir) / attempt, params=params, now=time.time())
-    ctx.artifacts_dir.mkdir(parents=True, exist_ok=False)
-    result = fn(alert_from_dict(alert), ctx)
-    artifacts = [str(a) for a in result.artifacts]
-    if result.data is not None:
-        path = ctx.artifacts_dir / f"{analysis}.nc"
-        data = result.data.copy()
-        data.attrs["provenance"] = json.dumps(result.provenance, default=str)
-        data.attrs["attempt"] = attempt
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        data.to_netcdf(tmp)
-        os.replace(tmp, path)
-        artifacts.append(str(path))
-    return {"name": result.name, "version": result.version, "summary": result.summary,
-            "provenance": result.provenance, "artifacts": artifacts, "attempt": attempt}
 
 
 class AlertListener:
@@ -255,7 +208,7 @@ class AlertListener:
         if resumed_from is not None:
             detail["resumed"] = f"the listener restarted while it was {resumed_from}"
         self._state(job_id, "queued", detail, kind="analysis")
-        self.pool.submit(job_id, "dtlive.alerts.listener:run_job",
+        self.pool.submit(job_id, "dtlive.alerts.jobs:run_job",
                          (analysis, alert, params, self.history_path, self.ledger_url, out_dir),
                          timeout_s=self.timeout_s)
 
@@ -364,24 +317,9 @@ class AlertListener:
             if o.state == "succeeded":
                 self._publish(o.job_id, o.value)
             elif o.state in ("failed", "timed_out"):  # the shift sees it failed, and why, where results appear
-                self._publish(o.job_id, self._failure(o.job_id, o.state, o.error), marks_published=False)
+                self._publish(o.job_id, failure_record(self.jobs[o.job_id]["analysis"], o.state, o.error),
+                              marks_published=False)
         return len(outcomes)
-
-    def _failure(self, job_id: str, state: str, error: str | None) -> dict:
-        """The result record of an analysis that failed or timed out: status error, the reason in one line."""
-        from dtlive.alerts.analyses import get_analysis
-
-        analysis = self.jobs[job_id]["analysis"]
-        try:
-            version = get_analysis(analysis).version
-        except KeyError:
-            version = ""
-        lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
-        reason = f"{state.replace('_', ' ')}: {lines[-1] if lines else 'no reason given'}"
-        return {"name": analysis, "version": version, "summary": {"status": "error", "reason": reason[:500]},
-                "provenance": {"analysis": analysis, "version": version, "state": state,
-                               "error": (error or "")[-2000:]},
-                "artifacts": [], "attempt": ""}
 
     def _finish(self, job_id: str, state: str, detail: dict | None) -> None:
         self.jobs[job_id]["state"] = state

@@ -18,7 +18,7 @@ import pytest
 import xarray as xr
 from alert_history import N_WIN, alert, window_message
 
-from dtlive.alerts.listener import run_job
+from dtlive.alerts.jobs import run_job
 from dtlive.alerts.notices import alert_to_dict
 from dtlive.storage.history import HistoryStore
 from dtlive.storage.ledger import Ledger

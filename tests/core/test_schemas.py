@@ -257,7 +257,8 @@ def test_parsed_alerts_are_valid():
 
 def test_analysis_results_are_valid(tmp_path):
     from dtlive.alerts import alert_to_dict
-    from dtlive.alerts.listener import AlertListener, run_job
+    from dtlive.alerts.jobs import run_job
+    from dtlive.alerts.listener import AlertListener
 
     alert = parse_notice(b'{"mission": "IceCube", "id": "7", "trigger_time": "2024-05-01T12:00:00Z"}')
     ctx = AnalysisContext(HistoryStore(tmp_path / "h"), artifacts_dir=tmp_path / "a")
