@@ -25,6 +25,7 @@ changes nothing), so acknowledgements given while it was down count.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from dtlive.config import Config
@@ -41,7 +42,8 @@ class AlarmDesk:
     """Alarms from status changes, acknowledgements from the alarm topic (see the module docstring).
 
     ``ledger``: a :class:`~dtlive.storage.ledger.Ledger` or ``RetryingLedger`` (the board is read from it once, at
-    start); ``producer``: a confluent-kafka producer to share (the recorder's), else one of its own.
+    start); ``producer``: a confluent-kafka producer to share (the recorder's), else one of its own; ``spool``: the
+    file where events the ledger database was still away for at :meth:`close` wait for the next start.
 
     >>> from dtlive.config import load_config
     >>> from dtlive.storage.ledger import Ledger
@@ -51,7 +53,7 @@ class AlarmDesk:
     >>> desk.close()                                                           # doctest: +SKIP
     """
 
-    def __init__(self, cfg: Config, bootstrap: str, ledger, producer=None):
+    def __init__(self, cfg: Config, bootstrap: str, ledger, producer=None, spool: str | os.PathLike | None = None):
         from confluent_kafka import Consumer, TopicPartition
 
         from dtlive.kafka.alarms import AlarmPublisher
@@ -62,8 +64,10 @@ class AlarmDesk:
         self.cfg = cfg
         self.publisher = AlarmPublisher(cfg, bootstrap, producer=producer)
         self.notifier = Notifier(cfg.alarm_notify, cfg.alarm_notify_limit, cfg.alarm_notify_minutes)
+        self.outbox = Outbox(ledger, _write, name="alarm events", spool=spool)
+        if self.outbox.unspooled:  # events a stopped desk could not write: in the ledger before the board is read
+            self.outbox.drain()
         self.board = ledger.alarm_board()
-        self.outbox = Outbox(ledger, _write, name="alarm events")
         self.raised = 0
         self.acks = 0
         self.consumer = Consumer(client_config(cfg, bootstrap, **{

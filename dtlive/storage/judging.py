@@ -44,6 +44,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dtlive.config import Config
@@ -86,9 +87,16 @@ class LiveJudging:
         self.status_changes = 0
         self.busy = False  # inside handle(): the recorder does not judge ahead from inside it
         self.deferred = False  # judging ahead while the database is away: changes go to the outbox
-        # status periods waiting for the database, written in order on their own thread
+        # status periods waiting for the database, written in order on their own thread; what a stopped recorder
+        # could not write waits in the spool file, and is written at start (after the open periods it ends are
+        # known, before they are taken as the current status)
+        self._spool = Path(history_path) / "outbox" / "status-changes.jsonl" if history_path is not None else None
         self._outbox: Outbox | None = None
         self._resume()
+        if self._spool is not None and self._spool.exists():
+            self._outbox = self._new_outbox()
+            self._outbox.drain()
+            self._resume()
 
     def _resume(self) -> None:
         """Go on from the status periods a previous recorder left open."""
@@ -120,7 +128,7 @@ class LiveJudging:
     def _record(self, change: dict | None, verdict: dict) -> None:
         """Keep the change (None: the judged block) in the ledger: at once, or through the outbox while the
         database is away (judging never waits for the database)."""
-        from dtlive.storage.ledger import Outbox, RetryingLedger, is_unreachable
+        from dtlive.storage.ledger import RetryingLedger, is_unreachable
 
         self.status_changes += change is not None
         plain = self.ledger.ledger if isinstance(self.ledger, RetryingLedger) else self.ledger
@@ -134,8 +142,14 @@ class LiveJudging:
                     raise
                 plain.outage.failed(exc)
         if self._outbox is None:
-            self._outbox = Outbox(plain, self._write, name="status changes")
+            self._outbox = self._new_outbox()
         self._outbox.put((change, verdict))
+
+    def _new_outbox(self) -> Outbox:
+        from dtlive.storage.ledger import Outbox, RetryingLedger
+
+        plain = self.ledger.ledger if isinstance(self.ledger, RetryingLedger) else self.ledger
+        return Outbox(plain, self._write, name="status changes", spool=self._spool)
 
     def _drain(self) -> None:
         """Changes waiting in the outbox are written before later ones."""

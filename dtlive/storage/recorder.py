@@ -28,6 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dtlive.config import Config
@@ -123,7 +124,8 @@ class Recorder:
             from dtlive.storage.alarm_desk import AlarmDesk
             from dtlive.storage.judging import LiveJudging
 
-            self.alarms = AlarmDesk(cfg, bootstrap, self.ledger, producer=self.producer)
+            self.alarms = AlarmDesk(cfg, bootstrap, self.ledger, producer=self.producer,
+                                    spool=Path(self.history.path) / "outbox" / "alarm-events.jsonl")
             self.judging = LiveJudging(cfg, self.ledger, self.history.path, on_changes=self.alarms.status_changes)
 
     def stop(self, *_):

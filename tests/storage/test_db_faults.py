@@ -435,6 +435,29 @@ def test_sigterm_stops_a_recorder_waiting_for_the_database_within_seconds(broker
     last = err.strip().splitlines()[-1]
     assert last.startswith("dtlive record: error:") and "unreachable" in last, err
 
+    # what judging the first block wrote while the database was away (its block, the chambers' status periods,
+    # their alarms) was kept in the history's outbox folder, and the next recorder writes it once the database is back
+    spooled = sorted(p.name for p in (tmp_path / "history" / "outbox").glob("*.jsonl"))
+    assert spooled == ["alarm-events.jsonl", "status-changes.jsonl"], err
+    server.start()
+    again = subprocess.Popen(cmd, env=dtlive_env(DTLIVE_DB=url, DTLIVE_HISTORY=str(tmp_path / "history")), cwd=ROOT,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(recorded(url, cfg.group_id)) + len(recorded(url, f"{cfg.group_id}-b")) == 6, 90,
+                 "the sixth result recorded after the restart")
+    finally:
+        again.send_signal(signal.SIGTERM)
+        _, err2 = again.communicate(timeout=30)
+    assert again.returncode == 0, err2
+    with Ledger(url) as led:
+        blocks = led.lumi_blocks(processor=cfg.group_id)
+        status = [p for p in led.periods(kind="chamber_status") if (p["detail"] or {}).get("processor") == cfg.group_id]
+        raised = [e for e in led.alarm_events() if e["event"] == "raised" and e["processor"] == cfg.group_id]
+    assert [(b["first_window"], b["last_window"]) for b in blocks] == [(0, 4)], blocks
+    assert sorted(p["detail"]["chamber"] for p in status) == [0, 1, 2, 3] and all(p["end"] is None for p in status)
+    assert sorted(e["chamber"] for e in raised) == [0, 1, 2, 3]
+    assert not list((tmp_path / "history" / "outbox").glob("*.jsonl"))
+
 
 # ------------------------------------------------------------------------------------------ the processor
 

@@ -4,6 +4,7 @@ table equal to the model, and the outbox that writes them waiting out an outage 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -82,4 +83,35 @@ def test_the_outbox_writes_in_order_and_waits_out_an_outage(pg_db):
     threading.Timer(2.0, server.start).start()
     assert box.close(timeout_s=60)
     assert [e["event_id"] for e in led.alarm_events()] == [raised["event_id"]]
+    led.close()
+
+
+def test_what_waits_for_the_database_at_close_is_spooled_and_written_first_by_the_next_outbox(pg_db, tmp_path):
+    """A service stopped during an outage (its close waits 0.5 s) keeps the events in its spool file; the next
+    outbox on that file writes them, in order, before anything new, once the database answers again."""
+    url, server = pg_db
+    led = Ledger(url)
+    board, events = {}, []
+    for c, prev, status, t in [(0, 0, 4, 0), (1, 0, 2, 10), (2, 0, 3, 20)]:
+        board, new = on_status(board, change(c, prev, status, t))
+        events += new
+    spool = tmp_path / "outbox" / "alarm-events.jsonl"
+
+    def write(ledger, batch):
+        return ledger.record_alarm_events(batch)
+
+    server.stop()
+    server.wait_down()
+    box = Outbox(led, write, spool=spool)
+    box.put(events[:2])
+    box.put(events[2:])
+    assert not box.close(timeout_s=0.5)
+    assert [len(json.loads(line)) for line in spool.read_text().splitlines()] == [2, 1]
+    server.start()
+    _, (later,) = on_status(board, change(3, 0, 4, 30))
+    again = Outbox(led, write, spool=spool)
+    assert again.unspooled and not spool.exists()
+    again.put([later])
+    assert again.close(timeout_s=60)
+    assert [e["event_id"] for e in led.alarm_events()] == [e["event_id"] for e in [*events, later]]
     led.close()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from dtlive.storage.ledger.api import Ledger
@@ -147,8 +149,10 @@ class Outbox:
 
     ``write(ledger, item)`` is called for each :meth:`put` item, retried while the database is unreachable
     (:func:`retry_unreachable`); another error is logged and the item dropped. :meth:`close` waits at most
-    ``timeout_s`` for what is queued. Items still queued when the process dies are lost: callers make them
-    again (idempotently) from their own input.
+    ``timeout_s`` for what is queued. With a ``spool`` file, what the database was still away for at
+    :meth:`close` is kept there as JSON lines and written first by the next outbox on the same file (a service
+    stopped during an outage loses nothing; items must be JSON: lists come back for tuples). Items still queued
+    when the process is killed are lost: callers make them again (idempotently) from their own input.
 
     >>> led = Ledger("sqlite://")
     >>> box = Outbox(led, lambda ledger, state: ledger.append_state("task-1", state))
@@ -158,27 +162,59 @@ class Outbox:
     (['queued', 'running'], 2)
     """
 
-    def __init__(self, ledger: Ledger | RetryingLedger, write: Callable[[Ledger, Any], Any], name: str = "outbox"):
+    def __init__(self, ledger: Ledger | RetryingLedger, write: Callable[[Ledger, Any], Any], name: str = "outbox",
+                 spool: str | os.PathLike | None = None):
         import queue
 
         self.ledger: Ledger = ledger.ledger if isinstance(ledger, RetryingLedger) else ledger
         self.write = write
         self.written = 0
         self.failed = 0
+        self.spool = Path(spool) if spool is not None else None
+        self._left: list[Any] = []  # given up on at close while the database was away: spooled
         self._queue: queue.Queue = queue.Queue()
         self._closing = threading.Event()
         self._deadline = float("inf")
+        spooled = self._unspool()
+        self._unspooled = len(spooled)
+        for item in spooled:
+            self._queue.put(item)
         self._thread = threading.Thread(target=self._work, name=f"ledger-{name}", daemon=True)
         self._thread.start()
+
+    def _unspool(self) -> list[Any]:
+        """The items an earlier outbox left in the spool file (which is then removed)."""
+        if self.spool is None or not self.spool.exists():
+            return []
+        items = []
+        for n, line in enumerate(self.spool.read_text().splitlines(), 1):
+            try:
+                items.append(json.loads(line))
+            except ValueError:
+                log.error("%s line %d is no JSON; left out", self.spool, n)
+        self.spool.unlink()
+        if items:
+            log.warning("%s: %d writes a stopped service left for the ledger database, written first", self.spool,
+                        len(items))
+        return items
 
     @property
     def waiting(self) -> int:
         """Items not written yet."""
         return self._queue.unfinished_tasks
 
+    @property
+    def unspooled(self) -> bool:
+        """True when this outbox began with items an earlier one left in its spool file."""
+        return self._unspooled > 0
+
     def put(self, item: Any) -> None:
         """Queue ``item`` for writing (returns at once)."""
         self._queue.put(item)
+
+    def drain(self) -> None:
+        """Wait until everything queued is written (while the database is away: until it is back)."""
+        self._queue.join()
 
     def _work(self) -> None:
         while True:
@@ -191,7 +227,9 @@ class Outbox:
                 self.written += 1
             except LedgerUnavailable as exc:  # closing while the database is still away
                 self.failed += 1
-                log.warning("%s: a write left out: %s", self._thread.name, exc)
+                self._left.append(item)
+                if self.spool is None:
+                    log.warning("%s: a write left out: %s", self._thread.name, exc)
             except Exception:  # noqa: BLE001 - bookkeeping never kills its service; say why
                 self.failed += 1
                 log.exception("a ledger write of the %s failed; left out", self._thread.name)
@@ -203,7 +241,18 @@ class Outbox:
         self._deadline = time.monotonic() + timeout_s
         self._queue.put(_CLOSE)
         self._thread.join(timeout_s + 0.2)
+        if self._left and self.spool is not None and not self._thread.is_alive():
+            self._write_spool()
         return not self._thread.is_alive() and self.failed == 0
+
+    def _write_spool(self) -> None:
+        assert self.spool is not None
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.spool.with_name(f".{self.spool.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(json.dumps(item, default=str) + "\n" for item in self._left))
+        os.replace(tmp, self.spool)
+        log.warning("%s: %d writes kept in %s for the next start (the ledger database is still away)",
+                    self._thread.name, len(self._left), self.spool)
 
 
 _CLOSE = object()
