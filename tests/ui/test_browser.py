@@ -374,9 +374,11 @@ def test_voila_log_scale_switches_y_axis(dashboard):
     assert linear.tick_span_px > 100 and min(v for _, v in linear.ticks) <= 0
     try:
         page.check(".dtlive-log input[type=checkbox]")
-        # the live feed may redraw the linear axis meanwhile: wait for the log axis itself (no tick at or below 0)
+        # the live feed may redraw the linear axis meanwhile: wait for the log axis itself (no tick at or below 0),
+        # and for the new bars on it (new marks: they come in a message of their own, their data in the next)
         log = poll(lambda: figure(page, OCC0),
-                   lambda f: f.labels != linear.labels and f.ticks and all(v > 0 for _, v in f.ticks), timeout=10)
+                   lambda f: f.labels != linear.labels and f.ticks and all(v > 0 for _, v in f.ticks)
+                   and f.bars and all(math.isfinite(h) for h in f.bars) and max(f.bars) > 0, timeout=30)
         screenshot(page, "voila-log")
         assert log.labels != linear.labels, "y axis did not change"
         assert all(v > 0 for _, v in log.ticks), f"log axis with ticks <= 0: {log.labels}"
