@@ -176,14 +176,14 @@ class Outbox:
         self._closing = threading.Event()
         self._deadline = float("inf")
         spooled = self._unspool()
-        self._unspooled = len(spooled)
+        self._unspooled = self._spooled_left = len(spooled)
         for item in spooled:
             self._queue.put(item)
         self._thread = threading.Thread(target=self._work, name=f"ledger-{name}", daemon=True)
         self._thread.start()
 
     def _unspool(self) -> list[Any]:
-        """The items an earlier outbox left in the spool file (which is then removed)."""
+        """The items an earlier outbox left in the spool file (removed once they are written)."""
         if self.spool is None or not self.spool.exists():
             return []
         items = []
@@ -192,10 +192,11 @@ class Outbox:
                 items.append(json.loads(line))
             except ValueError:
                 log.error("%s line %d is no JSON; left out", self.spool, n)
-        self.spool.unlink()
         if items:
             log.warning("%s: %d writes a stopped service left for the ledger database, written first", self.spool,
                         len(items))
+        else:
+            self.spool.unlink()
         return items
 
     @property
@@ -225,6 +226,7 @@ class Outbox:
                 retry_unreachable(functools.partial(self.write, self.ledger, item), outage=self.ledger.outage,
                                   stop=lambda: time.monotonic() > self._deadline)
                 self.written += 1
+                self._spooled_done()
             except LedgerUnavailable as exc:  # closing while the database is still away
                 self.failed += 1
                 self._left.append(item)
@@ -233,6 +235,7 @@ class Outbox:
             except Exception:  # noqa: BLE001 - bookkeeping never kills its service; say why
                 self.failed += 1
                 log.exception("a ledger write of the %s failed; left out", self._thread.name)
+                self._spooled_done()
             finally:
                 self._queue.task_done()
 
@@ -244,6 +247,13 @@ class Outbox:
         if self._left and self.spool is not None and not self._thread.is_alive():
             self._write_spool()
         return not self._thread.is_alive() and self.failed == 0
+
+    def _spooled_done(self) -> None:
+        """One item of the spool file written: the file goes once all of them are."""
+        if self._spooled_left > 0:
+            self._spooled_left -= 1
+            if self._spooled_left == 0 and self.spool is not None:
+                self.spool.unlink(missing_ok=True)
 
     def _write_spool(self) -> None:
         assert self.spool is not None
