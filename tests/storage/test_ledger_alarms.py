@@ -115,3 +115,16 @@ def test_what_waits_for_the_database_at_close_is_spooled_and_written_first_by_th
     assert again.close(timeout_s=60) and not spool.exists()  # removed once what it held is written
     assert [e["event_id"] for e in led.alarm_events()] == [e["event_id"] for e in [*events, later]]
     led.close()
+
+
+def test_a_spool_line_that_is_no_json_is_said_and_left_out_and_the_rest_is_written(tmp_path, caplog):
+    led = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    _, (raised,) = on_status({}, change(1, 0, 4, 0))
+    spool = tmp_path / "outbox" / "alarm-events.jsonl"
+    spool.parent.mkdir()
+    spool.write_text('[{"truncated": \n' + json.dumps([raised]) + "\n")
+    box = Outbox(led, lambda ledger, events: ledger.record_alarm_events(events), spool=spool)
+    assert box.close(timeout_s=10) and not spool.exists()
+    assert [e["event_id"] for e in led.alarm_events()] == [raised["event_id"]]
+    assert any("line 1 is no JSON; left out" in r.getMessage() for r in caplog.records)
+    led.close()
