@@ -33,11 +33,12 @@ def test_an_unknown_name_is_an_attribute_error():
 
 def test_the_processor_command_loads_only_what_processing_needs():
     """``dtlive process`` starts in about a second: the command line and the processor import no pandas (csv
-    parsing imports it on first use), xarray, SQLAlchemy (the ledger opens in the background), widgets, and
-    streamz comes without dask.distributed."""
+    parsing imports it on first use), xarray, SQLAlchemy (the ledger opens in the background), widgets, numba (the
+    compiled segment fit loads in the background), and streamz comes without dask.distributed."""
     code = ("import sys; from dtlive.deploy import cli; cli._streamz_without_dask(); "
             "import dtlive.streaming.processor, streamz; "
-            "heavy = {'pandas', 'xarray', 'sqlalchemy', 'alembic', 'ipywidgets', 'bqplot', 'distributed', 'scipy'}; "
+            "heavy = {'pandas', 'xarray', 'sqlalchemy', 'alembic', 'ipywidgets', 'bqplot', 'distributed', 'scipy', "
+            "'numba'}; "
             "print(sorted(heavy & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"

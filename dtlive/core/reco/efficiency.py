@@ -12,12 +12,10 @@ are the plain arrays of :mod:`dtlive.core.reco.segments`.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from dtlive.core import detector as det
-from dtlive.core.reco.segments import DRIFT_WINDOW_NS, LAYER_SHIFT, LAYER_Z, Segments, fit_segments
+from dtlive.core.reco.segments import Segments, fit_and_predict
 
 NEIGHBOUR_CELLS = 1  # a hit this many cells from the predicted one counts as found
 EFFICIENCY_MAX_SLOPE = 1.0  # only segments within 45 degrees of the vertical predict
@@ -121,61 +119,11 @@ def segments_and_efficiency(
 
 def _fit_and_count(event, chamber, layer, cell, drift_ns, neighbours: int, max_slope: float, fit_options: dict,
                    with_all: bool) -> tuple[Segments | None, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The segments of all the hits (``with_all``) and the efficiency entries, from one call of the fit."""
-    event, chamber, layer, cell, drift_ns = (np.asarray(a) for a in (event, chamber, layer, cell, drift_ns))
-    lo, hi = fit_options.get("drift_window_ns", DRIFT_WINDOW_NS)
-    usable = (drift_ns >= lo) & (drift_ns <= hi) & (layer >= 1) & (layer <= _NL) & (chamber >= 0)
-    usable &= (chamber < det.N_CHAMBERS) & (cell >= 0) & (cell < det.CELLS_PER_LAYER)
-    events = np.sort(event, kind="stable")
-    events = events[np.r_[True, events[1:] != events[:-1]]] if len(events) else events
-    code = np.searchsorted(events, event)
-    hit_keys = np.sort(_cell_key(code[usable], chamber[usable], layer[usable], cell[usable]), kind="stable")
-    # fit 0: all the hits (if asked); fit t = 1-4: the hits of the layers other than t. Every (event, fit) pair is
-    # fitted as an event of its own, code * 5 + fit, and events are fitted independently: these are the segments
-    # of the separate fits, in (event, fit, chamber) order
-    fits = np.arange(0 if with_all else 1, _NL + 1)
-    taken = layer[None, :] != fits[:, None]
-    if with_all:
-        taken[0] = True
-    fit, rows = np.nonzero(taken)
-    fit = fits[fit]
-    seg = fit_segments(code[rows] * (_NL + 1) + fit, chamber[rows], layer[rows], cell[rows], drift_ns[rows],
-                       min_hits=_NL - 1, **fit_options)  # fmt: skip
-    seg_code, seg_fit = np.divmod(seg.event, _NL + 1)
-    # efficiency: the segments of fits 1-4 in (tested layer, event, chamber) order
-    by_layer = np.flatnonzero(seg_fit > 0)
-    by_layer = by_layer[np.argsort(seg_fit[by_layer], kind="stable")]
-    e_code, tested0 = seg_code[by_layer], seg_fit[by_layer] - 1
-    e_chamber, slope = seg.chamber[by_layer], seg.slope[by_layer]
-    x = seg.position_mm[by_layer] + slope * LAYER_Z[tested0]
-    pred = np.rint((x - LAYER_SHIFT[tested0]) / det.CELL_WIDTH_MM).astype(np.int64)
-    inside = (pred >= 0) & (pred < det.CELLS_PER_LAYER) & (np.abs(slope) <= max_slope)
-    hit = np.zeros(len(pred), bool)
-    for delta in range(-neighbours, neighbours + 1):
-        c = pred + delta
-        inside_layer = (c >= 0) & (c < det.CELLS_PER_LAYER)
-        hit |= inside_layer & _contains(hit_keys, _cell_key(e_code, e_chamber, tested0 + 1, c))
-    flat = (e_chamber * _NL + tested0) * det.CELLS_PER_LAYER + pred
-    entries = events[e_code[inside]].astype(np.int64), flat[inside].astype(np.int64), hit[inside]
-    if not with_all:
-        return None, entries
-    alone = seg.take(seg_fit == 0)
-    return replace(alone, event=events[seg_code[seg_fit == 0]].astype(np.int64),
-                   hit_index=rows[alone.hit_index].astype(np.int64)), entries
-
-
-def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Whether each key is in the sorted array (a binary search; ``np.isin`` hashes, slower here)."""
-    if not len(sorted_keys):
-        return np.zeros(len(keys), bool)
-    i = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-    return sorted_keys[i] == keys
-
-
-def _cell_key(code, chamber, layer, cell) -> np.ndarray:
-    return (
-        (np.asarray(code, np.int64) * det.N_CHAMBERS + chamber) * _NL + np.asarray(layer) - 1
-    ) * det.CELLS_PER_LAYER + cell
+    """The segments of all the hits (``with_all``) and the efficiency entries, from one pass of the fit."""
+    segments, (ev, flat, _, found) = fit_and_predict(event, chamber, layer, cell, drift_ns, with_all=with_all,
+                                                     with_leave_out=True, min_hits=_NL - 1, neighbours=neighbours,
+                                                     max_slope=max_slope, **fit_options)  # fmt: skip
+    return (segments if with_all else None), (ev, flat, found)
 
 
 def efficiency(found: np.ndarray, expected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

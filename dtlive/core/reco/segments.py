@@ -14,13 +14,14 @@ for the rotated chamber 1). Hits whose drift time is outside ``drift_window_ns``
 
 :func:`fit_segments` builds, per (event, chamber), every candidate with one hit on each of >= ``min_hits``
 distinct layers (a layer with several hits contributes each of its first ``max_hits_per_layer`` hits in turn,
-or none), resolves the left/right ambiguity by fitting all 2^n sign choices of its n hits (all candidates
-at once, vectorised), fits ``x = a + b z`` by weighted least squares with one resolution ``sigma_mm`` per hit
-(default 0.25 mm), and keeps per (event, chamber) the candidate with the most hits, then the lowest chi2,
-among those with chi2/ndof <= ``max_chi2_ndof`` (a candidate that cannot pass it whatever its signs, by a lower
-bound of its chi2 from its triplets of hits, is not fitted: the choice is the same). Residuals are given both
-biased (hit in the fit) and unbiased (the same hits, the same signs, the fit without that hit: the exact
-leave-one-out residual ``r / (1 - h)``, h the hit's leverage). The residual summaries here and the efficiency counts of
+or none), resolves the left/right ambiguity by fitting all 2^n sign choices of its n hits, fits
+``x = a + b z`` by weighted least squares with one resolution ``sigma_mm`` per hit (default 0.25 mm), and
+keeps per (event, chamber) the candidate with the most hits, then the lowest chi2, among those with
+chi2/ndof <= ``max_chi2_ndof`` (a candidate that cannot pass it whatever its signs, by a lower bound of its
+chi2 from its triplets of hits, is not fitted: the choice is the same). The groups are fitted one by one in a
+compiled loop (:mod:`dtlive.core.reco.fit_kernel`). Residuals are given both biased (hit in the fit) and
+unbiased (the same hits, the same signs, the fit without that hit: the exact leave-one-out residual
+``r / (1 - h)``, h the hit's leverage). The residual summaries here and the efficiency counts of
 :mod:`dtlive.core.reco.efficiency` are indexed by (chamber, layer, ...) and add up over shares and windows.
 
 >>> z = np.array([-19.5, -6.5, 6.5, 19.5])  # a track x = 100 + 0.2 z through the four layers
@@ -51,8 +52,6 @@ LAYER_Z = np.array([det.LAYER_Z_MM[k] for k in range(1, det.N_LAYERS + 1)])  # i
 LAYER_SHIFT = np.array([det.LAYER_X_SHIFT_MM[k] for k in range(1, det.N_LAYERS + 1)])
 HALF_CELL_MM = det.CELL_WIDTH_MM / 2
 _NL = det.N_LAYERS
-_MIRROR_MIN_DSLOPE = 0.1  # a mirror image's slope differs from the track's by more than this
-_SIGNS = ((np.arange(1 << _NL)[:, None] >> np.arange(_NL)) & 1) * 2.0 - 1.0  # (16, 4) of -1/+1
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,9 +154,9 @@ def fit_segments(
         Hits with a drift time outside ``[lo, hi]`` are ignored.
     ambiguity_chi2
         A track crossing a staircase of staggered cells (steeper than ~45 degrees) fits its hits exactly
-        with every sign flipped too (a mirror image, with a slope differing by > 0.1); a sign choice whose
-        chi2 is within this of the best and whose line is that much nearer the vertical is kept instead
-        (cosmic muons prefer the vertical).
+        with every sign flipped too (a mirror image, with a slope differing by > 0.1); of the sign choices
+        whose chi2 is within this of the best and whose line is that much nearer the vertical (cosmic muons
+        prefer it), the one with the lowest chi2 is kept instead.
 
     Returns
     -------
@@ -177,234 +176,78 @@ def fit_segments(
     event, chamber, layer, cell, drift_ns = (np.asarray(a) for a in (event, chamber, layer, cell, drift_ns))
     if not 3 <= min_hits <= _NL:
         raise ValueError(f"min_hits must be 3 or 4, got {min_hits}")
-    groups = _group_hits(event, chamber, layer, cell, drift_ns, drift_window_ns, max_hits_per_layer, min_hits)
-    if groups is None:
-        return Segments.empty()
-    order, counts, start, g_event, g_chamber = groups
-    n_layers = (counts > 0).sum(axis=1)
-    ctx = (order, start, cell, drift_ns, sigma_mm, max_chi2_ndof, ambiguity_chi2)
-    # candidates with a hit on every layer that has one first; smaller subsets only where none of them is
-    # accepted (a candidate with more hits always wins, so this is the same choice as trying all at once)
-    chosen = [_choose(*_candidates(counts, n_layers >= min_hits, min_hits, skip=False), ctx)]
-    retry = n_layers > min_hits
-    retry[chosen[0]["group"]] = False
-    if retry.any():
-        chosen.append(_choose(*_candidates(counts, retry, min_hits, skip=True), ctx))
-    best = {k: np.concatenate([c[k] for c in chosen]) for k in chosen[0]}
-    if not len(best["group"]):
-        return Segments.empty()
-    by_group = np.argsort(best["group"], kind="stable")
-    return _assemble({k: v[by_group] for k, v in best.items()}, g_event, g_chamber, cell, sigma_mm)
+    segments, _ = fit_and_predict(event, chamber, layer, cell, drift_ns, with_all=True, with_leave_out=False,
+                                  min_hits=min_hits, sigma_mm=sigma_mm, max_chi2_ndof=max_chi2_ndof,
+                                  max_hits_per_layer=max_hits_per_layer, drift_window_ns=drift_window_ns,
+                                  ambiguity_chi2=ambiguity_chi2)  # fmt: skip
+    return segments
 
 
-def _group_hits(event, chamber, layer, cell, drift_ns, window, max_per_layer, min_hits):
-    """Usable hits sorted by (event, chamber, layer, cell, input order); per (event, chamber) group and layer
-    the number of hits kept and the first one's position in that order."""
-    valid = (drift_ns >= window[0]) & (drift_ns <= window[1]) & (layer >= 1) & (layer <= _NL)
+def fit_and_predict(
+    event: np.ndarray,
+    chamber: np.ndarray,
+    layer: np.ndarray,
+    cell: np.ndarray,
+    drift_ns: np.ndarray,
+    *,
+    with_all: bool,
+    with_leave_out: bool,
+    min_hits: int = 3,
+    sigma_mm: float = DEFAULT_SIGMA_MM,
+    max_chi2_ndof: float = DEFAULT_MAX_CHI2_NDOF,
+    max_hits_per_layer: int = DEFAULT_MAX_HITS_PER_LAYER,
+    drift_window_ns: tuple[float, float] = DRIFT_WINDOW_NS,
+    ambiguity_chi2: float = DEFAULT_AMBIGUITY_CHI2,
+    neighbours: int = 1,
+    max_slope: float = 1.0,
+) -> tuple[Segments, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """The segments of all the layers (``with_all``) and the "other layers" predictions (``with_leave_out``) of
+    every (event, chamber), from one pass of the compiled fit (:mod:`dtlive.core.reco.fit_kernel`).
+
+    The predictions are what :func:`dtlive.core.reco.efficiency.efficiency_entries` counts: per (event, chamber,
+    tested layer) whose three other layers give a segment within ``max_slope`` that crosses a cell of the tested
+    layer, its event, flat (chamber, layer, cell) index, tested layer and whether a hit lies within
+    ``neighbours`` cells; in (tested layer, event, chamber) order.
+
+    >>> seg, (ev, flat, tested, found) = fit_and_predict(np.zeros(4, int), np.full(4, 2), np.arange(1, 5),
+    ...     np.array([7, 8, 7, 8]), np.array([10, 11, 10, 11]) / 53.8e-3, with_all=True, with_leave_out=True)
+    >>> seg.n_hits.tolist(), tested.tolist(), bool(found.all())
+    ([4], [1, 2, 3, 4], True)
+    """
+    from dtlive.core.reco.fit_kernel import fit_groups  # compiled on first use (numba; cached on disk)
+
+    event, chamber, layer, cell, drift_ns = (np.asarray(a) for a in (event, chamber, layer, cell, drift_ns))
+    valid = (drift_ns >= drift_window_ns[0]) & (drift_ns <= drift_window_ns[1]) & (layer >= 1) & (layer <= _NL)
     valid &= (cell >= 0) & (cell < det.CELLS_PER_LAYER) & (chamber >= 0) & (chamber < det.N_CHAMBERS)
     idx = np.flatnonzero(valid)
+    nothing = np.zeros(0, np.int64)
     if not len(idx):
-        return None
-    ev = event[idx].astype(np.int64)
-    ev -= ev.min()
-    if ev.max() < 1 << 52:  # one int64 key: a single sort
-        key = ((ev * det.N_CHAMBERS + chamber[idx]) * _NL + layer[idx] - 1) * det.CELLS_PER_LAYER + cell[idx]
-        order = idx[np.argsort(key, kind="stable")]
+        return Segments.empty(), (nothing, nothing, nothing, np.zeros(0, bool))
+    ev = np.asarray(event[idx], np.int64)
+    lowest = int(ev.min())
+    if int(ev.max()) - lowest < 1 << 52:  # one int64 key: a single sort
+        code = np.zeros(len(event), np.int64)
+        code[idx] = ev - lowest
+        events = None
     else:
-        order = idx[np.lexsort((cell[idx], layer[idx], chamber[idx], event[idx]))]
-    ev, ch, la = event[order], chamber[order], layer[order]
-    new_group = np.ones(len(order), bool)
-    new_group[1:] = (ev[1:] != ev[:-1]) | (ch[1:] != ch[:-1])
-    group = np.cumsum(new_group) - 1
-    key = group * _NL + la - 1
-    rank = _rank_in_runs(key)
-    keep = rank < max_per_layer
-    order, key = order[keep], key[keep]
-    n_groups = int(group[-1]) + 1
-    counts = np.bincount(key, minlength=n_groups * _NL)
-    start = (np.cumsum(counts) - counts).reshape(n_groups, _NL)
-    counts = counts.reshape(n_groups, _NL)
-    first = np.flatnonzero(new_group)
-    if not ((counts > 0).sum(axis=1) >= min_hits).any():
-        return None
-    return order, counts, start, ev[first], ch[first]
-
-
-def _rank_in_runs(key: np.ndarray) -> np.ndarray:
-    """Position of every element inside its run of equal consecutive keys."""
-    new = np.ones(len(key), bool)
-    new[1:] = key[1:] != key[:-1]
-    first = np.flatnonzero(new)
-    return np.arange(len(key)) - np.repeat(first, np.diff(np.append(first, len(key))))
-
-
-def _candidates(counts: np.ndarray, active: np.ndarray, min_hits: int, skip: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Candidates of the ``active`` groups: their group and, per layer, a digit (0: layer unused, j: its j-th
-    hit), enumerated in mixed radix per group. ``skip=False``: one hit on every layer that has one;
-    ``skip=True``: the proper subsets of those layers with >= ``min_hits`` layers."""
-    opts = counts + 1 if skip else np.maximum(counts, 1)
-    n_comb = np.where(active, opts.prod(axis=1), 0)
-    group = np.repeat(np.arange(len(counts)), n_comb)
-    k = np.arange(len(group)) - np.repeat(np.cumsum(n_comb) - n_comb, n_comb)
-    stride = np.cumprod(np.hstack([np.ones((len(counts), 1), counts.dtype), opts[:, :-1]]), axis=1)
-    digit = (k[:, None] // stride[group]) % opts[group]
-    if not skip:
-        return group, np.where(counts[group] > 0, digit + 1, 0)
-    n = (digit > 0).sum(axis=1)
-    ok = (n >= min_hits) & (n < (counts[group] > 0).sum(axis=1))
-    return group[ok], digit[ok]
-
-
-def _choose(cand_group: np.ndarray, digit: np.ndarray, ctx: tuple) -> dict:
-    """Fit the candidates; of every group the accepted one with the most hits, then the lowest chi2."""
-    order, start, cell, drift_ns, sigma_mm, max_chi2_ndof, ambiguity_chi2 = ctx
-    used = digit > 0
-    rows = order[np.where(used, start[cand_group] + digit - 1, 0)]
-    xw = cell[rows] * det.CELL_WIDTH_MM + LAYER_SHIFT
-    d = np.clip(drift_ns[rows] * det.DRIFT_VELOCITY_MM_PER_NS, 0.0, HALF_CELL_MM)
-    n = used.sum(axis=1)
-    # a candidate whose chi2 exceeds the cut whatever its signs is never chosen: it is not fitted (the margin is
-    # many times the rounding of a fit's chi2, so no candidate that could pass is left out)
-    fit_it = np.flatnonzero(_chi2_floor(xw, d, used, sigma_mm) <= max_chi2_ndof * (n - 2) * (1 + 1e-6) + 1e-3)
-    cand_group, used, rows, xw, d, n = (v[fit_it] for v in (cand_group, used, rows, xw, d, n))
-    fit = _fit_in_chunks(xw, d, used, sigma_mm, ambiguity_chi2)
-    ok = fit["chi2"] <= max_chi2_ndof * (n - 2)
-    idx = np.flatnonzero(ok)
-    idx = idx[np.lexsort((fit["chi2"][idx], cand_group[idx] * (_NL + 1) + _NL - n[idx]))]
-    first = np.ones(len(idx), bool)
-    first[1:] = cand_group[idx][1:] != cand_group[idx][:-1]
-    best = idx[first]
-    out = {"group": cand_group[best], "n": n[best], "used": used[best], "rows": rows[best], "xw": xw[best],
-           "d": d[best]}  # fmt: skip
-    return out | {k: v[best] for k, v in fit.items()}
-
-
-# the triplets of layers (lower, middle, upper) and the weights of the middle hit's residual from the line
-# through the outer two: r = x_mid - A x_low - B x_up
-_LOW, _MID, _UP = np.array([(0, 1, 2), (0, 1, 3), (0, 2, 3), (1, 2, 3)]).T
-_A = (LAYER_Z[_UP] - LAYER_Z[_MID]) / (LAYER_Z[_UP] - LAYER_Z[_LOW])
-_B = (LAYER_Z[_MID] - LAYER_Z[_LOW]) / (LAYER_Z[_UP] - LAYER_Z[_LOW])
-
-
-def _chi2_floor(xw: np.ndarray, d: np.ndarray, used: np.ndarray, sigma_mm: float) -> np.ndarray:
-    """A lower bound of the chi2 of (M, 4) candidates, whatever their signs.
-
-    The best line through three hits leaves a chi2 of ``r^2 / (1 + A^2 + B^2) / sigma^2``, r the middle hit's
-    residual from the line through the outer two; a hit lies at ``xw +- d``, so ``|r|`` is at least
-    ``|r(wires)| - (d_mid + A d_low + B d_up)``. More hits only add to a chi2: the largest bound of the
-    candidate's triplets holds for it.
-
-    >>> xw = np.array([[0.0, 21.0, 0.0, 0.0], [0.0, 105.0, 0.0, 0.0]])  # the middle wire 21 or 105 mm aside
-    >>> d, used = np.full((2, 4), 10.0), np.array([[True, True, True, False]] * 2)
-    >>> _chi2_floor(xw, d, used, 0.25).round(1).tolist()  # |21| - (10 + 5 + 5) = 1 mm, 105 - 20 = 85 mm
-    [10.7, 77066.7]
-    """
-    gap = np.abs(xw[:, _MID] - _A * xw[:, _LOW] - _B * xw[:, _UP]) - (d[:, _MID] + _A * d[:, _LOW] + _B * d[:, _UP])
-    gap = np.where(used[:, _LOW] & used[:, _MID] & used[:, _UP], np.maximum(gap, 0.0), 0.0)
-    return (gap**2 / (1 + _A**2 + _B**2)).max(axis=1) / sigma_mm**2
-
-
-_CHUNK = 1 << 14
-
-
-def _fit_in_chunks(xw: np.ndarray, d: np.ndarray, used: np.ndarray, sigma_mm: float, ambiguity_chi2: float) -> dict:
-    """:func:`_fit_all_signs` of the candidates in chunks (bounded (chunk, 16) arrays)."""
-    if len(used) <= _CHUNK:
-        return _fit_all_signs(xw, d, used, sigma_mm, ambiguity_chi2)
-    parts = [_fit_all_signs(xw[i : i + _CHUNK], d[i : i + _CHUNK], used[i : i + _CHUNK], sigma_mm, ambiguity_chi2)
-             for i in range(0, len(used), _CHUNK)]  # fmt: skip
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-def _fit_all_signs(xw, d, used, sigma_mm: float, ambiguity_chi2: float) -> dict:
-    """Weighted straight-line fits of (M, 4) candidates (3 or 4 layers used) for every sign choice of their used
-    layers (8 or 16); the best choice of each.
-
-    Positions are centred on the weighted mean wire position ``ref`` of the candidate (precision). Returns
-    ``ref``, ``a`` (at z = 0, relative to ref), ``b``, ``chi2``, ``signs`` (M, 4; +1 on unused layers) and the
-    sums S, Sz, Szz, D.
-
-    >>> xw = np.array([[7.0, 8.0, 7.0, 0.0]]) * 42 + LAYER_SHIFT  # cells 7, 8, 7 in layers 1-3
-    >>> fit = _fit_all_signs(xw, np.array([[10.0, 11.0, 10.0, 0.0]]), np.array([[True, True, True, False]]),
-    ...                      0.25, 1.0)
-    >>> fit["signs"].tolist(), round(float(fit["ref"][0] + fit["a"][0]), 9), round(float(fit["chi2"][0]), 9)
-    ([[1.0, -1.0, 1.0, 1.0]], 10.0, 0.0)
-    """
-    w = used / sigma_mm**2
-    s0, sz, szz = w.sum(axis=1), w @ LAYER_Z, w @ LAYER_Z**2
-    det_ = s0 * szz - sz**2
-    ref = (w * xw).sum(axis=1) / s0
-    xc = np.where(used, xw - ref[:, None], 0.0)
-    wd = w * d
-    # Sx, Sxz, Sxx of the wires, and the drift distances' terms that take a sign
-    wires = np.stack([(w * xc).sum(axis=1), (w * xc * LAYER_Z).sum(axis=1), (w * (xc**2 + d**2)).sum(axis=1)])
-    terms = np.stack([wd, wd * LAYER_Z, wd * xc])
-    fit = {"ref": ref, "a": np.empty(len(w)), "b": np.empty(len(w)), "chi2": np.empty(len(w)),
-           "signs": np.ones((len(w), _NL)), "s0": s0, "sz": sz, "szz": szz, "det": det_}  # fmt: skip
-    n = used.sum(axis=1)
-    for k in np.unique(n):
-        rows = np.flatnonzero(n == k)
-        cols = np.nonzero(used[rows])[1].reshape(len(rows), k)  # the used layers of each, in order
-        signed = _signed(terms[:, rows[:, None], cols])
-        sx = wires[0, rows, None] + signed[0]  # (M, 2^k)
-        sxz = wires[1, rows, None] + signed[1]
-        sxx = wires[2, rows, None] + 2.0 * signed[2]
-        a, b, chi2, pick = _best_signs(sx, sxz, sxx, s0[rows], sz[rows], szz[rows], det_[rows], ambiguity_chi2)
-        fit["a"][rows], fit["b"][rows], fit["chi2"][rows] = a, b, chi2
-        fit["signs"][rows[:, None], cols] = _SIGNS[pick, :k]
-    return fit
-
-
-def _signed(v: np.ndarray) -> np.ndarray:
-    """``sum_j s_j v[..., j]`` for every choice of signs s of the last axis of ``v`` (k of them -> 2^k), summed
-    column by column; bit j of a choice is the sign of column j (1: +), as in ``_SIGNS``.
-
-    >>> _signed(np.array([1.0, 10.0])).tolist()  # - -, + -, - +, + +
-    [-11.0, -9.0, 9.0, 11.0]
-    """
-    out = np.stack([-v[..., 0], v[..., 0]], axis=-1)
-    for j in range(1, v.shape[-1]):
-        vj = v[..., j, None]
-        out = np.concatenate([out - vj, out + vj], axis=-1)
-    return out
-
-
-def _best_signs(sx, sxz, sxx, s0, sz, szz, det_, ambiguity_chi2: float):
-    """The line (a, b), chi2 and index of the chosen sign choice of each candidate, from the sums of every choice
-    ((M, P) arrays)."""
-    b = (s0[:, None] * sxz - sz[:, None] * sx) / det_[:, None]
-    a = (szz[:, None] * sx - sz[:, None] * sxz) / det_[:, None]
-    chi2 = np.maximum(sxx - a * sx - b * sxz, 0.0)  # the normal equations' identity
-    # a track crossing a staircase of staggered cells fits its hits as well with every sign flipped (its mirror
-    # image about the line of the wires, far steeper or flatter): of such images within ``ambiguity_chi2`` of
-    # the best, take the nearest to vertical (cosmics prefer it). Flipping a hit near its wire only tilts the
-    # line a little and is left to chi2.
-    best = chi2.argmin(axis=1)
-    rows = np.arange(len(best))
-    tied = chi2 <= chi2[rows, best][:, None] + ambiguity_chi2
-    flatter = tied & (np.abs(b) < np.abs(b[rows, best])[:, None] - _MIRROR_MIN_DSLOPE)
-    alt = np.where(flatter, np.abs(b), np.inf).argmin(axis=1)
-    pick = np.where(flatter[rows, alt], alt, best)
-    return a[rows, pick], b[rows, pick], chi2[rows, pick], pick
-
-
-def _assemble(best: dict, g_event, g_chamber, cell, sigma_mm) -> Segments:
-    a, b, ref, n = best["a"], best["b"], best["ref"], best["n"]
-    seg, col = np.nonzero(best["used"])  # hits of the segments, grouped by segment, in layer order
-    z = LAYER_Z[col]
-    x = best["xw"][seg, col] + best["signs"][seg, col] * best["d"][seg, col]
-    resid = x - (ref[seg] + a[seg] + b[seg] * z)
-    s0, sz, szz, det_ = (best[k][seg] for k in ("s0", "sz", "szz", "det"))
-    leverage = (szz - 2.0 * z * sz + z**2 * s0) / det_ / sigma_mm**2
-    hit_rows = best["rows"][seg, col]
-    g = best["group"]
-    return Segments(
-        event=g_event[g].astype(np.int64), chamber=g_chamber[g].astype(np.int64), n_hits=n.astype(np.int64),
-        position_mm=ref + a, slope=b, chi2=best["chi2"], ndof=(n - 2).astype(np.int64),
-        hit_segment=seg.astype(np.int64), hit_index=hit_rows.astype(np.int64), hit_layer=(col + 1).astype(np.int64),
-        hit_cell=np.asarray(cell)[hit_rows].astype(np.int64), hit_x_mm=x, hit_z_mm=z, residual_mm=resid,
-        residual_unbiased_mm=resid / (1.0 - leverage),
+        events, inverse = np.unique(ev, return_inverse=True)
+        code = np.zeros(len(event), np.int64)
+        code[idx] = inverse
+    key = ((code[idx] * det.N_CHAMBERS + chamber[idx]) * _NL + layer[idx] - 1) * det.CELLS_PER_LAYER + cell[idx]
+    order = idx[np.argsort(key, kind="stable")]
+    d = np.clip(drift_ns * det.DRIFT_VELOCITY_MM_PER_NS, 0.0, HALF_CELL_MM)
+    seg, hits, pred = fit_groups(order, code, chamber, layer, cell, d, with_all, with_leave_out, min_hits,
+                                 max_hits_per_layer, sigma_mm, max_chi2_ndof, ambiguity_chi2, neighbours, max_slope)
+    seg_event, pred_event = (c + lowest if events is None else events[c] for c in (seg.code, pred.code))
+    segments = Segments(
+        event=seg_event, chamber=seg.chamber, n_hits=seg.n, position_mm=seg.ref + seg.a, slope=seg.b,
+        chi2=seg.chi2, ndof=seg.n - 2, hit_segment=hits.segment, hit_index=hits.row, hit_layer=hits.layer,
+        hit_cell=np.asarray(cell[hits.row], np.int64), hit_x_mm=hits.x, hit_z_mm=hits.z, residual_mm=hits.residual,
+        residual_unbiased_mm=hits.unbiased,
     )  # fmt: skip
+    by_layer = np.argsort(pred.layer, kind="stable")
+    return segments, (pred_event[by_layer], pred.flat[by_layer], pred.layer[by_layer],
+                      pred.found[by_layer])
 
 
 # --- residuals --------------------------------------------------------------------------------------------------
