@@ -31,9 +31,7 @@ from dtlive.core import detector as det
 from dtlive.core.rows import Rows
 
 NO_TIME = -1  # no trigger word / scintillator hit in an event
-_BIG = np.iinfo(np.int64).max
 _CHAMBER, _TRIGGER, _SCINT, _OTHER = 0, 1, 2, 3
-_NIBBLE_BITS = np.array([bin(i).count("1") for i in range(16)], np.int64)
 _KEY_BITS = 11  # FPGA (3 bits) and channel (8 bits) below the time in a sort key
 _TICKS_PER_ORBIT = det.BX_PER_ORBIT * det.TDC_PER_BX
 
@@ -104,7 +102,7 @@ def element_kind(fpga: np.ndarray, channel: np.ndarray) -> np.ndarray:
 
 
 def build_events(hits: Rows, gap_ns: float = det.EVENT_GAP_NS, min_layers: int = det.EVENT_MIN_LAYERS) -> Events:
-    """Group cleansed hits into muon events (vectorised: one sort, a diff and cumulative sums).
+    """Group cleansed hits into muon events (one sort, then one compiled pass: :mod:`~dtlive.core.reco.events_kernel`).
 
     Parameters
     ----------
@@ -145,53 +143,18 @@ def build_events(hits: Rows, gap_ns: float = det.EVENT_GAP_NS, min_layers: int =
     n = len(key)
     if n == 0:
         return _no_events()
-    ticks = np.right_shift(key, _KEY_BITS)
-    new = np.empty(n, bool)
-    new[0] = True
-    np.greater(np.diff(ticks), int(gap_ns / det.TDC_NS), out=new[1:])
-    first = np.flatnonzero(new)
-    size = np.diff(np.append(first, n))
-    # only clusters of two or more can be events (most hits are lone noise hits)
-    multi = np.flatnonzero(size >= 2)
-    sub = np.flatnonzero(np.repeat(size >= 2, size))
-    sub_first = np.concatenate(([0], np.cumsum(size[multi])[:-1])).astype(np.int64)
-    sub_key = key[sub]
-    sub_channel = sub_key & 255
-    sub_fpga = np.right_shift(sub_key, 8) & 7
-    is_chamber = sub_channel < det.CHAMBER_CHANNELS
-    bits = np.where(is_chamber, np.left_shift(1, ((2 * sub_fpga + np.right_shift(sub_channel, 6)) * det.N_LAYERS
-                                                  + det.LAYER_OF_CHANNEL_MOD4[sub_channel & 3] - 1) & 63), 0)
-    layers = np.bitwise_or.reduceat(bits, sub_first) if len(sub) else np.zeros(0, np.int64)
-    most_layers = np.max([_NIBBLE_BITS[(layers >> (4 * c)) & 15] for c in range(det.N_CHAMBERS)], axis=0)
-    n_chamber = np.add.reduceat(is_chamber.astype(np.int64), sub_first) if len(sub) else np.zeros(0, np.int64)
-    is_trigger = sub_channel == det.TRIGGER_CHANNEL
-    has_trigger = np.add.reduceat(is_trigger.astype(np.int64), sub_first) > 0 if len(sub) else n_chamber > 0
-    is_event = (most_layers >= min_layers) | (has_trigger & (n_chamber >= 2))
-    event_of_multi = np.where(is_event, np.cumsum(is_event) - 1, -1)
-    sub_event = np.repeat(event_of_multi, size[multi])
-    event = np.full(n, -1, np.int64)
-    event[sub] = sub_event
-    n_events = int(is_event.sum())
-    start_index = first[multi[is_event]]
+    from dtlive.core.reco.events_kernel import cluster_events  # compiled on first use (numba; cached on disk)
 
-    trigger = np.full((n_events, det.N_FPGA), _BIG, np.int64)
-    scint = np.full(n_events, _BIG, np.int64)
-    special = np.flatnonzero((sub_channel >= det.CHAMBER_CHANNELS) & (sub_event >= 0))
-    if len(special):
-        ev_s, ch_s, t_s = sub_event[special], sub_channel[special], ticks[sub[special]]
-        trig = ch_s == det.TRIGGER_CHANNEL
-        np.minimum.at(trigger, (ev_s[trig], sub_fpga[special][trig]), t_s[trig])
-        np.minimum.at(scint, ev_s[~trig], t_s[~trig])
-    keep = np.flatnonzero((key & 255) < det.CHAMBER_CHANNELS)
+    ticks = np.right_shift(key, _KEY_BITS)
+    keep, event, start, n_hits, trigger, scint = cluster_events(key, int(gap_ns / det.TDC_NS), min_layers)
     k = key[keep]
     channel, fpga = k & 255, np.right_shift(k, 8) & 7
     hit_ticks = ticks[keep]
     return Events(
         ticks=hit_ticks, orbit=hit_ticks // _TICKS_PER_ORBIT, fpga=fpga, channel=channel,
         chamber=2 * fpga + np.right_shift(channel, 6), layer=det.LAYER_OF_CHANNEL_MOD4[channel & 3],
-        event=event[keep], start=ticks[start_index], event_orbit=ticks[start_index] // _TICKS_PER_ORBIT,
-        n_hits=n_chamber[is_event], trigger=np.where(trigger == _BIG, NO_TIME, trigger),
-        scint=np.where(scint == _BIG, NO_TIME, scint), element_ticks=ticks,
+        event=event, start=start, event_orbit=start // _TICKS_PER_ORBIT, n_hits=n_hits, trigger=trigger,
+        scint=scint, element_ticks=ticks,
     )  # fmt: skip
 
 

@@ -35,7 +35,6 @@ from dtlive.core.reco.events import NO_TIME, Events
 
 _HX = 2 * det.CELLS_PER_LAYER + 2  # half-cell positions per layer in a key, room for -1 .. 32
 _REL_BITS = 24  # TDC counts after the event start below the cell in a sort key
-_DENSE_KEYS = 1 << 22  # cell keys up to this are looked up in a table
 MEANTIMER_TOLERANCE_NS = 15.0
 MEANTIMER_AGREE_NS = 8.0  # two triplets of a chamber agree on t0 within this
 MEANTIMER_REFERENCE_NS = 15.0  # a lone triplet's solution this close to the event's agreed t0 is taken
@@ -85,7 +84,7 @@ def meantimer_t0(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS, tolerance_ns: fl
         A triplet counts when its three drift times lie in ``[-tolerance_ns, tmax_ns + tolerance_ns]``.
     agree_ns : float
         With both triplets (layers 1-2-3 and 2-3-4), the t0 is the mean of their two closest solutions
-        (:func:`meantimer_candidates`) when these agree within ``agree_ns``.
+        when these agree within ``agree_ns``.
     reference_ns : float
         Otherwise the solution closest to the mean t0 of the event's chambers with agreeing triplets (chamber
         delays differ by a few ns only), if within ``reference_ns``; else the earliest solution with the track
@@ -122,88 +121,11 @@ def meantimer_solutions(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS,
     >>> t0, paired = meantimer_solutions(ev); paired.tolist()  # one triplet only
     [[False, False, False, False]]
     """
-    out = np.full((ev.n_events, det.N_CHAMBERS), np.nan)
-    paired = np.zeros(out.shape, bool)
-    c = meantimer_candidates(ev, tmax_ns, tolerance_ns)
-    if not len(c.group):
-        return out, paired
-    # single triplets: the earliest track-between-the-wires solution (the others come later for steep tracks)
-    single = c.hypothesis == 0
-    earliest = np.full(ev.n_events * det.N_CHAMBERS, np.inf)
-    np.minimum.at(earliest, c.group[single], c.t0_ns[single])
-    has = np.isfinite(earliest)
-    out.ravel()[has] = earliest[has]
-    # two triplets (layers 1-2-3 and 2-3-4): the two solutions closest to each other, when they agree
-    order = np.lexsort((c.t0_ns, c.group))
-    g, t0, mid = c.group[order], c.t0_ns[order], c.middle[order]
-    pair = np.flatnonzero((g[1:] == g[:-1]) & (mid[1:] != mid[:-1]))
-    if len(pair):
-        diff = t0[pair + 1] - t0[pair]
-        best = np.lexsort((diff, g[pair]))
-        best = best[np.concatenate(([True], g[pair][best][1:] != g[pair][best][:-1]))]
-        agree = diff[best] <= agree_ns
-        chosen = pair[best][agree]
-        out.ravel()[g[chosen]] = (t0[chosen] + t0[chosen + 1]) / 2
-        paired.ravel()[g[chosen]] = True
-    # a chamber with one triplet: the solution closest to the t0 the event's paired chambers agree on
-    n_paired = paired.sum(axis=1)
-    reference = np.where(n_paired > 0, np.where(paired, out, 0.0).sum(axis=1) / np.maximum(n_paired, 1), np.nan)
-    event = c.group // det.N_CHAMBERS
-    near = ~paired.ravel()[c.group] & (np.abs(c.t0_ns - reference[event]) <= reference_ns)
-    if near.any():
-        dist = np.abs(c.t0_ns[near] - reference[event[near]])
-        g = c.group[near]
-        best = np.lexsort((dist, g))
-        best = best[np.concatenate(([True], g[best][1:] != g[best][:-1]))]
-        out.ravel()[g[best]] = c.t0_ns[near][best]
-    return out, paired
+    from dtlive.core.reco.t0_kernel import meantimer_groups  # compiled on first use (numba; cached on disk)
 
-
-@dataclass(frozen=True)
-class Candidates:
-    """Meantimer t0 solutions of staggered triplets.
-
-    ``group`` = event * N_CHAMBERS + chamber, ``t0_ns`` after the event start, ``middle`` the middle layer
-    of the triplet (2 or 3), ``hypothesis``: 0 the track passes between the outer wires' plane and the middle
-    wire in all three layers, 1 (2) it crosses the outer wires' plane between the layers with the lower
-    (upper) outer layer on the far side.
-
-    >>> from dtlive.core.rows import Rows
-    >>> from dtlive.core.reco.events import build_events
-    >>> ev = build_events(Rows.from_columns(head=[2] * 3, fpga=[0] * 3, channel=[3, 1, 2], orbit=[7] * 3,
-    ...                                     bx=[104, 111, 104], tdc=[0, 18, 0]))
-    >>> c = meantimer_candidates(ev)  # every solution of the one triplet: between the wires, crossing their plane
-    >>> c.group.tolist(), [round(t, 1) for t in c.t0_ns.tolist()], c.middle.tolist(), c.hypothesis.tolist()
-    ([0, 0, 0], [-100.2, -200.3, -200.3], [2, 2, 2], [0, 1, 2])
-    """
-
-    group: np.ndarray
-    t0_ns: np.ndarray
-    middle: np.ndarray
-    hypothesis: np.ndarray
-
-
-def meantimer_candidates(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS,
-                         tolerance_ns: float = MEANTIMER_TOLERANCE_NS) -> Candidates:
-    """Every t0 solution of every staggered triplet whose drift times come out in range.
-
-    With the outer wires at x = 0, the middle wire at x = h (half a cell) and the track at x1, x2, x3:
-    between the wires ``(t1 + t3) / 2 + t2 = Tmax``; crossing x = 0 between layers 1 and 3 with x1 < 0,
-    ``(t3 - t1) / 2 + t2 = Tmax`` (and t3 >= t1); with x3 < 0, ``(t1 - t3) / 2 + t2 = Tmax`` (t1 >= t3).
-    The earliest hit of a cell counts. The order of the solutions follows the cells' (deterministic).
-
-    >>> from dtlive.core.rows import Rows
-    >>> from dtlive.core.reco.events import build_events
-    >>> ev = build_events(Rows.from_columns(head=[2] * 4, fpga=[0] * 4, channel=[3, 1, 2, 0], orbit=[7] * 4,
-    ...                                     bx=[104, 108, 104, 112], tdc=[0] * 4))  # layers 1-4, one column
-    >>> c = meantimer_candidates(ev, tmax_ns=190.0)
-    >>> c.t0_ns.tolist(), c.middle.tolist(), c.hypothesis.tolist()  # 2-3-4 gives a 220 ns drift
-    ([-45.0, -90.0, -90.0], [2, 2, 2], [0, 1, 2])
-    """
     idx = ev.in_events()
     if not len(idx):
-        z = np.zeros(0, np.int64)
-        return Candidates(z, np.zeros(0), z, z)
+        return np.full((ev.n_events, det.N_CHAMBERS), np.nan), np.zeros((ev.n_events, det.N_CHAMBERS), bool)
     rel = ev.ticks[idx] - ev.start[ev.event[idx]]  # TDC counts after the event start, exact
     group = ev.event[idx] * det.N_CHAMBERS + ev.chamber[idx]
     key = (group * det.N_LAYERS + ev.layer[idx] - 1) * _HX + det.half_cell_of(ev.channel[idx]) + 1
@@ -214,46 +136,9 @@ def meantimer_candidates(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS,
         order = np.lexsort((rel, key))
         key, rel = key[order], rel[order]
     first = np.concatenate(([True], key[1:] != key[:-1]))  # the earliest hit of each cell
-    key, rel = key[first], rel[first]
-    layer = (key // _HX) % det.N_LAYERS + 1
-    middle = np.flatnonzero((layer == 2) | (layer == 3))
-    parts = []
-    tmax = tmax_ns / det.TDC_NS
-    lo, hi = -tolerance_ns / det.TDC_NS, (tmax_ns + tolerance_ns) / det.TDC_NS
-    find = _lookup(key)
-    for side in (-1, 1):
-        below, above = find(key[middle] - _HX + side), find(key[middle] + _HX + side)
-        ok = np.flatnonzero((below >= 0) & (above >= 0))
-        m, b, a = middle[ok], below[ok], above[ok]
-        t1, t2, t3 = rel[b].astype(float), rel[m].astype(float), rel[a].astype(float)
-        for hyp, t0, order_ok in ((0, ((t1 + t3) / 2 + t2 - tmax) / 2, None),
-                                  (1, (t3 - t1) / 2 + t2 - tmax, t3 >= t1),
-                                  (2, (t1 - t3) / 2 + t2 - tmax, t1 >= t3)):
-            lowest, highest = np.minimum(np.minimum(t1, t2), t3) - t0, np.maximum(np.maximum(t1, t2), t3) - t0
-            good = (lowest >= lo) & (highest <= hi)
-            if order_ok is not None:
-                good &= order_ok
-            good = np.flatnonzero(good)
-            parts.append((key[m[good]] // (_HX * det.N_LAYERS), t0[good] * det.TDC_NS, layer[m[good]],
-                          np.full(len(good), hyp)))
-    group, t0, mid, hypothesis = (np.concatenate(x) for x in zip(*parts))
-    return Candidates(group, t0, mid, hypothesis)
-
-
-def _lookup(sorted_keys: np.ndarray):
-    """A function giving the index of keys (0 .. max + _HX + 1) in the sorted distinct ``sorted_keys``, or -1."""
-    span = int(sorted_keys[-1]) + _HX + 2 if len(sorted_keys) else 0
-    if span > _DENSE_KEYS:
-        return lambda keys: _find(sorted_keys, keys)
-    table = np.full(span, -1, np.int64)
-    table[sorted_keys] = np.arange(len(sorted_keys))
-    return table.__getitem__
-
-
-def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Index of each key in the sorted distinct ``sorted_keys``, or -1."""
-    i = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-    return np.where(sorted_keys[i] == keys, i, -1)
+    return meantimer_groups(key[first], rel[first].astype(float), ev.n_events, _HX, tmax_ns / det.TDC_NS,
+                            -tolerance_ns / det.TDC_NS, (tmax_ns + tolerance_ns) / det.TDC_NS, det.TDC_NS, agree_ns,
+                            reference_ns)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,97 @@
+"""The compiled loop of the event building: time clusters of sorted hits, which of them are muon events.
+
+:func:`dtlive.core.reco.events.build_events` describes the rules and sorts the hits; this module walks the
+sorted keys once in machine code (numba, compiled once and cached on disk).
+
+Input: the sorted int64 keys ``ticks << 11 | fpga << 8 | channel`` of the chamber hits, trigger words and
+scintillator hits.
+
+>>> import numpy as np
+>>> keys = np.array([(1000 << 11) | 3, (1120 << 11) | 1, (1240 << 11) | 2, (1250 << 11) | 138, (9000 << 11) | 9])
+>>> hit, hit_event, start, n_hits, trigger, scint = cluster_events(keys, 500, 3)
+>>> hit.tolist(), hit_event.tolist(), start.tolist(), n_hits.tolist(), trigger.tolist()
+([0, 1, 2, 4], [0, 0, 0, -1], [1000], [3], [[1250, -1]])
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from dtlive.core import detector as det
+
+_LAYER_MOD4 = np.asarray(det.LAYER_OF_CHANNEL_MOD4, np.int64)
+_CHAMBER_CHANNELS = det.CHAMBER_CHANNELS
+_TRIGGER = det.TRIGGER_CHANNEL
+_SCINT, _SCINT_FPGA = det.SCINT_CHANNEL, det.SCINT_FPGA
+_NFPGA = det.N_FPGA
+_NCH = det.N_CHAMBERS
+NO_TIME = -1
+
+
+def cluster_events(keys: np.ndarray, gap_ticks: int, min_layers: int):
+    """The muon events of sorted ``keys`` (see the module doc).
+
+    Returns the positions of the chamber hits among the keys, the event of each (-1: background), and per
+    event its start (ticks of its first element), chamber hits, first trigger word per FPGA and first
+    scintillator hit (ticks, :data:`NO_TIME` for none). A cluster is a run of keys with gaps of at most
+    ``gap_ticks``; it is an event when it holds two elements or more and either hits on ``min_layers``
+    layers of one chamber, or a trigger word and two chamber hits.
+
+    >>> hit, hit_event, start, n_hits, trigger, scint = cluster_events(np.array([(5 << 11) | 3]), 500, 3)
+    >>> hit.tolist(), hit_event.tolist(), len(start)  # a lone hit is background
+    ([0], [-1], 0)
+    """
+    n = len(keys)
+    hit, hit_event = np.empty(n, np.int64), np.empty(n, np.int64)
+    start, n_hits = np.empty(n, np.int64), np.empty(n, np.int64)
+    trigger, scint = np.empty((n, _NFPGA), np.int64), np.empty(n, np.int64)
+    n_hit, n_events = _cluster(np.ascontiguousarray(keys, np.int64), int(gap_ticks), int(min_layers), hit, hit_event,
+                               start, n_hits, trigger, scint)  # fmt: skip
+    return (hit[:n_hit], hit_event[:n_hit], start[:n_events], n_hits[:n_events], trigger[:n_events],
+            scint[:n_events])  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True)
+def _cluster(keys, gap, min_layers, hit, hit_event, start, n_hits, trigger, scint):  # pragma: no cover - compiled
+    n = len(keys)
+    n_hit = n_events = 0
+    i = 0
+    while i < n:
+        j = i + 1
+        while j < n and (keys[j] >> 11) - (keys[j - 1] >> 11) <= gap:
+            j += 1
+        layers = 0  # bit (chamber * 4 + layer - 1) per chamber hit
+        n_chamber = 0
+        has_trigger = False
+        for k in range(i, j):
+            channel, fpga = keys[k] & 255, (keys[k] >> 8) & 7
+            if channel < _CHAMBER_CHANNELS:
+                n_chamber += 1
+                layers |= 1 << (((2 * fpga + (channel >> 6)) * 4 + _LAYER_MOD4[channel & 3] - 1) & 63)
+            elif channel == _TRIGGER:
+                has_trigger = True
+        most = 0
+        for c in range(_NCH):
+            nibble = (layers >> (4 * c)) & 15
+            most = max(most, (nibble & 1) + ((nibble >> 1) & 1) + ((nibble >> 2) & 1) + ((nibble >> 3) & 1))
+        event = -1
+        if j - i >= 2 and (most >= min_layers or (has_trigger and n_chamber >= 2)):
+            event = n_events
+            n_events += 1
+            start[event], n_hits[event] = keys[i] >> 11, n_chamber
+            trigger[event, :] = NO_TIME
+            scint[event] = NO_TIME
+        for k in range(i, j):
+            channel, fpga = keys[k] & 255, (keys[k] >> 8) & 7
+            if channel < _CHAMBER_CHANNELS:
+                hit[n_hit], hit_event[n_hit] = k, event
+                n_hit += 1
+            elif event >= 0:  # the first trigger word of each FPGA, the first scintillator hit
+                if channel == _TRIGGER:
+                    if fpga < _NFPGA and trigger[event, fpga] == NO_TIME:
+                        trigger[event, fpga] = keys[k] >> 11
+                elif scint[event] == NO_TIME:
+                    scint[event] = keys[k] >> 11
+        i = j
+    return n_hit, n_events
