@@ -127,18 +127,6 @@ def fit_groups(order, code, chamber, layer, cell, d, with_all: bool, with_leave_
     return seg, hits, eff
 
 
-def warm_up() -> None:
-    """Compile the fit (or load it from the disk cache: the first use in a new install compiles for seconds).
-
-    A service calls it in a background thread at start, so that its first window does not wait for it.
-
-    >>> warm_up()
-    """
-    one = np.zeros(3, np.int64)
-    fit_groups(np.arange(3), one, one, np.arange(1, 4), np.array([7, 8, 7]), np.array([10.0, 11.0, 10.0]), True, True,
-               3, 3, 0.25, 5.0, 1.0, 1, 1.0)  # fmt: skip
-
-
 @numba.njit(cache=True, nogil=True)
 def _fit_groups(order, code, chamber, layer, cell, d, with_all, with_leave_out, min_hits, max_per_layer, sigma,
                 max_chi2_ndof, ambiguity, neighbours, max_slope):  # pragma: no cover - compiled
