@@ -356,13 +356,32 @@ def _fit_signs(xw, dd, used, sigma, ambiguity):  # pragma: no cover - compiled
     t1 = (t0[0] * _LAYER_Z[0], t0[1] * _LAYER_Z[1], t0[2] * _LAYER_Z[2], t0[3] * _LAYER_Z[3])
     t2 = (t0[0] * (xw[0] - ref), t0[1] * (xw[1] - ref), t0[2] * (xw[2] - ref), t0[3] * (xw[3] - ref))
     n_choices = 1 << k
+    # the choices in Gray-code order (one sign flips from one to the next: three additions), from all signs -
+    c0, c1, c2 = _compact(t0, used), _compact(t1, used), _compact(t2, used)
+    sx = wires0 - (c0[0] + c0[1] + c0[2] + c0[3])
+    sxz = wires1 - (c1[0] + c1[1] + c1[2] + c1[3])
+    sxx = wires2 - 2.0 * (c2[0] + c2[1] + c2[2] + c2[3])
     best, best_b, best_chi2 = 0, 0.0, np.inf
-    for p in range(n_choices):
-        _, b, chi2 = _line(p, used, s0, sz, szz, inv_det, wires0, wires1, wires2, t0, t1, t2)
-        if chi2 < best_chi2:
+    flattest_near = np.inf  # the smallest |b| of the choices within ambiguity of the best so far: a lower bound
+    p = 0
+    for step in range(n_choices):
+        if step > 0:
+            j = 0
+            while not (step >> j) & 1:
+                j += 1
+            s = -2.0 if (p >> j) & 1 else 2.0
+            p ^= 1 << j
+            sx += s * c0[j]
+            sxz += s * c1[j]
+            sxx += 2.0 * s * c2[j]
+        b = (s0 * sxz - sz * sx) * inv_det
+        chi2 = max(sxx - (szz * sx - sz * sxz) * inv_det * sx - b * sxz, 0.0)
+        if chi2 < best_chi2 or (chi2 == best_chi2 and p < best):
             best, best_b, best_chi2 = p, b, chi2
+        if chi2 <= best_chi2 + ambiguity:
+            flattest_near = min(flattest_near, abs(b))
     pick, pick_chi2 = best, np.inf
-    for p in range(n_choices):
+    for p in range(n_choices if flattest_near < abs(best_b) - _MIRROR_MIN_DSLOPE else 0):
         _, b, chi2 = _line(p, used, s0, sz, szz, inv_det, wires0, wires1, wires2, t0, t1, t2)
         if chi2 <= best_chi2 + ambiguity and abs(b) < abs(best_b) - _MIRROR_MIN_DSLOPE and chi2 < pick_chi2:
             pick, pick_chi2 = p, chi2
@@ -373,6 +392,25 @@ def _fit_signs(xw, dd, used, sigma, ambiguity):  # pragma: no cover - compiled
     j3 = j2 + (1 if used[2] else 0)
     return (ref, a, b, chi2, s0, sz, szz, det_, _sign(pick, 0, used[0]), _sign(pick, j1, used[1]),
             _sign(pick, j2, used[2]), _sign(pick, j3, used[3]))
+
+
+@numba.njit(cache=True, nogil=True)
+def _compact(v, used):  # pragma: no cover - compiled
+    """The values of the used layers first, in layer order, then zeros."""
+    out0 = out1 = out2 = out3 = 0.0
+    j = 0
+    for la in range(4):
+        if used[la]:
+            if j == 0:
+                out0 = v[la]
+            elif j == 1:
+                out1 = v[la]
+            elif j == 2:
+                out2 = v[la]
+            else:
+                out3 = v[la]
+            j += 1
+    return (out0, out1, out2, out3)
 
 
 @numba.njit(cache=True, nogil=True)

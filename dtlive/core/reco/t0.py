@@ -33,8 +33,7 @@ import numpy as np
 from dtlive.core import detector as det
 from dtlive.core.reco.events import NO_TIME, Events
 
-_HX = 2 * det.CELLS_PER_LAYER + 2  # half-cell positions per layer in a key, room for -1 .. 32
-_REL_BITS = 24  # TDC counts after the event start below the cell in a sort key
+_HALF_CELL = det.half_cell_of(np.arange(det.CHAMBER_CHANNELS))  # of each chamber channel
 MEANTIMER_TOLERANCE_NS = 15.0
 MEANTIMER_AGREE_NS = 8.0  # two triplets of a chamber agree on t0 within this
 MEANTIMER_REFERENCE_NS = 15.0  # a lone triplet's solution this close to the event's agreed t0 is taken
@@ -121,24 +120,11 @@ def meantimer_solutions(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS,
     >>> t0, paired = meantimer_solutions(ev); paired.tolist()  # one triplet only
     [[False, False, False, False]]
     """
-    from dtlive.core.reco.t0_kernel import meantimer_groups  # compiled on first use (numba; cached on disk)
+    from dtlive.core.reco.t0_kernel import meantimer_events  # compiled on first use (numba; cached on disk)
 
-    idx = ev.in_events()
-    if not len(idx):
-        return np.full((ev.n_events, det.N_CHAMBERS), np.nan), np.zeros((ev.n_events, det.N_CHAMBERS), bool)
-    rel = ev.ticks[idx] - ev.start[ev.event[idx]]  # TDC counts after the event start, exact
-    group = ev.event[idx] * det.N_CHAMBERS + ev.chamber[idx]
-    key = (group * det.N_LAYERS + ev.layer[idx] - 1) * _HX + det.half_cell_of(ev.channel[idx]) + 1
-    if int(rel.max()) < 1 << _REL_BITS:  # one int64 sort key: cell, then time
-        both = np.sort(np.left_shift(key, _REL_BITS) | rel, kind="stable")
-        key, rel = np.right_shift(both, _REL_BITS), both & ((1 << _REL_BITS) - 1)
-    else:
-        order = np.lexsort((rel, key))
-        key, rel = key[order], rel[order]
-    first = np.concatenate(([True], key[1:] != key[:-1]))  # the earliest hit of each cell
-    return meantimer_groups(key[first], rel[first].astype(float), ev.n_events, _HX, tmax_ns / det.TDC_NS,
-                            -tolerance_ns / det.TDC_NS, (tmax_ns + tolerance_ns) / det.TDC_NS, det.TDC_NS, agree_ns,
-                            reference_ns)  # fmt: skip
+    return meantimer_events(ev.ticks, ev.event, ev.chamber, ev.layer, _HALF_CELL[ev.channel & 127], ev.start,
+                            tmax_ns / det.TDC_NS, -tolerance_ns / det.TDC_NS, (tmax_ns + tolerance_ns) / det.TDC_NS,
+                            det.TDC_NS, agree_ns, reference_ns)  # fmt: skip
 
 
 @dataclass(frozen=True)

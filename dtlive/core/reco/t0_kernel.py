@@ -4,14 +4,13 @@
 in machine code (numba, compiled once and cached on disk): the groups are small, so a loop over them costs a
 fraction of array code that pays numpy's per-call overhead on tiny arrays.
 
-Input: the earliest hit of each cell of the events' chambers, sorted by cell key
-``((event * N_CHAMBERS + chamber) * N_LAYERS + layer - 1) * HX + half_cell + 1`` (``HX`` half-cell positions
-per layer), with its time in TDC counts after the event start.
+Input: the chamber hits in time order (the hits of an event are consecutive) with their event (-1: none),
+chamber, layer and half-cell position (:func:`dtlive.core.detector.half_cell_of`), and the events' starts.
 
 >>> import numpy as np
->>> hx = 34  # layers 1, 2, 3 of chamber 0 in event 0, half cells 1, 0, 1; times in TDC counts of 1 ns
->>> keys = np.array([0 * hx + 2, 1 * hx + 1, 2 * hx + 2])
->>> t0, paired = meantimer_groups(keys, np.array([0.0, 190.0, 0.0]), 1, hx, 390.0, -15.0, 405.0, 1.0, 8.0, 15.0)
+>>> one = np.zeros(3, np.int64)  # layers 1, 2, 3 of chamber 0 in event 0, half cells 1, 0, 1; TDC counts of 1 ns
+>>> t0, paired = meantimer_events(np.array([1000, 1000, 1190]), one, one, np.array([1, 3, 2]), np.array([1, 1, 0]),
+...                               np.array([1000]), 390.0, -15.0, 405.0, 1.0, 8.0, 15.0)
 >>> float(t0[0, 0]), bool(paired[0, 0])  # one triplet: its between-the-wires solution, (0 + 190 - 390) / 2
 (-100.0, False)
 """
@@ -27,90 +26,103 @@ _NL = det.N_LAYERS
 _NCH = det.N_CHAMBERS
 
 
-def meantimer_groups(keys, rel, n_events: int, hx: int, tmax: float, lo: float, hi: float, tdc_ns: float,
-                     agree_ns: float, reference_ns: float) -> tuple[np.ndarray, np.ndarray]:
+_HX = 2 * det.CELLS_PER_LAYER + 2  # half-cell positions per layer in a table, room for -1 .. 32
+
+
+def meantimer_events(ticks, event, chamber, layer, half_cell, start, tmax: float, lo: float, hi: float,
+                     tdc_ns: float, agree_ns: float, reference_ns: float) -> tuple[np.ndarray, np.ndarray]:
     """t0 (ns after the event start) per (event, chamber) and whether two triplets agreed on it.
 
-    ``keys``: the sorted distinct cell keys of the earliest hits (see the module doc), ``rel``: their times
-    after the event start (TDC counts); ``tmax`` (the maximum drift time) and the range ``[lo, hi]`` a triplet's
-    drift times must lie in, in TDC counts; ``tdc_ns`` the ns per count.
+    Per chamber hit (time order, see the module doc): ``ticks``, ``event``, ``chamber``, ``layer`` (1-4),
+    ``half_cell`` (0-31); per event its ``start`` (ticks). ``tmax`` (the maximum drift time) and the range
+    ``[lo, hi]`` a triplet's drift times must lie in, in TDC counts; ``tdc_ns`` the ns per count.
 
-    >>> t0, paired = meantimer_groups(np.zeros(0, np.int64), np.zeros(0), 2, 34, 500.0, -20.0, 520.0, 0.78, 8.0, 15.0)
+    >>> z = np.zeros(0, np.int64)
+    >>> t0, paired = meantimer_events(z, z, z, z, z, np.zeros(2, np.int64), 500.0, -20.0, 520.0, 0.78, 8.0, 15.0)
     >>> t0.shape, bool(np.isnan(t0).all()), bool(paired.any())
     ((2, 4), True, False)
     """
+    n_events = len(start)
     out = np.full((n_events, _NCH), np.nan)
     paired = np.zeros((n_events, _NCH), np.bool_)
-    _meantimer(np.ascontiguousarray(keys, np.int64), np.ascontiguousarray(rel, np.float64), int(hx), float(tmax),
-               float(lo), float(hi), float(tdc_ns), float(agree_ns), float(reference_ns), out.ravel(),
-               paired.ravel())  # fmt: skip
+    args = (np.ascontiguousarray(a, np.int64) for a in (ticks, event, chamber, layer, half_cell, start))
+    _meantimer(*args, float(tmax), float(lo), float(hi), float(tdc_ns), float(agree_ns), float(reference_ns),
+               out.ravel(), paired.ravel())  # fmt: skip
     return out, paired
 
 
 @numba.njit(cache=True, nogil=True)
-def _meantimer(keys, rel, hx, tmax, lo, hi, tdc_ns, agree_ns, reference_ns, out, paired):  # pragma: no cover
-    n = len(keys)
-    per_group = hx * _NL
-    table = np.full(per_group, -1.0)  # a group's earliest times by (layer, half cell); -1: no hit
-    # the candidates of one event's groups: group, t0 (ns), middle layer, hypothesis, in the order
-    # (group, side of the outer pair, hypothesis, middle cell)
-    c_group = np.empty(6 * n + 1, np.int64)
+def _meantimer(ticks, event, chamber, layer, half_cell, start, tmax, lo, hi, tdc_ns, agree_ns, reference_ns, out,
+               paired):  # pragma: no cover - compiled
+    n = len(ticks)
+    hx = _HX
+    per_chamber = hx * _NL
+    table = np.full(_NCH * per_chamber, -1.0)  # an event's earliest times by (chamber, layer, half cell); -1: none
+    # the candidates of one event: t0 (ns), middle layer, hypothesis, in the order (chamber, side of the outer
+    # pair, hypothesis, middle cell)
     c_t0 = np.empty(6 * n + 1)
     c_mid = np.empty(6 * n + 1, np.int64)
     c_hyp = np.empty(6 * n + 1, np.int64)
+    middles = np.empty(2 * hx, np.int64)
     group_first = np.zeros(_NCH + 1, np.int64)  # candidates of the event's chamber c: group_first[c] .. [c + 1]
     sort_buf = np.empty(6 * n + 1, np.int64)
     i = 0
     while i < n:
-        event = keys[i] // (per_group * _NCH)
+        ev = event[i]
+        if ev < 0:
+            i += 1
+            continue
+        j = i
+        while j < n and event[j] == ev:
+            cell_key = chamber[j] * per_chamber + (layer[j] - 1) * hx + half_cell[j] + 1
+            if table[cell_key] < 0:  # hits come in time order: the first of a cell is its earliest
+                table[cell_key] = ticks[j] - start[ev]
+            j += 1
         n_cand = 0
-        for chamber in range(_NCH):
-            group = event * _NCH + chamber
-            group_first[chamber] = n_cand
-            j = i
-            while j < n and keys[j] // per_group == group:
-                table[keys[j] - group * per_group] = rel[j]
-                j += 1
-            if j > i:
-                for side in (-1, 1):
-                    for hyp in range(3):
-                        for k in range(i, j):  # the hits of layers 2 and 3, in key order
-                            cell_key = keys[k] - group * per_group
-                            mid_layer = cell_key // hx
-                            if mid_layer != 1 and mid_layer != 2:
+        for ch in range(_NCH):
+            group_first[ch] = n_cand
+            base = ch * per_chamber
+            n_mid = 0
+            for cell_key in range(base + hx + 1, base + 3 * hx - 1):  # layers 2 and 3, each cell in order
+                if table[cell_key] >= 0:
+                    middles[n_mid] = cell_key
+                    n_mid += 1
+            for side in (-1, 1):
+                for hyp in range(3):
+                    for q in range(n_mid):
+                        cell_key = middles[q]
+                        t2 = table[cell_key]
+                        t1 = table[cell_key - hx + side]
+                        t3 = table[cell_key + hx + side]
+                        if t1 < 0 or t3 < 0:
+                            continue
+                        if hyp == 0:
+                            t0 = ((t1 + t3) / 2 + t2 - tmax) / 2
+                        elif hyp == 1:
+                            if t3 < t1:
                                 continue
-                            t2 = rel[k]
-                            t1 = table[cell_key - hx + side]
-                            t3 = table[cell_key + hx + side]
-                            if t1 < 0 or t3 < 0:
+                            t0 = (t3 - t1) / 2 + t2 - tmax
+                        else:
+                            if t1 < t3:
                                 continue
-                            if hyp == 0:
-                                t0 = ((t1 + t3) / 2 + t2 - tmax) / 2
-                            elif hyp == 1:
-                                if t3 < t1:
-                                    continue
-                                t0 = (t3 - t1) / 2 + t2 - tmax
-                            else:
-                                if t1 < t3:
-                                    continue
-                                t0 = (t1 - t3) / 2 + t2 - tmax
-                            if min(min(t1, t2), t3) - t0 < lo or max(max(t1, t2), t3) - t0 > hi:
-                                continue
-                            c_group[n_cand], c_t0[n_cand] = group, t0 * tdc_ns
-                            c_mid[n_cand], c_hyp[n_cand] = mid_layer + 1, hyp
-                            n_cand += 1
-                for k in range(i, j):
-                    table[keys[k] - group * per_group] = -1.0
-            i = j
+                            t0 = (t1 - t3) / 2 + t2 - tmax
+                        if min(min(t1, t2), t3) - t0 < lo or max(max(t1, t2), t3) - t0 > hi:
+                            continue
+                        c_t0[n_cand] = t0 * tdc_ns
+                        c_mid[n_cand], c_hyp[n_cand] = (cell_key - base) // hx + 1, hyp
+                        n_cand += 1
         group_first[_NCH] = n_cand
+        for k in range(i, j):  # the table is empty again for the next event
+            table[chamber[k] * per_chamber + (layer[k] - 1) * hx + half_cell[k] + 1] = -1.0
+        i = j
         # per chamber: the earliest between-the-wires solution, replaced by the mean of the two closest
         # solutions of different triplets when these agree
         paired_sum, n_paired = 0.0, 0
-        for chamber in range(_NCH):
-            a, b = group_first[chamber], group_first[chamber + 1]
+        for ch in range(_NCH):
+            a, b = group_first[ch], group_first[ch + 1]
             if a == b:
                 continue
-            slot = event * _NCH + chamber
+            slot = ev * _NCH + ch
             for k in range(a, b):
                 if c_hyp[k] == 0 and not out[slot] <= c_t0[k]:  # NaN at first
                     out[slot] = c_t0[k]
@@ -136,12 +148,12 @@ def _meantimer(keys, rel, hx, tmax, lo, hi, tdc_ns, agree_ns, reference_ns, out,
             continue
         # a chamber with one triplet: the solution closest to the t0 the paired chambers agree on
         reference = paired_sum / n_paired
-        for chamber in range(_NCH):
-            slot = event * _NCH + chamber
+        for ch in range(_NCH):
+            slot = ev * _NCH + ch
             if paired[slot]:
                 continue
             best_dist, best = np.inf, -1
-            for k in range(group_first[chamber], group_first[chamber + 1]):
+            for k in range(group_first[ch], group_first[ch + 1]):
                 dist = abs(c_t0[k] - reference)
                 if dist <= reference_ns and dist < best_dist:
                     best_dist, best = dist, k
