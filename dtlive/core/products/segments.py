@@ -12,8 +12,9 @@ no scintillator needed) and fitted per chamber (:func:`dtlive.core.reco.segments
   hit in layers 2 and 3 (both of its triplets have them), so their efficiency reads 1 here: only layers 1
   and 4 are measured without bias. Chambers 0 and 3 see fewer segments: the telescope's acceptance.
 
-The segments and the four "other layers" fits come from one call of the fit
-(:func:`dtlive.core.reco.efficiency.segments_and_efficiency`).
+The segments and the four "other layers" fits come from one pass of the fit over the events' hits
+(:func:`dtlive.core.reco.segments.fit_events`, what :func:`dtlive.core.reco.efficiency.segments_and_efficiency`
+gives for the timed hits).
 
 Values beyond the histograms' ranges go into their first or last bin. Every entry belongs to one event, so the
 counts are exact under any split of a window (:class:`~dtlive.core.products.eventbase.EventProduct`).
@@ -34,8 +35,7 @@ import numpy as np
 from dtlive.core import detector as det
 from dtlive.core.products.eventbase import EventProduct, Reconstructed
 from dtlive.core.products.kernel import Settings, chamber_coords
-from dtlive.core.reco.efficiency import segments_and_efficiency
-from dtlive.core.reco.timebox import timed_hits
+from dtlive.core.reco.segments import fit_events
 
 NCHAMB, NLAYERS, NCELLS = det.N_CHAMBERS, det.N_LAYERS, det.CELLS_PER_LAYER
 ANGLE_EDGES_DEG = np.linspace(-60.0, 60.0, 61)  # 2 degree bins
@@ -86,8 +86,7 @@ class SegmentProducts(EventProduct):
 
     def fill(self, reco: Reconstructed, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
         o_seg, o_angle, o_chi2, o_res, o_exp, o_found = self._OFFSETS
-        h = timed_hits(reco.events, reco.meantimer_t0)
-        seg, (ev, flat, found) = segments_and_efficiency(h.event, h.chamber, h.layer, h.cell, h.drift_ns)
+        seg, (ev, flat, _, found) = fit_events(reco.events, reco.meantimer_t0, min_hits=NLAYERS - 1)
         event_slot = reco.event_slot
         angle = np.degrees(np.arctan(seg.slope))
         has_ndof = seg.ndof > 0

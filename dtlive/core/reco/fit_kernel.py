@@ -127,6 +127,62 @@ def fit_groups(order, code, chamber, layer, cell, d, with_all: bool, with_leave_
     return seg, hits, eff
 
 
+def timed_order(ticks, start, event, chamber, layer, cell, t0_ns, tdc_ns: float, velocity: float, half_cell: float,
+                lo_ns: float, hi_ns: float) -> tuple[np.ndarray, np.ndarray]:
+    """The input of :func:`fit_groups` from events: the usable rows sorted by (event, chamber, layer, cell, row)
+    and every hit's drift distance (mm, clipped to 0 .. ``half_cell``).
+
+    Per chamber hit, in time order (the hits of an event are consecutive): ``ticks``, ``event`` (-1: none),
+    ``chamber``, ``layer``, ``cell``; per event its ``start`` (ticks) and its t0 per chamber (``t0_ns``, NaN:
+    none). A hit is usable when its event has a t0 for its chamber and its drift time,
+    ``(ticks - start) * tdc_ns - t0``, lies in ``[lo_ns, hi_ns]``.
+
+    >>> t0 = np.array([[-100.0, np.nan, np.nan, np.nan]])  # event 0 has a t0 in chamber 0 only
+    >>> order, d = timed_order(np.array([0, 0, 5, 9]), np.array([0]), np.array([0, 0, 0, -1]), np.array([0, 1, 0, 0]),
+    ...                        np.array([2, 1, 1, 1]), np.array([3, 3, 3, 3]), t0, 1.0, 0.1, 21.0, -30.0, 430.0)
+    >>> order.tolist(), d.round(1).tolist()  # by layer in chamber 0; the hit of chamber 1 and the lone one: none
+    ([2, 0], [10.0, 0.0, 10.5, 0.0])
+    """
+    args = (np.ascontiguousarray(a, np.int64) for a in (ticks, start, event, chamber, layer, cell))
+    return _timed_order(*args, np.ascontiguousarray(t0_ns, np.float64).ravel(), float(tdc_ns), float(velocity),
+                        float(half_cell), float(lo_ns), float(hi_ns))  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True)
+def _timed_order(ticks, start, event, chamber, layer, cell, t0, tdc_ns, velocity, half_cell, lo_ns,
+                 hi_ns):  # pragma: no cover - compiled
+    n = len(ticks)
+    order = np.empty(n, np.int64)
+    d = np.zeros(n)
+    n_order = 0
+    i = 0
+    while i < n:
+        ev = event[i]
+        j = i + 1
+        while j < n and event[j] == ev:
+            j += 1
+        if ev >= 0:
+            first = n_order
+            for k in range(i, j):
+                t0_hit = t0[ev * _NCH + chamber[k]]
+                if np.isnan(t0_hit):  # no t0 for this chamber
+                    continue
+                drift = (ticks[k] - start[ev]) * tdc_ns - t0_hit
+                d[k] = min(max(drift * velocity, 0.0), half_cell)
+                if drift < lo_ns or drift > hi_ns:
+                    continue
+                key = (chamber[k] * _NL + layer[k] - 1) * _NCELLS + cell[k]
+                q = n_order  # insertion sort of the event's rows by (chamber, layer, cell), then row
+                while q > first and (chamber[order[q - 1]] * _NL + layer[order[q - 1]] - 1) * _NCELLS + cell[
+                        order[q - 1]] > key:
+                    order[q] = order[q - 1]
+                    q -= 1
+                order[q] = k
+                n_order += 1
+        i = j
+    return order[:n_order], d
+
+
 @numba.njit(cache=True, nogil=True)
 def _fit_groups(order, code, chamber, layer, cell, d, with_all, with_leave_out, min_hits, max_per_layer, sigma,
                 max_chi2_ndof, ambiguity, neighbours, max_slope):  # pragma: no cover - compiled

@@ -41,6 +41,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from dtlive.core import detector as det
+from dtlive.core.reco.events import Events
 
 DEFAULT_SIGMA_MM = 0.25  # per-hit resolution of the fit
 DEFAULT_MAX_CHI2_NDOF = 5.0
@@ -236,18 +237,59 @@ def fit_and_predict(
     key = ((code[idx] * det.N_CHAMBERS + chamber[idx]) * _NL + layer[idx] - 1) * det.CELLS_PER_LAYER + cell[idx]
     order = idx[np.argsort(key, kind="stable")]
     d = np.clip(drift_ns * det.DRIFT_VELOCITY_MM_PER_NS, 0.0, HALF_CELL_MM)
-    seg, hits, pred = fit_groups(order, code, chamber, layer, cell, d, with_all, with_leave_out, min_hits,
-                                 max_hits_per_layer, sigma_mm, max_chi2_ndof, ambiguity_chi2, neighbours, max_slope)
-    seg_event, pred_event = (c + lowest if events is None else events[c] for c in (seg.code, pred.code))
+    out = fit_groups(order, code, chamber, layer, cell, d, with_all, with_leave_out, min_hits, max_hits_per_layer,
+                     sigma_mm, max_chi2_ndof, ambiguity_chi2, neighbours, max_slope)  # fmt: skip
+    return _results(*out, cell, lambda c: c + lowest if events is None else events[c])
+
+
+def fit_events(
+    ev: Events,
+    t0_ns: np.ndarray,
+    *,
+    with_all: bool = True,
+    with_leave_out: bool = True,
+    min_hits: int = 3,
+    sigma_mm: float = DEFAULT_SIGMA_MM,
+    max_chi2_ndof: float = DEFAULT_MAX_CHI2_NDOF,
+    max_hits_per_layer: int = DEFAULT_MAX_HITS_PER_LAYER,
+    drift_window_ns: tuple[float, float] = DRIFT_WINDOW_NS,
+    ambiguity_chi2: float = DEFAULT_AMBIGUITY_CHI2,
+    neighbours: int = 1,
+    max_slope: float = 1.0,
+) -> tuple[Segments, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """:func:`fit_and_predict` of the events' hits timed from ``t0_ns`` ((n_events, N_CHAMBERS), NaN: none), as
+    :func:`dtlive.core.reco.timebox.timed_hits` times them, taken from the events in one compiled pass.
+    ``hit_index`` counts the chamber hits of ``ev``.
+
+    >>> from dtlive.core.rows import Rows
+    >>> from dtlive.core.reco.events import build_events
+    >>> from dtlive.core.reco.t0 import meantimer_t0
+    >>> ev = build_events(Rows.from_columns(head=[2] * 4, fpga=[0] * 4, channel=[3, 1, 2, 0], orbit=[7] * 4,
+    ...                                     bx=[104, 108, 104, 112], tdc=[0] * 4))
+    >>> seg, (event, flat, tested, found) = fit_events(ev, meantimer_t0(ev))
+    >>> seg.n_hits.tolist(), seg.hit_index.tolist(), tested.tolist(), bool(found.all())  # layer 4: too late
+    ([3], [1, 2, 0], [4], True)
+    """
+    from dtlive.core.reco.fit_kernel import fit_groups, timed_order  # compiled on first use
+
+    cell = det.cell_of(ev.channel)
+    order, d = timed_order(ev.ticks, ev.start, ev.event, ev.chamber, ev.layer, cell, t0_ns, det.TDC_NS,
+                           det.DRIFT_VELOCITY_MM_PER_NS, HALF_CELL_MM, *drift_window_ns)  # fmt: skip
+    out = fit_groups(order, ev.event, ev.chamber, ev.layer, cell, d, with_all, with_leave_out, min_hits,
+                     max_hits_per_layer, sigma_mm, max_chi2_ndof, ambiguity_chi2, neighbours, max_slope)  # fmt: skip
+    return _results(*out, cell, lambda c: c)
+
+
+def _results(seg, hits, pred, cell, event_of) -> tuple[Segments, tuple[np.ndarray, ...]]:
+    """:class:`Segments` and the predictions (tested layer, event, chamber order) from the fit's output."""
     segments = Segments(
-        event=seg_event, chamber=seg.chamber, n_hits=seg.n, position_mm=seg.ref + seg.a, slope=seg.b,
+        event=event_of(seg.code), chamber=seg.chamber, n_hits=seg.n, position_mm=seg.ref + seg.a, slope=seg.b,
         chi2=seg.chi2, ndof=seg.n - 2, hit_segment=hits.segment, hit_index=hits.row, hit_layer=hits.layer,
         hit_cell=np.asarray(cell[hits.row], np.int64), hit_x_mm=hits.x, hit_z_mm=hits.z, residual_mm=hits.residual,
         residual_unbiased_mm=hits.unbiased,
     )  # fmt: skip
     by_layer = np.argsort(pred.layer, kind="stable")
-    return segments, (pred_event[by_layer], pred.flat[by_layer], pred.layer[by_layer],
-                      pred.found[by_layer])
+    return segments, (event_of(pred.code[by_layer]), pred.flat[by_layer], pred.layer[by_layer], pred.found[by_layer])
 
 
 # --- residuals --------------------------------------------------------------------------------------------------
