@@ -143,9 +143,10 @@ def timed_order(ticks, start, event, chamber, layer, cell, t0_ns, tdc_ns: float,
     >>> order.tolist(), d.round(1).tolist()  # by layer in chamber 0; the hit of chamber 1 and the lone one: none
     ([2, 0], [10.0, 0.0, 10.5, 0.0])
     """
-    args = (np.ascontiguousarray(a, np.int64) for a in (ticks, start, event, chamber, layer, cell))
-    return _timed_order(*args, np.ascontiguousarray(t0_ns, np.float64).ravel(), float(tdc_ns), float(velocity),
-                        float(half_cell), float(lo_ns), float(hi_ns))  # fmt: skip
+    ticks, start, event, chamber, layer, cell = (np.ascontiguousarray(a, np.int64)
+                                                 for a in (ticks, start, event, chamber, layer, cell))
+    return _timed_order(ticks, start, event, chamber, layer, cell, np.ascontiguousarray(t0_ns, np.float64).ravel(),
+                        float(tdc_ns), float(velocity), float(half_cell), float(lo_ns), float(hi_ns))  # fmt: skip
 
 
 @numba.njit(cache=True, nogil=True)

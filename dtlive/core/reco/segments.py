@@ -280,7 +280,7 @@ def fit_events(
     return _results(*out, cell, lambda c: c)
 
 
-def _results(seg, hits, pred, cell, event_of) -> tuple[Segments, tuple[np.ndarray, ...]]:
+def _results(seg, hits, pred, cell, event_of) -> tuple[Segments, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """:class:`Segments` and the predictions (tested layer, event, chamber order) from the fit's output."""
     segments = Segments(
         event=event_of(seg.code), chamber=seg.chamber, n_hits=seg.n, position_mm=seg.ref + seg.a, slope=seg.b,

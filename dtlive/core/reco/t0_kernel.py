@@ -45,9 +45,10 @@ def meantimer_events(ticks, event, chamber, layer, half_cell, start, tmax: float
     n_events = len(start)
     out = np.full((n_events, _NCH), np.nan)
     paired = np.zeros((n_events, _NCH), np.bool_)
-    args = (np.ascontiguousarray(a, np.int64) for a in (ticks, event, chamber, layer, half_cell, start))
-    _meantimer(*args, float(tmax), float(lo), float(hi), float(tdc_ns), float(agree_ns), float(reference_ns),
-               out.ravel(), paired.ravel())  # fmt: skip
+    ticks, event, chamber, layer, half_cell, start = (np.ascontiguousarray(a, np.int64)
+                                                      for a in (ticks, event, chamber, layer, half_cell, start))
+    _meantimer(ticks, event, chamber, layer, half_cell, start, float(tmax), float(lo), float(hi), float(tdc_ns),
+               float(agree_ns), float(reference_ns), out.ravel(), paired.ravel())  # fmt: skip
     return out, paired
 
 
