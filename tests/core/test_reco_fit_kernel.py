@@ -116,3 +116,28 @@ def test_the_other_layers_predictions_are_those_of_a_brute_force_search():
                 expected.append((e, (ch * 4 + tested) * det.CELLS_PER_LAYER + pred, hit))
     got = [g for g in got if (g[0], g[1] // det.CELLS_PER_LAYER) not in tied]
     assert len(expected) > 50 and got == sorted(expected)
+
+
+def test_fitting_the_events_directly_gives_what_the_timed_hits_give():
+    """The products fit the events' hits in compiled passes (fit_events); the public path times them first
+    (timed_hits) and fits the arrays (segments_and_efficiency): the same segments and entries, bit for bit."""
+    from dtlive.core.reco.efficiency import segments_and_efficiency
+    from dtlive.core.reco.events import build_events
+    from dtlive.core.reco.segments import fit_events
+    from dtlive.core.reco.t0 import meantimer_t0
+    from dtlive.core.reco.timebox import timed_hits
+    from dtlive.core.rows import clean
+    from dtlive.core.simulate import simulate
+
+    ev = build_events(clean(simulate(2.0, seed=11))[0])
+    t0 = meantimer_t0(ev)
+    h = timed_hits(ev, t0)
+    seg, (event, flat, found) = segments_and_efficiency(h.event, h.chamber, h.layer, h.cell, h.drift_ns)
+    direct, (d_event, d_flat, _, d_found) = fit_events(ev, t0, min_hits=3)
+    assert len(seg) > 100 and len(event) > 300
+    for name in ("event", "chamber", "n_hits", "position_mm", "slope", "chi2", "hit_layer", "residual_unbiased_mm"):
+        assert np.array_equal(getattr(seg, name), getattr(direct, name)), name
+    assert np.array_equal(h.index[seg.hit_index], direct.hit_index)
+    assert np.array_equal(event, d_event) and np.array_equal(flat, d_flat) and np.array_equal(found, d_found)
+    with pytest.raises(ValueError, match="one row per event"):
+        fit_events(ev, t0[:-1])

@@ -125,8 +125,16 @@ def build_events(hits: Rows, gap_ns: float = det.EVENT_GAP_NS, min_layers: int =
     ...                         tdc=[0] * 3)  # three layers across an orbit boundary
     >>> build_events(two).event.tolist(), build_events(two, min_layers=4).event.tolist()
     ([0, 0, 0], [-1, -1, -1])
+    >>> build_events(Rows.from_columns(head=[2], fpga=[3], channel=[1], orbit=[5], bx=[0], tdc=[0]))
+    Traceback (most recent call last):
+    ...
+    ValueError: hits must have FPGA 0-1 and channel 0-138, as decoding leaves them; got FPGA 3-3, channel 1-1
     """
     channel = np.asarray(hits.channel, np.int64)
+    if len(channel) and (not 0 <= hits.fpga.min() <= hits.fpga.max() < det.N_FPGA
+                         or not 0 <= channel.min() <= channel.max() <= det.MAX_CHANNEL):
+        raise ValueError(f"hits must have FPGA 0-{det.N_FPGA - 1} and channel 0-{det.MAX_CHANNEL}, as decoding leaves "
+                         f"them; got FPGA {hits.fpga.min()}-{hits.fpga.max()}, channel {channel.min()}-{channel.max()}")
     use: slice | np.ndarray = slice(None)
     special = np.flatnonzero(channel >= det.CHAMBER_CHANNELS)
     if len(special):  # few: keep the trigger words and scintillator hits among them

@@ -143,6 +143,9 @@ def timed_order(ticks, start, event, chamber, layer, cell, t0_ns, tdc_ns: float,
     >>> order.tolist(), d.round(1).tolist()  # by layer in chamber 0; the hit of chamber 1 and the lone one: none
     ([2, 0], [10.0, 0.0, 10.5, 0.0])
     """
+    if np.shape(t0_ns) != (len(start), _NCH):
+        raise ValueError(f"t0_ns must have one row per event and a column per chamber, {(len(start), _NCH)}; "
+                         f"got {np.shape(t0_ns)}")
     ticks, start, event, chamber, layer, cell = (np.ascontiguousarray(a, np.int64)
                                                  for a in (ticks, start, event, chamber, layer, cell))
     return _timed_order(ticks, start, event, chamber, layer, cell, np.ascontiguousarray(t0_ns, np.float64).ravel(),
