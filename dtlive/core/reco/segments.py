@@ -193,14 +193,7 @@ def fit_and_predict(
     *,
     with_all: bool,
     with_leave_out: bool,
-    min_hits: int = 3,
-    sigma_mm: float = DEFAULT_SIGMA_MM,
-    max_chi2_ndof: float = DEFAULT_MAX_CHI2_NDOF,
-    max_hits_per_layer: int = DEFAULT_MAX_HITS_PER_LAYER,
-    drift_window_ns: tuple[float, float] = DRIFT_WINDOW_NS,
-    ambiguity_chi2: float = DEFAULT_AMBIGUITY_CHI2,
-    neighbours: int = 1,
-    max_slope: float = 1.0,
+    **options,
 ) -> tuple[Segments, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """The segments of all the layers (``with_all``) and the "other layers" predictions (``with_leave_out``) of
     every (event, chamber), from one pass of the compiled fit (:mod:`dtlive.core.reco.fit_kernel`).
@@ -208,7 +201,8 @@ def fit_and_predict(
     The predictions are what :func:`dtlive.core.reco.efficiency.efficiency_entries` counts: per (event, chamber,
     tested layer) whose three other layers give a segment within ``max_slope`` that crosses a cell of the tested
     layer, its event, flat (chamber, layer, cell) index, tested layer and whether a hit lies within
-    ``neighbours`` cells; in (tested layer, event, chamber) order.
+    ``neighbours`` cells; in (tested layer, event, chamber) order. ``options``: those of :func:`fit_segments`
+    and ``neighbours`` (default 1) and ``max_slope`` (default 1.0) of the predictions.
 
     >>> seg, (ev, flat, tested, found) = fit_and_predict(np.zeros(4, int), np.full(4, 2), np.arange(1, 5),
     ...     np.array([7, 8, 7, 8]), np.array([10, 11, 10, 11]) / 53.8e-3, with_all=True, with_leave_out=True)
@@ -217,6 +211,7 @@ def fit_and_predict(
     """
     from dtlive.core.reco.fit_kernel import fit_groups  # compiled on first use (numba; cached on disk)
 
+    drift_window_ns, kernel_options = _kernel_options(**options)
     event, chamber, layer, cell, drift_ns = (np.asarray(a) for a in (event, chamber, layer, cell, drift_ns))
     valid = (drift_ns >= drift_window_ns[0]) & (drift_ns <= drift_window_ns[1]) & (layer >= 1) & (layer <= _NL)
     valid &= (cell >= 0) & (cell < det.CELLS_PER_LAYER) & (chamber >= 0) & (chamber < det.N_CHAMBERS)
@@ -237,25 +232,12 @@ def fit_and_predict(
     key = ((code[idx] * det.N_CHAMBERS + chamber[idx]) * _NL + layer[idx] - 1) * det.CELLS_PER_LAYER + cell[idx]
     order = idx[np.argsort(key, kind="stable")]
     d = np.clip(drift_ns * det.DRIFT_VELOCITY_MM_PER_NS, 0.0, HALF_CELL_MM)
-    out = fit_groups(order, code, chamber, layer, cell, d, with_all, with_leave_out, min_hits, max_hits_per_layer,
-                     sigma_mm, max_chi2_ndof, ambiguity_chi2, neighbours, max_slope)  # fmt: skip
+    out = fit_groups(order, code, chamber, layer, cell, d, with_all, with_leave_out, *kernel_options)
     return _results(*out, cell, lambda c: c + lowest if events is None else events[c])
 
 
 def fit_events(
-    ev: Events,
-    t0_ns: np.ndarray,
-    *,
-    with_all: bool = True,
-    with_leave_out: bool = True,
-    min_hits: int = 3,
-    sigma_mm: float = DEFAULT_SIGMA_MM,
-    max_chi2_ndof: float = DEFAULT_MAX_CHI2_NDOF,
-    max_hits_per_layer: int = DEFAULT_MAX_HITS_PER_LAYER,
-    drift_window_ns: tuple[float, float] = DRIFT_WINDOW_NS,
-    ambiguity_chi2: float = DEFAULT_AMBIGUITY_CHI2,
-    neighbours: int = 1,
-    max_slope: float = 1.0,
+    ev: Events, t0_ns: np.ndarray, *, with_all: bool = True, with_leave_out: bool = True, **options
 ) -> tuple[Segments, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """:func:`fit_and_predict` of the events' hits timed from ``t0_ns`` ((n_events, N_CHAMBERS), NaN: none), as
     :func:`dtlive.core.reco.timebox.timed_hits` times them, taken from the events in one compiled pass.
@@ -272,12 +254,22 @@ def fit_events(
     """
     from dtlive.core.reco.fit_kernel import fit_groups, timed_order  # compiled on first use
 
+    drift_window_ns, kernel_options = _kernel_options(**options)
     cell = det.cell_of(ev.channel)
     order, d = timed_order(ev.ticks, ev.start, ev.event, ev.chamber, ev.layer, cell, t0_ns, det.TDC_NS,
                            det.DRIFT_VELOCITY_MM_PER_NS, HALF_CELL_MM, *drift_window_ns)  # fmt: skip
-    out = fit_groups(order, ev.event, ev.chamber, ev.layer, cell, d, with_all, with_leave_out, min_hits,
-                     max_hits_per_layer, sigma_mm, max_chi2_ndof, ambiguity_chi2, neighbours, max_slope)  # fmt: skip
+    out = fit_groups(order, ev.event, ev.chamber, ev.layer, cell, d, with_all, with_leave_out, *kernel_options)
     return _results(*out, cell, lambda c: c)
+
+
+def _kernel_options(min_hits: int = 3, sigma_mm: float = DEFAULT_SIGMA_MM, max_chi2_ndof: float = DEFAULT_MAX_CHI2_NDOF,
+                    max_hits_per_layer: int = DEFAULT_MAX_HITS_PER_LAYER,
+                    drift_window_ns: tuple[float, float] = DRIFT_WINDOW_NS,
+                    ambiguity_chi2: float = DEFAULT_AMBIGUITY_CHI2, neighbours: int = 1,
+                    max_slope: float = 1.0) -> tuple[tuple[float, float], tuple]:
+    """The drift window and the fit's options in :func:`~dtlive.core.reco.fit_kernel.fit_groups` order."""
+    return drift_window_ns, (min_hits, max_hits_per_layer, sigma_mm, max_chi2_ndof, ambiguity_chi2, neighbours,
+                             max_slope)
 
 
 def _results(seg, hits, pred, cell, event_of) -> tuple[Segments, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
