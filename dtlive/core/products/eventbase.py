@@ -311,19 +311,3 @@ def _isin_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
         return np.zeros(len(values), bool)
     i = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
     return sorted_set[i] == values
-
-
-def histogram_index(chamber: np.ndarray, values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Flat index of ``values`` in a (chamber, [underflow, bins..., overflow]) histogram on ``edges``.
-
-    >>> histogram_index(np.array([0, 1]), np.array([-1.0, 5.0]), np.array([0.0, 10.0])).tolist()  # 3 columns
-    [0, 4]
-    """
-    width = (edges[-1] - edges[0]) / (len(edges) - 1) if len(edges) > 2 else 0.0
-    if width > 0 and np.abs(np.diff(edges) - width).max() <= 1e-9 * width:  # even bins: arithmetic, then the
-        b = np.clip(np.floor((values - edges[0]) / width), -1, len(edges) - 1).astype(np.int64) + 1  # exact edges
-        b -= (b > 0) & (values < edges[np.maximum(b - 1, 0)])
-        b += (b < len(edges)) & (values >= edges[np.minimum(b, len(edges) - 1)])
-    else:
-        b = np.searchsorted(edges, values, side="right")
-    return chamber * (len(edges) + 1) + b

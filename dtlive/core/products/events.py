@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from dtlive.core import detector as det
-from dtlive.core.products.eventbase import EventProduct, Reconstructed
+from dtlive.core.products.eventbase import SLOT_TICKS, EventProduct, Reconstructed
 from dtlive.core.products.kernel import Settings
 
 NCHAMB = det.N_CHAMBERS
@@ -50,13 +50,11 @@ class EventCounts(EventProduct):
         return 2 + 2 * NCHAMB
 
     def fill(self, reco: Reconstructed, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+        from dtlive.core.products.event_entries import event_count_entries  # compiled on first use
+
         ev = reco.events
-        triggered = np.flatnonzero((ev.trigger >= 0).any(axis=1))
-        in_event = ev.event >= 0
-        hit_index = np.where(in_event, _IN_EVENTS, _BACKGROUND) + ev.chamber
-        slot = np.concatenate([reco.event_slot, reco.event_slot[triggered], reco.entry_slot(np.arange(len(ev.event)))])
-        index = np.concatenate([np.full(ev.n_events, _EVENTS), np.full(len(triggered), _TRIGGERED), hit_index])
-        return slot, index
+        return event_count_entries(ev.event, ev.chamber, ev.ticks, reco.event_slot, (ev.trigger >= 0).any(axis=1),
+                                   SLOT_TICKS, _IN_EVENTS, NCHAMB)  # fmt: skip
 
     def unpack(self, counts: np.ndarray, settings: Settings) -> dict[str, Any]:  # arrays, and scalar counts
         return {

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from dtlive.core import detector as det
-from dtlive.core.products.eventbase import EventProduct, Reconstructed, histogram_index
+from dtlive.core.products.eventbase import EventProduct, Reconstructed
 from dtlive.core.products.kernel import Settings
 
 NCHAMB = det.N_CHAMBERS
@@ -53,17 +53,16 @@ class T0Difference(EventProduct):
         return NCHAMB * _N + 2 * NCHAMB
 
     def fill(self, reco: Reconstructed, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+        from dtlive.core.products.event_entries import histogram_entries  # compiled on first use
+
         mt, tr = reco.meantimer_t0, reco.trigger_t0
         chamber = np.broadcast_to(det.CHAMBERS, mt.shape)
         slot = np.broadcast_to(reco.event_slot[:, None], mt.shape)
-        both = ~np.isnan(mt) & ~np.isnan(tr)
         has_mt, has_tr = ~np.isnan(mt), ~np.isnan(tr)
-        index = np.concatenate([
-            histogram_index(chamber[both], tr[both] - mt[both], T0_DIFFERENCE_EDGES_NS),
-            NCHAMB * _N + chamber[has_mt],
-            NCHAMB * _N + NCHAMB + chamber[has_tr],
-        ])
-        return np.concatenate([slot[both], slot[has_mt], slot[has_tr]]), index
+        diff_slot, diff_index = histogram_entries(chamber.ravel(), (tr - mt).ravel(), slot.ravel(),
+                                                  T0_DIFFERENCE_EDGES_NS)  # NaN unless both: no entry
+        index = np.concatenate([diff_index, NCHAMB * _N + chamber[has_mt], NCHAMB * _N + NCHAMB + chamber[has_tr]])
+        return np.concatenate([diff_slot, slot[has_mt], slot[has_tr]]), index
 
     def unpack(self, counts: np.ndarray, settings: Settings) -> dict[str, np.ndarray]:
         h = counts[:NCHAMB * _N].reshape(NCHAMB, _N)

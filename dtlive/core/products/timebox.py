@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from dtlive.core import detector as det
-from dtlive.core.products.eventbase import EventProduct, Reconstructed, histogram_index
+from dtlive.core.products.eventbase import EventProduct, Reconstructed
 from dtlive.core.products.kernel import Settings, drift_time_coords
 
 NCHAMB = det.N_CHAMBERS
@@ -55,19 +55,12 @@ class TimeBoxes(EventProduct):
         return len(_KINDS) * NCHAMB * (len(settings.drift_edges) + 1)
 
     def fill(self, reco: Reconstructed, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
-        edges = settings.drift_edges
-        ev = reco.events
-        idx = reco.in_events
-        event, chamber = ev.event[idx], ev.chamber[idx]
-        slot = reco.event_slot[event] if len(idx) else np.zeros(0, np.int64)
-        slots, indices = [], []
-        for k, t0 in enumerate((reco.meantimer_t0, reco.trigger_t0)):  # drift_times(ev, t0), from the shared parts
-            t0_of_hit = t0[event, chamber] if len(idx) else np.zeros(0)
-            has = ~np.isnan(t0_of_hit)
-            slots.append(slot[has])
-            dt = reco.relative_ns[has] - t0_of_hit[has]
-            indices.append(k * NCHAMB * (len(edges) + 1) + histogram_index(chamber[has], dt, edges))
-        return np.concatenate(slots), np.concatenate(indices)
+        from dtlive.core.products.event_entries import timebox_entries  # compiled on first use
+
+        ev, idx = reco.events, reco.in_events
+        return timebox_entries(ev.event[idx], ev.chamber[idx], reco.relative_ns,
+                               np.stack([reco.meantimer_t0, reco.trigger_t0]), reco.event_slot, settings.drift_edges,
+                               NCHAMB)  # fmt: skip
 
     def unpack(self, counts: np.ndarray, settings: Settings) -> dict[str, np.ndarray]:
         h = counts.reshape(len(_KINDS), NCHAMB, len(settings.drift_edges) + 1)
