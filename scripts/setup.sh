@@ -7,4 +7,4 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[all,test,bench,docs]"
 # compile the reconstruction's loops into numba's disk cache now, not in the first process that needs them
-.venv/bin/python -c "from dtlive.core.reco import warm_up; warm_up()"
+.venv/bin/python -c "from dtlive.core.products import warm_up; warm_up()"

@@ -75,7 +75,7 @@ compute = REGISTRY.compute
 __all__ = [
     "DRIFT_EDGES_NS", "NCH", "PRODUCTS", "REGISTRY", "Answer", "Kept", "Partial", "Product", "Registry", "Request",
     "Settings", "answer", "arrays_to_dataset", "combine", "compute", "compute_arrays", "compute_products", "finish",
-    "merge", "plan_requests", "share",
+    "merge", "plan_requests", "share", "warm_up",
 ]
 
 
@@ -113,3 +113,16 @@ def compute_products(hits: Rows, drift_edges: np.ndarray = DRIFT_EDGES_NS, attrs
     """
     settings = Settings(drift_edges)
     return REGISTRY.finish(REGISTRY.compute(hits, settings), settings, attrs)
+
+
+def warm_up() -> None:
+    """Compile the products' loops (the reconstruction's, numba) into numba's disk cache, or load them from it.
+
+    The first use in a new install compiles them for seconds; ``scripts/setup.sh`` and Binder's ``postBuild``
+    call this once.
+
+    >>> warm_up()
+    """
+    hits = Rows.from_columns(head=[2] * 4, fpga=[0] * 4, channel=[3, 1, 2, 0], orbit=[7] * 4, bx=[104, 108, 104, 112],
+                             tdc=[0] * 4)  # fmt: skip
+    REGISTRY.compute(hits)

@@ -17,23 +17,3 @@ The window products built on them are in :mod:`dtlive.core.products` (``events``
 ``eventbase``).
 """
 
-
-def warm_up() -> None:
-    """Compile the reconstruction's loops into numba's disk cache (or load them from it).
-
-    The first use in a new install compiles them for seconds; ``scripts/setup.sh`` calls this once.
-
-    >>> warm_up()
-    """
-    import numpy as np
-
-    from dtlive.core.reco.events import build_events
-    from dtlive.core.reco.segments import fit_and_predict
-    from dtlive.core.reco.t0 import meantimer_t0
-    from dtlive.core.rows import Rows
-
-    hits = Rows.from_columns(head=[2] * 4, fpga=[0] * 4, channel=[3, 1, 2, 0], orbit=[7] * 4, bx=[104, 108, 104, 112],
-                             tdc=[0] * 4)  # fmt: skip
-    meantimer_t0(build_events(hits))
-    fit_and_predict(np.zeros(3), np.zeros(3), np.arange(1, 4), np.array([7, 8, 7]), np.array([186.0, 204.0, 186.0]),
-                    with_all=True, with_leave_out=True)  # fmt: skip
