@@ -122,3 +122,74 @@ def _event_counts(event, chamber, ticks, event_slot, triggered, slot_ticks, firs
             slot_out[n], index_out[n] = ticks[i] // slot_ticks, first_hit_index + n_chambers + chamber[i]
         n += 1
     return n
+
+
+def segment_entries(seg_event, seg_chamber, angle, chi2, ndof, n_hits, hit_segment, hit_layer, residual, eff_event,
+                    eff_flat, eff_found, event_slot, angle_edges, chi2_edges, residual_edges, offsets,
+                    min_residual_hits: int, n_layers: int) -> tuple[np.ndarray, np.ndarray]:
+    """Entries of the segment products: per segment its chamber, angle bin and (ndof > 0) chi2 / ndof bin, per hit
+    of a segment with >= ``min_residual_hits`` hits its (chamber, layer) residual bin, per expected hit its flat
+    cell index and, if found, again; at ``offsets`` (segments, angle, chi2, residual, expected, found) of the
+    count vector. Values beyond the edges go into the first or last bin (NaN: the last), as
+    ``clip(searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2)``.
+
+    >>> e = np.zeros(0, np.int64)
+    >>> s, i = segment_entries(np.array([0]), np.array([1]), np.array([3.0]), np.array([2.0]), np.array([1]),
+    ...                        np.array([3]), e, e, np.zeros(0), e, e, np.zeros(0, bool), np.array([5]),
+    ...                        np.array([0.0, 2.0, 4.0]), np.array([0.0, 10.0]), np.array([0.0, 1.0]),
+    ...                        (0, 4, 12, 16, 20, 30), 4, 4)
+    >>> s.tolist(), i.tolist()  # chamber 1; angle bin 1 of chamber 1: 4 + 2 + 1; chi2 bin 0 of chamber 1: 12 + 1
+    ([5, 5, 5], [1, 7, 13])
+    """
+    n_seg, n_hit, n_eff = len(seg_event), len(hit_segment), len(eff_event)
+    slot_out = np.empty(3 * n_seg + n_hit + 2 * n_eff, np.int64)
+    index_out = np.empty(3 * n_seg + n_hit + 2 * n_eff, np.int64)
+    ints = (np.ascontiguousarray(a, np.int64) for a in (seg_event, seg_chamber, ndof, n_hits, hit_segment, hit_layer,
+                                                         eff_event, eff_flat, event_slot))  # fmt: skip
+    seg_event, seg_chamber, ndof, n_hits, hit_segment, hit_layer, eff_event, eff_flat, event_slot = ints
+    floats = (np.ascontiguousarray(a, np.float64) for a in (angle, chi2, residual, angle_edges, chi2_edges,
+                                                             residual_edges))  # fmt: skip
+    angle, chi2, residual, angle_edges, chi2_edges, residual_edges = floats
+    n = _segments(seg_event, seg_chamber, angle, chi2, ndof, n_hits, hit_segment, hit_layer, residual, eff_event,
+                  eff_flat, np.ascontiguousarray(eff_found, np.bool_), event_slot, angle_edges, chi2_edges,
+                  residual_edges, np.asarray(offsets, np.int64), int(min_residual_hits), int(n_layers), slot_out,
+                  index_out)  # fmt: skip
+    return slot_out[:n], index_out[:n]
+
+
+@numba.njit(cache=True, nogil=True)
+def _bin(value, edges):  # pragma: no cover - compiled
+    if np.isnan(value):
+        return len(edges) - 2
+    return min(max(np.searchsorted(edges, value, side="right") - 1, 0), len(edges) - 2)
+
+
+@numba.njit(cache=True, nogil=True)
+def _segments(seg_event, seg_chamber, angle, chi2, ndof, n_hits, hit_segment, hit_layer, residual, eff_event, eff_flat,
+              eff_found, event_slot, angle_edges, chi2_edges, residual_edges, offsets, min_residual_hits, n_layers,
+              slot_out, index_out):  # pragma: no cover - compiled
+    n_angle, n_chi2, n_res = len(angle_edges) - 1, len(chi2_edges) - 1, len(residual_edges) - 1
+    n = 0
+    for s in range(len(seg_event)):
+        slot, chamber = event_slot[seg_event[s]], seg_chamber[s]
+        slot_out[n], index_out[n] = slot, offsets[0] + chamber
+        slot_out[n + 1], index_out[n + 1] = slot, offsets[1] + chamber * n_angle + _bin(angle[s], angle_edges)
+        n += 2
+        if ndof[s] > 0:
+            slot_out[n] = slot
+            index_out[n] = offsets[2] + chamber * n_chi2 + _bin(chi2[s] / ndof[s], chi2_edges)
+            n += 1
+    for h in range(len(hit_segment)):
+        s = hit_segment[h]
+        if n_hits[s] >= min_residual_hits:
+            plane = seg_chamber[s] * n_layers + hit_layer[h] - 1
+            slot_out[n] = event_slot[seg_event[s]]
+            index_out[n] = offsets[3] + plane * n_res + _bin(residual[h], residual_edges)
+            n += 1
+    for e in range(len(eff_event)):
+        slot_out[n], index_out[n] = event_slot[eff_event[e]], offsets[4] + eff_flat[e]
+        n += 1
+        if eff_found[e]:
+            slot_out[n], index_out[n] = event_slot[eff_event[e]], offsets[5] + eff_flat[e]
+            n += 1
+    return n

@@ -44,11 +44,6 @@ RESIDUAL_EDGES_MM = np.linspace(-2.0, 2.0, 81)  # 50 um bins
 MIN_RESIDUAL_HITS = 4
 
 
-def _bins(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Bin of each value; beyond the range: the first or last bin."""
-    return np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
-
-
 def _centres(edges: np.ndarray) -> np.ndarray:
     return (edges[:-1] + edges[1:]) / 2
 
@@ -85,27 +80,13 @@ class SegmentProducts(EventProduct):
         return int(sum(self._SIZES))
 
     def fill(self, reco: Reconstructed, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
-        o_seg, o_angle, o_chi2, o_res, o_exp, o_found = self._OFFSETS
+        from dtlive.core.products.event_entries import segment_entries  # compiled on first use
+
         seg, (ev, flat, _, found) = fit_events(reco.events, reco.meantimer_t0, min_hits=NLAYERS - 1)
-        event_slot = reco.event_slot
-        angle = np.degrees(np.arctan(seg.slope))
-        has_ndof = seg.ndof > 0
-        chi2 = seg.chi2[has_ndof] / seg.ndof[has_ndof]
-        hit_seg = seg.hit_segment
-        full = seg.n_hits[hit_seg] >= MIN_RESIDUAL_HITS
-        plane = seg.chamber[hit_seg[full]] * NLAYERS + seg.hit_layer[full] - 1
-        na, nc, nr = len(ANGLE_EDGES_DEG) - 1, len(CHI2_EDGES) - 1, len(RESIDUAL_EDGES_MM) - 1
-        parts = [
-            (seg.event, o_seg + seg.chamber),
-            (seg.event, o_angle + seg.chamber * na + _bins(angle, ANGLE_EDGES_DEG)),
-            (seg.event[has_ndof], o_chi2 + seg.chamber[has_ndof] * nc + _bins(chi2, CHI2_EDGES)),
-            (seg.event[hit_seg[full]], o_res + plane * nr + _bins(seg.residual_unbiased_mm[full], RESIDUAL_EDGES_MM)),
-            (ev, o_exp + flat),
-            (ev[found], o_found + flat[found]),
-        ]
-        events = np.concatenate([e for e, _ in parts]).astype(np.int64)
-        index = np.concatenate([i for _, i in parts]).astype(np.int64)
-        return event_slot[events], index
+        return segment_entries(seg.event, seg.chamber, np.degrees(np.arctan(seg.slope)), seg.chi2, seg.ndof,
+                               seg.n_hits, seg.hit_segment, seg.hit_layer, seg.residual_unbiased_mm, ev, flat, found,
+                               reco.event_slot, ANGLE_EDGES_DEG, CHI2_EDGES, RESIDUAL_EDGES_MM, self._OFFSETS,
+                               MIN_RESIDUAL_HITS, NLAYERS)  # fmt: skip
 
     def unpack(self, counts: np.ndarray, settings: Settings) -> dict[str, np.ndarray]:
         o_seg, o_angle, o_chi2, o_res, o_exp, o_found = self._OFFSETS

@@ -153,16 +153,12 @@ def build_events(hits: Rows, gap_ns: float = det.EVENT_GAP_NS, min_layers: int =
         return _no_events()
     from dtlive.core.reco.events_kernel import cluster_events  # compiled on first use (numba; cached on disk)
 
-    ticks = np.right_shift(key, _KEY_BITS)
-    keep, event, start, n_hits, trigger, scint = cluster_events(key, int(gap_ns / det.TDC_NS), min_layers)
-    k = key[keep]
-    channel, fpga = k & 255, np.right_shift(k, 8) & 7
-    hit_ticks = ticks[keep]
+    (hit_ticks, fpga, channel, chamber, layer), event, start, n_hits, trigger, scint = cluster_events(
+        key, int(gap_ns / det.TDC_NS), min_layers)
     return Events(
-        ticks=hit_ticks, orbit=hit_ticks // _TICKS_PER_ORBIT, fpga=fpga, channel=channel,
-        chamber=2 * fpga + np.right_shift(channel, 6), layer=det.LAYER_OF_CHANNEL_MOD4[channel & 3],
-        event=event, start=start, event_orbit=start // _TICKS_PER_ORBIT, n_hits=n_hits, trigger=trigger,
-        scint=scint, element_ticks=ticks,
+        ticks=hit_ticks, orbit=hit_ticks // _TICKS_PER_ORBIT, fpga=fpga, channel=channel, chamber=chamber,
+        layer=layer, event=event, start=start, event_orbit=start // _TICKS_PER_ORBIT, n_hits=n_hits, trigger=trigger,
+        scint=scint, element_ticks=np.right_shift(key, _KEY_BITS),
     )  # fmt: skip
 
 

@@ -8,9 +8,9 @@ scintillator hits.
 
 >>> import numpy as np
 >>> keys = np.array([(1000 << 11) | 3, (1120 << 11) | 1, (1240 << 11) | 2, (1250 << 11) | 138, (9000 << 11) | 9])
->>> hit, hit_event, start, n_hits, trigger, scint = cluster_events(keys, 500, 3)
->>> hit.tolist(), hit_event.tolist(), start.tolist(), n_hits.tolist(), trigger.tolist()
-([0, 1, 2, 4], [0, 0, 0, -1], [1000], [3], [[1250, -1]])
+>>> hits, hit_event, start, n_hits, trigger, scint = cluster_events(keys, 500, 3)
+>>> hits[0].tolist(), hits[2].tolist(), hit_event.tolist(), start.tolist(), n_hits.tolist(), trigger.tolist()
+([1000, 1120, 1240, 9000], [3, 1, 2, 9], [0, 0, 0, -1], [1000], [3], [[1250, -1]])
 """
 
 from __future__ import annotations
@@ -32,28 +32,28 @@ NO_TIME = -1
 def cluster_events(keys: np.ndarray, gap_ticks: int, min_layers: int):
     """The muon events of sorted ``keys`` (see the module doc).
 
-    Returns the positions of the chamber hits among the keys, the event of each (-1: background), and per
-    event its start (ticks of its first element), chamber hits, first trigger word per FPGA and first
-    scintillator hit (ticks, :data:`NO_TIME` for none). A cluster is a run of keys with gaps of at most
+    Returns the chamber hits' columns (ticks, FPGA, channel, chamber, layer), the event of each (-1:
+    background), and per event its start (ticks of its first element), chamber hits, first trigger word per FPGA
+    and first scintillator hit (ticks, :data:`NO_TIME` for none). A cluster is a run of keys with gaps of at most
     ``gap_ticks``; it is an event when it holds two elements or more and either hits on ``min_layers``
     layers of one chamber, or a trigger word and two chamber hits.
 
-    >>> hit, hit_event, start, n_hits, trigger, scint = cluster_events(np.array([(5 << 11) | 3]), 500, 3)
-    >>> hit.tolist(), hit_event.tolist(), len(start)  # a lone hit is background
-    ([0], [-1], 0)
+    >>> hits, hit_event, start, n_hits, trigger, scint = cluster_events(np.array([(5 << 11) | 3]), 500, 3)
+    >>> [c.tolist() for c in hits], hit_event.tolist(), len(start)  # a lone hit is background
+    ([[5], [0], [3], [0], [1]], [-1], 0)
     """
     n = len(keys)
-    hit, hit_event = np.empty(n, np.int64), np.empty(n, np.int64)
-    start, n_hits = np.empty(n, np.int64), np.empty(n, np.int64)
-    trigger, scint = np.empty((n, _NFPGA), np.int64), np.empty(n, np.int64)
-    n_hit, n_events = _cluster(np.ascontiguousarray(keys, np.int64), int(gap_ticks), int(min_layers), hit, hit_event,
-                               start, n_hits, trigger, scint)  # fmt: skip
-    return (hit[:n_hit], hit_event[:n_hit], start[:n_events], n_hits[:n_events], trigger[:n_events],
+    hits, hit_event = np.empty((5, n), np.int64), np.empty(n, np.int64)
+    start, n_hits = np.empty(n // 2 + 1, np.int64), np.empty(n // 2 + 1, np.int64)  # two elements an event at least
+    trigger, scint = np.empty((n // 2 + 1, _NFPGA), np.int64), np.empty(n // 2 + 1, np.int64)
+    n_hit, n_events = _cluster(np.ascontiguousarray(keys, np.int64), int(gap_ticks), int(min_layers), hits,
+                               hit_event, start, n_hits, trigger, scint)  # fmt: skip
+    return (hits[:, :n_hit], hit_event[:n_hit], start[:n_events], n_hits[:n_events], trigger[:n_events],
             scint[:n_events])  # fmt: skip
 
 
 @numba.njit(cache=True, nogil=True)
-def _cluster(keys, gap, min_layers, hit, hit_event, start, n_hits, trigger, scint):  # pragma: no cover - compiled
+def _cluster(keys, gap, min_layers, hits, hit_event, start, n_hits, trigger, scint):  # pragma: no cover - compiled
     n = len(keys)
     n_hit = n_events = 0
     i = 0
@@ -85,7 +85,9 @@ def _cluster(keys, gap, min_layers, hit, hit_event, start, n_hits, trigger, scin
         for k in range(i, j):
             channel, fpga = keys[k] & 255, (keys[k] >> 8) & 7
             if channel < _CHAMBER_CHANNELS:
-                hit[n_hit], hit_event[n_hit] = k, event
+                hits[0, n_hit], hits[1, n_hit], hits[2, n_hit] = keys[k] >> 11, fpga, channel
+                hits[3, n_hit], hits[4, n_hit] = 2 * fpga + (channel >> 6), _LAYER_MOD4[channel & 3]
+                hit_event[n_hit] = event
                 n_hit += 1
             elif event >= 0:  # the first trigger word of each FPGA, the first scintillator hit
                 if channel == _TRIGGER:
