@@ -1,8 +1,9 @@
 """Compiled loops that list the entries (slot, index into the count vector) of the event products.
 
 Each loop makes in one pass over a window's hits or events what a handful of numpy passes made: the entries of
-:class:`~dtlive.core.products.events.EventCounts`, :class:`~dtlive.core.products.timebox.TimeBoxes` and
-:class:`~dtlive.core.products.t0diff.T0Difference` (numba, compiled once and cached on disk). A value's bin on
+:class:`~dtlive.core.products.events.EventCounts`, :class:`~dtlive.core.products.timebox.TimeBoxes`,
+:class:`~dtlive.core.products.t0diff.T0Difference` and :class:`~dtlive.core.products.segments.SegmentProducts`
+(numba, compiled once and cached on disk). A value's bin on
 ``edges`` is ``searchsorted(edges, value, side="right")``: 0 the underflow, ``len(edges)`` the overflow.
 
 >>> import numpy as np
