@@ -54,8 +54,8 @@ class Reconstructed:
 
     >>> r = Reconstructed(Rows.from_columns(head=[2] * 3, fpga=[0] * 3, channel=[3, 1, 2], orbit=[7] * 3,
     ...                                     bx=[104, 111, 104], tdc=[0, 18, 0]))
-    >>> r.events.n_events, round(float(r.meantimer_t0[0, 0]), 1), r.hit_slot.tolist()  # Tmax 390.3 ns
-    (1, -100.2, [782, 782, 783])
+    >>> r.events.n_events, round(float(r.meantimer_t0[0, 0]), 1), r.slots.tolist()  # Tmax 390.3 ns
+    (1, -100.2, [782, 783])
     """
 
     def __init__(self, rows: Rows):
@@ -91,18 +91,6 @@ class Reconstructed:
     def event_slot(self) -> np.ndarray:
         """Slot of each event (of its first hit)."""
         return self.events.start // SLOT_TICKS
-
-    @cached_property
-    def hit_slot(self) -> np.ndarray:
-        """Slot of each chamber hit (time order, as in ``events``)."""
-        return self.events.ticks // SLOT_TICKS
-
-    def entry_slot(self, hit_index: np.ndarray) -> np.ndarray:
-        """The slot counting an entry made for the chamber hit at ``hit_index``: its event's, or its own."""
-        ev = self.events
-        event = ev.event[hit_index]
-        return np.where(event >= 0, self.event_slot[np.maximum(event, 0)] if ev.n_events else 0,
-                        self.hit_slot[hit_index])
 
     @cached_property
     def slots(self) -> np.ndarray:

@@ -56,17 +56,21 @@ def meantimer_events(ticks, event, chamber, layer, half_cell, start, tmax: float
 def _meantimer(ticks, event, chamber, layer, half_cell, start, tmax, lo, hi, tdc_ns, agree_ns, reference_ns, out,
                paired):  # pragma: no cover - compiled
     n = len(ticks)
+    longest = run = 0  # the most hits of one event: the candidates of an event are at most 6 per hit
+    for i in range(n):
+        run = run + 1 if i > 0 and event[i] == event[i - 1] and event[i] >= 0 else (1 if event[i] >= 0 else 0)
+        longest = max(longest, run)
     hx = _HX
     per_chamber = hx * _NL
     table = np.full(_NCH * per_chamber, -1.0)  # an event's earliest times by (chamber, layer, half cell); -1: none
     # the candidates of one event: t0 (ns), middle layer, hypothesis, in the order (chamber, side of the outer
     # pair, hypothesis, middle cell)
-    c_t0 = np.empty(6 * n + 1)
-    c_mid = np.empty(6 * n + 1, np.int64)
-    c_hyp = np.empty(6 * n + 1, np.int64)
+    c_t0 = np.empty(6 * longest + 1)
+    c_mid = np.empty(6 * longest + 1, np.int64)
+    c_hyp = np.empty(6 * longest + 1, np.int64)
     middles = np.empty(2 * hx, np.int64)
     group_first = np.zeros(_NCH + 1, np.int64)  # candidates of the event's chamber c: group_first[c] .. [c + 1]
-    sort_buf = np.empty(6 * n + 1, np.int64)
+    sort_buf = np.empty(6 * longest + 1, np.int64)
     i = 0
     while i < n:
         ev = event[i]
