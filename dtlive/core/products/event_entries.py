@@ -4,12 +4,15 @@ Each loop makes in one pass over a window's hits or events what a handful of num
 :class:`~dtlive.core.products.events.EventCounts`, :class:`~dtlive.core.products.timebox.TimeBoxes`,
 :class:`~dtlive.core.products.t0diff.T0Difference` and :class:`~dtlive.core.products.segments.SegmentProducts`
 (numba, compiled once and cached on disk). A value's bin on
-``edges`` is ``searchsorted(edges, value, side="right")``: 0 the underflow, ``len(edges)`` the overflow.
+``edges`` is ``searchsorted(edges, value, side="right")``: 0 the underflow, ``len(edges)`` the overflow (found
+from the value's place on evenly spaced edges, then checked against its neighbours: exact on any sorted edges,
+fastest on evenly spaced ones).
 
 >>> import numpy as np
->>> slot, index = histogram_entries(np.array([0, 1]), np.array([5.0, 50.0]), np.array([3, 4]), np.array([0.0, 10.0]))
->>> slot.tolist(), index.tolist()  # chamber 0: bin 1 (0-10); chamber 1: the overflow, 3 + 2
-([3, 4], [1, 5])
+>>> slot, index = t0_difference_entries(np.array([[0.0, np.nan]]), np.array([[5.0, 50.0]]), np.array([3]),
+...                                     np.array([0.0, 10.0]))
+>>> slot.tolist(), index.tolist()  # chamber 0: bin 1 (0-10); a meantimer t0 in chamber 0, trigger t0s in both
+([3, 3, 3, 3], [1, 6, 8, 9])
 """
 
 from __future__ import annotations
@@ -18,70 +21,100 @@ import numba
 import numpy as np
 
 
-def histogram_entries(chamber, values, slot, edges, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Entries of ``values`` (NaN: none) in a (chamber, [underflow, bins..., overflow]) histogram on ``edges``
-    that starts at ``offset`` of the count vector, with the ``slot`` of each.
+def t0_difference_entries(meantimer_t0, trigger_t0, event_slot, edges) -> tuple[np.ndarray, np.ndarray]:
+    """Entries of the t0 agreement: per event and chamber with both t0s (n_events, chambers; NaN: none) the
+    difference ``trigger - meantimer`` in a (chamber, [underflow, bins..., overflow]) histogram on ``edges``,
+    then per chamber with a meantimer t0 ``n_chambers * (len(edges) + 1) + chamber`` and per chamber with a
+    trigger t0 that plus ``n_chambers``; each with its event's slot.
 
-    >>> s, i = histogram_entries(np.array([2]), np.array([np.nan]), np.array([9]), np.array([0.0, 1.0]))
-    >>> len(s), len(i)
-    (0, 0)
+    >>> mt, tr = np.array([[-100.0, np.nan]]), np.array([[-95.0, -90.0]])
+    >>> s, i = t0_difference_entries(mt, tr, np.array([7]), np.array([-10.0, 0.0, 10.0]))
+    >>> s.tolist(), i.tolist()  # chamber 0: +5 ns, bin 2 of 0-3; a meantimer t0 in chamber 0; trigger t0s in both
+    ([7, 7, 7, 7], [2, 8, 10, 11])
     """
-    slot_out, index_out = np.empty(len(values), np.int64), np.empty(len(values), np.int64)
-    n = _histogram(np.ascontiguousarray(chamber, np.int64), np.ascontiguousarray(values, np.float64),
-                   np.ascontiguousarray(slot, np.int64), np.ascontiguousarray(edges, np.float64), int(offset), slot_out,
-                   index_out, 0)  # fmt: skip
+    n_events, n_chambers = np.shape(meantimer_t0)
+    slot_out, index_out = np.empty(3 * n_events * n_chambers, np.int64), np.empty(3 * n_events * n_chambers, np.int64)
+    n = _t0_difference(np.ascontiguousarray(meantimer_t0, np.float64), np.ascontiguousarray(trigger_t0, np.float64),
+                       np.ascontiguousarray(event_slot, np.int64), np.ascontiguousarray(edges, np.float64), slot_out,
+                       index_out)  # fmt: skip
     return slot_out[:n], index_out[:n]
 
 
-def timebox_entries(event, chamber, relative_ns, t0_ns, event_slot, edges, n_chambers: int):
-    """Entries of the time boxes: per hit in an event and per t0 table of ``t0_ns`` (kinds, events, chambers)
-    whose value for the hit's event and chamber is known, the drift time ``relative_ns - t0`` in kind k's
-    (chamber, [underflow, bins..., overflow]) histogram.
+def timebox_entries(event, chamber, ticks, start, t0_ns, event_slot, edges, tdc_ns: float):
+    """Entries of the time boxes: per chamber hit in an event (``event`` >= 0) and per t0 table of ``t0_ns``
+    (kinds, events, chambers) whose value for the hit's event and chamber is known, the drift time
+    ``(ticks - start[event]) * tdc_ns - t0`` in kind k's (chamber, [underflow, bins..., overflow]) histogram.
 
     >>> t0 = np.array([[[-100.0, np.nan]], [[np.nan, np.nan]]])  # meantimer t0 in chamber 0 only, no trigger
-    >>> s, i = timebox_entries(np.array([0, 0]), np.array([0, 1]), np.array([50.0, 60.0]), t0, np.array([7]),
-    ...                        np.array([0.0, 100.0, 200.0]), 2)
-    >>> s.tolist(), i.tolist()  # the chamber-0 hit: 150 ns, bin 2 of 0-4
+    >>> s, i = timebox_entries(np.array([0, 0, -1]), np.array([0, 1, 0]), np.array([52, 54, 90]), np.array([50]), t0,
+    ...                        np.array([7]), np.array([0.0, 100.0, 200.0]), 25.0)
+    >>> s.tolist(), i.tolist()  # the chamber-0 hit of the event: 150 ns, bin 2 of 0-3
     ([7], [2])
     """
-    kinds = len(t0_ns)
-    slot_out = np.empty(kinds * len(event), np.int64)
-    index_out = np.empty(kinds * len(event), np.int64)
-    event, chamber = np.ascontiguousarray(event, np.int64), np.ascontiguousarray(chamber, np.int64)
-    relative_ns = np.ascontiguousarray(relative_ns, np.float64)
-    edges, event_slot = np.ascontiguousarray(edges, np.float64), np.ascontiguousarray(event_slot, np.int64)
-    n = 0
-    for k in range(kinds):
-        t0 = np.ascontiguousarray(t0_ns[k], np.float64)
-        n = _timebox(event, chamber, relative_ns, t0, event_slot, edges, k * n_chambers * (len(edges) + 1), slot_out,
-                     index_out, n)  # fmt: skip
+    kinds, _, n_chambers = np.shape(t0_ns)
+    slot_out, index_out = np.empty(kinds * len(event), np.int64), np.empty(kinds * len(event), np.int64)
+    n = _timebox(np.ascontiguousarray(event, np.int64), np.ascontiguousarray(chamber, np.int64),
+                 np.ascontiguousarray(ticks, np.int64), np.ascontiguousarray(start, np.int64),
+                 np.ascontiguousarray(t0_ns, np.float64), np.ascontiguousarray(event_slot, np.int64),
+                 np.ascontiguousarray(edges, np.float64), float(tdc_ns), slot_out, index_out)  # fmt: skip
     return slot_out[:n], index_out[:n]
 
 
 @numba.njit(cache=True, nogil=True)
-def _histogram(chamber, values, slot, edges, offset, slot_out, index_out, n):  # pragma: no cover - compiled
+def _right(edges, value):  # pragma: no cover - compiled
+    """``searchsorted(edges, value, side="right")`` (NaN: ``len(edges)``): a guess from evenly spaced edges, then
+    a step to the next edge until the value lies between two (no binary search, whose branches mispredict)."""
+    n = len(edges)
+    if n == 0 or np.isnan(value):
+        return n
+    span = edges[n - 1] - edges[0]
+    guess = (value - edges[0]) * ((n - 1) / span) + 1.0 if span > 0.0 else 1.0
+    i = n if guess >= n else (np.int64(guess) if guess >= 1.0 else 0)
+    while i < n and edges[i] <= value:
+        i += 1
+    while i > 0 and edges[i - 1] > value:
+        i -= 1
+    return i
+
+
+@numba.njit(cache=True, nogil=True)
+def _t0_difference(meantimer, trigger, event_slot, edges, slot_out, index_out):  # pragma: no cover - compiled
+    n_chambers = meantimer.shape[1]
     width = len(edges) + 1
-    for i in range(len(values)):
-        v = values[i]
-        if np.isnan(v):
-            continue
-        slot_out[n] = slot[i]
-        index_out[n] = offset + chamber[i] * width + np.searchsorted(edges, v, side="right")
-        n += 1
+    counts = n_chambers * width
+    n = 0
+    for e in range(meantimer.shape[0]):
+        for c in range(n_chambers):
+            mt, tr = meantimer[e, c], trigger[e, c]
+            if not np.isnan(mt) and not np.isnan(tr):
+                slot_out[n], index_out[n] = event_slot[e], c * width + _right(edges, tr - mt)
+                n += 1
+            if not np.isnan(mt):
+                slot_out[n], index_out[n] = event_slot[e], counts + c
+                n += 1
+            if not np.isnan(tr):
+                slot_out[n], index_out[n] = event_slot[e], counts + n_chambers + c
+                n += 1
     return n
 
 
 @numba.njit(cache=True, nogil=True)
-def _timebox(event, chamber, relative_ns, t0, event_slot, edges, offset, slot_out, index_out,
-             n):  # pragma: no cover - compiled
+def _timebox(event, chamber, ticks, start, t0, event_slot, edges, tdc_ns, slot_out, index_out):  # pragma: no cover
+    kinds, n_chambers = t0.shape[0], t0.shape[2]
     width = len(edges) + 1
-    for i in range(len(event)):
-        t0_hit = t0[event[i], chamber[i]]
-        if np.isnan(t0_hit):
-            continue
-        slot_out[n] = event_slot[event[i]]
-        index_out[n] = offset + chamber[i] * width + np.searchsorted(edges, relative_ns[i] - t0_hit, side="right")
-        n += 1
+    n = 0
+    for k in range(kinds):
+        offset = k * n_chambers * width
+        for i in range(len(event)):
+            e = event[i]
+            if e < 0:
+                continue
+            t0_hit = t0[k, e, chamber[i]]
+            if np.isnan(t0_hit):
+                continue
+            slot_out[n] = event_slot[e]
+            index_out[n] = offset + chamber[i] * width + _right(edges, (ticks[i] - start[e]) * tdc_ns - t0_hit)
+            n += 1
     return n
 
 
@@ -162,7 +195,7 @@ def segment_entries(seg_event, seg_chamber, angle, chi2, ndof, n_hits, hit_segme
 def _bin(value, edges):  # pragma: no cover - compiled
     if np.isnan(value):
         return len(edges) - 2
-    return min(max(np.searchsorted(edges, value, side="right") - 1, 0), len(edges) - 2)
+    return min(max(_right(edges, value) - 1, 0), len(edges) - 2)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -78,16 +78,6 @@ class Reconstructed:
         return scint_t0(self.events)
 
     @cached_property
-    def in_events(self) -> np.ndarray:
-        """Indices of the chamber hits in events (:meth:`Events.in_events`)."""
-        return self.events.in_events()
-
-    @cached_property
-    def relative_ns(self) -> np.ndarray:
-        """Time (ns) of the chamber hits in events after the start of their event (:meth:`Events.relative_ns`)."""
-        return self.events.relative_ns(self.in_events)
-
-    @cached_property
     def event_slot(self) -> np.ndarray:
         """Slot of each event (of its first hit)."""
         return self.events.start // SLOT_TICKS

@@ -53,16 +53,9 @@ class T0Difference(EventProduct):
         return NCHAMB * _N + 2 * NCHAMB
 
     def fill(self, reco: Reconstructed, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
-        from dtlive.core.products.event_entries import histogram_entries  # compiled on first use
+        from dtlive.core.products.event_entries import t0_difference_entries  # compiled on first use
 
-        mt, tr = reco.meantimer_t0, reco.trigger_t0
-        chamber = np.broadcast_to(det.CHAMBERS, mt.shape)
-        slot = np.broadcast_to(reco.event_slot[:, None], mt.shape)
-        has_mt, has_tr = ~np.isnan(mt), ~np.isnan(tr)
-        diff_slot, diff_index = histogram_entries(chamber.ravel(), (tr - mt).ravel(), slot.ravel(),
-                                                  T0_DIFFERENCE_EDGES_NS)  # NaN unless both: no entry
-        index = np.concatenate([diff_index, NCHAMB * _N + chamber[has_mt], NCHAMB * _N + NCHAMB + chamber[has_tr]])
-        return np.concatenate([diff_slot, slot[has_mt], slot[has_tr]]), index
+        return t0_difference_entries(reco.meantimer_t0, reco.trigger_t0, reco.event_slot, T0_DIFFERENCE_EDGES_NS)
 
     def unpack(self, counts: np.ndarray, settings: Settings) -> dict[str, np.ndarray]:
         h = counts[:NCHAMB * _N].reshape(NCHAMB, _N)

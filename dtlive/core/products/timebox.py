@@ -57,10 +57,9 @@ class TimeBoxes(EventProduct):
     def fill(self, reco: Reconstructed, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
         from dtlive.core.products.event_entries import timebox_entries  # compiled on first use
 
-        ev, idx = reco.events, reco.in_events
-        return timebox_entries(ev.event[idx], ev.chamber[idx], reco.relative_ns,
-                               np.stack([reco.meantimer_t0, reco.trigger_t0]), reco.event_slot, settings.drift_edges,
-                               NCHAMB)  # fmt: skip
+        ev = reco.events
+        return timebox_entries(ev.event, ev.chamber, ev.ticks, ev.start, np.stack([reco.meantimer_t0, reco.trigger_t0]),
+                               reco.event_slot, settings.drift_edges, det.TDC_NS)  # fmt: skip
 
     def unpack(self, counts: np.ndarray, settings: Settings) -> dict[str, np.ndarray]:
         h = counts.reshape(len(_KINDS), NCHAMB, len(settings.drift_edges) + 1)

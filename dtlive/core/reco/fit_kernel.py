@@ -36,6 +36,7 @@ _CELL_MM = float(det.CELL_WIDTH_MM)
 _NCELLS = det.CELLS_PER_LAYER
 _NCH = det.N_CHAMBERS
 _MIRROR_MIN_DSLOPE = 0.1  # a mirror image's slope differs from the track's by more than this
+_GRAY_FLIP = np.array([0, 0, 1, 0, 2, 0, 1, 0, 3, 0, 1, 0, 2, 0, 1, 0])  # the sign flipped at step k: lowest set bit
 # the triplets of layers (lower, middle, upper) and the weights of the middle hit's residual from the line
 # through the outer two: r = x_mid - A x_low - B x_up (the chi2 floor of a candidate, whatever its signs)
 _TRIPLETS = np.array([(0, 1, 2), (0, 1, 3), (0, 2, 3), (1, 2, 3)])
@@ -198,6 +199,7 @@ def _fit_groups(order, code, chamber, layer, cell, d, with_all, with_leave_out, 
     eff_i = np.empty((4 * n, 4), np.int64)
     n_seg = n_hit = n_eff = 0
     run_start = np.zeros(_NL, np.int64)
+    slopes, chi2s = np.zeros(1 << _NL), np.zeros(1 << _NL)  # per sign choice of a candidate
     run_len = np.zeros(_NL, np.int64)
     kept = np.zeros(_NL, np.int64)
     digits = np.zeros(_NL, np.int64)
@@ -281,7 +283,7 @@ def _fit_groups(order, code, chamber, layer, cell, d, with_all, with_leave_out, 
                     u4 = (rows[0] >= 0, rows[1] >= 0, rows[2] >= 0, rows[3] >= 0)
                     if _chi2_floor(x4, d4, u4) / sigma**2 > bound * (1 + 1e-6) + 1e-3:
                         continue  # above the cut (or the best) whatever its signs
-                    f = _fit_signs(x4, d4, u4, sigma, ambiguity)
+                    f = _fit_signs(x4, d4, u4, sigma, ambiguity, slopes, chi2s)
                     chi2 = f[3]
                     if chi2 > cut or (m == best_n and not chi2 < best_chi2):
                         continue
@@ -382,14 +384,15 @@ def _line(p, used, s0, sz, szz, inv_det, wires0, wires1, wires2, t0, t1, t2):  #
 
 
 @numba.njit(cache=True, nogil=True)
-def _fit_signs(xw, dd, used, sigma, ambiguity):  # pragma: no cover - compiled
+def _fit_signs(xw, dd, used, sigma, ambiguity, slopes, chi2s):  # pragma: no cover - compiled
     """Weighted straight-line fits of one candidate for every sign choice of its used layers; the chosen one's
     ref, a, b, chi2, s0, sz, szz, det and its signs per layer (+1 on unused layers), as a 12-tuple.
 
     Positions are centred on the weighted mean wire x (``ref``). The best choice is the first with the lowest
     chi2. A track crossing a staircase of staggered cells fits as well with every sign flipped (its mirror
     image, far steeper or flatter): if choices within ``ambiguity`` of the best chi2 have a slope smaller by more
-    than 0.1 (nearer the vertical, as cosmic muons prefer), the one of them with the lowest chi2 is taken."""
+    than 0.1 (nearer the vertical, as cosmic muons prefer), the one of them with the lowest chi2 is taken.
+    ``slopes`` and ``chi2s`` (16 each) are the caller's scratch for the choices' slopes and chi2s."""
     w = 1.0 / sigma**2
     s0 = sz = szz = sxw = 0.0
     k = 0
@@ -422,13 +425,10 @@ def _fit_signs(xw, dd, used, sigma, ambiguity):  # pragma: no cover - compiled
     sxz = wires1 - (c1[0] + c1[1] + c1[2] + c1[3])
     sxx = wires2 - 2.0 * (c2[0] + c2[1] + c2[2] + c2[3])
     best, best_b, best_chi2 = 0, 0.0, np.inf
-    flattest_near = np.inf  # the smallest |b| of the choices within ambiguity of the best so far: a lower bound
     p = 0
     for step in range(n_choices):
         if step > 0:
-            j = 0
-            while not (step >> j) & 1:
-                j += 1
+            j = _GRAY_FLIP[step]
             s = -2.0 if (p >> j) & 1 else 2.0
             p ^= 1 << j
             sx += s * c0[j]
@@ -436,13 +436,12 @@ def _fit_signs(xw, dd, used, sigma, ambiguity):  # pragma: no cover - compiled
             sxx += 2.0 * s * c2[j]
         b = (s0 * sxz - sz * sx) * inv_det
         chi2 = max(sxx - (szz * sx - sz * sxz) * inv_det * sx - b * sxz, 0.0)
+        slopes[p], chi2s[p] = b, chi2
         if chi2 < best_chi2 or (chi2 == best_chi2 and p < best):
             best, best_b, best_chi2 = p, b, chi2
-        if chi2 <= best_chi2 + ambiguity:
-            flattest_near = min(flattest_near, abs(b))
     pick, pick_chi2 = best, np.inf
-    for p in range(n_choices if flattest_near < abs(best_b) - _MIRROR_MIN_DSLOPE else 0):
-        _, b, chi2 = _line(p, used, s0, sz, szz, inv_det, wires0, wires1, wires2, t0, t1, t2)
+    for p in range(n_choices):  # the mirror images, from the slopes and chi2s kept above
+        b, chi2 = slopes[p], chi2s[p]
         if chi2 <= best_chi2 + ambiguity and abs(b) < abs(best_b) - _MIRROR_MIN_DSLOPE and chi2 < pick_chi2:
             pick, pick_chi2 = p, chi2
     a, b, chi2 = _line(pick, used, s0, sz, szz, inv_det, wires0, wires1, wires2, t0, t1, t2)
