@@ -41,8 +41,9 @@ class Events:
     """The muon events of a set of hits and the chamber hits, in time order, with their event id.
 
     Per chamber hit (time order): ``ticks`` (absolute time in TDC counts), ``orbit``, ``fpga``, ``channel``,
-    ``chamber``, ``layer`` (1-4), ``event`` (0 .. n_events - 1, or -1 for background). Per event: ``start``
-    (ticks of its first hit, trigger word or scintillator hit: the reference of its relative times),
+    ``chamber``, ``layer`` (1-4), ``cell`` (0-15, :func:`dtlive.core.detector.cell_of`), ``event`` (0 ..
+    n_events - 1, or -1 for background). Per event: ``start`` (ticks of its first hit, trigger word or
+    scintillator hit: the reference of its relative times),
     ``orbit`` of that first one, ``n_hits`` (chamber hits), ``trigger`` ((n_events, N_FPGA) ticks of the
     first trigger word of each FPGA, :data:`NO_TIME` for none) and ``scint`` (ticks of the first
     scintillator hit, or :data:`NO_TIME`). ``element_ticks``: the times of every chamber hit, trigger word and
@@ -62,6 +63,7 @@ class Events:
     channel: np.ndarray
     chamber: np.ndarray
     layer: np.ndarray
+    cell: np.ndarray
     event: np.ndarray
     start: np.ndarray
     event_orbit: np.ndarray
@@ -102,7 +104,7 @@ def element_kind(fpga: np.ndarray, channel: np.ndarray) -> np.ndarray:
 
 
 def build_events(hits: Rows, gap_ns: float = det.EVENT_GAP_NS, min_layers: int = det.EVENT_MIN_LAYERS) -> Events:
-    """Group cleansed hits into muon events (one sort, then one compiled pass: :mod:`~dtlive.core.reco.events_kernel`).
+    """Group cleansed hits into muon events (compiled passes around one sort: :mod:`~dtlive.core.reco.events_kernel`).
 
     Parameters
     ----------
@@ -130,39 +132,29 @@ def build_events(hits: Rows, gap_ns: float = det.EVENT_GAP_NS, min_layers: int =
     ...
     ValueError: hits must have FPGA 0-1 and channel 0-138, as decoding leaves them; got FPGA 3-3, channel 1-1
     """
-    channel = np.asarray(hits.channel, np.int64)
-    if len(channel) and (not 0 <= hits.fpga.min() <= hits.fpga.max() < det.N_FPGA
-                         or not 0 <= channel.min() <= channel.max() <= det.MAX_CHANNEL):
+    from dtlive.core.reco.events_kernel import cluster_events, element_keys  # compiled on first use (numba)
+
+    key = element_keys(hits.fpga, hits.channel, hits.orbit, hits.bx, hits.tdc)
+    if key is None:
         raise ValueError(f"hits must have FPGA 0-{det.N_FPGA - 1} and channel 0-{det.MAX_CHANNEL}, as decoding leaves "
-                         f"them; got FPGA {hits.fpga.min()}-{hits.fpga.max()}, channel {channel.min()}-{channel.max()}")
-    use: slice | np.ndarray = slice(None)
-    special = np.flatnonzero(channel >= det.CHAMBER_CHANNELS)
-    if len(special):  # few: keep the trigger words and scintillator hits among them
-        unused = element_kind(hits.fpga[special], channel[special]) == _OTHER
-        if unused.any():
-            keep = np.ones(len(channel), bool)
-            keep[special[unused]] = False
-            use = np.flatnonzero(keep)
+                         f"them; got FPGA {hits.fpga.min()}-{hits.fpga.max()}, channel {hits.channel.min()}-"
+                         f"{hits.channel.max()}")
     # one int64 key: time in TDC counts, FPGA, channel; its order is a total order of the hits (the events do
     # not depend on the order the hits came in) and the sorted key gives back every field
-    key = np.left_shift(det.hit_ticks(hits.orbit[use], hits.bx[use], hits.tdc[use]), _KEY_BITS)
-    key |= np.left_shift(np.asarray(hits.fpga[use], np.int64), 8) | channel[use]
-    key = np.sort(key, kind="stable")  # equal keys are equal hits; timsort is fast on the nearly sorted DAQ order
+    key.sort(kind="stable")  # equal keys are equal hits; timsort is fast on the nearly sorted DAQ order
     n = len(key)
     if n == 0:
         return _no_events()
-    from dtlive.core.reco.events_kernel import cluster_events  # compiled on first use (numba; cached on disk)
-
-    (hit_ticks, fpga, channel, chamber, layer), event, start, n_hits, trigger, scint = cluster_events(
+    (hit_ticks, fpga, channel, chamber, layer, cell), event, start, n_hits, trigger, scint = cluster_events(
         key, int(gap_ns / det.TDC_NS), min_layers)
     return Events(
         ticks=hit_ticks, orbit=hit_ticks // _TICKS_PER_ORBIT, fpga=fpga, channel=channel, chamber=chamber,
-        layer=layer, event=event, start=start, event_orbit=start // _TICKS_PER_ORBIT, n_hits=n_hits, trigger=trigger,
-        scint=scint, element_ticks=np.right_shift(key, _KEY_BITS),
+        layer=layer, cell=cell, event=event, start=start, event_orbit=start // _TICKS_PER_ORBIT, n_hits=n_hits,
+        trigger=trigger, scint=scint, element_ticks=np.right_shift(key, _KEY_BITS),
     )  # fmt: skip
 
 
 def _no_events() -> Events:
     z = np.zeros(0, np.int64)
-    return Events(ticks=z, orbit=z, fpga=z, channel=z, chamber=z, layer=z, event=z, start=z, event_orbit=z,
+    return Events(ticks=z, orbit=z, fpga=z, channel=z, chamber=z, layer=z, cell=z, event=z, start=z, event_orbit=z,
                   n_hits=z, trigger=np.zeros((0, det.N_FPGA), np.int64), scint=z, element_ticks=z)

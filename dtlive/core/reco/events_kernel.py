@@ -4,13 +4,15 @@
 sorted keys once in machine code (numba, compiled once and cached on disk).
 
 Input: the sorted int64 keys ``ticks << 11 | fpga << 8 | channel`` of the chamber hits, trigger words and
-scintillator hits.
+scintillator hits (:func:`element_keys` makes them from the hits' columns in one pass).
 
 >>> import numpy as np
 >>> keys = np.array([(1000 << 11) | 3, (1120 << 11) | 1, (1240 << 11) | 2, (1250 << 11) | 138, (9000 << 11) | 9])
 >>> hits, hit_event, start, n_hits, trigger, scint = cluster_events(keys, 500, 3)
 >>> hits[0].tolist(), hits[2].tolist(), hit_event.tolist(), start.tolist(), n_hits.tolist(), trigger.tolist()
 ([1000, 1120, 1240, 9000], [3, 1, 2, 9], [0, 0, 0, -1], [1000], [3], [[1250, -1]])
+>>> hits[5].tolist()  # the cells
+[0, 0, 0, 2]
 """
 
 from __future__ import annotations
@@ -26,13 +28,47 @@ _TRIGGER = det.TRIGGER_CHANNEL
 _SCINT, _SCINT_FPGA = det.SCINT_CHANNEL, det.SCINT_FPGA
 _NFPGA = det.N_FPGA
 _NCH = det.N_CHAMBERS
+_MAX_CHANNEL = det.MAX_CHANNEL
+_BX_PER_ORBIT, _TDC_PER_BX = det.BX_PER_ORBIT, det.TDC_PER_BX
 NO_TIME = -1
+
+
+def element_keys(fpga, channel, orbit, bx, tdc) -> np.ndarray | None:
+    """The unsorted keys ``ticks << 11 | fpga << 8 | channel`` of the chamber hits, trigger words and scintillator
+    hits among cleansed hits (other special channels left out), ticks as in :func:`dtlive.core.detector.hit_ticks`;
+    None when a hit's FPGA or channel lies outside ``0 .. N_FPGA - 1`` or ``0 .. MAX_CHANNEL``.
+
+    >>> keys = element_keys(np.array([0, 0, 1]), np.array([3, 130, 138]), np.array([1, 1, 1]), np.array([2, 2, 2]),
+    ...                     np.array([0, 0, 5]))
+    >>> (keys >> 11).tolist(), (keys & 255).tolist()  # channel 130 is no element
+    ([106980, 106985], [3, 138])
+    >>> element_keys(np.array([2]), np.array([3]), np.array([1]), np.array([2]), np.array([0])) is None
+    True
+    """
+    fpga, channel, orbit, bx, tdc = (np.ascontiguousarray(a, np.int64) for a in (fpga, channel, orbit, bx, tdc))
+    keys = np.empty(len(channel), np.int64)
+    n = _keys(fpga, channel, orbit, bx, tdc, keys)
+    return keys[:n] if n >= 0 else None
+
+
+@numba.njit(cache=True, nogil=True)
+def _keys(fpga, channel, orbit, bx, tdc, keys):  # pragma: no cover - compiled
+    n = 0
+    for i in range(len(channel)):
+        f, c = fpga[i], channel[i]
+        if f < 0 or f >= _NFPGA or c < 0 or c > _MAX_CHANNEL:
+            return -1
+        if c >= _CHAMBER_CHANNELS and c != _TRIGGER and not (c == _SCINT and f == _SCINT_FPGA):
+            continue
+        keys[n] = (((orbit[i] * _BX_PER_ORBIT + bx[i]) * _TDC_PER_BX + tdc[i]) << 11) | (f << 8) | c
+        n += 1
+    return n
 
 
 def cluster_events(keys: np.ndarray, gap_ticks: int, min_layers: int):
     """The muon events of sorted ``keys`` (see the module doc).
 
-    Returns the chamber hits' columns (ticks, FPGA, channel, chamber, layer), the event of each (-1:
+    Returns the chamber hits' columns (ticks, FPGA, channel, chamber, layer, cell), the event of each (-1:
     background), and per event its start (ticks of its first element), chamber hits, first trigger word per FPGA
     and first scintillator hit (ticks, :data:`NO_TIME` for none). A cluster is a run of keys with gaps of at most
     ``gap_ticks``; it is an event when it holds two elements or more and either hits on ``min_layers``
@@ -40,10 +76,10 @@ def cluster_events(keys: np.ndarray, gap_ticks: int, min_layers: int):
 
     >>> hits, hit_event, start, n_hits, trigger, scint = cluster_events(np.array([(5 << 11) | 3]), 500, 3)
     >>> [c.tolist() for c in hits], hit_event.tolist(), len(start)  # a lone hit is background
-    ([[5], [0], [3], [0], [1]], [-1], 0)
+    ([[5], [0], [3], [0], [1], [0]], [-1], 0)
     """
     n = len(keys)
-    hits, hit_event = np.empty((5, n), np.int64), np.empty(n, np.int64)
+    hits, hit_event = np.empty((6, n), np.int64), np.empty(n, np.int64)
     start, n_hits = np.empty(n // 2 + 1, np.int64), np.empty(n // 2 + 1, np.int64)  # two elements an event at least
     trigger, scint = np.empty((n // 2 + 1, _NFPGA), np.int64), np.empty(n // 2 + 1, np.int64)
     n_hit, n_events = _cluster(np.ascontiguousarray(keys, np.int64), int(gap_ticks), int(min_layers), hits,
@@ -87,6 +123,7 @@ def _cluster(keys, gap, min_layers, hits, hit_event, start, n_hits, trigger, sci
             if channel < _CHAMBER_CHANNELS:
                 hits[0, n_hit], hits[1, n_hit], hits[2, n_hit] = keys[k] >> 11, fpga, channel
                 hits[3, n_hit], hits[4, n_hit] = 2 * fpga + (channel >> 6), _LAYER_MOD4[channel & 3]
+                hits[5, n_hit] = (channel & 63) >> 2
                 hit_event[n_hit] = event
                 n_hit += 1
             elif event >= 0:  # the first trigger word of each FPGA, the first scintillator hit

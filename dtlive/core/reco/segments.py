@@ -255,11 +255,10 @@ def fit_events(
     from dtlive.core.reco.fit_kernel import fit_groups, timed_order  # compiled on first use
 
     drift_window_ns, kernel_options = _kernel_options(**options)
-    cell = det.cell_of(ev.channel)
-    order, d = timed_order(ev.ticks, ev.start, ev.event, ev.chamber, ev.layer, cell, t0_ns, det.TDC_NS,
+    order, d = timed_order(ev.ticks, ev.start, ev.event, ev.chamber, ev.layer, ev.cell, t0_ns, det.TDC_NS,
                            det.DRIFT_VELOCITY_MM_PER_NS, HALF_CELL_MM, *drift_window_ns)  # fmt: skip
-    out = fit_groups(order, ev.event, ev.chamber, ev.layer, cell, d, with_all, with_leave_out, *kernel_options)
-    return _results(*out, cell, lambda c: c)
+    out = fit_groups(order, ev.event, ev.chamber, ev.layer, ev.cell, d, with_all, with_leave_out, *kernel_options)
+    return _results(*out, ev.cell, lambda c: c)
 
 
 def _kernel_options(min_hits: int = 3, sigma_mm: float = DEFAULT_SIGMA_MM, max_chi2_ndof: float = DEFAULT_MAX_CHI2_NDOF,

@@ -128,7 +128,7 @@ def timed_hits(ev: Events, t0_ns: np.ndarray) -> TimedHits:
     t0 = t0_ns[ev.event[idx], ev.chamber[idx]]
     has = ~np.isnan(t0)
     idx, t0 = idx[has], t0[has]
-    return TimedHits(ev.event[idx], ev.chamber[idx], ev.layer[idx], det.cell_of(ev.channel[idx]),
+    return TimedHits(ev.event[idx], ev.chamber[idx], ev.layer[idx], ev.cell[idx],
                      ev.relative_ns(idx) - t0, idx)
 
 
