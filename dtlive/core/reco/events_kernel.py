@@ -116,7 +116,8 @@ def _cluster(keys, gap, min_layers, hits, hit_event, start, n_hits, trigger, sci
             event = n_events
             n_events += 1
             start[event], n_hits[event] = keys[i] >> 11, n_chamber
-            trigger[event, :] = NO_TIME
+            for f in range(_NFPGA):  # element by element: a slice would be a view with a reference count
+                trigger[event, f] = NO_TIME
             scint[event] = NO_TIME
         for k in range(i, j):
             channel, fpga = keys[k] & 255, (keys[k] >> 8) & 7

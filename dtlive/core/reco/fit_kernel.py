@@ -218,7 +218,8 @@ def _fit_groups(order, code, chamber, layer, cell, d, with_all, with_leave_out, 
     i = 0
     while i < n:
         g_code, g_chamber = code[order[i]], chamber[order[i]]
-        run_len[:] = 0
+        for la in range(_NL):  # element by element: a slice would be a view with a reference count
+            run_len[la] = 0
         j = i
         while j < n and code[order[j]] == g_code and chamber[order[j]] == g_chamber:
             la = layer[order[j]] - 1
@@ -307,9 +308,10 @@ def _fit_groups(order, code, chamber, layer, cell, d, with_all, with_leave_out, 
                         pick = t
                 if pick > 0:
                     fit_n[0] = fit_n[pick]
-                    fit_rows[0, :] = fit_rows[pick]
-                    fit_signs[0, :] = fit_signs[pick]
-                    fit_f[0, :] = fit_f[pick]
+                    for la in range(_NL):
+                        fit_rows[0, la], fit_signs[0, la] = fit_rows[pick, la], fit_signs[pick, la]
+                    for q in range(8):
+                        fit_f[0, q] = fit_f[pick, q]
             if fit > 0 and fit_n[fit] > 0:  # the "other layers" prediction for layer t
                 t = fit - 1
                 slope = fit_f[fit, 2]
@@ -349,7 +351,7 @@ def _fit_groups(order, code, chamber, layer, cell, d, with_all, with_leave_out, 
     return seg_i, seg_f, hit_i, hit_f, eff_i, n_seg, n_hit, n_eff
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _chi2_floor(xw, dd, used):  # pragma: no cover - compiled
     """A lower bound of a candidate's chi2 x sigma^2 whatever its signs: the largest of its triplets' (the best
     line through three hits leaves ``r^2 / (1 + A^2 + B^2)``, and ``|r| >= |r(wires)| - (d_mid + A d_low +
@@ -383,7 +385,7 @@ def _line(p, used, s0, sz, szz, inv_det, wires0, wires1, wires2, t0, t1, t2):  #
     return a, b, max(sxx - a * sx - b * sxz, 0.0)  # the normal equations' identity
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")  # inlined: no call, no reference counts of its arrays
 def _fit_signs(xw, dd, used, sigma, ambiguity, slopes, chi2s):  # pragma: no cover - compiled
     """Weighted straight-line fits of one candidate for every sign choice of its used layers; the chosen one's
     ref, a, b, chi2, s0, sz, szz, det and its signs per layer (+1 on unused layers), as a 12-tuple.
