@@ -266,10 +266,10 @@ class EventTimeWindows:
         seqs, seq_pub, keep_mask = [], [], np.ones(n, bool)
         for p in sorted(set(parts.tolist()) | set(self._held)):
             held, held_pub = self._held.pop(p, (Rows.empty(), np.zeros(0, bool)))
-            rows = np.flatnonzero(hits.partition == p) if len(parts) > 1 else np.arange(n)
+            rows: slice | np.ndarray = np.flatnonzero(hits.partition == p) if len(parts) > 1 else slice(None)
             if p not in parts:
-                rows = rows[:0]
-            seq = Rows.concat([held, hits.select(rows)])
+                rows = np.zeros(0, np.int64)
+            seq = Rows.concat([held, hits.select(rows)])  # views of the batch when nothing is held
             seq_p = np.concatenate([held_pub, pub[rows]])
             take = self._judge(p, seq, seq_p, len(held))
             keep_mask[rows] = take[len(held):]
@@ -277,7 +277,9 @@ class EventTimeWindows:
                 seqs.append(held.select(take[: len(held)]))
                 seq_pub.append(held_pub[take[: len(held)]])
         if not keep_mask.all():
-            hits, pub = hits.select(keep_mask), pub[keep_mask]
+            kept = int(keep_mask.sum())
+            which = slice(0, kept) if keep_mask[:kept].all() else keep_mask  # rows held at the end: views
+            hits, pub = hits.select(which), pub[which]
         if seqs:
             hits, pub = Rows.concat([*seqs, hits]), np.concatenate([*seq_pub, pub])
         return hits, (pub if published is not None or pub.any() else None)
@@ -289,8 +291,12 @@ class EventTimeWindows:
 
     def _steps(self, orbits: np.ndarray, level: int) -> np.ndarray:
         """Rows more than ``max_jump_orbits`` above everything before them (and ``level``)."""
+        jump = self.max_jump_orbits
+        assert jump is not None, "only asked with a far-ahead check"
+        if not len(orbits) or orbits.max() <= level + jump:  # the usual case: none, found in one pass
+            return np.zeros(len(orbits), bool)
         before = np.maximum.accumulate(np.concatenate(([level], orbits[:-1])))
-        return orbits > before + self.max_jump_orbits
+        return orbits > before + jump
 
     def _judge(self, part: int, seq: Rows, published: np.ndarray, n_held: int) -> np.ndarray:
         """Which rows of one partition's sequence (held rows first, then the batch's) to take now.
@@ -306,26 +312,36 @@ class EventTimeWindows:
         if not len(x):
             return take
         level = self._level(part, x[n_held:] if len(x) > n_held else x)
-        for _ in range(2 * len(x) + 1):  # each pass takes a step as a jump, rejects rows or holds rows
+        top = np.iinfo(np.int64).max
+        for _ in range(2 * len(x) + 1):  # each pass takes steps as jumps, then rejects rows or holds rows
             steps = np.flatnonzero(self._steps(np.where(take, x, np.iinfo(np.int64).min), level) & take)
             if not len(steps):
                 break
+            # a step the data comes back below: the rows up there before that are a spike (the lowest row after
+            # each row, from a running minimum from the end, says whether it comes back, without a search each)
+            after = np.minimum.accumulate(np.where(take, x, top)[::-1])[::-1]
+            comes_back = np.append(after[1:], top)[steps] < x[steps] - jump
             spike = None
-            for s in steps.tolist():  # a step the data comes back below: the rows up there before that are a spike
+            if comes_back.any():
+                s = int(steps[np.argmax(comes_back)])
                 back = np.flatnonzero(take[s + 1 :] & (x[s + 1 :] < x[s] - jump))
-                if len(back):
-                    spike = take & (x >= x[s] - jump)
-                    spike[:s] = False
-                    spike[s + 1 + int(back[-1]) :] = False
+                spike = take & (x >= x[s] - jump)
+                spike[:s] = False
+                spike[s + 1 + int(back[-1]) :] = False
+            else:  # nothing comes back: each step in turn, up to the next one, may be a real jump
+                taken = 0
+                for k, s in enumerate(steps.tolist()):
+                    end = int(steps[k + 1]) if k + 1 < len(steps) else len(x)
+                    rows_there = int(take[s:end].sum())
+                    continued = s < n_held and bool(take[n_held:end].any())  # held rows, and the next batch there
+                    if rows_there < self.jump_evidence_rows and not continued:
+                        break
+                    level = max(level, int(x[s]))  # a jump: the steps after it stay steps, none comes back
+                    taken += 1
+                if taken == len(steps):
                     break
-            if spike is None:  # nothing comes back: the first step, up to the next one, may be a real jump
-                s = int(steps[0])
-                end = int(steps[1]) if len(steps) > 1 else len(x)
-                rows_there = int(take[s:end].sum())
-                continued = s < n_held and bool(take[n_held:end].any())  # held rows, and the next batch there
-                if rows_there >= self.jump_evidence_rows or continued:
-                    level = max(level, int(x[s]))
-                    continue
+                s = int(steps[taken])
+                end = int(steps[taken + 1]) if taken + 1 < len(steps) else len(x)
                 wait = take.copy()
                 wait[:s] = False
                 if end == len(x) or wait.sum() < self.jump_evidence_rows:  # wait for the partition's next batch

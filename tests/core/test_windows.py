@@ -311,3 +311,78 @@ def test_real_run_replay_in_batches_counts_every_hit_once():
     got = {c.id: len(c.hits) for c in closed}
     assert got == expected
     assert sum(got.values()) == 159_616
+
+
+# --- far-ahead hits: the judgement against its plain form ----------------------------------------------------------
+
+
+def plain_judge(self, part, seq, published, n_held):
+    """The far-ahead rule written plainly (one step a pass, a search per step): what ``_judge`` must equal."""
+    jump, x = self.max_jump_orbits, seq.orbit
+    take = np.ones(len(x), bool)
+    if not len(x):
+        return take
+    level = self._level(part, x[n_held:] if len(x) > n_held else x)
+    for _ in range(2 * len(x) + 1):
+        shown = np.where(take, x, np.iinfo(np.int64).min)
+        before = np.maximum.accumulate(np.concatenate(([level], shown[:-1])))
+        steps = np.flatnonzero((shown > before + jump) & take)
+        if not len(steps):
+            break
+        spike = None
+        for s in steps.tolist():
+            back = np.flatnonzero(take[s + 1:] & (x[s + 1:] < x[s] - jump))
+            if len(back):
+                spike = take & (x >= x[s] - jump)
+                spike[:s] = False
+                spike[s + 1 + int(back[-1]):] = False
+                break
+        if spike is None:
+            s = int(steps[0])
+            end = int(steps[1]) if len(steps) > 1 else len(x)
+            continued = s < n_held and bool(take[n_held:end].any())
+            if int(take[s:end].sum()) >= self.jump_evidence_rows or continued:
+                level = max(level, int(x[s]))
+                continue
+            wait = take.copy()
+            wait[:s] = False
+            if end == len(x) or wait.sum() < self.jump_evidence_rows:
+                self._held[part] = (seq.select(wait), published[wait])
+                take &= ~wait
+                break
+            spike = take.copy()
+            spike[:s] = False
+            spike[end:] = False
+        self._reject(seq.select(spike), published[spike])
+        take &= ~spike
+    return take
+
+
+def far_ahead_outcome(orbits, sizes, judge) -> tuple:
+    """Windows, late rows, rejected offsets and held offsets of ``orbits`` fed in batches of ``sizes``."""
+    w = EventTimeWindows(window_orbits=50, lateness_orbits=10, max_jump_orbits=100, jump_evidence_rows=3)
+    w._judge = judge.__get__(w)
+    stream, out, start = hits(orbits), [], 0
+    for size in sizes:
+        closed, late = w.add(stream.select(slice(start, start + size)))
+        out.append(([(c.id, c.hits.offset.tolist()) for c in closed], late.offset.tolist(),
+                    w.take_out_of_range().offset.tolist(), w.held_offsets()))
+        start += size
+    closed = w.flush()
+    out.append(([(c.id, c.hits.offset.tolist()) for c in closed], w.take_out_of_range().offset.tolist()))
+    return tuple(map(repr, out))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pieces=st.lists(st.tuples(st.sampled_from([0, 0, 99, 100, 101, 150, 400, -99, -100, -101, -300, 1000]),
+                                 st.integers(1, 6), st.integers(0, 1)), min_size=1, max_size=25),
+       sizes=st.lists(st.integers(1, 12), min_size=1, max_size=20))
+def test_far_ahead_judgement_equals_its_plain_form(pieces, sizes):
+    orbits, at = [], 1000
+    for shift, n, spread in pieces:  # runs of rows near a level that jumps up or down (spikes, jumps, returns)
+        at = max(0, at + shift)
+        orbits += [at + spread * k for k in range(n)]
+    sizes = (sizes * (len(orbits) // max(1, sum(sizes)) + 1))
+    cut = np.cumsum(sizes)
+    sizes = [s for s, c in zip(sizes, cut) if c - s < len(orbits)]
+    assert far_ahead_outcome(orbits, sizes, EventTimeWindows._judge) == far_ahead_outcome(orbits, sizes, plain_judge)
