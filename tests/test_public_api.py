@@ -34,15 +34,17 @@ def test_an_unknown_name_is_an_attribute_error():
 def test_the_processor_command_loads_only_what_processing_needs():
     """``dtlive process`` starts in about a second: the command line and the processor import no pandas (csv
     parsing imports it on first use), xarray, SQLAlchemy (the ledger opens in the background), widgets, numba (the
-    compiled segment fit loads in the background), and streamz comes without dask.distributed."""
+    reconstruction's compiled loops load with the first window), and streamz comes without dask and
+    dask.distributed."""
     code = ("import sys; from dtlive.deploy import cli; cli._streamz_without_dask(); "
             "import dtlive.streaming.processor, streamz; "
-            "heavy = {'pandas', 'xarray', 'sqlalchemy', 'alembic', 'ipywidgets', 'bqplot', 'distributed', 'scipy', "
-            "'numba'}; "
+            "heavy = {'pandas', 'xarray', 'sqlalchemy', 'alembic', 'ipywidgets', 'bqplot', 'distributed', 'dask', "
+            "'scipy', 'numba'}; "
             "print(sorted(heavy & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
     # afterwards, a Dask import works as usual
-    code = "from dtlive.deploy import cli; cli._streamz_without_dask(); import distributed; print(distributed.Client)"
+    code = ("from dtlive.deploy import cli; cli._streamz_without_dask(); import distributed, dask.utils; "
+            "print(distributed.Client, dask.utils.apply)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert "distributed.client.Client" in out.stdout
+    assert "distributed.client.Client" in out.stdout and "function apply" in out.stdout

@@ -682,20 +682,20 @@ class Summary:
 
 
 def _streamz_without_dask() -> None:
-    """Import streamz without ``dask.distributed`` in a process that has no use for it.
+    """Import streamz without ``dask`` and ``dask.distributed`` in a process that has no use for them.
 
-    streamz imports ``distributed`` only to run on a Dask client's event loop when one exists; a single
-    ``dtlive process`` has none, and the import is a third of a second of its start-up. Blocking the name for
-    the duration of the import makes streamz take "no Dask" for an answer; afterwards ``distributed`` imports
-    as usual. Nothing changes when streamz or distributed is already imported.
+    streamz imports them only to run on a Dask client's event loop when one exists; a single ``dtlive process``
+    has none, and the imports are a third of a second of its start-up. Blocking the names for the duration of
+    the import makes streamz take "no Dask" for an answer; afterwards they import as usual. Nothing changes when
+    streamz, dask or distributed is already imported.
     """
-    if "streamz" in sys.modules or "distributed" in sys.modules:
+    if any(name in sys.modules for name in ("streamz", "distributed", "dask")):
         return
-    sys.modules["distributed"] = None  # type: ignore[assignment]  # ImportError for streamz's optional import
+    sys.modules["distributed"] = sys.modules["dask"] = None  # type: ignore[assignment]  # ImportError for streamz
     try:
         import streamz  # noqa: F401
     finally:
-        del sys.modules["distributed"]
+        del sys.modules["distributed"], sys.modules["dask"]
 
 
 def cmd_process(args) -> int:
@@ -705,10 +705,12 @@ def cmd_process(args) -> int:
     bootstrap, _ = resolve_bootstrap(cfg)
     if args.dask:
         return _process_on_dask(args, cfg, bootstrap)
-    # pandas parses csv input; its import overlaps the set-up's round trips to the broker instead of the first batch
-    threading.Thread(target=importlib.import_module, args=("pandas",), name="import-pandas", daemon=True).start()
     _streamz_without_dask()
     from dtlive.streaming.processor import Processor
+
+    # pandas parses csv input; its import overlaps the set-up's round trips to the broker instead of the first batch
+    # (started after the imports above, which it would otherwise slow down by taking turns with them)
+    threading.Thread(target=importlib.import_module, args=("pandas",), name="import-pandas", daemon=True).start()
 
     summary = Summary()
     ledger = _run_ledger(args)

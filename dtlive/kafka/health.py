@@ -582,7 +582,9 @@ class StatusReader:
                     out.append(parse_status(m.value() or b""))
                 except ValueError:
                     self.skipped += 1
-            if not msgs and (not first or all(self.next[p] >= e for p, e in self.ends.items())):
+            if first and all(self.next[p] >= e for p, e in self.ends.items()):
+                break  # the recent ones are in: no wait for a consume that comes back empty
+            if not msgs and not first:
                 break
         if first:
             oldest = time.time() - self.since_s

@@ -122,7 +122,7 @@ def _read_checkpoint(cfg: Config, bootstrap: str, timeout: float = 10.0) -> Chec
                 c.assign([TopicPartition(topic, p, start)])
                 found, quiet_since = None, time.monotonic()
                 while time.monotonic() - quiet_since < 1.0:
-                    msgs = [m for m in c.consume(1000, 0.2) if not m.error()]
+                    msgs = [m for m in c.consume(1000, 0.05) if not m.error()]
                     if msgs:
                         quiet_since = time.monotonic()
                     for m in msgs:
@@ -758,11 +758,14 @@ class Processor:
         on_tick: Callable[[Processor], None] | None = None,
     ) -> Processor:
         """Process until stopped (or, with ``until_end``, until the input's end at start is reached)."""
-        targets = (
-            {p: high for p, (_, high) in partition_ends(self.cfg, self.bootstrap, self.cfg.hits_topic).items()}
-            if until_end
-            else None
-        )
+        from concurrent.futures import ThreadPoolExecutor
+
+        ends = None
+        if until_end:  # the input's end, asked while the first fetch is under way
+            pool = ThreadPoolExecutor(1, thread_name_prefix="input-end")
+            ends = pool.submit(partition_ends, self.cfg, self.bootstrap, self.cfg.hits_topic)
+            pool.shutdown(wait=False)  # its one task still runs
+        targets: dict[int, int] | None = None
         started = time.monotonic()
         last_tick = 0.0
         self.watchdog.start()
@@ -770,6 +773,8 @@ class Processor:
             n = self.source.poll()
             now = time.monotonic()
             self.watchdog.beat()
+            if ends is not None and targets is None:
+                targets = {p: high for p, (_, high) in ends.result().items()}
             if targets is not None and all(self.source.positions.get(p, 0) >= t for p, t in targets.items()):
                 self.windows.flush()
                 break
