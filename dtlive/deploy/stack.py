@@ -110,6 +110,7 @@ def process_identity(pid: int) -> dict[str, Any] | None:
     """``{"cmdline": [...], "start": ticks}`` of a live process (from /proc), or None when it cannot be read.
 
     >>> proc = subprocess.Popen(["sleep", "60"])
+    >>> _ = _identity_of_new(proc.pid)  # until it has exec'd: a process still exec'ing shows an empty command line
     >>> process_identity(proc.pid)["cmdline"]
     ['sleep', '60']
     >>> proc.kill(); proc.wait()
