@@ -128,7 +128,9 @@ def measure_apart(name: str, repeat: int) -> dict | None:
     """:func:`measure` of data set ``name`` in a new process, so that each starts from the same memory state (the
     allocator's: after small windows, the large arrays of a dense one come from fresh pages, ~40 ns per hit more)."""
     out = subprocess.run([sys.executable, "-m", "benchmarks.reco_speed", "--one", name, "--repeat", str(repeat)],
-                         capture_output=True, text=True, timeout=1800, check=True)
+                         capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(f"reco_speed on {name!r} failed (exit {out.returncode}): {out.stderr[-2000:]}")
     line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "null"
     return json.loads(line)
 
