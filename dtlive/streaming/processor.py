@@ -43,7 +43,7 @@ from dtlive.core.windows import Window
 from dtlive.kafka.clients import ClusterWatch, client_config, ensure_topics, partition_ends, producer_config
 from dtlive.kafka.deadletter import dead_letter
 from dtlive.kafka.health import Heartbeat, Progress, partition_lag
-from dtlive.service.heap import HeapTrimmer
+from dtlive.service.heap import HeapTrimmer, ImportFreezer
 from dtlive.service.processes import pid_alive
 from dtlive.service.watchdog import Watchdog
 from dtlive.streaming import nodes as _nodes  # noqa: F401  (registers the node methods on Stream)
@@ -708,6 +708,7 @@ class Processor:
         self._stop = False
         self.input_restarts = 0
         self.trimmer = HeapTrimmer(TRIM_INTERVAL_S if trim_interval_s is None else trim_interval_s)
+        self.late_imports = ImportFreezer()  # the kernels and parsers a first window imports
         self.heartbeat = Heartbeat("processor", cfg, bootstrap, run_id=self.run_id, watch=HEALTH_LOGGERS)
         self._progress = Progress()
         self.watchdog = Watchdog("processor", cfg.watchdog_s)
@@ -788,6 +789,7 @@ class Processor:
                     and self.broker_ready(now):
                 self.publisher.commit()
             self.trimmer.maybe(now)
+            self.late_imports.maybe()
             self.heartbeat.maybe(now, self.health)
             if on_tick and now - last_tick >= 1.0:
                 on_tick(self)

@@ -80,3 +80,66 @@ def test_services_freeze_their_startup_objects_before_running(monkeypatch):
 
     serve(Service, until_end=True)
     assert calls == ["freeze", ("run", {"until_end": True}), "close"]
+
+
+def _module_file(tmp_path, name: str) -> None:
+    """A module that makes objects the collector tracks: a class and a list of dicts."""
+    (tmp_path / f"{name}.py").write_text("class Made:\n    pass\n\nMADE = [{'i': i} for i in range(500)]\n")
+
+
+def _tracked(obj) -> bool:
+    """Whether ``obj`` is in one of the collector's generations (frozen objects are in none)."""
+    import gc
+
+    return any(o is obj for o in gc.get_objects())
+
+
+def test_import_freezer_freezes_what_a_later_import_made_and_only_then(tmp_path, monkeypatch):
+    import gc
+    import importlib
+    import sys
+
+    name = f"late_module_{id(tmp_path)}"
+    _module_file(tmp_path, name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        freezer = heap.ImportFreezer()
+        assert not freezer.maybe()
+        module = importlib.import_module(name)
+        before = gc.get_freeze_count()
+        assert _tracked(module.MADE) and _tracked(module.Made)
+        assert freezer.maybe() and freezer.count == 1
+        assert gc.get_freeze_count() >= before + 500
+        assert not _tracked(module.MADE) and not _tracked(module.MADE[0]) and not _tracked(module.Made)
+        assert not freezer.maybe() and freezer.count == 1  # nothing imported since
+    finally:
+        sys.modules.pop(name, None)
+        gc.unfreeze()
+
+
+@pytest.mark.kafka
+def test_processor_freezes_the_objects_of_modules_imported_while_it_runs(broker, topics, tmp_path, monkeypatch):
+    import gc
+    import importlib
+    import sys
+
+    name = f"late_module_{id(tmp_path)}"
+    _module_file(tmp_path, name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = load_config({"bootstrap": broker, **topics}, env={})
+    ensure_topics(cfg, broker, [topics["hits_topic"]])
+    emulate(Producer({"bootstrap.servers": broker}), topics["hits_topic"], file_chunks([str(SAMPLE_CSV)]), rate=None,
+            progress=False)
+    proc = Processor(cfg, broker, from_beginning=True)
+    imported = []
+    try:
+        # on_tick runs in the loop after a turn's housekeeping: the import lands between two turns, as a first
+        # window's lazy imports do
+        proc.run(max_seconds=2.5, on_tick=lambda p: imported.append(importlib.import_module(name)))
+        assert proc.source.messages > 0 and imported
+        assert proc.late_imports.count >= 1
+        assert not _tracked(imported[0].MADE) and not _tracked(imported[0].Made)
+    finally:
+        proc.close()
+        sys.modules.pop(name, None)
+        gc.unfreeze()
