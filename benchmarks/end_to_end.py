@@ -7,6 +7,10 @@ topic; then, in the same run and alternately:
 * **raw**: a new Python process that does nothing but a plain ``confluent_kafka.Consumer`` with the
   processor's consumer settings, assigned at the beginning, batched ``consume()`` until every message is in,
   then exit. It imports nothing of dtlive. This is the limit the client library and the broker set.
+* **floor**: the raw consumer that also reads, of every message, what any processor must read through the
+  client library's API: its headers (the format and orbit-epoch headers), partition and offset. What that
+  costs per message is the client library's, whatever the processing after it; ``floor_ratio`` (floor / raw)
+  is the most a processor reading every message's headers can reach.
 * **cli**: ``python -m dtlive process --from-beginning --until-end`` with a new group id and output topic,
   the ledger on (SQLite in a private directory, as by default), and once more with ``--no-ledger``.
 
@@ -68,6 +72,7 @@ def age():
     return float(Path("/proc/uptime").read_text().split()[0]) - start / __import__("os").sysconf("SC_CLK_TCK")
 
 conf, topic, messages, batch = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+fields = sys.argv[6] == "fields"
 c = Consumer(conf)
 parts = c.list_topics(topic, timeout=15).topics[topic].partitions
 c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
@@ -81,6 +86,8 @@ while got < messages and time.monotonic() < deadline:
                 first, first_at = age(), time.monotonic()
             got += 1
             nbytes += len(m.value())
+            if fields:  # what a processor reads of each message besides its value
+                m.headers(), m.partition(), m.offset()
 done = time.monotonic()
 c.close()
 print(json.dumps({"messages": got, "bytes": nbytes, "first_input_s": first,
@@ -120,7 +127,8 @@ def prefill(bootstrap: str, topic: str, fmt: str, rows: int, rows_per_message: i
             "prefill_s": round(time.perf_counter() - t0, 2)}
 
 
-def raw_run(bootstrap: str, topic: str, messages: int) -> dict:
+def raw_run(bootstrap: str, topic: str, messages: int, fields: bool = False) -> dict:
+    """The raw consume in a process of its own (``fields``: the floor, reading each message's headers too)."""
     from dtlive.config import load_config
     from dtlive.kafka.clients import consumer_config
 
@@ -129,12 +137,12 @@ def raw_run(bootstrap: str, topic: str, messages: int) -> dict:
             "enable.partition.eof": False}
     conf = {k: v for k, v in conf.items() if isinstance(v, str | int | float | bool)}
     out, wall, cpu = timed([sys.executable, "-c", RAW, json.dumps(conf), topic, str(messages), "5000",
-                            str(TIMEOUT_S)])
+                            str(TIMEOUT_S), "fields" if fields else "value"])
     if out.returncode != 0:
         raise RuntimeError(f"raw consumer failed: {out.stderr[-2000:]}")
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res.update(wall_s=round(wall, 3), cpu_s=round(cpu, 3))
-    res["count"] = count_check(messages, res["messages"], "messages (raw consumer)")
+    res["count"] = count_check(messages, res["messages"], f"messages ({'floor' if fields else 'raw'} consumer)")
     return res
 
 
@@ -178,14 +186,16 @@ def bench_case(name: str, fmt: str, rows: int, rows_per_message: int, source: st
         for i in range(repeats):
             load = loadavg()
             raw = raw_run(bs, topic, fill["messages"])
+            floor = raw_run(bs, topic, fill["messages"], fields=True)
             tag = f"{name}{i}{time.monotonic_ns() % 10**6}"
             cli = cli_run(bs, topic, tag, ledger=True, n_hits=fill["hits"], extra=extra)
             bare = cli_run(bs, topic, tag + "n", ledger=False, n_hits=fill["hits"], extra=extra)
-            runs.append({"raw": raw, "cli": cli, "cli_no_ledger": bare, "loadavg_start": load,
+            runs.append({"raw": raw, "floor": floor, "cli": cli, "cli_no_ledger": bare, "loadavg_start": load,
                          "loadavg_end": loadavg()})
             log(f"end_to_end/{name} #{i}: raw {raw['wall_s']} s (first input {raw['first_input_s']:.2f} s), "
                 f"cli {cli['wall_s']} s (first input {cli['first_input_s']} s), no ledger {bare['wall_s']} s; "
-                f"ratio {raw['wall_s'] / cli['wall_s']:.3f}")
+                f"ratio {raw['wall_s'] / cli['wall_s']:.3f}; floor {floor['wall_s']} s (floor ratio "
+                f"{raw['wall_s'] / floor['wall_s']:.3f})")
     med = statistics.median
     hits, msgs = fill["hits"], fill["messages"]
     raw_wall, cli_wall = med(r["raw"]["wall_s"] for r in runs), med(r["cli"]["wall_s"] for r in runs)
@@ -203,6 +213,8 @@ def bench_case(name: str, fmt: str, rows: int, rows_per_message: int, source: st
         "raw_hits_per_s": round(hits / raw_wall), "cli_hits_per_s": round(hits / cli_wall),
         "raw_msgs_per_s": round(msgs / raw_wall), "cli_msgs_per_s": round(msgs / cli_wall),
         "ratio": round(ratio, 3),
+        "floor_wall_s": med(r["floor"]["wall_s"] for r in runs),
+        "floor_ratio": round(med(r["raw"]["wall_s"] / r["floor"]["wall_s"] for r in runs), 3),
         "raw_first_input_s": round(med(r["raw"]["first_input_s"] for r in runs), 3),
         "cli_first_input_s": round(first, 3),
         "cli_steady_hits_per_s": round(hits / med(r["cli"]["input_s"] for r in runs)),
@@ -217,7 +229,8 @@ def bench_case(name: str, fmt: str, rows: int, rows_per_message: int, source: st
                   f"{GOAL_LEDGER_COST:.0%}" if goal else "(no ratio goal: the per-hit ceiling with huge windows)"
     met = None if goal is None else bool(ratio >= goal and first <= GOAL_FIRST_INPUT_S
                                          and ledger_cost <= GOAL_LEDGER_COST)
-    checks = [c for r in runs for c in (r["raw"]["count"], r["cli"]["count"], r["cli_no_ledger"]["count"])]
+    checks = [c for r in runs for c in (r["raw"]["count"], r["floor"]["count"], r["cli"]["count"],
+                                        r["cli_no_ledger"]["count"])]
     out["target_met"], out["verdict"] = verdict(met, checks)
     return out
 
@@ -235,11 +248,11 @@ def print_table(res: dict) -> None:
     print("\n== End to end: `dtlive process --from-beginning --until-end` from start to exit, cold, beside a raw "
           "consume in its own process (same topic, same run)")
     print(f"  {'case':11} {'hits':>11} {'msgs':>10} {'raw hits/s':>12} {'cli hits/s':>12} {'ratio':>6} "
-          f"{'1st input':>9} {'raw 1st':>8} {'ledger':>7} {'ns/hit':>7}  verdict")
+          f"{'floor':>6} {'1st input':>9} {'raw 1st':>8} {'ledger':>7} {'ns/hit':>7}  verdict")
     for name, r in res.items():
         print(f"  {name:11} {r['hits']:>11,} {r['messages']:>10,} {r['raw_hits_per_s']:>12,} "
-              f"{r['cli_hits_per_s']:>12,} "
-              f"{r['ratio']:>6.3f} {r['cli_first_input_s']:>8.2f}s {r['raw_first_input_s']:>7.2f}s "
+              f"{r['cli_hits_per_s']:>12,} {r['ratio']:>6.3f} {r['floor_ratio']:>6.3f} "
+              f"{r['cli_first_input_s']:>8.2f}s {r['raw_first_input_s']:>7.2f}s "
               f"{r['ledger_cost']:>+7.1%} {r['cli_cpu_ns_per_hit']:>7.0f}  {r['verdict']}")
 
 

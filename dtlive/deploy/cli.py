@@ -712,12 +712,14 @@ def cmd_process(args) -> int:
     # (started after the imports above, which it would otherwise slow down by taking turns with them)
     threading.Thread(target=importlib.import_module, args=("pandas",), name="import-pandas", daemon=True).start()
 
+    from dtlive.storage.run_record import IN_CHILD
+
     summary = Summary()
-    ledger = _run_ledger(args)
+    ledger = IN_CHILD if _run_ledger(args) else None
 
     def make():
         proc = Processor(cfg, bootstrap, from_beginning=args.from_beginning, batch_size=args.batch_size,
-                         ledger=ledger)  # opened in the background
+                         ledger=ledger)  # the run is recorded by a child process
         proc.publisher.on_publish.append(summary.on_publish)
         return proc
 

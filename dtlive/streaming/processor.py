@@ -46,6 +46,7 @@ from dtlive.kafka.health import Heartbeat, Progress, partition_lag
 from dtlive.service.heap import HeapTrimmer, ImportFreezer
 from dtlive.service.processes import pid_alive
 from dtlive.service.watchdog import Watchdog
+from dtlive.storage.run_record import IN_CHILD, ChildRun
 from dtlive.streaming import nodes as _nodes  # noqa: F401  (registers the node methods on Stream)
 from dtlive.streaming.graph import read_input_again, window_graph
 from dtlive.streaming.nodes import dt_event_windows, dt_from_kafka_batched_consumer, window_message
@@ -605,7 +606,9 @@ def processing_run(ledger, run_id: str, cfg: Config, start_offsets: dict[int, in
 
     ``ledger`` may also be a function that opens one: then the ledger is opened (SQLAlchemy imported, the
     database migrated) and the run started in a thread of its own, so that processing starts without waiting
-    for any of it (:class:`BackgroundRun`).
+    for any of it (:class:`BackgroundRun`); or :data:`dtlive.storage.run_record.IN_CHILD`: then a child process
+    records the run in the default ledger (:class:`dtlive.storage.run_record.ChildRun`), and the processor
+    spends neither CPU nor the interpreter lock on it (what ``dtlive process`` does).
 
     >>> from dtlive.config import load_config
     >>> processing_run(None, "run-1", load_config({}, env={}), {0: 0}) is None
@@ -618,6 +621,8 @@ def processing_run(ledger, run_id: str, cfg: Config, start_offsets: dict[int, in
     named = {OFFSET_BEGINNING: "beginning", OFFSET_END: "end"}
     inputs = [{"topic": cfg.hits_topic, "partition": p, "start_offset": named.get(o, o)}
               for p, o in sorted(start_offsets.items())]
+    if isinstance(ledger, str) and ledger == IN_CHILD:
+        return ChildRun(run_id, kind="processing", config=cfg, inputs=inputs)
     if callable(ledger):
         return BackgroundRun(ledger, run_id, kind="processing", config=cfg, inputs=inputs)
     from dtlive.storage.ledger import RunKeeper
