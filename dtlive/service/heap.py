@@ -65,6 +65,29 @@ def freeze_startup_objects() -> int:
     return gc.get_freeze_count()
 
 
+GEN0_THRESHOLD = 50_000
+
+
+def collect_less_often(gen0: int = GEN0_THRESHOLD) -> tuple[int, int, int]:
+    """Let the garbage collector start a collection only after ``gen0`` more objects were made than freed
+    (Python's default: 700); returns the thresholds in force before.
+
+    A consume call makes thousands of message objects that live until their batch is processed: at the default,
+    csv at one row per message started a collection every 700 of them, 3,500 per million messages, 0.28 s
+    of a 2.8 s run, each walking the batch's live messages. At 50,000 none starts while a batch's objects come
+    and go (they are freed by their reference counts); reference cycles are still collected, later.
+
+    >>> import gc
+    >>> before = collect_less_often()
+    >>> gc.get_threshold()[0]
+    50000
+    >>> gc.set_threshold(*before)
+    """
+    before = gc.get_threshold()
+    gc.set_threshold(gen0, *before[1:])
+    return before
+
+
 def trim() -> bool:
     """Release the free heap memory of every malloc arena to the OS; False where that is not possible.
 

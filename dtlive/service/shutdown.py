@@ -152,8 +152,8 @@ def serve(make: Callable[[], _ServiceT], stopper: StopOnSignal | None = None, **
 
     Signals are handled from before the service is made (its set-up may wait on a broker), and a service that
     has not stopped :data:`STOP_GRACE_S` seconds after the signal is ended. What the set-up made is frozen out
-    of garbage collection first (:func:`dtlive.service.heap.freeze_startup_objects`). ``kwargs`` go to its ``run``;
-    returns the service.
+    of garbage collection first (:func:`dtlive.service.heap.freeze_startup_objects`), and collections start less
+    often (:func:`dtlive.service.heap.collect_less_often`). ``kwargs`` go to its ``run``; returns the service.
 
     >>> class Service:
     ...     def stop(self, *_): pass
@@ -164,16 +164,19 @@ def serve(make: Callable[[], _ServiceT], stopper: StopOnSignal | None = None, **
     closed
     """
     import contextlib
+    import gc
 
-    from dtlive.service.heap import freeze_startup_objects
+    from dtlive.service.heap import collect_less_often, freeze_startup_objects
 
     with contextlib.nullcontext(stopper) if stopper is not None else StopOnSignal() as stop:
         service = make()
         stop.on_stop(service.stop)
         freeze_startup_objects()
+        thresholds = collect_less_often()
         try:
             if not stop.requested:
                 service.run(**kwargs)
         finally:
             service.close()
+            gc.set_threshold(*thresholds)
     return service

@@ -62,24 +62,28 @@ def test_freeze_keeps_startup_objects_out_of_collections_and_still_collects_new_
         gc.unfreeze()
 
 
-def test_services_freeze_their_startup_objects_before_running(monkeypatch):
+def test_services_freeze_their_startup_objects_and_collect_less_often_while_running(monkeypatch):
     from dtlive.service.shutdown import serve
 
     calls = []
     monkeypatch.setattr(heap, "freeze_startup_objects", lambda: calls.append("freeze") or 0)
+
+    import gc
 
     class Service:
         def stop(self, *_):
             pass
 
         def run(self, **kwargs):
-            calls.append(("run", kwargs))
+            calls.append(("run", kwargs, gc.get_threshold()[0]))
 
         def close(self):
             calls.append("close")
 
+    before = gc.get_threshold()
     serve(Service, until_end=True)
-    assert calls == ["freeze", ("run", {"until_end": True}), "close"]
+    assert calls == ["freeze", ("run", {"until_end": True}, heap.GEN0_THRESHOLD), "close"]
+    assert gc.get_threshold() == before  # what the service changed ends with it
 
 
 def _module_file(tmp_path, name: str) -> None:
@@ -143,3 +147,25 @@ def test_processor_freezes_the_objects_of_modules_imported_while_it_runs(broker,
         proc.close()
         sys.modules.pop(name, None)
         gc.unfreeze()
+
+
+def test_collections_start_only_after_the_allocation_threshold():
+    import gc
+
+    starts = []
+
+    def count(phase, info):
+        if phase == "start" and info["generation"] == 0:
+            starts.append(1)
+
+    gc.collect()  # the allocation count starts at 0
+    gc.callbacks.append(count)
+    before = heap.collect_less_often(20_000)
+    try:
+        made = [[i] for i in range(15_000)]  # 15,000 tracked objects alive: below the threshold
+        assert not starts
+        made += [[i] for i in range(10_000)]  # past it
+        assert starts
+    finally:
+        gc.set_threshold(*before)
+        gc.callbacks.remove(count)
