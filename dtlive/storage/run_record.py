@@ -12,16 +12,6 @@ process group): its parent stops it. Should the child be gone at the stop, the p
 
 The ledger is the child's default (``DTLIVE_DB`` of the environment it inherits), opened as
 :meth:`dtlive.storage.ledger.Ledger.for_service` does.
-
->>> import os, tempfile
->>> db = f"sqlite:///{tempfile.mkdtemp()}/ledger.sqlite"
->>> run = ChildRun("run-1", env={**os.environ, "DTLIVE_DB": db}, config={"window_s": 2.0}, processor="demo")
->>> run.stop("finished")
-True
->>> from dtlive.storage.ledger import Ledger
->>> shown = Ledger(db).run("run-1")
->>> shown["status"], shown["pid"] == os.getpid(), shown["processor"]
-('finished', True, 'demo')
 """
 
 from __future__ import annotations
@@ -66,6 +56,16 @@ class ChildRun:
 
     ``start_kwargs`` go to :meth:`Ledger.start_run` (through :func:`start_fields`); ``env``: the child's
     environment (default: this process's).
+
+    >>> import os, tempfile
+    >>> db = f"sqlite:///{tempfile.mkdtemp()}/ledger.sqlite"
+    >>> run = ChildRun("run-1", env={**os.environ, "DTLIVE_DB": db}, config={"window_s": 2.0}, processor="demo")
+    >>> run.stop("finished")
+    True
+    >>> from dtlive.storage.ledger import Ledger
+    >>> shown = Ledger(db).run("run-1")
+    >>> shown["status"], shown["pid"] == os.getpid(), shown["processor"]
+    ('finished', True, 'demo')
     """
 
     def __init__(self, run_id: str, env: Mapping[str, str] | None = None, **start_kwargs: Any):
@@ -127,7 +127,12 @@ class ChildRun:
 
 
 def main() -> int:
-    """The child: keep the run of the first line on stdin until a stop line (answered) or the end of stdin."""
+    """The child: keep the run of the first line on stdin until a stop line (answered) or the end of stdin.
+
+    >>> import subprocess, sys
+    >>> subprocess.run([sys.executable, "-m", "dtlive.storage.run_record"], input="", text=True).returncode  # no run
+    0
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops this process; a group's Ctrl-C does not
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     first = sys.stdin.readline()
