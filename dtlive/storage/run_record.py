@@ -7,8 +7,9 @@ child's standard input as one JSON line, and later a stop line; the child (:func
 :class:`dtlive.storage.ledger.RunKeeper` (start, heartbeats, end; database outages waited out) and answers the
 stop with one JSON line. The run's host and pid are the parent's, so that a run whose service was killed is
 shown as ``died``. When the parent goes away without a stop (kill -9), the child's standard input ends and it
-exits without recording an end. The child ignores SIGINT and SIGTERM (a terminal's Ctrl-C reaches the whole
-process group): its parent stops it. Should the child be gone at the stop, the parent records the end itself.
+exits without recording an end. The child runs at a lower priority (:data:`NICE`) and ignores SIGINT and
+SIGTERM (a terminal's Ctrl-C reaches the whole process group): its parent stops it. Should the child be gone at
+the stop, the parent records the end itself.
 
 The ledger is the child's default (``DTLIVE_DB`` of the environment it inherits), opened as
 :meth:`dtlive.storage.ledger.Ledger.for_service` does.
@@ -16,6 +17,7 @@ The ledger is the child's default (``DTLIVE_DB`` of the environment it inherits)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,6 +31,7 @@ from typing import Any
 
 log = logging.getLogger("dtlive.storage.ledger")
 
+NICE = 10  # the child's niceness: on a busy machine it waits for the service and the broker, not they for it
 IN_CHILD = "child process"
 """What a service is given as its ledger to have its run recorded by a :class:`ChildRun`."""
 
@@ -133,6 +136,8 @@ def main() -> int:
     >>> subprocess.run([sys.executable, "-m", "dtlive.storage.run_record"], input="", text=True).returncode  # no run
     0
     """
+    with contextlib.suppress(OSError):  # bookkeeping: the CPU its imports take (~1 s) is what the service leaves
+        os.nice(NICE)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops this process; a group's Ctrl-C does not
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     first = sys.stdin.readline()
