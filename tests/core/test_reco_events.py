@@ -226,3 +226,18 @@ def test_fit_of_an_empty_or_tiny_box_fails_cleanly():
     assert not fit_timebox(np.ones(120), np.arange(121.0)).ok
     r = Rows.empty()
     assert build_events(r).n_events == 0 and meantimer_t0(build_events(r)).shape == (0, 4)
+
+
+def test_the_compiled_keys_keep_exactly_the_elements_element_kind_names():
+    """The element rule is written twice (the compiled sort keys and element_kind, which the share exchange uses to
+    send the hits of split slots): every FPGA and channel a decoded hit can have is kept by the one exactly when
+    the other calls it a chamber hit, trigger word or scintillator hit."""
+    from dtlive.core.reco.events import element_kind
+    from dtlive.core.reco.events_kernel import element_keys
+
+    fpga, channel = (a.ravel() for a in np.meshgrid(np.arange(det.N_FPGA), np.arange(det.MAX_CHANNEL + 1)))
+    ones = np.ones(len(channel), np.int64)
+    keys = element_keys(fpga, channel, ones, ones, np.arange(len(channel)))  # tdc = row: each key names its row
+    kept = (keys >> 11) - (keys >> 11).min()
+    assert sorted(kept.tolist()) == np.flatnonzero(element_kind(fpga, channel) != 3).tolist()
+    assert ((keys >> 8) & 7).tolist() == fpga[kept].tolist() and (keys & 255).tolist() == channel[kept].tolist()
