@@ -1,6 +1,6 @@
 """A service's processing run recorded in the ledger by a child process, so that the service itself never pays
-for it: opening the ledger (importing SQLAlchemy and the ledger's models, migrating) takes ~0.5 s of CPU, and in
-a thread of the service it takes turns with the processing for the interpreter lock.
+for it: opening the ledger (importing SQLAlchemy and the ledger's models, migrating a new database) takes 0.5-1 s of
+CPU, and in a thread of the service it takes turns with the processing for the interpreter lock.
 
 The parent (:class:`ChildRun`) starts ``python -m dtlive.storage.run_record``, writes the run's start on the
 child's standard input as one JSON line, and later a stop line; the child (:func:`main`) keeps the run with a
