@@ -24,12 +24,11 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from confluent_kafka import KafkaError, KafkaException
 
@@ -54,7 +53,6 @@ from dtlive.streaming.nodes import dt_event_windows, dt_from_kafka_batched_consu
 if TYPE_CHECKING:
     from confluent_kafka import Producer
 
-    from dtlive.storage.ledger import RunKeeper
 
 log = logging.getLogger(__name__)
 # Every 30 s the processor hands freed heap pages back to the OS (glibc malloc_trim, ~1 ms), see dtlive.service.heap:
@@ -604,11 +602,10 @@ def processing_run(ledger, run_id: str, cfg: Config, start_offsets: dict[int, in
     database outage never stalls processing): its configuration and where it starts reading each input partition
     (librdkafka's logical offsets by name). None without a ledger.
 
-    ``ledger`` may also be a function that opens one: then the ledger is opened (SQLAlchemy imported, the
-    database migrated) and the run started in a thread of its own, so that processing starts without waiting
-    for any of it (:class:`BackgroundRun`); or :data:`dtlive.storage.run_record.IN_CHILD`: then a child process
-    records the run in the default ledger (:class:`dtlive.storage.run_record.ChildRun`), and the processor
-    spends neither CPU nor the interpreter lock on it (what ``dtlive process`` does).
+    ``ledger`` may also be :data:`dtlive.storage.run_record.IN_CHILD`: then a child process opens the default
+    ledger and records the run there (:class:`dtlive.storage.run_record.ChildRun`), so that the processor spends
+    neither CPU nor the interpreter lock on it and starts without waiting for any of it (what ``dtlive process``
+    does).
 
     >>> from dtlive.config import load_config
     >>> processing_run(None, "run-1", load_config({}, env={}), {0: 0}) is None
@@ -623,47 +620,9 @@ def processing_run(ledger, run_id: str, cfg: Config, start_offsets: dict[int, in
               for p, o in sorted(start_offsets.items())]
     if isinstance(ledger, str) and ledger == IN_CHILD:
         return ChildRun(run_id, kind="processing", config=cfg, inputs=inputs)
-    if callable(ledger):
-        return BackgroundRun(ledger, run_id, kind="processing", config=cfg, inputs=inputs)
     from dtlive.storage.ledger import RunKeeper
 
     return RunKeeper(ledger, run_id, kind="processing", config=cfg, inputs=inputs)
-
-
-class BackgroundRun:
-    """A ``RunKeeper`` whose ledger is opened, and whose run is started, in a thread: the service never waits.
-
-    ``open_ledger()`` returns a :class:`dtlive.storage.ledger.Ledger`; :meth:`stop` waits (at most
-    ``timeout_s``) for the opening, then stops the run like ``RunKeeper.stop``.
-
-    >>> from dtlive.storage.ledger import Ledger
-    >>> led = Ledger("sqlite://")
-    >>> run = BackgroundRun(lambda: led, "run-1", config={"window_s": 2.0})
-    >>> run.stop("finished"), led.run("run-1")["status"]
-    (True, 'finished')
-    """
-
-    def __init__(self, open_ledger: Callable[[], Any], run_id: str, **keeper_kwargs: Any):
-        self.keeper: RunKeeper | None = None
-        self._thread = threading.Thread(target=self._open, args=(open_ledger, run_id, keeper_kwargs),
-                                        name=f"ledger-open-{run_id}", daemon=True)
-        self._thread.start()
-
-    def _open(self, open_ledger: Callable[[], Any], run_id: str, keeper_kwargs: dict) -> None:
-        try:
-            from dtlive.storage.ledger import RunKeeper
-
-            self.keeper = RunKeeper(open_ledger(), run_id, **keeper_kwargs)
-        except Exception:  # never let bookkeeping kill its service; say why
-            log.exception("run %s: the ledger could not be opened; the run is not recorded", run_id)
-
-    def stop(self, status: str = "finished", timeout_s: float = 10.0) -> bool:
-        """Record the run's end with ``status``; True once it is recorded."""
-        deadline = time.monotonic() + timeout_s
-        self._thread.join(timeout_s)
-        if self.keeper is None:
-            return False
-        return self.keeper.stop(status, timeout_s=max(deadline - time.monotonic(), 0.1))
 
 
 class Processor:
