@@ -21,6 +21,14 @@ from dtlive.storage.run_record import ChildRun
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def exited(pid: int) -> bool:
+    """Whether process ``pid`` is gone or a zombie (read from /proc; it may vanish while being read)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2].startswith("Z")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
 def child_env(db: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "DTLIVE_DB": db}
 
@@ -66,9 +74,7 @@ def test_a_killed_parent_leaves_the_run_running_then_died_and_its_child_exits(tm
     finally:
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
-    wait_for(lambda: not Path(f"/proc/{child_pid}").exists() or
-             Path(f"/proc/{child_pid}/stat").read_text().split(") ")[1].startswith("Z"), 10,
-             "the child to exit once its parent is gone")
+    wait_for(lambda: exited(child_pid), 10, "the child to exit once its parent is gone")
     assert ledger.run("run-orphan")["status"] == "died"  # its pid is gone: shown so, no end recorded by the child
 
 
