@@ -124,20 +124,27 @@ def test_worker_killed_mid_replay_counts_every_hit_once(broker, topics, client):
     cfg = load_config({"bootstrap": broker, **topics}, env={})
     # one consume call of 2 messages per step: the replay takes many rounds
     proc = DaskProcessor(cfg, broker, client, from_beginning=True, batch_size=2, step_seconds=0)
-    victim = proc.slots[0].where["pid"]
-    assert victim in client.run(os.getpid).values()
-    killed = []
+    pids = [s.where["pid"] for s in proc.slots]
+    assert set(pids) <= set(client.run(os.getpid).values())
+    killed = []  # (slot, its worker's pid, windows published then)
 
-    def kill_half_way(_):  # the actor of partitions 0 and 2 while it still reads, windows published
-        if not killed and proc.publisher.published >= 2 and not proc.slots[0].done:
-            os.kill(victim, signal.SIGKILL)
-            killed.append(proc.publisher.published)
+    def kill_half_way(_):
+        """Kill the worker of an actor that still reads, once windows are published. The actors step
+        independently, so either may be ahead; the one behind cannot be done while the windows it has not
+        closed are still to come."""
+        reading = [i for i, s in enumerate(proc.slots) if not s.done]
+        if not killed and proc.publisher.published >= 2 and reading:
+            i = reading[0]
+            os.kill(pids[i], signal.SIGKILL)
+            killed.append((i, pids[i], proc.publisher.published))
 
     proc.publisher.on_publish.append(kill_half_way)
     proc.run(until_end=True, max_seconds=90)
     proc.close()
-    assert killed and proc.lost_actors == 1 and proc.slots[0].where["pid"] != victim
-    assert 1 <= killed[0] < proc.publisher.published  # killed mid-replay, after some windows were published
+    assert killed, "no actor was still reading after two windows were published"
+    slot, victim, published_then = killed[0]
+    assert proc.lost_actors == 1 and proc.slots[slot].where["pid"] != victim
+    assert 1 <= published_then < proc.publisher.published  # killed mid-replay, after some windows were published
     msgs = read_messages(broker, cfg.monitor_topic)
     ids = [m["window"]["id"] for m in msgs]
     assert len(ids) == len(set(ids)), "a window was published twice"
