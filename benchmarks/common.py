@@ -213,10 +213,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 def dtlive_cli(*args: str, private_dir: str | os.PathLike[str], prefix: tuple[str, ...] = (),
-               **popen) -> subprocess.Popen:
+               kafka: dict[str, str] | None = None, **popen) -> subprocess.Popen:
     """``dtlive ARGS`` as a subprocess of the venv's Python, isolated from the user's dtlive state.
 
-    ``prefix``: a command that runs it (a profiler, say: ``("py-spy", "record", ..., "--")``).
+    ``prefix``: a command that runs it (a profiler, say: ``("py-spy", "record", ..., "--")``). ``kafka``:
+    librdkafka settings for its clients (``{"fetch.wait.max.ms": "20"}``), as ``KAFKA_*`` variables.
 
     No ``DTLIVE_*`` setting of the caller leaks in; the ledger (``DTLIVE_DB``), history store and broker
     state directory all live in ``private_dir``, so a benchmark never writes into the user's files.
@@ -227,6 +228,7 @@ def dtlive_cli(*args: str, private_dir: str | os.PathLike[str], prefix: tuple[st
                DTLIVE_STATE_DIR=str(private / "state"))
     if RECONSTRUCTION is not None:
         env["DTLIVE_RECONSTRUCTION"] = str(RECONSTRUCTION).lower()
+    env.update({"KAFKA_" + key.upper().replace(".", "_"): str(value) for key, value in (kafka or {}).items()})
     return subprocess.Popen([*prefix, sys.executable, "-m", "dtlive", *args], env=env, **popen)
 
 

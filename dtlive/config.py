@@ -66,7 +66,9 @@ class Config:
     dashboard_kernel_grace_s: float = 10.0  # a dashboard kernel with no page connected this long is shut down
     dashboard_kernel_idle_s: float = 3600.0  # a dashboard kernel idle this long is culled (connected pages keep it)
     window_s: float = 2.0  # event-time window length
-    lateness_s: float = 0.5  # watermark lateness allowance
+    # watermark lateness allowance: how far a partition's hits may run behind its newest one and still be counted
+    # (the DAQ sends each FPGA's hits in time order: run 591 is never more than one orbit, 89 us, behind)
+    lateness_s: float = 0.1
     idle_s: float = 3.0  # wall-clock seconds without input before open windows are flushed
     default_format: str = "csv"  # payload format assumed when a message has no format header
     drift_bin_ns: float = 5.0

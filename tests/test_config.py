@@ -38,7 +38,7 @@ def test_defaults_follow_the_design():
         ("window_s", ("5", "4", "3"), (5.0, 4.0, 3.0, 2.0)),
         ("hits_topic", ("cli.hits", "env.hits", "file.hits"), ("cli.hits", "env.hits", "file.hits", "dt.hits")),
         ("bootstrap", ("cli:1", "env:2", "file:3"), ("cli:1", "env:2", "file:3", None)),
-        ("lateness_s", ("0.1", "0.2", "0.3"), (0.1, 0.2, 0.3, 0.5)),
+        ("lateness_s", ("0.4", "0.2", "0.3"), (0.4, 0.2, 0.3, 0.1)),
     ],
 )
 def test_precedence_cli_env_file_default(toml, name, values, expected):

@@ -51,6 +51,7 @@ import numpy as np
 from streamz import Source, Stream
 
 from dtlive import __version__
+from dtlive.config import Config
 from dtlive.core import detector as det
 from dtlive.core.checkpoint import Checkpoint
 from dtlive.core.decode import Reject, decode, encode_csv
@@ -406,9 +407,9 @@ class dt_event_windows(Stream):
     def __init__(
         self,
         upstream,
-        window_s: float = 2.0,
-        lateness_s: float = 0.5,
-        idle_s: float = 3.0,
+        window_s: float = Config.window_s,
+        lateness_s: float = Config.lateness_s,
+        idle_s: float = Config.idle_s,
         last_closed: int = -1,
         orbit_epoch: float | None = None,
         pending: dict | None = None,
