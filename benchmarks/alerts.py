@@ -71,7 +71,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "alerts.json"
 TARGET_S = 2.0
 WINDOW_S = 2.0
 HISTORY_S = 12 * 60  # windows in the store before the first notice (background_s=600 + on/gap + margin)
-RECORD_DELAY_S = 0.5  # a window reaches the history this long after its end (lateness; as `dtlive record`)
+RECORD_DELAY_S = 0.5  # a window reaches the history this long after its end (lateness, closing delay, recorder)
 RULES = """
 [[rule]]
 name = "bench-rate-excess"
