@@ -66,10 +66,16 @@ def disk_mb(path: Path) -> float:
     return int(out.stdout.split()[0]) / 1024
 
 
-def pip_install(python: Path, target: str, cwd: Path, timeout: float = 1200) -> tuple[float, str]:
-    """``pip install target`` with ``python``; returns (seconds, pip's stderr). Raises when pip fails."""
+def pip_install(python: Path, target: str, cwd: Path, timeout: float = 1200,
+                compile_bytecode: bool = True) -> tuple[float, str]:
+    """``pip install target`` with ``python``; returns (seconds, pip's stderr). Raises when pip fails.
+
+    ``compile_bytecode=False`` leaves the ``.pyc`` files to the first import of each module (``--no-compile``:
+    about a third quicker; what is installed is the same).
+    """
     t0 = time.monotonic()
-    run = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", target],
+    flags = [] if compile_bytecode else ["--no-compile"]
+    run = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *flags, target],
                          cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout)
     took = time.monotonic() - t0
     if run.returncode != 0:

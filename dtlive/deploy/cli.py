@@ -894,11 +894,13 @@ def dashboard_port(requested: int | None) -> int:
     return requested
 
 
-def voila_command(port: int, kernel_grace_s: float = 10.0, kernel_idle_s: float = 3600.0) -> list[str]:
+def voila_command(port: int, kernel_grace_s: float = 10.0, kernel_idle_s: float = 3600.0,
+                  first_connect_s: float = 60.0) -> list[str]:
     """The Voila command line serving the packaged dashboard notebook on loopback.
 
-    A page's kernel is shut down ``kernel_grace_s`` after its page went away (or never connected), see
-    :mod:`dtlive.ui.dashboard_kernels`; kernels idle for ``kernel_idle_s`` are culled.
+    A page's kernel is shut down ``kernel_grace_s`` after its page went away, or ``first_connect_s`` (at least
+    the grace) after it started if its page never connected; see :mod:`dtlive.ui.dashboard_kernels`. Kernels
+    idle for ``kernel_idle_s`` are culled.
 
     >>> cmd = voila_command(8866, kernel_grace_s=5)
     >>> "--DashboardKernelManager.unattended_timeout=5" in cmd, "--MappingKernelManager.cull_interval=5" in cmd
@@ -912,16 +914,16 @@ def voila_command(port: int, kernel_grace_s: float = 10.0, kernel_idle_s: float 
             "--theme=light", "--VoilaConfiguration.show_tracebacks=True",
             "--VoilaConfiguration.multi_kernel_manager_class=dtlive.ui.dashboard_kernels.DashboardKernelManager",
             f"--DashboardKernelManager.unattended_timeout={kernel_grace_s:g}",
-            f"--DashboardKernelManager.first_connect_timeout={max(kernel_grace_s, 60):g}",
+            f"--DashboardKernelManager.first_connect_timeout={max(kernel_grace_s, first_connect_s):g}",
             f"--MappingKernelManager.cull_idle_timeout={max(1, round(kernel_idle_s))}",
             f"--MappingKernelManager.cull_interval={interval}"]
 
 
 def start_dashboard(bootstrap: str, topic: str, port: int = 8866, timeout: float = 60.0,
-                    kernel_grace_s: float = 10.0, kernel_idle_s: float = 3600.0):
+                    kernel_grace_s: float = 10.0, kernel_idle_s: float = 3600.0, first_connect_s: float = 60.0):
     """Start Voila in the background (log in the state directory); return ``(process, url)`` once it answers.
 
-    Stop it with :func:`stop_dashboard` (its kernels too).
+    The kernel options are those of :func:`voila_command`. Stop it with :func:`stop_dashboard` (its kernels too).
 
     >>> proc, url = start_dashboard("127.0.0.1:9092", "dt.monitor", port=8866)  # doctest: +SKIP
     >>> stop_dashboard(proc)                                                     # doctest: +SKIP
@@ -938,8 +940,8 @@ def start_dashboard(bootstrap: str, topic: str, port: int = 8866, timeout: float
     env = {**os.environ, "DTLIVE_BOOTSTRAP": bootstrap, "DTLIVE_MONITOR_TOPIC": topic}
     log = default_state_dir() / f"voila-{port}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(voila_command(port, kernel_grace_s, kernel_idle_s), env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(voila_command(port, kernel_grace_s, kernel_idle_s, first_connect_s), env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
