@@ -13,8 +13,9 @@ no scintillator needed) and fitted per chamber (:func:`dtlive.core.reco.segments
   and 4 are measured without bias. Chambers 0 and 3 see fewer segments: the telescope's acceptance.
 
 The segments and the four "other layers" fits come from one pass of the fit over the events' hits
-(:func:`dtlive.core.reco.segments.fit_events`, what :func:`dtlive.core.reco.efficiency.segments_and_efficiency`
-gives for the timed hits).
+(:func:`dtlive.core.reco.segments.fit_event_rows`, the compiled fit's rows of what
+:func:`~dtlive.core.reco.segments.fit_events` and :func:`dtlive.core.reco.efficiency.segments_and_efficiency`
+give for the timed hits).
 
 Values beyond the histograms' ranges go into their first or last bin. Every entry belongs to one event, so the
 counts are exact under any split of a window (:class:`~dtlive.core.products.eventbase.EventProduct`).
@@ -35,7 +36,7 @@ import numpy as np
 from dtlive.core import detector as det
 from dtlive.core.products.eventbase import EventProduct, Reconstructed
 from dtlive.core.products.kernel import Settings, chamber_coords
-from dtlive.core.reco.segments import fit_events
+from dtlive.core.reco.segments import fit_event_rows
 
 NCHAMB, NLAYERS, NCELLS = det.N_CHAMBERS, det.N_LAYERS, det.CELLS_PER_LAYER
 ANGLE_EDGES_DEG = np.linspace(-60.0, 60.0, 61)  # 2 degree bins
@@ -82,9 +83,9 @@ class SegmentProducts(EventProduct):
     def fill(self, reco: Reconstructed, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
         from dtlive.core.products.event_entries import segment_entries  # compiled on first use
 
-        seg, (ev, flat, _, found) = fit_events(reco.events, reco.meantimer_t0, min_hits=NLAYERS - 1)
-        return segment_entries(seg.event, seg.chamber, np.degrees(np.arctan(seg.slope)), seg.chi2, seg.ndof,
-                               seg.n_hits, seg.hit_segment, seg.hit_layer, seg.residual_unbiased_mm, ev, flat, found,
+        seg, hits, expected = fit_event_rows(reco.events, reco.meantimer_t0, min_hits=NLAYERS - 1)
+        return segment_entries(seg.code, seg.chamber, np.degrees(np.arctan(seg.b)), seg.chi2, seg.n - 2, seg.n,
+                               hits.segment, hits.layer, hits.unbiased, expected.code, expected.flat, expected.found,
                                reco.event_slot, ANGLE_EDGES_DEG, CHI2_EDGES, RESIDUAL_EDGES_MM, self._OFFSETS,
                                MIN_RESIDUAL_HITS, NLAYERS)  # fmt: skip
 

@@ -37,11 +37,15 @@ unbiased (the same hits, the same signs, the fit without that hit: the exact lea
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dtlive.core import detector as det
 from dtlive.core.reco.events import Events
+
+if TYPE_CHECKING:  # the compiled fit's module imports numba: loaded on first use
+    from dtlive.core.reco.fit_kernel import EfficiencyRows, SegmentHits, SegmentRows
 
 DEFAULT_SIGMA_MM = 0.25  # per-hit resolution of the fit
 DEFAULT_MAX_CHI2_NDOF = 5.0
@@ -252,13 +256,30 @@ def fit_events(
     >>> seg.n_hits.tolist(), seg.hit_index.tolist(), tested.tolist(), bool(found.all())  # layer 4: too late
     ([3], [1, 2, 0], [4], True)
     """
+    return _results(*fit_event_rows(ev, t0_ns, with_all=with_all, with_leave_out=with_leave_out, **options), ev.cell,
+                    lambda c: c)
+
+
+def fit_event_rows(ev: Events, t0_ns: np.ndarray, *, with_all: bool = True, with_leave_out: bool = True,
+                   **options) -> tuple[SegmentRows, SegmentHits, EfficiencyRows]:
+    """What :func:`fit_events` computes, as the compiled fit gives it (:func:`~dtlive.core.reco.fit_kernel.fit_groups`:
+    per segment, per hit of a segment, per expected hit; ``code``: the event), for callers that only count.
+
+    >>> from dtlive.core.rows import Rows
+    >>> from dtlive.core.reco.events import build_events
+    >>> from dtlive.core.reco.t0 import meantimer_t0
+    >>> ev = build_events(Rows.from_columns(head=[2] * 4, fpga=[0] * 4, channel=[3, 1, 2, 0], orbit=[7] * 4,
+    ...                                     bx=[104, 108, 104, 112], tdc=[0] * 4))
+    >>> seg, hits, expected = fit_event_rows(ev, meantimer_t0(ev))
+    >>> seg.code.tolist(), seg.n.tolist(), hits.layer.tolist(), expected.layer.tolist()
+    ([0], [3], [1, 2, 3], [4])
+    """
     from dtlive.core.reco.fit_kernel import fit_groups, timed_order  # compiled on first use
 
     drift_window_ns, kernel_options = _kernel_options(**options)
     order, d = timed_order(ev.ticks, ev.start, ev.event, ev.chamber, ev.layer, ev.cell, t0_ns, det.TDC_NS,
                            det.DRIFT_VELOCITY_MM_PER_NS, HALF_CELL_MM, *drift_window_ns)  # fmt: skip
-    out = fit_groups(order, ev.event, ev.chamber, ev.layer, ev.cell, d, with_all, with_leave_out, *kernel_options)
-    return _results(*out, ev.cell, lambda c: c)
+    return fit_groups(order, ev.event, ev.chamber, ev.layer, ev.cell, d, with_all, with_leave_out, *kernel_options)
 
 
 def _kernel_options(min_hits: int = 3, sigma_mm: float = DEFAULT_SIGMA_MM, max_chi2_ndof: float = DEFAULT_MAX_CHI2_NDOF,
