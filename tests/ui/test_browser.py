@@ -354,7 +354,9 @@ def test_voila_cumulative_grows_and_reset_drops(dashboard):
         screenshot(page, "voila-cumulative")
 
         page.click(".dtlive-reset")
-        dropped = poll(lambda: figure(page, OCC0), lambda f: f.value_sum() < 0.5 * grown.value_sum(), timeout=5)
+        # the bars and the y axis come in messages of their own: wait for both
+        dropped = poll(lambda: figure(page, OCC0), lambda f: f.value_sum() < 0.5 * grown.value_sum() and (
+            not f.bars or max(f.bars) == 0 or f.y_max < grown.y_max), timeout=10)
         assert dropped.value_sum() < 0.5 * grown.value_sum(), (grown.value_sum(), dropped.value_sum())
         assert not dropped.bars or max(dropped.bars) == 0 or dropped.y_max < grown.y_max
         screenshot(page, "voila-reset")
