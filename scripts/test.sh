@@ -13,5 +13,5 @@ duplicate_check=$!
 .venv/bin/mypy dtlive  # the type checker on the whole package ([tool.mypy] in pyproject.toml)
 wait "$duplicate_check"
 # three workers on two cores: tests wait on brokers, browsers and subprocesses more than they compute; a file
-# stays on one worker
-exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile "$@"
+# stays on one worker; the files start in the order tests/conftest.py collects them (the longest first)
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile --no-loadscope-reorder "$@"
