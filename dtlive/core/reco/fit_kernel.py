@@ -36,7 +36,9 @@ _CELL_MM = float(det.CELL_WIDTH_MM)
 _NCELLS = det.CELLS_PER_LAYER
 _NCH = det.N_CHAMBERS
 _MIRROR_MIN_DSLOPE = 0.1  # a mirror image's slope differs from the track's by more than this
-_GRAY_FLIP = np.array([0, 0, 1, 0, 2, 0, 1, 0, 3, 0, 1, 0, 2, 0, 1, 0])  # the sign flipped at step k: lowest set bit
+# the sign of the j-th used layer in sign choice p (bit j of p: +)
+_SIGNS = np.array([[1.0 if (p >> j) & 1 else -1.0 for p in range(1 << _NL)] for j in range(_NL)])
+_TIE = 1e-9  # chi2s closer than this are equal: the first choice is kept, whatever the rounding
 # the triplets of layers (lower, middle, upper) and the weights of the middle hit's residual from the line
 # through the outer two: r = x_mid - A x_low - B x_up (the chi2 floor of a candidate, whatever its signs)
 _TRIPLETS = np.array([(0, 1, 2), (0, 1, 3), (0, 2, 3), (1, 2, 3)])
@@ -391,7 +393,8 @@ def _fit_signs(xw, dd, used, sigma, ambiguity, slopes, chi2s):  # pragma: no cov
     ref, a, b, chi2, s0, sz, szz, det and its signs per layer (+1 on unused layers), as a 12-tuple.
 
     Positions are centred on the weighted mean wire x (``ref``). The best choice is the first with the lowest
-    chi2. A track crossing a staircase of staggered cells fits as well with every sign flipped (its mirror
+    chi2; of choices that fit equally well (within 1e-9: rounding does not tell them apart), the one with the
+    smallest slope, then the first. A track crossing a staircase of staggered cells fits as well with every sign flipped (its mirror
     image, far steeper or flatter): if choices within ``ambiguity`` of the best chi2 have a slope smaller by more
     than 0.1 (nearer the vertical, as cosmic muons prefer), the one of them with the lowest chi2 is taken.
     ``slopes`` and ``chi2s`` (16 each) are the caller's scratch for the choices' slopes and chi2s."""
@@ -421,30 +424,24 @@ def _fit_signs(xw, dd, used, sigma, ambiguity, slopes, chi2s):  # pragma: no cov
     t1 = (t0[0] * _LAYER_Z[0], t0[1] * _LAYER_Z[1], t0[2] * _LAYER_Z[2], t0[3] * _LAYER_Z[3])
     t2 = (t0[0] * (xw[0] - ref), t0[1] * (xw[1] - ref), t0[2] * (xw[2] - ref), t0[3] * (xw[3] - ref))
     n_choices = 1 << k
-    # the choices in Gray-code order (one sign flips from one to the next: three additions), from all signs -
     c0, c1, c2 = _compact(t0, used), _compact(t1, used), _compact(t2, used)
-    sx = wires0 - (c0[0] + c0[1] + c0[2] + c0[3])
-    sxz = wires1 - (c1[0] + c1[1] + c1[2] + c1[3])
-    sxx = wires2 - 2.0 * (c2[0] + c2[1] + c2[2] + c2[3])
-    best, best_b, best_chi2 = 0, 0.0, np.inf
-    p = 0
-    for step in range(n_choices):
-        if step > 0:
-            j = _GRAY_FLIP[step]
-            s = -2.0 if (p >> j) & 1 else 2.0
-            p ^= 1 << j
-            sx += s * c0[j]
-            sxz += s * c1[j]
-            sxx += 2.0 * s * c2[j]
+    for p in range(n_choices):  # no dependence between the choices: vector instructions
+        sx = wires0 + _SIGNS[0, p] * c0[0] + _SIGNS[1, p] * c0[1] + _SIGNS[2, p] * c0[2] + _SIGNS[3, p] * c0[3]
+        sxz = wires1 + _SIGNS[0, p] * c1[0] + _SIGNS[1, p] * c1[1] + _SIGNS[2, p] * c1[2] + _SIGNS[3, p] * c1[3]
+        sxx = wires2 + 2.0 * (_SIGNS[0, p] * c2[0] + _SIGNS[1, p] * c2[1] + _SIGNS[2, p] * c2[2]
+                              + _SIGNS[3, p] * c2[3])
         b = (s0 * sxz - sz * sx) * inv_det
-        chi2 = max(sxx - (szz * sx - sz * sxz) * inv_det * sx - b * sxz, 0.0)
-        slopes[p], chi2s[p] = b, chi2
-        if chi2 < best_chi2 or (chi2 == best_chi2 and p < best):
-            best, best_b, best_chi2 = p, b, chi2
+        slopes[p] = b
+        chi2s[p] = max(sxx - (szz * sx - sz * sxz) * inv_det * sx - b * sxz, 0.0)
+    best = 0
+    for p in range(1, n_choices):
+        if chi2s[p] < chi2s[best] - _TIE or (chi2s[p] <= chi2s[best] + _TIE and abs(slopes[p]) < abs(slopes[best])):
+            best = p
+    best_b, best_chi2 = slopes[best], chi2s[best]
     pick, pick_chi2 = best, np.inf
     for p in range(n_choices):  # the mirror images, from the slopes and chi2s kept above
         b, chi2 = slopes[p], chi2s[p]
-        if chi2 <= best_chi2 + ambiguity and abs(b) < abs(best_b) - _MIRROR_MIN_DSLOPE and chi2 < pick_chi2:
+        if chi2 <= best_chi2 + ambiguity and abs(b) < abs(best_b) - _MIRROR_MIN_DSLOPE and chi2 < pick_chi2 - _TIE:
             pick, pick_chi2 = p, chi2
     a, b, chi2 = _line(pick, used, s0, sz, szz, inv_det, wires0, wires1, wires2, t0, t1, t2)
     # the sign of layer la: bit j of pick, j the number of used layers below it (+1 on unused layers)
