@@ -38,7 +38,7 @@ _NCH = det.N_CHAMBERS
 _MIRROR_MIN_DSLOPE = 0.1  # a mirror image's slope differs from the track's by more than this
 # the sign of the j-th used layer in sign choice p (bit j of p: +)
 _SIGNS = np.array([[1.0 if (p >> j) & 1 else -1.0 for p in range(1 << _NL)] for j in range(_NL)])
-_TIE = 1e-9  # chi2s closer than this are equal: the first choice is kept, whatever the rounding
+_TIE = 1e-9  # chi2s closer than this are equal fits, whatever the rounding
 # the triplets of layers (lower, middle, upper) and the weights of the middle hit's residual from the line
 # through the outer two: r = x_mid - A x_low - B x_up (the chi2 floor of a candidate, whatever its signs)
 _TRIPLETS = np.array([(0, 1, 2), (0, 1, 3), (0, 2, 3), (1, 2, 3)])
@@ -392,9 +392,9 @@ def _fit_signs(xw, dd, used, sigma, ambiguity, slopes, chi2s):  # pragma: no cov
     """Weighted straight-line fits of one candidate for every sign choice of its used layers; the chosen one's
     ref, a, b, chi2, s0, sz, szz, det and its signs per layer (+1 on unused layers), as a 12-tuple.
 
-    Positions are centred on the weighted mean wire x (``ref``). The best choice is the first with the lowest
-    chi2; of choices that fit equally well (within 1e-9: rounding does not tell them apart), the one with the
-    smallest slope, then the first. A track crossing a staircase of staggered cells fits as well with every sign flipped (its mirror
+    Positions are centred on the weighted mean wire x (``ref``). The best choice has the lowest chi2; of choices
+    that fit equally well (within 1e-9: rounding does not tell them apart), the one with the smallest slope, then
+    the first. A track crossing a staircase of staggered cells fits as well with every sign flipped (its mirror
     image, far steeper or flatter): if choices within ``ambiguity`` of the best chi2 have a slope smaller by more
     than 0.1 (nearer the vertical, as cosmic muons prefer), the one of them with the lowest chi2 is taken.
     ``slopes`` and ``chi2s`` (16 each) are the caller's scratch for the choices' slopes and chi2s."""
