@@ -33,6 +33,7 @@ from dtlive.kafka.health import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+_NEVER_WAITS_S = 0.5  # the longest a heartbeat call may take: far below the broker timeouts it must not wait
 
 
 def checked(reader: StatusReader) -> StatusReader:
@@ -227,7 +228,9 @@ def test_heartbeat_never_blocks_or_raises_while_the_broker_is_away():
         time.sleep(0.01)
     t0 = time.monotonic()
     hb.close()
-    assert beats >= 10 and slowest < 0.05 and time.monotonic() - t0 < 3.0
+    # a call that waited on the broker would wait its timeouts (2-5 s); 0.5 s leaves room for a busy machine's
+    # scheduling, which made single calls take up to 0.15 s while the whole suite ran
+    assert beats >= 10 and slowest < _NEVER_WAITS_S and time.monotonic() - t0 < 3.0
     assert hb.publish_errors >= 1
     assert any(w in hb.last_publish_error["text"] for w in ("status topic", "not delivered")), hb.last_publish_error
 
@@ -463,7 +466,7 @@ def test_heartbeats_survive_a_broker_restart(tmp_path):
             hb.maybe(t0)
             slowest = max(slowest, time.monotonic() - t0)
             time.sleep(0.02)
-        assert slowest < 0.05
+        assert slowest < _NEVER_WAITS_S
         sent_before = hb.sent
         second = EmbeddedBroker(port=port, state_dir=tmp_path / "b").start()
         assert partition_ends(cfg, second.bootstrap, "st-restart", timeout=5) == {}  # the topic died with the broker
