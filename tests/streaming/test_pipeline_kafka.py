@@ -111,7 +111,7 @@ def test_users_own_streamz_graph_from_dtlive_nodes(broker, topics):
                                                                        "auto.offset.reset": "earliest"})
     windows = src.dt_decode_hits().dt_clean_hits().dt_event_windows(window_s=2, lateness_s=0.2)
     noisy = windows.dt_histogram().map(lambda ds: ds.channel_occupancy.stack(ch=("chamber", "channel"))
-                                    .pipe(lambda o: o.tdc_channel.values[int(o.argmax())]))
+                                    .pipe(lambda o: o.tdc_channel.values[int(o.values.argmax())]))
     found = noisy.sink_to_list()
     while src.poll(timeout=1.0):
         pass
