@@ -141,3 +141,17 @@ def test_fitting_the_events_directly_gives_what_the_timed_hits_give():
     assert np.array_equal(event, d_event) and np.array_equal(flat, d_flat) and np.array_equal(found, d_found)
     with pytest.raises(ValueError, match="one row per event"):
         fit_events(ev, t0[:-1])
+
+
+@pytest.mark.parametrize("d", [[16.0, 16.4, 17.1, 17.6], [17.6, 17.1, 16.4, 16.0]], ids=["rising", "falling"])
+def test_of_equally_good_sign_choices_the_nearer_vertical_one_is_kept(d):
+    """Wires on a straight staircase (cells 4, 5, 5, 6: one line through all four wires): every hit on its left
+    and every hit on its right fit exactly as well, whatever the distances, with slopes less than 0.1 apart (too
+    close for the mirror rule). The flatter of the two is kept, whichever of them comes first or rounds lower."""
+    cell, d = np.array([4, 5, 5, 6]), np.array(d)
+    wires = cell * det.CELL_WIDTH_MM + LAYER_SHIFT
+    slopes = [np.polyfit(LAYER_Z, wires + side * d, 1)[0] for side in (-1, 1)]
+    assert 0 < abs(abs(slopes[0]) - abs(slopes[1])) < 0.1
+    seg = fit_segments(np.zeros(4, int), np.zeros(4, int), np.arange(1, 5), cell, d / det.DRIFT_VELOCITY_MM_PER_NS)
+    assert seg.n_hits.tolist() == [4]
+    assert seg.slope[0] == pytest.approx(min(slopes, key=abs), abs=1e-9)

@@ -425,7 +425,7 @@ def _fit_signs(xw, dd, used, sigma, ambiguity, slopes, chi2s):  # pragma: no cov
     t2 = (t0[0] * (xw[0] - ref), t0[1] * (xw[1] - ref), t0[2] * (xw[2] - ref), t0[3] * (xw[3] - ref))
     n_choices = 1 << k
     c0, c1, c2 = _compact(t0, used), _compact(t1, used), _compact(t2, used)
-    for p in range(n_choices):  # no dependence between the choices: vector instructions
+    for p in range(n_choices):  # each choice from the sums alone: no chain of updates from one to the next
         sx = wires0 + _SIGNS[0, p] * c0[0] + _SIGNS[1, p] * c0[1] + _SIGNS[2, p] * c0[2] + _SIGNS[3, p] * c0[3]
         sxz = wires1 + _SIGNS[0, p] * c1[0] + _SIGNS[1, p] * c1[1] + _SIGNS[2, p] * c1[2] + _SIGNS[3, p] * c1[3]
         sxx = wires2 + 2.0 * (_SIGNS[0, p] * c2[0] + _SIGNS[1, p] * c2[1] + _SIGNS[2, p] * c2[2]
