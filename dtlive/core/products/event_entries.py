@@ -2,8 +2,8 @@
 
 Each loop makes in one pass over a window's hits or events what a handful of numpy passes made: the entries of
 :class:`~dtlive.core.products.events.EventCounts`, :class:`~dtlive.core.products.timebox.TimeBoxes`,
-:class:`~dtlive.core.products.t0diff.T0Difference` and :class:`~dtlive.core.products.segments.SegmentProducts`
-(numba, compiled once and cached on disk). A value's bin on
+:class:`~dtlive.core.products.t0diff.T0Difference` and :class:`~dtlive.core.products.segments.SegmentProducts`,
+and the distinct slots a share holds (numba, compiled once and cached on disk). A value's bin on
 ``edges`` is ``searchsorted(edges, value, side="right")``: 0 the underflow, ``len(edges)`` the overflow (found
 from the value's place on evenly spaced edges, then checked against its neighbours: exact on any sorted edges,
 fastest on evenly spaced ones).
@@ -58,6 +58,27 @@ def timebox_entries(event, chamber, ticks, start, t0_ns, event_slot, edges, tdc_
                  np.ascontiguousarray(t0_ns, np.float64), np.ascontiguousarray(event_slot, np.int64),
                  np.ascontiguousarray(edges, np.float64), float(tdc_ns), slot_out, index_out)  # fmt: skip
     return slot_out[:n], index_out[:n]
+
+
+def distinct_slots(sorted_ticks, slot_ticks: int) -> np.ndarray:
+    """The distinct slots ``ticks // slot_ticks`` of sorted ``ticks``, in order (one pass, no temporaries).
+
+    >>> distinct_slots(np.array([0, 5, 800, 801, 2400]), 800).tolist()
+    [0, 1, 3]
+    """
+    out = np.empty(len(sorted_ticks), np.int64)
+    return out[:_distinct_slots(np.ascontiguousarray(sorted_ticks, np.int64), int(slot_ticks), out)]
+
+
+@numba.njit(cache=True, nogil=True)
+def _distinct_slots(ticks, slot_ticks, out):  # pragma: no cover - compiled
+    n = 0
+    for i in range(len(ticks)):
+        s = ticks[i] // slot_ticks
+        if n == 0 or out[n - 1] != s:
+            out[n] = s
+            n += 1
+    return n
 
 
 @numba.njit(cache=True, nogil=True)

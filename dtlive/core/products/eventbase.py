@@ -85,8 +85,9 @@ class Reconstructed:
     @cached_property
     def slots(self) -> np.ndarray:
         """The distinct slots holding a chamber hit, trigger word or scintillator hit, sorted."""
-        s = self.events.element_ticks // SLOT_TICKS
-        return s[np.concatenate(([True], s[1:] != s[:-1]))] if len(s) else s
+        from dtlive.core.products.event_entries import distinct_slots  # compiled on first use
+
+        return distinct_slots(self.events.element_ticks, SLOT_TICKS)
 
 
 _MEMO = "_reconstructed"

@@ -40,11 +40,11 @@ _TICKS_PER_ORBIT = det.BX_PER_ORBIT * det.TDC_PER_BX
 class Events:
     """The muon events of a set of hits and the chamber hits, in time order, with their event id.
 
-    Per chamber hit (time order): ``ticks`` (absolute time in TDC counts), ``orbit``, ``fpga``, ``channel``,
+    Per chamber hit (time order): ``ticks`` (absolute time in TDC counts), ``fpga``, ``channel``,
     ``chamber``, ``layer`` (1-4), ``cell`` (0-15, :func:`dtlive.core.detector.cell_of`), ``event`` (0 ..
-    n_events - 1, or -1 for background). Per event: ``start`` (ticks of its first hit, trigger word or
-    scintillator hit: the reference of its relative times),
-    ``orbit`` of that first one, ``n_hits`` (chamber hits), ``trigger`` ((n_events, N_FPGA) ticks of the
+    n_events - 1, or -1 for background), and :attr:`orbit` computed from the ticks. Per event: ``start``
+    (ticks of its first hit, trigger word or scintillator hit: the reference of its relative times; its orbit
+    :attr:`event_orbit`), ``n_hits`` (chamber hits), ``trigger`` ((n_events, N_FPGA) ticks of the
     first trigger word of each FPGA, :data:`NO_TIME` for none) and ``scint`` (ticks of the first
     scintillator hit, or :data:`NO_TIME`). ``element_ticks``: the times of every chamber hit, trigger word and
     scintillator hit used, sorted.
@@ -58,7 +58,6 @@ class Events:
     """
 
     ticks: np.ndarray
-    orbit: np.ndarray
     fpga: np.ndarray
     channel: np.ndarray
     chamber: np.ndarray
@@ -66,11 +65,20 @@ class Events:
     cell: np.ndarray
     event: np.ndarray
     start: np.ndarray
-    event_orbit: np.ndarray
     n_hits: np.ndarray
     trigger: np.ndarray
     scint: np.ndarray
     element_ticks: np.ndarray
+
+    @property
+    def orbit(self) -> np.ndarray:
+        """Orbit of each chamber hit."""
+        return self.ticks // _TICKS_PER_ORBIT
+
+    @property
+    def event_orbit(self) -> np.ndarray:
+        """Orbit of each event's first hit, trigger word or scintillator hit."""
+        return self.start // _TICKS_PER_ORBIT
 
     @property
     def n_events(self) -> int:
@@ -148,13 +156,12 @@ def build_events(hits: Rows, gap_ns: float = det.EVENT_GAP_NS, min_layers: int =
     (hit_ticks, fpga, channel, chamber, layer, cell), event, start, n_hits, trigger, scint = cluster_events(
         key, int(gap_ns / det.TDC_NS), min_layers)
     return Events(
-        ticks=hit_ticks, orbit=hit_ticks // _TICKS_PER_ORBIT, fpga=fpga, channel=channel, chamber=chamber,
-        layer=layer, cell=cell, event=event, start=start, event_orbit=start // _TICKS_PER_ORBIT, n_hits=n_hits,
-        trigger=trigger, scint=scint, element_ticks=np.right_shift(key, _KEY_BITS),
+        ticks=hit_ticks, fpga=fpga, channel=channel, chamber=chamber, layer=layer, cell=cell, event=event,
+        start=start, n_hits=n_hits, trigger=trigger, scint=scint, element_ticks=np.right_shift(key, _KEY_BITS),
     )  # fmt: skip
 
 
 def _no_events() -> Events:
     z = np.zeros(0, np.int64)
-    return Events(ticks=z, orbit=z, fpga=z, channel=z, chamber=z, layer=z, cell=z, event=z, start=z, event_orbit=z,
-                  n_hits=z, trigger=np.zeros((0, det.N_FPGA), np.int64), scint=z, element_ticks=z)
+    return Events(ticks=z, fpga=z, channel=z, chamber=z, layer=z, cell=z, event=z, start=z, n_hits=z,
+                  trigger=np.zeros((0, det.N_FPGA), np.int64), scint=z, element_ticks=z)
