@@ -112,7 +112,7 @@ def element_kind(fpga: np.ndarray, channel: np.ndarray) -> np.ndarray:
 
 
 def build_events(hits: Rows, gap_ns: float = det.EVENT_GAP_NS, min_layers: int = det.EVENT_MIN_LAYERS) -> Events:
-    """Group cleansed hits into muon events (compiled passes around one sort: :mod:`~dtlive.core.reco.events_kernel`).
+    """Group cleansed hits into muon events (compiled passes: :mod:`~dtlive.core.reco.events_kernel`).
 
     Parameters
     ----------
@@ -148,8 +148,7 @@ def build_events(hits: Rows, gap_ns: float = det.EVENT_GAP_NS, min_layers: int =
                          f"them; got FPGA {hits.fpga.min()}-{hits.fpga.max()}, channel {hits.channel.min()}-"
                          f"{hits.channel.max()}")
     # one int64 key: time in TDC counts, FPGA, channel; its order is a total order of the hits (the events do
-    # not depend on the order the hits came in) and the sorted key gives back every field
-    key.sort(kind="stable")  # equal keys are equal hits; timsort is fast on the nearly sorted DAQ order
+    # not depend on the order the hits came in: equal keys are equal hits) and the sorted key gives back every field
     n = len(key)
     if n == 0:
         return _no_events()

@@ -4,7 +4,7 @@
 sorted keys once in machine code (numba, compiled once and cached on disk).
 
 Input: the sorted int64 keys ``ticks << 11 | fpga << 8 | channel`` of the chamber hits, trigger words and
-scintillator hits (:func:`element_keys` makes them from the hits' columns in one pass).
+scintillator hits (:func:`element_keys` makes and sorts them from the hits' columns in one pass).
 
 >>> import numpy as np
 >>> keys = np.array([(1000 << 11) | 3, (1120 << 11) | 1, (1240 << 11) | 2, (1250 << 11) | 138, (9000 << 11) | 9])
@@ -31,38 +31,55 @@ _NCH = det.N_CHAMBERS
 _MAX_CHANNEL = det.MAX_CHANNEL
 _BX_PER_ORBIT, _TDC_PER_BX = det.BX_PER_ORBIT, det.TDC_PER_BX
 NO_TIME = -1
+_MOVES_PER_KEY = 16  # beyond this many moves per hit on average, the keys are sorted at the end instead
 
 
 def element_keys(fpga, channel, orbit, bx, tdc) -> np.ndarray | None:
-    """The unsorted keys ``ticks << 11 | fpga << 8 | channel`` of the chamber hits, trigger words and scintillator
+    """The sorted keys ``ticks << 11 | fpga << 8 | channel`` of the chamber hits, trigger words and scintillator
     hits among cleansed hits (other special channels left out), ticks as in :func:`dtlive.core.detector.hit_ticks`;
     None when a hit's FPGA or channel lies outside ``0 .. N_FPGA - 1`` or ``0 .. MAX_CHANNEL``.
 
+    Each key is put in place as it is made (the DAQ sends each FPGA's hits in time order, so the hits are nearly
+    sorted and a key moves back a few places at most); hits far out of order make the pass stop moving keys
+    after ``_MOVES_PER_KEY`` moves per hit on average, and one sort finishes the job.
+
     >>> keys = element_keys(np.array([0, 0, 1]), np.array([3, 130, 138]), np.array([1, 1, 1]), np.array([2, 2, 2]),
-    ...                     np.array([0, 0, 5]))
-    >>> (keys >> 11).tolist(), (keys & 255).tolist()  # channel 130 is no element
-    ([106980, 106985], [3, 138])
+    ...                     np.array([5, 0, 0]))
+    >>> (keys >> 11).tolist(), (keys & 255).tolist()  # channel 130 is no element; the trigger word came first
+    ([106980, 106985], [138, 3])
     >>> element_keys(np.array([2]), np.array([3]), np.array([1]), np.array([2]), np.array([0])) is None
     True
     """
     fpga, channel, orbit, bx, tdc = (np.ascontiguousarray(a, np.int64) for a in (fpga, channel, orbit, bx, tdc))
     keys = np.empty(len(channel), np.int64)
-    n = _keys(fpga, channel, orbit, bx, tdc, keys)
-    return keys[:n] if n >= 0 else None
+    n, in_order = _keys(fpga, channel, orbit, bx, tdc, keys, _MOVES_PER_KEY * len(channel))
+    if n < 0:
+        return None
+    keys = keys[:n]
+    if not in_order:
+        keys.sort(kind="stable")  # timsort: still fast on runs of sorted keys
+    return keys
 
 
 @numba.njit(cache=True, nogil=True)
-def _keys(fpga, channel, orbit, bx, tdc, keys):  # pragma: no cover - compiled
-    n = 0
+def _keys(fpga, channel, orbit, bx, tdc, keys, max_moves):  # pragma: no cover - compiled
+    n = moves = 0
     for i in range(len(channel)):
         f, c = fpga[i], channel[i]
         if f < 0 or f >= _NFPGA or c < 0 or c > _MAX_CHANNEL:
-            return -1
+            return -1, False
         if c >= _CHAMBER_CHANNELS and c != _TRIGGER and not (c == _SCINT and f == _SCINT_FPGA):
             continue
-        keys[n] = (((orbit[i] * _BX_PER_ORBIT + bx[i]) * _TDC_PER_BX + tdc[i]) << 11) | (f << 8) | c
+        key = (((orbit[i] * _BX_PER_ORBIT + bx[i]) * _TDC_PER_BX + tdc[i]) << 11) | (f << 8) | c
+        j = n
+        if moves <= max_moves:  # insertion into the sorted keys before it
+            while j > 0 and keys[j - 1] > key:
+                keys[j] = keys[j - 1]
+                j -= 1
+            moves += n - j
+        keys[j] = key
         n += 1
-    return n
+    return n, moves <= max_moves
 
 
 def cluster_events(keys: np.ndarray, gap_ticks: int, min_layers: int):
