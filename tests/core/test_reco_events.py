@@ -51,7 +51,9 @@ def test_events_are_the_muons(sim):
     assert found.mean() > 0.97, found.mean()  # muons with a 3-layer chamber are found
     assert (match >= 0).mean() > 0.97  # and events are muons
     background = ev.background_per_chamber().sum()
-    assert background > 0.5 * (ev.event < 0).size * 0.3  # the noise is kept apart
+    assert len(ev.event) + background == (hits.channel < det.CHAMBER_CHANNELS).sum()  # every chamber hit, once
+    assert background > 0.15 * (len(ev.event) + background)  # the noise is kept apart
+    assert (np.diff(ev.background_ticks) >= 0).all() and np.isin(ev.background_chamber, det.CHAMBERS).all()
 
 
 def test_meantimer_t0_is_within_a_few_ns_of_the_truth(sim):

@@ -196,8 +196,7 @@ class EventProduct(Product):
     ...         return det.N_CHAMBERS
     ...     def fill(self, reco, settings):
     ...         ev = reco.events
-    ...         idx = ev.in_events()
-    ...         pairs = np.unique(ev.event[idx] * det.N_CHAMBERS + ev.chamber[idx])
+    ...         pairs = np.unique(ev.event * det.N_CHAMBERS + ev.chamber)
     ...         return reco.event_slot[pairs // det.N_CHAMBERS], pairs % det.N_CHAMBERS
     ...     def unpack(self, counts, settings):
     ...         return {"events_per_chamber": counts}

@@ -53,8 +53,8 @@ class EventCounts(EventProduct):
         from dtlive.core.products.event_entries import event_count_entries  # compiled on first use
 
         ev = reco.events
-        return event_count_entries(ev.event, ev.chamber, ev.ticks, reco.event_slot, (ev.trigger >= 0).any(axis=1),
-                                   SLOT_TICKS, _IN_EVENTS, NCHAMB)  # fmt: skip
+        return event_count_entries(ev.event, ev.chamber, ev.background_ticks, ev.background_chamber, reco.event_slot,
+                                   (ev.trigger >= 0).any(axis=1), SLOT_TICKS, _IN_EVENTS, NCHAMB)  # fmt: skip
 
     def unpack(self, counts: np.ndarray, settings: Settings) -> dict[str, Any]:  # arrays, and scalar counts
         return {

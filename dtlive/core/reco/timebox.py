@@ -78,11 +78,9 @@ def drift_times(ev: Events, t0_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     >>> chamber, dt = drift_times(ev, t0); chamber.tolist(), dt.tolist()
     ([0, 0, 0], [50.0, 50.0, 150.0])
     """
-    idx = ev.in_events()
-    t0 = t0_ns[ev.event[idx], ev.chamber[idx]]
+    t0 = t0_ns[ev.event, ev.chamber]
     has = ~np.isnan(t0)
-    idx, t0 = idx[has], t0[has]
-    return ev.chamber[idx], ev.relative_ns(idx) - t0
+    return ev.chamber[has], ev.relative_ns()[has] - t0[has]
 
 
 @dataclass(frozen=True)
@@ -124,12 +122,10 @@ def timed_hits(ev: Events, t0_ns: np.ndarray) -> TimedHits:
     >>> len(seg), seg.n_hits.tolist()
     (1, [3])
     """
-    idx = ev.in_events()
-    t0 = t0_ns[ev.event[idx], ev.chamber[idx]]
-    has = ~np.isnan(t0)
-    idx, t0 = idx[has], t0[has]
-    return TimedHits(ev.event[idx], ev.chamber[idx], ev.layer[idx], ev.cell[idx],
-                     ev.relative_ns(idx) - t0, idx)
+    t0 = t0_ns[ev.event, ev.chamber]
+    idx = np.flatnonzero(~np.isnan(t0))
+    return TimedHits(ev.event[idx], ev.chamber[idx], ev.layer[idx], ev.cell[idx], ev.relative_ns()[idx] - t0[idx],
+                     idx)
 
 
 def _model(t, b, a, s, t0, r, tmax, w):
