@@ -153,9 +153,10 @@ def event_count_entries(event, chamber, background_ticks, background_chamber, ev
     n_events, n_hits = len(event_slot), len(event) + len(background_ticks)
     slot_out = np.empty(2 * n_events + n_hits, np.int64)
     index_out = np.empty(2 * n_events + n_hits, np.int64)
-    ints = (np.ascontiguousarray(a, np.int64) for a in (event, chamber, background_ticks, background_chamber,
-                                                         event_slot))  # fmt: skip
-    n = _event_counts(*ints, np.ascontiguousarray(triggered, np.bool_), int(slot_ticks), int(first_hit_index),
+    event, chamber, background_ticks, background_chamber, event_slot = (
+        np.ascontiguousarray(a, np.int64) for a in (event, chamber, background_ticks, background_chamber, event_slot))
+    n = _event_counts(event, chamber, background_ticks, background_chamber, event_slot,
+                      np.ascontiguousarray(triggered, np.bool_), int(slot_ticks), int(first_hit_index),
                       int(n_chambers), slot_out, index_out)  # fmt: skip
     return slot_out[:n], index_out[:n]
 
