@@ -139,31 +139,25 @@ def _timebox(event, chamber, ticks, start, t0, event_slot, edges, tdc_ns, slot_o
     return n
 
 
-def event_count_entries(event, chamber, background_ticks, background_chamber, event_slot, triggered, slot_ticks: int,
-                        first_hit_index: int, n_chambers: int) -> tuple[np.ndarray, np.ndarray]:
-    """Entries of the event counts: index 0 per event (its slot), 1 per event with a trigger word,
-    ``first_hit_index + chamber`` per chamber hit of an event (its ``event``'s slot) and
-    ``first_hit_index + n_chambers + chamber`` per background hit (its own slot, ``ticks // slot_ticks``).
+def event_count_entries(event, chamber, event_slot, triggered, first_hit_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Entries of the event counts: index 0 per event (its slot), 1 per event with a trigger word, and
+    ``first_hit_index + chamber`` per chamber hit of an event (its ``event``'s slot).
 
-    >>> s, i = event_count_entries(np.array([0]), np.array([1]), np.array([8000]), np.array([2]), np.array([2]),
-    ...                            np.array([True]), 800, 2, 4)
+    >>> s, i = event_count_entries(np.array([0, 0]), np.array([1, 3]), np.array([2]), np.array([True]), 2)
     >>> s.tolist(), i.tolist()
-    ([2, 2, 2, 10], [0, 1, 3, 8])
+    ([2, 2, 2, 2], [0, 1, 3, 5])
     """
-    n_events, n_hits = len(event_slot), len(event) + len(background_ticks)
-    slot_out = np.empty(2 * n_events + n_hits, np.int64)
-    index_out = np.empty(2 * n_events + n_hits, np.int64)
-    event, chamber, background_ticks, background_chamber, event_slot = (
-        np.ascontiguousarray(a, np.int64) for a in (event, chamber, background_ticks, background_chamber, event_slot))
-    n = _event_counts(event, chamber, background_ticks, background_chamber, event_slot,
-                      np.ascontiguousarray(triggered, np.bool_), int(slot_ticks), int(first_hit_index),
-                      int(n_chambers), slot_out, index_out)  # fmt: skip
+    n = 2 * len(event_slot) + len(event)
+    slot_out, index_out = np.empty(n, np.int64), np.empty(n, np.int64)
+    n = _event_counts(np.ascontiguousarray(event, np.int64), np.ascontiguousarray(chamber, np.int64),
+                      np.ascontiguousarray(event_slot, np.int64), np.ascontiguousarray(triggered, np.bool_),
+                      int(first_hit_index), slot_out, index_out)  # fmt: skip
     return slot_out[:n], index_out[:n]
 
 
 @numba.njit(cache=True, nogil=True)
-def _event_counts(event, chamber, background_ticks, background_chamber, event_slot, triggered, slot_ticks,
-                  first_hit_index, n_chambers, slot_out, index_out):  # pragma: no cover - compiled
+def _event_counts(event, chamber, event_slot, triggered, first_hit_index, slot_out,
+                  index_out):  # pragma: no cover - compiled
     n = 0
     for e in range(len(event_slot)):
         slot_out[n], index_out[n] = event_slot[e], 0
@@ -173,10 +167,6 @@ def _event_counts(event, chamber, background_ticks, background_chamber, event_sl
             n += 1
     for i in range(len(event)):
         slot_out[n], index_out[n] = event_slot[event[i]], first_hit_index + chamber[i]
-        n += 1
-    for i in range(len(background_ticks)):
-        slot_out[n] = background_ticks[i] // slot_ticks
-        index_out[n] = first_hit_index + n_chambers + background_chamber[i]
         n += 1
     return n
 

@@ -11,8 +11,9 @@ counts of the events built again from the gathered hits: exactly the counts of a
 
 A product derives from :class:`EventProduct` and says how long its count vector is (:meth:`~EventProduct.size`),
 what an event set fills in it (:meth:`~EventProduct.fill`: the slot and the index of each entry) and how the
-vector becomes its variables (:meth:`~EventProduct.unpack`). The events and their t0s of a share are built
-once for all such products (:func:`reconstructed`).
+vector becomes its variables (:meth:`~EventProduct.unpack`); counts that do not depend on the events (e.g. all the
+chamber hits of a share) it adds once per share (:meth:`~EventProduct.totals`). The events and their t0s of a
+share are built once for all such products (:func:`reconstructed`).
 
 >>> from dtlive.core.products.kernel import Registry
 >>> from dtlive.core.products.events import EventCounts
@@ -157,11 +158,11 @@ class EventAnswer:
     >>> hits = Rows.from_columns(head=[2] * 4, fpga=[0] * 4, channel=[3, 1, 2, 0], orbit=[7] * 4,
     ...                          bx=[104, 108, 100, 112], tdc=[0] * 4)
     >>> p, s = EventCounts(), Settings()
-    >>> (sa, ka), (sb, kb) = (p.share(Hits(hits.select(np.array(part))), s) for part in ([0, 1], [2, 3]))
+    >>> (sa, ka), (sb, kb) = (p.share(Hits(hits.select(np.array(part))), s) for part in ([0, 1, 2], [3]))
     >>> requests = p.requests({0: sa, 1: sb}, s)  # the event is split: both shares are asked
     >>> answer = p.answer(ka, requests[0], s)
-    >>> answer.hits.channel.tolist(), int(answer.counts.sum())  # its hits there, the counts to take back
-    ([3, 1], 2)
+    >>> answer.hits.channel.tolist(), int(answer.counts.sum())  # its hits there; to take back: its event, 3 hits
+    ([3, 1, 2], 4)
     """
 
     counts: np.ndarray
@@ -221,6 +222,11 @@ class EventProduct(Product):
     def unpack(self, counts: np.ndarray, settings: Settings) -> dict[str, np.ndarray]:
         """The variables and counts of the product from the count vector."""
 
+    def totals(self, reco: Reconstructed, settings: Settings) -> np.ndarray | None:
+        """Counts of the share that do not depend on its events (whichever share holds a hit counts it once): added
+        to the share's counts, never taken back or built again in a merge. None (the default): there are none."""
+        return None
+
     def share(self, hits: Hits, settings: Settings) -> tuple[EventSummary, EventKept]:
         if not settings.reconstruction:  # switched off: no events, no slots, so no requests; the counts stay 0
             nothing = np.zeros(0, np.int64)
@@ -228,6 +234,9 @@ class EventProduct(Product):
         reco = reconstructed(hits)
         slot, index = self.fill(reco, settings)
         counts = np.bincount(index, minlength=self.size(settings))
+        totals = self.totals(reco, settings)
+        if totals is not None:
+            counts += totals
         return EventSummary(counts, reco.slots), EventKept(reco, slot, index)
 
     def requests(self, summaries: Mapping[int, EventSummary], settings: Settings) -> dict[int, np.ndarray]:

@@ -19,15 +19,16 @@ from typing import Any
 import numpy as np
 
 from dtlive.core import detector as det
-from dtlive.core.products.eventbase import SLOT_TICKS, EventProduct, Reconstructed
+from dtlive.core.products.eventbase import EventProduct, Reconstructed
 from dtlive.core.products.kernel import Settings
 
 NCHAMB = det.N_CHAMBERS
-_EVENTS, _TRIGGERED, _IN_EVENTS, _BACKGROUND = 0, 1, 2, 2 + NCHAMB
+_EVENTS, _TRIGGERED, _IN_EVENTS, _CHAMBER_HITS = 0, 1, 2, 2 + NCHAMB
 
 
 class EventCounts(EventProduct):
-    """Count vector: events, events with a trigger word, event hits (4), background hits (4).
+    """Count vector: events, events with a trigger word, event hits (4), all chamber hits (4, a share's totals);
+    the background is all chamber hits less the event hits.
 
     >>> from dtlive.core.products.kernel import Registry
     >>> from dtlive.core.rows import Rows
@@ -53,15 +54,20 @@ class EventCounts(EventProduct):
         from dtlive.core.products.event_entries import event_count_entries  # compiled on first use
 
         ev = reco.events
-        return event_count_entries(ev.event, ev.chamber, ev.background_ticks, ev.background_chamber, reco.event_slot,
-                                   (ev.trigger >= 0).any(axis=1), SLOT_TICKS, _IN_EVENTS, NCHAMB)  # fmt: skip
+        return event_count_entries(ev.event, ev.chamber, reco.event_slot, (ev.trigger >= 0).any(axis=1), _IN_EVENTS)
+
+    def totals(self, reco: Reconstructed, settings: Settings) -> np.ndarray:
+        ev = reco.events
+        totals = np.zeros(self.size(settings), np.int64)
+        totals[_CHAMBER_HITS:] = np.bincount(ev.chamber, minlength=NCHAMB) + ev.background_per_chamber
+        return totals
 
     def unpack(self, counts: np.ndarray, settings: Settings) -> dict[str, Any]:  # arrays, and scalar counts
         return {
             "events": np.int64(counts[_EVENTS]),
             "events_with_trigger": np.int64(counts[_TRIGGERED]),
             "event_hits_per_chamber": counts[_IN_EVENTS:_IN_EVENTS + NCHAMB],
-            "background_hits_per_chamber": counts[_BACKGROUND:_BACKGROUND + NCHAMB],
+            "background_hits_per_chamber": counts[_CHAMBER_HITS:] - counts[_IN_EVENTS:_IN_EVENTS + NCHAMB],
         }
 
     def coords(self, settings: Settings) -> dict:

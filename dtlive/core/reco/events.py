@@ -5,8 +5,7 @@ trigger words (channel 138) and scintillator hit come within that span too. All 
 absolute time in TDC counts (:func:`dtlive.detector.hit_ticks`, so a muon straddling an orbit boundary stays
 whole) and cut into time clusters wherever two consecutive ones are more than ``EVENT_GAP_NS`` (1.1 x Tmax)
 apart. A cluster is a muon event when it holds a trigger word and at least two chamber hits, or hits in at
-least ``EVENT_MIN_LAYERS`` layers of one chamber; every other chamber hit is background, kept apart (its time
-and chamber only).
+least ``EVENT_MIN_LAYERS`` layers of one chamber; every other chamber hit is background, counted per chamber.
 
 The building depends only on the hits of the cluster: the same hits give the same events whatever else is in
 the window, and a cluster never spans an orbit without hits (an orbit, 89 us, is much longer than the gap).
@@ -16,7 +15,7 @@ the window, and a cluster never spans an orbit without hits (an orbit, 89 us, is
 >>> hits = Rows.from_columns(head=[2] * 6, fpga=[0, 0, 0, 0, 0, 0], channel=[3, 1, 2, 0, 138, 9],
 ...                          orbit=[7] * 6, bx=[104, 108, 100, 112, 113, 900], tdc=[0] * 6)
 >>> ev = build_events(hits)
->>> ev.n_events, ev.event.tolist(), ev.background_per_chamber().tolist()
+>>> ev.n_events, ev.event.tolist(), ev.background_per_chamber.tolist()
 (1, [0, 0, 0, 0], [1, 0, 0, 0])
 >>> ev.trigger.tolist()  # ticks of the event's first trigger word on FPGA 0 and FPGA 1 (-1: none)
 [[751830, -1]]
@@ -40,12 +39,12 @@ _TICKS_PER_ORBIT = det.BX_PER_ORBIT * det.TDC_PER_BX
 @dataclass(frozen=True, eq=False)
 class Events:
     """The muon events of a set of hits and their chamber hits, in time order, with their event id; the
-    background kept apart.
+    background counted per chamber.
 
     Per chamber hit of an event (time order, the hits of an event consecutive): ``ticks`` (absolute time in TDC
     counts), ``fpga``, ``channel``, ``chamber``, ``layer`` (1-4), ``cell`` (0-15,
     :func:`dtlive.core.detector.cell_of`), ``event`` (0 .. n_events - 1), and :attr:`orbit` computed from the
-    ticks. Per chamber hit in no event (time order): ``background_ticks`` and ``background_chamber``. Per event:
+    ticks. ``background_per_chamber``: the chamber hits in no event, per chamber (4,). Per event:
     ``start`` (ticks of its first hit, trigger word or scintillator hit: the reference of its relative times; its
     orbit :attr:`event_orbit`), ``n_hits`` (chamber hits), ``trigger`` ((n_events, N_FPGA) ticks of the first
     trigger word of each FPGA, :data:`NO_TIME` for none) and ``scint`` (ticks of the first scintillator hit, or
@@ -56,7 +55,7 @@ class Events:
     ...                                     bx=[104, 108, 100, 112, 900], tdc=[0] * 5))
     >>> ev.n_events, ev.event.tolist(), ev.layer.tolist(), ev.n_hits.tolist()
     (1, [0, 0, 0, 0], [3, 1, 2, 4], [4])
-    >>> ev.background_per_chamber().tolist(), ev.relative_ns().tolist()
+    >>> ev.background_per_chamber.tolist(), ev.relative_ns().tolist()
     ([1, 0, 0, 0], [0.0, 100.0, 200.0, 300.0])
     """
 
@@ -71,8 +70,7 @@ class Events:
     n_hits: np.ndarray
     trigger: np.ndarray
     scint: np.ndarray
-    background_ticks: np.ndarray
-    background_chamber: np.ndarray
+    background_per_chamber: np.ndarray
     element_ticks: np.ndarray
 
     @property
@@ -89,10 +87,6 @@ class Events:
     def n_events(self) -> int:
         """Number of muon events."""
         return len(self.start)
-
-    def background_per_chamber(self) -> np.ndarray:
-        """Chamber hits in no event, per chamber (4,)."""
-        return np.bincount(self.background_chamber, minlength=det.N_CHAMBERS)
 
     def relative_ns(self) -> np.ndarray:
         """Time (ns) of each chamber hit after the start of its event."""
@@ -128,14 +122,14 @@ def build_events(hits: Rows, gap_ns: float = det.EVENT_GAP_NS, min_layers: int =
     -------
     Events
         The events' chamber hits in time order with their event id, the events' start, trigger and scintillator
-        times, and the background hits' times and chambers.
+        times, and the background hits per chamber.
 
     Examples
     --------
     >>> from dtlive.core.rows import Rows
     >>> two = Rows.from_columns(head=[2] * 3, fpga=[0] * 3, channel=[3, 1, 2], orbit=[5, 5, 6], bx=[3562, 3563, 2],
     ...                         tdc=[0] * 3)  # three layers across an orbit boundary
-    >>> build_events(two).event.tolist(), build_events(two, min_layers=4).background_per_chamber().tolist()
+    >>> build_events(two).event.tolist(), build_events(two, min_layers=4).background_per_chamber.tolist()
     ([0, 0, 0], [3, 0, 0, 0])
     >>> build_events(Rows.from_columns(head=[2], fpga=[3], channel=[1], orbit=[5], bx=[0], tdc=[0]))
     Traceback (most recent call last):
@@ -158,13 +152,13 @@ def build_events(hits: Rows, gap_ns: float = det.EVENT_GAP_NS, min_layers: int =
         cluster_events(key, int(gap_ns / det.TDC_NS), min_layers)
     return Events(
         ticks=hit_ticks, fpga=fpga, channel=channel, chamber=chamber, layer=layer, cell=cell, event=event,
-        start=start, n_hits=n_hits, trigger=trigger, scint=scint, background_ticks=background[0],
-        background_chamber=background[1], element_ticks=np.right_shift(key, _KEY_BITS),
+        start=start, n_hits=n_hits, trigger=trigger, scint=scint, background_per_chamber=background,
+        element_ticks=np.right_shift(key, _KEY_BITS),
     )  # fmt: skip
 
 
 def _no_events() -> Events:
     z = np.zeros(0, np.int64)
     return Events(ticks=z, fpga=z, channel=z, chamber=z, layer=z, cell=z, event=z, start=z, n_hits=z,
-                  trigger=np.zeros((0, det.N_FPGA), np.int64), scint=z, background_ticks=z, background_chamber=z,
-                  element_ticks=z)
+                  trigger=np.zeros((0, det.N_FPGA), np.int64), scint=z,
+                  background_per_chamber=np.zeros(det.N_CHAMBERS, np.int64), element_ticks=z)

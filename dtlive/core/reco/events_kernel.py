@@ -11,8 +11,8 @@ scintillator hits (:func:`element_keys` makes and sorts them from the hits' colu
 >>> hits, hit_event, start, n_hits, trigger, scint, background = cluster_events(keys, 500, 3)
 >>> hits[0].tolist(), hits[2].tolist(), hit_event.tolist(), start.tolist(), n_hits.tolist(), trigger.tolist()
 ([1000, 1120, 1240], [3, 1, 2], [0, 0, 0], [1000], [3], [[1250, -1]])
->>> hits[5].tolist(), background.tolist()  # the cells; the lone hit: its ticks and chamber
-([0, 0, 0], [[9000], [0]])
+>>> hits[5].tolist(), background.tolist()  # the cells; the lone hit in chamber 0
+([0, 0, 0], [1, 0, 0, 0])
 """
 
 from __future__ import annotations
@@ -87,32 +87,31 @@ def cluster_events(keys: np.ndarray, gap_ticks: int, min_layers: int):
 
     Returns the columns of the chamber hits in events (ticks, FPGA, channel, chamber, layer, cell) and the event of
     each; per event its start (ticks of its first element), chamber hits, first trigger word per FPGA and first
-    scintillator hit (ticks, :data:`NO_TIME` for none); and the ticks and chamber of every chamber hit in no event
-    (background). A cluster is a run of keys with gaps of at most ``gap_ticks``; it is an event when it holds two
+    scintillator hit (ticks, :data:`NO_TIME` for none); and the chamber hits in no event (background) per chamber.
+    A cluster is a run of keys with gaps of at most ``gap_ticks``; it is an event when it holds two
     elements or more and either hits on ``min_layers`` layers of one chamber, or a trigger word and two chamber
     hits.
 
-    >>> hits, hit_event, start, n_hits, trigger, scint, (bg_ticks, bg_chamber) = cluster_events(
-    ...     np.array([(5 << 11) | 3]), 500, 3)
-    >>> hits.shape, len(start), bg_ticks.tolist(), bg_chamber.tolist()  # a lone hit is background
-    ((6, 0), 0, [5], [0])
+    >>> hits, hit_event, start, n_hits, trigger, scint, background = cluster_events(np.array([(5 << 11) | 3]), 500, 3)
+    >>> hits.shape, len(start), background.tolist()  # a lone hit is background
+    ((6, 0), 0, [1, 0, 0, 0])
     """
     n = len(keys)
     hits, hit_event = np.empty((6, n), np.int64), np.empty(n, np.int64)
     start, n_hits = np.empty(n // 2 + 1, np.int64), np.empty(n // 2 + 1, np.int64)  # two elements an event at least
     trigger, scint = np.empty((n // 2 + 1, _NFPGA), np.int64), np.empty(n // 2 + 1, np.int64)
-    background = np.empty((2, n), np.int64)
-    n_hit, n_events, n_background = _cluster(np.ascontiguousarray(keys, np.int64), int(gap_ticks), int(min_layers),
-                                             hits, hit_event, start, n_hits, trigger, scint, background)  # fmt: skip
+    background = np.zeros(_NCH, np.int64)
+    n_hit, n_events = _cluster(np.ascontiguousarray(keys, np.int64), int(gap_ticks), int(min_layers), hits,
+                               hit_event, start, n_hits, trigger, scint, background)  # fmt: skip
     return (hits[:, :n_hit], hit_event[:n_hit], start[:n_events], n_hits[:n_events], trigger[:n_events],
-            scint[:n_events], background[:, :n_background])  # fmt: skip
+            scint[:n_events], background)  # fmt: skip
 
 
 @numba.njit(cache=True, nogil=True)
 def _cluster(keys, gap, min_layers, hits, hit_event, start, n_hits, trigger, scint,
              background):  # pragma: no cover - compiled
     n = len(keys)
-    n_hit = n_events = n_background = 0
+    n_hit = n_events = 0
     i = 0
     while i < n:
         j = i + 1
@@ -133,12 +132,10 @@ def _cluster(keys, gap, min_layers, hits, hit_event, start, n_hits, trigger, sci
             nibble = (layers >> (4 * c)) & 15
             most = max(most, (nibble & 1) + ((nibble >> 1) & 1) + ((nibble >> 2) & 1) + ((nibble >> 3) & 1))
         if j - i < 2 or not (most >= min_layers or (has_trigger and n_chamber >= 2)):
-            for k in range(i, j):  # background: the chamber hits' time and chamber only
+            for k in range(i, j):  # background: counted per chamber
                 channel = keys[k] & 255
                 if channel < _CHAMBER_CHANNELS:
-                    background[0, n_background] = keys[k] >> 11
-                    background[1, n_background] = 2 * ((keys[k] >> 8) & 7) + (channel >> 6)
-                    n_background += 1
+                    background[2 * ((keys[k] >> 8) & 7) + (channel >> 6)] += 1
             i = j
             continue
         event = n_events
@@ -162,4 +159,4 @@ def _cluster(keys, gap, min_layers, hits, hit_event, start, n_hits, trigger, sci
                 elif scint[event] == NO_TIME:
                     scint[event] = keys[k] >> 11
         i = j
-    return n_hit, n_events, n_background
+    return n_hit, n_events
