@@ -73,11 +73,14 @@ def distinct_slots(sorted_ticks, slot_ticks: int) -> np.ndarray:
 @numba.njit(cache=True, nogil=True)
 def _distinct_slots(ticks, slot_ticks, out):  # pragma: no cover - compiled
     n = 0
+    end = -1  # the first tick after the current slot: a sorted tick below it is in the same slot, no division
     for i in range(len(ticks)):
+        if ticks[i] < end:
+            continue
         s = ticks[i] // slot_ticks
-        if n == 0 or out[n - 1] != s:
-            out[n] = s
-            n += 1
+        out[n] = s
+        n += 1
+        end = (s + 1) * slot_ticks
     return n
 
 
