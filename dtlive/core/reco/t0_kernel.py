@@ -68,7 +68,7 @@ def _meantimer(ticks, event, chamber, layer, half_cell, start, tmax, lo, hi, tdc
     c_t0 = np.empty(6 * longest + 1)
     c_mid = np.empty(6 * longest + 1, np.int64)
     c_hyp = np.empty(6 * longest + 1, np.int64)
-    middles = np.empty(2 * hx, np.int64)
+    middles = np.empty(longest + 1, np.int64)  # the event's hit cells of layers 2 and 3, sorted
     group_first = np.zeros(_NCH + 1, np.int64)  # candidates of the event's chamber c: group_first[c] .. [c + 1]
     sort_buf = np.empty(6 * longest + 1, np.int64)
     i = 0
@@ -78,23 +78,30 @@ def _meantimer(ticks, event, chamber, layer, half_cell, start, tmax, lo, hi, tdc
             i += 1
             continue
         j = i
+        n_mid = 0
         while j < n and event[j] == ev:
             cell_key = chamber[j] * per_chamber + (layer[j] - 1) * hx + half_cell[j] + 1
             if table[cell_key] < 0:  # hits come in time order: the first of a cell is its earliest
                 table[cell_key] = ticks[j] - start[ev]
+                if layer[j] == 2 or layer[j] == 3:  # a middle cell: insertion, in (chamber, layer, cell) order
+                    q = n_mid
+                    while q > 0 and middles[q - 1] > cell_key:
+                        middles[q] = middles[q - 1]
+                        q -= 1
+                    middles[q] = cell_key
+                    n_mid += 1
             j += 1
         n_cand = 0
+        last_mid = 0
         for ch in range(_NCH):
             group_first[ch] = n_cand
             base = ch * per_chamber
-            n_mid = 0
-            for cell_key in range(base + hx + 1, base + 3 * hx - 1):  # layers 2 and 3, each cell in order
-                if table[cell_key] >= 0:
-                    middles[n_mid] = cell_key
-                    n_mid += 1
+            first_mid = last_mid
+            while last_mid < n_mid and middles[last_mid] < base + per_chamber:
+                last_mid += 1
             for side in (-1, 1):
                 for hyp in range(3):
-                    for q in range(n_mid):
+                    for q in range(first_mid, last_mid):
                         cell_key = middles[q]
                         t2 = table[cell_key]
                         t1 = table[cell_key - hx + side]
