@@ -31,9 +31,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from dtlive.core import detector as det
-from dtlive.core.reco.events import NO_TIME, Events
+from dtlive.core.reco.events import Events
 
 _HALF_CELL = det.half_cell_of(np.arange(det.CHAMBER_CHANNELS))  # of each chamber channel
+_FPGA_OF_CHAMBER = det.CHAMBERS // (det.N_CHAMBERS // det.N_FPGA)  # whose trigger word a chamber takes
+_EVERY_CHAMBER_ON_COLUMN_0 = np.zeros(det.N_CHAMBERS, np.int64)  # the one scintillator serves every chamber
 MEANTIMER_TOLERANCE_NS = 15.0
 MEANTIMER_AGREE_NS = 8.0  # two triplets of a chamber agree on t0 within this
 MEANTIMER_REFERENCE_NS = 15.0  # a lone triplet's solution this close to the event's agreed t0 is taken
@@ -49,8 +51,9 @@ def scint_t0(ev: Events) -> np.ndarray:
     >>> scint_t0(ev)[0].tolist() == (-det.T0_OFFSET_NS).tolist()
     True
     """
-    rel = np.where(ev.scint == NO_TIME, np.nan, (ev.scint - ev.start) * det.TDC_NS)
-    return rel[:, None] - det.T0_OFFSET_NS[None, :]
+    from dtlive.core.reco.t0_kernel import relative_t0  # compiled on first use (numba; cached on disk)
+
+    return relative_t0(ev.scint[:, None], ev.start, _EVERY_CHAMBER_ON_COLUMN_0, det.T0_OFFSET_NS, det.TDC_NS)
 
 
 def trigger_t0(ev: Events, offset_ns: np.ndarray = det.TRIGGER_T0_OFFSET_NS) -> np.ndarray:
@@ -63,10 +66,9 @@ def trigger_t0(ev: Events, offset_ns: np.ndarray = det.TRIGGER_T0_OFFSET_NS) -> 
     >>> trigger_t0(ev, np.full(4, 200.0))[0].tolist()  # FPGA 0 serves chambers 0 and 1
     [-50.0, -50.0, nan, nan]
     """
-    fpga_of_chamber = det.CHAMBERS // (det.N_CHAMBERS // det.N_FPGA)
-    trig = ev.trigger[:, fpga_of_chamber]
-    rel = np.where(trig == NO_TIME, np.nan, (trig - ev.start[:, None]) * det.TDC_NS)
-    return rel - np.asarray(offset_ns, float)[None, :]
+    from dtlive.core.reco.t0_kernel import relative_t0  # compiled on first use (numba; cached on disk)
+
+    return relative_t0(ev.trigger, ev.start, _FPGA_OF_CHAMBER, offset_ns, det.TDC_NS)
 
 
 def meantimer_t0(ev: Events, tmax_ns: float = det.MAX_DRIFT_NS, tolerance_ns: float = MEANTIMER_TOLERANCE_NS,

@@ -1,4 +1,5 @@
-"""The compiled loop of the meantimer: every (event, chamber) group's triplets and t0 in one pass.
+"""The compiled loops of the t0s: the meantimer, every (event, chamber) group's triplets and t0 in one pass, and
+the t0s from a trigger word or scintillator time per event (:func:`relative_t0`).
 
 :func:`dtlive.core.reco.t0.meantimer_solutions` describes what is computed; this module does it event by event
 in machine code (numba, compiled once and cached on disk): the groups are small, so a loop over them costs a
@@ -21,6 +22,7 @@ import numba
 import numpy as np
 
 from dtlive.core import detector as det
+from dtlive.core.reco.events import NO_TIME
 
 _NL = det.N_LAYERS
 _NCH = det.N_CHAMBERS
@@ -50,6 +52,28 @@ def meantimer_events(ticks, event, chamber, layer, half_cell, start, tmax: float
     _meantimer(ticks, event, chamber, layer, half_cell, start, float(tmax), float(lo), float(hi), float(tdc_ns),
                float(agree_ns), float(reference_ns), out.ravel(), paired.ravel())  # fmt: skip
     return out, paired
+
+
+def relative_t0(times, start, column_of_chamber, offset_ns, tdc_ns: float) -> np.ndarray:
+    """t0 (ns after each event's start) per event and chamber from a time per event and column (ticks,
+    :data:`NO_TIME`: none): ``(times[e, column_of_chamber[c]] - start[e]) * tdc_ns - offset_ns[c]``, NaN without one.
+
+    >>> relative_t0(np.array([[130, -1]]), np.array([100]), np.array([0, 0, 1, 1]), np.full(4, 5.0), 1.0).tolist()
+    [[25.0, 25.0, nan, nan]]
+    """
+    times = np.ascontiguousarray(times, np.int64)
+    out = np.empty((len(times), len(column_of_chamber)))
+    _relative_t0(times, np.ascontiguousarray(start, np.int64), np.ascontiguousarray(column_of_chamber, np.int64),
+                 np.ascontiguousarray(offset_ns, np.float64), float(tdc_ns), out)  # fmt: skip
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _relative_t0(times, start, column_of_chamber, offset_ns, tdc_ns, out):  # pragma: no cover - compiled
+    for e in range(times.shape[0]):
+        for c in range(len(column_of_chamber)):
+            t = times[e, column_of_chamber[c]]
+            out[e, c] = np.nan if t == NO_TIME else (t - start[e]) * tdc_ns - offset_ns[c]
 
 
 @numba.njit(cache=True, nogil=True)
