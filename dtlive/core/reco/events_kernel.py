@@ -21,6 +21,7 @@ import numba
 import numpy as np
 
 from dtlive.core import detector as det
+from dtlive.core.reco.events import NO_TIME
 
 _LAYER_MOD4 = np.asarray(det.LAYER_OF_CHANNEL_MOD4, np.int64)
 _CHAMBER_CHANNELS = det.CHAMBER_CHANNELS
@@ -30,7 +31,6 @@ _NFPGA = det.N_FPGA
 _NCH = det.N_CHAMBERS
 _MAX_CHANNEL = det.MAX_CHANNEL
 _BX_PER_ORBIT, _TDC_PER_BX = det.BX_PER_ORBIT, det.TDC_PER_BX
-NO_TIME = -1
 _MOVES_PER_KEY = 16  # beyond this many moves per hit on average, the keys are sorted at the end instead
 
 
