@@ -14,6 +14,7 @@ import contextlib
 import importlib
 import json
 import logging
+import os
 import re
 import shutil
 import sys
@@ -21,6 +22,10 @@ import textwrap
 import threading
 import time
 from typing import Any
+
+# Each dtlive service is one process doing its own work: a BLAS thread pool (numpy's, and scipy's that numba
+# loads) would only spin at start-up, ~0.15 s of CPU. Set before numpy is first imported; a user's value stands.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from dtlive import __version__
 from dtlive.config import Config

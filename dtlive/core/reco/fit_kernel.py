@@ -160,6 +160,7 @@ def _timed_order(ticks, start, event, chamber, layer, cell, t0, tdc_ns, velocity
                  hi_ns):  # pragma: no cover - compiled
     n = len(ticks)
     order = np.empty(n, np.int64)
+    order_key = np.empty(n, np.int64)  # the (chamber, layer, cell) key of each row of ``order``
     d = np.zeros(n)
     n_order = 0
     i = 0
@@ -180,11 +181,10 @@ def _timed_order(ticks, start, event, chamber, layer, cell, t0, tdc_ns, velocity
                     continue
                 key = (chamber[k] * _NL + layer[k] - 1) * _NCELLS + cell[k]
                 q = n_order  # insertion sort of the event's rows by (chamber, layer, cell), then row
-                while q > first and (chamber[order[q - 1]] * _NL + layer[order[q - 1]] - 1) * _NCELLS + cell[
-                        order[q - 1]] > key:
-                    order[q] = order[q - 1]
+                while q > first and order_key[q - 1] > key:
+                    order[q], order_key[q] = order[q - 1], order_key[q - 1]
                     q -= 1
-                order[q] = k
+                order[q], order_key[q] = k, key
                 n_order += 1
         i = j
     return order[:n_order], d
