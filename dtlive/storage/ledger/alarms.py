@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from dtlive.core.alarms import Alarm, fold, ordered
 from dtlive.storage.ledger.models import AlarmEvent
 from dtlive.storage.ledger.values import TimeLike, _jsonable, to_utc
+
+if TYPE_CHECKING:
+    from dtlive.core.alarms import Alarm
 
 
 class AlarmsMixin:
@@ -72,10 +74,14 @@ class AlarmsMixin:
 
     def alarm_board(self, closed: bool = False) -> dict[str, Alarm]:
         """Alarm id -> :class:`~dtlive.core.alarms.Alarm` as the recorded events make them (``closed`` ones too)."""
+        from dtlive.core.alarms import fold  # with numpy and the products: not for a process that only keeps a run
+
         return fold(self.alarm_events(), closed=closed)
 
     def alarms(self, closed: bool = True) -> list[dict]:
         """Alarms as rows: active, cleared (both not acknowledged), acknowledged, closed; newest first in each."""
+        from dtlive.core.alarms import ordered
+
         return [a.row() for a in ordered(self.alarm_board(closed=closed).values())]
 
     def find_alarm(self, prefix: str) -> Alarm:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import functools
 import os
 import time
@@ -153,15 +154,24 @@ def alembic_config(url: str | URL | None = None):
 
 @functools.lru_cache(maxsize=1)
 def head_revision() -> str | None:
-    """The newest migration revision shipped with this dtlive.
+    """The newest migration revision shipped with this dtlive, read from the migration files' ``revision`` and
+    ``down_revision`` (without importing Alembic: a service opening an up-to-date ledger needs nothing more).
 
     >>> from alembic.script import ScriptDirectory
-    >>> head_revision() == max(s.revision for s in ScriptDirectory.from_config(alembic_config()).walk_revisions())
+    >>> head_revision() == ScriptDirectory.from_config(alembic_config()).get_current_head()
     True
     """
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    revisions, parents = set(), set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        fields = {t.id: node.value for node in ast.parse(path.read_text()).body if isinstance(node, ast.Assign)
+                  for t in node.targets if isinstance(t, ast.Name) and t.id in ("revision", "down_revision")}
+        if "revision" in fields:
+            revisions.add(ast.literal_eval(fields["revision"]))
+            parents.add(ast.literal_eval(fields["down_revision"]))
+    heads = revisions - parents
+    if len(heads) > 1:
+        raise RuntimeError(f"the ledger migrations have several heads: {sorted(heads)}")
+    return heads.pop() if heads else None
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -174,10 +184,13 @@ def current_revision(engine: Engine) -> str | None:
     >>> current_revision(engine)
     '0001'
     """
-    from alembic.runtime.migration import MigrationContext
-
     with engine.connect() as conn:
-        return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+        if not sa.inspect(conn).has_table(VERSION_TABLE):
+            return None
+        found = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    if len(found) > 1:
+        raise RuntimeError(f"the ledger database is at several schema revisions at once: {sorted(found)}")
+    return found[0] if found else None
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
@@ -192,13 +205,13 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     >>> current_revision(engine) == head_revision(), "processing_runs" in sa.inspect(engine).get_table_names()
     (True, True)
     """
+    current, head = current_revision(engine), head_revision()
+    if revision == "head" and current == head:
+        return
     from alembic import command
     from alembic.script import ScriptDirectory
     from alembic.util import CommandError
 
-    current, head = current_revision(engine), head_revision()
-    if revision == "head" and current == head:
-        return
     cfg = alembic_config()
     if current is not None and current not in {s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions()}:
         raise RuntimeError(f"the ledger database is at schema revision {current!r}, unknown to this dtlive "
