@@ -735,18 +735,22 @@ def cmd_process(args) -> int:
 
 
 def processed_line(messages: int, windows: int, dead_lettered: int, input_s: float | None = None,
-                   first_input_s: float | None = None) -> str:
-    """The last line of ``dtlive process``: what it did, how fast, and when its first input came.
+                   first_input_s: float | None = None, bookkeeping_cpu_s: float | None = None) -> str:
+    """The last line of ``dtlive process``: what it did, how fast, when its first input came, and the CPU the
+    child keeping the run in the ledger used.
 
-    >>> print(processed_line(1000, 3, 0, input_s=0.5, first_input_s=1.2).replace(", p", ",\\n p"))
+    >>> line = processed_line(1000, 3, 0, input_s=0.5, first_input_s=1.2, bookkeeping_cpu_s=0.4)
+    >>> print(line.replace(", p", ",\\n p").replace(", r", ",\\n r"))
     processed 1000 messages in 0.50 s (2,000 msg/s, first input 1.20 s after start),
-     published 3 windows, dead-lettered 0
+     published 3 windows, dead-lettered 0,
+     run kept in the ledger with 0.40 s of CPU
     """
     took = ""
     if input_s is not None:
         took = f" in {input_s:.2f} s ({messages / max(input_s, 1e-9):,.0f} msg/s"
         took += f", first input {first_input_s:.2f} s after start)" if first_input_s is not None else ")"
-    return f"processed {messages} messages{took}, published {windows} windows, dead-lettered {dead_lettered}"
+    kept = f", run kept in the ledger with {bookkeeping_cpu_s:.2f} s of CPU" if bookkeeping_cpu_s is not None else ""
+    return f"processed {messages} messages{took}, published {windows} windows, dead-lettered {dead_lettered}{kept}"
 
 
 def _process_on_dask(args, cfg, bootstrap) -> int:

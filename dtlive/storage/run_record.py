@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -58,13 +59,14 @@ class ChildRun:
     """Run ``run_id`` kept in the ledger by a child process (see the module doc); :meth:`stop` records its end.
 
     ``start_kwargs`` go to :meth:`Ledger.start_run` (through :func:`start_fields`); ``env``: the child's
-    environment (default: this process's).
+    environment (default: this process's). After :meth:`stop`, ``cpu_s`` holds the CPU seconds the child used
+    (None if it did not say).
 
     >>> import os, tempfile
     >>> db = f"sqlite:///{tempfile.mkdtemp()}/ledger.sqlite"
     >>> run = ChildRun("run-1", env={**os.environ, "DTLIVE_DB": db}, config={"window_s": 2.0}, processor="demo")
-    >>> run.stop("finished")
-    True
+    >>> run.stop("finished"), run.cpu_s > 0
+    (True, True)
     >>> from dtlive.storage.ledger import Ledger
     >>> shown = Ledger(db).run("run-1")
     >>> shown["status"], shown["pid"] == os.getpid(), shown["processor"]
@@ -77,6 +79,7 @@ class ChildRun:
         self._db = (os.environ if env is None else env).get("DTLIVE_DB") or None  # the child's ledger
         self._lock = threading.Lock()
         self.child: subprocess.Popen | None = None
+        self.cpu_s: float | None = None
         try:
             self.child = subprocess.Popen([sys.executable, "-m", "dtlive.storage.run_record"], stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, text=True, env=dict(env) if env else None)
@@ -114,8 +117,12 @@ class ChildRun:
             return False
         lines = out.strip().splitlines()
         try:
-            return bool(json.loads(lines[-1])["stopped"]) if lines else None
-        except (ValueError, KeyError):
+            answer = json.loads(lines[-1]) if lines else None
+            if answer is None:
+                return None
+            self.cpu_s = answer.get("cpu_s")
+            return bool(answer["stopped"])
+        except (ValueError, KeyError, AttributeError):
             return None
 
     def _stop_here(self, status: str, timeout_s: float) -> bool:
@@ -159,7 +166,8 @@ def main() -> int:
         os._exit(0)  # the keeper's thread would stamp more heartbeats
     stop = json.loads(line)
     stopped = keeper is not None and keeper.stop(stop["stop"], timeout_s=float(stop["timeout_s"]))
-    print(json.dumps({"stopped": stopped}), flush=True)
+    used = resource.getrusage(resource.RUSAGE_SELF)  # what the bookkeeping cost, for its service to report
+    print(json.dumps({"stopped": stopped, "cpu_s": round(used.ru_utime + used.ru_stime, 3)}), flush=True)
     return 0
 
 

@@ -766,12 +766,14 @@ class Processor:
         return self
 
     def timing(self) -> dict:
-        """Start-up and input time of the last :meth:`run`: ``first_input_s`` (seconds from the process' start to
-        its first input messages: interpreter, imports, set-up, first fetch) and ``input_s`` (from the first
-        input to the end of the run, its last commit included); None where not known."""
+        """Start-up, input and bookkeeping time of the last :meth:`run`: ``first_input_s`` (seconds from the
+        process' start to its first input messages: interpreter, imports, set-up, first fetch), ``input_s`` (from
+        the first input to the end of the run, its last commit included) and ``bookkeeping_cpu_s`` (CPU seconds of
+        the child process that kept the run in the ledger, once it stopped); None where not known."""
         done = self.input_done_at if self.input_done_at is not None else time.monotonic()
         first = self.source.first_input_at
-        return {"first_input_s": self.source.first_input_age_s, "input_s": None if first is None else done - first}
+        return {"first_input_s": self.source.first_input_age_s, "input_s": None if first is None else done - first,
+                "bookkeeping_cpu_s": getattr(self.run_keeper, "cpu_s", None)}
 
     def health(self) -> dict:
         """Heartbeat fields (:mod:`dtlive.kafka.health`): state, input lag per partition, running totals, errors.

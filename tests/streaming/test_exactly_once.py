@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -55,6 +56,7 @@ def test_kill_9_mid_replay_then_restart_counts_every_hit_once(broker, topics, ki
     second = start_processor(broker, topics, "--until-end")
     out, _ = second.communicate(timeout=120)
     assert second.returncode == 0, out.decode()[-2000:]
+    assert re.search(r"run kept in the ledger with \d+\.\d\d s of CPU$", out.decode().strip()), out.decode()[-500:]
 
     msgs = read_messages(broker, topics["monitor_topic"])
     ids = [m["window"]["id"] for m in msgs]
