@@ -644,10 +644,11 @@ def window_products(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, pr
 
 
 def window_message(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, provenance: dict | None = None,
-                   arrays: dict[str, np.ndarray] | None = None) -> dict:
+                   arrays: dict[str, np.ndarray] | None = None, variables_as_arrays: bool = False) -> dict:
     """The ``dtlive.monitor/1`` message of a closed window (the processor's fast path: no xarray).
 
-    ``arrays``: products computed elsewhere, as for :func:`window_products`.
+    ``arrays``: products computed elsewhere, as for :func:`window_products`; ``variables_as_arrays``: as for
+    :func:`dtlive.core.messages.message_from_arrays`.
 
     >>> from dtlive.core.rows import Rows
     >>> w = Window(4, 400, 499, Rows.from_columns(head=[2, 2], fpga=[0, 1], channel=[3, 3], orbit=[450, 451], bx=[0, 0],
@@ -657,7 +658,7 @@ def window_message(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, pro
     ('dtlive.monitor/1', 4, [1, 0, 1, 0], None)
     """
     arrays, attrs = window_products(window, drift_edges, provenance, arrays)
-    return message_from_arrays(arrays, drift_edges, attrs)
+    return message_from_arrays(arrays, drift_edges, attrs, variables_as_arrays)
 
 
 def window_dataset(window: Window, drift_edges: np.ndarray = DRIFT_EDGES_NS, provenance: dict | None = None):

@@ -274,7 +274,8 @@ class TransactionalPublisher:
     broker lost (it restarted, or aborted it) is produced again in a new one, with a new producer when the old
     one cannot go on. Only a fence by another processor with the same identity ends it (:class:`ProcessorFenced`),
     and a broker that lets nothing commit for ``recover_s`` seconds (:class:`BrokerLost`). Each published window
-    is handed to the callables in ``on_publish`` (``{"window": ..., "message": ...}``).
+    is handed to the callables in ``on_publish`` (``{"window": ..., "message": ...}``; a message this publisher
+    made keeps the reconstruction's ``variables`` as numpy arrays, encoded as the same JSON lists).
 
     >>> cfg = load_config({})
     >>> producer, resume = open_producer(cfg, "127.0.0.1:9092")  # doctest: +SKIP
@@ -347,7 +348,7 @@ class TransactionalPublisher:
         self._dead_letter(window.meta.get("rejects", []))
         if msg is None:
             msg = window_message(window, self.settings.drift_edges, self.provenance,
-                                 arrays=REGISTRY.compute(window.hits, self.settings))
+                                 arrays=REGISTRY.compute(window.hits, self.settings), variables_as_arrays=True)
         msg["provenance"]["result_seq"] = self.published + 1  # the recorder finds lost results by gaps in these
         self._produce(self.cfg.monitor_topic, message_bytes(msg), str(window.id).encode(),
                       [(SCHEMA_HEADER, MONITOR_SCHEMA.encode())])
