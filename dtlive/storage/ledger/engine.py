@@ -154,20 +154,44 @@ def alembic_config(url: str | URL | None = None):
 
 @functools.lru_cache(maxsize=1)
 def head_revision() -> str | None:
-    """The newest migration revision shipped with this dtlive, read from the migration files' ``revision`` and
-    ``down_revision`` (without importing Alembic: a service opening an up-to-date ledger needs nothing more).
+    """The newest migration revision shipped with this dtlive (:func:`newest_revision` of its migrations).
 
     >>> from alembic.script import ScriptDirectory
     >>> head_revision() == ScriptDirectory.from_config(alembic_config()).get_current_head()
     True
     """
+    return newest_revision(MIGRATIONS_DIR / "versions")
+
+
+def newest_revision(versions: Path) -> str | None:
+    """The revision no other revises, read from the ``revision`` and ``down_revision`` of the migration files in
+    ``versions`` (without importing Alembic: a service opening an up-to-date ledger needs nothing more).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = (d / "a.py").write_text('revision = "a"\\ndown_revision = None\\n')
+    >>> _ = (d / "b.py").write_text('revision: str = "b"\\ndown_revision = "a"\\n')
+    >>> _ = (d / "c.py").write_text('revision = "c"\\ndown_revision = "a"\\n')
+    >>> _ = (d / "m.py").write_text('revision = "m"\\ndown_revision = ("b", "c")\\n')  # a merge
+    >>> newest_revision(d)
+    'm'
+    """
     revisions, parents = set(), set()
-    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
-        fields = {t.id: node.value for node in ast.parse(path.read_text()).body if isinstance(node, ast.Assign)
-                  for t in node.targets if isinstance(t, ast.Name) and t.id in ("revision", "down_revision")}
+    for path in versions.glob("*.py"):
+        fields = {}
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                targets = [node.target]
+            else:
+                continue
+            fields.update({t.id: ast.literal_eval(node.value) for t in targets
+                           if isinstance(t, ast.Name) and t.id in ("revision", "down_revision")})
         if "revision" in fields:
-            revisions.add(ast.literal_eval(fields["revision"]))
-            parents.add(ast.literal_eval(fields["down_revision"]))
+            revisions.add(fields["revision"])
+            down = fields.get("down_revision")
+            parents.update(down if isinstance(down, tuple | list) else [down])
     heads = revisions - parents
     if len(heads) > 1:
         raise RuntimeError(f"the ledger migrations have several heads: {sorted(heads)}")
