@@ -118,12 +118,13 @@ class ChildRun:
         lines = out.strip().splitlines()
         try:
             answer = json.loads(lines[-1]) if lines else None
-            if answer is None:
-                return None
-            self.cpu_s = answer.get("cpu_s")
-            return bool(answer["stopped"])
-        except (ValueError, KeyError, AttributeError):
+        except ValueError:
             return None
+        if not isinstance(answer, dict) or "stopped" not in answer:
+            return None
+        cpu_s = answer.get("cpu_s")
+        self.cpu_s = float(cpu_s) if isinstance(cpu_s, int | float) else None
+        return bool(answer["stopped"])
 
     def _stop_here(self, status: str, timeout_s: float) -> bool:
         try:

@@ -110,3 +110,17 @@ def test_keeping_a_run_in_an_up_to_date_ledger_imports_neither_alembic_nor_numpy
     assert loaded == "[]"
     assert json.loads(answer)["stopped"] is True and 0 < json.loads(answer)["cpu_s"] < 30  # its own CPU, reported
     assert Ledger(db).run("run-light")["status"] == "finished"
+
+
+@pytest.mark.parametrize("answer,stopped,cpu_s", [('{"stopped": true, "cpu_s": 0.25}', True, 0.25),
+                                                  ('{"stopped": true, "cpu_s": "lots"}', True, None),
+                                                  ('{"stopped": true}', True, None)])
+def test_the_child_s_answer_gives_the_stop_and_a_cpu_time_only_when_it_is_a_number(tmp_path, answer, stopped, cpu_s):
+    run = ChildRun("run-answer", env=child_env(f"sqlite:///{tmp_path / 'ledger.sqlite'}"), kind="processing")
+    assert run.child is not None
+    run.child.kill()  # stands in for the real child: one that answers as given
+    run.child.wait()
+    run.child = subprocess.Popen([sys.executable, "-c", f"import sys; sys.stdin.readline(); print({answer!r})"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert run.stop("finished", timeout_s=10) is stopped
+    assert run.cpu_s == cpu_s
