@@ -176,17 +176,18 @@ def newest_revision(versions: Path) -> str | None:
     >>> newest_revision(d)
     'm'
     """
-    revisions, parents = set(), set()
+    revisions: set[str] = set()
+    parents: set[str | None] = set()
     for path in versions.glob("*.py"):
         fields = {}
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.Assign):
-                targets = node.targets
+                targets, value = node.targets, node.value
             elif isinstance(node, ast.AnnAssign) and node.value is not None:
-                targets = [node.target]
+                targets, value = [node.target], node.value
             else:
                 continue
-            fields.update({t.id: ast.literal_eval(node.value) for t in targets
+            fields.update({t.id: ast.literal_eval(value) for t in targets
                            if isinstance(t, ast.Name) and t.id in ("revision", "down_revision")})
         if "revision" in fields:
             revisions.add(fields["revision"])
